@@ -1,0 +1,57 @@
+"""wwmonitor: watch the weight spectra of a neural network while it trains.
+
+Public API (re-exported here; everything else is importable but internal)::
+
+    ev  = wwmonitor.esd(W)              # eigenvalues of X = WᵀW/N, ascending
+    fit = wwmonitor.fit_powerlaw(ev)    # Clauset MLE, xmin by minimum KS distance
+    m   = wwmonitor.analyze_matrix(W)   # LayerMetrics with phase
+    rep = wwmonitor.analyze_model(obj)  # torch / Keras / safetensors / dict of arrays
+    mon = wwmonitor.Monitor(model, ...) # training-time monitor
+    run = wwmonitor.load_run(path)      # read a run store
+
+Only numpy and scipy are imported by ``import wwmonitor``; framework
+integrations load lazily.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "esd": "wwmonitor.spectral",
+    "esd_batched": "wwmonitor.spectral",
+    "fit_powerlaw": "wwmonitor.powerlaw",
+    "PowerLawFit": "wwmonitor.powerlaw",
+    "powerlaw_rank": "wwmonitor.powerlaw",
+    "fit_truncated_powerlaw": "wwmonitor.powerlaw",
+    "compare_distributions": "wwmonitor.powerlaw",
+    "fit_mp": "wwmonitor.mp",
+    "MPFit": "wwmonitor.mp",
+    "classify_phase": "wwmonitor.phases",
+    "PHASES": "wwmonitor.phases",
+    "LayerMetrics": "wwmonitor.metrics",
+    "analyze_matrix": "wwmonitor.analyze",
+    "AnalysisOptions": "wwmonitor.analyze",
+    "analyze_model": "wwmonitor.model",
+    "ModelReport": "wwmonitor.model",
+    "Monitor": "wwmonitor.monitor",
+    "load_run": "wwmonitor.store",
+    "AlertRules": "wwmonitor.alerts",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'wwmonitor' has no attribute {name!r}")
+    value = getattr(import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

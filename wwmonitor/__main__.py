@@ -1,0 +1,6 @@
+"""``python -m wwmonitor`` (also under ``torchrun``)."""
+import sys
+
+from wwmonitor.cli import main
+
+sys.exit(main())

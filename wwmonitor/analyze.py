@@ -1,0 +1,208 @@
+"""Analysis of one matrix: ESD -> power-law fit -> MP fit -> norms -> phase -> warnings.
+
+This module is pure (arrays in, :class:`~wwmonitor.metrics.LayerMetrics`
+out) and framework-free; :mod:`wwmonitor.model` walks models and calls
+:func:`analyze_matrix` per matrix.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .metrics import LayerMetrics, norm_metrics
+from .powerlaw import fit_powerlaw
+from .spectral import esd_batched, squared_singular_values, to_numpy
+
+__all__ = ["AnalysisOptions", "analyze_matrix", "analyze_evals", "DEFAULT_MIN_EVALS"]
+
+#: Below this many eigenvalues a power-law alpha is meaningless (see docs/metrics.md).
+DEFAULT_MIN_EVALS = 50
+
+#: weightwatcher's conventions for the warning column
+ALPHA_OVER_TRAINED = 2.0
+ALPHA_UNDER_TRAINED = 6.0
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Options shared by :func:`analyze_matrix` and :func:`wwmonitor.analyze_model`.
+
+    Attributes
+    ----------
+    min_evals:
+        Matrices with fewer eigenvalues (``M`` times the number of pooled
+        slices) are reported with ``status="too_few_evals"`` and no fit.
+    max_evals:
+        Matrices with more eigenvalues are skipped (``None``: no limit).
+    mp_fit:
+        Fit the Marchenko-Pastur bulk (cheap; on by default).
+    phases:
+        Classify the 5+1 phase (needs ``mp_fit``).
+    fix_fingers:
+        Clip up to this many outlier top eigenvalues before the power-law fit
+        (``0``: off); see :func:`wwmonitor.powerlaw.fit_powerlaw`.
+    xmax:
+        ``None`` or ``"auto"``-free float upper cut on the σ² axis.
+    localization:
+        Also compute eigenvector localization metrics (needs eigenvectors; slower).
+    keep_esd:
+        Attach the λ-axis ESD to the result (``extra["esd"]``), used by the monitor.
+    """
+
+    min_evals: int = DEFAULT_MIN_EVALS
+    max_evals: Optional[int] = None
+    mp_fit: bool = True
+    phases: bool = True
+    fix_fingers: int = 0
+    xmax: Optional[float] = None
+    localization: bool = False
+    keep_esd: bool = False
+
+
+DEFAULT_OPTIONS = AnalysisOptions()
+
+
+def analyze_matrix(
+    W: Any,
+    name: str = "W",
+    *,
+    layer_type: str = "",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
+    **kwargs: Any,
+) -> LayerMetrics:
+    """Analyse one weight matrix ``W`` (2-D), or a stack of equally shaped
+    slices ``(K, a, b)`` whose ESDs are pooled (convolution kernels).
+
+    Keyword arguments override fields of ``options``
+    (``analyze_matrix(W, min_evals=10)``).
+
+    Never raises on bad *values*: non-finite or all-zero matrices return a
+    :class:`LayerMetrics` whose ``status`` says what is wrong.  A wrong *shape*
+    (1-D, empty) raises ``ValueError`` naming ``name``.
+    """
+    if kwargs:
+        bad = set(kwargs) - set(AnalysisOptions.__dataclass_fields__)
+        if bad:
+            raise TypeError(f"analyze_matrix: unknown option(s) {sorted(bad)}")
+        options = AnalysisOptions(**{**options.__dict__, **kwargs})
+    A = W if hasattr(W, "device") and type(W).__module__.startswith("torch") else to_numpy(W)
+    shape = tuple(int(s) for s in A.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"layer {name!r}: expected a 2-D weight matrix (or a stack of slices), got shape {shape}"
+        )
+    if min(shape) == 0:
+        raise ValueError(f"layer {name!r}: weight matrix has an empty dimension, shape {shape}")
+    a, b = shape[-2:]
+    N, M = max(a, b), min(a, b)
+    K = shape[0] if len(shape) == 3 else 1
+    lm = LayerMetrics(name=name, type=layer_type, shape=shape, N=N, M=M, Q=N / M, num_evals=K * M)
+
+    n_bad = _count_nonfinite(A)
+    if n_bad:
+        lm.status = "non_finite"
+        lm.message = f"layer {name!r}: {n_bad} non-finite weight(s) (NaN/Inf); no spectrum computed"
+        lm.warning = "non-finite"
+        return lm
+    if options.max_evals is not None and K * M > options.max_evals:
+        lm.status = "too_many_evals"
+        lm.message = f"layer {name!r}: {K * M} eigenvalues > max_evals={options.max_evals}; skipped"
+        return lm
+
+    if len(shape) == 3:
+        ev_sq = np.sort(esd_batched(A, normalize=False, name=name).ravel())
+    else:
+        ev_sq = squared_singular_values(A, name=name)
+    return analyze_evals(ev_sq, lm, options=options, W=A if options.localization and len(shape) == 2 else None)
+
+
+def _count_nonfinite(A: Any) -> int:
+    if type(A).__module__.startswith("torch"):
+        import torch
+
+        return int((~torch.isfinite(A.detach())).sum().item())
+    return int(np.size(A) - np.count_nonzero(np.isfinite(A)))
+
+
+def analyze_evals(
+    ev_sq: np.ndarray,
+    lm: LayerMetrics,
+    *,
+    options: AnalysisOptions = DEFAULT_OPTIONS,
+    W: Optional[np.ndarray] = None,
+) -> LayerMetrics:
+    """Fill ``lm`` from eigenvalues ``ev_sq`` of ``WᵀW`` (σ² axis, ascending).
+
+    ``lm`` must carry ``name``, ``N``, ``M`` and ``num_evals``.
+    """
+    name, N = lm.name, lm.N
+    ev_sq = np.sort(np.asarray(ev_sq, dtype=np.float64))
+    lam = ev_sq / N  # λ axis, X = WᵀW/N
+    if options.keep_esd:
+        lm.extra["esd"] = lam.astype(np.float32)
+    if ev_sq.size == 0 or ev_sq[-1] <= 0:
+        lm.status = "zero_matrix"
+        lm.message = f"layer {name!r}: all weights are zero (no spectrum)"
+        lm.warning = "zero-matrix"
+        lm.matrix_rank, lm.rank_loss = 0, lm.M
+        lm.phase, lm.phase_reason = "rank-collapse", "all eigenvalues are zero"
+        return lm
+
+    lm.__dict__.update(norm_metrics(ev_sq, (N, lm.M), None))
+
+    too_few = ev_sq.size < options.min_evals
+    pl = None
+    if too_few:
+        lm.status = "too_few_evals"
+        lm.message = (
+            f"layer {name!r}: {ev_sq.size} eigenvalues < min_evals={options.min_evals}; "
+            "no power-law fit (alpha would be meaningless)"
+        )
+        lm.warning = "too-few-evals"
+    else:
+        pl = _fit(ev_sq, options)
+        if pl.ok:
+            lm.alpha, lm.xmin, lm.xmax, lm.D = pl.alpha, pl.xmin, pl.xmax, pl.D
+            lm.sigma, lm.num_pl_spikes = pl.sigma, pl.n_tail
+            lm.__dict__.update(norm_metrics(ev_sq, (N, lm.M), pl.alpha))
+            if pl.alpha < ALPHA_OVER_TRAINED:
+                lm.warning = "over-trained"
+            elif pl.alpha > ALPHA_UNDER_TRAINED:
+                lm.warning = "under-trained"
+        else:
+            lm.status = "fit_failed"
+            lm.message = f"layer {name!r}: power-law fit failed: {pl.message}"
+            lm.warning = "fit-failed"
+
+    mp = None
+    if options.mp_fit:
+        from .mp import fit_mp
+
+        mp = fit_mp(lam, lm.Q, M=lm.M)
+        lm.mp_sigma2 = mp.sigma2
+        lm.lambda_plus, lm.lambda_minus = mp.lambda_plus, mp.lambda_minus
+        lm.tw_margin, lm.mp_softrank = mp.tw_margin, mp.mp_softrank
+        lm.num_spikes, lm.mp_ks = mp.num_spikes, mp.ks
+    if options.phases and mp is not None:
+        from .phases import classify_phase
+
+        # The phase rules are scale-free in alpha / n_tail; pass the λ-axis fit.
+        ph = classify_phase(lam, N=N, M=lm.M, mp=mp, pl=pl, rank_loss=lm.rank_loss)
+        lm.phase, lm.phase_reason = ph.phase, ph.reason
+    if options.localization and W is not None:
+        from .localization import localization_metrics
+
+        lm.extra.update(localization_metrics(W, xmin=lm.xmin))
+    for k, v in list(lm.__dict__.items()):
+        if isinstance(v, float) and not math.isfinite(v):
+            setattr(lm, k, None)
+    return lm
+
+
+def _fit(ev_sq: np.ndarray, options: AnalysisOptions):
+    if options.fix_fingers:
+        return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)  # type: ignore[call-arg]
+    return fit_powerlaw(ev_sq, xmax=options.xmax)
