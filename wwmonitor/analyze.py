@@ -16,7 +16,7 @@ from .metrics import LayerMetrics, norm_metrics
 from .powerlaw import fit_powerlaw
 from .spectral import esd_batched, squared_singular_values, to_numpy
 
-__all__ = ["AnalysisOptions", "analyze_matrix", "analyze_evals", "DEFAULT_MIN_EVALS"]
+__all__ = ["AnalysisOptions", "analyze_matrix", "analyze_spec", "analyze_evals", "DEFAULT_MIN_EVALS"]
 
 #: Below this many eigenvalues a power-law alpha is meaningless (see docs/metrics.md).
 DEFAULT_MIN_EVALS = 50
@@ -70,11 +70,16 @@ def analyze_matrix(
     name: str = "W",
     *,
     layer_type: str = "",
+    scale: float = 1.0,
     options: AnalysisOptions = DEFAULT_OPTIONS,
     **kwargs: Any,
 ) -> LayerMetrics:
     """Analyse one weight matrix ``W`` (2-D), or a stack of equally shaped
     slices ``(K, a, b)`` whose ESDs are pooled (convolution kernels).
+
+    ``scale`` multiplies the σ²-axis eigenvalues only (weightwatcher's
+    ``conv2d_norm`` uses 0.5 for Conv2d; see :class:`wwmonitor.layers.MatrixSpec`);
+    the λ-axis ESD, MP fit and phase are computed from the unscaled matrix.
 
     Keyword arguments override fields of ``options``
     (``analyze_matrix(W, min_evals=10)``).
@@ -116,7 +121,15 @@ def analyze_matrix(
         ev_sq = np.sort(esd_batched(A, normalize=False, name=name).ravel())
     else:
         ev_sq = squared_singular_values(A, name=name)
-    return analyze_evals(ev_sq, lm, options=options, W=A if options.localization and len(shape) == 2 else None)
+    return analyze_evals(
+        ev_sq * scale, lm, options=options, scale=scale,
+        W=A if options.localization and len(shape) == 2 else None,
+    )
+
+
+def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS) -> LayerMetrics:
+    """Analyse a :class:`wwmonitor.layers.MatrixSpec` (name, type, tensor, scale)."""
+    return analyze_matrix(spec.tensor, spec.name, layer_type=spec.type, scale=spec.scale, options=options)
 
 
 def _count_nonfinite(A: Any) -> int:
@@ -132,15 +145,17 @@ def analyze_evals(
     lm: LayerMetrics,
     *,
     options: AnalysisOptions = DEFAULT_OPTIONS,
+    scale: float = 1.0,
     W: Optional[np.ndarray] = None,
 ) -> LayerMetrics:
-    """Fill ``lm`` from eigenvalues ``ev_sq`` of ``WᵀW`` (σ² axis, ascending).
+    """Fill ``lm`` from eigenvalues ``ev_sq`` of ``WᵀW`` (σ² axis, ascending,
+    already multiplied by ``scale``).
 
     ``lm`` must carry ``name``, ``N``, ``M`` and ``num_evals``.
     """
     name, N = lm.name, lm.N
     ev_sq = np.sort(np.asarray(ev_sq, dtype=np.float64))
-    lam = ev_sq / N  # λ axis, X = WᵀW/N
+    lam = ev_sq / (N * scale)  # λ axis, X = WᵀW/N of the unscaled matrix
     if options.keep_esd:
         lm.extra["esd"] = lam.astype(np.float32)
     if ev_sq.size == 0 or ev_sq[-1] <= 0:

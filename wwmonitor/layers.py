@@ -1,0 +1,295 @@
+"""Framework objects -> named weight matrices.
+
+:func:`extract_matrices` turns a torch ``nn.Module``, a Keras 3 model, or a
+mapping of parameter name -> array (a ``state_dict``, a safetensors file's
+contents, an ``.npz``) into a list of :class:`MatrixSpec`.
+
+What becomes a matrix (``a x b``; the ESD does not depend on orientation):
+
+* Linear / Dense / Embedding: the weight (Keras: the *effective* ``kernel``,
+  which includes a LoRA delta and dequantisation).
+* Conv1d/2d/3d and ConvTranspose: one ``out x in`` matrix per kernel
+  position.  ``conv="pool"`` (default) keeps them as a stack ``(K, a, b)``
+  whose ESDs are pooled into one per layer; ``conv="slices"`` returns one
+  spec per kernel position, named ``<layer>[i,j]``.
+* Fused attention projections (``in_proj_weight`` of
+  ``nn.MultiheadAttention``) are split into ``.q``, ``.k``, ``.v``.
+* RNN weights are split into gate blocks: LSTM ``i, f, g, o``; GRU
+  ``r, z, n`` (torch) / ``z, r, h`` (Keras); plain RNN one block.
+
+Framework imports happen lazily inside the adapters.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["MatrixSpec", "extract_matrices", "select", "is_keras_model", "is_torch_module"]
+
+Pattern = Union[str, type]
+
+
+@dataclass
+class MatrixSpec:
+    """One analysable weight matrix.
+
+    ``tensor`` is 2-D, or a 3-D stack ``(K, a, b)`` of conv slices (pooled).
+    ``scale`` multiplies the eigenvalues of ``WᵀW`` so that weightwatcher-named
+    metrics match weightwatcher (0.5 for Conv2d, its ``conv2d_norm``).
+    """
+
+    name: str
+    type: str
+    tensor: Any
+    scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.tensor.shape)
+
+    @property
+    def num_evals(self) -> int:
+        s = self.shape
+        k = s[0] if len(s) == 3 else 1
+        return k * min(s[-2:])
+
+
+def is_torch_module(obj: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def is_keras_model(obj: Any) -> bool:
+    return any(c.__module__.startswith("keras") and c.__name__ in ("Layer", "Model") for c in type(obj).__mro__)
+
+
+def extract_matrices(
+    obj: Any,
+    *,
+    layers: Optional[Sequence[Pattern]] = None,
+    exclude: Optional[Sequence[Pattern]] = None,
+    conv: str = "pool",
+) -> list[MatrixSpec]:
+    """All analysable matrices of ``obj``, filtered by ``layers``/``exclude``.
+
+    ``layers`` / ``exclude`` entries are names or glob patterns (matched
+    against the matrix name and its layer-module prefix), or layer type names
+    (``"Linear"``, ``"Conv2d"``) / classes.
+    """
+    if conv not in ("pool", "slices"):
+        raise ValueError(f"conv must be 'pool' or 'slices', got {conv!r}")
+    if is_keras_model(obj):  # before torch: a Keras model on the torch backend is also an nn.Module
+        specs = list(_from_keras(obj))
+    elif is_torch_module(obj):
+        specs = list(_from_torch(obj))
+    elif isinstance(obj, Mapping):
+        specs = list(_from_mapping(obj))
+    else:
+        raise TypeError(
+            f"cannot extract weight matrices from {type(obj).__name__}: expected a torch nn.Module, "
+            "a Keras 3 model, or a mapping of parameter names to arrays"
+        )
+    if conv == "slices":
+        specs = [s for spec in specs for s in _split_slices(spec)]
+    return select(specs, layers=layers, exclude=exclude)
+
+
+def _matches(spec: MatrixSpec, pat: Pattern) -> bool:
+    if isinstance(pat, type):
+        return spec.type == pat.__name__
+    return spec.type == pat or spec.name == pat or fnmatch.fnmatchcase(spec.name, pat) or spec.name.startswith(pat + ".") or spec.name.startswith(pat + "[")
+
+
+def select(
+    specs: list[MatrixSpec],
+    *,
+    layers: Optional[Sequence[Pattern]] = None,
+    exclude: Optional[Sequence[Pattern]] = None,
+) -> list[MatrixSpec]:
+    """Filter ``specs``; an include pattern that matches nothing is an error."""
+    if isinstance(layers, (str, type)):
+        layers = [layers]
+    if isinstance(exclude, (str, type)):
+        exclude = [exclude]
+    out = specs
+    if layers:
+        unknown = [p for p in layers if not any(_matches(s, p) for s in specs)]
+        if unknown:
+            names = ", ".join(s.name for s in specs[:12]) + (" ..." if len(specs) > 12 else "")
+            raise ValueError(f"layers: no matrix matches {unknown!r}; available: {names or '(none)'}")
+        out = [s for s in out if any(_matches(s, p) for p in layers)]
+    if exclude:
+        out = [s for s in out if not any(_matches(s, p) for p in exclude)]
+    return out
+
+
+def _split_slices(spec: MatrixSpec) -> list[MatrixSpec]:
+    if len(spec.shape) != 3:
+        return [spec]
+    return [MatrixSpec(f"{spec.name}[{k}]", spec.type, spec.tensor[k], spec.scale) for k in range(spec.shape[0])]
+
+
+# ---------------------------------------------------------------- torch ----
+_TORCH_CONV = {"Conv1d", "Conv2d", "Conv3d", "LazyConv1d", "LazyConv2d", "LazyConv3d"}
+_TORCH_CONVT = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+_RNN_GATES = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n"), "RNN": ("h",)}
+
+
+def _conv_stack(w: Any, transposed: bool) -> Any:
+    """(out, in, *k) -> (K, out, in); transposed (in, out, *k) -> (K, in, out)."""
+    a, b = int(w.shape[0]), int(w.shape[1])
+    K = int(math.prod(int(s) for s in w.shape[2:]))
+    if hasattr(w, "permute"):
+        return w.reshape(a, b, K).permute(2, 0, 1)
+    return np.moveaxis(np.asarray(w).reshape(a, b, K), 2, 0)
+
+
+def _from_torch(model: Any) -> Iterator[MatrixSpec]:
+    for mname, mod in model.named_modules():
+        t = type(mod).__name__
+        prefix = mname or "model"
+        w = getattr(mod, "weight", None)
+        if _is_linear_like(mod):
+            if w is not None and w.ndim == 2:
+                yield MatrixSpec(prefix, "Linear", w.detach())
+        elif t in ("Embedding", "EmbeddingBag"):
+            yield MatrixSpec(prefix, "Embedding", w.detach())
+        elif t in _TORCH_CONV:
+            scale = 0.5 if t.endswith("2d") else 1.0
+            yield MatrixSpec(prefix, t.replace("Lazy", ""), _conv_stack(w.detach(), False), scale)
+        elif t in _TORCH_CONVT:
+            yield MatrixSpec(prefix, t, _conv_stack(w.detach(), True))
+        elif t == "MultiheadAttention":
+            ipw = getattr(mod, "in_proj_weight", None)
+            if ipw is not None:
+                E = ipw.shape[0] // 3
+                for i, part in enumerate("qkv"):
+                    yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", ipw.detach()[i * E:(i + 1) * E])
+            else:
+                for part in "qkv":
+                    p = getattr(mod, f"{part}_proj_weight", None)
+                    if p is not None:
+                        yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", p.detach())
+        elif t in _RNN_GATES:
+            gates = _RNN_GATES[t]
+            for pname, p in mod.named_parameters(recurse=False):
+                if pname.startswith(("weight_ih", "weight_hh")) and p.ndim == 2:
+                    yield from _split_gates(f"{prefix}.{pname}", t, p.detach(), gates, axis=0)
+
+
+def _is_linear_like(mod: Any) -> bool:
+    # subclasses of nn.Linear (e.g. quantisation-aware or LoRA wrappers)
+    return any(c.__name__ == "Linear" and c.__module__.startswith("torch.nn") for c in type(mod).__mro__)
+
+
+def _split_gates(name: str, typ: str, w: Any, gates: Sequence[str], axis: int) -> Iterator[MatrixSpec]:
+    n = int(w.shape[axis]) // len(gates)
+    for g, gate in enumerate(gates):
+        block = w[g * n:(g + 1) * n] if axis == 0 else w[:, g * n:(g + 1) * n]
+        yield MatrixSpec(f"{name}.{gate}" if len(gates) > 1 else name, typ, block)
+
+
+# ---------------------------------------------------------------- keras ----
+_KERAS_GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h"), "SimpleRNN": ("h",)}
+
+
+def _keras_layers(model: Any) -> Iterable[Any]:
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=True))
+    out, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        lyr = stack.pop(0)
+        out.append(lyr)
+        stack.extend(getattr(lyr, "layers", []) or [])
+    return out
+
+
+def _from_keras(model: Any) -> Iterator[MatrixSpec]:
+    from keras import ops
+
+    def npy(v: Any) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(v))
+
+    for lyr in _keras_layers(model):
+        t = type(lyr).__name__
+        path = getattr(lyr, "path", None) or lyr.name
+        if t in ("Dense", "EinsumDense"):
+            k = getattr(lyr, "kernel", None)
+            if k is None:
+                continue
+            k = npy(k)
+            if k.ndim > 2:  # EinsumDense (d, heads, head_dim) -> (d, heads*head_dim)
+                k = k.reshape(k.shape[0], -1) if k.shape[0] >= k.shape[-1] else k.reshape(-1, k.shape[-1])
+            yield MatrixSpec(path, t, k)
+        elif t == "Embedding":
+            yield MatrixSpec(path, t, npy(lyr.embeddings))
+        elif t.startswith("Conv") and "LSTM" not in t:
+            k = getattr(lyr, "kernel", None)
+            if k is None:
+                continue
+            k = npy(k)  # (*spatial, in, out) or transposed (*spatial, out, in)
+            if k.ndim < 3:
+                continue
+            a, b = k.shape[-2], k.shape[-1]
+            stack = k.reshape(-1, a, b)
+            scale = 0.5 if t == "Conv2D" else 1.0
+            yield MatrixSpec(path, t, stack, scale)
+        elif t in _KERAS_GATES:
+            cell = getattr(lyr, "cell", lyr)
+            for attr in ("kernel", "recurrent_kernel"):
+                v = getattr(cell, attr, None)
+                if v is not None:
+                    yield from _split_gates(f"{path}.{attr}", t, npy(v), _KERAS_GATES[t], axis=1)
+
+
+# -------------------------------------------------------------- mapping ----
+def _from_mapping(params: Mapping[str, Any]) -> Iterator[MatrixSpec]:
+    """Infer layer kinds from parameter names and shapes (state_dict layout).
+
+    2-D ``*.weight`` -> Linear (or Embedding when the name says so); 3/4/5-D
+    ``*.weight`` -> Conv1d/2d/3d (torch layout ``out, in, *k``);
+    ``*.in_proj_weight`` -> q/k/v; ``*.weight_ih_l*`` / ``weight_hh_l*`` ->
+    gate blocks (LSTM when rows = 4·hidden, GRU when 3·hidden).
+    Biases, norms and other 1-D tensors are skipped.
+    """
+    hidden: dict[str, int] = {}
+    for k, v in params.items():
+        if ".weight_hh_l" in k or k.startswith("weight_hh_l"):
+            hidden[k.rsplit("weight_hh_l", 1)[0]] = int(v.shape[1])
+    for key, v in params.items():
+        shape = tuple(int(s) for s in getattr(v, "shape", ()))
+        if len(shape) < 2 or not _is_float(v):
+            continue
+        base, _, leaf = key.rpartition(".")
+        base = base or key
+        if leaf == "in_proj_weight" and shape[0] == 3 * shape[1]:
+            E = shape[1]
+            for i, part in enumerate("qkv"):
+                yield MatrixSpec(f"{base}.{part}", "MultiheadAttention", v[i * E:(i + 1) * E])
+        elif leaf.startswith(("weight_ih_l", "weight_hh_l")) and len(shape) == 2:
+            h = hidden.get(key.rsplit("weight_", 1)[0], 0)
+            gates = {4: _RNN_GATES["LSTM"], 3: _RNN_GATES["GRU"]}.get(shape[0] // h if h else 1, ("h",))
+            yield from _split_gates(key, {4: "LSTM", 3: "GRU"}.get(len(gates), "RNN"), v, gates, axis=0)
+        elif leaf in ("weight", "kernel", "embeddings") or leaf.endswith("_weight") or "." not in key:
+            if len(shape) == 2:
+                typ = "Embedding" if ("embed" in key.lower() or "wte" in key or "wpe" in key) else "Linear"
+                yield MatrixSpec(base if leaf in ("weight", "kernel") else key, typ, v)
+            elif len(shape) in (3, 4, 5):
+                typ = f"Conv{len(shape) - 2}d"
+                yield MatrixSpec(base, typ, _conv_stack(v, False), 0.5 if typ == "Conv2d" else 1.0)
+
+
+def _is_float(v: Any) -> bool:
+    dt = getattr(v, "dtype", None)
+    if dt is None:
+        return False
+    if hasattr(dt, "is_floating_point"):
+        return bool(dt.is_floating_point)
+    try:
+        return np.issubdtype(np.dtype(dt), np.floating)
+    except TypeError:
+        return "float" in str(dt) or "bfloat" in str(dt)
