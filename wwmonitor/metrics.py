@@ -132,13 +132,22 @@ def matrix_rank(ev: np.ndarray, shape: tuple[int, int]) -> int:
     return int(np.count_nonzero(sv > tol))
 
 
+#: weightwatcher adds this to p and to the rank inside its entropy (RMT_Util.matrix_entropy)
+_WW_EPSILON = 1e-10
+
+
 def spectral_entropy(ev: np.ndarray, rank: int) -> float:
-    """Normalised spectral entropy ``-Σ p ln p / ln(rank)``, ``p = ev/Σ ev`` (in [0, 1])."""
+    """Normalised spectral entropy ``-Σ p ln p / ln(rank)``, ``p = ev/Σ ev`` (in [0, 1]).
+
+    As in weightwatcher 0.7.7, ``1e-10`` is added to every ``p_i`` and to the
+    rank, so a rank-1 matrix gives a finite value and the result matches its
+    ``entropy`` column to float precision.
+    """
     s = ev.sum()
-    if s <= 0 or rank <= 1:
+    if s <= 0:
         return 0.0
-    p = ev[ev > 0] / s
-    return float(-(p * np.log(p)).sum() / np.log(rank))
+    p = ev / s + _WW_EPSILON
+    return float(-(p * np.log(p)).sum() / np.log(rank + _WW_EPSILON))
 
 
 def norm_metrics(ev: np.ndarray, shape: tuple[int, int], alpha: Optional[float]) -> dict[str, Any]:

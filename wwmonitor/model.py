@@ -1,0 +1,245 @@
+"""Model-level analysis: :func:`analyze_model` and :class:`ModelReport`.
+
+Accepts a torch ``nn.Module``, a ``state_dict`` (or any mapping of name ->
+array), a Keras 3 model, or a path: ``.safetensors`` file, Hugging Face
+style folder (``*.safetensors`` shards or ``pytorch_model.bin``), torch
+checkpoint (``.pt/.pth/.bin/.ckpt``, loaded with ``weights_only=True``),
+``.npz`` (``allow_pickle=False``) or ``.keras``.  Nothing is ever unpickled
+with arbitrary code execution.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_spec
+from .layers import MatrixSpec, Pattern, extract_matrices
+from .metrics import LayerMetrics
+
+__all__ = ["analyze_model", "ModelReport", "load_weights", "summarize"]
+
+_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+
+
+@dataclass
+class ModelReport:
+    """Per-matrix metrics of a model plus model-level summaries."""
+
+    layers: list[LayerMetrics]
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_pandas(self):  # -> pandas.DataFrame
+        """One row per analysed matrix: name, type, shape, N, M, Q, metrics, phase, warning, status."""
+        import pandas as pd
+
+        rows = [lm.to_dict() for lm in self.layers]
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, Any]:
+        """Model-level means over layers whose fit succeeded (see :func:`summarize`)."""
+        return summarize(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, name: str) -> LayerMetrics:
+        for lm in self.layers:
+            if lm.name == name:
+                return lm
+        raise KeyError(name)
+
+
+def summarize(layers: Sequence[LayerMetrics]) -> dict[str, Any]:
+    """Model-level summary.
+
+    ``mean_alpha``, ``mean_alpha_weighted``, ``mean_log_norm``,
+    ``mean_log_spectral_norm``, ``mean_stable_rank``, ``mean_mp_softrank``
+    are arithmetic means over layers with a value (layers without a
+    successful fit are excluded, never averaged in as a sentinel);
+    ``num_layers``, ``num_ok`` and ``phase_counts`` count matrices.
+    """
+    out: dict[str, Any] = {"num_layers": len(layers), "num_ok": sum(lm.status == "ok" for lm in layers)}
+    for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "mp_softrank"):
+        vals = [getattr(lm, key) for lm in layers if getattr(lm, key) is not None]
+        vals = [float(v) for v in vals if math.isfinite(float(v))]
+        out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+    counts: dict[str, int] = {}
+    for lm in layers:
+        if lm.phase:
+            counts[lm.phase] = counts.get(lm.phase, 0) + 1
+    out["phase_counts"] = counts
+    return out
+
+
+def load_weights(path: os.PathLike | str) -> Any:
+    """Load a model or weight mapping from ``path`` safely.
+
+    Returns a mapping name -> array (or a Keras model for ``.keras``).
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the path and format.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or folder: {p}")
+    if p.is_dir():
+        shards = sorted(p.glob("*.safetensors"))
+        if shards:
+            out: dict[str, Any] = {}
+            for s in shards:
+                out.update(_load_safetensors(s))
+            return out
+        for name in ("pytorch_model.bin", "model.pt", "model.pth"):
+            if (p / name).exists():
+                return _load_torch(p / name)
+        raise ValueError(f"{p}: folder holds no *.safetensors or pytorch_model.bin weights")
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        return _load_safetensors(p)
+    if suffix in _TORCH_SUFFIXES:
+        return _load_torch(p)
+    if suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if suffix == ".keras":
+        import keras
+
+        return keras.saving.load_model(p, safe_mode=True)
+    raise ValueError(
+        f"{p}: unknown weight file format {suffix!r}; expected .safetensors, .pt/.pth/.bin/.ckpt, "
+        ".npz, .keras or a Hugging Face model folder"
+    )
+
+
+def _load_safetensors(p: Path) -> dict[str, Any]:
+    try:
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(p), device="cpu"))
+    except ImportError:
+        from safetensors.numpy import load_file as load_np
+
+        return dict(load_np(str(p)))
+
+
+def _load_torch(p: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code objects is refused by weights_only
+        raise ValueError(
+            f"{p}: could not be loaded safely with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
+            "wwmonitor never unpickles arbitrary code; save a state_dict or a .safetensors file."
+        ) from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        return obj
+    raise ValueError(f"{p}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
+
+
+def analyze_model(
+    obj: Any,
+    *,
+    layers: Optional[Sequence[Pattern]] = None,
+    exclude: Optional[Sequence[Pattern]] = None,
+    conv: str = "pool",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
+    progress: Optional[bool] = None,
+    distributed: Optional[bool] = None,
+    on_layer: Optional[Callable[[LayerMetrics], None]] = None,
+    **option_overrides: Any,
+) -> ModelReport:
+    """Analyse every weight matrix of ``obj``.
+
+    Parameters
+    ----------
+    obj:
+        torch module, state_dict / mapping of arrays, Keras 3 model, or a path
+        (see module docstring).
+    layers, exclude:
+        Names, glob patterns or layer types to include / skip.
+    conv:
+        ``"pool"``: one pooled ESD per conv layer; ``"slices"``: one per kernel position.
+    options, **option_overrides:
+        :class:`~wwmonitor.analyze.AnalysisOptions` (e.g. ``min_evals=50``).
+    progress:
+        Show a tqdm bar (default: when stderr is a terminal and there are > 8 matrices).
+    distributed:
+        Shard matrices over ``torch.distributed`` ranks (matrix ``i`` on rank
+        ``i mod world_size``) and gather on every rank (default: when a
+        process group is initialised).
+
+    A failure in one matrix is recorded in its ``status``/``message``; the
+    rest of the model is still analysed.
+    """
+    if option_overrides:
+        bad = set(option_overrides) - set(AnalysisOptions.__dataclass_fields__)
+        if bad:
+            raise TypeError(f"analyze_model: unknown option(s) {sorted(bad)}")
+        options = AnalysisOptions(**{**options.__dict__, **option_overrides})
+    source = ""
+    if isinstance(obj, (str, os.PathLike)):
+        source = str(obj)
+        obj = load_weights(obj)
+    specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv)
+    if not specs:
+        raise ValueError(
+            f"no analysable weight matrices found in {source or type(obj).__name__} "
+            "(need Linear/Dense, Embedding, Conv, attention or RNN weights)"
+        )
+    rank, world = _dist_rank_world(distributed)
+    mine = [i for i in range(len(specs)) if i % world == rank]
+    show = progress if progress is not None else (len(specs) > 8 and sys.stderr.isatty() and rank == 0)
+    results: dict[int, LayerMetrics] = {}
+    it: Any = mine
+    if show:
+        from tqdm.auto import tqdm
+
+        it = tqdm(mine, desc="analyze", unit="matrix")
+    for i in it:
+        results[i] = _analyze_one(specs[i], options)
+        if on_layer is not None:
+            on_layer(results[i])
+    if world > 1:
+        from .distributed import gather_objects
+
+        gathered = gather_objects(results)
+        results = {}
+        for part in gathered:
+            results.update(part)
+    layers_out = [results[i] for i in sorted(results)]
+    return ModelReport(layers_out, source=source, meta={"num_matrices": len(specs), "world_size": world})
+
+
+def _analyze_one(spec: MatrixSpec, options: AnalysisOptions) -> LayerMetrics:
+    try:
+        return analyze_spec(spec, options)
+    except Exception as e:  # never stop halfway through a model
+        lm = LayerMetrics(name=spec.name, type=spec.type, shape=spec.shape)
+        lm.status, lm.warning = "error", "error"
+        lm.message = f"layer {spec.name!r}: {type(e).__name__}: {e}"
+        return lm
+
+
+def _dist_rank_world(distributed: Optional[bool]) -> tuple[int, int]:
+    if distributed is False:
+        return 0, 1
+    if "torch" not in sys.modules and not distributed:
+        return 0, 1
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if distributed:
+        raise RuntimeError("analyze_model(distributed=True) needs an initialised torch.distributed process group")
+    return 0, 1
