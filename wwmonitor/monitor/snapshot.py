@@ -1,0 +1,235 @@
+"""Copying weight matrices off the training path.
+
+A *snapshot* is a host-memory copy of every monitored matrix at one training
+step.  It is taken on the calling (training) thread -- so it reflects exactly
+one step, never a mix of steps -- and then handed to the background worker.
+
+Design (see ``docs/benchmarks.md`` for the measured cost):
+
+* **Reusable buffers.**  Copies go into a :class:`BufferPool` of at most
+  ``queue_size + 1`` buffer sets (one per queued snapshot plus the one being
+  analysed), allocated on first use and reused afterwards, so the extra host
+  memory is bounded by ``(queue_size + 1) x`` the monitored weights' size and
+  no allocation happens on the hot path after warm-up.
+* **Dense copies.**  A matrix that is a permuted view of a dense block (the
+  ``(K, out, in)`` stack of a conv kernel, see :mod:`wwmonitor.layers`) is
+  copied as that flat block -- a plain ``memcpy`` -- and the same strides are
+  re-applied to the host buffer.  A strided gather would be several times
+  slower than the ``clone()`` it is compared with.
+* **CUDA.**  Device tensors are copied with ``non_blocking=True`` into pinned
+  host buffers on a dedicated copy stream that first waits for the current
+  stream (so it sees the latest weights).  The training stream then waits for
+  the copy's event *on the GPU* (``wait_event``), so later in-place optimiser
+  updates cannot race the copy, while the host thread returns at once.  Only
+  the worker blocks, on that event, before it reads the buffers.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+__all__ = ["Snapshot", "BufferSet", "BufferPool", "copy_matrices", "nbytes_of"]
+
+
+@dataclass(eq=False)
+class BufferSet:
+    """Host buffers of one snapshot, keyed by matrix name (flat, 1-D)."""
+
+    bufs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(nbytes_of(b) for b in self.bufs.values())
+
+
+@dataclass
+class Snapshot:
+    """One queued snapshot: host copies plus what the worker needs to read them.
+
+    ``entries`` are ``(name, layer_type, scale, host_array)``; ``ready`` (if
+    not ``None``) blocks until asynchronous device-to-host copies are done.
+    """
+
+    step: int
+    epoch: Optional[int]
+    time: float
+    entries: list[tuple[str, str, float, Any]]
+    buffers: BufferSet
+    ready: Optional[Callable[[], None]] = None
+
+
+def nbytes_of(x: Any) -> int:
+    """Size in bytes of a NumPy array or torch tensor."""
+    if hasattr(x, "element_size") and hasattr(x, "numel"):
+        return int(x.element_size() * x.numel())
+    return int(getattr(x, "nbytes", 0))
+
+
+class BufferPool:
+    """At most ``max_sets`` :class:`BufferSet` objects, recycled.
+
+    ``acquire`` never creates more than ``max_sets`` sets; the monitor's queue
+    accounting guarantees one is free whenever it asks.  ``peak_bytes`` is the
+    largest total size of all sets alive at once (the snapshot part of the
+    monitor's extra host memory).
+    """
+
+    def __init__(self, max_sets: int) -> None:
+        if max_sets < 1:
+            raise ValueError(f"max_sets must be >= 1, got {max_sets}")
+        self.max_sets = max_sets
+        self._free: list[BufferSet] = []
+        self._all: list[BufferSet] = []
+        self._lock = threading.Lock()
+        self.peak_bytes = 0
+
+    def acquire(self) -> BufferSet:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if len(self._all) >= self.max_sets:
+                raise RuntimeError(f"buffer pool exhausted ({self.max_sets} sets in use)")
+            bs = BufferSet()
+            self._all.append(bs)
+            return bs
+
+    def release(self, bs: BufferSet) -> None:
+        with self._lock:
+            self._free.append(bs)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held by all sets alive now (in use or free)."""
+        with self._lock:
+            return sum(b.nbytes for b in self._all)
+
+    def note_size(self) -> None:
+        """Update ``peak_bytes`` (called after a copy filled a set)."""
+        total = self.total_bytes
+        with self._lock:
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def clear(self) -> None:
+        """Drop the free sets (their memory goes back to the allocator)."""
+        with self._lock:
+            free = {id(b) for b in self._free}
+            self._all = [b for b in self._all if id(b) not in free]
+            self._free.clear()
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _dense_block(t: Any) -> Optional[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+    """If view ``t`` covers exactly a dense block of its storage (any order of
+    positive strides), return ``(storage_offset, size, stride)``; else ``None``."""
+    size, stride = tuple(t.shape), tuple(t.stride())
+    if any(s <= 0 for s, n in zip(stride, size) if n > 1):
+        return None
+    extent = 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if extent != t.numel():
+        return None
+    return int(t.storage_offset()), size, stride
+
+
+def _flat_torch_buffer(bs: BufferSet, name: str, numel: int, dtype: Any, pin: bool) -> Any:
+    import torch
+
+    buf = bs.bufs.get(name)
+    if buf is None or not _is_torch(buf) or buf.numel() != numel or buf.dtype != dtype or bool(buf.is_pinned()) != pin:
+        buf = torch.empty(numel, dtype=dtype, pin_memory=pin)
+        bs.bufs[name] = buf
+    return buf
+
+
+class _CudaCopier:
+    """Per-device copy streams for the asynchronous device-to-host path."""
+
+    def __init__(self) -> None:
+        self.streams: dict[Any, Any] = {}
+
+    def stream(self, device: Any) -> Any:
+        import torch
+
+        s = self.streams.get(device)
+        if s is None:
+            s = torch.cuda.Stream(device=device)
+            self.streams[device] = s
+        return s
+
+
+_CUDA = _CudaCopier()
+
+
+def copy_matrices(specs: list[Any], bs: BufferSet) -> tuple[list[tuple[str, str, float, Any]], Optional[Callable[[], None]]]:
+    """Copy each spec's tensor into ``bs`` (host memory); return the entries
+    ``(name, type, scale, host_view)`` and a ``ready`` callable (``None`` when
+    every copy was synchronous).
+
+    ``specs`` are :class:`wwmonitor.layers.MatrixSpec`-like objects (``name``,
+    ``type``, ``tensor``, ``scale``); tensors may be torch tensors on any
+    device or array-likes (NumPy, JAX, ...).
+    """
+    entries: list[tuple[str, str, float, Any]] = []
+    cuda_jobs: dict[Any, list[tuple[Any, Any]]] = {}
+    keep = set()
+    for spec in specs:
+        name, typ, scale = spec.name, spec.type, float(getattr(spec, "scale", 1.0))
+        t = spec.tensor
+        keep.add(name)
+        if _is_torch(t):
+            t = t.detach()
+            dense = _dense_block(t)
+            on_device = t.device.type != "cpu"
+            src = t.as_strided((t.numel(),), (1,), dense[0]) if dense is not None else t.contiguous() if on_device else t
+            flat = _flat_torch_buffer(bs, name, t.numel(), t.dtype, pin=on_device and t.device.type == "cuda")
+            if on_device and t.device.type == "cuda":
+                cuda_jobs.setdefault(t.device, []).append((flat, src.reshape(-1) if dense is None else src))
+            elif dense is not None:
+                flat.copy_(src)
+            else:
+                flat.view(t.shape).copy_(t)
+            host = flat.as_strided(dense[1], dense[2], 0) if dense is not None else flat.view(t.shape)
+            entries.append((name, typ, scale, host))
+        else:
+            a = np.asarray(t)
+            buf = bs.bufs.get(name)
+            if not isinstance(buf, np.ndarray) or buf.size != a.size or buf.dtype != a.dtype:
+                buf = np.empty(a.size, dtype=a.dtype)
+                bs.bufs[name] = buf
+            host = buf.reshape(a.shape)
+            np.copyto(host, a)
+            entries.append((name, typ, scale, host))
+    for stale in set(bs.bufs) - keep:  # layers that disappeared (matrices= changed)
+        del bs.bufs[stale]
+    ready = _cuda_copy(cuda_jobs) if cuda_jobs else None
+    return entries, ready
+
+
+def _cuda_copy(jobs: dict[Any, list[tuple[Any, Any]]]) -> Callable[[], None]:
+    """Enqueue device->pinned-host copies; return a callable waiting for them."""
+    import torch
+
+    events = []
+    for device, pairs in jobs.items():
+        stream = _CUDA.stream(device)
+        current = torch.cuda.current_stream(device)
+        stream.wait_stream(current)  # see every kernel already queued on the training stream
+        with torch.cuda.stream(stream):
+            for dst, src in pairs:
+                dst.copy_(src, non_blocking=True)
+                src.record_stream(stream)  # keep temporaries alive until the copy ran
+            ev = torch.cuda.Event()
+            ev.record(stream)
+        current.wait_event(ev)  # later in-place updates wait for the copy (on the GPU, not the host)
+        events.append(ev)
+
+    def ready() -> None:
+        for ev in events:
+            ev.synchronize()
+
+    return ready
