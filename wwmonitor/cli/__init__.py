@@ -20,7 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wwmonitor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
-        import_module(f"wwmonitor.cli.{name}").add_parser(sub)
+        try:
+            mod = import_module(f"wwmonitor.cli.{name}")
+        except ModuleNotFoundError as e:  # a subcommand whose module is absent from this install
+            if e.name != f"wwmonitor.cli.{name}":
+                raise
+            continue
+        mod.add_parser(sub)
     return p
 
 
