@@ -32,7 +32,7 @@ import numpy as np
 from .mp import MPFit
 from .powerlaw import PowerLawFit
 
-__all__ = ["PHASES", "PhaseResult", "classify_phase"]
+__all__ = ["PHASES", "PhaseResult", "classify_phase", "phase_features"]
 
 PHASES: tuple[str, ...] = (
     "random-like",
@@ -47,16 +47,17 @@ PHASES: tuple[str, ...] = (
 COLLAPSE_FRAC = 0.10
 #: λ_max / λ+ above which spikes are "well above" the bulk (bulk+spikes)
 SPIKE_RATIO = 1.6
-#: fraction of eigenvalues above λ+ + TW that makes "eigenmass", not isolated spikes
-DECAY_TAIL_FRAC = 0.04
-#: heavy-tailed: λ_max / λ+ at least this ...
-HT_RATIO = 3.0
-#: ... and at least this fraction of eigenvalues above the edge ...
-HT_TAIL_FRAC = 0.02
-#: ... with a power-law tail steeper than this alpha is not heavy
+#: eigenmass above the edge (not a few isolated spikes): at least this many
+#: eigenvalues above λ+ + TW, and this fraction of them ...
+MASS_MIN_COUNT = 8
+MASS_FRAC = 0.04
+#: ... or this many (and this fraction) in the shoulder (λ+ + TW, SPIKE_RATIO·λ+]
+SHOULDER_MIN_COUNT = 4
+SHOULDER_FRAC = 0.02
+#: heavy-tailed: the largest eigenvalue at least HT_RATIO · λ+ ...
+HT_RATIO = 4.0
+#: ... and (if a power law was fitted) alpha below this
 HT_ALPHA = 4.5
-#: a bulk KS distance this large means no MP bulk at all
-HT_KS = 0.25
 
 
 @dataclass(frozen=True)
@@ -112,39 +113,61 @@ def classify_phase(
             f"{zero_frac:.0%} of eigenvalues are (numerically) zero",
         )
 
-    lp = mp.lambda_plus
-    ratio = lmax / lp if lp > 0 else math.inf
-    ks = mp.ks
-    nsp = mp.num_spikes
-    tail_frac = nsp / n
+    f = phase_features(x, mp, pl)
+    ratio, ks, nsp = f["ratio"], mp.ks, mp.num_spikes
     alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
     a_txt = f", alpha {alpha:.2f}" if alpha is not None else ""
     fit_txt = f"KS {ks:.2f}"
+    s_ = "s" if nsp != 1 else ""
 
     if nsp == 0:
         return PhaseResult(
             "random-like",
             f"no eigenvalue above λ+ + TW, λ_max {ratio:.2f}× λ+, bulk fits MP ({fit_txt})",
         )
-    heavy_alpha = alpha is None or alpha < HT_ALPHA
-    if (ratio >= HT_RATIO and tail_frac >= HT_TAIL_FRAC and heavy_alpha) or ks >= HT_KS:
-        return PhaseResult(
-            "heavy-tailed",
-            f"{nsp} eigenvalues ({tail_frac:.0%}) above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt}, "
-            f"no clear MP bulk ({fit_txt})",
-        )
-    if tail_frac >= DECAY_TAIL_FRAC:
+    mass = nsp >= max(MASS_MIN_COUNT, MASS_FRAC * n) or f["n_shoulder"] >= max(SHOULDER_MIN_COUNT, SHOULDER_FRAC * n)
+    if mass:
+        if ratio >= HT_RATIO and (alpha is None or alpha < HT_ALPHA):
+            return PhaseResult(
+                "heavy-tailed",
+                f"{nsp} eigenvalues ({nsp / n:.0%}) above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt}: "
+                f"no clear MP edge ({fit_txt})",
+            )
         return PhaseResult(
             "bulk-decay",
-            f"{nsp} eigenvalues ({tail_frac:.0%}) decay above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt} ({fit_txt})",
+            f"{nsp} eigenvalues ({nsp / n:.0%}) decay above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt} ({fit_txt})",
         )
     if ratio >= SPIKE_RATIO:
         return PhaseResult(
             "bulk+spikes",
-            f"{nsp} spike{'s' if nsp != 1 else ''} above λ+ + TW, largest {ratio:.1f}× λ+, "
-            f"bulk fits MP ({fit_txt})",
+            f"{nsp} spike{s_} above λ+ + TW, largest {ratio:.1f}× λ+, bulk fits MP ({fit_txt})",
         )
     return PhaseResult(
         "bleeding-out",
-        f"{nsp} eigenvalue{'s' if nsp != 1 else ''} just above λ+ + TW, largest {ratio:.2f}× λ+ ({fit_txt})",
+        f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+ ({fit_txt})",
     )
+
+
+def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = None) -> dict[str, float]:
+    """The numbers the phase rules look at (λ axis).
+
+    ``ratio = λ_max/λ+``; ``n_spikes`` eigenvalues above ``λ+ + TW``, of
+    which ``n_shoulder`` lie below ``SPIKE_RATIO · λ+`` (eigenmass bleeding
+    out of the edge) and ``n_far`` above it (separated spikes);
+    ``frac_zero`` the numerically zero fraction; ``alpha`` the power-law
+    exponent (NaN without a fit).
+    """
+    x = np.asarray(evals, dtype=np.float64).ravel()
+    lp, edge = mp.lambda_plus, mp.lambda_plus + mp.tw_margin
+    lmax = float(x.max())
+    n_far = int(np.count_nonzero(x > max(SPIKE_RATIO * lp, edge)))
+    n_sp = int(np.count_nonzero(x > edge))
+    return {
+        "ratio": lmax / lp if lp > 0 else math.inf,
+        "n_spikes": float(n_sp),
+        "n_shoulder": float(n_sp - n_far),
+        "n_far": float(n_far),
+        "frac_zero": mp.frac_at_zero,
+        "ks": mp.ks,
+        "alpha": pl.alpha if (pl is not None and pl.ok) else math.nan,
+    }
