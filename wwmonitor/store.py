@@ -132,12 +132,16 @@ class RunStore:
     busy_timeout:
         Seconds a write waits for a lock held by another connection before
         failing with "database is locked".
+    max_bytes:
+        Optional size cap of the database file; a write that would exceed it
+        fails like a full disk (``SQLITE_FULL``) and is reported, not fatal.
 
     Raises ``ValueError`` naming the folder when it cannot be created or
     written.
     """
 
-    def __init__(self, folder: Union[str, Path], *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, folder: Union[str, Path], *, busy_timeout: float = 5.0,
+                 max_bytes: Optional[int] = None) -> None:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
         try:
@@ -148,6 +152,9 @@ class RunStore:
                 raise sqlite3.OperationalError(f"journal_mode=WAL not supported here (got {mode})")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            if max_bytes is not None:
+                page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+                self._conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // int(page))}")
         except (OSError, sqlite3.Error) as e:
             raise ValueError(f"run_dir: cannot write the run store at {str(self.path)!r}: {e}") from e
         self._lock = threading.Lock()

@@ -126,7 +126,9 @@ class Monitor:
     close_timeout:
         Seconds :meth:`close` waits for queued snapshots.
     store:
-        Write the embedded SQLite run store.
+        Write the embedded SQLite run store (``True``), none (``False``), or
+        use this :class:`~wwmonitor.store.RunStore` (its folder becomes the
+        run folder; ``run_dir``/``run_name`` are then ignored).
     analyze_fn:
         Per-matrix analysis ``(W, name, type, scale, options) -> LayerMetrics``
         (default :func:`wwmonitor.analyze.analyze_matrix`).
@@ -159,7 +161,7 @@ class Monitor:
         config: Optional[Mapping[str, Any]] = None,
         resume: bool = True,
         close_timeout: Optional[float] = 60.0,
-        store: bool = True,
+        store: Union[bool, RunStore] = True,
         analyze_fn: Optional[AnalyzeFn] = None,
         history: int = 32,
     ) -> None:
@@ -209,11 +211,15 @@ class Monitor:
         self._store: Optional[RunStore] = None
         self._stored_steps: set[int] = set()
         self._last_step: Optional[int] = None
-        self._use_store = bool(store)
-        self.run_id = self._pick_run_id(run_name, resume)
+        self._use_store = store is not False
+        given_store = store if isinstance(store, RunStore) else None
+        if given_store is not None:
+            self._root, self.run_id = given_store.folder.parent, given_store.folder.name
+        else:
+            self.run_id = self._pick_run_id(run_name, resume)
         self.run_name = run_name or self.run_id
         if self._use_store:
-            self._open_store()
+            self._open_store(given_store)
 
         # --- queue + worker
         self._pool = BufferPool(self.queue_size + 1)
@@ -243,15 +249,19 @@ class Monitor:
         """This run's folder (``run_dir/<run_id>``)."""
         return self._root / self.run_id
 
-    def _open_store(self) -> None:
+    def _open_store(self, given: Optional[RunStore] = None) -> None:
         folder = self.run_dir
         if self._root.exists() and not os.access(self._root, os.W_OK | os.X_OK):
             raise ValueError(f"run_dir {str(self._root)!r} is not writable")
-        existed = (folder / DB_NAME).exists()
-        try:
-            store = RunStore(folder)
-        except ValueError as e:
-            raise ValueError(f"run_dir {str(self._root)!r} is not writable: {e}") from e
+        if given is not None:
+            store = given
+            existed = bool(store.stored_steps()) or store.get_meta("created") is not None
+        else:
+            existed = (folder / DB_NAME).exists()
+            try:
+                store = RunStore(folder)
+            except ValueError as e:
+                raise ValueError(f"run_dir {str(self._root)!r} is not writable: {e}") from e
         self._fresh = not existed
         self._stored_steps = set(store.stored_steps())
         self._last_step = max(self._stored_steps) if self._stored_steps else None

@@ -73,15 +73,24 @@ def model_summary(layers: Sequence[LayerMetrics]) -> dict[str, float]:
     return out
 
 
-def nonfinite_alerts(result: SnapshotResult) -> list[Alert]:
-    """One ``rule="non_finite"`` error alert per layer whose weights contain NaN/Inf,
-    unless the alert rules already raised one for that layer."""
-    have = {(a.rule, a.layer) for a in result.alerts}
+def nonfinite_alerts(result: SnapshotResult, active: set[str]) -> list[Alert]:
+    """``rule="non_finite"`` error alerts for layers whose weights contain NaN/Inf.
+
+    With hysteresis: a layer alerts when it *becomes* non-finite (it is then
+    kept in ``active``, updated in place) and again only after its weights
+    were finite in between.  No alert is added for a layer for which the
+    alert rules already produced a ``non_finite`` alert in this result.
+    """
+    have = {a.layer for a in result.alerts if a.rule == "non_finite"}
     out = []
     for m in result.layers:
-        if m.status == "non_finite" and ("non_finite", m.name) not in have:
+        if m.status != "non_finite":
+            active.discard(m.name)
+            continue
+        if m.name not in active and m.name not in have:
             out.append(Alert(step=result.step, epoch=result.epoch, rule="non_finite", severity="error",
                              message=m.message or f"layer {m.name!r}: non-finite weights", layer=m.name))
+        active.add(m.name)
     return out
 
 
@@ -140,6 +149,7 @@ class Worker:
         self.on_error = on_error
         self.analyze_fn = analyze_fn
         self.abort = threading.Event()
+        self._nonfinite: set[str] = set()
         self.layer_errors = 0
         self.analysed = 0
         self._sinks_lock = threading.Lock()
@@ -182,7 +192,7 @@ class Worker:
                 res.alerts.extend(self.alerts.evaluate(res) or [])
             except Exception as e:  # noqa: BLE001
                 self.on_error("alerts", f"step {res.step}", e)
-        res.alerts.extend(nonfinite_alerts(res))
+        res.alerts.extend(nonfinite_alerts(res, self._nonfinite))
         self.analysed += 1
         self.on_result(res)
         with self._sinks_lock:

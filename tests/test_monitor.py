@@ -1,0 +1,450 @@
+"""Monitor runtime: snapshots, worker thread, queue policies, faults, resume.
+
+Real threads, real torch models, the real analysis; "slow analysis" is the
+real ``analyze_matrix`` behind a gate the test opens, so queue states are
+deterministic instead of timing-dependent.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from wwmonitor.analyze import AnalysisOptions  # noqa: E402
+from wwmonitor.monitor import Monitor  # noqa: E402
+from wwmonitor.monitor.worker import default_analyze  # noqa: E402
+from wwmonitor.records import Alert  # noqa: E402
+from wwmonitor.store import load_run  # noqa: E402
+
+FAST = AnalysisOptions(mp_fit=False, phases=False)
+
+
+def mlp(seed: int = 0) -> "torch.nn.Module":
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64),
+                               torch.nn.ReLU(), torch.nn.Linear(64, 4))
+
+
+def worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("wwmonitor-")]
+
+
+class Gate:
+    """analyze_fn that blocks until opened; records the steps/layers it saw."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[str] = []
+
+    def __call__(self, W, name, typ, scale, options):
+        self.calls.append(name)
+        self.entered.set()
+        assert self.open.wait(30), "test gate never opened"
+        return default_analyze(W, name, typ, scale, options)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads():
+    before = set(worker_threads())
+    yield
+    deadline = time.monotonic() + 5
+    while set(worker_threads()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(worker_threads()) - before, "a wwmonitor worker thread outlived its Monitor"
+
+
+def test_training_loop_end_to_end(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(256, 64), torch.randint(0, 4, (256,))
+    step = 0
+    with Monitor(model, tmp_path, run_name="e2e", config={"lr": 0.5, "batch_size": 32}) as mon:
+        for epoch in range(3):
+            for i in range(0, 256, 32):
+                loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+            assert mon.snapshot(step=step, epoch=epoch) is True
+        run_dir = mon.run_dir
+    assert not worker_threads()
+    st = mon.stats
+    assert (st["snapshots_taken"], st["analysed"], st["skipped"], st["errors"]) == (3, 3, 0, 0)
+    assert [r.step for r in mon.results] == [8, 16, 24]
+
+    run = load_run(run_dir)
+    assert run.steps == [8, 16, 24] and list(run.snapshots["epoch"]) == [0, 1, 2]
+    assert run.config == {"lr": 0.5, "batch_size": 32}
+    assert run.meta["versions"]["torch"] == torch.__version__
+    assert list(run.layers["layer"]) == ["0", "2", "4"]
+    assert list(run.layers["shape"]) == ["96x64", "64x96", "4x64"]
+    alpha = run.metrics[run.metrics.metric == "alpha"]
+    assert set(alpha.layer) == {"0", "2"}  # layer "4" has 4 eigenvalues < min_evals
+    assert len(alpha) == 6 and np.isfinite(alpha.value).all()
+    model_rows = run.metrics[run.metrics.layer == "__model__"]
+    assert {"mean_alpha", "mean_log_norm", "mean_stable_rank", "mean_alpha_weighted"} <= set(model_rows.metric)
+    mean_alpha = model_rows[model_rows.metric == "mean_alpha"].value.to_numpy()
+    per_layer = alpha.groupby("step").value.mean().to_numpy()
+    np.testing.assert_allclose(mean_alpha, per_layer)
+    # the ESD is the real one of the weights at the last step
+    W = model[2].weight.detach().double().numpy()
+    ev = np.linalg.eigvalsh(W @ W.T) / 96
+    np.testing.assert_allclose(run.esd("2"), ev, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(run.esd("2", step=8), run.esd("2", step=24))  # weights moved in between
+    status = run.layer_status.set_index(["step", "layer"]).status
+    assert status[(8, "4")] == "too_few_evals" and status[(8, "0")] == "ok"
+    wide = run.to_pandas()
+    assert len(wide) == 9 and {"alpha", "phase", "status", "epoch"} <= set(wide.columns)
+
+
+def test_snapshot_is_a_copy_taken_at_call_time(tmp_path):
+    """Weights changed after snapshot() returns must not leak into the analysis."""
+    model = mlp()
+    gate = Gate()
+    mon = Monitor(model, tmp_path, options=FAST, analyze_fn=gate, every_n_epochs=None)
+    expected = model[0].weight.detach().double().numpy().copy()
+    mon.snapshot(step=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.0)  # in-place, like an optimiser step
+    gate.open.set()
+    mon.close()
+    res = mon.results[0]
+    assert [m.status for m in res.layers][:2] == ["ok", "ok"]
+    np.testing.assert_allclose(res.esds["0"], np.linalg.eigvalsh(expected.T @ expected) / 96, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["block", "skip", "latest"])
+def test_queue_policies_when_analysis_falls_behind(tmp_path, policy):
+    model = mlp()
+    gate = Gate()
+    mon = Monitor(model, tmp_path, queue_size=2, policy=policy, options=FAST, analyze_fn=gate, every_n_epochs=None)
+    assert mon.snapshot(step=1)
+    assert gate.entered.wait(10)  # the worker holds step 1 (blocked in the analysis)
+    assert mon.snapshot(step=2) and mon.snapshot(step=3)  # fill the queue
+    assert mon.stats["pending"] == 3
+    if policy == "block":
+        timer = threading.Timer(0.4, gate.open.set)
+        timer.start()
+        t0 = time.perf_counter()
+        assert mon.snapshot(step=4) is True
+        waited = time.perf_counter() - t0
+        assert waited >= 0.3, waited  # it really waited for a free slot
+        assert mon.stats["blocked_s"] >= 0.3
+        timer.join()
+    else:
+        with pytest.warns(RuntimeWarning, match="behind training"):
+            out = mon.snapshot(step=4)
+        assert out is (policy == "latest")
+        mon.snapshot(step=5)  # second one: counted, warned only once (logged)
+        gate.open.set()
+    mon.close()
+    st = mon.stats
+    steps = [r.step for r in mon.results]
+    if policy == "block":
+        assert steps == [1, 2, 3, 4] and st["skipped"] == st["coalesced"] == 0
+    elif policy == "skip":
+        assert steps == [1, 2, 3] and st["skipped"] == 2 and st["coalesced"] == 0
+    else:
+        assert steps == [1, 4, 5] and st["coalesced"] == 2 and st["skipped"] == 0
+    assert st["analysed"] == len(steps)
+    assert st["snapshots_taken"] == st["analysed"] + st["coalesced"]
+    assert load_run(mon.run_dir).steps == steps  # step order preserved in the store
+    # memory bound: never more than queue_size + 1 buffer sets
+    one = sum(p.numel() * 4 for n, p in model.named_parameters() if n.endswith("weight"))
+    assert 0 < st["buffer_bytes_peak"] <= (2 + 1) * one
+
+
+def test_fault_in_one_layer_is_recorded_and_training_continues(tmp_path):
+    def faulty(W, name, typ, scale, options):
+        if name == "2":
+            raise FloatingPointError("injected fault in layer 2")
+        return default_analyze(W, name, typ, scale, options)
+
+    model = mlp()
+    with Monitor(model, tmp_path, options=FAST, analyze_fn=faulty) as mon:
+        for e in range(2):
+            mon.snapshot(step=e, epoch=e)
+    assert mon.stats["errors"] == 2 and mon.stats["analysed"] == 2
+    res = mon.results[-1]
+    by = {m.name: m for m in res.layers}
+    assert by["2"].status == "error" and "injected fault in layer 2" in by["2"].message
+    assert res.errors == {"2": "FloatingPointError: injected fault in layer 2"}
+    assert by["0"].status == "ok" and by["0"].alpha is not None
+    run = load_run(mon.run_dir)
+    st = run.layer_status[run.layer_status.layer == "2"]
+    assert list(st.status) == ["error", "error"] and st.message.str.contains("injected").all()
+
+
+def test_bad_matrix_fault_via_matrices(tmp_path):
+    """A real analysis failure (1-D 'matrix') in one entry of ``matrices=``."""
+    rng = np.random.default_rng(0)
+    mats = {"good": rng.standard_normal((120, 60)).astype(np.float32), "bad": np.ones((3, 0), np.float32)}
+    with Monitor(None, tmp_path, options=FAST) as mon:
+        assert mon.snapshot(step=0, epoch=0, matrices=mats)
+    res = mon.results[0]
+    by = {m.name: m for m in res.layers}
+    assert by["good"].status == "ok" and by["bad"].status == "error"
+    assert "empty dimension" in res.errors["bad"]
+
+
+def test_non_finite_weights_alert_not_crash(tmp_path):
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight[3, 5] = float("nan")
+    with Monitor(model, tmp_path, options=FAST) as mon:
+        mon.snapshot(step=0, epoch=0)
+        mon.snapshot(step=1, epoch=1)  # still NaN: no second alert (hysteresis)
+        mon.flush()
+        with torch.no_grad():
+            model[2].weight[3, 5] = 0.0
+        mon.snapshot(step=2, epoch=2)
+        mon.flush()
+        with torch.no_grad():
+            model[2].weight[0, 0] = float("inf")
+        mon.snapshot(step=3, epoch=3)
+    fired = [(a.step, a.rule, a.layer, a.severity) for a in mon.alerts_fired]
+    assert fired == [(0, "non_finite", "2", "error"), (3, "non_finite", "2", "error")]
+    assert mon.results[0].layers[1].status == "non_finite"
+    run = load_run(mon.run_dir)
+    assert list(run.alerts.rule) == ["non_finite", "non_finite"] and list(run.alerts.step) == [0, 3]
+    assert mon.should_stop is False
+
+
+class StopRule:
+    def __init__(self) -> None:
+        self.closed_in: list[str] = []
+
+    def evaluate(self, result):
+        if result.step == 2:
+            return [Alert(step=result.step, epoch=result.epoch, rule="stop_me", severity="error",
+                          message="stop", value=1.0, stop_training=True)]
+        if result.step == 3:
+            raise KeyError("broken rule")
+        return []
+
+    def close(self):
+        self.closed_in.append(threading.current_thread().name)
+
+
+class RecordingSink:
+    def __init__(self, fail_at=None) -> None:
+        self.threads: set[str] = set()
+        self.steps: list[int] = []
+        self.alert_rules: list[list[str]] = []
+        self.closed_in: list[str] = []
+        self.fail_at = fail_at
+
+    def write(self, result):
+        self.threads.add(threading.current_thread().name)
+        if result.step == self.fail_at:
+            raise OSError("sink down")
+        self.steps.append(result.step)
+        self.alert_rules.append([a.rule for a in result.alerts])
+
+    def close(self):
+        self.closed_in.append(threading.current_thread().name)
+
+
+def test_alerts_then_sinks_from_one_worker_thread(tmp_path):
+    rule, sink, bad = StopRule(), RecordingSink(), RecordingSink(fail_at=1)
+    mon = Monitor(mlp(), tmp_path, options=FAST, alerts=rule, sinks=[sink], every_n_epochs=None)
+    mon.add_sink(bad)
+    with pytest.warns(RuntimeWarning):
+        for s in range(5):
+            mon.snapshot(step=s)
+        mon.close()
+    assert sink.steps == [0, 1, 2, 3, 4] and bad.steps == [0, 2, 3, 4]
+    assert sink.alert_rules[2] == ["stop_me"]  # alerts evaluated before the sinks saw the result
+    worker_name = f"wwmonitor-{mon.run_id}"
+    assert sink.threads == bad.threads == {worker_name}
+    assert sink.closed_in == bad.closed_in == rule.closed_in == [worker_name]
+    assert mon.should_stop is True
+    st = mon.stats
+    assert st["sink_errors"] == 1 and st["alert_errors"] == 1 and st["analysed"] == 5
+    run = load_run(mon.run_dir)
+    a = run.alerts.iloc[0]
+    assert (a.step, a.rule, a.severity, a.value) == (2, "stop_me", "error", 1.0)
+
+
+def test_intervals_and_duplicates(tmp_path):
+    mon = Monitor(mlp(), tmp_path, options=FAST, every_n_epochs=2, every_n_steps=None)
+    taken = [e for e in range(6) if mon.snapshot(step=10 * e, epoch=e)]
+    assert taken == [1, 3, 5]
+    assert mon.snapshot(step=50, epoch=7) is False  # step already snapshotted
+    assert mon.stats["duplicates"] == 1
+    mon.close()
+    mon2 = Monitor(mlp(), tmp_path, options=FAST, every_n_epochs=None, every_n_steps=4)
+    taken = [s for s in range(1, 13) if mon2.snapshot(step=s, epoch=0, epoch_end=False)]
+    assert taken == [4, 8, 12]
+    assert mon2.should_snapshot(step=16) and not mon2.should_snapshot(step=17)
+    mon2.close()
+    assert [r.step for r in mon2.results] == [4, 8, 12]
+
+
+def test_configuration_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"layers: no matrix matches \['fc9'\]"):
+        Monitor(mlp(), tmp_path, layers=["fc9"])
+    with pytest.raises(ValueError, match="no analysable layers"):
+        Monitor(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.LayerNorm(4)), tmp_path)
+    with pytest.raises(ValueError, match="no analysable layers"):
+        Monitor(mlp(), tmp_path, exclude=["Linear"])
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="every_n_epochs"):
+            Monitor(mlp(), tmp_path, every_n_epochs=bad)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        Monitor(mlp(), tmp_path, every_n_steps=0)
+    with pytest.raises(ValueError, match="queue_size"):
+        Monitor(mlp(), tmp_path, queue_size=0)
+    with pytest.raises(ValueError, match="policy"):
+        Monitor(mlp(), tmp_path, policy="drop")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="run_dir .*a_file"):
+        Monitor(mlp(), blocker / "runs")
+    assert not worker_threads()  # failed constructions start no thread
+
+
+def test_layer_selection_by_name_glob_and_type(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.Flatten(), torch.nn.Linear(16, 80))
+    with Monitor(m, tmp_path, layers=["Conv2d"], options=FAST, store=False) as mon:
+        mon.snapshot(step=0, epoch=0)
+    assert [x.name for x in mon.results[0].layers] == ["0"]
+    assert mon.results[0].layers[0].shape == (9, 16, 3)
+    with Monitor(m, tmp_path, layers=["*"], exclude=[torch.nn.Conv2d], options=FAST, store=False) as mon:
+        mon.snapshot(step=0, epoch=0)
+    assert [x.name for x in mon.results[0].layers] == ["2"]
+
+
+def test_conv_snapshot_matches_direct_analysis(tmp_path):
+    """The dense-block copy of a permuted conv view reproduces the pooled ESD."""
+    from wwmonitor.analyze import analyze_matrix
+    from wwmonitor.layers import extract_matrices
+
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Conv2d(24, 32, 3))
+    with Monitor(m, tmp_path, options=FAST, store=False) as mon:
+        mon.snapshot(step=0, epoch=0)
+    spec = extract_matrices(m)[0]
+    ref = analyze_matrix(spec.tensor, "0", scale=spec.scale, options=AnalysisOptions(mp_fit=False, phases=False,
+                                                                                       keep_esd=True))
+    got = mon.results[0]
+    np.testing.assert_array_equal(got.esds["0"], ref.extra["esd"])
+    assert got.layers[0].alpha == ref.alpha
+
+
+def test_resume_by_name_and_by_state_dict(tmp_path):
+    model = mlp()
+    with Monitor(model, tmp_path, run_name="exp", options=FAST) as a:
+        for e in range(3):
+            a.snapshot(step=e * 10, epoch=e)
+        state = a.state_dict()
+    assert state["run_id"] == "exp" and state["last_step"] == 20
+
+    # restart by name: stored steps are skipped, new ones appended
+    with Monitor(model, tmp_path, run_name="exp", options=FAST) as b:
+        assert b.run_dir == a.run_dir
+        assert b.snapshot(step=20, epoch=2) is False
+        assert b.snapshot(step=30, epoch=3) is True
+    run = load_run(a.run_dir)
+    assert run.steps == [0, 10, 20, 30]
+    assert not run.metrics.duplicated(["step", "layer", "metric"]).any()
+    assert len(run.meta["resumed"]) == 1
+
+    # restart from a checkpoint's state: a fresh monitor switches to the stored run
+    c = Monitor(model, tmp_path, options=FAST)
+    fresh_dir = c.run_dir
+    assert fresh_dir.exists()
+    c.load_state_dict({**state, "last_step": 30})
+    assert c.run_dir == a.run_dir and not fresh_dir.exists()  # the empty fresh run was removed
+    assert c.snapshot(step=30, epoch=3) is False and c.snapshot(step=40, epoch=4) is True
+    c.close()
+    assert load_run(a.run_dir).steps == [0, 10, 20, 30, 40]
+
+    # resume=False never touches an existing run
+    with Monitor(model, tmp_path, run_name="exp", resume=False, options=FAST) as d:
+        d.snapshot(step=0, epoch=0)
+    assert d.run_id == "exp-2" and load_run(d.run_dir).steps == [0]
+
+
+def test_close_timeout_drops_counted_and_leaves_no_thread(tmp_path):
+    def slow(W, name, typ, scale, options):
+        time.sleep(0.3)
+        return default_analyze(W, name, typ, scale, options)
+
+    mon = Monitor(mlp(), tmp_path, options=FAST, analyze_fn=slow, queue_size=3, every_n_epochs=None)
+    for s in range(4):
+        mon.snapshot(step=s)
+    t0 = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="not analysed"):
+        mon.close(timeout=0.4)
+    assert time.perf_counter() - t0 < 6
+    st = mon.stats
+    assert st["dropped_on_close"] >= 1
+    assert st["analysed"] + st["dropped_on_close"] == 4
+    assert not worker_threads()
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.snapshot(step=99)
+    mon.close()  # idempotent
+
+
+def test_peak_buffer_memory_bounded_under_latest(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 128))
+    gate = Gate()
+    mon = Monitor(model, tmp_path, queue_size=2, policy="latest", options=FAST, analyze_fn=gate,
+                  every_n_epochs=None, store=False)
+    mon.snapshot(step=0)
+    assert gate.entered.wait(10)
+    with pytest.warns(RuntimeWarning, match="behind training"):
+        for s in range(1, 10):
+            mon.snapshot(step=s)
+    gate.open.set()
+    mon.close()
+    weights = (256 * 256 + 256 * 128) * 4
+    assert mon.stats["buffer_bytes_peak"] == 3 * weights
+    assert mon.stats["buffer_bytes"] == 0  # freed at close
+    assert [r.step for r in mon.results] == [0, 8, 9] and mon.stats["coalesced"] == 7
+
+
+def test_matrices_numpy_and_bfloat16(tmp_path):
+    rng = np.random.default_rng(3)
+    mats = {"a": rng.standard_normal((200, 100)).astype(np.float32)}
+    bf = torch.nn.Linear(100, 200).to(torch.bfloat16)
+    with Monitor(None, tmp_path, options=FAST, every_n_epochs=None) as mon:
+        mon.snapshot(step=0, matrices=mats)
+        mats["a"][:] = 0  # the caller reusing its array must not affect the queued copy
+        mon.snapshot(step=1, model=bf)
+    r0, r1 = mon.results
+    assert r0.layers[0].status == "ok" and r0.layers[0].alpha is not None
+    assert r1.layers[0].status == "ok" and r1.layers[0].shape == (200, 100)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_snapshot_pinned_async(tmp_path):  # pragma: no cover - no GPU in CI
+    model = mlp().cuda()
+    gate = Gate()
+    mon = Monitor(model, tmp_path, options=FAST, analyze_fn=gate, every_n_epochs=None)
+    ref = model[0].weight.detach().double().cpu().numpy()
+    mon.snapshot(step=0)
+    with torch.no_grad():
+        model[0].weight.mul_(0)
+    gate.open.set()
+    mon.close()
+    np.testing.assert_allclose(mon.results[0].esds["0"], np.linalg.eigvalsh(ref.T @ ref) / 96, rtol=1e-4, atol=1e-6)
+
+
+def test_unclosed_monitor_warning_free_gc(tmp_path):
+    """Monitor used as a context manager raises no warnings on a clean run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Monitor(mlp(), tmp_path, options=FAST) as mon:
+            mon.snapshot(step=0, epoch=0)
+    assert mon.stats["analysed"] == 1
