@@ -1,0 +1,89 @@
+"""CSV sink: every scalar of every snapshot, one row per value (long format).
+
+Columns: ``step, epoch, layer, metric, value`` -- the same shape as
+``load_run(path).metrics``, so ``pandas.read_csv(...).pivot_table(...)``
+gives curves.  Model-level means (``result.summary``) are rows with
+``layer = "(model)"``.  The file is append-only (a header is written only
+when it is new), so a resumed run continues the same file.
+
+Under Lightning, the callback writes ``wwmonitor_metrics.csv`` into the
+``CSVLogger``'s ``log_dir`` next to its ``metrics.csv`` instead of calling
+``CSVLogger.log_metrics``: that logger rewrites its whole file whenever a new
+column appears and is not meant to be fed from a second thread; hundreds of
+``ww/<metric>/<layer>`` columns would also swamp the user's own metrics.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..records import SnapshotResult
+from ._render import layer_scalars, resolve_metrics
+
+__all__ = ["CSVSink", "MODEL_LAYER", "CSV_NAME"]
+
+#: ``layer`` value of the model-level rows
+MODEL_LAYER = "(model)"
+#: default file name inside a directory
+CSV_NAME = "wwmonitor_metrics.csv"
+_HEADER = ["step", "epoch", "layer", "metric", "value"]
+
+
+class CSVSink:
+    """Append snapshot scalars to a CSV file.
+
+    Parameters
+    ----------
+    path:
+        A ``.csv`` file, or a directory (then ``<dir>/wwmonitor_metrics.csv``).
+    metrics:
+        ``"default"``, ``"all"`` or a list of metric names (see
+        :class:`~wwmonitor.sinks.tensorboard.TensorBoardSink`).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], *, metrics: Union[str, Sequence[str]] = "all") -> None:
+        p = Path(path)
+        if p.suffix.lower() != ".csv":
+            p = p / CSV_NAME
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"CSVSink: cannot create folder {str(p.parent)!r}: {e}") from e
+        self.path = p
+        self.metrics = resolve_metrics(metrics)
+        self._lock = threading.Lock()
+        self._fh: Optional[object] = None
+
+    def _open(self):
+        if self._fh is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._fh = open(self.path, "a", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._fh)  # type: ignore[arg-type]
+            if new:
+                self._writer.writerow(_HEADER)
+        return self._writer
+
+    def write(self, result: SnapshotResult) -> None:
+        """Append the snapshot's rows and flush (called from the worker thread)."""
+        epoch = "" if result.epoch is None else int(result.epoch)
+        rows = []
+        for lm in result.layers:
+            for m, v in layer_scalars(lm, self.metrics).items():
+                rows.append([int(result.step), epoch, lm.name, m, repr(v)])
+        for k, v in result.summary.items():
+            if v is not None and math.isfinite(float(v)):
+                rows.append([int(result.step), epoch, MODEL_LAYER, k, repr(float(v))])
+        with self._lock:
+            w = self._open()
+            w.writerows(rows)
+            self._fh.flush()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()  # type: ignore[union-attr]
+                self._fh = None

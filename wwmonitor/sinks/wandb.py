@@ -1,0 +1,219 @@
+"""Weights & Biases sink: scalars keyed by the trainer's step, ESD images, a per-layer table, alerts.
+
+For each :class:`~wwmonitor.records.SnapshotResult` one ``run.log`` row is
+written holding
+
+* ``<prefix>/<metric>/<layer>`` and ``<prefix>/model/<key>`` scalars,
+* ``step_metric`` (default ``"trainer/global_step"``, Lightning's step key)
+  set to ``result.step`` and ``<prefix>/epoch``,
+* ``<prefix>/esd/<layer>`` -- ``wandb.Image`` of the ESD figure
+  (:func:`wwmonitor.report.figures.plot_esd`) every ``esd_every_n_epochs``,
+* ``<prefix>/layers`` -- a ``wandb.Table`` with one row per layer
+  (step, epoch, layer, phase, status and the metrics),
+
+and every alert becomes ``run.alert(title, text, level)`` (recorded in the
+run file in offline mode).  The step is *logged as a key* and declared with
+``define_metric(f"{prefix}/*", step_metric=step_metric)``; ``log(step=)`` is
+never used, because wandb silently drops rows whose ``step`` is lower than an
+earlier one, and analysed snapshots arrive after the trainer moved on.
+
+Threads (wandb's client is not thread-safe)
+-------------------------------------------
+``deliver="direct"``: ``write`` calls wandb itself -- correct when the
+monitor's worker thread is the only thread using the run (plain PyTorch with
+no other wandb logging).  ``deliver="deferred"`` (what the callbacks use,
+since Lightning/Keras log from the training thread): ``write`` only prepares
+plain data (numbers, RGB arrays) and queues it; :meth:`pump`, called by the
+callback on the training thread at its hooks and after the monitor closed,
+creates the ``wandb.Image``/``Table`` objects and calls ``run.log`` /
+``run.alert``.  So exactly one thread ever calls wandb.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..records import SnapshotResult
+from ._render import esd_figure, figure_to_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
+
+__all__ = ["WandbSink"]
+
+_LEVELS = {"info": "INFO", "warning": "WARN", "error": "ERROR"}
+
+
+class WandbSink:
+    """Log snapshot results to a wandb run (see the module docstring).
+
+    Parameters
+    ----------
+    run:
+        A ``wandb`` Run (``wandb.init(...)``, ``WandbLogger.experiment``).
+    step_metric:
+        Key holding the trainer's step (``"trainer/global_step"`` matches
+        Lightning's charts; the Keras callback uses ``"ww/step"``).
+    prefix, metrics, esd_every_n_epochs, esd_layers:
+        As in :class:`~wwmonitor.sinks.tensorboard.TensorBoardSink`.
+    table:
+        Log the per-layer ``wandb.Table`` with every snapshot.
+    alerts:
+        Send alerts with ``run.alert``.
+    deliver:
+        ``"direct"`` or ``"deferred"`` (see "Threads" above).
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        step_metric: str = "trainer/global_step",
+        prefix: str = "ww",
+        metrics: Union[str, Sequence[str]] = "default",
+        esd_every_n_epochs: int = 1,
+        esd_layers: Optional[Sequence[str]] = None,
+        table: bool = True,
+        alerts: bool = True,
+        deliver: str = "direct",
+        dpi: int = 80,
+    ) -> None:
+        if run is None or not callable(getattr(run, "log", None)):
+            raise TypeError(f"run: expected a wandb Run (wandb.init(...)), got {type(run).__name__}")
+        if deliver not in ("direct", "deferred"):
+            raise ValueError(f"deliver must be 'direct' or 'deferred', got {deliver!r}")
+        if esd_every_n_epochs < 0:
+            raise ValueError(f"esd_every_n_epochs must be >= 0, got {esd_every_n_epochs}")
+        self.run = run
+        self.step_metric = step_metric
+        self.prefix = prefix.rstrip("/")
+        self.metrics = resolve_metrics(metrics)
+        self.esd_every = int(esd_every_n_epochs)
+        self.esd_layers = set(esd_layers) if esd_layers is not None else None
+        self.table = bool(table)
+        self.send_alerts = bool(alerts)
+        self.deliver = deliver
+        self.dpi = int(dpi)
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()  # serialises pump() callers (one thread in practice)
+        self._defined = False
+        self._last_esd_epoch: Optional[int] = None
+        self._n = 0
+        self.rows_logged = 0
+        self.alerts_sent = 0
+
+    # ---------------------------------------------------------------- worker side
+    def _esd_due(self, result: SnapshotResult) -> bool:
+        if self.esd_every == 0:
+            return False
+        epoch = result.epoch if result.epoch is not None else self._n
+        if self._last_esd_epoch is None or epoch - self._last_esd_epoch >= self.esd_every:
+            self._last_esd_epoch = epoch
+            return True
+        return False
+
+    def _prepare(self, result: SnapshotResult) -> dict[str, Any]:
+        """Plain-data payload of one snapshot (no wandb objects: safe off the main thread)."""
+        p = self.prefix
+        scalars: dict[str, float] = {}
+        rows = []
+        cols = ["step", "epoch", "layer", "type", "phase", "status", *self.metrics]
+        for lm in result.layers:
+            vals = layer_scalars(lm, self.metrics)
+            for m, v in vals.items():
+                scalars[f"{p}/{m}/{sanitize_tag(lm.name)}"] = v
+            rows.append(
+                [int(result.step), result.epoch, lm.name, lm.type, lm.phase or "", lm.status]
+                + [vals.get(m) for m in self.metrics]
+            )
+        for k, v in result.summary.items():
+            if v is not None and np.isfinite(v):
+                scalars[f"{p}/model/{k}"] = float(v)
+        images: dict[str, tuple[np.ndarray, str]] = {}
+        if self._esd_due(result):
+            for lm in result.layers:
+                ev = result.esds.get(lm.name)
+                if ev is None or (self.esd_layers is not None and lm.name not in self.esd_layers):
+                    continue
+                fig = esd_figure(lm, ev, step=int(result.step), epoch=result.epoch)
+                if fig is not None:
+                    images[f"{p}/esd/{sanitize_tag(lm.name)}"] = (
+                        png_to_rgb(figure_to_png(fig, dpi=self.dpi)),
+                        f"{lm.name} step {result.step}",
+                    )
+        alerts = [
+            ((f"wwmonitor {a.rule}" + (f" {a.layer}" if a.layer else ""))[:63], a.message, a.severity)
+            for a in result.alerts
+        ]
+        self._n += 1
+        return {
+            "step": int(result.step),
+            "epoch": result.epoch,
+            "scalars": scalars,
+            "columns": cols,
+            "rows": rows,
+            "images": images,
+            "alerts": alerts,
+        }
+
+    def write(self, result: SnapshotResult) -> None:
+        """Prepare one snapshot; log it now (``direct``) or queue it for :meth:`pump`."""
+        payload = self._prepare(result)
+        if self.deliver == "direct":
+            self._log(payload)
+        else:
+            self._queue.append(payload)
+
+    # ---------------------------------------------------------------- wandb side
+    @property
+    def pending(self) -> int:
+        """Payloads waiting for :meth:`pump` (deferred mode)."""
+        return len(self._queue)
+
+    def pump(self) -> int:
+        """Log every queued payload (deferred mode); call from the thread that owns the run.
+
+        Returns how many snapshots were logged.
+        """
+        n = 0
+        with self._lock:
+            while self._queue:
+                self._log(self._queue.popleft())
+                n += 1
+        return n
+
+    def _define(self) -> None:
+        if self._defined:
+            return
+        self._defined = True
+        define = getattr(self.run, "define_metric", None)
+        if callable(define):
+            define(self.step_metric)
+            define(f"{self.prefix}/*", step_metric=self.step_metric)
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        import wandb
+
+        self._define()
+        row: dict[str, Any] = dict(payload["scalars"])
+        row[self.step_metric] = payload["step"]
+        if payload["epoch"] is not None:
+            row[f"{self.prefix}/epoch"] = payload["epoch"]
+        for key, (rgb, caption) in payload["images"].items():
+            row[key] = wandb.Image(rgb, caption=caption)
+        if self.table and payload["rows"]:
+            row[f"{self.prefix}/layers"] = wandb.Table(columns=payload["columns"], data=payload["rows"])
+        self.run.log(row)
+        self.rows_logged += 1
+        if self.send_alerts:
+            for title, text, severity in payload["alerts"]:
+                level = getattr(wandb.AlertLevel, _LEVELS.get(severity, "WARN"))
+                self.run.alert(title=title, text=text, level=level, wait_duration=0)
+                self.alerts_sent += 1
+
+    def close(self) -> None:
+        """Nothing to release; queued payloads (deferred mode) wait for :meth:`pump`.
+
+        The run itself is owned by the caller (``wandb.finish()``/the logger).
+        """
+
