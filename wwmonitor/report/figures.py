@@ -435,6 +435,7 @@ def plot_esd_panel(
     mp: Optional["MPFit"] = None,
     title: Optional[str] = None,
     phase: Optional[str] = None,
+    fit_powerlaw_if_missing: bool = True,
     figsize: tuple[float, float] = (11.0, 3.8),
 ) -> Figure:
     """Two panels side by side: log-log density with PL fit + MP density, and the linear MP histogram.
@@ -443,7 +444,8 @@ def plot_esd_panel(
     """
     fig = _new_figure(figsize if mp is not None else (6.0, figsize[1]))
     axs = fig.subplots(1, 2 if mp is not None else 1, squeeze=False)[0]
-    plot_esd(evals, fit=fit, mp=mp, kind="pdf", ax=axs[0], title="log-log density")
+    plot_esd(evals, fit=fit, mp=mp, kind="pdf", ax=axs[0], title="log-log density",
+             fit_powerlaw_if_missing=fit_powerlaw_if_missing)
     if mp is not None:
         plot_mp_hist(evals, mp, ax=axs[1], title="linear density, MP bulk")
     sup = title or "ESD"
@@ -521,11 +523,21 @@ def plot_metric_curves(
         ax.grid(True, alpha=0.3)
     for ax in axs[len(present):]:
         ax.set_visible(False)
-    handles, labels = axs[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="layer")
+    _figure_legend(fig, axs, title="layer")
     if title:
         fig.suptitle(title, fontsize=12)
     return fig
+
+
+def _figure_legend(fig: Figure, axs: Sequence[Axes], title: str) -> None:
+    """One legend for the whole figure, merging every panel's entries (first occurrence wins)."""
+    seen: dict[str, Any] = {}
+    for ax in axs:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if not lab.startswith("_") and lab not in seen:
+                seen[lab] = h
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize=8, title=title)
 
 
 def _layer_colors(layers: Sequence[str]) -> dict[str, Any]:
@@ -691,8 +703,7 @@ def plot_sweep(
         ax.grid(True, alpha=0.3)
     for ax in axs[len(present):]:
         ax.set_visible(False)
-    handles, labels = axs[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="layer")
+    _figure_legend(fig, axs, title="layer")
     if title:
         fig.suptitle(title, fontsize=12)
     return fig
