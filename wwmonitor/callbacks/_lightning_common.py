@@ -1,0 +1,403 @@
+"""Logic shared by the ``lightning`` and ``pytorch_lightning`` callbacks.
+
+The two packages ship distinct ``Callback``/``Trainer`` classes, so each has
+a thin subclass (:mod:`wwmonitor.callbacks.lightning`,
+:mod:`wwmonitor.callbacks.pytorch_lightning`) of :class:`WeightWatcherMixin`
+and its package's ``Callback``.  The mixin uses only duck-typed trainer
+attributes and never imports either package.
+
+Hooks used (and why)
+--------------------
+``setup``             refuse FSDP/DeepSpeed (on every rank, before anything runs).
+``on_fit_start``      build the monitor(s) -- after Lightning restored this
+                      callback's checkpoint state, so a resumed fit continues
+                      the same run.
+``on_train_batch_end`` optional snapshot every ``every_n_steps`` optimizer steps.
+``on_train_epoch_end`` snapshot every ``every_n_epochs`` epochs, then the stop
+                      decision (collective under DDP).
+``on_train_end``      wait for the analysis (DDP: final gather, every rank).
+``on_fit_end`` / ``teardown`` / ``on_exception``  close the monitor (idempotent).
+
+Distributed (DDP)
+-----------------
+Every rank holds the full weights.  Matrix ``i`` (extraction order) is
+analysed on rank ``i mod world_size`` by a *shard* monitor (no store, no
+sinks) in that rank's background thread.  At the next snapshot point (and at
+train end) every rank waits for its shard, and the per-layer results are
+gathered to rank 0 (:func:`wwmonitor.distributed.gather_objects`, a
+collective reached at the same hooks on every rank).  Rank 0 feeds them, in
+step order, into the *main* monitor -- store, alert rules and logger sinks --
+whose per-matrix analysis function just returns the gathered result.  So
+results reach the sinks one snapshot later than without DDP, are identical
+to a single-process analysis of the same weights, and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import threading
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..alerts import AlertRules, resolve_alerts
+from ..analyze import AnalysisOptions
+from ..distributed import check_strategy, gather_objects
+from ..metrics import LayerMetrics
+
+log = logging.getLogger("wwmonitor")
+
+__all__ = ["WeightWatcherMixin"]
+
+
+def _rank_zero():
+    from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+
+    return rank_zero_info, rank_zero_warn
+
+
+class _Lookup:
+    """Per-matrix "analysis" of rank 0's main monitor under DDP: hand back gathered results.
+
+    The worker processes snapshots in order and each snapshot's matrices in
+    order, so a FIFO of ``{name: LayerMetrics}`` dicts is consumed exactly.
+    """
+
+    def __init__(self) -> None:
+        self._q: collections.deque[dict[str, LayerMetrics]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def push(self, layers: dict[str, LayerMetrics]) -> None:
+        with self._lock:
+            self._q.append(dict(layers))
+
+    def __call__(self, W: Any, name: str, typ: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
+        with self._lock:
+            head = self._q[0]
+            lm = head.pop(name)
+            if not head:
+                self._q.popleft()
+        return lm
+
+    def discard_last(self) -> None:
+        with self._lock:
+            if self._q:
+                self._q.pop()
+
+
+class WeightWatcherMixin:
+    """Monitor weight spectra during ``Trainer.fit`` (shared implementation).
+
+    Parameters
+    ----------
+    every_n_epochs:
+        Snapshot at the end of every n-th training epoch (``None``: never at
+        epoch end).
+    every_n_steps:
+        Also snapshot every n optimizer steps (``trainer.global_step % n == 0``).
+    run_dir, run_name:
+        Where the embedded run store goes (``run_dir/<run_name>/run.sqlite``).
+    layers, exclude:
+        Matrix selection (names, glob patterns, layer types); see
+        :func:`wwmonitor.layers.extract_matrices`.
+    alerts:
+        ``"default"``, ``None``, a dict of :class:`~wwmonitor.alerts.AlertRules`
+        arguments, or an :class:`AlertRules`.
+    stop_on:
+        Alert rule ids that stop training (``trainer.should_stop``; decided
+        with ``strategy.reduce_boolean_decision`` so every rank stops together).
+    loggers:
+        Write to the trainer's loggers (TensorBoard, W&B, CSV); ``False``: run
+        store only.
+    metrics, esd_every_n_epochs:
+        Scalars per layer and ESD image interval for the TensorBoard/W&B sinks.
+    queue_size, policy, options, config:
+        Passed to :class:`wwmonitor.Monitor`.
+    state_key:
+        Key of this callback's state in checkpoints (default: class name plus
+        run name and intervals; give distinct keys to two instances).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: Optional[int] = 1,
+        every_n_steps: Optional[int] = None,
+        *,
+        run_dir: str = "wwmonitor-runs",
+        run_name: Optional[str] = None,
+        layers: Optional[Sequence[Any]] = None,
+        exclude: Optional[Sequence[Any]] = None,
+        alerts: Union[None, bool, str, dict, AlertRules] = "default",
+        stop_on: Sequence[str] = (),
+        loggers: bool = True,
+        metrics: Union[str, Sequence[str]] = "default",
+        esd_every_n_epochs: int = 1,
+        queue_size: int = 2,
+        policy: str = "block",
+        options: Optional[AnalysisOptions] = None,
+        config: Optional[dict] = None,
+        flush_timeout: Optional[float] = 300.0,
+        state_key: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        for nm, v in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{nm} must be a positive integer or None, got {v!r}")
+        if every_n_epochs is None and every_n_steps is None:
+            raise ValueError("every_n_epochs and every_n_steps are both None: the callback would never snapshot")
+        from ..sinks._render import resolve_metrics
+
+        resolve_metrics(metrics)  # validate now
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.layers = layers
+        self.exclude = exclude
+        self.alert_rules = resolve_alerts(alerts, stop_on=stop_on)
+        self.use_loggers = bool(loggers)
+        self.metrics = metrics
+        self.esd_every_n_epochs = int(esd_every_n_epochs)
+        self.queue_size = queue_size
+        self.policy = policy
+        self.options = options
+        self.config = dict(config or {})
+        self.flush_timeout = flush_timeout
+        self._state_key = state_key
+        self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks)
+        self._shard: Any = None  # this rank's shard monitor under DDP
+        self._lookup: Optional[_Lookup] = None
+        self._names: list[str] = []
+        self._world = 1
+        self._rank = 0
+        self._pending: list[tuple[int, Optional[int]]] = []  # (step, epoch) analysed by shards, not yet gathered
+        self._last_step: Optional[int] = None
+        self._loaded: Optional[dict[str, Any]] = None
+        self._wandb_sinks: list[Any] = []
+        self.sinks: list[Any] = []
+        self.stopped_by_alert = False
+
+    # ------------------------------------------------------------ Lightning API
+    @property
+    def state_key(self) -> str:  # type: ignore[override]
+        if self._state_key:
+            return self._state_key
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            run_name=self.run_name, every_n_epochs=self.every_n_epochs, every_n_steps=self.every_n_steps
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
+            "last_step": self._last_step,
+            "alerts": self.alert_rules.state_dict() if isinstance(self.alert_rules, AlertRules) else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = dict(state_dict)
+        if self.monitor is not None or self._shard is not None:
+            self._apply_loaded()
+
+    def _apply_loaded(self) -> None:
+        st, self._loaded = self._loaded, None
+        if not st:
+            return
+        if st.get("last_step") is not None:
+            self._last_step = int(st["last_step"])
+        if self.monitor is not None and st.get("monitor"):
+            self.monitor.load_state_dict(st["monitor"])
+        if isinstance(self.alert_rules, AlertRules) and st.get("alerts"):
+            self.alert_rules.load_state_dict(st["alerts"])
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(trainer)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        from ..layers import extract_matrices
+        from ..monitor import Monitor
+
+        self._close()  # a second fit with the same callback starts cleanly
+        self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
+        specs = extract_matrices(pl_module, layers=self.layers, exclude=self.exclude)
+        if not specs:
+            raise ValueError(
+                f"WeightWatcherCallback: no analysable layers in {type(pl_module).__name__} "
+                f"(layers={self.layers!r}, exclude={self.exclude!r})"
+            )
+        self._names = [s.name for s in specs]
+        config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
+        if self._world > 1:
+            mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
+            if mine:
+                self._shard = Monitor(
+                    pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,
+                    every_n_steps=None, layers=mine, store=False, queue_size=self.queue_size,
+                    policy="block", options=self.options,
+                )
+        if self._rank == 0:
+            self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
+            self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
+            kw: dict[str, Any] = {}
+            if self._world > 1:
+                self._lookup = _Lookup()
+                kw["analyze_fn"] = self._lookup
+            elif isinstance(self.alert_rules, AlertRules) and "correlation_trap" in self.alert_rules.rules:
+                kw["analyze_fn"] = self._analyze_with_traps
+            self.monitor = Monitor(
+                pl_module, self.run_dir, run_name=self.run_name, every_n_epochs=None, every_n_steps=None,
+                layers=self._names, sinks=self.sinks, alerts=self.alert_rules, queue_size=self.queue_size,
+                policy=self.policy, options=self.options, config=config, **kw,
+            )
+        self._apply_loaded()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every_n_steps is None:
+            return
+        step = int(trainer.global_step)
+        if step > 0 and step % self.every_n_steps == 0:
+            self._snapshot(trainer, pl_module, step, int(trainer.current_epoch), epoch_end=False)
+        self._pump()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        epoch = int(trainer.current_epoch)
+        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
+            self._snapshot(trainer, pl_module, int(trainer.global_step), epoch, epoch_end=True)
+        self._pump()
+        self._stop_decision(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._world > 1:
+            self._collect(trainer)
+        if self.monitor is not None:
+            self.monitor.flush(self.flush_timeout)
+        self._pump()
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._close()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close(timeout=10.0)
+
+    # ------------------------------------------------------------ internals
+    def _logger_sinks(self, trainer: Any) -> list[Any]:
+        from ..sinks.csv import CSVSink
+        from ..sinks.tensorboard import TensorBoardSink
+        from ..sinks.wandb import WandbSink
+
+        _, rank_zero_warn = _rank_zero()
+        sinks: list[Any] = []
+        for lg in getattr(trainer, "loggers", []) or []:
+            kinds = {c.__name__ for c in type(lg).__mro__}
+            try:
+                if "TensorBoardLogger" in kinds:
+                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics,
+                                                 esd_every_n_epochs=self.esd_every_n_epochs, close_writer=False))
+                elif "WandbLogger" in kinds:
+                    sinks.append(WandbSink(lg.experiment, step_metric="trainer/global_step", metrics=self.metrics,
+                                           esd_every_n_epochs=self.esd_every_n_epochs, deliver="deferred"))
+                elif "CSVLogger" in kinds:
+                    sinks.append(CSVSink(lg.log_dir))
+                else:
+                    rank_zero_warn(f"wwmonitor: logger {type(lg).__name__} is not supported; only the run store "
+                                   "gets its results (supported: TensorBoardLogger, WandbLogger, CSVLogger)")
+            except Exception as e:  # a broken logger must not stop training
+                rank_zero_warn(f"wwmonitor: could not attach to logger {type(lg).__name__}: {e!r}")
+        return sinks
+
+    def _analyze_with_traps(self, W: Any, name: str, typ: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
+        from ..monitor.worker import default_analyze
+
+        lm = default_analyze(W, name, typ, scale, options)
+        rules = self.alert_rules
+        if isinstance(rules, AlertRules):
+            try:
+                rules.inspect_weights(name, W, lm)
+            except Exception as e:
+                log.debug("correlation traps failed for %s: %r", name, e)
+        return lm
+
+    def _snapshot(self, trainer: Any, pl_module: Any, step: int, epoch: int, *, epoch_end: bool) -> None:
+        if self._last_step is not None and step <= self._last_step:
+            return  # already snapshotted (resume, or a step snapshot at the epoch's last step)
+        self._last_step = step
+        if self._world == 1:
+            if self.monitor is not None:
+                self.monitor.snapshot(step=step, epoch=epoch, epoch_end=epoch_end)
+            return
+        self._collect(trainer)
+        if self._shard is not None:
+            self._shard.snapshot(step=step, epoch=epoch, epoch_end=epoch_end)
+        self._pending.append((step, epoch))
+
+    def _collect(self, trainer: Any) -> None:
+        """DDP: wait for this rank's shard, gather the pending snapshots to rank 0 (every rank calls this)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        mine: dict[int, dict[str, LayerMetrics]] = {}
+        if self._shard is not None:
+            self._shard.flush(self.flush_timeout)
+            steps = {s for s, _ in pending}
+            for res in self._shard.results:
+                if res.step in steps:
+                    layers = {}
+                    for lm in res.layers:
+                        lm2 = copy.copy(lm)
+                        lm2.extra = dict(lm.extra)
+                        if lm.name in res.esds:
+                            lm2.extra["esd"] = res.esds[lm.name]
+                        layers[lm.name] = lm2
+                    mine[res.step] = layers
+        parts = gather_objects(mine, dst=0)
+        if self._rank != 0 or parts is None or self.monitor is None or self._lookup is None:
+            return
+        for step, epoch in pending:
+            merged: dict[str, LayerMetrics] = {}
+            for part in parts:
+                merged.update(part.get(step, {}))
+            ordered = {n: merged[n] for n in self._names if n in merged}
+            missing = [n for n in self._names if n not in merged]
+            for n in missing:  # a shard that skipped/failed this step: record, never crash
+                ordered[n] = LayerMetrics(name=n, status="error", message=f"layer {n!r}: no result from its rank")
+            self._lookup.push(ordered)
+            dummies = {n: np.zeros((1, 1), np.float32) for n in ordered}
+            if not self.monitor.snapshot(step=step, epoch=epoch, matrices=dummies):
+                self._lookup.discard_last()  # not queued: drop its lookups so later ones stay aligned
+
+    def _pump(self) -> None:
+        for s in self._wandb_sinks:
+            try:
+                s.pump()
+            except Exception as e:
+                log.warning("wwmonitor: W&B logging failed: %r", e)
+
+    def _stop_decision(self, trainer: Any) -> None:
+        local = bool(self.monitor is not None and self.monitor.should_stop)
+        strategy = getattr(trainer, "strategy", None)
+        decision = strategy.reduce_boolean_decision(local, all=False) if strategy is not None else local
+        if decision and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_by_alert = True
+            rank_zero_info, _ = _rank_zero()
+            fired = [a for a in (self.monitor.alerts_fired if self.monitor is not None else []) if a.stop_training]
+            why = f" ({fired[0].rule}: {fired[0].message})" if fired else ""
+            rank_zero_info(f"wwmonitor: stopping training at epoch {trainer.current_epoch} on an alert{why}")
+
+    def _close(self, timeout: Optional[float] = None) -> None:
+        for attr in ("_shard", "monitor"):
+            mon = getattr(self, attr)
+            if mon is not None:
+                try:
+                    mon.close(timeout)
+                except Exception as e:
+                    log.warning("wwmonitor: closing the monitor failed: %r", e)
+        self._pump()
+        self._shard = None
+        # keep self.monitor for inspection (results, run_dir) after fit; it is closed
