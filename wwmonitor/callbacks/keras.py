@@ -1,0 +1,188 @@
+"""Keras 3 callback (any backend: torch, jax, tensorflow).
+
+Example::
+
+    import keras
+    from wwmonitor.callbacks.keras import WeightWatcherCallback
+
+    model.fit(x, y, epochs=10,
+              callbacks=[WeightWatcherCallback(log_dir="logs", wandb=False, alerts="default")])
+
+Design
+------
+* Only ``on_train_begin``, ``on_epoch_end`` and ``on_train_end`` are
+  implemented -- no batch hooks -- so Keras keeps dispatching batch-end
+  callbacks asynchronously (overriding ``on_train_batch_end`` would turn that
+  off for the whole callback list).
+* Weights are read with ``keras.ops.convert_to_numpy`` (through
+  :func:`wwmonitor.layers.extract_matrices`, which walks nested layers,
+  Dense kernels ``(in, out)``, Conv kernels ``(*k, in, out)``, Embedding
+  tables) on the training thread at epoch end; the analysis runs in the
+  monitor's background thread.
+* TensorBoard events are written with ``torch.utils.tensorboard`` when torch
+  is importable, else with the ``tensorboard`` package's own event writer --
+  never ``keras.callbacks.TensorBoard``, which imports TensorFlow.
+* W&B is optional: ``wandb=True`` uses the active ``wandb.run`` (or starts one
+  with ``wandb.init()``), or pass a run.  wandb is called only from the
+  training thread (deferred delivery, pumped at epoch end and train end).
+* Alerts named in ``stop_on`` set ``model.stop_training = True``.
+* The step of a snapshot is the optimizer's iteration count.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Sequence, Union
+
+import keras
+
+from ..alerts import AlertRules, resolve_alerts
+from ..analyze import AnalysisOptions
+
+__all__ = ["WeightWatcherCallback"]
+
+log = logging.getLogger("wwmonitor")
+
+
+class WeightWatcherCallback(keras.callbacks.Callback):
+    """Monitor a Keras 3 model's weight spectra during ``model.fit``.
+
+    Parameters
+    ----------
+    log_dir:
+        TensorBoard log directory (``None``: no TensorBoard).
+    wandb:
+        ``False`` (default), ``True`` (the active ``wandb.run``, else
+        ``wandb.init()``) or a wandb Run.
+    csv:
+        A CSV file or folder for the long-format scalars (``None``: none).
+    every_n_epochs:
+        Snapshot at the end of every n-th epoch.
+    run_dir, run_name, layers, exclude, queue_size, policy, options, config:
+        As for :class:`wwmonitor.Monitor` (the run store is always written).
+    alerts, stop_on:
+        Alert rules (``"default"``, ``None``, dict, :class:`AlertRules`) and
+        the rule ids that stop training.
+    metrics, esd_every_n_epochs:
+        Scalars per layer and ESD image interval for TensorBoard / W&B.
+    """
+
+    def __init__(
+        self,
+        log_dir: Optional[Union[str, os.PathLike]] = None,
+        *,
+        wandb: Any = False,
+        csv: Optional[Union[str, os.PathLike]] = None,
+        every_n_epochs: int = 1,
+        run_dir: Union[str, os.PathLike] = "wwmonitor-runs",
+        run_name: Optional[str] = None,
+        layers: Optional[Sequence[Any]] = None,
+        exclude: Optional[Sequence[Any]] = None,
+        alerts: Union[None, bool, str, dict, AlertRules] = "default",
+        stop_on: Sequence[str] = (),
+        metrics: Union[str, Sequence[str]] = "default",
+        esd_every_n_epochs: int = 1,
+        queue_size: int = 2,
+        policy: str = "block",
+        options: Optional[AnalysisOptions] = None,
+        config: Optional[dict] = None,
+        flush_timeout: Optional[float] = 300.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        from ..sinks._render import resolve_metrics
+
+        resolve_metrics(metrics)
+        self.log_dir = log_dir
+        self.wandb = wandb
+        self.csv = csv
+        self.every_n_epochs = every_n_epochs
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.layers = layers
+        self.exclude = exclude
+        self.alert_rules = resolve_alerts(alerts, stop_on=stop_on)
+        self.metrics = metrics
+        self.esd_every_n_epochs = int(esd_every_n_epochs)
+        self.queue_size = queue_size
+        self.policy = policy
+        self.options = options
+        self.config = dict(config or {})
+        self.flush_timeout = flush_timeout
+        self.monitor: Any = None
+        self.sinks: list[Any] = []
+        self._wandb_sink: Any = None
+        self.stopped_by_alert = False
+
+    # Keras checks this to keep batch hooks asynchronous; we implement none anyway.
+    async_safe = True
+
+    def _step(self) -> int:
+        opt = getattr(self.model, "optimizer", None)
+        it = getattr(opt, "iterations", None)
+        if it is None:
+            return 0
+        return int(keras.ops.convert_to_numpy(it))
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        from ..monitor import Monitor
+        from ..sinks.csv import CSVSink
+        from ..sinks.tensorboard import TensorBoardSink
+        from ..sinks.wandb import WandbSink
+
+        self.close()
+        sinks: list[Any] = []
+        if self.log_dir is not None:
+            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics, esd_every_n_epochs=self.esd_every_n_epochs))
+        if self.wandb is not False and self.wandb is not None:
+            run = self.wandb
+            if run is True:
+                import wandb as _wandb
+
+                run = _wandb.run if _wandb.run is not None else _wandb.init()
+            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics,
+                                         esd_every_n_epochs=self.esd_every_n_epochs, deliver="deferred")
+            sinks.append(self._wandb_sink)
+        if self.csv is not None:
+            sinks.append(CSVSink(self.csv))
+        self.sinks = sinks
+        config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
+        self.monitor = Monitor(
+            self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs,
+            layers=self.layers, exclude=self.exclude, sinks=sinks, alerts=self.alert_rules,
+            queue_size=self.queue_size, policy=self.policy, options=self.options, config=config,
+        )
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        mon = self.monitor
+        if mon is None:
+            return
+        step = self._step()
+        if mon.should_snapshot(epoch=epoch, step=step):
+            mon.snapshot(step=step, epoch=epoch, model=self.model)
+        self._pump()
+        if mon.should_stop and not self.model.stop_training:
+            self.model.stop_training = True
+            self.stopped_by_alert = True
+            fired = [a for a in mon.alerts_fired if a.stop_training]
+            why = f" ({fired[0].rule}: {fired[0].message})" if fired else ""
+            log.warning("wwmonitor: stopping training after epoch %d on an alert%s", epoch, why)
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        if self.monitor is not None:
+            self.monitor.flush(self.flush_timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Close the monitor (flushes, closes the sinks) and deliver pending W&B rows."""
+        if self.monitor is not None:
+            self.monitor.close()
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._wandb_sink is not None:
+            try:
+                self._wandb_sink.pump()
+            except Exception as e:
+                log.warning("wwmonitor: W&B logging failed: %r", e)
