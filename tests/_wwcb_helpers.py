@@ -81,8 +81,12 @@ def digits(n: int = 512, seed: int = 0, low_rank: int | None = None):
 
 
 def make_module(pkg: str, *, hidden: int = 128, lr: float = 0.05, weight_decay: float = 0.0,
-                low_rank: int | None = None, n: int = 512, batch_size: int = 32):
-    """A tiny MLP LightningModule on digits for package ``pkg`` ("lightning" or "pytorch_lightning")."""
+                low_rank: int | None = None, n: int = 512, batch_size: int = 32, decay_first_only: bool = False):
+    """A tiny MLP LightningModule on digits for package ``pkg`` ("lightning" or "pytorch_lightning").
+
+    ``decay_first_only``: weight decay on ``fc1`` only (with ``low_rank`` inputs this over-regularises
+    fc1: its directions outside the data subspace get no gradient and decay geometrically).
+    """
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -112,6 +116,11 @@ def make_module(pkg: str, *, hidden: int = 128, lr: float = 0.05, weight_decay: 
             return loss
 
         def configure_optimizers(self):
+            if decay_first_only:
+                rest = [p for n_, p in self.named_parameters() if not n_.startswith("fc1.")]
+                groups = [{"params": self.fc1.parameters(), "weight_decay": weight_decay},
+                          {"params": rest, "weight_decay": 0.0}]
+                return torch.optim.SGD(groups, lr=lr)
             return torch.optim.SGD(self.parameters(), lr=lr, weight_decay=weight_decay)
 
         def train_dataloader(self):
