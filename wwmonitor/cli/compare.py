@@ -1,0 +1,54 @@
+"""``wwmonitor compare RUN_DIR...``: compare several runs (e.g. a batch-size sweep)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="compare runs against a swept config parameter (HTML + CSV)")
+    p.add_argument("run_dirs", nargs="+", help="run folders (each contains run.sqlite), or a folder of run folders")
+    p.add_argument("-o", "--out", default="wwmonitor-compare", help="output folder (default: ./wwmonitor-compare)")
+    p.add_argument("--param", default=None, help="config key that was swept (default: the key that differs)")
+    p.add_argument("--group", default="auto",
+                   help="config key to group repeats by (default: 'seed' when seeds differ; 'none' to disable)")
+    p.add_argument("--layers", nargs="+", default=None, help="only these layers")
+    p.add_argument("--esd-layer", default=None, help="layer whose ESDs are drawn for every run")
+    p.add_argument("--title", default=None, help="page title")
+
+
+def expand_run_dirs(paths: list[str]) -> list[Path]:
+    """Each argument is a run folder, or a folder whose sub-folders are runs."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "run.sqlite").is_file() or p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            subs = sorted(q for q in p.iterdir() if (q / "run.sqlite").is_file())
+            if not subs:
+                raise FileNotFoundError(f"{str(p)!r} is neither a run folder nor a folder of runs (no run.sqlite)")
+            out.extend(subs)
+        else:
+            raise FileNotFoundError(f"no such run folder: {str(p)!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from wwmonitor.report.compare import write_comparison
+
+    try:
+        dirs = expand_run_dirs(args.run_dirs)
+        if len(dirs) < 2:
+            print("wwmonitor compare: need at least two runs to compare", file=sys.stderr)
+            return 2
+        index = write_comparison(dirs, args.out, param=args.param,
+                                 group=None if args.group == "none" else args.group,
+                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"wwmonitor compare: {e}", file=sys.stderr)
+        return 2
+    print(f"comparison of {len(dirs)} runs written: {index}")
+    print(f"open it with:   file://{Path(index).resolve()}")
+    return 0
