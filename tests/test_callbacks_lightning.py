@@ -100,7 +100,7 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     # --- CSV next to the CSVLogger's metrics.csv
     df = pd.read_csv(os.path.join(csv.log_dir, "wwmonitor_metrics.csv"))
     assert sorted(df.step.unique()) == STEPS
-    assert set(df.layer) == {"fc1", "fc2", "out", "(model)"}
+    assert set(df.layer) == {"fc1", "fc2", "out", "__model__"}
     assert not df.duplicated(["step", "layer", "metric"]).any()
 
     # --- embedded run store

@@ -176,6 +176,8 @@ class WeightWatcherMixin:
         self._loaded: Optional[dict[str, Any]] = None
         self._wandb_sinks: list[Any] = []
         self.sinks: list[Any] = []
+        #: names of the matrices this rank analyses (all of them without DDP)
+        self.shard_layers: list[str] = []
         self.stopped_by_alert = False
 
     # ------------------------------------------------------------ Lightning API
@@ -229,8 +231,10 @@ class WeightWatcherMixin:
             )
         self._names = [s.name for s in specs]
         config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
+        self.shard_layers = list(self._names)
         if self._world > 1:
             mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
+            self.shard_layers = mine
             if mine:
                 self._shard = Monitor(
                     pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,

@@ -3,7 +3,7 @@
 Columns: ``step, epoch, layer, metric, value`` -- the same shape as
 ``load_run(path).metrics``, so ``pandas.read_csv(...).pivot_table(...)``
 gives curves.  Model-level means (``result.summary``) are rows with
-``layer = "(model)"``.  The file is append-only (a header is written only
+``layer = "__model__"`` (as in the run store).  The file is append-only (a header is written only
 when it is new), so a resumed run continues the same file.
 
 Under Lightning, the callback writes ``wwmonitor_metrics.csv`` into the
@@ -27,7 +27,7 @@ from ._render import layer_scalars, resolve_metrics
 __all__ = ["CSVSink", "MODEL_LAYER", "CSV_NAME"]
 
 #: ``layer`` value of the model-level rows
-MODEL_LAYER = "(model)"
+MODEL_LAYER = "__model__"
 #: default file name inside a directory
 CSV_NAME = "wwmonitor_metrics.csv"
 _HEADER = ["step", "epoch", "layer", "metric", "value"]

@@ -1,0 +1,121 @@
+"""DDP with 2 CPU ranks (gloo): sharded analysis equals a single-process analysis, no duplicates.
+
+Lightning's ``strategy="ddp"`` re-launches the *script* for rank 1, so the fit
+runs in a subprocess script, never inside pytest itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+import wwmonitor  # noqa: E402
+from wwmonitor.distributed import gather_objects, shard_indices  # noqa: E402
+
+HERE = Path(__file__).parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from _wwcb_helpers import make_module
+    from wwmonitor.callbacks.lightning import WeightWatcherCallback
+
+    if __name__ == "__main__":
+        out = {out!r}
+        cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp",
+                                   alerts="default")
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, callbacks=[cb],
+                             logger=[TensorBoardLogger(os.path.join(out, "tb")), CSVLogger(os.path.join(out, "csv"))],
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        model = make_module("lightning")
+        trainer.fit(model)
+        r = trainer.global_rank
+        info = {{"rank": r, "world": trainer.world_size, "shard": cb.shard_layers, "step": trainer.global_step,
+                "has_monitor": cb.monitor is not None, "sinks": len(cb.sinks)}}
+        with open(os.path.join(out, f"rank{{r}}.json"), "w") as f:
+            json.dump(info, f)
+        if r == 0:
+            torch.save(model.state_dict(), os.path.join(out, "final.pt"))
+    """
+)
+
+
+def test_shard_indices():
+    assert shard_indices(5, 0, 2) == [0, 2, 4]
+    assert shard_indices(5, 1, 2) == [1, 3]
+    assert sorted(i for r in range(3) for i in shard_indices(10, r, 3)) == list(range(10))
+    assert gather_objects({"a": 1}) == [{"a": 1}]  # no process group: identity
+    with pytest.raises(ValueError, match="rank"):
+        shard_indices(3, 2, 2)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(SCRIPT.format(tests=str(HERE), out=str(tmp_path)))
+    import socket
+
+    with socket.socket() as sock:  # a free port for the gloo rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in info] == [2, 2]
+    assert info[0]["shard"] == ["fc1", "out"] and info[1]["shard"] == ["fc2"]  # layer i on rank i mod 2
+    assert info[0]["has_monitor"] and not info[1]["has_monitor"]  # only rank 0 stores and logs
+    assert info[0]["sinks"] == 2 and info[1]["sinks"] == 0
+    steps = [8, 16, 24]  # 256 samples per rank / batch 32
+    assert info[0]["step"] == 24
+
+    runs = list((tmp_path / "runs").iterdir())
+    assert [p.name for p in runs] == ["ddp"]
+    run = wwmonitor.load_run(runs[0])
+    m = run.metrics
+    assert sorted(m.step.unique()) == steps
+    assert not m.duplicated(["step", "layer", "metric"]).any()
+    assert set(m[m.layer != "__model__"].layer) == {"fc1", "fc2", "out"}
+
+    # single-process analysis of the final weights == the DDP run's last snapshot
+    sys.path.insert(0, str(HERE))
+    from _wwcb_helpers import make_module
+
+    model = make_module("lightning")
+    model.load_state_dict(torch.load(tmp_path / "final.pt", weights_only=True))
+    with wwmonitor.Monitor(model, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
+        mon.snapshot(step=24, epoch=2)
+    single = wwmonitor.load_run(tmp_path / "single" / "single").metrics
+    a = m[m.step == 24].set_index(["layer", "metric"]).value.sort_index()
+    b = single.set_index(["layer", "metric"]).value.sort_index()
+    assert a.index.equals(b.index)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-9, atol=1e-12)
+    for layer in ("fc1", "fc2"):
+        np.testing.assert_allclose(run.esd(layer, 24), wwmonitor.load_run(tmp_path / "single" / "single").esd(layer, 24))
+
+    # TensorBoard written once (rank 0), every step present exactly once
+    from _wwcb_helpers import tb_accumulator
+
+    ev_files = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert len(ev_files) == 1
+    ea = tb_accumulator(str(ev_files[0].parent))
+    assert [e.step for e in ea.Scalars("ww/alpha/fc2")] == steps
+    # no wwmonitor output from rank 1: every alert/stop line appears at most once per event
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "[wwmonitor]" in ln]
+    assert len(lines) == len(set(lines))
