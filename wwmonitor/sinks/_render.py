@@ -7,8 +7,10 @@ with matplotlib's Agg canvas (no pyplot state, safe in the worker thread).
 """
 from __future__ import annotations
 
+import collections
 import io
 import math
+import threading
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -21,6 +23,7 @@ __all__ = [
     "resolve_metrics",
     "layer_scalars",
     "esd_figure",
+    "esd_png",
     "figure_to_png",
     "png_to_rgb",
     "phase_markdown",
@@ -100,6 +103,33 @@ def esd_figure(lm: LayerMetrics, evals: np.ndarray, *, step: int, epoch: Optiona
     alpha = f", alpha={lm.alpha:.2f}" if lm.alpha is not None else ""
     phase = f", {lm.phase}" if lm.phase else ""
     return plot_esd(ev, mp=mp, title=f"{lm.name} ({when}{alpha}{phase})")
+
+
+_PNG_CACHE: "collections.OrderedDict[tuple, Optional[bytes]]" = collections.OrderedDict()
+_PNG_LOCK = threading.Lock()
+
+
+def esd_png(result: SnapshotResult, lm: LayerMetrics, *, dpi: int = 80) -> Optional[bytes]:
+    """PNG of :func:`esd_figure` for one layer of ``result``, or ``None``.
+
+    Rendering costs ~0.1-0.6 s per figure, so the PNG is cached (last 64)
+    per (snapshot object, step, layer, dpi): the TensorBoard and W&B sinks of
+    one monitor, which see the same result object, draw each ESD once.
+    """
+    ev = result.esds.get(lm.name)
+    if ev is None:
+        return None
+    key = (id(result), int(result.step), lm.name, int(dpi))
+    with _PNG_LOCK:
+        if key in _PNG_CACHE:
+            return _PNG_CACHE[key]
+    fig = esd_figure(lm, ev, step=int(result.step), epoch=result.epoch)
+    png = figure_to_png(fig, dpi=dpi) if fig is not None else None
+    with _PNG_LOCK:
+        _PNG_CACHE[key] = png
+        while len(_PNG_CACHE) > 64:
+            _PNG_CACHE.popitem(last=False)
+    return png
 
 
 def figure_to_png(fig, dpi: int = 80) -> bytes:

@@ -40,8 +40,7 @@ import numpy as np
 from ..records import SnapshotResult
 from ._render import (
     alerts_markdown,
-    esd_figure,
-    figure_to_png,
+    esd_png,
     layer_scalars,
     phase_markdown,
     png_to_rgb,
@@ -219,17 +218,15 @@ class TensorBoardSink:
             w.add_text(f"{p}/alerts", alerts_markdown(result), step)
         if self._esd_due(result):
             for lm in result.layers:
-                ev = result.esds.get(lm.name)
-                if ev is None or (self.esd_layers is not None and lm.name not in self.esd_layers):
+                if self.esd_layers is not None and lm.name not in self.esd_layers:
                     continue
-                fig = esd_figure(lm, ev, step=step, epoch=result.epoch)
-                if fig is None:
+                png = esd_png(result, lm, dpi=self.dpi)
+                if png is None:
                     continue
-                png = figure_to_png(fig, dpi=self.dpi)
                 tag = f"{p}/esd/{sanitize_tag(lm.name)}"
                 if hasattr(w, "add_png"):
-                    rgb_shape = png_to_rgb(png).shape
-                    w.add_png(tag, png, rgb_shape[0], rgb_shape[1], step)
+                    h, wd = png_to_rgb(png).shape[:2]
+                    w.add_png(tag, png, h, wd, step)
                 else:
                     w.add_image(tag, png_to_rgb(png), step, dataformats="HWC")
         self._n += 1

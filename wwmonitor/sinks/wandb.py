@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..records import SnapshotResult
-from ._render import esd_figure, figure_to_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
+from ._render import esd_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
 
 __all__ = ["WandbSink"]
 
@@ -132,15 +132,11 @@ class WandbSink:
         images: dict[str, tuple[np.ndarray, str]] = {}
         if self._esd_due(result):
             for lm in result.layers:
-                ev = result.esds.get(lm.name)
-                if ev is None or (self.esd_layers is not None and lm.name not in self.esd_layers):
+                if self.esd_layers is not None and lm.name not in self.esd_layers:
                     continue
-                fig = esd_figure(lm, ev, step=int(result.step), epoch=result.epoch)
-                if fig is not None:
-                    images[f"{p}/esd/{sanitize_tag(lm.name)}"] = (
-                        png_to_rgb(figure_to_png(fig, dpi=self.dpi)),
-                        f"{lm.name} step {result.step}",
-                    )
+                png = esd_png(result, lm, dpi=self.dpi)
+                if png is not None:
+                    images[f"{p}/esd/{sanitize_tag(lm.name)}"] = (png_to_rgb(png), f"{lm.name} step {result.step}")
         alerts = [
             ((f"wwmonitor {a.rule}" + (f" {a.layer}" if a.layer else ""))[:63], a.message, a.severity)
             for a in result.alerts

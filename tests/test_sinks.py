@@ -1,0 +1,131 @@
+"""TensorBoard, CSV and W&B sinks on SnapshotResults built from real analyze_matrix outputs."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import wwmonitor
+from wwmonitor.records import Alert, SnapshotResult
+from wwmonitor.sinks.csv import CSVSink
+from wwmonitor.sinks.tensorboard import EventWriter, TensorBoardSink
+
+from _wwcb_helpers import tb_accumulator
+
+
+def _summary(layers):
+    alphas = [lm.alpha for lm in layers if lm.alpha is not None]
+    return {"mean_alpha": float(np.mean(alphas))} if alphas else {}
+
+
+def _results(n: int = 3) -> list[SnapshotResult]:
+    rng = np.random.default_rng(0)
+    out = []
+    for e in range(n):
+        mats = {"enc.fc1": rng.standard_normal((200, 100)).astype(np.float32),
+                "enc.fc2": rng.standard_t(2.5, (300, 120)).astype(np.float32),
+                "tiny": rng.standard_normal((20, 10)).astype(np.float32)}
+        layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
+        esds = {lm.name: lm.extra.pop("esd") for lm in layers}
+        alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")] if e == 1 else []
+        out.append(SnapshotResult(step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds,
+                                  summary=_summary(layers), alerts=alerts))
+    return out
+
+
+@pytest.mark.parametrize("writer", [pytest.param("torch", marks=pytest.mark.slow), "tensorboard-only"])
+def test_tensorboard_sink_tags_steps_images_text(tmp_path, writer):
+    if writer == "torch":
+        pytest.importorskip("torch")
+        sink = TensorBoardSink(str(tmp_path), esd_every_n_epochs=2)
+    else:
+        sink = TensorBoardSink(EventWriter(tmp_path), esd_every_n_epochs=2, close_writer=True)
+    res = _results()
+    for r in res:
+        sink.write(r)
+    sink.close()
+    ea = tb_accumulator(str(tmp_path))
+    tags = ea.Tags()
+    assert [e.step for e in ea.Scalars("ww/alpha/enc.fc1")] == [0, 10, 20]
+    assert [e.value for e in ea.Scalars("ww/alpha/enc.fc2")] == pytest.approx([r.layers[1].alpha for r in res])
+    assert "ww/alpha/tiny" not in tags["scalars"]  # too few eigenvalues: not logged, not 0 or -1
+    assert [e.step for e in ea.Scalars("ww/model/mean_alpha")] == [0, 10, 20]
+    imgs = ea.Images("ww/esd/enc.fc2")
+    assert [i.step for i in imgs] == [0, 20]  # every 2 epochs
+    assert imgs[0].encoded_image_string[:4] == b"\x89PNG" and imgs[0].width > 200
+    phases = ea.Tensors("ww/phases/text_summary")
+    assert len(phases) == 3 and b"enc.fc1" in phases[0].tensor_proto.string_val[0]
+    alerts = ea.Tensors("ww/alerts/text_summary")
+    assert [a.step for a in alerts] == [10] and b"alpha_low" in alerts[0].tensor_proto.string_val[0]
+
+
+def test_tensorboard_sink_rejects_bad_writer():
+    with pytest.raises(TypeError, match="writer"):
+        TensorBoardSink(object())
+    with pytest.raises(ValueError, match="metrics"):
+        TensorBoardSink.__init__(object.__new__(TensorBoardSink), EventWriter.__new__(EventWriter), metrics=["alpah"])
+
+
+def test_csv_sink_long_format_and_append(tmp_path):
+    res = _results()
+    sink = CSVSink(tmp_path)
+    sink.write(res[0])
+    sink.close()
+    sink = CSVSink(tmp_path / "wwmonitor_metrics.csv")  # reopened: appends, no second header
+    for r in res[1:]:
+        sink.write(r)
+    sink.close()
+    df = pd.read_csv(tmp_path / "wwmonitor_metrics.csv")
+    assert list(df.columns) == ["step", "epoch", "layer", "metric", "value"]
+    assert sorted(df.step.unique()) == [0, 10, 20]
+    assert not df.duplicated(["step", "layer", "metric"]).any()
+    a = df[(df.layer == "enc.fc2") & (df.metric == "alpha")].value.tolist()
+    assert a == pytest.approx([r.layers[1].alpha for r in res])
+    assert "__model__" in set(df.layer)
+    assert df[(df.layer == "tiny") & (df.metric == "alpha")].empty
+
+
+@pytest.mark.slow
+def test_wandb_sink_offline_run_file(tmp_path):
+    """Direct and deferred delivery into an offline run; read the run file back."""
+    pytest.importorskip("wandb")
+    code = textwrap.dedent(
+        f"""
+        import sys, json, glob, os
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import wandb
+        from test_sinks import _results
+        from wwmonitor.sinks.wandb import WandbSink
+        run = wandb.init(project="t", dir={str(tmp_path)!r}, mode="offline")
+        direct = WandbSink(run, step_metric="ww/step", esd_every_n_epochs=1)
+        res = _results()
+        direct.write(res[0])
+        deferred = WandbSink(run, step_metric="ww/step", deliver="deferred")
+        for r in res[1:]:
+            deferred.write(r)
+        assert deferred.pending == 2 and direct.rows_logged == 1
+        assert deferred.pump() == 2 and deferred.pending == 0
+        wandb.finish()
+        print(json.dumps({{"alerts": deferred.alerts_sent}}))
+        """
+    )
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from _wwcb_helpers import wandb_history
+
+    run_dir = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))[0]
+    rows, alerts = wandb_history(run_dir)
+    ww_rows = [r for r in rows if "ww/step" in r]
+    assert [int(r["ww/step"]) for r in ww_rows] == [0, 10, 20]
+    assert all("ww/alpha/enc.fc1" in r and "ww/layers/path" in r for r in ww_rows)
+    assert len(glob.glob(os.path.join(run_dir, "files", "media", "images", "ww", "esd", "*.png"))) == 9
+    assert len(glob.glob(os.path.join(run_dir, "files", "media", "table", "ww", "*.table.json"))) == 3
+    assert [(a.title, a.level) for a in alerts] == [("wwmonitor alpha_low enc.fc2", "WARN")]
