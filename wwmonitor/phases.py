@@ -46,7 +46,7 @@ PHASES: tuple[str, ...] = (
 #: fraction of (numerically) zero eigenvalues that makes a rank collapse
 COLLAPSE_FRAC = 0.10
 #: λ_max / λ+ above which spikes are "well above" the bulk (bulk+spikes)
-SPIKE_RATIO = 1.6
+SPIKE_RATIO = 1.9
 #: eigenmass above the edge (not a few isolated spikes): at least this many
 #: eigenvalues above λ+ + TW, and this fraction of them ...
 MASS_MIN_COUNT = 8
@@ -55,7 +55,7 @@ MASS_FRAC = 0.04
 SHOULDER_MIN_COUNT = 4
 SHOULDER_FRAC = 0.02
 #: heavy-tailed: the largest eigenvalue at least HT_RATIO · λ+ ...
-HT_RATIO = 4.0
+HT_RATIO = 3.5
 #: ... and (if a power law was fitted) alpha below this
 HT_ALPHA = 4.5
 
