@@ -75,17 +75,27 @@ def _run_child(request: dict[str, Any], workdir: Path, timeout: float = _TIMEOUT
 # ---------------------------------------------------------------------------
 
 
-def ww_fit_many(evals_list: Sequence[np.ndarray], **fit_kwargs: Any) -> list[dict[str, Any]]:
-    """``WeightWatcher().fit_powerlaw(evals, plot=False, **fit_kwargs)`` for each array.
+def ww_fit_many(
+    evals_list: Sequence[np.ndarray],
+    per_item_kwargs: Optional[Sequence[dict[str, Any]]] = None,
+    **fit_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """``WeightWatcher().fit_powerlaw(evals, plot=False, **kwargs)`` for each array.
 
-    All arrays are fitted in one child process.  Floats come back exactly
-    (JSON keeps ``repr`` precision).  ``time_s`` is the fit's own wall time.
+    All arrays are fitted in one child process.  ``per_item_kwargs[i]`` (if
+    given) is merged over ``fit_kwargs`` for array ``i`` (e.g.
+    ``{"fix_fingers": "clip_xmax"}``).  Floats come back exactly (JSON keeps
+    ``repr`` precision).  ``time_s`` is the fit's own wall time in the child.
     """
+    items = list(evals_list)
+    if per_item_kwargs is not None and len(per_item_kwargs) != len(items):
+        raise ValueError("ww_fit_many: per_item_kwargs must have one dict per array")
+    kw = [{**fit_kwargs, **(per_item_kwargs[i] if per_item_kwargs else {})} for i in range(len(items))]
     with tempfile.TemporaryDirectory(prefix="ww_ref_") as d:
         wd = Path(d)
-        arrays = {f"a{i}": np.asarray(e, dtype=np.float64) for i, e in enumerate(evals_list)}
+        arrays = {f"a{i}": np.asarray(e, dtype=np.float64) for i, e in enumerate(items)}
         np.savez(wd / "evals.npz", **arrays)
-        res = _run_child({"op": "fit", "n": len(arrays), "kwargs": fit_kwargs}, wd)
+        res = _run_child({"op": "fit", "n": len(arrays), "kwargs": kw}, wd)
     return res["fits"]
 
 
@@ -215,7 +225,7 @@ def _child(request_path: str) -> None:  # pragma: no cover - runs in the subproc
             buf = io.StringIO()
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(buf):  # the small-n path prints
-                out = watcher.fit_powerlaw(ev, plot=False, **req["kwargs"])
+                out = watcher.fit_powerlaw(ev, plot=False, **req["kwargs"][i])
             dt = time.perf_counter() - t0
             d = {k: _jsonable(v) for k, v in zip(keys, out)}
             d["time_s"] = dt
