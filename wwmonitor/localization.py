@@ -25,8 +25,9 @@ Split: the *tail* is the eigenvalues ``σ² >= xmin`` (σ² axis, eigenvalues of
 ``WᵀW``; pass the power-law ``xmin``), the *bulk* the remaining non-zero ones.
 Numerically zero eigenvalues (``σ² <= 1e-8 σ²_max``) are left out: their
 eigenvectors are an arbitrary basis of the null space.  With ``xmin=None``
-the tail is everything above the Marchenko-Pastur edge ``λ+ · N`` of
-:func:`wwmonitor.mp.fit_mp`.
+the tail is the MP spikes: everything above ``(λ+ + tw_margin) · N`` from
+:func:`wwmonitor.mp.fit_mp` (with ``λ+`` alone, bulk eigenvalues that
+fluctuate just past the fitted edge would count as tail).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def localization_metrics(W: Any, xmin: Optional[float] = None, *, name: str = "W
         2-D weight matrix (NumPy array or torch tensor, any orientation).
     xmin:
         Tail threshold on the σ² axis (eigenvalues of ``WᵀW``, not divided by
-        ``N``), e.g. the power-law ``xmin``.  ``None``: the MP edge ``λ+ · N``.
+        ``N``), e.g. the power-law ``xmin``.  ``None``: the MP edge plus
+        Tracy-Widom margin, ``(λ+ + tw_margin) · N``.
     name:
         Used in error messages.
 
@@ -100,7 +102,8 @@ def localization_metrics(W: Any, xmin: Optional[float] = None, *, name: str = "W
         raise ValueError(f"layer {name!r}: all-zero matrix has no eigenvectors to measure")
     nonzero = ev > ZERO_REL_TOL * ev[-1]
     if xmin is None:
-        xmin = fit_mp(ev / N, N / M, M=M).lambda_plus * N
+        mp = fit_mp(ev / N, N / M, M=M)
+        xmin = (mp.lambda_plus + mp.tw_margin) * N
     tail = nonzero & (ev >= xmin)
     bulk = nonzero & ~tail
     out: dict[str, float] = {"loc_num_bulk": float(bulk.sum()), "loc_num_tail": float(tail.sum())}
