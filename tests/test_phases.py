@@ -178,3 +178,13 @@ def test_bad_input() -> None:
         classify_phase(np.array([]), N=N, M=M, mp=mp, pl=pl)
     with pytest.raises(ValueError, match="NaN or Inf"):
         classify_phase(np.array([1.0, np.inf]), N=N, M=M, mp=mp, pl=pl)
+
+
+def test_too_few_eigenvalues_is_flagged_in_reason() -> None:
+    rng = np.random.default_rng(11)
+    m = wwmonitor.analyze_matrix(rng.standard_normal((400, 3)))
+    assert m.status == "too_few_evals"
+    assert m.phase in PHASES
+    assert "too few eigenvalues for an MP fit" in m.phase_reason
+    assert "only 3 eigenvalues, phase unreliable" in m.phase_reason
+    assert m.mp_ks is None  # NaN KS became None, never a silent NaN

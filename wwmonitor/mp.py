@@ -104,7 +104,8 @@ class MPFit:
         ``lambda_plus / lambda_max`` clipped to ``(0, 1]``.
     ks:
         KS distance between the eigenvalues ``<= lambda_plus`` and the fitted
-        MP CDF (0 = perfect; about ``1/sqrt(M)`` for a random matrix).
+        MP CDF (0 = perfect; about ``1/sqrt(M)`` for a random matrix);
+        NaN with fewer than 4 non-zero eigenvalues (then ``sigma2`` is their mean).
     bulk_fraction:
         Fraction of the non-zero eigenvalues that lie ``<= lambda_plus``.
     frac_at_zero:
@@ -254,9 +255,9 @@ def fit_mp(evals: np.ndarray, Q: float, *, M: Optional[int] = None) -> MPFit:
         return MPFit(0.0, Q, 0.0, 0.0, 0.0, 0, float("nan"), float("nan"), 0.0, 1.0, lmax, 0, n)
     nz = x[x > ZERO_REL_TOL * lmax]
     frac_zero = 1.0 - nz.size / n
-    if nz.size < 4:
+    if nz.size < 4:  # no shape to fit: match the mean (= σ² for MP); no KS figure
         s2 = float(np.mean(nz))
-        return _finish(x, nz, Q, s2, 1.0, M, frac_zero)
+        return _finish(x, nz, Q, s2, float("nan"), M, frac_zero)
 
     s0 = float(np.median(nz)) / _mp_median_unit(Q)
     # coarse log grid over a factor 20 range (on at most _COARSE_N evenly spaced

@@ -66,6 +66,11 @@ SHOULDER_FRAC = 0.02
 HT_RATIO = 3.5
 #: ... and (if a power law was fitted) alpha below this
 HT_ALPHA = 4.5
+#: reason strings say "bulk fits MP" when KS <= max(KS_GOOD_MIN, KS_GOOD_SCALE/sqrt(n_bulk))
+KS_GOOD_MIN = 0.03
+KS_GOOD_SCALE = 2.0
+#: below this many eigenvalues the reason string warns that the phase is unreliable
+MIN_EVALS = 20
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,19 @@ def classify_phase(
     ratio, ks, nsp = f["ratio"], mp.ks, mp.num_spikes
     alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
     a_txt = f", alpha {alpha:.2f}" if alpha is not None else ""
-    fit_txt = f"KS {ks:.2f}"
+    if not math.isfinite(ks):
+        fit_txt = "too few eigenvalues for an MP fit"
+    elif ks <= max(KS_GOOD_MIN, KS_GOOD_SCALE / math.sqrt(max(1.0, mp.bulk_fraction * n))):
+        fit_txt = f"bulk fits MP (KS {ks:.2f})"
+    else:
+        fit_txt = f"bulk deviates from MP (KS {ks:.2f})"
+    few = f"; only {n} eigenvalues, phase unreliable" if n < MIN_EVALS else ""
     s_ = "s" if nsp != 1 else ""
 
     if nsp == 0:
         return PhaseResult(
             "random-like",
-            f"no eigenvalue above λ+ + TW, λ_max {ratio:.2f}× λ+, bulk fits MP ({fit_txt})",
+            f"no eigenvalue above λ+ + TW, λ_max {ratio:.2f}× λ+, {fit_txt}{few}",
         )
     mass = nsp >= max(MASS_MIN_COUNT, MASS_FRAC * n) or f["n_shoulder"] >= max(SHOULDER_MIN_COUNT, SHOULDER_FRAC * n)
     if mass:
@@ -139,20 +150,20 @@ def classify_phase(
             return PhaseResult(
                 "heavy-tailed",
                 f"{nsp} eigenvalues ({nsp / n:.0%}) above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt}: "
-                f"no clear MP edge ({fit_txt})",
+                f"no clear MP edge, {fit_txt}{few}",
             )
         return PhaseResult(
             "bulk-decay",
-            f"{nsp} eigenvalues ({nsp / n:.0%}) decay above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt} ({fit_txt})",
+            f"{nsp} eigenvalues ({nsp / n:.0%}) decay above λ+ + TW, λ_max {ratio:.1f}× λ+{a_txt}, {fit_txt}{few}",
         )
     if ratio >= SPIKE_RATIO:
         return PhaseResult(
             "bulk+spikes",
-            f"{nsp} spike{s_} above λ+ + TW, largest {ratio:.1f}× λ+, bulk fits MP ({fit_txt})",
+            f"{nsp} spike{s_} above λ+ + TW, largest {ratio:.1f}× λ+, {fit_txt}{few}",
         )
     return PhaseResult(
         "bleeding-out",
-        f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+ ({fit_txt})",
+        f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+, {fit_txt}{few}",
     )
 
 
