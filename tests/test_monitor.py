@@ -448,3 +448,31 @@ def test_unclosed_monitor_warning_free_gc(tmp_path):
         with Monitor(mlp(), tmp_path, options=FAST) as mon:
             mon.snapshot(step=0, epoch=0)
     assert mon.stats["analysed"] == 1
+
+
+def test_analysis_runs_with_limited_blas_threads(tmp_path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen: list[int] = []
+
+    def probe(W, name, typ, scale, options):
+        seen.extend(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+        return default_analyze(W, name, typ, scale, options)
+
+    with Monitor(mlp(), tmp_path, options=FAST, analyze_fn=probe, store=False) as mon:
+        mon.snapshot(step=0, epoch=0)
+    assert seen and set(seen) == {1}
+    with pytest.raises(ValueError, match="blas_threads"):
+        Monitor(mlp(), tmp_path, blas_threads=0)
+
+
+def test_spec_cache_follows_parameter_storage_changes(tmp_path):
+    """Walk-once caching must notice ``model.to(dtype)`` (new parameter storage)."""
+    model = mlp()
+    with Monitor(model, tmp_path, options=FAST, every_n_epochs=None, store=False) as mon:
+        mon.snapshot(step=0)
+        model.to(torch.float64)
+        with torch.no_grad():
+            model[0].weight.mul_(2.0)
+        mon.snapshot(step=1)
+    r0, r1 = mon.results
+    np.testing.assert_allclose(r1.esds["0"], 4 * r0.esds["0"], rtol=1e-4)

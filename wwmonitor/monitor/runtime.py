@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..analyze import AnalysisOptions
-from ..layers import MatrixSpec, extract_matrices, select
+from ..layers import MatrixSpec, extract_matrices, is_torch_module, select
 from ..records import Alert, SnapshotResult
 from ..store import DB_NAME, RunStore
 from .policy import POLICIES, SnapshotQueue
@@ -134,6 +134,10 @@ class Monitor:
         (default :func:`wwmonitor.analyze.analyze_matrix`).
     history:
         How many recent :class:`SnapshotResult` to keep in :attr:`results`.
+    blas_threads:
+        NumPy BLAS threads for the analysis (default 1: the worker uses one
+        core next to training; ``None``: leave the BLAS default).  Needs
+        ``threadpoolctl``; without it the BLAS default is used.
 
     Raises
     ------
@@ -164,6 +168,7 @@ class Monitor:
         store: Union[bool, RunStore] = True,
         analyze_fn: Optional[AnalyzeFn] = None,
         history: int = 32,
+        blas_threads: Optional[int] = 1,
     ) -> None:
         self.every_n_epochs = _check_interval("every_n_epochs", every_n_epochs)
         self.every_n_steps = _check_interval("every_n_steps", every_n_steps)
@@ -180,6 +185,9 @@ class Monitor:
         for i, s in enumerate(sinks):
             if not (callable(getattr(s, "write", None)) and callable(getattr(s, "close", None))):
                 raise TypeError(f"sinks[{i}] ({type(s).__name__}) needs write(result) and close() methods")
+        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, int)
+                                         or blas_threads < 1):
+            raise ValueError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history!r}")
         self.model = model
@@ -200,6 +208,8 @@ class Monitor:
                         "alert_errors": 0, "worker_errors": 0, "dropped_on_close": 0}
         self._warned: set[str] = set()
         self._layer_info: list[tuple[str, str, tuple[int, ...]]] = []
+        self._spec_cache: Optional[tuple[Any, list[MatrixSpec], list[tuple[Any, int]], int]] = None
+        self._spec_gen = 0
 
         if model is not None:  # validate the layer selection now
             specs = self._extract(model, None)
@@ -227,7 +237,8 @@ class Monitor:
         sink_list: list[Any] = ([self._store] if self._store is not None else []) + list(sinks)
         self._worker = Worker(self._queue, options=self.options, sinks=sink_list, alerts=alerts,
                               on_result=self._on_result, on_error=self._on_error,
-                              analyze_fn=analyze_fn or default_analyze, name=f"wwmonitor-{self.run_id}")
+                              analyze_fn=analyze_fn or default_analyze, name=f"wwmonitor-{self.run_id}",
+                              blas_threads=blas_threads)
         self._worker.start()
         _LIVE.add(self)
 
@@ -308,6 +319,34 @@ class Monitor:
             raise ValueError(f"no analysable layers in {what} (layers={self.layers!r}, exclude={self.exclude!r})")
         return specs
 
+    def _specs_for(self, model: Any, matrices: Optional[Mapping[str, Any]]) -> tuple[list[MatrixSpec], Any]:
+        """Specs for this snapshot, and a cache key when they can be reused.
+
+        For a torch module whose matrices are all views of its parameters the
+        walk is done once and reused while every backing parameter keeps its
+        storage (``data_ptr``); ``model.to(...)``, ``.half()`` or a
+        ``param.data = ...`` swap changes it and triggers a fresh walk.
+        """
+        if matrices is not None or not is_torch_module(model):
+            return self._extract(model, matrices), None
+        c = self._spec_cache
+        if c is not None and c[0]() is model and all(p.data_ptr() == ptr for p, ptr in c[2]):
+            return c[1], c[3]
+        specs = self._extract(model, None)
+        by_storage = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
+        backing = []
+        for sp in specs:
+            t = sp.tensor
+            p = by_storage.get(t.untyped_storage().data_ptr()) if hasattr(t, "untyped_storage") else None
+            if p is None:  # computed weights (parametrizations ...): walk at every snapshot
+                self._spec_cache = None
+                return specs, None
+            backing.append(p)
+        uniq = {id(p): p for p in backing}.values()
+        self._spec_gen += 1
+        self._spec_cache = (weakref.ref(model), specs, [(p, p.data_ptr()) for p in uniq], self._spec_gen)
+        return specs, self._spec_gen
+
     # ------------------------------------------------------------ triggering
     def should_snapshot(self, *, epoch: Optional[int] = None, step: Optional[int] = None,
                         epoch_end: bool = True) -> bool:
@@ -352,7 +391,7 @@ class Monitor:
             src = model if model is not None else self.model
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
-            specs = self._extract(src, matrices)
+            specs, key = self._specs_for(src, matrices)
             if not self._layer_info and self._store is not None:
                 self._layer_info = [(s.name, s.type, s.shape) for s in specs]
                 self._store.set_layers(self._layer_info)
@@ -366,7 +405,7 @@ class Monitor:
                                   f"{res.dropped.step} replaced by step {step} (policy='latest')")
             snap = None
             try:
-                entries, ready = copy_matrices(specs, res.buffers)
+                entries, ready = copy_matrices(specs, res.buffers, key)
                 snap = Snapshot(step=step, epoch=None if epoch is None else int(epoch), time=time.time(),
                                 entries=entries, buffers=res.buffers, ready=ready)
             finally:

@@ -39,10 +39,15 @@ class BufferSet:
     """Host buffers of one snapshot, keyed by matrix name (flat, 1-D)."""
 
     bufs: dict[str, Any] = field(default_factory=dict)
+    #: cached copy plan (see :func:`copy_matrices`) and the spec generation it was built for
+    plan: Any = None
+    plan_key: Any = None
+    _nbytes: int = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(nbytes_of(b) for b in self.bufs.values())
+        """Bytes of host memory held (updated whenever the buffers change)."""
+        return self._nbytes
 
 
 @dataclass
@@ -165,7 +170,15 @@ class _CudaCopier:
 _CUDA = _CudaCopier()
 
 
-def copy_matrices(specs: list[Any], bs: BufferSet) -> tuple[list[tuple[str, str, float, Any]], Optional[Callable[[], None]]]:
+@dataclass
+class _Plan:
+    cpu: list[tuple[Any, Any]]                     # (dst, src): synchronous host copies
+    cuda: dict[Any, list[tuple[Any, Any]]]         # device -> (pinned dst, src view)
+    entries: list[tuple[str, str, float, Any]]     # what the worker reads
+
+
+def copy_matrices(specs: list[Any], bs: BufferSet, key: Any = None
+                  ) -> tuple[list[tuple[str, str, float, Any]], Optional[Callable[[], None]]]:
     """Copy each spec's tensor into ``bs`` (host memory); return the entries
     ``(name, type, scale, host_view)`` and a ``ready`` callable (``None`` when
     every copy was synchronous).
@@ -173,9 +186,28 @@ def copy_matrices(specs: list[Any], bs: BufferSet) -> tuple[list[tuple[str, str,
     ``specs`` are :class:`wwmonitor.layers.MatrixSpec`-like objects (``name``,
     ``type``, ``tensor``, ``scale``); tensors may be torch tensors on any
     device or array-likes (NumPy, JAX, ...).
+
+    ``key`` identifies a list of specs whose tensors are persistent views of
+    the model's parameters (same objects at every call).  With a key, the
+    copy plan -- source views, destination buffers, host views -- is built
+    once per buffer set and reused, so a warm snapshot is just the
+    ``copy_`` calls.
     """
-    entries: list[tuple[str, str, float, Any]] = []
-    cuda_jobs: dict[Any, list[tuple[Any, Any]]] = {}
+    if key is None or bs.plan_key != key or bs.plan is None:
+        bs.plan = _build_plan(specs, bs)
+        bs.plan_key = key
+    plan: _Plan = bs.plan
+    for dst, src in plan.cpu:
+        if isinstance(dst, np.ndarray):
+            np.copyto(dst, src)
+        else:
+            dst.copy_(src)
+    ready = _cuda_copy(plan.cuda) if plan.cuda else None
+    return list(plan.entries), ready
+
+
+def _build_plan(specs: list[Any], bs: BufferSet) -> _Plan:
+    plan = _Plan([], {}, [])
     keep = set()
     for spec in specs:
         name, typ, scale = spec.name, spec.type, float(getattr(spec, "scale", 1.0))
@@ -184,17 +216,15 @@ def copy_matrices(specs: list[Any], bs: BufferSet) -> tuple[list[tuple[str, str,
         if _is_torch(t):
             t = t.detach()
             dense = _dense_block(t)
-            on_device = t.device.type != "cpu"
-            src = t.as_strided((t.numel(),), (1,), dense[0]) if dense is not None else t.contiguous() if on_device else t
-            flat = _flat_torch_buffer(bs, name, t.numel(), t.dtype, pin=on_device and t.device.type == "cuda")
-            if on_device and t.device.type == "cuda":
-                cuda_jobs.setdefault(t.device, []).append((flat, src.reshape(-1) if dense is None else src))
-            elif dense is not None:
-                flat.copy_(src)
+            cuda = t.device.type == "cuda"
+            flat = _flat_torch_buffer(bs, name, t.numel(), t.dtype, pin=cuda)
+            if dense is not None:  # copy the dense block as one flat memcpy, re-apply the strides on the host
+                src, dst = t.as_strided((t.numel(),), (1,), dense[0]), flat
+                host = flat.as_strided(dense[1], dense[2], 0)
             else:
-                flat.view(t.shape).copy_(t)
-            host = flat.as_strided(dense[1], dense[2], 0) if dense is not None else flat.view(t.shape)
-            entries.append((name, typ, scale, host))
+                src, dst = t, flat.view(t.shape)
+                host = dst
+            (plan.cuda.setdefault(t.device, []) if cuda else plan.cpu).append((dst, src))
         else:
             a = np.asarray(t)
             buf = bs.bufs.get(name)
@@ -202,12 +232,12 @@ def copy_matrices(specs: list[Any], bs: BufferSet) -> tuple[list[tuple[str, str,
                 buf = np.empty(a.size, dtype=a.dtype)
                 bs.bufs[name] = buf
             host = buf.reshape(a.shape)
-            np.copyto(host, a)
-            entries.append((name, typ, scale, host))
+            plan.cpu.append((host, a))
+        plan.entries.append((name, typ, scale, host))
     for stale in set(bs.bufs) - keep:  # layers that disappeared (matrices= changed)
         del bs.bufs[stale]
-    ready = _cuda_copy(cuda_jobs) if cuda_jobs else None
-    return entries, ready
+    bs._nbytes = sum(nbytes_of(b) for b in bs.bufs.values())
+    return plan
 
 
 def _cuda_copy(jobs: dict[Any, list[tuple[Any, Any]]]) -> Callable[[], None]:
@@ -221,8 +251,10 @@ def _cuda_copy(jobs: dict[Any, list[tuple[Any, Any]]]) -> Callable[[], None]:
         stream.wait_stream(current)  # see every kernel already queued on the training stream
         with torch.cuda.stream(stream):
             for dst, src in pairs:
+                if not src.is_contiguous():  # a non-dense view: gather on the device first
+                    src = src.contiguous()
+                    src.record_stream(stream)  # keep the temporary alive until the copy ran
                 dst.copy_(src, non_blocking=True)
-                src.record_stream(stream)  # keep temporaries alive until the copy ran
             ev = torch.cuda.Event()
             ev.record(stream)
         current.wait_event(ev)  # later in-place updates wait for the copy (on the GPU, not the host)
