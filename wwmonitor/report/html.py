@@ -140,10 +140,14 @@ TABLE_METRICS: tuple[str, ...] = ("alpha", "D", "num_pl_spikes", "mp_softrank", 
 
 
 def pick_steps(steps: Sequence[int], n: int = 3) -> list[int]:
-    """``n`` snapshots spread over the run: first, evenly spaced middle ones, last."""
+    """``n`` snapshots spread over the run: first, evenly spaced middle ones, last (``n = 1``: the last)."""
+    if n < 1:
+        raise ValueError(f"pick_steps: n must be >= 1, got {n}")
     s = sorted(int(x) for x in steps)
     if len(s) <= n:
         return s
+    if n == 1:
+        return [s[-1]]
     idx = sorted({round(i * (len(s) - 1) / (n - 1)) for i in range(n)})
     return [s[i] for i in idx]
 
