@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent(
     model = build()
     run = wandb.init(project="wwmonitor-keras", dir=out, mode="offline")
     cb = WeightWatcherCallback(log_dir=os.path.join(out, "tb"), wandb=True, csv=os.path.join(out, "csv"),
-                               run_dir=os.path.join(out, "runs"), run_name="keras", alerts="default")
+                               run_dir=os.path.join(out, "runs"), run_name="keras", alerts="default",
+                               esd_every_n_epochs=1)
     async_with = keras.callbacks.CallbackList([cb], model=model)._async_train
     async_without = keras.callbacks.CallbackList([], model=model)._async_train
 
