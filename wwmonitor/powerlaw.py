@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -132,6 +132,10 @@ class PowerLawFit:
         Number of top eigenvalues removed by the ``fix_fingers`` option.
     n_evaluated:
         How many candidates needed their full KS distance (diagnostic of the pruning).
+    num_pl_spikes:
+        weightwatcher's ``num_pl_spikes``: the number of *input* eigenvalues
+        ``>= xmin`` (counts ties at ``xmin``, clipped fingers and values above
+        ``xmax``); 0 when the fit failed.
     """
 
     alpha: float
@@ -147,15 +151,11 @@ class PowerLawFit:
     method: str = "standard"
     n_clipped: int = 0
     n_evaluated: int = 0
+    num_pl_spikes: int = 0
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    @property
-    def num_pl_spikes(self) -> int:
-        """weightwatcher's ``num_pl_spikes``: tail size including clipped fingers."""
-        return self.n_tail + self.n_clipped if self.ok else 0
 
 
 def _failed(n: int, status: str, message: str, method: str = "standard") -> PowerLawFit:
@@ -504,20 +504,24 @@ def fit_powerlaw(
     if bad is not None:
         return bad
     assert x is not None
-    fit0 = _fit_sorted(x, xmin, keep_landscape)
-    if not fix_fingers or not fit0.ok:
-        return fit0
-    kmax = min(int(fix_fingers), x.size // 2)
-    # weightwatcher's clip_xmax rule (RMT_Util.fit_clipped_powerlaw: finger_thresh=1, min_alpha=2)
-    for c in range(1 if finger_rule == "clip_xmax" else 2, kmax + 1):
-        f = _fit_sorted(x[:-c], xmin, keep_landscape, n_clipped=c)
-        if not f.ok:
-            break
-        if f.alpha + FINGER_THRESH < fit0.alpha:
-            return f
-        if f.alpha <= FINGER_MIN_ALPHA:
-            break
-    return fit0
+    fit = _fit_sorted(x, xmin, keep_landscape)
+    if fix_fingers and fit.ok:
+        fit0 = fit
+        kmax = min(int(fix_fingers), x.size // 2)
+        # weightwatcher's clip_xmax rule (RMT_Util.fit_clipped_powerlaw: finger_thresh=1, min_alpha=2)
+        for c in range(1 if finger_rule == "clip_xmax" else 2, kmax + 1):
+            f = _fit_sorted(x[:-c], xmin, keep_landscape, n_clipped=c)
+            if not f.ok:
+                break
+            if f.alpha + FINGER_THRESH < fit0.alpha:
+                fit = f
+                break
+            if f.alpha <= FINGER_MIN_ALPHA:
+                break
+    if not fit.ok:
+        return fit
+    ev = np.asarray(evals, dtype=np.float64).ravel()
+    return replace(fit, num_pl_spikes=int(np.count_nonzero(ev >= fit.xmin)))
 
 
 # ---------------------------------------------------------------------------
@@ -896,4 +900,5 @@ def powerlaw_rank(W_or_evals: Any, *, xmax: Optional[float] = None, name: str = 
     else:
         alphas = np.full(xs.size, np.nan)
     K = int(np.count_nonzero(ev >= fit.xmin) if xmax is None else np.count_nonzero((ev >= fit.xmin) & (ev <= xmax)))
+    # (without xmax, K == fit.num_pl_spikes)
     return PowerLawRank(K, fit.alpha, fit.xmin, fit.D, xs, Ds, alphas, ev, fit, "ok", fit.message)
