@@ -224,3 +224,14 @@ def test_against_weightwatcher_mp_fit(tmp_path) -> None:
         ours = time.perf_counter() - t
         assert f.sigma2 * r["scale"] == pytest.approx(r["sigma2"], rel=0.03)
         assert r["time_s"] / ours >= 20, (r["time_s"], ours)
+
+
+def test_bulk_found_when_most_eigenvalues_are_outliers() -> None:
+    """60% of the eigenvalues far above the bulk: the median estimate is off by 50x, the fit is not."""
+    rng = np.random.default_rng(12)
+    ev = _esd(rng.standard_normal((400, 200)))
+    ev2 = np.concatenate([ev, 50 * np.exp(rng.uniform(0, 1, 300))])
+    f = fit_mp(ev2, 2.0, M=500)
+    assert f.sigma2 == pytest.approx(1.0, rel=0.05)
+    assert f.num_spikes == 300
+    assert f.bulk_fraction == pytest.approx(0.4)
