@@ -376,6 +376,7 @@ def plot_scree(
     fit: Optional[PowerLawFit] = None,
     mp: Optional["MPFit"] = None,
     explained_variance: bool = True,
+    log_k: bool = False,
     title: Optional[str] = None,
     ax: Optional[Axes] = None,
     figsize: tuple[float, float] = (6.0, 4.2),
@@ -385,7 +386,9 @@ def plot_scree(
     Left axis (log): ``λ_k``.  Right axis (with ``explained_variance``): the
     cumulative explained variance ``Σ_{j<=k} λ_j / Σ λ``.  The power-law tail
     size ``K = n_tail`` (from ``fit``, computed if ``None``) and the number of
-    eigenvalues above ``λ+`` (from ``mp``) are marked.
+    eigenvalues above ``λ+`` (from ``mp``) are marked.  Eigenvalues ``<= 1e-5``
+    (numerical zeros; ignored by the fit) are not drawn.  ``log_k`` puts the
+    rank on a log axis (useful when K is small compared with ``n``).
     """
     x = _as_evals(evals)
     desc = x[::-1]
@@ -399,9 +402,13 @@ def plot_scree(
         ax = fig.add_subplot()
     else:
         fig = ax.figure  # type: ignore[assignment]
-    pos = desc > 0
-    ax.plot(k[pos], desc[pos], ".-", color=_DATA_COLOR, ms=3, lw=1, label="eigenvalue λ_k")
+    pos = desc > EVALS_THRESH
+    n_small = int(desc.size - pos.sum())
+    ax.plot(k[pos], desc[pos], ".-", color=_DATA_COLOR, ms=3, lw=1,
+            label="eigenvalue λ_k" + (f" ({n_small} ≤ 1e-5 not shown)" if n_small else ""))
     ax.set_yscale("log")
+    if log_k:
+        ax.set_xscale("log")
     ax.set_xlabel("rank k (eigenvalues sorted in descending order)")
     ax.set_ylabel(r"eigenvalue $\lambda_k$")
     handles, labels = ax.get_legend_handles_labels()
