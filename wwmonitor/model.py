@@ -196,7 +196,11 @@ def analyze_model(
             "(need Linear/Dense, Embedding, Conv, attention or RNN weights)"
         )
     rank, world = _dist_rank_world(distributed)
-    mine = [i for i in range(len(specs)) if i % world == rank]
+    mine = list(range(len(specs)))
+    if world > 1:
+        from .distributed import shard_indices
+
+        mine = shard_indices(len(specs), rank, world)
     show = progress if progress is not None else (len(specs) > 8 and sys.stderr.isatty() and rank == 0)
     results: dict[int, LayerMetrics] = {}
     it: Any = mine

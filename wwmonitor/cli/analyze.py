@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"wwmonitor analyze: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        pass
     if rank != 0:
         _finish_distributed(world)
         return 0
@@ -96,14 +94,11 @@ def _write(target: str, text: str) -> None:
 
 
 def _maybe_init_distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
-    import torch.distributed as dist
+    from wwmonitor.distributed import init_from_env
 
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return init_from_env("gloo")
 
 
 def _finish_distributed(world: int) -> None:
