@@ -128,14 +128,16 @@ def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0) -> tuple[fl
         if mon is not None:
             mon.snapshot(step=step, epoch=epoch)
     loop = time.perf_counter() - t0
+    stats: dict = {}
     if mon is not None:
         mon.close()
+        stats = {**mon.stats, "analysis_cpu_s": sum(r.meta["analysis_cpu_s"] for r in mon.results)}
     total = time.perf_counter() - t0
-    return loop, total, (mon.stats if mon else {})
+    return loop, total, stats
 
 
 def bench_loop(pairs: int = 3, epochs: int = 5) -> dict[str, Any]:
-    without, with_loop, with_total = [], [], []
+    without, with_loop, with_total, cpu = [], [], [], []
     stats: dict = {}
     with tempfile.TemporaryDirectory() as d:
         _train_loop(None, 1)  # warm-up
@@ -145,10 +147,11 @@ def bench_loop(pairs: int = 3, epochs: int = 5) -> dict[str, Any]:
             without.append(a)
             with_loop.append(b)
             with_total.append(t)
+            cpu.append(stats["analysis_cpu_s"])
     w, m, t = statistics.median(without), statistics.median(with_loop), statistics.median(with_total)
     return {"epochs": epochs, "steps": epochs * 64, "without_s": w, "with_s": m, "with_close_s": t,
             "overhead_loop": m / w - 1, "overhead_total": t / w - 1, "analysed": stats.get("analysed"),
-            "blocked_s": stats.get("blocked_s")}
+            "blocked_s": stats.get("blocked_s"), "analysis_cpu_s": statistics.median(cpu)}
 
 
 _MEM_CHILD = r"""
@@ -227,6 +230,17 @@ def _analyse_in_process(arrays: list[Any]) -> list[Any]:
     return [analyze_matrix(a, str(i)).alpha for i, a in enumerate(arrays)]
 
 
+def _single_blas_thread() -> None:  # process-pool initializer: same BLAS setting as the monitor's worker
+    import numpy  # noqa: F401 - load OpenBLAS first: threadpoolctl only limits loaded libraries
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
+
+
 def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
     """Same loop, same per-epoch snapshot; the analysis in a thread (Monitor) or in
     a ``ProcessPoolExecutor(1)`` fed with numpy copies (pickled)."""
@@ -271,7 +285,7 @@ def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
 
     ctx = mp.get_context("spawn")
     t_start = time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_single_blas_thread) as pool:
         pool.submit(_analyse_in_process, []).result()  # start-up outside the timing
         startup = time.perf_counter() - t_start
         run("thread", None)  # warm-up
@@ -296,11 +310,13 @@ def main() -> None:
               f"**{r['ratio']:.2f}x** | {r['cold_ms']:.2f} |", flush=True)
     print("\n### Whole training loop, snapshot every epoch, with vs without (median of 3 pairs)\n")
     r = bench_loop()
-    print("| run | epochs x steps | without monitor s | with monitor s (loop) | overhead | incl. close() s | overhead incl. close |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | epochs x steps | without monitor s | with monitor s (loop) | overhead | incl. close() s | "
+          "overhead incl. close | worker CPU s (all snapshots) |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| MLP 784-512-512-10, SGD, batch 128, 8192 samples | {r['epochs']} x 64 | {r['without_s']:.2f} | "
           f"{r['with_s']:.2f} | **{100 * r['overhead_loop']:+.1f}%** | {r['with_close_s']:.2f} | "
-          f"{100 * r['overhead_total']:+.1f}% |", flush=True)
+          f"{100 * r['overhead_total']:+.1f}% | {r['analysis_cpu_s']:.2f} |", flush=True)
+    print(f"\n(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print("\n### Peak extra host memory (subprocess, VmHWM - RSS before; queue_size=2, policy latest)\n")
     print("| analysis | monitored weights MB | bound (q+1) x weights MB | snapshot buffers peak MB | "
           "RSS peak increase MB | RSS after close MB |")
