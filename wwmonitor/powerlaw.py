@@ -38,9 +38,10 @@ We compute every candidate's ``alpha`` in ``O(n)`` from suffix sums of
 ``ln x``, then a *lower bound* on every candidate's ``D``: the maximum of the
 KS deviation over a fixed subset of ~48 tail points (a maximum over a subset
 never exceeds the maximum over the whole set).  Candidates are visited in
-increasing order of this bound; a tighter bound on 512 points is computed for
-each batch, and the full ``D`` only for candidates whose bound is still below
-the best ``D`` found so far.  The scan stops once the next bound exceeds the
+increasing order of this bound; a tighter bound on 256 points is computed for
+each batch (and on every ``m/2048``-th point for tails longer than 8192), and
+the full ``D`` only for candidates whose bounds are still below the best ``D``
+found so far.  The scan stops once the next bound exceeds the
 best ``D``: every skipped candidate provably has a larger ``D``.  The few
 candidates whose ``D`` is within ``1e-9`` (relative) of the best are finally
 re-evaluated with weightwatcher's exact expression (``np.sum`` of the tail
@@ -91,7 +92,8 @@ FEW_TAIL_POINTS = 10
 _REL_TOL = 1e-9
 # stage-1 and stage-2 subsample sizes of the lower bound
 _S1 = 48
-_S2 = 512
+_S2 = 256
+_S3 = 2048
 
 
 @dataclass(frozen=True)
@@ -303,8 +305,17 @@ def _scan(x: np.ndarray, logx: np.ndarray, full: bool) -> tuple[int, float, floa
                 if exact2[t]:
                     d = float(lb2[t])
                 else:
-                    if lb2[t] > best * (1 + _REL_TOL) + 1e-15:
+                    thr = best * (1 + _REL_TOL) + 1e-15
+                    if lb2[t] > thr:
                         continue
+                    mi = n - ci
+                    if mi > 4 * _S3:  # a third, strided bound before the full O(m) pass
+                        st = mi // _S3
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            lb3 = float(np.max(np.abs(-np.expm1((1.0 - alpha[ci]) * (logx[ci::st] - logx[ci]))
+                                                      - ramp[: mi : st] / mi)))
+                        if lb3 > thr:
+                            continue
                     d = _ks_full(logx, ci, float(alpha[ci]), ramp)
                 D[ci] = d
                 evaluated[ci] = True
