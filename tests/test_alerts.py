@@ -159,3 +159,19 @@ def test_correlation_traps():
     rules.inspect_weights("trap", W, lm)
     a = rules.evaluate(SnapshotResult(step=0, epoch=0, time=0.0, layers=[lm]))
     assert [x.rule for x in a] == ["correlation_trap"]
+
+
+def test_correlation_trap_through_a_monitor(tmp_path):
+    """The rule's analyze_fn computes trap counts in the monitor's worker, from its host copy."""
+    r = np.random.default_rng(2)
+    W = r.standard_normal((300, 100)).astype(np.float32)
+    W[5, 7] = 80.0
+    clean = r.standard_normal((300, 100)).astype(np.float32)
+    rules = AlertRules(rules=["correlation_trap"], warn=False)
+    assert AlertRules().analyze_fn() is None  # off by default: no extra work
+    with wwmonitor.Monitor(None, tmp_path, store=False, every_n_epochs=None, alerts=rules,
+                           analyze_fn=rules.analyze_fn()) as mon:
+        mon.snapshot(step=1, matrices={"trap": W, "clean": clean})
+        mon.flush()
+        fired = mon.alerts_fired
+    assert [(a.rule, a.layer) for a in fired] == [("correlation_trap", "trap")]

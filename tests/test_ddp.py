@@ -119,3 +119,39 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
     # no wwmonitor output from rank 1: every alert/stop line appears at most once per event
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "[wwmonitor]" in ln]
     assert len(lines) == len(set(lines))
+
+
+def _gloo_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from wwmonitor.distributed import broadcast_object, init_from_env, rank_world
+
+    init_from_env()
+    r, w = rank_world()
+    mine = {i: f"layer{i}@rank{r}" for i in shard_indices(5, r, w)}
+    everyone = gather_objects(mine)  # all-gather: every rank gets the list
+    to_zero = gather_objects(mine, dst=0)
+    token = broadcast_object("from-0" if r == 0 else None)
+    with open(os.path.join(out, f"g{r}.json"), "w") as f:
+        json.dump({"rw": [r, w], "all": everyone, "zero": to_zero, "token": token}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gather_helpers_with_two_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    g = [json.loads((tmp_path / f"g{r}.json").read_text()) for r in (0, 1)]
+    expect = [{"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"}, {"1": "layer1@rank1", "3": "layer3@rank1"}]
+    assert [x["rw"] for x in g] == [[0, 2], [1, 2]]
+    assert g[0]["all"] == expect and g[1]["all"] == expect
+    assert g[0]["zero"] == expect and g[1]["zero"] is None
+    assert g[0]["token"] == g[1]["token"] == "from-0"

@@ -240,6 +240,27 @@ class AlertRules:
         if "correlation_trap" in self.rules and lm.status == "ok":
             lm.extra["num_traps"] = correlation_traps(W, seed=seed, name=name)["num_traps"]
 
+    def analyze_fn(self) -> Optional[Callable[..., LayerMetrics]]:
+        """A per-matrix analysis function for :class:`wwmonitor.Monitor` (``analyze_fn=``) that also
+        counts correlation traps, or ``None`` when the ``correlation_trap`` rule is off.
+
+        It runs the monitor's default analysis, then :meth:`inspect_weights` on the
+        same host copy of the weights, in the worker thread.
+        """
+        if "correlation_trap" not in self.rules:
+            return None
+        from .monitor.worker import default_analyze
+
+        def analyze(W: Any, name: str, typ: str, scale: float, options: Any) -> LayerMetrics:
+            lm = default_analyze(W, name, typ, scale, options)
+            try:
+                self.inspect_weights(name, W, lm)
+            except Exception as exc:  # a failed trap check never loses the layer's metrics
+                log.debug("correlation traps failed for %s: %r", name, exc)
+            return lm
+
+        return analyze
+
     def reset(self) -> None:
         """Forget all per-layer state (hysteresis, counters)."""
         self._state.clear()

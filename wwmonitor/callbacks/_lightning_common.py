@@ -238,10 +238,11 @@ class WeightWatcherMixin:
             mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
             self.shard_layers = mine
             if mine:
+                trap_fn = self.alert_rules.analyze_fn() if isinstance(self.alert_rules, AlertRules) else None
                 self._shard = Monitor(
                     pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,
                     every_n_steps=None, layers=mine, store=False, queue_size=self.queue_size,
-                    policy="block", options=self.options,
+                    policy="block", options=self.options, **({"analyze_fn": trap_fn} if trap_fn else {}),
                 )
         if self._rank == 0:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
@@ -250,8 +251,8 @@ class WeightWatcherMixin:
             if self._world > 1:
                 self._lookup = _Lookup()
                 kw["analyze_fn"] = self._lookup
-            elif isinstance(self.alert_rules, AlertRules) and "correlation_trap" in self.alert_rules.rules:
-                kw["analyze_fn"] = self._analyze_with_traps
+            elif isinstance(self.alert_rules, AlertRules) and self.alert_rules.analyze_fn() is not None:
+                kw["analyze_fn"] = self.alert_rules.analyze_fn()
             self.monitor = Monitor(
                 pl_module, self.run_dir, run_name=self.run_name, every_n_epochs=None, every_n_steps=None,
                 layers=self._names, sinks=self.sinks, alerts=self.alert_rules, queue_size=self.queue_size,
@@ -316,18 +317,6 @@ class WeightWatcherMixin:
             except Exception as e:  # a broken logger must not stop training
                 rank_zero_warn(f"wwmonitor: could not attach to logger {type(lg).__name__}: {e!r}")
         return sinks
-
-    def _analyze_with_traps(self, W: Any, name: str, typ: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
-        from ..monitor.worker import default_analyze
-
-        lm = default_analyze(W, name, typ, scale, options)
-        rules = self.alert_rules
-        if isinstance(rules, AlertRules):
-            try:
-                rules.inspect_weights(name, W, lm)
-            except Exception as e:
-                log.debug("correlation traps failed for %s: %r", name, e)
-        return lm
 
     def _snapshot(self, trainer: Any, pl_module: Any, step: int, epoch: int, *, epoch_end: bool) -> None:
         if self._last_step is not None and step <= self._last_step:

@@ -150,10 +150,13 @@ class WeightWatcherCallback(keras.callbacks.Callback):
             sinks.append(CSVSink(self.csv))
         self.sinks = sinks
         config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
+        kw: dict[str, Any] = {}
+        if isinstance(self.alert_rules, AlertRules) and self.alert_rules.analyze_fn() is not None:
+            kw["analyze_fn"] = self.alert_rules.analyze_fn()  # correlation traps need the weights
         self.monitor = Monitor(
             self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs,
             layers=self.layers, exclude=self.exclude, sinks=sinks, alerts=self.alert_rules,
-            queue_size=self.queue_size, policy=self.policy, options=self.options, config=config,
+            queue_size=self.queue_size, policy=self.policy, options=self.options, config=config, **kw,
         )
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
