@@ -445,3 +445,37 @@ def test_powerlaw_rank_low_rank_signal():
     W = (U * s) @ V.T + 0.01 * rng.standard_normal((N, M))
     res = powerlaw_rank(W)
     assert res.ok and 2 <= res.K <= r
+
+
+# ---------------------------------------------------------------------------
+# the weightwatcher reference helper on a model (used by other agreement tests)
+# ---------------------------------------------------------------------------
+
+
+def _build_mlp(seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(100, 300), torch.nn.ReLU(), torch.nn.Linear(300, 120))
+
+
+@pytest.mark.slow
+def test_ww_reference_analyze_matches_our_fit_on_its_eigenvalues():
+    import functools
+
+    from ww_reference import ww_analyze_timed, ww_esd
+
+    pytest.importorskip("torch")
+    model = _build_mlp(1)
+    # a picklable builder (by reference) and a module instance give the same table
+    df, times = ww_analyze_timed(functools.partial(_build_mlp, 1), repeats=1, num_threads=1)
+    assert len(times) == 1 and times[0] > 0
+    assert list(df["N"]) == [300, 300] and list(df["M"]) == [100, 120]
+    for row, lin in zip(df.itertuples(), (model[0], model[2])):
+        ev = ww_esd(model, int(row.layer_id))
+        assert ev.size == row.M
+        # weightwatcher's eigenvalues = squared singular values (σ² axis)
+        sv2 = np.linalg.svd(lin.weight.detach().double().numpy(), compute_uv=False) ** 2
+        np.testing.assert_allclose(np.sort(sv2), ev, rtol=1e-6)
+        fit = fit_powerlaw(ev)
+        assert (fit.alpha, fit.xmin, fit.D, fit.num_pl_spikes) == (row.alpha, row.xmin, row.D, row.num_pl_spikes)
