@@ -69,3 +69,53 @@ def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
 
     run = wwmonitor.load_run(tmp_path / "demo" / "runs" / "bs0008_seed0")
     assert run.config["batch_size"] == 8 and len(run.steps) == 3
+
+
+# ---------------------------------------------------------------- examples
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run_example(name: str, args: list[str], cwd) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, str(EXAMPLES / name)] + args, cwd=cwd, capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_example_pytorch_monitor(tmp_path):
+    out = _run_example("pytorch_monitor.py", ["--epochs", "2", "--out", "ex"], tmp_path)
+    assert "report:" in out and (tmp_path / "ex" / "runs" / "pytorch-mlp" / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_example_lightning_callback(tmp_path):
+    out = _run_example("lightning_callback.py", ["--epochs", "2", "--out", "ex"], tmp_path)
+    assert "tensorboard --logdir" in out
+    import wwmonitor
+
+    assert len(wwmonitor.load_run(tmp_path / "ex" / "runs" / "lightning-mlp").steps) == 2
+
+
+@pytest.mark.slow
+def test_example_batch_size_sweep(tmp_path):
+    out = _run_example("batch_size_sweep.py", ["--batch-sizes", "8,64,512", "--epochs", "2", "--out", "sw"], tmp_path)
+    assert "Spearman vs batch size" in out
+    assert (tmp_path / "sw" / "compare-constant" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_example_lsa_powerlaw_rank(tmp_path):
+    out = _run_example("lsa_powerlaw_rank.py", ["--max-docs", "600", "--out", "lsa"], tmp_path)
+    import re
+
+    k_pl = int(re.search(r"power-law rank: K = (\d+)", out).group(1))
+    k_elbow = int(re.search(r"elbow: K = (\d+)", out).group(1))
+    assert 1 <= k_pl < 600 and 1 <= k_elbow < 600
+    assert (tmp_path / "lsa" / "lsa_rank.png").is_file()
