@@ -78,7 +78,8 @@ def bench_snapshot(reps: int = 25) -> list[dict[str, Any]]:
             cold = time.perf_counter() - t0
             for s in range(1, 4):  # warm-up: fill the buffer pool
                 mon.snapshot(step=s)
-            clone_t, snap_t = [], []
+            clone_t, snap_t, copy_t = [], [], []
+            dst = [torch.empty_like(p) for p in params]
             scratch = torch.empty(64 * 2**20 // 4)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -88,22 +89,28 @@ def bench_snapshot(reps: int = 25) -> list[dict[str, Any]]:
                     copies = [p.detach().clone() for p in params]
                     clone_t.append(time.perf_counter() - t0)
                     del copies
+                    scratch.fill_(i + 2)
+                    t0 = time.perf_counter()
+                    for d_, p in zip(dst, params):
+                        d_.copy_(p.detach())
+                    copy_t.append(time.perf_counter() - t0)
                     scratch.fill_(i + 1)
                     t0 = time.perf_counter()
                     mon.snapshot(step=10 + i)
                     snap_t.append(time.perf_counter() - t0)
                 mon.close(timeout=5)  # only the copies are timed here; drop the analysis backlog
             st = mon.stats
-        c, s = statistics.median(clone_t), statistics.median(snap_t)
+        c, s, f = statistics.median(clone_t), statistics.median(snap_t), statistics.median(copy_t)
         rows.append({"model": name, "matrices": len(mon.results[-1].layers) if mon.results else None,
                      "MB": nbytes / 2**20, "clone_ms": c * 1e3, "snapshot_ms": s * 1e3, "ratio": s / c,
+                     "copy_ms": f * 1e3, "ratio_copy": s / f,
                      "cold_ms": cold * 1e3, "analysed": st["analysed"], "coalesced": st["coalesced"]})
         del model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
 
 
-def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0) -> tuple[float, float, dict]:
+def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0, inline: bool = False) -> tuple[float, float, dict]:
     import torch
     from torch import nn
 
@@ -127,6 +134,15 @@ def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0) -> tuple[fl
             step += 1
         if mon is not None:
             mon.snapshot(step=step, epoch=epoch)
+        elif inline:  # the same analysis (same single BLAS thread), synchronously on the training thread
+            from threadpoolctl import threadpool_limits
+
+            from wwmonitor.analyze import analyze_matrix
+
+            with threadpool_limits(1, user_api="blas"):
+                for i, m in enumerate(model):
+                    if isinstance(m, nn.Linear):
+                        analyze_matrix(m.weight.detach().clone(), str(i), keep_esd=True)
     loop = time.perf_counter() - t0
     stats: dict = {}
     if mon is not None:
@@ -137,12 +153,13 @@ def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0) -> tuple[fl
 
 
 def bench_loop(pairs: int = 3, epochs: int = 5) -> dict[str, Any]:
-    without, with_loop, with_total, cpu = [], [], [], []
+    without, with_loop, with_total, cpu, inline = [], [], [], [], []
     stats: dict = {}
     with tempfile.TemporaryDirectory() as d:
         _train_loop(None, 1)  # warm-up
         for r in range(pairs):
             a, _, _ = _train_loop(None, epochs)
+            inline.append(_train_loop(None, epochs, inline=True)[0])
             b, t, stats = _train_loop(os.path.join(d, f"r{r}"), epochs)
             without.append(a)
             with_loop.append(b)
@@ -151,7 +168,8 @@ def bench_loop(pairs: int = 3, epochs: int = 5) -> dict[str, Any]:
     w, m, t = statistics.median(without), statistics.median(with_loop), statistics.median(with_total)
     return {"epochs": epochs, "steps": epochs * 64, "without_s": w, "with_s": m, "with_close_s": t,
             "overhead_loop": m / w - 1, "overhead_total": t / w - 1, "analysed": stats.get("analysed"),
-            "blocked_s": stats.get("blocked_s"), "analysis_cpu_s": statistics.median(cpu)}
+            "blocked_s": stats.get("blocked_s"), "analysis_cpu_s": statistics.median(cpu),
+            "inline_s": statistics.median(inline), "overhead_inline": statistics.median(inline) / w - 1}
 
 
 _MEM_CHILD = r"""
@@ -303,19 +321,21 @@ def main() -> None:
     torch.set_num_threads(1)
     print("torch threads: 1 (training on one core, the worker's LAPACK on the other)\n")
     print("### snapshot() blocking time vs clone() of the same parameters (median, interleaved)\n")
-    print("| model | matrices | weights MB | clone() ms | snapshot() ms | ratio | first snapshot ms (allocates) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | matrices | weights MB | clone() ms | snapshot() ms | snapshot / clone | "
+          "copy_() into preallocated ms | snapshot / copy_() | first snapshot ms (allocates) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in bench_snapshot():
         print(f"| {r['model']} | {r['matrices']} | {r['MB']:.1f} | {r['clone_ms']:.2f} | {r['snapshot_ms']:.2f} | "
-              f"**{r['ratio']:.2f}x** | {r['cold_ms']:.2f} |", flush=True)
+              f"**{r['ratio']:.2f}x** | {r['copy_ms']:.2f} | {r['ratio_copy']:.2f}x | {r['cold_ms']:.2f} |", flush=True)
     print("\n### Whole training loop, snapshot every epoch, with vs without (median of 3 pairs)\n")
     r = bench_loop()
     print("| run | epochs x steps | without monitor s | with monitor s (loop) | overhead | incl. close() s | "
-          "overhead incl. close | worker CPU s (all snapshots) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "overhead incl. close | worker CPU s (all snapshots) | same analysis inline s (overhead) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| MLP 784-512-512-10, SGD, batch 128, 8192 samples | {r['epochs']} x 64 | {r['without_s']:.2f} | "
           f"{r['with_s']:.2f} | **{100 * r['overhead_loop']:+.1f}%** | {r['with_close_s']:.2f} | "
-          f"{100 * r['overhead_total']:+.1f}% | {r['analysis_cpu_s']:.2f} |", flush=True)
+          f"{100 * r['overhead_total']:+.1f}% | {r['analysis_cpu_s']:.2f} | {r['inline_s']:.2f} "
+          f"({100 * r['overhead_inline']:+.1f}%) |", flush=True)
     print(f"\n(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print("\n### Peak extra host memory (subprocess, VmHWM - RSS before; queue_size=2, policy latest)\n")
     print("| analysis | monitored weights MB | bound (q+1) x weights MB | snapshot buffers peak MB | "

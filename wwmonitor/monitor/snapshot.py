@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["Snapshot", "BufferSet", "BufferPool", "copy_matrices", "nbytes_of"]
+__all__ = ["Snapshot", "BufferSet", "BufferPool", "copy_matrices", "nbytes_of", "as_numpy"]
 
 
 @dataclass(eq=False)
@@ -123,6 +123,28 @@ class BufferPool:
             free = {id(b) for b in self._free}
             self._all = [b for b in self._all if id(b) not in free]
             self._free.clear()
+
+
+def as_numpy(x: Any) -> Any:
+    """A host torch tensor as a NumPy array without running any torch kernel.
+
+    float16/32/64 are zero-copy views; bfloat16 is widened exactly to float32
+    in NumPy (a bfloat16 is the upper half of a float32).  Keeping torch
+    kernels off the worker thread matters: a thread torch did not create gets
+    OpenMP's default team size, and its spinning OpenMP threads were measured
+    to slow the training thread down on a busy 2-core machine.
+    Other inputs are returned unchanged.
+    """
+    if not _is_torch(x) or x.device.type != "cpu":
+        return x
+    import torch
+
+    if x.dtype in (torch.float32, torch.float64, torch.float16):
+        return x.numpy()
+    if x.dtype == torch.bfloat16:
+        bits = x.view(torch.int16).numpy().view(np.uint16)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return x
 
 
 def _is_torch(x: Any) -> bool:

@@ -39,7 +39,7 @@ from ..analyze import AnalysisOptions, analyze_matrix
 from ..metrics import LayerMetrics
 from ..records import Alert, SnapshotResult
 from .policy import SnapshotQueue
-from .snapshot import Snapshot
+from .snapshot import Snapshot, as_numpy
 
 __all__ = ["analyse_snapshot", "model_summary", "nonfinite_alerts", "Worker", "AnalyzeFn", "SUMMARY_FIELDS"]
 
@@ -122,7 +122,7 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
                                            message=res.errors[name]))
             continue
         try:
-            m = analyze_fn(W, name, typ, scale, opts)
+            m = analyze_fn(as_numpy(W), name, typ, scale, opts)
         except Exception as e:  # noqa: BLE001 - any failure of one layer is recorded, never raised
             reason = f"{type(e).__name__}: {e}"
             res.errors[name] = reason
