@@ -380,7 +380,9 @@ def _small_n(x: np.ndarray, logx: np.ndarray) -> tuple[int, float, float, Option
 
 
 def _prepare(evals: Any, xmax: Optional[float]) -> tuple[Optional[np.ndarray], Optional[PowerLawFit]]:
-    x = np.asarray(evals, dtype=np.float64)
+    from .spectral import to_numpy  # torch tensors on any device, JAX/TF arrays
+
+    x = np.asarray(to_numpy(evals), dtype=np.float64)
     if x.ndim != 1:
         x = x.ravel()
     if not np.isfinite(x).all():
@@ -531,7 +533,9 @@ def fit_powerlaw(
                 break
     if not fit.ok:
         return fit
-    ev = np.asarray(evals, dtype=np.float64).ravel()
+    from .spectral import to_numpy
+
+    ev = np.asarray(to_numpy(evals), dtype=np.float64).ravel()
     return replace(fit, num_pl_spikes=int(np.count_nonzero(ev >= fit.xmin)))
 
 
@@ -857,9 +861,11 @@ class PowerLawRank:
     ``K`` is the number of eigenpairs in the fitted power-law tail
     (``#{ev >= xmin}``, weightwatcher's ``num_pl_spikes``): the "latent
     dimension" chosen as in the seeds' LSA example.  ``xmins``/``Ds`` are the
-    KS-distance-vs-xmin landscape (every candidate ``xmin``), ``alphas`` the
-    exponent at each candidate; all on the axis of the eigenvalues used
-    (σ² for a matrix: eigenvalues of ``WᵀW``, not divided by ``N``).
+    KS-distance-vs-xmin landscape (every candidate ``xmin``; for fewer than 20
+    eigenvalues the small-n values, where candidates with tails under 8 points
+    have ``D = 1``), ``alphas`` the plain MLE exponent ``1 + m/Σ ln(x/xmin)``
+    at each candidate; ``xmins`` and ``evals`` are on the axis of the
+    eigenvalues used (σ² for a matrix: eigenvalues of ``WᵀW``, not divided by ``N``).
     """
 
     K: int
@@ -906,10 +912,9 @@ def powerlaw_rank(W_or_evals: Any, *, xmax: Optional[float] = None, name: str = 
     x = np.sort(ev[ev > EVALS_THRESH])
     if xmax is not None:
         x = x[x <= xmax]
-    if fit.method == "standard":
-        alphas, _ = _alphas(np.log(x))
-    else:
-        alphas = np.full(xs.size, np.nan)
+    # plain MLE exponent at every candidate (the small-n fit itself reports the bias-corrected one)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = _alphas(np.log(x))[0] if x.size >= 2 else empty
     K = int(np.count_nonzero(ev >= fit.xmin) if xmax is None else np.count_nonzero((ev >= fit.xmin) & (ev <= xmax)))
     # (without xmax, K == fit.num_pl_spikes)
     return PowerLawRank(K, fit.alpha, fit.xmin, fit.D, xs, Ds, alphas, ev, fit, "ok", fit.message)
