@@ -426,7 +426,7 @@ def test_matrices_numpy_and_bfloat16(tmp_path):
     assert r0.layers[0].status == "ok" and r0.layers[0].alpha is not None
     assert r1.layers[0].status == "ok" and r1.layers[0].shape == (200, 100)
     W = bf.weight.detach().float().double().numpy()  # bf16 widened exactly
-    np.testing.assert_allclose(r1.esds["0"], np.linalg.eigvalsh(W.T @ W) / 200, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(r1.esds[r1.layers[0].name], np.linalg.eigvalsh(W.T @ W) / 200, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
