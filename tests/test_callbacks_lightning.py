@@ -208,3 +208,23 @@ def test_healthy_run_fires_no_warning(tmp_path):
     bad = [a for a in cb.monitor.alerts_fired if a.severity != "info"]
     assert bad == []
     assert not cb.stopped_by_alert and trainer.current_epoch == 4
+
+
+def test_non_finite_weights_alert_and_stop(tmp_path):
+    pl, _, Callback = _pkg("lightning")
+
+    class PoisonFc2(pl.Callback):  # listed before the monitor: runs first at epoch end
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                with torch.no_grad():
+                    pl_module.fc2.weight[0, 0] = float("nan")
+
+    cb = Callback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="nan",
+                  alerts={"warn": False}, stop_on=["non_finite"])
+    trainer = _trainer(pl, tmp_path, max_epochs=8, logger=False, callbacks=[PoisonFc2(), cb])
+    trainer.fit(make_module("lightning"))  # must not raise
+    fired = [a for a in cb.monitor.alerts_fired if a.rule == "non_finite"]
+    assert fired and fired[0].layer == "fc2" and fired[0].epoch == 1 and fired[0].severity == "error"
+    assert cb.stopped_by_alert and trainer.current_epoch < 7
+    m = wwmonitor.load_run(cb.monitor.run_dir).metrics
+    assert 32 in set(m.step)  # the snapshot with NaN weights is stored (layer status), not dropped

@@ -181,6 +181,7 @@ class WeightWatcherMixin:
         #: names of the matrices this rank analyses (all of them without DDP)
         self.shard_layers: list[str] = []
         self.stopped_by_alert = False
+        self._errors = 0
 
     # ------------------------------------------------------------ Lightning API
     @property
@@ -324,12 +325,24 @@ class WeightWatcherMixin:
         self._last_step = step
         if self._world == 1:
             if self.monitor is not None:
-                self.monitor.snapshot(step=step, epoch=epoch, epoch_end=epoch_end)
+                self._safe_snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end)
             return
         self._collect(trainer)
         if self._shard is not None:
-            self._shard.snapshot(step=step, epoch=epoch, epoch_end=epoch_end)
-        self._pending.append((step, epoch))
+            self._safe_snapshot(self._shard, step=step, epoch=epoch, epoch_end=epoch_end)
+        self._pending.append((step, epoch))  # on every rank, so the next gather stays aligned
+
+    def _safe_snapshot(self, mon: Any, **kw: Any) -> bool:
+        """``mon.snapshot(**kw)``; a failure is reported and training goes on (and, under DDP,
+        every rank still reaches the next collective)."""
+        try:
+            return bool(mon.snapshot(**kw))
+        except Exception as e:
+            self._errors += 1
+            if self._errors == 1 or self._errors % 100 == 0:
+                log.warning("wwmonitor: snapshot at step %s failed (%s: %s); training continues (%d failure(s))",
+                            kw.get("step"), type(e).__name__, e, self._errors)
+            return False
 
     def _collect(self, trainer: Any) -> None:
         """DDP: wait for this rank's shard, gather the pending snapshots to rank 0 (every rank calls this)."""
@@ -363,7 +376,7 @@ class WeightWatcherMixin:
                 ordered[n] = LayerMetrics(name=n, status="error", message=f"layer {n!r}: no result from its rank")
             self._lookup.push(ordered)
             dummies = {n: np.zeros((1, 1), np.float32) for n in ordered}
-            if not self.monitor.snapshot(step=step, epoch=epoch, matrices=dummies):
+            if not self._safe_snapshot(self.monitor, step=step, epoch=epoch, matrices=dummies):
                 self._lookup.discard_last()  # not queued: drop its lookups so later ones stay aligned
 
     def _pump(self) -> None:

@@ -164,8 +164,12 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         if mon is None:
             return
         step = self._step()
-        if mon.should_snapshot(epoch=epoch, step=step):
-            mon.snapshot(step=step, epoch=epoch, model=self.model)
+        try:
+            if mon.should_snapshot(epoch=epoch, step=step):
+                mon.snapshot(step=step, epoch=epoch, model=self.model)
+        except Exception as e:  # monitoring must never stop training
+            log.warning("wwmonitor: snapshot at epoch %d failed (%s: %s); training continues",
+                        epoch, type(e).__name__, e)
         self._pump()
         if mon.should_stop and not self.model.stop_training:
             self.model.stop_training = True
