@@ -246,6 +246,7 @@ def train_one(
     import lightning.pytorch as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from .alerts import AlertRules
     from .callbacks.lightning import WeightWatcherCallback
 
     out = Path(out)
@@ -269,6 +270,8 @@ def train_one(
     config.update(extra_config or {})
     callbacks: list[Any] = [
         WeightWatcherCallback(every_n_epochs=1, run_dir=str(out / "runs"), run_name=name, config=config,
+                              # alerts go to the run store and TensorBoard, not the console (progress bar)
+                              alerts=AlertRules(warn=False, log_alerts=False),
                               esd_every_n_epochs=esd_every_n_epochs or max(1, epochs - 1))
     ]
     if progress_queue is not None:
