@@ -181,7 +181,7 @@ def analyze_evals(
         pl = _fit(ev_sq, options)
         if pl.ok:
             lm.alpha, lm.xmin, lm.xmax, lm.D = pl.alpha, pl.xmin, pl.xmax, pl.D
-            lm.sigma, lm.num_pl_spikes = pl.sigma, pl.n_tail
+            lm.sigma, lm.num_pl_spikes = pl.sigma, pl.num_pl_spikes
             lm.__dict__.update(norm_metrics(ev_sq, (N, lm.M), pl.alpha))
             if pl.alpha < ALPHA_OVER_TRAINED:
                 lm.warning = "over-trained"
@@ -218,6 +218,4 @@ def analyze_evals(
 
 
 def _fit(ev_sq: np.ndarray, options: AnalysisOptions):
-    if options.fix_fingers:
-        return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)  # type: ignore[call-arg]
-    return fit_powerlaw(ev_sq, xmax=options.xmax)
+    return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)
