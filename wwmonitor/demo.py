@@ -307,6 +307,7 @@ def train_one(
         "seed": seed,
         "lr": lr,
         "epochs": epochs,
+        "steps": int(trainer.global_step),
         "train_acc": train_acc,
         "val_acc": val_acc,
         "seconds": seconds,
@@ -516,7 +517,7 @@ def demo_notes_html(cfg: DemoConfig, results: Sequence[dict[str, Any]], rho: dic
     for bs in sorted(by_bs):
         rs = by_bs[bs]
         acc_rows.append(
-            f"<tr><td>{bs}</td><td>{cfg.lr_for(bs):.4g}</td><td>{math.ceil(1438 / bs) * cfg.epochs}</td>"
+            f"<tr><td>{bs}</td><td>{cfg.lr_for(bs):.4g}</td><td>{rs[0].get('steps', '–')}</td>"
             f"<td>{np.mean([r['train_acc'] for r in rs]):.3f}</td><td>{np.mean([r['val_acc'] for r in rs]):.3f}</td></tr>"
         )
     lr_txt = (
