@@ -194,6 +194,9 @@ def test_bad_matrix_fault_via_matrices(tmp_path):
     by = {m.name: m for m in res.layers}
     assert by["good"].status == "ok" and by["bad"].status == "error"
     assert "empty dimension" in res.errors["bad"]
+    run = load_run(mon.run_dir)  # layers first seen at the snapshot are recorded too
+    assert list(run.layers.layer) == ["good", "bad"]
+    assert [d["name"] for d in run.meta["layers"]] == ["good", "bad"]
 
 
 def test_non_finite_weights_alert_not_crash(tmp_path):

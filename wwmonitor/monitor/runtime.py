@@ -191,8 +191,8 @@ class Monitor:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history!r}")
         self.model = model
-        self.layers = list(layers) if isinstance(layers, (list, tuple)) else layers
-        self.exclude = list(exclude) if isinstance(exclude, (list, tuple)) else exclude
+        self.layers = [layers] if isinstance(layers, (str, type)) else None if layers is None else list(layers)
+        self.exclude = [exclude] if isinstance(exclude, (str, type)) else None if exclude is None else list(exclude)
         self.queue_size = int(queue_size)
         self.policy = policy
         self.options = options if options is not None else AnalysisOptions()
@@ -392,9 +392,17 @@ class Monitor:
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._specs_for(src, matrices)
-            if not self._layer_info and self._store is not None:
+            if not self._layer_info and self._store is not None:  # model first seen here
                 self._layer_info = [(s.name, s.type, s.shape) for s in specs]
-                self._store.set_layers(self._layer_info)
+                try:
+                    self._store.set_layers(self._layer_info)
+                    meta = self._store.get_meta("meta", {}) or {}
+                    meta["layers"] = [{"name": n, "type": t, "shape": list(sh)} for n, t, sh in self._layer_info]
+                    if src is not None:
+                        meta["model_class"] = f"{type(src).__module__}.{type(src).__qualname__}"
+                    self._store.set_meta({"meta": meta})
+                except Exception as e:  # noqa: BLE001 - a locked/full store must not stop training
+                    self._on_error(f"sink:{type(self._store).__name__}", f"step {step} (layer metadata)", e)
             res = self._queue.reserve(self._worker.alive)
             if res is None:
                 self._report_once("skip", f"wwmonitor: analysis is behind training; snapshot at step {step} skipped "
