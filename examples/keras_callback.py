@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 from wwmonitor.callbacks.keras import WeightWatcherCallback  # noqa: E402

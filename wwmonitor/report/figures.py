@@ -602,9 +602,7 @@ def _phase_grid(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
     used = {int(v) for v in np.unique(mat)}
-    names = list(PHASE_ORDER) + ["unknown"]
-    handles = [Patch(facecolor=PHASE_COLORS[names[i]], edgecolor="#888", label=names[i]) for i in sorted(used)]
-    # always show the full legend so colours are comparable across figures
+    # always show every phase in the legend so colours are comparable across figures
     handles = [Patch(facecolor=PHASE_COLORS[p], edgecolor="#888", label=p) for p in PHASE_ORDER]
     if len(PHASE_ORDER) in used:
         handles.append(Patch(facecolor=PHASE_COLORS["unknown"], edgecolor="#888", label="unknown / not fitted"))
