@@ -87,6 +87,19 @@ def _versions() -> dict[str, str]:
 class Monitor:
     """Watch a model's weight spectra while it trains, without blocking it.
 
+    Example::
+
+        import torch, wwmonitor
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with wwmonitor.Monitor(model, "wwmonitor-runs", run_name="demo", config={"lr": 0.1}) as mon:
+            for epoch in range(3):
+                loss = model(torch.randn(32, 64)).pow(2).mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+                mon.snapshot(step=epoch + 1, epoch=epoch)    # returns at once
+        run = wwmonitor.load_run(mon.run_dir)
+        run.metrics.query("metric == 'alpha'")             # step, epoch, layer, metric, value
+
     Parameters
     ----------
     model:
@@ -367,8 +380,10 @@ class Monitor:
         """Copy the monitored weights and queue them for analysis.
 
         Returns ``True`` when a snapshot was queued, ``False`` when the call
-        is off-interval, the step is already stored (``stats["duplicates"]``)
-        or the queue policy skipped it (``stats["skipped"]``).  Only the copy
+        is off-interval, ``step`` is not greater than the last snapshotted or
+        stored step (``stats["duplicates"]``; this keeps results in step
+        order and makes a resumed run skip what it already has) or the queue
+        policy skipped it (``stats["skipped"]``).  Only the copy
         (and, under ``policy="block"``, waiting for a free slot) happens on
         the calling thread.
 
