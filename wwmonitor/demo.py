@@ -25,7 +25,9 @@ lower MP soft rank and stable rank, more spikes; larger batches stay closer
 to random-like.  At a constant learning rate the strength of the SGD noise
 ("temperature") scales like ``lr / batch_size``, and that ratio is what
 drives the effect: with the learning rate scaled linearly with the batch
-size (``--lr-scaling linear``) it largely goes away.  The largest batches
+size (``--lr-scaling linear``) it largely goes away (measured: batch sizes
+8-64 end with nearly the same spectra; at lr 0.2 the scaling rule breaks
+down).  The largest batches
 also take far fewer steps in the same number of epochs, so they are simply
 less trained.  The report says so.
 """
@@ -540,7 +542,8 @@ rank correlations of each final metric with the batch size, per seed, are:</p>
 the noise, together with many more update steps, builds the correlations that show up as spikes and heavy tails.
 The effect follows lr/batch, not the batch size as such: scaling the learning rate linearly with the batch size
 (<code>wwmonitor demo --lr-scaling linear</code>) keeps the temperature fixed, and the trend then largely
-disappears. The largest batches also take far fewer steps in the same number of epochs, so they are simply less
+disappears (measured for batch sizes 8 to 64; at the largest learning rates the linear scaling rule stops being an
+equivalence, see docs/demo-results.md). The largest batches also take far fewer steps in the same number of epochs, so they are simply less
 trained (see their accuracy below); part of their random-like look is that.</p>
 <table class="data"><thead><tr><th>batch size</th><th>lr</th><th>SGD steps</th><th>train acc (mean)</th>
 <th>val acc (mean)</th></tr></thead><tbody>{''.join(acc_rows)}</tbody></table>
