@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr})")
     p.add_argument("--lr-scaling", choices=["constant", "linear"], default=d.lr_scaling,
                    help="'linear' scales lr with batch/--lr-ref-batch: the control experiment in which the trend "
-                        "should largely vanish")
+                        "largely vanishes (keep batch sizes <= 128 with it: lr 0.05*512/32 = 0.8 can diverge)")
     p.add_argument("--lr-ref-batch", type=int, default=d.lr_ref_batch, help="reference batch for --lr-scaling linear")
     p.add_argument("--workers", type=int, default=d.workers, help=f"parallel training processes (default {d.workers})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
