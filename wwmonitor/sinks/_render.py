@@ -84,8 +84,10 @@ def sanitize_tag(name: str) -> str:
 def esd_figure(lm: LayerMetrics, evals: np.ndarray, *, step: int, epoch: Optional[int]):
     """The ESD figure of one layer: :func:`wwmonitor.report.figures.plot_esd` with the MP fit.
 
-    ``evals`` is the λ-axis ESD (eigenvalues of ``X = WᵀW/N``).  Returns a
-    matplotlib ``Figure`` or ``None`` when the ESD has no positive eigenvalue.
+    ``evals`` is the λ-axis ESD (eigenvalues of ``X = WᵀW/N``).  The power-law
+    line is drawn only when the layer has an ``alpha`` (its fit on the λ axis
+    has the same alpha: the MLE is scale-free).  Returns a matplotlib
+    ``Figure`` or ``None`` when the ESD has no positive eigenvalue.
     """
     from ..mp import fit_mp
     from ..report.figures import plot_esd
@@ -102,7 +104,12 @@ def esd_figure(lm: LayerMetrics, evals: np.ndarray, *, step: int, epoch: Optiona
     when = f"step {step}" + (f", epoch {epoch}" if epoch is not None else "")
     alpha = f", alpha={lm.alpha:.2f}" if lm.alpha is not None else ""
     phase = f", {lm.phase}" if lm.phase else ""
-    return plot_esd(ev, mp=mp, title=f"{lm.name} ({when}{alpha}{phase})")
+    if lm.status != "ok":
+        phase += f", {lm.status.replace('_', ' ')}"
+    # the power-law line only where the analysis itself produced a fit (not for layers with too
+    # few eigenvalues, whose alpha is deliberately not reported)
+    return plot_esd(ev, mp=mp, fit_powerlaw_if_missing=lm.alpha is not None,
+                    title=f"{lm.name} ({when}{alpha}{phase})")
 
 
 _PNG_CACHE: "collections.OrderedDict[tuple, Optional[bytes]]" = collections.OrderedDict()
