@@ -481,3 +481,26 @@ def test_spec_cache_follows_parameter_storage_changes(tmp_path):
         mon.snapshot(step=1)
     r0, r1 = mon.results
     np.testing.assert_allclose(r1.esds["0"], 4 * r0.esds["0"], rtol=1e-4)
+
+
+def test_close_from_a_sink_does_not_deadlock(tmp_path):
+    class Closer:
+        def __init__(self):
+            self.mon = None
+            self.closed = False
+
+        def write(self, result):
+            self.mon.flush()  # no-op on the worker thread
+            self.mon.close()
+
+        def close(self):
+            self.closed = True
+
+    sink = Closer()
+    mon = Monitor(mlp(), tmp_path, options=FAST, sinks=[sink], every_n_epochs=None, store=False)
+    sink.mon = mon
+    mon.snapshot(step=0)
+    mon._worker.thread.join(10)
+    assert not mon._worker.alive() and sink.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.snapshot(step=1)

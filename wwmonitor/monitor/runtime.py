@@ -505,8 +505,11 @@ class Monitor:
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until every queued snapshot has been analysed and written.
 
-        Warns (does not raise) when ``timeout`` seconds pass first.
+        Warns (does not raise) when ``timeout`` seconds pass first.  A no-op
+        when called from the worker thread itself (an alert action or sink).
         """
+        if threading.current_thread() is self._worker.thread:
+            return
         if not self._queue.wait_idle(timeout, self._worker.alive) and self._queue.pending:
             warn(f"wwmonitor: flush timed out after {timeout} s with {self._queue.pending} snapshot(s) pending")
 
@@ -519,6 +522,12 @@ class Monitor:
             if self._closed:
                 return
             self._closed = True
+        if threading.current_thread() is self._worker.thread:
+            # called by a sink or alert action: no waiting on ourselves; the worker
+            # finishes the queue and closes the outputs when it returns
+            self._queue.close()
+            _LIVE.discard(self)
+            return
         timeout = self.close_timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         self._queue.wait_idle(timeout, self._worker.alive)
