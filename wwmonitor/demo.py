@@ -385,15 +385,14 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
     results: list[dict[str, Any]] = []
     bar = tqdm(total=total_epochs, unit="epoch", desc="training", disable=not cfg.progress, dynamic_ncols=True)
     if cfg.workers == 1:
-        import queue as _queue
+
+        class _BarTicker:  # same interface as the queue: put(1) per finished epoch
+            def put(self, n: int) -> None:
+                bar.update(n)
 
         _quiet_lightning()
-        q: Any = _queue.SimpleQueue()
         for bs, s in jobs:
-            r = _worker((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), q, extra))
-            while not q.empty():
-                q.get()
-            bar.update(cfg.epochs)
+            r = _worker((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), _BarTicker(), extra))
             results.append(r)
             bar.write(_run_line(r))
     else:
