@@ -225,6 +225,7 @@ class WeightWatcherMixin:
         from ..monitor import Monitor
 
         self._close()  # a second fit with the same callback starts cleanly
+        self._pending, self._lookup, self._last_step, self.stopped_by_alert = [], None, None, False
         self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
         specs = extract_matrices(pl_module, layers=self.layers, exclude=self.exclude)
         if not specs:
