@@ -110,28 +110,41 @@ def bench_snapshot(reps: int = 25) -> list[dict[str, Any]]:
     return rows
 
 
-def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0, inline: bool = False) -> tuple[float, float, dict]:
+def _task(seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """The small CPU training task: MLP 784-512-512-10, SGD, 8192 synthetic samples."""
     import torch
     from torch import nn
-
-    from wwmonitor.monitor import Monitor
 
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(8192, 784, generator=g)
-    Y = (X[:, :10].argmax(1))
+    X = torch.randn(8192, 784, generator=torch.Generator().manual_seed(seed))
+    return model, opt, X, X[:, :10].argmax(1)
+
+
+def _epoch(model: Any, opt: Any, X: Any, Y: Any, batch: int = 128) -> int:
+    """One training epoch; returns the number of optimiser steps."""
+    from torch import nn
+
+    for i in range(0, len(X), batch):
+        loss = nn.functional.cross_entropy(model(X[i:i + batch]), Y[i:i + batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (len(X) + batch - 1) // batch
+
+
+def _train_loop(monitor_dir: str | None, epochs: int, seed: int = 0, inline: bool = False) -> tuple[float, float, dict]:
+    from torch import nn
+
+    from wwmonitor.monitor import Monitor
+
+    model, opt, X, Y = _task(seed)
     mon = Monitor(model, monitor_dir, every_n_epochs=1) if monitor_dir else None
     step = 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
-        for i in range(0, len(X), 128):
-            loss = nn.functional.cross_entropy(model(X[i:i + 128]), Y[i:i + 128])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
+        step += _epoch(model, opt, X, Y)
         if mon is not None:
             mon.snapshot(step=step, epoch=epoch)
         elif inline:  # the same analysis (same single BLAS thread), synchronously on the training thread
@@ -265,17 +278,12 @@ def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    import torch
     from torch import nn
 
     from wwmonitor.monitor import Monitor
 
     def run(kind: str, pool: Any) -> tuple[float, float]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        X = torch.randn(8192, 784)
-        Y = X[:, :10].argmax(1)
+        model, opt, X, Y = _task(0)
         weights = [m.weight for m in model if isinstance(m, nn.Linear)]
         handoff = 0.0
         futs = []
@@ -283,11 +291,7 @@ def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
             mon = Monitor(model, d, every_n_epochs=1, store=False) if kind == "thread" else None
             t0 = time.perf_counter()
             for epoch in range(epochs):
-                for i in range(0, len(X), 128):
-                    loss = nn.functional.cross_entropy(model(X[i:i + 128]), Y[i:i + 128])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                _epoch(model, opt, X, Y)
                 h0 = time.perf_counter()
                 if mon is not None:
                     mon.snapshot(step=epoch, epoch=epoch)
