@@ -173,7 +173,8 @@ def test_gather_helpers_with_two_gloo_processes(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    # fork: the children reuse the imported modules (spawn would re-import torch in each)
+    mp.start_processes(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g = [json.loads((tmp_path / f"g{r}.json").read_text()) for r in (0, 1)]
     expect = [{"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"}, {"1": "layer1@rank1", "3": "layer3@rank1"}]
     assert [x["rw"] for x in g] == [[0, 2], [1, 2]]
