@@ -504,3 +504,18 @@ def test_close_from_a_sink_does_not_deadlock(tmp_path):
     assert not mon._worker.alive() and sink.closed
     with pytest.raises(RuntimeError, match="closed"):
         mon.snapshot(step=1)
+
+
+def test_ctrl_c_inside_with_block_closes_quickly(tmp_path):
+    def slow(W, name, typ, scale, options):
+        time.sleep(1.0)
+        return default_analyze(W, name, typ, scale, options)
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="not analysed"):
+        with Monitor(mlp(), tmp_path, options=FAST, analyze_fn=slow, queue_size=8, every_n_epochs=None) as mon:
+            for s in range(8):
+                mon.snapshot(step=s)
+            raise KeyboardInterrupt
+    assert time.perf_counter() - t0 < 12  # the whole backlog (8 snapshots x 3 layers x 1 s) would take 24 s
+    assert mon.stats["dropped_on_close"] > 0 and not worker_threads()
