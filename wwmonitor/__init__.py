@@ -46,6 +46,8 @@ _LAZY = {
     "ModelReport": "wwmonitor.model",
     "Monitor": "wwmonitor.monitor",
     "load_run": "wwmonitor.store",
+    "Run": "wwmonitor.store",
+    "RunStore": "wwmonitor.store",
     "AlertRules": "wwmonitor.alerts",
 }
 
