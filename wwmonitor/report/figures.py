@@ -287,7 +287,8 @@ def plot_mp_hist(
 ) -> Figure:
     """Linear-axis histogram of the ESD with the fitted MP density and ``λ+`` (+ TW margin).
 
-    The x range is cut at ``max(3·λ+, 99th percentile)`` so the bulk stays
+    The x range is cut at ``max(3·λ+, 99th percentile)`` (at most the largest
+    eigenvalue, at least just past ``λ+``) so the bulk stays
     readable; eigenvalues beyond it (spikes) are counted in the legend and
     marked as ticks along the bottom axis.
     """
@@ -296,6 +297,8 @@ def plot_mp_hist(
     lam_p = float(mp.lambda_plus)
     cut = max(3.0 * lam_p, float(np.quantile(x, 0.99))) if np.isfinite(lam_p) else float(x.max())
     cut = min(cut, float(x.max())) if x.max() > 0 else 1.0
+    if np.isfinite(lam_p) and lam_p > 0:
+        cut = max(cut, 1.08 * lam_p)  # keep the MP edge in view
     shown = x[x <= cut]
     n_out = n - shown.size
     if ax is None:
