@@ -93,7 +93,10 @@ def analyze_matrix(
         if bad:
             raise TypeError(f"analyze_matrix: unknown option(s) {sorted(bad)}")
         options = AnalysisOptions(**{**options.__dict__, **kwargs})
-    A = W if hasattr(W, "device") and type(W).__module__.startswith("torch") else to_numpy(W)
+    # Accelerator tensors stay on their device; CPU tensors become zero-copy
+    # NumPy views (no torch kernels here: torch's OpenMP pool spins after each
+    # kernel and was measured to slow the BLAS threads that follow).
+    A = W if _on_accelerator(W) else to_numpy(W)
     shape = tuple(int(s) for s in A.shape)
     if len(shape) not in (2, 3):
         raise ValueError(
@@ -130,6 +133,11 @@ def analyze_matrix(
 def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS) -> LayerMetrics:
     """Analyse a :class:`wwmonitor.layers.MatrixSpec` (name, type, tensor, scale)."""
     return analyze_matrix(spec.tensor, spec.name, layer_type=spec.type, scale=spec.scale, options=options)
+
+
+def _on_accelerator(W: Any) -> bool:
+    dev = getattr(W, "device", None)
+    return dev is not None and type(W).__module__.startswith("torch") and getattr(dev, "type", "cpu") != "cpu"
 
 
 def _count_nonfinite(A: Any) -> int:

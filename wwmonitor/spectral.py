@@ -16,15 +16,37 @@ symmetric eigensolver.  On the CPU this is 3-5x faster than the full SVD that
 weightwatcher uses and, computed in float64, agrees with a float64 SVD to
 ``~1e-12 · λ_max`` absolute error (tested in ``tests/test_spectral.py``).
 A float32 Gram is *not* offered on the CPU: its smallest eigenvalues are
-meaningless for square matrices, which would break rank-collapse detection.
+meaningless for square matrices, which would break rank-collapse detection,
+and it saves only 15-30% (measured in ``benchmarks/bench_esd.py``).
+
+Speed notes (measured, ``benchmarks/bench_esd.py`` and docs/benchmarks.md):
+
+* ``numpy.linalg.eigvalsh`` (LAPACK ``syevd``, values only) is the fastest
+  float64 solver available here; SciPy's ``syevd``/``syevr``/``syev``
+  drivers, the two-stage ``syevd_2stage`` and ``torch.linalg.eigvalsh`` (MKL)
+  are as fast or slower.  All values-only drivers spend their time in the
+  tridiagonal reduction, so the Gram route costs ``M²N`` (Gram) ``+ 4/3 M³``
+  (reduction) against ``4NM² - 4/3 M³`` for the values-only SVD
+  (``gesdd``) that weightwatcher uses: 2.5-4.5x fewer seconds per matrix.
+* The input is checked for NaN/Inf through the Gram diagonal
+  (``G_jj = Σ_i W_ij²`` is non-finite iff column ``j`` holds a non-finite
+  entry or overflows), an ``O(M)`` check instead of a pass over ``W``.
+* Many matrices are analysed fastest one per thread with **one BLAS thread
+  each** (LAPACK and matmul release the GIL): multi-threaded OpenBLAS in the
+  reduction is memory-bound and degrades badly when the cores are shared
+  (measured 3-20x slower for a 512x512 ESD on a loaded 2-core machine).
+  :func:`blas_thread_limit` is the switch; :func:`wwmonitor.analyze_model`
+  uses it with its thread pool.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import os
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-__all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy"]
+__all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus"]
 
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -62,23 +84,42 @@ def _check_matrix(W: np.ndarray, name: str) -> None:
 def squared_singular_values(W: Any, *, name: str = "W") -> np.ndarray:
     """Eigenvalues of ``WᵀW`` (unnormalised; ``σ_i²``), ascending, length ``M``.
 
-    Computed as ``eigvalsh`` of the float64 Gram matrix of the smaller side;
+    Computed as ``eigvalsh`` of the float64 Gram matrix of the smaller side
+    (float32/float16 inputs are widened exactly before the product);
     tiny negative round-off is clipped to 0.  For torch tensors on an
     accelerator the computation runs on the tensor's own device.
+
+    Raises ``ValueError`` naming ``name`` for a non-2-D or empty matrix and
+    for NaN/Inf entries (or entries so large that ``Σ W_ij²`` overflows).
     """
     if _is_torch_tensor(W) and getattr(W, "device", None) is not None and W.device.type != "cpu":
         return _squared_sv_torch(W, name=name)
     A = to_numpy(W)
     _check_matrix(A, name)
-    A = np.asarray(A, dtype=np.float64)
+    G = _gram64(A)
+    _check_gram_finite(G, A, name)
+    ev = np.linalg.eigvalsh(G)
+    return np.clip(ev, 0.0, None, out=ev)
+
+
+def _gram64(A: np.ndarray) -> np.ndarray:
+    """Float64 Gram matrix of the smaller side of ``A`` (last two axes), ``M x M``.
+
+    Products of widened float32 values are exact in float64, so the only
+    error is float64 summation error.
+    """
+    A64 = A if A.dtype == np.float64 else A.astype(np.float64)
+    At = np.swapaxes(A64, -1, -2)
+    return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
+
+
+def _check_gram_finite(G: np.ndarray, A: np.ndarray, name: str) -> None:
+    """Raise if the Gram diagonal (``Σ_i W_ij²`` per column) is not finite."""
+    if np.isfinite(np.diagonal(G, axis1=-2, axis2=-1)).all():
+        return
     if not np.isfinite(A).all():
         raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
-    if A.shape[0] < A.shape[1]:
-        G = A @ A.T
-    else:
-        G = A.T @ A
-    ev = np.linalg.eigvalsh(G)
-    return np.clip(ev, 0.0, None)
+    raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {np.abs(A).max():.3g})")
 
 
 def _squared_sv_torch(W: Any, *, name: str) -> np.ndarray:
@@ -126,14 +167,65 @@ def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarr
         G = t @ t.transpose(-1, -2) if t.shape[-2] < t.shape[-1] else t.transpose(-1, -2) @ t
         ev = np.clip(torch.linalg.eigvalsh(G).cpu().numpy(), 0.0, None)
     else:
-        A = np.asarray(to_numpy(Ws), dtype=np.float64)
+        A = to_numpy(Ws)
         if A.ndim != 3:
             raise ValueError(f"{name}: expected a stack of matrices (K, a, b), got shape {A.shape}")
-        if not np.isfinite(A).all():
-            raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
-        At = np.swapaxes(A, -1, -2)
-        G = A @ At if A.shape[-2] < A.shape[-1] else At @ A
-        ev = np.clip(np.linalg.eigvalsh(G), 0.0, None)
+        if min(A.shape) == 0:
+            raise ValueError(f"{name}: stack has an empty dimension, shape {tuple(A.shape)}")
+        if not np.issubdtype(A.dtype, np.number):
+            raise TypeError(f"{name}: expected a numeric stack, got dtype {A.dtype}")
+        G = _gram64(A)
+        _check_gram_finite(G, A, name)
+        ev = np.linalg.eigvalsh(G)
+        np.clip(ev, 0.0, None, out=ev)
     if normalize:
         ev = ev / float(max(np.shape(Ws)[-2:]))
     return ev
+
+
+# ------------------------------------------------------------ BLAS threads ----
+def usable_cpus() -> int:
+    """CPUs this process may run on (``sched_getaffinity``, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _controller() -> Any:
+    """A fresh ``ThreadpoolController`` (about 1 ms; sees libraries loaded
+    since the last call), or ``None`` without ``threadpoolctl``."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController()
+    except Exception:  # noqa: BLE001 - threadpoolctl missing or broken: no limit
+        return None
+
+
+@contextlib.contextmanager
+def blas_thread_limit(n: Optional[int]) -> Iterator[None]:
+    """Limit the BLAS/LAPACK libraries (OpenBLAS, MKL, BLIS) to ``n`` threads
+    inside the ``with`` block, then restore the previous setting.
+
+    The limit is process-wide (a BLAS library has one thread count) and only
+    ever lowers a library's current thread count, never raises it (a user's
+    ``OPENBLAS_NUM_THREADS=1`` stays in force).  ``n=None`` or a missing
+    ``threadpoolctl`` leaves BLAS untouched.  OpenMP runtimes (torch's
+    intra-op pool) are not changed.
+    """
+    tpc = _controller() if n is not None else None
+    if tpc is None:
+        yield
+        return
+    try:
+        blas = tpc.select(user_api="blas")
+        current = [int(lib.num_threads) for lib in blas.lib_controllers]
+    except Exception:  # noqa: BLE001 - a broken library probe must not stop the analysis
+        yield
+        return
+    if not current or min(max(1, int(n)), max(current)) >= max(current):
+        yield
+        return
+    with blas.limit(limits=max(1, int(n))):
+        yield
