@@ -34,6 +34,36 @@ def test_rank_deficient_small_eigenvalues_are_resolved():
     assert np.count_nonzero(ev > ev.max() * 1e-10) == 20
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, r", [((200, 200), 5), ((300, 120), 40), ((64, 256), 1), ((150, 150), 149)])
+def test_rank_deficient_matrix_rank_equals_svd(shape, r, dtype):
+    """matrix_rank/rank_loss use NumPy's SVD tolerance σ_max·max(N,M)·eps; the Gram
+    route alone cannot resolve that (its error is ~sqrt(M·eps)·σ_max), so such
+    ESDs are recomputed by SVD and must give exactly numpy.linalg.matrix_rank."""
+    from wwmonitor.metrics import matrix_rank
+
+    rng = np.random.default_rng(r)
+    W = (rng.standard_normal((shape[0], r)) @ rng.standard_normal((r, shape[1]))).astype(dtype)
+    ev = squared_singular_values(W)
+    ref = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
+    assert np.max(np.abs(ev - ref)) <= 1e-10 * ref[-1]
+    assert matrix_rank(ev, shape) == np.linalg.matrix_rank(W.astype(np.float64))
+    stack = np.stack([W, rng.standard_normal(shape).astype(dtype)])
+    evb = esd_batched(stack, normalize=False)
+    np.testing.assert_array_equal(evb[0], ev)
+    assert matrix_rank(evb[1], shape) == min(shape)
+
+
+def test_full_rank_random_matrices_skip_the_svd():
+    """The SVD recheck must not fire for ordinary (random, square or not) weights."""
+    from wwmonitor.spectral import _gram64, _needs_svd
+
+    rng = np.random.default_rng(8)
+    for shape in [(1024, 1024), (512, 512), (784, 1024), (2048, 512)]:
+        ev = np.linalg.eigvalsh(_gram64(rng.standard_normal(shape).astype(np.float32)))
+        assert not _needs_svd(ev[0], ev[-1], min(shape)), shape
+
+
 def test_batched_equals_loop():
     rng = np.random.default_rng(2)
     stack = rng.standard_normal((9, 64, 32))
@@ -62,3 +92,103 @@ def test_bad_input_names_the_matrix(bad, msg):
     with pytest.raises(ValueError, match=msg) as ei:
         wwmonitor.esd(bad, name="layer7")
     assert "layer7" in str(ei.value)
+
+
+# ------------------------------------------------ non-finite via the Gram diagonal ----
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_single_nonfinite_entry_is_caught_by_gram_diagonal(bad):
+    rng = np.random.default_rng(3)
+    for shape in [(120, 80), (80, 120)]:  # both orientations of the Gram
+        W = rng.standard_normal(shape).astype(np.float32)
+        W[17, 61] = bad
+        with pytest.raises(ValueError, match="non-finite") as ei:
+            squared_singular_values(W, name="blocks.3.fc")
+        assert "blocks.3.fc" in str(ei.value)
+
+
+def test_overflowing_sum_of_squares_is_reported_as_overflow():
+    W = np.full((60, 60), 1e200)
+    with pytest.raises(ValueError, match="overflow") as ei:
+        squared_singular_values(W, name="huge")
+    assert "huge" in str(ei.value)
+
+
+def test_batched_nonfinite_slice_is_caught():
+    stack = np.random.default_rng(4).standard_normal((9, 64, 32))
+    stack[5, 3, 7] = np.nan
+    with pytest.raises(ValueError, match="non-finite") as ei:
+        esd_batched(stack, name="conv2")
+    assert "conv2" in str(ei.value)
+
+
+def test_float32_input_is_widened_exactly():
+    """float32 products are exact in float64: same ESD as from the float64 copy."""
+    W = np.random.default_rng(5).standard_normal((200, 150)).astype(np.float32)
+    np.testing.assert_array_equal(squared_singular_values(W), squared_singular_values(W.astype(np.float64)))
+
+
+# ------------------------------------------------------- analyze_model thread pool ----
+def _pool_model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(6)
+    mats = {f"layer{i}.weight": rng.standard_normal(s).astype(np.float32)
+            for i, s in enumerate([(300, 200), (64, 64), (500, 100), (120, 300), (80, 90), (200, 200)])}
+    mats["lowrank.weight"] = rng.standard_normal((200, 5)) @ rng.standard_normal((5, 200))  # float64, rank 5
+    bad = rng.standard_normal((100, 100)).astype(np.float32)
+    bad[0, 0] = np.nan
+    mats["broken.weight"] = bad
+    return mats
+
+
+def _rows(rep) -> list[dict]:
+    out = []
+    for lm in rep.layers:
+        d = lm.to_dict()
+        out.append({k: v for k, v in d.items() if not isinstance(v, np.ndarray)})
+    return out
+
+
+def test_workers_do_not_change_results_or_order():
+    from threadpoolctl import threadpool_limits
+
+    mats = _pool_model()
+    seen: list[str] = []
+    with threadpool_limits(limits=1, user_api="blas"):  # same BLAS threading in both runs
+        seq = wwmonitor.analyze_model(mats, progress=False, workers=1)
+        par = wwmonitor.analyze_model(mats, progress=False, workers=3, on_layer=lambda lm: seen.append(lm.name))
+    assert [lm.name for lm in par.layers] == [lm.name for lm in seq.layers] == seen
+    assert len(seen) == len(mats)
+    assert _rows(par) == _rows(seq)
+    assert par["lowrank"].rank_loss == 195
+    assert par["broken"].status == "non_finite"
+    assert all(lm.status == "ok" for lm in par.layers if lm.name != "broken")
+
+
+def test_pool_limits_blas_threads_during_the_call_and_restores_them():
+    from threadpoolctl import threadpool_info
+
+    from wwmonitor.spectral import usable_cpus
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    during: list[list[int]] = []
+    wwmonitor.analyze_model(_pool_model(), progress=False, workers=2, on_layer=lambda lm: during.append(blas_threads()))
+    cap = max(1, usable_cpus() // 2)
+    assert during and all(max(t) <= cap for t in during)
+    assert blas_threads() == before
+
+
+def test_blas_thread_limit_never_raises_the_count():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from wwmonitor.spectral import blas_thread_limit
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        with blas_thread_limit(8):
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers"):
+        wwmonitor.analyze_model({"w": np.ones((60, 60))}, workers=0)

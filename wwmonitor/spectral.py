@@ -12,7 +12,9 @@ weightwatcher reports its norms and ``xmin``/``lambda_max`` on that unscaled
 axis (see :mod:`wwmonitor.metrics`).
 
 Route: the Gram matrix ``WᵀW`` (of the smaller side) in float64 followed by a
-symmetric eigensolver.  On the CPU this is 3-5x faster than the full SVD that
+symmetric eigensolver; matrices that are (nearly) rank-deficient, where the
+Gram's ``M · eps · λ_max`` absolute error would swamp the small eigenvalues
+that ``matrix_rank`` needs, are recomputed with a values-only SVD.  On the CPU this is 3-5x faster than the full SVD that
 weightwatcher uses and, computed in float64, agrees with a float64 SVD to
 ``~1e-12 · λ_max`` absolute error (tested in ``tests/test_spectral.py``).
 A float32 Gram is *not* offered on the CPU: its smallest eigenvalues are
@@ -99,7 +101,35 @@ def squared_singular_values(W: Any, *, name: str = "W") -> np.ndarray:
     G = _gram64(A)
     _check_gram_finite(G, A, name)
     ev = np.linalg.eigvalsh(G)
+    if _needs_svd(ev[0], ev[-1], G.shape[-1]):
+        ev = _svd_squared(A)
     return np.clip(ev, 0.0, None, out=ev)
+
+
+#: An ESD whose smallest Gram eigenvalue is below ``SVD_RECHECK · M · eps · λ_max``
+#: is recomputed with a values-only SVD (see :func:`_needs_svd`).
+SVD_RECHECK = 100.0
+
+
+def _needs_svd(lam_min: float, lam_max: float, M: int) -> bool:
+    """True when the Gram route cannot resolve the small end of the spectrum.
+
+    The Gram eigenvalues carry an absolute error of about ``M · eps · λ_max``,
+    i.e. singular values below ``~sqrt(M · eps) · σ_max ≈ 1e-7 σ_max`` are
+    noise, while ``matrix_rank`` (NumPy's / weightwatcher's tolerance
+    ``σ_max · max(N, M) · eps``) needs them to ``1e-13 σ_max``.  When every
+    eigenvalue exceeds ``SVD_RECHECK`` times that error the rank is certainly
+    full and each eigenvalue is accurate to 1% relative or better, so the SVD is
+    skipped.  Random square matrices (``λ_min/λ_max ≈ 1/(4N²)``) pass for
+    ``N`` up to a few thousand; rank-deficient matrices always take the SVD.
+    """
+    return lam_max > 0.0 and lam_min < SVD_RECHECK * M * np.finfo(np.float64).eps * lam_max
+
+
+def _svd_squared(A: np.ndarray) -> np.ndarray:
+    """Squared singular values of ``A`` (last two axes), float64, ascending."""
+    sv = np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False)
+    return np.sort(sv * sv, axis=-1)
 
 
 def _gram64(A: np.ndarray) -> np.ndarray:
@@ -110,7 +140,8 @@ def _gram64(A: np.ndarray) -> np.ndarray:
     """
     A64 = A if A.dtype == np.float64 else A.astype(np.float64)
     At = np.swapaxes(A64, -1, -2)
-    return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
+        return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
 
 
 def _check_gram_finite(G: np.ndarray, A: np.ndarray, name: str) -> None:
@@ -177,6 +208,9 @@ def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarr
         G = _gram64(A)
         _check_gram_finite(G, A, name)
         ev = np.linalg.eigvalsh(G)
+        redo = [k for k in range(ev.shape[0]) if _needs_svd(ev[k, 0], ev[k, -1], G.shape[-1])]
+        if redo:
+            ev[redo] = _svd_squared(A[redo])
         np.clip(ev, 0.0, None, out=ev)
     if normalize:
         ev = ev / float(max(np.shape(Ws)[-2:]))
