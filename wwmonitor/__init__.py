@@ -49,6 +49,8 @@ _LAZY = {
     "Run": "wwmonitor.store",
     "RunStore": "wwmonitor.store",
     "AlertRules": "wwmonitor.alerts",
+    "write_report": "wwmonitor.report.html",
+    "write_comparison": "wwmonitor.report.compare",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
