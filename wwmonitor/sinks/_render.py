@@ -29,6 +29,7 @@ __all__ = [
     "phase_markdown",
     "alerts_markdown",
     "sanitize_tag",
+    "EsdSchedule",
 ]
 
 #: metrics logged per layer by default (``metrics="all"`` logs every numeric field)
@@ -74,6 +75,33 @@ def layer_scalars(lm: LayerMetrics, metrics: Iterable[str]) -> dict[str, float]:
         if math.isfinite(fv):
             out[m] = fv
     return out
+
+
+class EsdSchedule:
+    """When a sink draws ESD images (shared by the TensorBoard and W&B sinks).
+
+    Due at the first snapshot, then whenever ``epoch - last_epoch >= every``
+    (epochs); a snapshot without an epoch counts as one epoch (its index among
+    the snapshots seen).  ``every = 0`` disables images.
+    """
+
+    def __init__(self, every_n_epochs: int) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"esd_every_n_epochs must be >= 0, got {every_n_epochs}")
+        self.every = int(every_n_epochs)
+        self.last_epoch: Optional[int] = None
+        self.seen = 0
+
+    def due(self, result: SnapshotResult) -> bool:
+        """Whether ``result`` gets ESD images (call once per snapshot, in step order)."""
+        epoch = result.epoch if result.epoch is not None else self.seen
+        self.seen += 1
+        if self.every == 0:
+            return False
+        if self.last_epoch is None or epoch - self.last_epoch >= self.every:
+            self.last_epoch = epoch
+            return True
+        return False
 
 
 def sanitize_tag(name: str) -> str:

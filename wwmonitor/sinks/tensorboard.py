@@ -39,6 +39,7 @@ import numpy as np
 
 from ..records import SnapshotResult
 from ._render import (
+    EsdSchedule,
     alerts_markdown,
     esd_png,
     layer_scalars,
@@ -176,8 +177,7 @@ class TensorBoardSink:
         close_writer: Optional[bool] = None,
         dpi: int = 80,
     ) -> None:
-        if esd_every_n_epochs < 0:
-            raise ValueError(f"esd_every_n_epochs must be >= 0, got {esd_every_n_epochs}")
+        self._esd = EsdSchedule(esd_every_n_epochs)  # validates: >= 0
         owned = isinstance(writer, (str, os.PathLike))
         if owned:
             writer = open_writer(writer)
@@ -187,21 +187,10 @@ class TensorBoardSink:
         self.writer = writer
         self.prefix = prefix.rstrip("/")
         self.metrics = resolve_metrics(metrics)
-        self.esd_every = int(esd_every_n_epochs)
+        self.esd_every = self._esd.every
         self.esd_layers = set(esd_layers) if esd_layers is not None else None
         self.close_writer = owned if close_writer is None else bool(close_writer)
         self.dpi = int(dpi)
-        self._last_esd_epoch: Optional[int] = None
-        self._n = 0
-
-    def _esd_due(self, result: SnapshotResult) -> bool:
-        if self.esd_every == 0:
-            return False
-        epoch = result.epoch if result.epoch is not None else self._n
-        if self._last_esd_epoch is None or epoch - self._last_esd_epoch >= self.esd_every:
-            self._last_esd_epoch = epoch
-            return True
-        return False
 
     def write(self, result: SnapshotResult) -> None:
         """Log one snapshot (called from the monitor's worker thread)."""
@@ -216,7 +205,7 @@ class TensorBoardSink:
         w.add_text(f"{p}/phases", phase_markdown(result), step)
         if result.alerts:
             w.add_text(f"{p}/alerts", alerts_markdown(result), step)
-        if self._esd_due(result):
+        if self._esd.due(result):
             for lm in result.layers:
                 if self.esd_layers is not None and lm.name not in self.esd_layers:
                     continue
@@ -229,7 +218,6 @@ class TensorBoardSink:
                     w.add_png(tag, png, h, wd, step)
                 else:
                     w.add_image(tag, png_to_rgb(png), step, dataformats="HWC")
-        self._n += 1
         w.flush()
 
     def close(self) -> None:

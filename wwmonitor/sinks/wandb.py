@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..records import SnapshotResult
-from ._render import esd_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
+from ._render import EsdSchedule, esd_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
 
 __all__ = ["WandbSink"]
 
@@ -82,13 +82,12 @@ class WandbSink:
             raise TypeError(f"run: expected a wandb Run (wandb.init(...)), got {type(run).__name__}")
         if deliver not in ("direct", "deferred"):
             raise ValueError(f"deliver must be 'direct' or 'deferred', got {deliver!r}")
-        if esd_every_n_epochs < 0:
-            raise ValueError(f"esd_every_n_epochs must be >= 0, got {esd_every_n_epochs}")
+        self._esd = EsdSchedule(esd_every_n_epochs)  # validates: >= 0
         self.run = run
         self.step_metric = step_metric
         self.prefix = prefix.rstrip("/")
         self.metrics = resolve_metrics(metrics)
-        self.esd_every = int(esd_every_n_epochs)
+        self.esd_every = self._esd.every
         self.esd_layers = set(esd_layers) if esd_layers is not None else None
         self.table = bool(table)
         self.send_alerts = bool(alerts)
@@ -97,21 +96,10 @@ class WandbSink:
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()  # serialises pump() callers (one thread in practice)
         self._defined = False
-        self._last_esd_epoch: Optional[int] = None
-        self._n = 0
         self.rows_logged = 0
         self.alerts_sent = 0
 
     # ---------------------------------------------------------------- worker side
-    def _esd_due(self, result: SnapshotResult) -> bool:
-        if self.esd_every == 0:
-            return False
-        epoch = result.epoch if result.epoch is not None else self._n
-        if self._last_esd_epoch is None or epoch - self._last_esd_epoch >= self.esd_every:
-            self._last_esd_epoch = epoch
-            return True
-        return False
-
     def _prepare(self, result: SnapshotResult) -> dict[str, Any]:
         """Plain-data payload of one snapshot (no wandb objects: safe off the main thread)."""
         p = self.prefix
@@ -130,7 +118,7 @@ class WandbSink:
             if v is not None and np.isfinite(v):
                 scalars[f"{p}/model/{k}"] = float(v)
         images: dict[str, tuple[np.ndarray, str]] = {}
-        if self._esd_due(result):
+        if self._esd.due(result):
             for lm in result.layers:
                 if self.esd_layers is not None and lm.name not in self.esd_layers:
                     continue
@@ -141,7 +129,6 @@ class WandbSink:
             ((f"wwmonitor {a.rule}" + (f" {a.layer}" if a.layer else ""))[:63], a.message, a.severity)
             for a in result.alerts
         ]
-        self._n += 1
         return {
             "step": int(result.step),
             "epoch": result.epoch,
