@@ -95,6 +95,21 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def _figure_and_axes(ax: Optional[Axes], figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new figure of ``figsize`` inches with one axes."""
+    if ax is None:
+        fig = _new_figure(figsize)
+        return fig, fig.add_subplot()
+    return ax.figure, ax  # type: ignore[return-value]
+
+
+def _finish_axes(ax: Axes, title: str, *, legend_fontsize: float, legend_loc: str) -> None:
+    """The common finish of the single-panel plots: title, light grid, legend."""
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_fontsize, loc=legend_loc, framealpha=0.85)
+
+
 def _as_evals(evals: Any, name: str = "evals") -> np.ndarray:
     x = np.asarray(evals, dtype=np.float64).ravel()
     if x.size == 0:
@@ -227,11 +242,7 @@ def plot_esd(
     if fit is not None:
         _check_fit_axis(fit, x, "plot_esd")
 
-    if ax is None:
-        fig = _new_figure(figsize)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, figsize)
     n = x.size
     extra = f" ({n_dropped} ≤1e-5 not shown)" if n_dropped else ""
     if kind == "pdf":
@@ -301,11 +312,7 @@ def plot_mp_hist(
         cut = max(cut, 1.08 * lam_p)  # keep the MP edge in view
     shown = x[x <= cut]
     n_out = n - shown.size
-    if ax is None:
-        fig = _new_figure(figsize)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, figsize)
     nb = bins or int(np.clip(n // 8, 20, 100))
     counts, edges = np.histogram(shown, bins=nb, range=(0.0, cut * 1.02))
     dens = counts / (n * np.diff(edges))
@@ -327,9 +334,7 @@ def plot_mp_hist(
     ax.set_xlim(0.0, cut * 1.02)
     ax.set_xlabel(LAMBDA_LABEL)
     ax.set_ylabel(r"density $\rho(\lambda)$")
-    ax.set_title(title or "ESD (linear) with Marchenko-Pastur fit", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper right", framealpha=0.85)
+    _finish_axes(ax, title or "ESD (linear) with Marchenko-Pastur fit", legend_fontsize=7.5, legend_loc="upper right")
     return fig
 
 
@@ -355,11 +360,7 @@ def plot_ks_landscape(
     _check_fit_axis(fit, x, "plot_ks_landscape")
     xm, D = fit.ks_landscape
     ok = np.isfinite(D)
-    if ax is None:
-        fig = _new_figure(figsize)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, figsize)
     ax.plot(xm[ok], D[ok], color=_DATA_COLOR, lw=1.2, label="KS distance D(xmin)")
     ax.axvline(fit.xmin, color=_PL_COLOR, ls="--", lw=1.5,
                label=rf"best $x_{{min}}$={fit.xmin:.3g}: D={fit.D:.3f}, $\alpha$={fit.alpha:.2f}, K={fit.n_tail}")
@@ -367,9 +368,7 @@ def plot_ks_landscape(
     _compact_log_ticks(ax, "x")
     ax.set_xlabel(r"candidate $x_{min}$ (same axis as the eigenvalues)")
     ax.set_ylabel("Kolmogorov-Smirnov distance D")
-    ax.set_title(title or "Power-law fit: KS distance vs xmin", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", framealpha=0.85)
+    _finish_axes(ax, title or "Power-law fit: KS distance vs xmin", legend_fontsize=8, legend_loc="upper left")
     return fig
 
 
@@ -400,11 +399,7 @@ def plot_scree(
         fit = fit_powerlaw(_positive(x))
     if fit is not None:
         _check_fit_axis(fit, _positive(x), "plot_scree")
-    if ax is None:
-        fig = _new_figure(figsize)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, figsize)
     pos = desc > EVALS_THRESH
     n_small = int(desc.size - pos.sum())
     ax.plot(k[pos], desc[pos], ".-", color=_DATA_COLOR, ms=3, lw=1,
