@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..phases import PHASES
 from ..powerlaw import EVALS_THRESH, PowerLawFit, fit_powerlaw
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,14 +63,8 @@ __all__ = [
 ]
 
 #: the 5+1 phases (Martin & Mahoney, arXiv:1810.01075) from least to most correlated
-PHASE_ORDER: tuple[str, ...] = (
-    "random-like",
-    "bleeding-out",
-    "bulk+spikes",
-    "bulk-decay",
-    "heavy-tailed",
-    "rank-collapse",
-)
+#: (the classifier's own :data:`wwmonitor.phases.PHASES`, so the two cannot drift apart)
+PHASE_ORDER: tuple[str, ...] = PHASES
 
 #: one colour per phase (colour-blind-friendly sequential-ish palette; grey = unknown)
 PHASE_COLORS: dict[str, str] = {
