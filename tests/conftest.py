@@ -11,6 +11,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture
+def one_blas_thread():
+    """Run the test with NumPy's BLAS limited to one thread (threadpoolctl; unlimited if it is missing).
+
+    BLAS threads fight each other on a loaded 2-core machine; one thread is much faster.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_blas_thread")``.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 #: the only skips allowed when CI=true: hardware this CI machine does not have
 _CI_ALLOWED_SKIPS = ("CUDA",)
 

@@ -14,19 +14,8 @@ from scipy.integrate import quad
 from wwmonitor.mp import MPFit, fit_mp, mp_cdf, mp_edges, mp_pdf, tw_scale
 from wwmonitor.synthetic import bbp_threshold, rank_collapse, spike_location, spiked
 
-try:  # BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    if threadpool_limits is None:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+# BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _esd(W: np.ndarray) -> np.ndarray:

@@ -18,10 +18,8 @@ from wwmonitor.phases import PHASES, PhaseResult, classify_phase, phase_features
 from wwmonitor.powerlaw import fit_powerlaw
 from wwmonitor.synthetic import PHASE_GENERATORS, bbp_threshold, spiked
 
-try:  # BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+# BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 SIZES = (100, 250, 500)
 ASPECTS = (1, 2, 4)
@@ -63,15 +61,6 @@ def format_confusion(C: np.ndarray) -> str:
         rows.append(f"| {p} | " + " | ".join(str(v) for v in C[i]) + f" | {acc:.0%} |")
     rows.append(f"| **overall** | " + " | ".join("" for _ in PHASES) + f" | {np.trace(C) / C.sum():.1%} |")
     return "\n".join(rows)
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    if threadpool_limits is None:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(1):
-        yield
 
 
 def test_phase_accuracy_on_synthetic_generators(capsys) -> None:
