@@ -151,12 +151,16 @@ def _check_q(Q: float) -> float:
     return Q
 
 
+def _mp_setup(x: np.ndarray, Q: float, sigma2: float) -> tuple[np.ndarray, float, float, float]:
+    """Common start of :func:`mp_pdf` / :func:`mp_cdf`: ``(x as float64, λ-, λ+, y = 1/Q)`` (Q validated)."""
+    Q = _check_q(Q)
+    a, b = mp_edges(Q, sigma2)
+    return np.asarray(x, dtype=np.float64), a, b, 1.0 / Q
+
+
 def mp_pdf(x: np.ndarray, Q: float, sigma2: float) -> np.ndarray:
     """MP density on the λ axis; 0 outside ``[λ-, λ+]`` (``+inf`` at 0 when ``Q = 1``)."""
-    Q = _check_q(Q)
-    x = np.asarray(x, dtype=np.float64)
-    a, b = mp_edges(Q, sigma2)
-    y = 1.0 / Q
+    x, a, b, y = _mp_setup(x, Q, sigma2)
     out = np.zeros_like(x)
     inside = (x > a) & (x < b)
     xi = x[inside]
@@ -168,10 +172,7 @@ def mp_pdf(x: np.ndarray, Q: float, sigma2: float) -> np.ndarray:
 
 def mp_cdf(x: np.ndarray, Q: float, sigma2: float) -> np.ndarray:
     """MP cumulative distribution function on the λ axis (closed form, see module docstring)."""
-    Q = _check_q(Q)
-    x = np.asarray(x, dtype=np.float64)
-    a, b = mp_edges(Q, sigma2)
-    y = 1.0 / Q
+    x, a, b, y = _mp_setup(x, Q, sigma2)
     out = np.where(x >= b, 1.0, 0.0)
     inside = (x > a) & (x < b)
     if np.any(inside):
