@@ -41,10 +41,11 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..alerts import AlertRules, resolve_alerts
+from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
 from ..distributed import check_strategy, gather_objects
 from ..metrics import LayerMetrics
+from ._options import check_interval, pump_sinks, stop_reason, store_monitor_options, trap_analyze_fn
 
 log = logging.getLogger("wwmonitor")
 
@@ -143,29 +144,18 @@ class WeightWatcherMixin:
         state_key: Optional[str] = None,
     ) -> None:
         super().__init__()
-        for nm, v in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{nm} must be a positive integer or None, got {v!r}")
+        check_interval("every_n_epochs", every_n_epochs, allow_none=True)
+        check_interval("every_n_steps", every_n_steps, allow_none=True)
         if every_n_epochs is None and every_n_steps is None:
             raise ValueError("every_n_epochs and every_n_steps are both None: the callback would never snapshot")
-        from ..sinks._render import resolve_metrics
-
-        resolve_metrics(metrics)  # validate now
+        store_monitor_options(
+            self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
+            stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
+            policy=policy, options=options, config=config, flush_timeout=flush_timeout,
+        )
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        self.run_dir = run_dir
-        self.run_name = run_name
-        self.layers = layers
-        self.exclude = exclude
-        self.alert_rules = resolve_alerts(alerts, stop_on=stop_on)
         self.use_loggers = bool(loggers)
-        self.metrics = metrics
-        self.esd_every_n_epochs = int(esd_every_n_epochs)
-        self.queue_size = queue_size
-        self.policy = policy
-        self.options = options
-        self.config = dict(config or {})
-        self.flush_timeout = flush_timeout
         self._state_key = state_key
         self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks)
         self._shard: Any = None  # this rank's shard monitor under DDP
@@ -240,7 +230,7 @@ class WeightWatcherMixin:
             mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
             self.shard_layers = mine
             if mine:
-                trap_fn = self.alert_rules.analyze_fn() if isinstance(self.alert_rules, AlertRules) else None
+                trap_fn = trap_analyze_fn(self.alert_rules)
                 self._shard = Monitor(
                     pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,
                     every_n_steps=None, layers=mine, store=False, queue_size=self.queue_size,
@@ -250,11 +240,12 @@ class WeightWatcherMixin:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
             self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
             kw: dict[str, Any] = {}
+            trap_fn = trap_analyze_fn(self.alert_rules)
             if self._world > 1:
                 self._lookup = _Lookup()
                 kw["analyze_fn"] = self._lookup
-            elif isinstance(self.alert_rules, AlertRules) and self.alert_rules.analyze_fn() is not None:
-                kw["analyze_fn"] = self.alert_rules.analyze_fn()
+            elif trap_fn is not None:
+                kw["analyze_fn"] = trap_fn
             self.monitor = Monitor(
                 pl_module, self.run_dir, run_name=self.run_name, every_n_epochs=None, every_n_steps=None,
                 layers=self._names, sinks=self.sinks, alerts=self.alert_rules, queue_size=self.queue_size,
@@ -381,11 +372,7 @@ class WeightWatcherMixin:
                 self._lookup.discard_last()  # not queued: drop its lookups so later ones stay aligned
 
     def _pump(self) -> None:
-        for s in self._wandb_sinks:
-            try:
-                s.pump()
-            except Exception as e:
-                log.warning("wwmonitor: W&B logging failed: %r", e)
+        pump_sinks(self._wandb_sinks)
 
     def _stop_decision(self, trainer: Any) -> None:
         local = bool(self.monitor is not None and self.monitor.should_stop)
@@ -395,8 +382,7 @@ class WeightWatcherMixin:
             trainer.should_stop = True
             self.stopped_by_alert = True
             rank_zero_info, _ = _rank_zero()
-            fired = [a for a in (self.monitor.alerts_fired if self.monitor is not None else []) if a.stop_training]
-            why = f" ({fired[0].rule}: {fired[0].message})" if fired else ""
+            why = stop_reason(self.monitor.alerts_fired if self.monitor is not None else [])
             rank_zero_info(f"wwmonitor: stopping training at epoch {trainer.current_epoch} on an alert{why}")
 
     def _close(self, timeout: Optional[float] = None) -> None:

@@ -36,8 +36,9 @@ from typing import Any, Optional, Sequence, Union
 
 import keras
 
-from ..alerts import AlertRules, resolve_alerts
+from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
+from ._options import check_interval, pump_sinks, stop_reason, store_monitor_options, trap_analyze_fn
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -91,27 +92,16 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         flush_timeout: Optional[float] = 300.0,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
-        from ..sinks._render import resolve_metrics
-
-        resolve_metrics(metrics)
+        check_interval("every_n_epochs", every_n_epochs, allow_none=False)
+        store_monitor_options(
+            self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
+            stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
+            policy=policy, options=options, config=config, flush_timeout=flush_timeout,
+        )
         self.log_dir = log_dir
         self.wandb = wandb
         self.csv = csv
         self.every_n_epochs = every_n_epochs
-        self.run_dir = run_dir
-        self.run_name = run_name
-        self.layers = layers
-        self.exclude = exclude
-        self.alert_rules = resolve_alerts(alerts, stop_on=stop_on)
-        self.metrics = metrics
-        self.esd_every_n_epochs = int(esd_every_n_epochs)
-        self.queue_size = queue_size
-        self.policy = policy
-        self.options = options
-        self.config = dict(config or {})
-        self.flush_timeout = flush_timeout
         self.monitor: Any = None
         self.sinks: list[Any] = []
         self._wandb_sink: Any = None
@@ -151,8 +141,9 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         self.sinks = sinks
         config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
         kw: dict[str, Any] = {}
-        if isinstance(self.alert_rules, AlertRules) and self.alert_rules.analyze_fn() is not None:
-            kw["analyze_fn"] = self.alert_rules.analyze_fn()  # correlation traps need the weights
+        trap_fn = trap_analyze_fn(self.alert_rules)
+        if trap_fn is not None:
+            kw["analyze_fn"] = trap_fn  # correlation traps need the weights
         self.monitor = Monitor(
             self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs,
             layers=self.layers, exclude=self.exclude, sinks=sinks, alerts=self.alert_rules,
@@ -174,9 +165,8 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         if mon.should_stop and not self.model.stop_training:
             self.model.stop_training = True
             self.stopped_by_alert = True
-            fired = [a for a in mon.alerts_fired if a.stop_training]
-            why = f" ({fired[0].rule}: {fired[0].message})" if fired else ""
-            log.warning("wwmonitor: stopping training after epoch %d on an alert%s", epoch, why)
+            log.warning("wwmonitor: stopping training after epoch %d on an alert%s", epoch,
+                        stop_reason(mon.alerts_fired))
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         if self.monitor is not None:
@@ -191,7 +181,4 @@ class WeightWatcherCallback(keras.callbacks.Callback):
 
     def _pump(self) -> None:
         if self._wandb_sink is not None:
-            try:
-                self._wandb_sink.pump()
-            except Exception as e:
-                log.warning("wwmonitor: W&B logging failed: %r", e)
+            pump_sinks([self._wandb_sink])
