@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .html import fmt, figure, page, phase_badge, safe_name, save, table
+from .html import fmt, figure, page, phase_badge, safe_name, save, select_layers, table
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -254,13 +254,7 @@ def write_comparison(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     all_layers = list(dict.fromkeys(df["layer"]))
-    if layers is not None:
-        unknown = [L for L in layers if L not in all_layers]
-        if unknown:
-            raise ValueError(f"compare: layers {unknown} not found; layers: {all_layers}")
-        lay = list(layers)
-    else:
-        lay = all_layers
+    lay = select_layers(layers, all_layers, missing=lambda u: f"compare: layers {u} not found")
     df = df[df["layer"].isin(lay)].reset_index(drop=True)
     df.to_csv(out / "comparison.csv", index=False)
     numeric_param = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)

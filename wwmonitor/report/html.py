@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .figures import PHASE_COLORS
 
@@ -152,6 +152,20 @@ def pick_steps(steps: Sequence[int], n: int = 3) -> list[int]:
     return [s[i] for i in idx]
 
 
+def select_layers(requested: Optional[Sequence[str]], available: Sequence[str], *,
+                  missing: Callable[[list[str]], str]) -> list[str]:
+    """``requested`` (in its order) after checking each is in ``available``; ``None``: all of ``available``.
+
+    An unknown name raises ``ValueError`` with ``missing(unknown)`` followed by the available layers.
+    """
+    if requested is None:
+        return list(available)
+    unknown = [L for L in requested if L not in available]
+    if unknown:
+        raise ValueError(f"{missing(unknown)}; layers: {available}")
+    return list(requested)
+
+
 def layer_fits(run: Any, layer: str, step: Optional[int]) -> tuple[Any, Any, Any, str]:
     """ESD (λ axis), power-law fit and MP fit of ``layer`` at ``step`` from the run store.
 
@@ -234,13 +248,7 @@ def write_report(
     if not steps:
         raise ValueError(f"run {run.name!r} at {str(run.path)!r} has no analysed snapshots yet")
     all_layers = run.layer_names or sorted(set(run.metrics["layer"]) - {"__model__"})
-    if layers is not None:
-        unknown = [L for L in layers if L not in all_layers]
-        if unknown:
-            raise ValueError(f"layers {unknown} are not in run {run.name!r}; layers: {all_layers}")
-        lay = list(layers)
-    else:
-        lay = list(all_layers)
+    lay = select_layers(layers, all_layers, missing=lambda u: f"layers {u} are not in run {run.name!r}")
     if esd_steps is not None:
         bad = [s for s in esd_steps if int(s) not in steps]
         if bad:
