@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from ._common import INPUT_ERRORS, announce_written, fail
 
 
 def add_parser(sub: Any) -> None:
@@ -41,14 +42,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         dirs = expand_run_dirs(args.run_dirs)
         if len(dirs) < 2:
-            print("wwmonitor compare: need at least two runs to compare", file=sys.stderr)
-            return 2
+            return fail("compare", "need at least two runs to compare")
         index = write_comparison(dirs, args.out, param=args.param,
                                  group=None if args.group == "none" else args.group,
                                  layers=args.layers, esd_layer=args.esd_layer, title=args.title)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"wwmonitor compare: {e}", file=sys.stderr)
-        return 2
-    print(f"comparison of {len(dirs)} runs written: {index}")
-    print(f"open it with:   file://{Path(index).resolve()}")
-    return 0
+    except INPUT_ERRORS as e:
+        return fail("compare", e)
+    return announce_written(f"comparison of {len(dirs)} runs", index)

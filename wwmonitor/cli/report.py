@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from ._common import INPUT_ERRORS, announce_written, fail
 
 
 def add_parser(sub: Any) -> None:
@@ -21,14 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from wwmonitor.report.html import write_report
 
     if args.n_steps < 1:
-        print("wwmonitor report: --n-steps must be >= 1", file=sys.stderr)
-        return 2
+        return fail("report", "--n-steps must be >= 1")
     try:
         index = write_report(args.run_dir, args.out, esd_steps=args.steps, n_esd_steps=args.n_steps,
                              layers=args.layers, dpi=args.dpi)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"wwmonitor report: {e}", file=sys.stderr)
-        return 2
-    print(f"report written: {index}")
-    print(f"open it with:   file://{index.resolve()}")
-    return 0
+    except INPUT_ERRORS as e:
+        return fail("report", e)
+    return announce_written("report", index)
