@@ -521,12 +521,17 @@ def plot_metric_curves(
         ax.set_ylabel(_label(m))
         ax.set_title(_label(m), fontsize=10)
         ax.grid(True, alpha=0.3)
-    for ax in axs[len(present):]:
+    _finish_panels(fig, axs, len(present), title)
+    return fig
+
+
+def _finish_panels(fig: Figure, axs: Sequence[Axes], n_used: int, title: Optional[str]) -> None:
+    """Finish a grid of per-metric panels: hide the unused axes, one layer legend, the figure title."""
+    for ax in axs[n_used:]:
         ax.set_visible(False)
     _figure_legend(fig, axs, title="layer")
     if title:
         fig.suptitle(title, fontsize=12)
-    return fig
 
 
 def _figure_legend(fig: Figure, axs: Sequence[Axes], title: str) -> None:
@@ -699,9 +704,5 @@ def plot_sweep(
         ax.set_ylabel(_label(m))
         ax.set_title(_label(m) + (" (mean ± sd over seeds)" if has_group else ""), fontsize=10)
         ax.grid(True, alpha=0.3)
-    for ax in axs[len(present):]:
-        ax.set_visible(False)
-    _figure_legend(fig, axs, title="layer")
-    if title:
-        fig.suptitle(title, fontsize=12)
+    _finish_panels(fig, axs, len(present), title)
     return fig
