@@ -224,3 +224,20 @@ def test_bulk_found_when_most_eigenvalues_are_outliers() -> None:
     assert f.sigma2 == pytest.approx(1.0, rel=0.05)
     assert f.num_spikes == 300
     assert f.bulk_fraction == pytest.approx(0.4)
+
+
+def test_ks_grid_equals_ks_cond_loop():
+    """The vectorised KS grid of fit_mp returns exactly the per-sigma² loop's values."""
+    from wwmonitor.mp import _ks_cond, _ks_grid, _mp_median_unit
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        n = int(rng.integers(20, 1200))
+        Q = float(rng.choice([1.0, 1.3, 2.0, 4.0, 9.0]))
+        N = int(n * Q)
+        W = rng.standard_normal((N, n)) * (rng.standard_t(3, (N, n)) if trial % 3 == 0 else 1.0)
+        x = np.sort(np.linalg.eigvalsh(W.T @ W / N))
+        x = x[x > 1e-8 * x[-1]]
+        grid = float(np.median(x)) / _mp_median_unit(Q) * np.exp(np.linspace(np.log(0.01), np.log(3.0), 81))
+        ref = np.array([_ks_cond(x, Q, s)[0] for s in grid])
+        np.testing.assert_array_equal(_ks_grid(x, Q, grid), ref)

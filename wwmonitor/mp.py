@@ -225,6 +225,46 @@ def _ks_cond(x: np.ndarray, Q: float, s2: float) -> tuple[float, int]:
     return d, k
 
 
+def _ks_grid(x: np.ndarray, Q: float, grid: np.ndarray) -> np.ndarray:
+    """``[_ks_cond(x, Q, s)[0] for s in grid]`` in one 2-D evaluation.
+
+    Same floating-point operations in the same order as :func:`_ks_cond` /
+    :func:`_mp_cdf_inside`, so the values are bit-identical (tested); about
+    3x faster per grid and no per-point Python overhead.
+    """
+    Q = _check_q(Q)
+    r = 1.0 / math.sqrt(Q)
+    s = np.asarray(grid, dtype=np.float64)[:, None]
+    a = s * (1.0 - r) ** 2
+    b = s * (1.0 + r) ** 2
+    k = np.searchsorted(x, b[:, 0], side="right")
+    kmax = int(k.max()) if k.size else 0
+    out = np.ones(s.shape[0])
+    if kmax < 2:
+        return out
+    xs = x[None, :kmax]
+    inside = (xs > a) & (xs < b)
+    m = 0.5 * (a + b)
+    w = b - a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        R = np.clip((b - xs) * (xs - a), 0.0, None)
+        G = np.sqrt(R) + m * np.arcsin(np.clip((2.0 * xs - a - b) / w, -1.0, 1.0))
+        sab = np.sqrt(a * b)
+        u = ((a + b) * xs - 2.0 * a * b) / (w * xs)
+        G = np.where(sab > 0.0, G - sab * np.arcsin(np.clip(u, -1.0, 1.0)), G)
+        Ga = -0.5 * np.pi * (m - sab)
+        F_in = np.clip((G - Ga) / (2.0 * np.pi * (s * (1.0 / Q))), 0.0, 1.0)
+    F = np.where(inside, F_in, np.where(xs >= b, 1.0, 0.0))
+    i = np.arange(kmax, dtype=np.float64)[None, :]
+    kk = np.maximum(k, 1)[:, None].astype(np.float64)
+    valid = i < k[:, None]
+    d1 = np.where(valid, (i + 1.0) / kk - F, -np.inf).max(axis=1)
+    d2 = np.where(valid, F - i / kk, -np.inf).max(axis=1)
+    d = np.maximum(d1, d2)
+    return np.where(k >= 2, d, 1.0)
+
+
+
 def fit_mp(evals: np.ndarray, Q: float, *, M: Optional[int] = None) -> MPFit:
     """Fit the MP bulk of an ESD (λ axis, any order) for aspect ratio ``Q``.
 
@@ -266,18 +306,18 @@ def fit_mp(evals: np.ndarray, Q: float, *, M: Optional[int] = None) -> MPFit:
     sub = nz if nz.size <= _COARSE_N else nz[np.linspace(0, nz.size - 1, _COARSE_N).astype(np.int64)]
     span = np.exp(np.linspace(math.log(0.01), math.log(3.0), 81))
     grid = s0 * span
-    ks = np.array([_ks_cond(sub, Q, s)[0] for s in grid])
+    ks = _ks_grid(sub, Q, grid)
     j = int(np.argmin(ks))
     for _ in range(3):  # best point on the border: move the window (rare; e.g. extreme tails)
         if 0 < j < grid.size - 1:
             break
         # the old border point becomes the far end of the new window
         grid = grid[j] * span / (span[-1] if j == 0 else span[0])
-        ks = np.array([_ks_cond(sub, Q, s)[0] for s in grid])
+        ks = _ks_grid(sub, Q, grid)
         j = int(np.argmin(ks))
     lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)]
     fine = np.exp(np.linspace(math.log(lo), math.log(hi), 41))
-    ks_f = np.array([_ks_cond(nz, Q, s)[0] for s in fine])
+    ks_f = _ks_grid(nz, Q, fine)
     jf = int(np.argmin(ks_f))
     s2, d = float(fine[jf]), float(ks_f[jf])
     return _finish(x, nz, Q, s2, d, M, frac_zero)
