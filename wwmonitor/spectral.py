@@ -135,15 +135,29 @@ def _svd_squared(A: np.ndarray) -> np.ndarray:
     return np.sort(sv * sv, axis=-1)
 
 
+#: Rows (of the long side) widened to float64 at a time when building a 2-D Gram matrix.
+GRAM_BLOCK_ROWS = 512
+
+
 def _gram64(A: np.ndarray) -> np.ndarray:
     """Float64 Gram matrix of the smaller side of ``A`` (last two axes), ``M x M``.
 
     Products of widened float32 values are exact in float64, so the only
-    error is float64 summation error.
+    error is float64 summation error.  A 2-D non-float64 matrix is widened
+    ``GRAM_BLOCK_ROWS`` rows at a time (``G = Σ_b B_bᵀ B_b``), so the
+    working set is the ``M x M`` result plus one block instead of a full
+    float64 copy of ``W`` (this bounds the monitor's analysis memory).
     """
-    A64 = A if A.dtype == np.float64 else A.astype(np.float64)
-    At = np.swapaxes(A64, -1, -2)
     with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
+        if A.ndim == 2 and A.dtype != np.float64 and max(A.shape) > 2 * GRAM_BLOCK_ROWS:
+            B = A if A.shape[0] >= A.shape[1] else A.T  # long side first: (N, M)
+            G = np.zeros((B.shape[1], B.shape[1]))
+            for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
+                blk = B[start:start + GRAM_BLOCK_ROWS].astype(np.float64)
+                G += blk.T @ blk
+            return G
+        A64 = A if A.dtype == np.float64 else A.astype(np.float64)
+        At = np.swapaxes(A64, -1, -2)
         return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
 
 
