@@ -27,7 +27,7 @@ def test_check_interval_none_only_where_allowed() -> None:
 
 def _store(**over):
     kw = dict(run_dir="runs", run_name=None, layers=None, exclude=None, alerts="default", stop_on=(),
-              metrics="default", esd_every_n_epochs=5, queue_size=2, policy="block", options=None,
+              metrics="default", esd_every_n_epochs=5, queue_size=3, policy="block", options=None,
               config=None, flush_timeout=300.0)
     kw.update(over)
     cb = types.SimpleNamespace()

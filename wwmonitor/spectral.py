@@ -101,12 +101,24 @@ def squared_singular_values(W: Any, *, name: str = "W") -> np.ndarray:
         return _squared_sv_torch(W, name=name)
     A = to_numpy(W)
     _check_matrix(A, name)
-    G = _gram64(A)
+    G = _gram64_lower(A)
     _check_gram_finite(G, A, name)
-    ev = np.linalg.eigvalsh(G)
-    if _needs_svd(ev[0], ev[-1], G.shape[-1]):
+    M = G.shape[-1]
+    ev = _eigvalsh_overwrite(G)  # G is destroyed: no second M x M copy
+    if _needs_svd(ev[0], ev[-1], M):
         ev = _svd_squared(A)
     return np.clip(ev, 0.0, None, out=ev)
+
+
+def _eigvalsh_overwrite(G: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric float64 ``G`` given by its
+    lower triangle (Fortran order, as :func:`_gram64_lower` returns it),
+    computed in place by LAPACK ``dsyevd``: ``G`` is destroyed and no second
+    ``M x M`` copy is made (``numpy.linalg.eigvalsh`` would copy it).
+    """
+    from scipy.linalg import eigh
+
+    return eigh(G, lower=True, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
 
 
 #: An ESD whose smallest Gram eigenvalue is below ``SVD_RECHECK · M · eps · λ_max``
@@ -136,29 +148,41 @@ def _svd_squared(A: np.ndarray) -> np.ndarray:
 
 
 #: Rows (of the long side) widened to float64 at a time when building a 2-D Gram matrix.
-GRAM_BLOCK_ROWS = 512
+GRAM_BLOCK_ROWS = 128
 
 
 def _gram64(A: np.ndarray) -> np.ndarray:
-    """Float64 Gram matrix of the smaller side of ``A`` (last two axes), ``M x M``.
+    """Float64 Gram matrices of the smaller side of a stack ``A`` (last two axes), ``(..., M, M)``.
 
     Products of widened float32 values are exact in float64, so the only
-    error is float64 summation error.  A 2-D non-float64 matrix is widened
-    ``GRAM_BLOCK_ROWS`` rows at a time (``G = Σ_b B_bᵀ B_b``), so the
-    working set is the ``M x M`` result plus one block instead of a full
-    float64 copy of ``W`` (this bounds the monitor's analysis memory).
+    error is float64 summation error.
     """
+    A64 = A if A.dtype == np.float64 else A.astype(np.float64)
+    At = np.swapaxes(A64, -1, -2)
     with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
-        if A.ndim == 2 and A.dtype != np.float64 and max(A.shape) > 2 * GRAM_BLOCK_ROWS:
-            B = A if A.shape[0] >= A.shape[1] else A.T  # long side first: (N, M)
-            G = np.zeros((B.shape[1], B.shape[1]))
-            for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
-                blk = B[start:start + GRAM_BLOCK_ROWS].astype(np.float64)
-                G += blk.T @ blk
-            return G
-        A64 = A if A.dtype == np.float64 else A.astype(np.float64)
-        At = np.swapaxes(A64, -1, -2)
         return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
+
+
+def _gram64_lower(A: np.ndarray) -> np.ndarray:
+    """Float64 Gram matrix ``G = WᵀW`` of a 2-D ``A`` (smaller side, ``M x M``),
+    Fortran-ordered, with only its **lower triangle** filled.
+
+    Built with BLAS ``dsyrk`` accumulating ``G += B_bᵀ B_b`` over blocks of
+    ``GRAM_BLOCK_ROWS`` rows widened to float64, so the working set is ``G``
+    itself plus one small block: no float64 copy of ``W`` and no temporary
+    ``M x M`` product.  Products of widened float32 values are exact in
+    float64; the only error is float64 summation error.
+    """
+    from scipy.linalg.blas import dsyrk
+
+    B = A if A.shape[0] >= A.shape[1] else A.T  # long side first: (N, M)
+    M = B.shape[1]
+    G = np.zeros((M, M), order="F")
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
+        for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
+            blk = np.asarray(B[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
+            G = dsyrk(1.0, blk, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
+    return G
 
 
 def _check_gram_finite(G: np.ndarray, A: np.ndarray, name: str) -> None:

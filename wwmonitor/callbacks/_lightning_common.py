@@ -136,7 +136,7 @@ class WeightWatcherMixin:
         loggers: bool = True,
         metrics: Union[str, Sequence[str]] = "default",
         esd_every_n_epochs: int = 5,
-        queue_size: int = 2,
+        queue_size: int = 3,
         policy: str = "block",
         options: Optional[AnalysisOptions] = None,
         config: Optional[dict] = None,

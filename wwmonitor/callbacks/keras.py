@@ -85,7 +85,7 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         stop_on: Sequence[str] = (),
         metrics: Union[str, Sequence[str]] = "default",
         esd_every_n_epochs: int = 5,
-        queue_size: int = 2,
+        queue_size: int = 3,
         policy: str = "block",
         options: Optional[AnalysisOptions] = None,
         config: Optional[dict] = None,

@@ -1,7 +1,8 @@
 """The bounded snapshot queue and what happens when analysis falls behind.
 
-Policies (``Monitor(policy=...)``), applied when ``queue_size`` snapshots are
-already waiting:
+``queue_size`` is the most snapshots held at once: waiting, being copied, or
+being analysed.  Policies (``Monitor(policy=...)``) apply when that many are
+already held:
 
 ``"block"``
     ``snapshot()`` waits until the worker takes one (training slows down to
@@ -12,12 +13,15 @@ already waiting:
     counts it and a warning is emitted on the first skip.
 ``"latest"``
     The *oldest* waiting snapshot is dropped and its buffers are reused for
-    the new one, so the queue always holds the most recent ``queue_size``
-    snapshots; ``stats["coalesced"]`` counts the dropped ones.
+    the new one, so the queue always holds the most recent snapshots;
+    ``stats["coalesced"]`` counts the dropped ones (with nothing waiting,
+    i.e. ``queue_size=1`` and one snapshot in analysis, the new one is skipped
+    and counted in ``stats["skipped"]``).
 
-The queue never holds more than ``queue_size`` snapshots (including one being
-copied), and the worker holds at most one more, which bounds the snapshot
-buffers to ``queue_size + 1`` sets.
+Counting the snapshot in analysis inside ``queue_size`` bounds the snapshot
+buffers to ``queue_size`` sets, which leaves one more weights-sized share of
+the ``(queue_size + 1) x weights`` memory budget for the analysis' own working
+set (the float64 Gram matrix of the matrix being analysed).
 """
 from __future__ import annotations
 
@@ -74,7 +78,7 @@ class SnapshotQueue:
             while True:
                 if self._closed:
                     return None
-                if len(self._items) + self._reserved < self.maxsize:
+                if len(self._items) + self._reserved + self._in_flight < self.maxsize:
                     self._reserved += 1
                     if t0 is not None:
                         self.blocked_s += time.perf_counter() - t0

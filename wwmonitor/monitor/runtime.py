@@ -127,7 +127,8 @@ class Monitor:
         Object with ``evaluate(result) -> list[Alert]`` (and optionally
         ``close()``), called on the worker thread before the sinks.
     queue_size, policy:
-        Bounded queue and what to do when it is full:
+        Most snapshots held at once (waiting or in analysis; default 3:
+        one in analysis, two waiting) and what to do when that many are held:
         ``"block" | "skip" | "latest"`` (see :mod:`wwmonitor.monitor.policy`).
     options:
         :class:`~wwmonitor.analyze.AnalysisOptions` (``keep_esd`` is forced on).
@@ -172,7 +173,7 @@ class Monitor:
         exclude: Optional[Sequence[Any]] = None,
         sinks: Sequence[Any] = (),
         alerts: Any = None,
-        queue_size: int = 2,
+        queue_size: int = 3,
         policy: str = "block",
         options: Optional[AnalysisOptions] = None,
         config: Optional[Mapping[str, Any]] = None,
@@ -245,7 +246,7 @@ class Monitor:
             self._open_store(given_store)
 
         # --- queue + worker
-        self._pool = BufferPool(self.queue_size + 1)
+        self._pool = BufferPool(self.queue_size)
         self._queue = SnapshotQueue(self.queue_size, policy, self._pool)
         sink_list: list[Any] = ([self._store] if self._store is not None else []) + list(sinks)
         self._worker = Worker(self._queue, options=self.options, sinks=sink_list, alerts=alerts,

@@ -7,10 +7,11 @@ one step, never a mix of steps -- and then handed to the background worker.
 Design (see ``docs/benchmarks.md`` for the measured cost):
 
 * **Reusable buffers.**  Copies go into a :class:`BufferPool` of at most
-  ``queue_size + 1`` buffer sets (one per queued snapshot plus the one being
-  analysed), allocated on first use and reused afterwards, so the extra host
-  memory is bounded by ``(queue_size + 1) x`` the monitored weights' size and
-  no allocation happens on the hot path after warm-up.
+  ``queue_size`` buffer sets (one per held snapshot, the one in analysis
+  included), allocated on first use and reused afterwards, so the snapshot
+  buffers take at most ``queue_size x`` the monitored weights' size -- the
+  remaining share of the ``(queue_size + 1) x`` budget is for the analysis'
+  working set -- and no allocation happens on the hot path after warm-up.
 * **Dense copies.**  A matrix that is a permuted view of a dense block (the
   ``(K, out, in)`` stack of a conv kernel, see :mod:`wwmonitor.layers`) is
   copied as that flat block -- a plain ``memcpy`` -- and the same strides are
