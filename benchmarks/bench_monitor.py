@@ -243,8 +243,9 @@ print(json.dumps({"mode": mode, "weights": wbytes, "largest": largest, "bound": 
 def bench_memory() -> list[dict[str, Any]]:
     out = []
     for mode in ("held", "real"):
-        # large blocks always mmap'd: freed memory leaves RSS at once, so RSS tracks live memory
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        # large blocks always mmap'd and freed heap trimmed at once, so RSS tracks live memory
+        # rather than what glibc's per-thread arenas keep cached after a free
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
         p = subprocess.run([sys.executable, "-c", _MEM_CHILD, mode], capture_output=True, text=True, cwd=REPO,
                            timeout=600, env=env)
         if p.returncode != 0:

@@ -192,3 +192,35 @@ def test_blas_thread_limit_never_raises_the_count():
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers"):
         wwmonitor.analyze_model({"w": np.ones((60, 60))}, workers=0)
+
+
+@pytest.mark.parametrize("shape", [(1024, 300), (300, 1024), (400, 400)])
+def test_low_memory_route_matches_and_saves_memory(shape):
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal(shape).astype(np.float32)
+    ref = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
+    lean = squared_singular_values(W, low_memory=True)
+    assert np.max(np.abs(lean - ref)) <= 1e-10 * ref[-1]
+    for low in (False, True):  # warm both routes
+        squared_singular_values(W, low_memory=low)
+    peaks = {}
+    for low in (False, True):
+        tracemalloc.start()
+        squared_singular_values(W, low_memory=low)
+        peaks[low] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    M = min(shape)
+    assert peaks[True] <= 8 * M * M + 8 * 128 * M + 2**20  # the Gram matrix, one block, small change
+    assert peaks[True] < peaks[False]
+
+
+def test_low_memory_route_rank_deficient_and_nonfinite():
+    rng = np.random.default_rng(6)
+    W = (rng.standard_normal((600, 15)) @ rng.standard_normal((15, 300))).astype(np.float32)
+    ev = squared_singular_values(W, low_memory=True)
+    assert np.count_nonzero(ev > ev.max() * 1e-10) == 15
+    W[3, 4] = np.inf
+    with pytest.raises(ValueError, match="lyr.*non-finite"):
+        squared_singular_values(W, name="lyr", low_memory=True)

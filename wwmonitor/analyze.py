@@ -50,6 +50,12 @@ class AnalysisOptions:
         Also compute eigenvector localization metrics (needs eigenvectors; slower).
     keep_esd:
         Attach the λ-axis ESD to the result (``extra["esd"]``), used by the monitor.
+    low_memory:
+        Use the in-place eigen route (Gram by BLAS ``dsyrk`` blocks, ``dsyevd``
+        overwriting it; see :func:`wwmonitor.spectral.squared_singular_values`):
+        ~2.5x the matrix's float32 size of working memory instead of ~6x.  The
+        monitor's worker uses it; ``analyze_model`` does not, because SciPy's
+        BLAS serialises concurrent calls from its thread pool.
     """
 
     min_evals: int = DEFAULT_MIN_EVALS
@@ -60,6 +66,7 @@ class AnalysisOptions:
     xmax: Optional[float] = None
     localization: bool = False
     keep_esd: bool = False
+    low_memory: bool = False
 
 
 DEFAULT_OPTIONS = AnalysisOptions()
@@ -123,7 +130,7 @@ def analyze_matrix(
     if len(shape) == 3:
         ev_sq = np.sort(esd_batched(A, normalize=False, name=name).ravel())
     else:
-        ev_sq = squared_singular_values(A, name=name)
+        ev_sq = squared_singular_values(A, name=name, low_memory=options.low_memory)
     return analyze_evals(
         ev_sq * scale, lm, options=options, scale=scale,
         W=A if options.localization and len(shape) == 2 else None,

@@ -112,7 +112,8 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
     """
     if snap.ready is not None:
         snap.ready()
-    opts = options if options.keep_esd else replace(options, keep_esd=True)
+    # the worker keeps the ESD and uses the lean-memory eigen route (one thread, bounded memory)
+    opts = options if (options.keep_esd and options.low_memory) else replace(options, keep_esd=True, low_memory=True)
     res = SnapshotResult(step=snap.step, epoch=snap.epoch, time=snap.time, layers=[])
     t0, c0 = time.perf_counter(), time.thread_time()
     for name, typ, scale, W in snap.entries:
