@@ -77,13 +77,17 @@ def _torch():
     return torch
 
 
-def _check_matrix(W: np.ndarray, name: str) -> None:
-    if W.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D matrix, got an array of shape {tuple(W.shape)}")
+def _check_matrix(W: np.ndarray, name: str, *, ndim: int = 2) -> None:
+    """Raise naming ``name`` unless ``W`` is a non-empty numeric array of ``ndim`` dimensions
+    (2: a matrix; 3: a stack of matrices ``(K, a, b)``)."""
+    what = "matrix" if ndim == 2 else "stack"
+    if W.ndim != ndim:
+        expected = "a 2-D matrix" if ndim == 2 else "a stack of matrices (K, a, b)"
+        raise ValueError(f"{name}: expected {expected}, got an array of shape {tuple(W.shape)}")
     if min(W.shape) == 0:
-        raise ValueError(f"{name}: matrix has an empty dimension, shape {tuple(W.shape)}")
+        raise ValueError(f"{name}: {what} has an empty dimension, shape {tuple(W.shape)}")
     if not np.issubdtype(W.dtype, np.number):
-        raise TypeError(f"{name}: expected a numeric matrix, got dtype {W.dtype}")
+        raise TypeError(f"{name}: expected a numeric {what}, got dtype {W.dtype}")
 
 
 def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False) -> np.ndarray:
@@ -253,12 +257,7 @@ def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarr
         ev = np.clip(torch.linalg.eigvalsh(G).cpu().numpy(), 0.0, None)
     else:
         A = to_numpy(Ws)
-        if A.ndim != 3:
-            raise ValueError(f"{name}: expected a stack of matrices (K, a, b), got shape {A.shape}")
-        if min(A.shape) == 0:
-            raise ValueError(f"{name}: stack has an empty dimension, shape {tuple(A.shape)}")
-        if not np.issubdtype(A.dtype, np.number):
-            raise TypeError(f"{name}: expected a numeric stack, got dtype {A.dtype}")
+        _check_matrix(A, name, ndim=3)
         G = _gram64(A)
         _check_gram_finite(G, A, name)
         ev = np.linalg.eigvalsh(G)
