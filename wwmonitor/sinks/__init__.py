@@ -11,8 +11,7 @@ neither TensorBoard nor wandb.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_exports
 
 from .base import Sink
 
@@ -26,14 +25,4 @@ _LAZY = {
 __all__ = ["Sink", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'wwmonitor.sinks' has no attribute {name!r}")
-    value = getattr(import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY, __all__)
