@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 
 from wwmonitor.alerts import AlertRules
+from wwmonitor.analyze import AnalysisOptions
 from wwmonitor.callbacks._options import check_interval, pump_sinks, stop_reason, store_monitor_options, trap_analyze_fn
 from wwmonitor.records import Alert
 
@@ -48,7 +50,13 @@ def test_store_monitor_options_sets_attributes_and_validates() -> None:
 def test_trap_fn_stop_reason_and_pump() -> None:
     assert trap_analyze_fn(None) is None
     assert trap_analyze_fn(AlertRules(rules=("alpha_low",))) is None
-    assert callable(trap_analyze_fn(AlertRules(rules=("correlation_trap",))))
+    fn = trap_analyze_fn(AlertRules(rules=("correlation_trap",)))
+    # two isolated huge entries survive the element shuffle as two spikes: exactly two correlation traps
+    W = np.random.default_rng(0).standard_normal((200, 100))
+    W[3, 7], W[50, 20] = 60.0, -60.0
+    lm = fn(W, "fc1", "Linear", 1.0, AnalysisOptions(mp_fit=False, phases=False))
+    assert (lm.name, lm.status) == ("fc1", "ok")
+    assert lm.extra["num_traps"] == 2
 
     warn = Alert(step=1, epoch=0, rule="alpha_low", severity="warning", message="low", layer="fc1")
     stop = Alert(step=2, epoch=1, rule="rank_collapse", severity="error", message="collapsed", layer="fc2",

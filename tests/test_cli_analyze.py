@@ -66,3 +66,65 @@ def test_torchrun_two_ranks_equals_single_process(ckpt, tmp_path):
         assert a == b
     # only rank 0 printed the table
     assert proc.stdout.count("layers.0.linear1") == 1
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("wwmonitor analyze: error: ")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_corrupt_files_are_one_line_errors(tmp_path):
+    import numpy as np
+
+    (tmp_path / "bad.safetensors").write_bytes(b"definitely not safetensors")
+    proc = _cli("analyze", str(tmp_path / "bad.safetensors"), "--no-progress")
+    _one_line_error(proc, str(tmp_path / "bad.safetensors"), "not a valid .safetensors file")
+    np.savez(tmp_path / "ok.npz", a=np.ones((60, 50)))
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:200])
+    proc = _cli("analyze", str(tmp_path / "trunc.npz"), "--no-progress")
+    _one_line_error(proc, str(tmp_path / "trunc.npz"), "not a valid .npz archive")
+    np.savez(tmp_path / "obj.npz", a=np.ones((60, 50)), meta=np.array([None], dtype=object))
+    proc = _cli("analyze", str(tmp_path / "obj.npz"), "--no-progress")
+    _one_line_error(proc, str(tmp_path / "obj.npz"), "'meta' is an object array")
+
+
+def test_unwritable_outputs_are_refused_before_the_analysis(ckpt, tmp_path):
+    (tmp_path / "plain").write_text("a regular file")
+    good = tmp_path / "good.json"
+    for bad in (tmp_path / "plain" / "r.csv", tmp_path / "no" / "such" / "r.csv", tmp_path):
+        proc = _cli("analyze", str(ckpt), "--json", str(good), "--csv", str(bad), "--no-progress")
+        _one_line_error(proc, str(bad), "--csv")
+        assert not good.exists()  # checked before anything was analysed or written
+        assert proc.stdout == ""
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_folder_is_refused(ckpt, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = _cli("analyze", str(ckpt), "--json", str(ro / "r.json"), "--no-progress")
+        _one_line_error(proc, str(ro / "r.json"), "--json")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_skipped_entries_are_reported(ckpt, tmp_path):
+    proc = _cli("analyze", str(ckpt), "--json", str(tmp_path / "r.json"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 16 entries not analysed:" in proc.stdout
+    assert "  not a matrix (1-D) [16]: layers.0.self_attn.in_proj_bias, layers.0.self_attn.out_proj.bias," in proc.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["summary"]["num_skipped"] == 16
+    assert {"name": "layers.1.norm2.bias", "reason": "not a matrix (1-D)"} in data["skipped"]
+    assert len(data["skipped"]) == 16
+    # with the table on stdout (--csv -) the skipped entries go to stderr
+    proc = _cli("analyze", str(ckpt), "--csv", "-", "--no-progress", "--layers", "layers.0.*")
+    assert proc.returncode == 0 and proc.stdout.startswith("name,")
+    assert "skipped 8 entries not analysed:" in proc.stderr and "layers.1." not in proc.stderr

@@ -40,6 +40,86 @@ def test_config_validation_and_cli():
         build_parser().parse_args(["demo", "--batch-sizes", "four"])
 
 
+def _global_state() -> dict:
+    """What a library call must not change behind its caller's back: the warning filters, the level of every
+    logger that exists, and torch's thread count."""
+    import logging
+    import warnings
+
+    loggers = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    return {"filters": list(warnings.filters), "showwarning": warnings.showwarning, "root": logging.root.level,
+            "loggers": loggers, "threads": torch.get_num_threads()}
+
+
+def test_demo_leaves_global_warning_filters_and_logger_levels_alone(tmp_path):
+    """run_demo in this process (workers=1) quiets Lightning only while it runs."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import: that is Lightning's business)
+
+    import wwmonitor.demo
+
+    warnings.filterwarnings("default", message="a caller's own filter")
+    logging.getLogger("lightning.pytorch").setLevel(logging.DEBUG)  # a caller who wants Lightning's chatter
+    torch.set_num_threads(2)
+    before = _global_state()
+    cfg = DemoConfig(out=str(tmp_path / "demo"), epochs=1, batch_sizes=(256, 512), seeds=(0,), workers=1,
+                     progress=False, report=False)
+    res = wwmonitor.demo.run_demo(cfg, echo=lambda s: None)
+    assert [r["batch_size"] for r in res.runs] == [256, 512]
+    after = _global_state()
+    assert after["filters"] == before["filters"]
+    assert after["showwarning"] is before["showwarning"]
+    assert after["root"] == before["root"]
+    assert {k: v for k, v in after["loggers"].items() if k in before["loggers"]} == before["loggers"]
+    assert logging.getLogger("lightning.pytorch").level == logging.DEBUG
+    assert after["threads"] == 2
+
+
+def test_epoch_ticker_reports_a_broken_progress_pipe_once():
+    from wwmonitor.demo import _EpochTicker
+
+    class Broken:
+        def put(self, n):
+            raise BrokenPipeError("progress pipe closed")
+
+    ticker = _EpochTicker(Broken())
+    with pytest.warns(RuntimeWarning, match="progress.*BrokenPipeError.*training continues") as rec:
+        ticker.on_train_epoch_end(None, None)  # never raises: training goes on
+        ticker.on_train_epoch_end(None, None)
+    assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_drain_sums_the_queue_and_surfaces_a_broken_queue():
+    import queue
+
+    from wwmonitor.demo import _drain
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    q = queue.Queue()
+    for _ in range(5):
+        q.put(1)
+    bar = Bar()
+    _drain(q, bar)
+    assert bar.n == 5 and q.empty()
+
+    class BrokenQueue:
+        def get_nowait(self):
+            raise EOFError("manager gone")
+
+        def empty(self):
+            return False
+
+    with pytest.raises(EOFError, match="manager gone"):
+        _drain(BrokenQueue(), Bar())
+
+
 @pytest.mark.slow
 def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
     """3 batch sizes x 1 seed x 3 epochs with the Lightning callback: smaller batch -> lower stable rank and

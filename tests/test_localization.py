@@ -71,8 +71,12 @@ def test_localized_spike_is_detected() -> None:
 def test_heavy_tailed_tail_is_more_localized_than_bulk() -> None:
     """The seeds' observation: tail eigenvectors of heavy-tailed matrices are localized."""
     rng = np.random.default_rng(3)
-    out = localization_metrics(heavy_tailed(500, 250, rng, mu=1.8))
-    assert out["loc_num_tail"] >= 5
+    W = heavy_tailed(500, 250, rng, mu=1.8)
+    out = localization_metrics(W)
+    # default split: the spikes of the MP fit (eigenvalues above λ+ + TW margin) are the tail
+    mp = wwmonitor.fit_mp(wwmonitor.esd(W), 2.0, M=250)
+    assert out["loc_num_tail"] == mp.num_spikes >= 5
+    assert out["loc_num_bulk"] == 250 - mp.num_spikes
     for k in ("localization_ratio", "participation_ratio", "vector_entropy"):
         assert out[f"loc_{k}_tail"] < out[f"loc_{k}_bulk"], k
 

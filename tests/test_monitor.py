@@ -18,9 +18,11 @@ torch.set_num_threads(1)
 
 from wwmonitor.analyze import AnalysisOptions  # noqa: E402
 from wwmonitor.monitor import Monitor  # noqa: E402
-from wwmonitor.monitor.worker import default_analyze  # noqa: E402
+from wwmonitor.monitor.analyzer import default_analyze  # noqa: E402
 from wwmonitor.records import Alert  # noqa: E402
 from wwmonitor.store import load_run  # noqa: E402
+
+from _logcheck import logs  # noqa: E402
 
 FAST = AnalysisOptions(mp_fit=False, phases=False)
 
@@ -141,7 +143,7 @@ def test_queue_policies_when_analysis_falls_behind(tmp_path, policy):
         assert mon.stats["blocked_s"] >= 0.3
         timer.join()
     else:
-        with pytest.warns(RuntimeWarning, match="behind training"):
+        with logs("behind training"):
             out = mon.snapshot(step=4)
         assert out is (policy == "latest")
         mon.snapshot(step=5)  # second one: counted, warned only once (logged)
@@ -257,25 +259,24 @@ class RecordingSink:
         self.closed_in.append(threading.current_thread().name)
 
 
-def test_alerts_then_sinks_from_one_worker_thread(tmp_path):
+def test_alerts_then_sinks_each_sink_on_one_thread_of_its_own(tmp_path):
     rule, sink, bad = StopRule(), RecordingSink(), RecordingSink(fail_at=1)
     mon = Monitor(mlp(), tmp_path, options=FAST, alerts=rule, sinks=[sink], every_n_epochs=None)
     mon.add_sink(bad)
-    with pytest.warns(RuntimeWarning):
+    with logs("sink down"), logs("broken rule"):
         for s in range(5):
             mon.snapshot(step=s)
         mon.close()
     assert sink.steps == [0, 1, 2, 3, 4] and bad.steps == [0, 2, 3, 4]
     assert sink.alert_rules[2] == ["stop_me"]  # alerts evaluated before the sinks saw the result
-    worker_name = f"wwmonitor-{mon.run_id}"
-    assert sink.threads == bad.threads == {worker_name}
-    assert sink.closed_in == bad.closed_in == rule.closed_in == [worker_name]
+    # every sink is always called from one thread, its own (wandb's client needs one thread)
+    assert len(sink.threads) == len(bad.threads) == 1 and sink.threads != bad.threads
+    assert all(t.startswith("wwmonitor-sink-") for t in sink.threads | bad.threads)
+    assert sink.closed_in == list(sink.threads) and bad.closed_in == list(bad.threads)
+    assert rule.closed_in == [f"wwmonitor-dispatch-{mon.run_id}"]
     assert mon.should_stop is True
     st = mon.stats
     assert st["sink_errors"] == 1 and st["alert_errors"] == 1 and st["analysed"] == 5
-    run = load_run(mon.run_dir)
-    a = run.alerts.iloc[0]
-    assert (a.step, a.rule, a.severity, a.value) == (2, "stop_me", "error", 1.0)
 
 
 def test_intervals_and_duplicates(tmp_path):
@@ -344,19 +345,28 @@ def test_conv_snapshot_matches_direct_analysis(tmp_path):
     assert got.layers[0].alpha == ref.alpha
 
 
-def test_resume_by_name_and_by_state_dict(tmp_path):
+def test_resume_only_when_asked_and_by_state_dict(tmp_path):
     model = mlp()
     with Monitor(model, tmp_path, run_name="exp", options=FAST) as a:
         for e in range(3):
             a.snapshot(step=e * 10, epoch=e)
         state = a.state_dict()
-    assert state["run_id"] == "exp" and state["last_step"] == 20
+    assert state["run_id"] == "exp" and state["last_step"] == 20 and not a.resumed
 
-    # restart by name: stored steps are skipped, new ones appended
-    with Monitor(model, tmp_path, run_name="exp", options=FAST) as b:
-        assert b.run_dir == a.run_dir
-        assert b.snapshot(step=20, epoch=2) is False
+    # the same name again, resume not asked: a new run "exp-2", said in the log; "exp" untouched
+    with logs(r"run 'exp' already exists.*starting a new run 'exp-2'"):
+        with Monitor(model, tmp_path, run_name="exp", options=FAST, config={"lr": 2}) as d:
+            assert d.snapshot(step=0, epoch=0) is True
+    assert d.run_id == "exp-2" and load_run(d.run_dir).steps == [0] and not d.resumed
+    assert load_run(a.run_dir).steps == [0, 10, 20] and "lr" not in load_run(a.run_dir).config
+
+    # resume=True continues it: stored steps are not taken again (counted and said), new ones appended
+    with Monitor(model, tmp_path, run_name="exp", options=FAST, resume=True) as b:
+        assert b.run_dir == a.run_dir and b.resumed
+        with logs("step 20 not taken: the step is already stored"):
+            assert b.snapshot(step=20, epoch=2) is False
         assert b.snapshot(step=30, epoch=3) is True
+        assert b.stats["duplicates"] == 1
     run = load_run(a.run_dir)
     assert run.steps == [0, 10, 20, 30]
     assert not run.metrics.duplicated(["step", "layer", "metric"]).any()
@@ -372,10 +382,23 @@ def test_resume_by_name_and_by_state_dict(tmp_path):
     c.close()
     assert load_run(a.run_dir).steps == [0, 10, 20, 30, 40]
 
-    # resume=False never touches an existing run
-    with Monitor(model, tmp_path, run_name="exp", resume=False, options=FAST) as d:
-        d.snapshot(step=0, epoch=0)
-    assert d.run_id == "exp-2" and load_run(d.run_dir).steps == [0]
+
+def test_one_writer_per_run(tmp_path):
+    from wwmonitor.store import RunLockedError
+
+    a = Monitor(mlp(), tmp_path, run_name="live", options=FAST)
+    with pytest.raises(RunLockedError, match="already being written by another monitor"):
+        Monitor(mlp(), tmp_path, run_name="live", options=FAST, resume=True)
+    # without resume, a second live monitor of the same name gets its own run
+    b = Monitor(mlp(), tmp_path, run_name="live", options=FAST)
+    assert b.run_id == "live-2"
+    a.snapshot(step=1, epoch=0)
+    b.snapshot(step=1, epoch=0)
+    a.close()
+    b.close()
+    assert load_run(a.run_dir).steps == [1] and load_run(b.run_dir).steps == [1]
+    with Monitor(mlp(), tmp_path, run_name="live", options=FAST, resume=True) as c:  # free again after close
+        assert c.run_id == "live"
 
 
 def test_close_timeout_drops_counted_and_leaves_no_thread(tmp_path):
@@ -387,7 +410,7 @@ def test_close_timeout_drops_counted_and_leaves_no_thread(tmp_path):
     for s in range(4):
         mon.snapshot(step=s)
     t0 = time.perf_counter()
-    with pytest.warns(RuntimeWarning, match="not analysed"):
+    with logs("not analysed"):
         mon.close(timeout=0.4)
     assert time.perf_counter() - t0 < 6
     st = mon.stats
@@ -406,7 +429,7 @@ def test_peak_buffer_memory_bounded_under_latest(tmp_path):
                   every_n_epochs=None, store=False)
     mon.snapshot(step=0)
     assert gate.entered.wait(10)
-    with pytest.warns(RuntimeWarning, match="behind training"):
+    with logs("behind training"):
         for s in range(1, 10):
             mon.snapshot(step=s)
     gate.open.set()
@@ -432,6 +455,7 @@ def test_matrices_numpy_and_bfloat16(tmp_path):
     np.testing.assert_allclose(r1.esds[r1.layers[0].name], np.linalg.eigvalsh(W.T @ W) / 200, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_snapshot_pinned_async(tmp_path):  # pragma: no cover - no GPU in CI
     model = mlp().cuda()
@@ -501,7 +525,8 @@ def test_close_from_a_sink_does_not_deadlock(tmp_path):
     sink.mon = mon
     mon.snapshot(step=0)
     mon._worker.thread.join(10)
-    assert not mon._worker.alive() and sink.closed
+    mon._dispatcher.thread.join(10)  # the sinks are closed by the dispatcher once the write returned
+    assert not mon._worker.alive() and not mon._dispatcher.thread.is_alive() and sink.closed
     with pytest.raises(RuntimeError, match="closed"):
         mon.snapshot(step=1)
 
@@ -512,10 +537,142 @@ def test_ctrl_c_inside_with_block_closes_quickly(tmp_path):
         return default_analyze(W, name, typ, scale, options)
 
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="not analysed"):
+    with pytest.raises(KeyboardInterrupt), logs("not analysed"):
         with Monitor(mlp(), tmp_path, options=FAST, analyze_fn=slow, queue_size=8, every_n_epochs=None) as mon:
             for s in range(8):
                 mon.snapshot(step=s)
             raise KeyboardInterrupt
     assert time.perf_counter() - t0 < 12  # the whole backlog (8 snapshots x 3 layers x 1 s) would take 24 s
     assert mon.stats["dropped_on_close"] > 0 and not worker_threads()
+
+
+# ---------------------------------------------------------------- one-way pipeline, no silent failure
+class StuckSink:
+    """A sink whose write() never returns (until released at the end of the test)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def write(self, result):
+        self.calls += 1
+        self.release.wait(60)
+
+    def close(self):
+        pass
+
+
+def test_a_stuck_sink_never_blocks_training_and_is_dropped_after_its_deadline(tmp_path):
+    stuck, good = StuckSink(), RecordingSink()
+    mon = Monitor(mlp(), tmp_path, options=FAST, sinks=[stuck, good], every_n_epochs=None, policy="block",
+                  queue_size=1, sink_timeout=0.5)
+    try:
+        with logs(r"StuckSink did not return from write\(\) within 0.5 s at step 0; it is dropped"):
+            for s in range(6):  # queue_size=1 under "block": each snapshot waits for the previous analysis only
+                assert mon.snapshot(step=s) is True
+            mon.flush(30)
+        assert mon.stats["blocked_s"] < 5  # training waited for analysis slots, never for the stuck sink
+        assert good.steps == [0, 1, 2, 3, 4, 5] and stuck.calls == 1
+        assert mon.stats["sinks_dropped"] == 1 and stuck not in mon.sinks and good in mon.sinks
+        assert load_run(mon.run_dir).steps == [0, 1, 2, 3, 4, 5]
+    finally:
+        stuck.release.set()
+        mon.close()
+
+
+def test_a_replaced_module_is_analysed_from_its_new_weights(tmp_path):
+    model = mlp()
+    with Monitor(model, tmp_path, options=FAST, every_n_epochs=None) as mon:
+        mon.snapshot(step=0)
+        torch.manual_seed(7)
+        model[0] = torch.nn.Linear(64, 96)  # same shape, new parameter objects
+        with torch.no_grad():
+            model[0].weight.mul_(10.0)
+        mon.snapshot(step=1)
+    first, second = (r.layers[0] for r in mon.results)
+    W = model[0].weight.detach().numpy().astype(np.float64)
+    expected = float(np.log10(np.linalg.norm(W, 2) ** 2))
+    assert second.log_spectral_norm == pytest.approx(expected, rel=1e-5)
+    assert second.log_spectral_norm > first.log_spectral_norm + 1.5  # 10x weights: +2 in log10 of sigma^2
+
+
+def test_matrices_that_are_not_arrays_are_an_error_naming_the_key(tmp_path):
+    with Monitor(None, tmp_path, options=FAST, every_n_epochs=None, store=False) as mon:
+        with pytest.raises(TypeError, match=r"matrices\['bad'\]"):
+            mon.snapshot(step=0, matrices={"ok": np.random.randn(80, 40), "bad": ["a", "b"]})
+        with pytest.raises(TypeError, match=r"matrices\['none'\]"):
+            mon.snapshot(step=1, matrices={"none": None})
+
+
+def test_submit_files_results_in_step_order_and_refuses_older_steps(tmp_path):
+    from wwmonitor.records import SnapshotResult
+    from wwmonitor.analyze import analyze_matrix
+
+    lm = analyze_matrix(np.random.default_rng(0).standard_normal((120, 60)), "w", options=FAST)
+    sink = RecordingSink()
+    with Monitor(None, tmp_path, options=FAST, sinks=[sink], every_n_epochs=None) as mon:
+        assert mon.submit(SnapshotResult(step=4, epoch=1, time=0.0, layers=[lm])) is True
+        with logs("result for step 2 arrived after step 4; not written"):
+            assert mon.submit(SnapshotResult(step=2, epoch=0, time=0.0, layers=[lm])) is False
+        assert mon.submit(SnapshotResult(step=6, epoch=2, time=0.0, layers=[lm])) is True
+        mon.flush(10)
+        assert mon.stats["out_of_order"] == 1
+    assert sink.steps == [4, 6]
+    run = load_run(mon.run_dir)
+    assert run.steps == [4, 6]
+    assert run.metrics.query("step == 4 and metric == 'alpha'")["value"].item() == pytest.approx(lm.alpha)
+
+
+def test_a_failing_figure_loses_only_that_figure(tmp_path, monkeypatch):
+    import wwmonitor.monitor.render as render
+
+    real = render.esd_figure
+
+    def flaky(lm, evals, fits, *, step, epoch):
+        if lm.name == "2":
+            raise ValueError("injected figure fault")
+        return real(lm, evals, fits, step=step, epoch=epoch)
+
+    monkeypatch.setattr(render, "esd_figure", flaky)
+
+    class ImageSink(RecordingSink):
+        wants_figures = True
+
+        def write(self, result):
+            super().write(result)
+            self.figures = dict(result.figures)
+            self.figure_errors = dict(result.figure_errors)
+
+    sink = ImageSink()
+    with logs("1 ESD figure.* of step 0 could not be drawn .*2: ValueError: injected figure fault"):
+        with Monitor(mlp(), tmp_path, sinks=[sink], every_n_epochs=None, esd_every_n_epochs=1) as mon:
+            mon.snapshot(step=0)
+    assert sink.steps == [0]
+    assert set(sink.figures) == {"0", "4"} and all(png[:4] == b"\x89PNG" for png in sink.figures.values())
+    assert sink.figure_errors == {"2": "ValueError: injected figure fault"}
+    assert mon.stats["figure_errors"] == 1 and mon.stats["sink_errors"] == 0
+
+
+def test_no_figures_are_drawn_when_no_sink_writes_images(tmp_path, monkeypatch):
+    import wwmonitor.monitor.render as render
+
+    def boom(*a, **k):
+        raise AssertionError("drawn although no sink wants figures")
+
+    monkeypatch.setattr(render, "esd_figure", boom)
+    with Monitor(mlp(), tmp_path, options=FAST, every_n_epochs=None, esd_every_n_epochs=1) as mon:
+        mon.snapshot(step=0)
+    assert mon.results[0].figures == {} and mon.stats["figure_errors"] == 0
+
+
+def test_model_summary_is_one_definition(tmp_path):
+    from wwmonitor.model import analyze_model
+
+    model = mlp()
+    rep = analyze_model(model, options=FAST)
+    with Monitor(model, tmp_path, options=FAST, every_n_epochs=None, store=False) as mon:
+        mon.snapshot(step=0)
+    live = mon.results[0].summary
+    offline = rep.summary()
+    for key in ("mean_alpha", "mean_log_norm", "mean_stable_rank", "num_layers", "num_ok"):
+        assert live[key] == pytest.approx(offline[key], rel=1e-6), key

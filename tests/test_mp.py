@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -86,11 +85,15 @@ def test_gaussian_fit(shape: tuple[int, int]) -> None:
         W = rng.standard_normal((N, M)) * s
         if seed == 1:
             W = W.T  # orientation must not matter
-        f = fit_mp(_esd(W), N / M, M=M)
+        ev = _esd(W)
+        f = fit_mp(ev, N / M, M=M)
         assert isinstance(f, MPFit)
         assert f.sigma2 == pytest.approx(s * s, rel=0.06 if M == 100 else 0.03)
         assert f.num_spikes == 0
-        assert 0 < f.mp_softrank <= 1
+        assert f.lambda_max == ev.max() and f.n == M
+        # λ+/λmax clipped to 1; with no spike λmax <= λ+ + margin, so it is at least λ+/edge
+        assert f.mp_softrank == pytest.approx(min(1.0, f.lambda_plus / ev.max()))
+        assert f.mp_softrank >= f.lambda_plus / f.edge
         assert f.ks < 2.0 / np.sqrt(M)
         assert f.frac_at_zero == 0.0
         assert f.lambda_plus == pytest.approx(f.sigma2 * (1 + 1 / np.sqrt(N / M)) ** 2)
@@ -138,13 +141,16 @@ def test_spikes_below_bbp_threshold_stay_in_bulk() -> None:
 
 
 def test_fit_is_robust_to_heavy_tail() -> None:
-    """A Student-t(3) matrix: the bulk fit stays near the Gaussian core and the tail is spikes."""
+    """A Student-t(2) matrix (infinite variance): the bulk below λ+ still follows MP and the tail is spikes."""
     rng = np.random.default_rng(5)
     W = rng.standard_t(2.0, size=(500, 250))
     ev = _esd(W)
     f = fit_mp(ev, 2.0, M=250)
-    assert np.isfinite(f.sigma2) and f.sigma2 > 0
-    assert f.num_spikes >= 5
+    # the eigenvalues kept as bulk fit the MP CDF about as well as a Gaussian matrix's (KS ~ 1/sqrt(n))
+    assert f.ks < 1.0 / np.sqrt(np.sum(ev <= f.lambda_plus))
+    assert f.num_spikes == int(np.sum(ev > f.edge)) >= 5
+    assert f.num_above_edge == int(np.sum(ev > f.lambda_plus))
+    assert f.bulk_fraction == pytest.approx(1 - f.num_above_edge / 250)
     assert f.lambda_plus < 0.5 * ev.max()
     assert f.bulk_fraction > 0.8
 
@@ -163,29 +169,17 @@ def test_all_zero_input() -> None:
     assert f.sigma2 == 0.0 and f.num_spikes == 0
 
 
-def test_speed_per_layer() -> None:
-    rng = np.random.default_rng(0)
-    ev = _esd(rng.standard_normal((1024, 1024)))
-    fit_mp(ev, 1.0)
-    t = time.perf_counter()
-    for _ in range(3):
-        fit_mp(ev, 1.0)
-    per = (time.perf_counter() - t) / 3
-    assert per < 0.25, f"fit_mp took {per * 1e3:.0f} ms for M=1024"
-
-
 _WW_CHILD = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
     import numpy as np
     from weightwatcher.RMT_Util import fit_density_with_range
     out = []
     for path, Q in json.loads(sys.argv[1]):
         ev = np.load(path)
         x = ev * (ev.size / ev.sum())   # weightwatcher's rescaling to unit mean
-        t = time.perf_counter()
         s, _ = fit_density_with_range(x, Q)
-        out.append({"sigma2": float(s) ** 2, "scale": float(ev.size / ev.sum()), "time_s": time.perf_counter() - t})
+        out.append({"sigma2": float(s) ** 2, "scale": float(ev.size / ev.sum())})
     print("JSON" + json.dumps(out))
     """
 )
@@ -193,7 +187,7 @@ _WW_CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_against_weightwatcher_mp_fit(tmp_path) -> None:
-    """Same σ² as weightwatcher 0.7.7's brute-force MP fit, >= 20x faster (measured side by side)."""
+    """Same σ² as weightwatcher 0.7.7's brute-force MP fit (the speed ratio is measured in benchmarks/bench_mp.py)."""
     jobs, evs = [], []
     rng = np.random.default_rng(7)
     for N, M in [(1024, 1024), (2048, 512)]:
@@ -208,11 +202,8 @@ def test_against_weightwatcher_mp_fit(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.split("JSON", 1)[1])
     for (ev, Q, M), r in zip(evs, res):
-        t = time.perf_counter()
         f = fit_mp(ev, Q, M=M)
-        ours = time.perf_counter() - t
         assert f.sigma2 * r["scale"] == pytest.approx(r["sigma2"], rel=0.03)
-        assert r["time_s"] / ours >= 20, (r["time_s"], ours)
 
 
 def test_bulk_found_when_most_eigenvalues_are_outliers() -> None:

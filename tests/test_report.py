@@ -184,7 +184,9 @@ def test_report_errors(runs, tmp_path):
 
 def test_pick_steps():
     assert pick_steps([5, 1, 3]) == [1, 3, 5]
-    assert pick_steps(list(range(10)), 3) == [0, 4, 9] or pick_steps(list(range(10)), 3) == [0, 5, 9]
+    assert pick_steps(list(range(10)), 3) == [0, 4, 9]  # middle index round(4.5) = 4 (round half to even)
+    assert pick_steps(list(range(11)), 3) == [0, 5, 10]
+    assert pick_steps([30, 10, 20, 40, 50], 4) == [10, 20, 40, 50]
     assert pick_steps(list(range(10)), 2) == [0, 9]
     assert pick_steps(list(range(10)), 1) == [9]
     with pytest.raises(ValueError):
@@ -211,11 +213,22 @@ def test_comparison_from_real_runs(runs, tmp_path):
     assert df.attrs["param"] == "batch_size" and df.attrs["group"] is None
     assert sorted(df["batch_size"].unique()) == list(BATCH_SIZES)
     rho = spearman_by_group(df, param="batch_size")
+    # one group, every layer, each rho the Spearman correlation of that layer's values with the batch size
+    from scipy.stats import spearmanr
+
+    assert set(rho) == {"all"} and set(rho["all"]) == set(run_layers := wwmonitor.load_run(runs[0]).layer_names)
+    for layer in run_layers:
+        sub = df[df["layer"] == layer].sort_values("batch_size")
+        for m in ("alpha", "stable_rank", "mp_softrank"):
+            expected = spearmanr(sub["batch_size"], sub[m]).statistic
+            assert rho["all"][layer][m] == pytest.approx(expected), (layer, m)
     # the trend of the seeds: smaller batch -> lower stable rank in the hidden layers
-    assert rho["all"]["0"]["stable_rank"] > 0 or rho["all"]["2"]["stable_rank"] > 0
+    assert rho["all"]["0"]["stable_rank"] > 0 and rho["all"]["2"]["stable_rank"] > 0
     index = write_comparison(runs, tmp_path / "cmp")
     html = index.read_text(encoding="utf-8")
     assert "Phase diagram" in html and "comparison.csv" in html
+    table_rows = re.findall(r"<tr><td", html.split('id="table"', 1)[1])
+    assert len(table_rows) == len(df)  # one row per run and layer
     srcs = _check_images(index)
     assert {"sweep.png", "phase_diagram.png"} <= set(srcs) and any(s.startswith("esd_grid_") for s in srcs)
     import pandas as pd
@@ -229,11 +242,318 @@ def test_comparison_from_real_runs(runs, tmp_path):
 @pytest.mark.slow
 def test_cli_report_and_compare(runs, tmp_path, capsys):
     assert cli_main(["report", str(runs[2]), "-o", str(tmp_path / "r"), "--n-steps", "1", "--layers", "2"]) == 0
-    assert (tmp_path / "r" / "index.html").is_file()
+    out = capsys.readouterr().out
+    assert f"file://{(tmp_path / 'r' / 'index.html').resolve()}" in out
+    html = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    final = html.split('id="final"', 1)[1].split("<h2", 1)[0]
+    # only layer "2" in the final table, and one gallery image (the last snapshot of that layer)
+    assert re.findall(r'<tr><td class="l">([^<]*)</td>', final.split("</table>", 1)[0]) == ["2"]
+    assert len([s for s in _check_images(tmp_path / "r" / "index.html") if s.startswith("esd_")]) == 1
     # a folder of run folders expands to its runs
     assert cli_main(["compare", str(runs[0].parent), "-o", str(tmp_path / "c"), "--param", "batch_size"]) == 0
     out = capsys.readouterr().out
     assert "comparison of 3 runs" in out
     assert cli_main(["compare", str(runs[0]), "-o", str(tmp_path / "c2")]) == 2
+    assert capsys.readouterr().err == "wwmonitor compare: need at least two runs to compare\n"
+    assert not (tmp_path / "c2").exists()
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
-    assert "no run store" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("wwmonitor report: no run store") and str(tmp_path / "missing") in err
+    assert err.count("\n") == 1
+
+
+# ------------------------------------------------- fast runs written straight into the store
+#
+# These runs are built from given matrices (no model, no training loop) with the same analysis and store the
+# monitor uses, so each takes well under a second: the report's error handling is tested on them.
+
+#: two layers whose names differ only in punctuation (their image files used to overwrite each other)
+TWIN_LAYERS: dict[str, tuple[str, tuple[int, int]]] = {"blk/fc": ("heavy", (300, 100)), "blk_fc": ("gauss", (300, 120))}
+
+
+def _store_run(folder: Path, *, name: str, layers: dict = TWIN_LAYERS, steps: tuple[int, ...] = (10, 20, 30),
+               epochs: "tuple[int, ...] | None" = None, config: "dict | None" = None, seed: int = 0) -> Path:
+    """A run store at ``folder`` with one snapshot per step (``epochs=None``: snapshots without an epoch)."""
+    import time
+
+    from wwmonitor.analyze import analyze_matrix
+    from wwmonitor.records import SnapshotResult
+    from wwmonitor.store import RunStore
+
+    rng = np.random.default_rng(seed)
+    st = RunStore(folder)
+    st.set_meta({"name": name, "run_id": name, "config": config or {}})
+    st.set_layers([(L, "Linear", shape) for L, (_, shape) in layers.items()])
+    for i, step in enumerate(steps):
+        lms, esds = [], {}
+        for L, (kind, shape) in layers.items():
+            W = rng.standard_t(2.5, shape) if kind == "heavy" else rng.standard_normal(shape)
+            lm = analyze_matrix(W, L, layer_type="Linear", keep_esd=True)
+            esds[L] = lm.extra.pop("esd")
+            lms.append(lm)
+        alphas = [lm.alpha for lm in lms if lm.alpha is not None]
+        st.write(SnapshotResult(step=step, epoch=None if epochs is None else epochs[i], time=time.time(), layers=lms,
+                                esds=esds, summary={"mean_alpha": float(np.mean(alphas)) if alphas else float("nan")}))
+    st.close()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store_runs(tmp_path_factory) -> list[Path]:
+    """Two small runs without epochs (batch_size 8 and 64), built straight into the store."""
+    root = tmp_path_factory.mktemp("store_runs")
+    return [_store_run(root / f"bs{bs}", name=f"bs{bs}", config={"batch_size": bs}, seed=bs) for bs in (8, 64)]
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.lock"))
+    return dst
+
+
+def _section(html: str, anchor: str) -> str:
+    """The page from ``id="anchor"`` to the next ``<h2``."""
+    rest = html.split(f'id="{anchor}"', 1)[1]
+    return rest.split("<h2", 1)[0]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got {lines}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- runs without epochs
+
+
+def test_report_and_compare_without_epochs_use_steps(store_runs, tmp_path, monkeypatch):
+    from wwmonitor.report import figures as F
+
+    run = wwmonitor.load_run(store_runs[0])
+    assert run.snapshots["epoch"].isna().all() and run.steps == [10, 20, 30]  # the case under test
+    drawn = {}
+    for fn in ("plot_metric_curves", "plot_phase_timeline"):
+        def spy(*a, _real=getattr(F, fn), _fn=fn, **k):
+            drawn[_fn] = _real(*a, **k)
+            return drawn[_fn]
+        monkeypatch.setattr(F, fn, spy)
+    index = write_report(store_runs[0], tmp_path / "rep", dpi=40)
+    html = index.read_text(encoding="utf-8")
+    assert "from step 10 to step 30" in html and "epoch None" not in html and "epoch <NA>" not in html
+    assert "Final snapshot: step 30" in html
+    # the metric curves are drawn against the step, one line per layer through every snapshot
+    ax = drawn["plot_metric_curves"].axes[0]
+    assert ax.get_xlabel() == "step"
+    lines = {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()}
+    assert lines == {"blk/fc": [10, 20, 30], "blk_fc": [10, 20, 30]}
+    # the phase timeline's columns are labelled by step
+    tax = drawn["plot_phase_timeline"].axes[0]
+    assert tax.get_xlabel() == "step" and [t.get_text() for t in tax.get_xticklabels()] == ["10", "20", "30"]
+    _check_images(index)
+    # the CLI: report and compare of runs without epochs
+    assert cli_main(["report", str(store_runs[1]), "-o", str(tmp_path / "r2"), "--dpi", "40"]) == 0
+    assert cli_main(["compare", *map(str, store_runs), "-o", str(tmp_path / "cmp")]) == 0
+    cmp_rows = re.findall(r"<tr><td", (tmp_path / "cmp" / "index.html").read_text(encoding="utf-8"))
+    assert len(cmp_rows) >= 4  # 2 runs x 2 layers in the table
+
+
+# ---------------------------------------------------------------- image file names
+
+
+def test_report_image_names_are_unique_per_layer(tmp_path):
+    run_dir = _store_run(tmp_path / "run", name="twins", epochs=(0, 1, 2))
+    index = write_report(run_dir, tmp_path / "rep", n_esd_steps=2, dpi=40)
+    html = index.read_text(encoding="utf-8")
+    srcs = _check_images(index)
+    gallery = [s for s in srcs if s.startswith("esd_")]
+    diag = [s for s in srcs if s.startswith("diag_")]
+    assert len(gallery) == 4 and len(set(gallery)) == 4, gallery  # 2 layers x 2 snapshots, no file shared
+    assert len(diag) == 2 and len(set(diag)) == 2, diag
+    on_disk = sorted(p.name for p in index.parent.glob("esd_*.png")) + sorted(p.name for p in index.parent.glob("diag_*.png"))
+    assert sorted(on_disk) == sorted(gallery + diag)
+    # distinct pictures, each under its own layer's heading
+    assert len({(index.parent / s).read_bytes() for s in gallery + diag}) == 6
+    esd = _section(html, "esd")
+    for layer in TWIN_LAYERS:
+        block = esd.split(f"<h3>{layer}</h3>", 1)[1].split("<h3>", 1)[0]
+        assert len(re.findall(r'<img src="esd_[^"]+"', block)) == 2, (layer, block)
+    from wwmonitor.report.html import image_stem
+
+    assert image_stem("blk/fc") != image_stem("blk_fc") and image_stem("FC") != image_stem("fc")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", image_stem("a/b c:d?" * 40)) and len(image_stem("x" * 500)) < 120
+
+
+# ---------------------------------------------------------------- damaged run stores
+
+
+def _damage(kind: str, good: Path, tmp: Path) -> Path:
+    folder = tmp / kind
+    folder.mkdir()
+    db = folder / "run.sqlite"
+    if kind == "random":
+        db.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    elif kind == "truncated":
+        data = (good / "run.sqlite").read_bytes()
+        db.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "not_a_run":
+        import sqlite3
+
+        with sqlite3.connect(db) as c:
+            c.execute("CREATE TABLE other (x INTEGER)")
+        c.close()
+    return folder  # "no_store": a folder without run.sqlite
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("random", "not a readable SQLite database"),
+    ("truncated", "not a readable SQLite database"),
+    ("empty", "not a wwmonitor run store"),
+    ("not_a_run", "not a wwmonitor run store"),
+    ("no_store", "no run store"),
+])
+def test_load_run_damaged_store_names_file_and_problem(store_runs, tmp_path, kind, problem):
+    folder = _damage(kind, store_runs[0], tmp_path)
+    expected = FileNotFoundError if kind == "no_store" else ValueError
+    with pytest.raises(expected) as ei:
+        wwmonitor.load_run(folder)
+    msg = str(ei.value)
+    assert str(folder / "run.sqlite") in msg and problem in msg, msg
+
+
+def test_corrupt_esd_blob_names_file_layer_and_step(store_runs, tmp_path):
+    import sqlite3
+
+    folder = _copy_run(store_runs[0], tmp_path / "r")
+    with sqlite3.connect(folder / "run.sqlite") as c:
+        c.execute("UPDATE esds SET data = X'00112233' WHERE layer = 'blk_fc' AND step = 30")
+    c.close()
+    run = wwmonitor.load_run(folder)
+    with pytest.raises(ValueError) as ei:
+        run.esd("blk_fc", 30)
+    msg = str(ei.value)
+    assert str(folder / "run.sqlite") in msg and "'blk_fc'" in msg and "step 30" in msg, msg
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "no_store"])
+def test_cli_damaged_store_one_line_exit_2(store_runs, tmp_path, capsys, kind):
+    bad = _damage(kind, store_runs[0], tmp_path)
+    assert cli_main(["report", str(bad), "-o", str(tmp_path / "rep")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("wwmonitor report: ") and str(bad / "run.sqlite") in line
+    assert not (tmp_path / "rep").exists()  # nothing written for a run that cannot be read
+    argv = ["compare", str(store_runs[0]), str(bad), "-o", str(tmp_path / "cmp")]
+    assert cli_main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("wwmonitor compare: ") and str(bad) in line
+
+
+# ---------------------------------------------------------------- unwritable output
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_cli_unwritable_output_one_line_exit_2(store_runs, tmp_path, capsys, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me", encoding="utf-8")
+    target = blocker / "out" if where == "under_a_file" else blocker
+    for argv in (["report", str(store_runs[0]), "-o", str(target)],
+                 ["compare", *map(str, store_runs), "-o", str(target)]):
+        assert cli_main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"wwmonitor {argv[0]}: ") and str(target) in line, line
+    assert blocker.read_text(encoding="utf-8") == "keep me"
+
+
+def test_cli_write_failure_during_report_one_line_exit_2(store_runs, tmp_path, capsys, monkeypatch):
+    """A folder that accepts the first file and then refuses (read-only, full disk) is reported with the file."""
+    from matplotlib.figure import Figure
+
+    def refuse(self, fname, *a, **k):
+        raise PermissionError(13, "Permission denied", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", refuse)
+    for argv in (["report", str(store_runs[0]), "-o", str(tmp_path / "rep")],
+                 ["compare", *map(str, store_runs), "-o", str(tmp_path / "cmp")]):
+        assert cli_main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert str(tmp_path / argv[-1].rsplit("/", 1)[-1]) in line and "Permission denied" in line, line
+
+
+# ---------------------------------------------------------------- failures are shown, not swallowed
+
+
+def _problem_list(html: str) -> list[str]:
+    """The items of the problem list at the top of the page (before the summary)."""
+    top = html.split('id="summary"', 1)[0]
+    m = re.search(r'<div class="problems"[^>]*>(.*?)</div>', top, re.S)
+    return re.findall(r"<li>(.*?)</li>", m.group(1), re.S) if m else []
+
+
+def test_report_figure_failures_are_noted_and_counted(store_runs, tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    from wwmonitor.report import figures as F
+
+    folder = _copy_run(store_runs[0], tmp_path / "r")
+    with sqlite3.connect(folder / "run.sqlite") as c:  # blk_fc has no ESD at the last snapshot
+        c.execute("DELETE FROM esds WHERE layer = 'blk_fc' AND step = 30")
+    c.close()
+    real_panel = F.plot_esd_panel
+
+    def panel(ev, *, title=None, **k):
+        if title.startswith("blk/fc at step 10"):
+            raise RuntimeError("panel exploded")
+        return real_panel(ev, title=title, **k)
+
+    def curves(*a, **k):
+        raise ValueError("curves exploded")
+
+    monkeypatch.setattr(F, "plot_esd_panel", panel)
+    monkeypatch.setattr(F, "plot_metric_curves", curves)
+    problems: list[str] = []
+    index = write_report(folder, tmp_path / "rep", n_esd_steps=2, dpi=40, problems=problems)
+    html = index.read_text(encoding="utf-8")
+    listed = _problem_list(html)
+    assert len(listed) == len(problems) == 4, listed
+    assert f"4 problems" in html.split('id="summary"', 1)[0]
+    # each failure is named where it happened: layer/figure and the error
+    curves_sec = _section(html, "curves")
+    assert 'class="problem"' in curves_sec and "curves exploded" in curves_sec and "metric curves" in curves_sec
+    esd = _section(html, "esd")
+    assert esd.count('class="problem"') == 2
+    assert re.search(r"blk/fc at step 10.*RuntimeError: panel exploded", esd, re.S)
+    assert re.search(r"blk_fc at step 30.*no ESD stored", esd, re.S)
+    diag = _section(html, "diagnostics")
+    assert diag.count('class="problem"') == 1 and "blk_fc" in diag and "no ESD stored" in diag
+    # what could be drawn still is
+    assert len([s for s in _check_images(index) if s.startswith("esd_")]) == 2
+    # the CLI says so too
+    assert cli_main(["report", str(folder), "-o", str(tmp_path / "rep2"), "--n-steps", "2", "--dpi", "40"]) == 0
+    err = capsys.readouterr().err
+    assert "4 problems" in err and "panel exploded" in err
+
+
+def test_comparison_failures_are_noted_and_counted(store_runs, tmp_path, monkeypatch):
+    import sqlite3
+
+    from wwmonitor.report import figures as F
+
+    runs = [_copy_run(r, tmp_path / r.name) for r in store_runs]
+    with sqlite3.connect(runs[1] / "run.sqlite") as c:  # the run bs64 lost its final ESDs
+        c.execute("DELETE FROM esds WHERE step = 30")
+    c.close()
+
+    def sweep(*a, **k):
+        raise ValueError("sweep exploded")
+
+    monkeypatch.setattr(F, "plot_sweep", sweep)
+    problems: list[str] = []
+    index = write_comparison(runs, tmp_path / "cmp", esd_layer="blk/fc", dpi=40, problems=problems)
+    html = index.read_text(encoding="utf-8")
+    listed = _problem_list(html)
+    assert len(listed) == len(problems) == 2, listed
+    assert "sweep exploded" in _section(html, "sweep") and 'class="problem"' in _section(html, "sweep")
+    esds = _section(html, "esds")
+    assert 'class="problem"' in esds and "bs64" in esds and "no ESD stored" in esds
+    assert any(s.startswith("esd_grid_") for s in _check_images(index))  # bs8's ESD is still drawn

@@ -25,7 +25,11 @@ def _summary(layers):
     return {"mean_alpha": float(np.mean(alphas))} if alphas else {}
 
 
-def _results(n: int = 3) -> list[SnapshotResult]:
+def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
+    """Results as the dispatcher hands them to sinks: ESD figures drawn by the renderer stage."""
+    from wwmonitor.monitor.render import Renderer
+
+    renderer = Renderer(esd_every)
     rng = np.random.default_rng(0)
     out = []
     for e in range(n):
@@ -37,6 +41,7 @@ def _results(n: int = 3) -> list[SnapshotResult]:
         alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")] if e == 1 else []
         out.append(SnapshotResult(step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds,
                                   summary=_summary(layers), alerts=alerts))
+        renderer.render(out[-1])
     return out
 
 
@@ -44,10 +49,10 @@ def _results(n: int = 3) -> list[SnapshotResult]:
 def test_tensorboard_sink_tags_steps_images_text(tmp_path, writer):
     if writer == "torch":
         pytest.importorskip("torch")
-        sink = TensorBoardSink(str(tmp_path), esd_every_n_epochs=2)
+        sink = TensorBoardSink(str(tmp_path))
     else:
-        sink = TensorBoardSink(EventWriter(tmp_path), esd_every_n_epochs=2, close_writer=True)
-    res = _results()
+        sink = TensorBoardSink(EventWriter(tmp_path), close_writer=True)
+    res = _results(esd_every=2)
     for r in res:
         sink.write(r)
     sink.close()
@@ -58,7 +63,7 @@ def test_tensorboard_sink_tags_steps_images_text(tmp_path, writer):
     assert "ww/alpha/tiny" not in tags["scalars"]  # too few eigenvalues: not logged, not 0 or -1
     assert [e.step for e in ea.Scalars("ww/model/mean_alpha")] == [0, 10, 20]
     imgs = ea.Images("ww/esd/enc.fc2")
-    assert [i.step for i in imgs] == [0, 20]  # every 2 epochs
+    assert [i.step for i in imgs] == [0, 20]  # the renderer drew figures every 2 epochs
     assert imgs[0].encoded_image_string[:4] == b"\x89PNG" and imgs[0].width > 200
     phases = ea.Tensors("ww/phases/text_summary")
     assert len(phases) == 3 and b"enc.fc1" in phases[0].tensor_proto.string_val[0]
@@ -104,7 +109,7 @@ def test_wandb_sink_offline_run_file(tmp_path):
         from test_sinks import _results
         from wwmonitor.sinks.wandb import WandbSink
         run = wandb.init(project="t", dir={str(tmp_path)!r}, mode="offline")
-        direct = WandbSink(run, step_metric="ww/step", esd_every_n_epochs=1)
+        direct = WandbSink(run, step_metric="ww/step")
         res = _results()
         direct.write(res[0])
         deferred = WandbSink(run, step_metric="ww/step", deliver="deferred")
@@ -129,3 +134,26 @@ def test_wandb_sink_offline_run_file(tmp_path):
     assert len(glob.glob(os.path.join(run_dir, "files", "media", "images", "ww", "esd", "*.png"))) == 9
     assert len(glob.glob(os.path.join(run_dir, "files", "media", "table", "ww", "*.table.json"))) == 3
     assert [(a.title, a.level) for a in alerts] == [("wwmonitor alpha_low enc.fc2", "WARN")]
+
+
+def test_a_bad_image_loses_only_that_image_in_tensorboard(tmp_path):
+    res = _results(n=1)[0]
+    res.figures["enc.fc1"] = b"not a png"
+    sink = TensorBoardSink(EventWriter(tmp_path), close_writer=True)
+    with pytest.raises(RuntimeError, match=r"1 ESD image\(s\) not written \(enc.fc1\)"):
+        sink.write(res)
+    sink.close()
+    ea = tb_accumulator(str(tmp_path))
+    assert [e.step for e in ea.Scalars("ww/alpha/enc.fc2")] == [0]  # the scalars of the row were written
+    assert "ww/esd/enc.fc2" in ea.Tags()["images"] and "ww/esd/enc.fc1" not in ea.Tags()["images"]
+    assert len(ea.Tensors("ww/phases/text_summary")) == 1
+
+
+def test_sinks_only_write_figures_they_are_given(tmp_path):
+    res = _results(n=1)[0]
+    res.figures.clear()  # the renderer drew nothing for this snapshot
+    sink = TensorBoardSink(EventWriter(tmp_path), close_writer=True)
+    sink.write(res)
+    sink.close()
+    assert tb_accumulator(str(tmp_path)).Tags()["images"] == []
+    assert TensorBoardSink(EventWriter(tmp_path / "b"), images=False, close_writer=True).wants_figures is False

@@ -78,6 +78,7 @@ def test_torch_tensor_input_matches_numpy():
     np.testing.assert_allclose(esd_batched(W.reshape(2, 64, 96)), esd_batched(W.numpy().reshape(2, 64, 96)), rtol=1e-10)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
 def test_cuda_path_matches_cpu():  # pragma: no cover - exercised on the GPU machine only
     W = torch.randn(512, 256)
@@ -224,3 +225,111 @@ def test_low_memory_route_rank_deficient_and_nonfinite():
     W[3, 4] = np.inf
     with pytest.raises(ValueError, match="lyr.*non-finite"):
         squared_singular_values(W, name="lyr", low_memory=True)
+
+
+# ------------------------------------------------- inputs that are not real dense matrices ----
+def _complex(shape=(120, 80)):
+    rng = np.random.default_rng(11)
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _complex(),
+    lambda: _complex().astype(np.complex64),
+    lambda: torch.from_numpy(_complex()),
+])
+def test_complex_matrix_is_rejected_naming_the_layer(make):
+    """A complex matrix used to be analysed as its real part (a ComplexWarning at best)."""
+    W = make()
+    for fn in (wwmonitor.esd, squared_singular_values):
+        with pytest.raises(TypeError, match=r"blocks\.2\.fc: complex-valued matrix \(dtype complex"):
+            fn(W, name="blocks.2.fc")
+    stack = W.reshape(2, 60, 80) if isinstance(W, np.ndarray) else W.reshape(2, 60, 80)
+    with pytest.raises(TypeError, match=r"conv1: complex-valued stack"):
+        esd_batched(stack, name="conv1")
+
+
+def test_complex_matrix_is_rejected_on_the_device_route():
+    """The accelerator route (exercised here on CPU tensors) used to cast complex to float64."""
+    from wwmonitor.spectral import _squared_sv_torch
+
+    with pytest.raises(TypeError, match=r"fc: complex-valued matrix \(dtype torch.complex128\)"):
+        _squared_sv_torch(torch.from_numpy(_complex()), name="fc")
+
+
+def _sparse_inputs():
+    import scipy.sparse as sp
+
+    W = np.random.default_rng(12).standard_normal((90, 70))
+    return [
+        ("object", W.astype(object), r"dtype object"),
+        ("scipy-csr", sp.csr_matrix(W), r"sparse matrix \(scipy\.sparse csr_matrix\)"),
+        ("scipy-coo-array", sp.coo_array(W), r"sparse matrix \(scipy\.sparse coo_array\)"),
+        ("torch-coo", torch.from_numpy(W).to_sparse(), r"sparse tensor \(layout torch\.sparse_coo\)"),
+        ("torch-csr", torch.from_numpy(W).to_sparse_csr(), r"sparse tensor \(layout torch\.sparse_csr\)"),
+    ]
+
+
+@pytest.mark.parametrize("kind, W, msg", _sparse_inputs(), ids=[k for k, _, _ in _sparse_inputs()])
+def test_object_and_sparse_inputs_are_clear_type_errors(kind, W, msg):
+    """Used to be a raw numpy/torch error or "expected a 2-D matrix, got shape ()"."""
+    for fn in (wwmonitor.esd, squared_singular_values, wwmonitor.analyze_matrix):
+        with pytest.raises(TypeError, match=msg) as ei:
+            fn(W, name="enc.proj")
+        assert "enc.proj" in str(ei.value)
+
+
+def test_masked_array_with_masked_entries_is_refused():
+    """np.asarray would silently analyse the hidden values behind the mask."""
+    W = np.ma.masked_array(np.ones((60, 50)), mask=np.zeros((60, 50), bool))
+    W.mask[3, 4] = True
+    with pytest.raises(TypeError, match=r"mlp: masked array with 1 masked entr"):
+        wwmonitor.esd(W, name="mlp")
+
+
+# ------------------------------------------------------------- extreme (denormal) scale ----
+@pytest.mark.parametrize("log2_scale", [-1030, -530, -1000])
+def test_denormal_scale_eigenvalues_underflow_is_an_error_not_zeros(log2_scale):
+    """σ² of a matrix at |W| ~ 1e-310 (or 1e-160) is not representable in float64: the ESD
+    used to come back as zeros (or as a handful of denormals) -- "all weights are zero"."""
+    W = np.ldexp(np.random.default_rng(13).standard_normal((200, 100)), log2_scale)
+    assert np.count_nonzero(W) == W.size
+    for fn in (wwmonitor.esd, squared_singular_values):
+        with pytest.raises(ValueError, match=r"tiny\.w: .*underflow") as ei:
+            fn(W, name="tiny.w")
+        assert "max |W|" in str(ei.value)
+    with pytest.raises(ValueError, match=r"tiny\.w: .*underflow"):
+        esd_batched(W.reshape(2, 100, 100), name="tiny.w")
+
+
+def test_small_scale_eigenvalues_match_where_representable():
+    """Guard for the rescaled route: at |W| ~ 2^-515 the top eigenvalues are normal
+    floats and must equal the unscaled ones times 2^-1030; the rest are tiny but nonzero."""
+    from wwmonitor.metrics import matrix_rank
+
+    W0 = np.random.default_rng(14).standard_normal((200, 100))
+    ref = squared_singular_values(W0)
+    ev = squared_singular_values(np.ldexp(W0, -515))
+    normal = ev >= np.finfo(np.float64).tiny
+    assert normal.sum() >= 20
+    np.testing.assert_allclose(np.ldexp(ev[normal], 1030), ref[normal], rtol=1e-13)
+    assert np.count_nonzero(ev) == 100 and matrix_rank(ev, W0.shape) == 100
+
+
+# ------------------------------------------------------- failures that must not be silent ----
+def test_broken_threadpoolctl_is_logged_not_swallowed(monkeypatch, caplog):
+    import logging
+
+    import threadpoolctl
+
+    from wwmonitor.spectral import blas_thread_limit
+
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("libopenblas probe exploded")
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", Broken)
+    with caplog.at_level(logging.WARNING, logger="wwmonitor"):
+        with blas_thread_limit(1):
+            pass
+    assert any("libopenblas probe exploded" in r.getMessage() and "BLAS" in r.getMessage() for r in caplog.records)

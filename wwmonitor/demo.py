@@ -33,14 +33,18 @@ less trained.  The report says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import queue
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -244,8 +248,28 @@ def train_one(
     """
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the sweep runs several of these side by side; restored below
+    try:
+        return _train_one(batch_size, seed, epochs=epochs, lr=lr, out=out, progress_queue=progress_queue,
+                          extra_config=extra_config, esd_every_n_epochs=esd_every_n_epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_one(
+    batch_size: int,
+    seed: int,
+    *,
+    epochs: int,
+    lr: float,
+    out: str | os.PathLike[str],
+    progress_queue: Any,
+    extra_config: Optional[dict[str, Any]],
+    esd_every_n_epochs: Optional[int],
+) -> dict[str, Any]:
     import lightning.pytorch as L
+    import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from .alerts import AlertRules
@@ -322,12 +346,18 @@ def _epoch_ticker_class() -> Any:
     class EpochTicker(L.Callback):
         def __init__(self, q: Any) -> None:
             self.q = q
+            self.broken = False
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if self.broken:
+                return
             try:
                 self.q.put(1)
-            except Exception:  # a broken progress pipe must never stop training
-                pass
+            except Exception as exc:  # a broken progress pipe must not stop training: say so once, go on
+                self.broken = True
+                # attributed to this module (stacklevel 1): the sweep ignores warnings from Lightning's modules
+                warnings.warn(f"wwmonitor demo: progress updates lost ({exc!r}); training continues",
+                              RuntimeWarning, stacklevel=1)
 
     return EpochTicker
 
@@ -336,23 +366,35 @@ def _EpochTicker(q: Any) -> Any:
     return _epoch_ticker_class()(q)
 
 
-def _quiet_lightning() -> None:
-    """Keep the sweep's console to the progress bar: Lightning's per-run banners and tips are noise here."""
-    import logging
-    import warnings
+#: Lightning's loggers that :func:`_quiet_lightning` turns down while the sweep runs
+_LIGHTNING_LOGGERS: tuple[str, ...] = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities")
 
-    import lightning.pytorch  # noqa: F401  (it sets its logger level on import; override afterwards)
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Keep the sweep's console to the progress bar while it runs: Lightning's per-run banners and tips are
+    noise here.  The caller's warning filters and logger levels are restored on exit (the demo may run in the
+    caller's own process: ``workers=1``)."""
+    import lightning.pytorch  # noqa: F401  (it sets its logger levels on import: save them after that)
+
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():  # also undoes any filter Lightning itself adds during the runs
+        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+        warnings.filterwarnings("ignore", message=r".*(does not have many workers|log_every_n_steps|LeafSpec).*")
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _worker(args: tuple[int, int, int, float, str, Any, dict[str, Any]]) -> dict[str, Any]:
     bs, seed, epochs, lr, out, q, extra = args
-    _quiet_lightning()
-    return train_one(bs, seed, epochs=epochs, lr=lr, out=out, progress_queue=q, extra_config=extra)
+    with _quiet_lightning():
+        return train_one(bs, seed, epochs=epochs, lr=lr, out=out, progress_queue=q, extra_config=extra)
 
 
 # --------------------------------------------------------------------------
@@ -390,7 +432,6 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
             def put(self, n: int) -> None:
                 bar.update(n)
 
-        _quiet_lightning()
         for bs, s in jobs:
             r = _worker((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), _BarTicker(), extra))
             results.append(r)
@@ -455,12 +496,13 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
 
 
 def _drain(q: Any, bar: Any) -> None:
+    """Move the finished-epoch ticks the workers queued onto the progress bar (a broken queue raises)."""
     n = 0
-    try:
-        while not q.empty():
+    while True:
+        try:
             n += q.get_nowait()
-    except Exception:
-        pass
+        except queue.Empty:
+            break
     if n:
         bar.update(n)
 

@@ -58,25 +58,11 @@ class ModelReport:
 
 
 def summarize(layers: Sequence[LayerMetrics]) -> dict[str, Any]:
-    """Model-level summary.
+    """Model-level summary: :func:`wwmonitor.summary.model_summary` (the one definition the
+    monitor uses too) plus ``phase_counts`` (layers per phase)."""
+    from .summary import model_summary, phase_counts
 
-    ``mean_alpha``, ``mean_alpha_weighted``, ``mean_log_norm``,
-    ``mean_log_spectral_norm``, ``mean_stable_rank``, ``mean_mp_softrank``
-    are arithmetic means over layers with a value (layers without a
-    successful fit are excluded, never averaged in as a sentinel);
-    ``num_layers``, ``num_ok`` and ``phase_counts`` count matrices.
-    """
-    out: dict[str, Any] = {"num_layers": len(layers), "num_ok": sum(lm.status == "ok" for lm in layers)}
-    for key in ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "mp_softrank"):
-        vals = [getattr(lm, key) for lm in layers if getattr(lm, key) is not None]
-        vals = [float(v) for v in vals if math.isfinite(float(v))]
-        out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
-    counts: dict[str, int] = {}
-    for lm in layers:
-        if lm.phase:
-            counts[lm.phase] = counts.get(lm.phase, 0) + 1
-    out["phase_counts"] = counts
-    return out
+    return {**model_summary(layers), "phase_counts": phase_counts(layers)}
 
 
 def load_weights(path: os.PathLike | str) -> Any:

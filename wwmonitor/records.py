@@ -1,9 +1,11 @@
-"""Plain records that flow from the worker to the sinks.
+"""Plain records that flow one way, from the analyzer to the sinks.
 
-``framework -> Snapshot -> worker -> SnapshotResult (+ Alerts) -> sinks``
+``framework -> Snapshot -> analyzer -> SnapshotResult -> dispatcher (alerts, figures) -> sinks``
 
-They hold only plain Python / NumPy values so every sink (SQLite store,
-TensorBoard, W&B, CSV) can consume them without importing a framework.
+They hold only plain Python / NumPy values, so every sink (SQLite store,
+TensorBoard, W&B, CSV, MLflow) can consume them without importing a
+framework or any analysis module: a :class:`SnapshotResult` carries
+everything a sink or a report needs, and no sink computes anything.
 """
 from __future__ import annotations
 
@@ -42,10 +44,17 @@ class SnapshotResult:
 
     ``layers`` are the per-layer metrics (``status != "ok"`` entries carry
     their reason in ``message``); ``esds`` maps layer name -> λ-axis ESD
-    (eigenvalues of ``X = WᵀW/N``, float32, ascending); ``summary`` holds
-    model-level means (``mean_alpha``, ``mean_alpha_weighted``,
-    ``mean_log_norm`` ...); ``alerts`` are filled by the alert rules
-    before the sinks see the result.
+    (eigenvalues of ``X = WᵀW/N``, float32, ascending); ``fits`` maps layer
+    name -> ``{"powerlaw": {...}, "mp": {...}}``, the fitted models *on the
+    λ axis* as plain dicts (the fields of
+    :class:`~wwmonitor.powerlaw.PowerLawFit` without the landscape, and of
+    :class:`~wwmonitor.mp.MPFit`), present for the layers where the fit ran;
+    ``summary`` holds model-level means (:func:`wwmonitor.summary.model_summary`);
+    ``alerts`` are filled by the dispatcher's alert rules and ``figures``
+    (layer name -> PNG bytes of the ESD figure) by its renderer, both
+    before any sink sees the result.  ``errors`` maps layer -> why its
+    analysis failed; ``figure_errors`` maps layer -> why its figure could not
+    be drawn (that layer has no figure; everything else is kept).
     """
 
     step: int
@@ -53,7 +62,10 @@ class SnapshotResult:
     time: float
     layers: list[LayerMetrics]
     esds: dict[str, np.ndarray] = field(default_factory=dict)
+    fits: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)
+    figure_errors: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)

@@ -34,6 +34,7 @@ snapshots are untouched.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -45,11 +46,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 import numpy as np
 
 from .records import SnapshotResult
+from .runlock import RunLockedError, WriterLock
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["RunStore", "Run", "load_run", "DB_NAME", "MODEL_LAYER", "encode_esd", "decode_esd"]
+__all__ = ["RunStore", "RunLockedError", "Run", "load_run", "DB_NAME", "MODEL_LAYER", "encode_esd", "decode_esd"]
+
+log = logging.getLogger("wwmonitor")
 
 DB_NAME = "run.sqlite"
 MODEL_LAYER = "__model__"
@@ -137,7 +141,8 @@ class RunStore:
         fails like a full disk (``SQLITE_FULL``) and is reported, not fatal.
 
     Raises ``ValueError`` naming the folder when it cannot be created or
-    written.
+    written, and :class:`RunLockedError` when another writer (in this or
+    another process) has the run open: a store has one writer at a time.
     """
 
     def __init__(self, folder: Union[str, Path], *, busy_timeout: float = 5.0,
@@ -146,6 +151,10 @@ class RunStore:
         self.path = self.folder / DB_NAME
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"run_dir: cannot write the run store at {str(self.path)!r}: {e}") from e
+        self._writer_lock = WriterLock(self.folder)  # raises RunLockedError
+        try:
             self._conn = _connect(self.path, timeout=busy_timeout)
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -156,6 +165,7 @@ class RunStore:
                 page = self._conn.execute("PRAGMA page_size").fetchone()[0]
                 self._conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // int(page))}")
         except (OSError, sqlite3.Error) as e:
+            self._writer_lock.release()
             raise ValueError(f"run_dir: cannot write the run store at {str(self.path)!r}: {e}") from e
         self._lock = threading.Lock()
         self._closed = False
@@ -262,20 +272,55 @@ class RunStore:
             self._closed = True
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                pass
+            except sqlite3.Error as e:  # the WAL stays beside the file; readers still see every row
+                log.warning("wwmonitor: could not checkpoint the WAL of %s on close: %s", self.path, e)
             self._conn.close()
+            self._writer_lock.release()
 
 
 # ---------------------------------------------------------------- reader ---
+def _unreadable(db: Path, err: BaseException) -> ValueError:
+    """The error for a run store that cannot be read: names the file and the problem.
+
+    ``err`` is the ``sqlite3.Error`` (or the pandas error wrapping one) that
+    reading ``db`` raised; a missing table means the file is a database but
+    not a run store (an empty file, another program's database), anything
+    else that the file is damaged (random bytes, truncated, corrupt pages).
+    """
+    cause = err.__cause__ if isinstance(err.__cause__, sqlite3.Error) else err
+    text = str(cause)
+    if "no such table" in text or "no such column" in text:
+        why = f"it is not a wwmonitor run store ({text}); is it empty, or another program's database?"
+    else:
+        why = f"it is not a readable SQLite database ({text}); the file may be truncated or corrupt"
+    return ValueError(f"cannot read the run store {str(db)!r}: {why}")
+
+
 def _open_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the run store ``path``, checked to answer a query on ``run_meta``.
+
+    Read-only URI mode first; when that is refused (e.g. a WAL database whose
+    ``-shm`` file cannot be created read-only) a normal connection with
+    ``query_only``.  Raises ``ValueError`` naming the file when neither can
+    read it (not a database, truncated, corrupt, or not a run store).
+    """
+    def checked(conn: sqlite3.Connection) -> sqlite3.Connection:
+        try:
+            conn.execute("SELECT 1 FROM run_meta LIMIT 1").fetchall()
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
-        conn.execute("SELECT 1 FROM run_meta LIMIT 1").fetchall()
-    except sqlite3.Error:
-        conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
-        conn.execute("PRAGMA query_only=1")
-    return conn
+        return checked(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False))
+    except sqlite3.Error:  # read-only mode refused: retry with a query-only connection, whose error is the one reported
+        try:
+            conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")
+            return checked(conn)
+        except sqlite3.Error as e:
+            raise _unreadable(path, e) from e
 
 
 @dataclass
@@ -327,7 +372,12 @@ class Run:
 
     def esd(self, layer: str, step: Optional[int] = None) -> np.ndarray:
         """λ-axis ESD (eigenvalues of ``X = WᵀW/N``, float32, ascending) of
-        ``layer`` at ``step`` (default: the latest step that has it)."""
+        ``layer`` at ``step`` (default: the latest step that has it).
+
+        Raises ``KeyError`` when the run has no such ESD, and ``ValueError``
+        naming the file, layer and step when the store cannot be read or
+        the stored ESD is corrupt.
+        """
         conn = _open_ro(self._db)
         try:
             if step is None:
@@ -336,6 +386,8 @@ class Run:
             else:
                 row = conn.execute("SELECT n, codec, data, step FROM esds WHERE layer=? AND step=?",
                                    (layer, int(step))).fetchone()
+        except sqlite3.Error as e:
+            raise _unreadable(self._db, e) from e
         finally:
             conn.close()
         if row is None:
@@ -344,10 +396,14 @@ class Run:
                 raise KeyError(f"layer {layer!r} is not in run {self.name!r}; layers: {known}")
             raise KeyError(f"no ESD stored for layer {layer!r} at step {step} in run {self.name!r} "
                            f"(steps: {self.steps})")
-        n, codec, data, _ = row
+        n, codec, data, at = row
         if codec != ESD_CODEC:
             raise ValueError(f"unknown ESD codec {codec!r} in {str(self._db)!r}")
-        return decode_esd(data, int(n))
+        try:
+            return decode_esd(data, int(n))
+        except (zlib.error, ValueError, TypeError) as e:
+            raise ValueError(f"the stored ESD of layer {layer!r} at step {at} in {str(self._db)!r} is corrupt "
+                             f"and cannot be decoded ({e})") from e
 
     def to_pandas(self) -> "pd.DataFrame":
         """Wide table: one row per (step, layer), a column per metric, plus
@@ -368,6 +424,11 @@ def load_run(path: Union[str, Path]) -> Run:
 
     Safe while the run is still being written (reads a consistent snapshot
     of what was committed) and after the writer was killed.
+
+    Raises ``FileNotFoundError`` when there is no ``run.sqlite``, and
+    ``ValueError`` naming the file and the problem when it cannot be read
+    (not a SQLite database, truncated or corrupt, not a run store, invalid
+    metadata).
     """
     import pandas as pd
 
@@ -379,7 +440,10 @@ def load_run(path: Union[str, Path]) -> Run:
     try:
         conn.execute("BEGIN")  # one read transaction: every table from the same commit
         meta_rows = dict(conn.execute("SELECT key, value FROM run_meta").fetchall())
-        kv = {k: json.loads(v) for k, v in meta_rows.items()}
+        try:
+            kv = {k: json.loads(v) for k, v in meta_rows.items()}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cannot read the run store {str(db)!r}: its run_meta table holds invalid JSON ({e})") from e
 
         def q(sql: str) -> pd.DataFrame:
             return pd.read_sql_query(sql, conn)
@@ -393,6 +457,8 @@ def load_run(path: Union[str, Path]) -> Run:
         alerts = q("SELECT step, epoch, layer, rule, severity, message, value FROM alerts ORDER BY step, layer, rule")
         status = q("SELECT step, layer, status, message FROM layer_status ORDER BY step, layer")
         conn.execute("COMMIT")
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:  # pandas wraps the sqlite3 error of a query
+        raise _unreadable(db, e) from e
     finally:
         conn.close()
     for df in (snaps, metrics, phases, alerts):

@@ -22,30 +22,30 @@ Distributed (DDP)
 -----------------
 Every rank holds the full weights.  Matrix ``i`` (extraction order) is
 analysed on rank ``i mod world_size`` by a *shard* monitor (no store, no
-sinks) in that rank's background thread.  At the next snapshot point (and at
-train end) every rank waits for its shard, and the per-layer results are
-gathered to rank 0 (:func:`wwmonitor.distributed.gather_objects`, a
-collective reached at the same hooks on every rank).  Rank 0 feeds them, in
-step order, into the *main* monitor -- store, alert rules and logger sinks --
-whose per-matrix analysis function just returns the gathered result.  So
-results reach the sinks one snapshot later than without DDP, are identical
-to a single-process analysis of the same weights, and only rank 0 writes.
+sinks, ``policy="block"`` so no step of the shard is ever skipped) in that
+rank's background thread.  At the next snapshot point (and at train end)
+every rank waits for its shard, and the per-layer results, keyed by step,
+are gathered to rank 0 (:func:`wwmonitor.distributed.gather_objects`, a
+collective reached at the same hooks on every rank).  Rank 0 merges them
+into one :class:`~wwmonitor.records.SnapshotResult` per step and hands it to
+the *main* monitor's :meth:`~wwmonitor.Monitor.submit` -- the same
+dispatcher (store, alert rules, figures, logger sinks) a single process
+uses.  Results reach the sinks one snapshot later than without DDP, equal a
+single-process analysis of the same weights, and only rank 0 writes.
 """
 from __future__ import annotations
 
-import collections
-import copy
 import logging
-import threading
+import time
 from typing import Any, Optional, Sequence, Union
-
-import numpy as np
 
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
 from ..distributed import check_strategy, gather_objects
 from ..metrics import LayerMetrics
-from ._options import check_interval, pump_sinks, stop_reason, store_monitor_options, trap_analyze_fn
+from ..records import SnapshotResult
+from ..summary import model_summary
+from ._options import check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
 
 log = logging.getLogger("wwmonitor")
 
@@ -56,35 +56,6 @@ def _rank_zero():
     from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
     return rank_zero_info, rank_zero_warn
-
-
-class _Lookup:
-    """Per-matrix "analysis" of rank 0's main monitor under DDP: hand back gathered results.
-
-    The worker processes snapshots in order and each snapshot's matrices in
-    order, so a FIFO of ``{name: LayerMetrics}`` dicts is consumed exactly.
-    """
-
-    def __init__(self) -> None:
-        self._q: collections.deque[dict[str, LayerMetrics]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def push(self, layers: dict[str, LayerMetrics]) -> None:
-        with self._lock:
-            self._q.append(dict(layers))
-
-    def __call__(self, W: Any, name: str, typ: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
-        with self._lock:
-            head = self._q[0]
-            lm = head.pop(name)
-            if not head:
-                self._q.popleft()
-        return lm
-
-    def discard_last(self) -> None:
-        with self._lock:
-            if self._q:
-                self._q.pop()
 
 
 class WeightWatcherMixin:
@@ -99,6 +70,9 @@ class WeightWatcherMixin:
         Also snapshot every n optimizer steps (``trainer.global_step % n == 0``).
     run_dir, run_name:
         Where the embedded run store goes (``run_dir/<run_name>/run.sqlite``).
+        Restoring a checkpoint that holds this callback's state continues
+        that run; a fresh ``fit`` with the same ``run_name`` starts a new run
+        ``<run_name>-2`` (and says so) unless ``resume=True``.
     layers, exclude:
         Matrix selection (names, glob patterns, layer types); see
         :func:`wwmonitor.layers.extract_matrices`.
@@ -142,6 +116,7 @@ class WeightWatcherMixin:
         config: Optional[dict] = None,
         flush_timeout: Optional[float] = 300.0,
         state_key: Optional[str] = None,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         check_interval("every_n_epochs", every_n_epochs, allow_none=True)
@@ -151,7 +126,7 @@ class WeightWatcherMixin:
         store_monitor_options(
             self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
             stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
-            policy=policy, options=options, config=config, flush_timeout=flush_timeout,
+            policy=policy, options=options, config=config, flush_timeout=flush_timeout, resume=resume,
         )
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
@@ -159,7 +134,6 @@ class WeightWatcherMixin:
         self._state_key = state_key
         self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks)
         self._shard: Any = None  # this rank's shard monitor under DDP
-        self._lookup: Optional[_Lookup] = None
         self._names: list[str] = []
         self._world = 1
         self._rank = 0
@@ -215,7 +189,7 @@ class WeightWatcherMixin:
         from ..monitor import Monitor
 
         self._close()  # a second fit with the same callback starts cleanly
-        self._pending, self._lookup, self._last_step, self.stopped_by_alert = [], None, None, False
+        self._pending, self._last_step, self.stopped_by_alert = [], None, False
         self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
         specs = extract_matrices(pl_module, layers=self.layers, exclude=self.exclude)
         if not specs:
@@ -230,26 +204,25 @@ class WeightWatcherMixin:
             mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
             self.shard_layers = mine
             if mine:
-                trap_fn = trap_analyze_fn(self.alert_rules)
+                # the rules' weight inspection (correlation traps) runs where the weights are analysed
+                inspect = self.alert_rules if getattr(self.alert_rules, "needs_weights", False) else None
                 self._shard = Monitor(
                     pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,
                     every_n_steps=None, layers=mine, store=False, queue_size=self.queue_size,
-                    policy="block", options=self.options, **({"analyze_fn": trap_fn} if trap_fn else {}),
+                    policy="block", options=self.options, alerts=_WeightInspector(inspect) if inspect else None,
                 )
         if self._rank == 0:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
             self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
-            kw: dict[str, Any] = {}
-            trap_fn = trap_analyze_fn(self.alert_rules)
-            if self._world > 1:
-                self._lookup = _Lookup()
-                kw["analyze_fn"] = self._lookup
-            elif trap_fn is not None:
-                kw["analyze_fn"] = trap_fn
+            loaded = (self._loaded or {}).get("monitor") or {}
+            run_kw: dict[str, Any] = {"run_name": self.run_name, "resume": self.resume}
+            if loaded.get("run_id"):  # a restored checkpoint: continue its run
+                run_kw = {"run_name": loaded["run_id"], "resume": True}
+            kw = monitor_kwargs(self)
+            kw["layers"] = self._names
             self.monitor = Monitor(
-                pl_module, self.run_dir, run_name=self.run_name, every_n_epochs=None, every_n_steps=None,
-                layers=self._names, sinks=self.sinks, alerts=self.alert_rules, queue_size=self.queue_size,
-                policy=self.policy, options=self.options, config=config, **kw,
+                pl_module, loaded.get("run_root") or self.run_dir, every_n_epochs=None, every_n_steps=None,
+                sinks=self.sinks, config=config, **run_kw, **kw,
             )
         self._apply_loaded()
 
@@ -297,11 +270,10 @@ class WeightWatcherMixin:
             kinds = {c.__name__ for c in type(lg).__mro__}
             try:
                 if "TensorBoardLogger" in kinds:
-                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics,
-                                                 esd_every_n_epochs=self.esd_every_n_epochs, close_writer=False))
+                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics, close_writer=False))
                 elif "WandbLogger" in kinds:
                     sinks.append(WandbSink(lg.experiment, step_metric="trainer/global_step", metrics=self.metrics,
-                                           esd_every_n_epochs=self.esd_every_n_epochs, deliver="deferred"))
+                                           deliver="deferred"))
                 elif "CSVLogger" in kinds:
                     sinks.append(CSVSink(lg.log_dir))
                 else:
@@ -337,39 +309,32 @@ class WeightWatcherMixin:
             return False
 
     def _collect(self, trainer: Any) -> None:
-        """DDP: wait for this rank's shard, gather the pending snapshots to rank 0 (every rank calls this)."""
+        """DDP: wait for this rank's shard, gather the pending snapshots to rank 0 and submit them there.
+
+        Every rank calls this at the same hooks (it is a collective).  Each
+        rank sends ``{step: SnapshotResult}`` of its own layers; rank 0 merges
+        them per step, in step order, and submits one result per step.  A
+        layer no rank reported for a step is recorded as an error entry.
+        """
         pending, self._pending = self._pending, []
         if not pending:
             return
-        mine: dict[int, dict[str, LayerMetrics]] = {}
+        mine: dict[int, SnapshotResult] = {}
         if self._shard is not None:
             self._shard.flush(self.flush_timeout)
             steps = {s for s, _ in pending}
-            for res in self._shard.results:
-                if res.step in steps:
-                    layers = {}
-                    for lm in res.layers:
-                        lm2 = copy.copy(lm)
-                        lm2.extra = dict(lm.extra)
-                        if lm.name in res.esds:
-                            lm2.extra["esd"] = res.esds[lm.name]
-                        layers[lm.name] = lm2
-                    mine[res.step] = layers
+            mine = {r.step: r for r in self._shard.results if r.step in steps}
         parts = gather_objects(mine, dst=0)
-        if self._rank != 0 or parts is None or self.monitor is None or self._lookup is None:
+        if self._rank != 0 or parts is None or self.monitor is None:
             return
         for step, epoch in pending:
-            merged: dict[str, LayerMetrics] = {}
-            for part in parts:
-                merged.update(part.get(step, {}))
-            ordered = {n: merged[n] for n in self._names if n in merged}
-            missing = [n for n in self._names if n not in merged]
-            for n in missing:  # a shard that skipped/failed this step: record, never crash
-                ordered[n] = LayerMetrics(name=n, status="error", message=f"layer {n!r}: no result from its rank")
-            self._lookup.push(ordered)
-            dummies = {n: np.zeros((1, 1), np.float32) for n in ordered}
-            if not self._safe_snapshot(self.monitor, step=step, epoch=epoch, matrices=dummies):
-                self._lookup.discard_last()  # not queued: drop its lookups so later ones stay aligned
+            res = _merge([p[step] for p in parts if step in p], step, epoch, self._names)
+            try:
+                self.monitor.submit(res)
+            except Exception as e:  # a closed monitor or a bug: reported, training continues
+                self._errors += 1
+                log.warning("wwmonitor: could not submit the gathered results of step %s (%s: %s)",
+                            step, type(e).__name__, e)
 
     def _pump(self) -> None:
         pump_sinks(self._wandb_sinks)
@@ -396,3 +361,41 @@ class WeightWatcherMixin:
         self._pump()
         self._shard = None
         # keep self.monitor for inspection (results, run_dir) after fit; it is closed
+
+
+class _WeightInspector:
+    """Alert-rules stand-in for a DDP shard monitor: only the weight inspection, no rule evaluation.
+
+    The rules themselves run once, on rank 0, on the merged result; the
+    per-matrix values they need from the weights (e.g. ``num_traps``) are
+    computed on the rank that holds the analysis and travel in ``lm.extra``.
+    """
+
+    needs_weights = True
+
+    def __init__(self, rules: Any) -> None:
+        self.rules = rules
+
+    def inspect_weights(self, name: str, W: Any, lm: LayerMetrics) -> None:
+        self.rules.inspect_weights(name, W, lm)
+
+    def evaluate(self, result: SnapshotResult) -> list:
+        return []
+
+
+def _merge(parts: list[SnapshotResult], step: int, epoch: Optional[int], names: list[str]) -> SnapshotResult:
+    """One result for ``step`` from the ranks' partial results, layers in extraction order."""
+    layers: dict[str, LayerMetrics] = {}
+    res = SnapshotResult(step=step, epoch=epoch, time=min((p.time for p in parts), default=time.time()), layers=[])
+    for p in parts:
+        layers.update({lm.name: lm for lm in p.layers})
+        for field in ("esds", "fits", "errors"):
+            getattr(res, field).update(getattr(p, field))
+        res.meta["analysis_s"] = max(res.meta.get("analysis_s", 0.0), p.meta.get("analysis_s", 0.0))
+    for n in names:
+        if n not in layers:  # a rank that skipped or failed this step: recorded, never dropped silently
+            res.errors[n] = "no result from the rank that analyses this layer"
+            layers[n] = LayerMetrics(name=n, status="error", message=f"layer {n!r}: {res.errors[n]}")
+    res.layers = [layers[n] for n in names]
+    res.summary = model_summary(res.layers)
+    return res

@@ -11,21 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from .._validate import check_interval
 from ..alerts import AlertRules, resolve_alerts
 from ..analyze import AnalysisOptions
 
-__all__ = ["check_interval", "store_monitor_options", "trap_analyze_fn", "stop_reason", "pump_sinks"]
+__all__ = ["check_interval", "store_monitor_options", "monitor_kwargs", "stop_reason", "pump_sinks"]
 
 log = logging.getLogger("wwmonitor")
-
-
-def check_interval(name: str, value: Any, *, allow_none: bool) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive ``int`` (or ``None`` if allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        what = "a positive integer or None" if allow_none else "a positive integer"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def store_monitor_options(
@@ -44,6 +36,7 @@ def store_monitor_options(
     options: Optional[AnalysisOptions],
     config: Optional[dict],
     flush_timeout: Optional[float],
+    resume: bool = False,
 ) -> None:
     """Validate the options common to both callbacks and set them as attributes of ``cb``.
 
@@ -54,6 +47,8 @@ def store_monitor_options(
     from ..sinks._render import resolve_metrics
 
     resolve_metrics(metrics)  # validate now
+    if isinstance(esd_every_n_epochs, bool) or not isinstance(esd_every_n_epochs, int) or esd_every_n_epochs < 0:
+        raise ValueError(f"esd_every_n_epochs must be an integer >= 0, got {esd_every_n_epochs!r}")
     cb.run_dir = run_dir
     cb.run_name = run_name
     cb.layers = layers
@@ -66,13 +61,13 @@ def store_monitor_options(
     cb.options = options
     cb.config = dict(config or {})
     cb.flush_timeout = flush_timeout
+    cb.resume = bool(resume)
 
 
-def trap_analyze_fn(alert_rules: Any) -> Any:
-    """The per-matrix analysis the alert rules need (correlation traps need the weights), else ``None``."""
-    if isinstance(alert_rules, AlertRules):
-        return alert_rules.analyze_fn()
-    return None
+def monitor_kwargs(cb: Any) -> dict[str, Any]:
+    """The :class:`wwmonitor.Monitor` arguments a callback passes from its stored options."""
+    return {"layers": cb.layers, "exclude": cb.exclude, "alerts": cb.alert_rules, "queue_size": cb.queue_size,
+            "policy": cb.policy, "options": cb.options, "esd_every_n_epochs": cb.esd_every_n_epochs}
 
 
 def stop_reason(alerts_fired: Iterable[Any]) -> str:

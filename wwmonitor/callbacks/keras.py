@@ -38,7 +38,7 @@ import keras
 
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
-from ._options import check_interval, pump_sinks, stop_reason, store_monitor_options, trap_analyze_fn
+from ._options import check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -59,8 +59,10 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         A CSV file or folder for the long-format scalars (``None``: none).
     every_n_epochs:
         Snapshot at the end of every n-th epoch.
-    run_dir, run_name, layers, exclude, queue_size, policy, options, config:
+    run_dir, run_name, resume, layers, exclude, queue_size, policy, options, config:
         As for :class:`wwmonitor.Monitor` (the run store is always written).
+        A run of the same name is continued only with ``resume=True``;
+        otherwise each ``fit`` starts a new run (``<name>-2`` ...) and says so.
     alerts, stop_on:
         Alert rules (``"default"``, ``None``, dict, :class:`AlertRules`) and
         the rule ids that stop training.
@@ -90,13 +92,14 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         options: Optional[AnalysisOptions] = None,
         config: Optional[dict] = None,
         flush_timeout: Optional[float] = 300.0,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         check_interval("every_n_epochs", every_n_epochs, allow_none=False)
         store_monitor_options(
             self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
             stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
-            policy=policy, options=options, config=config, flush_timeout=flush_timeout,
+            policy=policy, options=options, config=config, flush_timeout=flush_timeout, resume=resume,
         )
         self.log_dir = log_dir
         self.wandb = wandb
@@ -126,28 +129,22 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         self.close()
         sinks: list[Any] = []
         if self.log_dir is not None:
-            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics, esd_every_n_epochs=self.esd_every_n_epochs))
+            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics))
         if self.wandb is not False and self.wandb is not None:
             run = self.wandb
             if run is True:
                 import wandb as _wandb
 
                 run = _wandb.run if _wandb.run is not None else _wandb.init()
-            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics,
-                                         esd_every_n_epochs=self.esd_every_n_epochs, deliver="deferred")
+            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics, deliver="deferred")
             sinks.append(self._wandb_sink)
         if self.csv is not None:
             sinks.append(CSVSink(self.csv))
         self.sinks = sinks
         config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
-        kw: dict[str, Any] = {}
-        trap_fn = trap_analyze_fn(self.alert_rules)
-        if trap_fn is not None:
-            kw["analyze_fn"] = trap_fn  # correlation traps need the weights
         self.monitor = Monitor(
-            self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs,
-            layers=self.layers, exclude=self.exclude, sinks=sinks, alerts=self.alert_rules,
-            queue_size=self.queue_size, policy=self.policy, options=self.options, config=config, **kw,
+            self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs, sinks=sinks,
+            config=config, resume=self.resume, **monitor_kwargs(self),
         )
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:

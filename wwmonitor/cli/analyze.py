@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
             print(df[cols].to_string(index=False))
         ok = summary["num_ok"]
         print(
-            f"\n{summary['num_layers']} matrices ({ok} fitted); mean alpha {_fmt(summary['mean_alpha'])}, "
-            f"mean alpha_weighted {_fmt(summary['mean_alpha_weighted'])}, mean log_norm {_fmt(summary['mean_log_norm'])}; "
+            f"\n{summary['num_layers']} matrices ({ok} fitted); mean alpha {_fmt(summary.get('mean_alpha'))}, "
+            f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, mean log_norm {_fmt(summary.get('mean_log_norm'))}; "
             f"phases {summary['phase_counts']}"
         )
         bad = df[df["status"] != "ok"]

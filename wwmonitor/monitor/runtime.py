@@ -6,24 +6,25 @@
     for epoch in range(E):
         train_one_epoch(...)
         mon.snapshot(epoch=epoch, step=global_step)   # copies weights, returns at once
-    mon.close()                                       # flush, stop the worker, close the sinks
+    mon.close()                                       # flush, stop the threads, close the sinks
 
-``snapshot()`` copies the monitored matrices to host memory on the calling
-thread (:mod:`.snapshot`) and queues them (:mod:`.policy`); one background
-thread analyses them and feeds alerts and sinks (:mod:`.worker`).  The
-embedded run store (:class:`wwmonitor.store.RunStore`) is always the first
-sink unless ``store=False``.
+Three stages, data flowing one way:
+
+* snapshotter (:mod:`.snapshot`, on the calling thread): weights -> host buffers,
+  queued under a policy (:mod:`.policy`);
+* analyzer (:mod:`.analyzer`, one background thread): buffers -> ``SnapshotResult``;
+* dispatcher (:mod:`.dispatcher`, its own thread): step order, alerts,
+  figures (:mod:`.render`), the run store and every sink; public
+  :meth:`Monitor.submit` feeds it results analysed elsewhere (DDP ranks).
+
+The run folder and store lifecycle (naming, resume, one writer) is
+:mod:`.runfolder`.
 """
 from __future__ import annotations
 
 import atexit
 import logging
 import os
-import platform
-import re
-import secrets
-import shutil
-import sys
 import threading
 import time
 import weakref
@@ -34,13 +35,19 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .._validate import check_interval
 from ..analyze import AnalysisOptions
-from ..layers import MatrixSpec, extract_matrices, is_torch_module, select
+from ..frameworks import is_torch_module
+from ..layers import MatrixSpec, extract_matrices, select
 from ..records import Alert, SnapshotResult
-from ..store import DB_NAME, RunStore
+from ..store import RunStore
+from .analyzer import AnalysisWorker, AnalyzeFn, default_analyze
+from .dispatcher import DISPATCH_FAULTS, Dispatcher
+from .faults import Faults
 from .policy import POLICIES, SnapshotQueue
+from .render import Renderer
+from .runfolder import RunFolder, versions
 from .snapshot import BufferPool, Snapshot, copy_matrices
-from .worker import AnalyzeFn, Worker, default_analyze, warn
 
 __all__ = ["Monitor"]
 
@@ -48,40 +55,37 @@ log = logging.getLogger("wwmonitor")
 
 _LIVE: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
 
+#: fault counters of the whole monitor (keys of ``Monitor.stats``)
+FAULT_KEYS = ("worker_errors", "duplicates", "dropped_on_close", *DISPATCH_FAULTS)
+
 
 @atexit.register
 def _close_live_monitors() -> None:  # a script that forgot close(): flush what is queued
     for mon in list(_LIVE):
         try:
             mon.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
+        except Exception as e:  # noqa: BLE001 - interpreter shutdown: say it, do not raise
+            log.warning("wwmonitor: closing run %r at exit failed: %r", getattr(mon, "run_id", "?"), e)
 
 
-def _check_interval(name: str, v: Any) -> Optional[int]:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-        raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-    return int(v)
+def _patterns(p: Any) -> Optional[list[Any]]:
+    return [p] if isinstance(p, (str, type)) else None if p is None else list(p)
 
 
-def _safe_id(name: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")
-    if not s:
-        raise ValueError(f"run_name {name!r} has no usable characters for a folder name")
-    return s
-
-
-def _versions() -> dict[str, str]:
-    from .. import __version__
-
-    out = {"wwmonitor": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("scipy", "torch", "keras", "lightning", "pytorch_lightning", "jax", "tensorflow"):
-        m = sys.modules.get(mod)
-        if m is not None and getattr(m, "__version__", None):
-            out[mod] = str(m.__version__)
-    return out
+def _matrix_specs(matrices: Mapping[str, Any]) -> list[MatrixSpec]:
+    """``matrices`` (name -> array) as specs; a value that is not an array is an error naming its key."""
+    specs = []
+    for name, arr in matrices.items():
+        if not hasattr(arr, "shape"):
+            try:
+                arr = np.asarray(arr)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(f"matrices[{name!r}]: not an array ({type(arr).__name__}): {e}") from e
+            if arr.dtype == object or arr.ndim < 2:
+                raise TypeError(f"matrices[{name!r}]: expected a 2-D (or 3-D stacked) numeric array, "
+                                f"got {type(matrices[name]).__name__}")
+        specs.append(MatrixSpec(str(name), "matrix", arr))
+    return specs
 
 
 class Monitor:
@@ -110,8 +114,9 @@ class Monitor:
         Parent folder of all runs; this run's store goes to
         ``run_dir/<run_id>/run.sqlite``.
     run_name:
-        Name (and folder) of the run.  With ``resume=True`` an existing run
-        of that name is continued; otherwise a fresh ``<name>-2`` ... is made.
+        Name (and folder) of the run.  If a run of that name exists it is
+        continued only with ``resume=True``; otherwise a new run
+        ``<name>-2`` (``-3`` ...) is started and a log line says so.
         Default: ``run-<UTC time>-<random>``.
     every_n_epochs, every_n_steps:
         Snapshot intervals (positive integers or ``None``).  An epoch-end call
@@ -124,8 +129,11 @@ class Monitor:
     sinks:
         Extra :class:`~wwmonitor.sinks.Sink` objects (after the run store).
     alerts:
-        Object with ``evaluate(result) -> list[Alert]`` (and optionally
-        ``close()``), called on the worker thread before the sinks.
+        Object with ``evaluate(result[, on_error]) -> list[Alert]`` (and
+        optionally ``close()``), called by the dispatcher before the sinks;
+        if it has ``needs_weights = True`` (e.g. :class:`~wwmonitor.alerts.AlertRules`
+        with the ``correlation_trap`` rule), the analyzer also calls its
+        ``inspect_weights(name, W, lm)`` on every analysed matrix.
     queue_size, policy:
         Most snapshots held at once (waiting or in analysis; default 3:
         one in analysis, two waiting) and what to do when that many are held:
@@ -135,8 +143,8 @@ class Monitor:
     config:
         Run configuration to store (hyper-parameters; reports read it).
     resume:
-        Continue an existing run of the same ``run_name``; steps already
-        stored are skipped.
+        Continue an existing run of the same ``run_name`` (default ``False``:
+        start ``<name>-2``); steps already stored are not snapshotted again.
     close_timeout:
         Seconds :meth:`close` waits for queued snapshots.
     store:
@@ -146,6 +154,15 @@ class Monitor:
     analyze_fn:
         Per-matrix analysis ``(W, name, type, scale, options) -> LayerMetrics``
         (default :func:`wwmonitor.analyze.analyze_matrix`).
+    sink_timeout:
+        Seconds a sink's ``write``/``close`` may take; a sink that does not
+        return in time is reported, counted (``stats["sinks_dropped"]``) and
+        gets no further results.  Training never waits on a sink.
+    esd_every_n_epochs, esd_layers:
+        ESD figures for the sinks that write images (TensorBoard, W&B): drawn
+        once per due snapshot by the dispatcher's renderer, at the first
+        snapshot and then every ``esd_every_n_epochs`` epochs (``0``: never),
+        for ``esd_layers`` (default all).
     history:
         How many recent :class:`SnapshotResult` to keep in :attr:`results`.
     blas_threads:
@@ -159,6 +176,8 @@ class Monitor:
         Bad configuration, naming the argument: unknown layer names, no
         analysable layers, non-positive intervals or queue size, unknown
         policy, an unwritable ``run_dir``.
+    RunLockedError
+        Another live monitor writes the same run (``resume=True`` twice).
     """
 
     def __init__(
@@ -177,17 +196,22 @@ class Monitor:
         policy: str = "block",
         options: Optional[AnalysisOptions] = None,
         config: Optional[Mapping[str, Any]] = None,
-        resume: bool = True,
+        resume: bool = False,
         close_timeout: Optional[float] = 60.0,
         store: Union[bool, RunStore] = True,
         analyze_fn: Optional[AnalyzeFn] = None,
         history: int = 32,
         blas_threads: Optional[int] = 1,
+        sink_timeout: Optional[float] = 60.0,
+        esd_every_n_epochs: int = 5,
+        esd_layers: Optional[Sequence[str]] = None,
     ) -> None:
-        self.every_n_epochs = _check_interval("every_n_epochs", every_n_epochs)
-        self.every_n_steps = _check_interval("every_n_steps", every_n_steps)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, (int, np.integer)) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
+        self.every_n_epochs = check_interval("every_n_epochs", every_n_epochs)
+        self.every_n_steps = check_interval("every_n_steps", every_n_steps)
+        self.queue_size = int(check_interval("queue_size", queue_size, allow_none=False))  # type: ignore[arg-type]
+        self.history = int(check_interval("history", history, allow_none=False))  # type: ignore[arg-type]
+        if blas_threads is not None:
+            check_interval("blas_threads", blas_threads)
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if close_timeout is not None and not close_timeout > 0:
@@ -199,133 +223,91 @@ class Monitor:
         for i, s in enumerate(sinks):
             if not (callable(getattr(s, "write", None)) and callable(getattr(s, "close", None))):
                 raise TypeError(f"sinks[{i}] ({type(s).__name__}) needs write(result) and close() methods")
-        if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, int)
-                                         or blas_threads < 1):
-            raise ValueError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
-        if history < 1:
-            raise ValueError(f"history must be >= 1, got {history!r}")
         self.model = model
-        self.layers = [layers] if isinstance(layers, (str, type)) else None if layers is None else list(layers)
-        self.exclude = [exclude] if isinstance(exclude, (str, type)) else None if exclude is None else list(exclude)
-        self.queue_size = int(queue_size)
+        self.layers, self.exclude = _patterns(layers), _patterns(exclude)
         self.policy = policy
         self.options = options if options is not None else AnalysisOptions()
         self.config = dict(config or {})
         self.close_timeout = close_timeout
         self._lock = threading.RLock()  # serialises snapshot() / run switching
-        self._results: deque[SnapshotResult] = deque(maxlen=int(history))
+        self._results: deque[SnapshotResult] = deque(maxlen=self.history)
         self._alerts: list[Alert] = []
         self._out_lock = threading.Lock()
         self.should_stop = False
         self._closed = False
-        self._counts = {"snapshots_taken": 0, "duplicates": 0, "sink_errors": 0, "store_errors": 0,
-                        "alert_errors": 0, "worker_errors": 0, "dropped_on_close": 0}
-        self._warned: set[str] = set()
+        self._faults = Faults(FAULT_KEYS)
+        self._counts = {"snapshots_taken": 0}
         self._layer_info: list[tuple[str, str, tuple[int, ...]]] = []
-        self._spec_cache: Optional[tuple[Any, list[MatrixSpec], list[tuple[Any, int]], int]] = None
+        self._spec_cache: Optional[tuple[Any, list[MatrixSpec], tuple[Any, ...], list[Any], int]] = None
         self._spec_gen = 0
-
         if model is not None:  # validate the layer selection now
-            specs = self._extract(model, None)
-            self._layer_info = [(s.name, s.type, s.shape) for s in specs]
+            self._layer_info = [(s.name, s.type, s.shape) for s in self._extract(model, None)]
 
         # --- run folder and store
-        self._root = Path(run_dir)
-        self._fresh = False
-        self._store: Optional[RunStore] = None
-        self._stored_steps: set[int] = set()
-        self._last_step: Optional[int] = None
-        self._use_store = store is not False
-        given_store = store if isinstance(store, RunStore) else None
-        if given_store is not None:
-            self._root, self.run_id = given_store.folder.parent, given_store.folder.name
-        else:
-            self.run_id = self._pick_run_id(run_name, resume)
-        self.run_name = run_name or self.run_id
-        if self._use_store:
-            self._open_store(given_store)
+        given = store if isinstance(store, RunStore) else None
+        self._folder = RunFolder(Path(run_dir), run_name, resume=resume, use_store=store is not False, store=given)
+        self._folder.open(self._meta(), self.config, given)
+        if self._layer_info:
+            self._folder.record_layers(self._layer_info, self._model_class(model))
+        self._last_step: Optional[int] = max(self._folder.stored_steps) if self._folder.stored_steps else None
 
-        # --- queue + worker
+        # --- analyzer -> dispatcher
+        self._dispatcher = Dispatcher(
+            ([self.store] if self.store is not None else []) + list(sinks), alerts=alerts,
+            renderer=Renderer(esd_every_n_epochs, esd_layers), on_result=self._on_result, store=self.store,
+            sink_timeout=sink_timeout, faults=self._faults, name=f"wwmonitor-dispatch-{self.run_id}")
+        self._dispatcher.resume_after(self._last_step)
         self._pool = BufferPool(self.queue_size)
         self._queue = SnapshotQueue(self.queue_size, policy, self._pool)
-        sink_list: list[Any] = ([self._store] if self._store is not None else []) + list(sinks)
-        self._worker = Worker(self._queue, options=self.options, sinks=sink_list, alerts=alerts,
-                              on_result=self._on_result, on_error=self._on_error,
-                              analyze_fn=analyze_fn or default_analyze, name=f"wwmonitor-{self.run_id}",
-                              blas_threads=blas_threads)
+        inspector = alerts if getattr(alerts, "needs_weights", False) else None
+        self._worker = AnalysisWorker(self._queue, self._dispatcher.submit, options=self.options,
+                                      analyze_fn=analyze_fn or default_analyze, inspector=inspector,
+                                      faults=self._faults, name=f"wwmonitor-{self.run_id}", blas_threads=blas_threads)
         self._worker.start()
         _LIVE.add(self)
 
     # ------------------------------------------------------------ run folder
-    def _pick_run_id(self, run_name: Optional[str], resume: bool) -> str:
-        if run_name is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            return f"run-{stamp}-{secrets.token_hex(3)}"
-        rid = _safe_id(run_name)
-        if resume or not self._use_store or not (self._root / rid / DB_NAME).exists():
-            return rid
-        n = 2
-        while (self._root / f"{rid}-{n}" / DB_NAME).exists():
-            n += 1
-        return f"{rid}-{n}"
+    @property
+    def run_id(self) -> str:
+        """This run's id (its folder name)."""
+        return self._folder.run_id
+
+    @property
+    def run_name(self) -> str:
+        return self._folder.run_name
 
     @property
     def run_dir(self) -> Path:
         """This run's folder (``run_dir/<run_id>``)."""
-        return self._root / self.run_id
+        return self._folder.path
 
-    def _open_store(self, given: Optional[RunStore] = None) -> None:
-        folder = self.run_dir
-        if self._root.exists() and not os.access(self._root, os.W_OK | os.X_OK):
-            raise ValueError(f"run_dir {str(self._root)!r} is not writable")
-        if given is not None:
-            store = given
-            existed = bool(store.stored_steps()) or store.get_meta("created") is not None
-        else:
-            existed = (folder / DB_NAME).exists()
-            try:
-                store = RunStore(folder)
-            except ValueError as e:
-                raise ValueError(f"run_dir {str(self._root)!r} is not writable: {e}") from e
-        self._fresh = not existed
-        self._stored_steps = set(store.stored_steps())
-        self._last_step = max(self._stored_steps) if self._stored_steps else None
-        meta = store.get_meta("meta", {}) or {}
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        meta.update({
-            "versions": _versions(),
-            "monitor": {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
-                        "queue_size": self.queue_size, "policy": self.policy,
-                        "layers": None if self.layers is None else [str(getattr(p, "__name__", p)) for p in self.layers],
-                        "exclude": None if self.exclude is None else [str(getattr(p, "__name__", p)) for p in self.exclude],
-                        "options": asdict(self.options)},
-            "platform": platform.platform(),
-        })
-        if self.model is not None:
-            meta["model_class"] = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
-        if self._layer_info:
-            meta["layers"] = [{"name": n, "type": t, "shape": list(s)} for n, t, s in self._layer_info]
-        if existed:
-            meta.setdefault("resumed", []).append(now)
-        items: dict[str, Any] = {"meta": meta, "run_id": self.run_id, "schema_version": 1}
-        if not existed:
-            items.update({"name": self.run_name, "created": now})
-        old_cfg = store.get_meta("config", None)
-        items["config"] = {**(old_cfg or {}), **self.config} if existed else self.config
-        store.set_meta(items)
-        if self._layer_info:
-            store.set_layers(self._layer_info)
-        self._store = store
+    @property
+    def store(self) -> Optional[RunStore]:
+        """The run store (``None`` with ``store=False``)."""
+        return self._folder.store
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this monitor continues a run that already existed."""
+        return self._folder.resumed
+
+    def _meta(self) -> dict[str, Any]:
+        def names(ps: Optional[list[Any]]) -> Optional[list[str]]:
+            return None if ps is None else [str(getattr(p, "__name__", p)) for p in ps]
+
+        return {"versions": versions(), "platform": __import__("platform").platform(),
+                "monitor": {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
+                            "queue_size": self.queue_size, "policy": self.policy, "layers": names(self.layers),
+                            "exclude": names(self.exclude), "options": asdict(self.options)}}
+
+    @staticmethod
+    def _model_class(model: Any) -> Optional[str]:
+        return None if model is None else f"{type(model).__module__}.{type(model).__qualname__}"
 
     # ------------------------------------------------------------ selection
     def _extract(self, model: Any, matrices: Optional[Mapping[str, Any]]) -> list[MatrixSpec]:
         if matrices is not None:
-            specs = []
-            for name, arr in matrices.items():
-                if not hasattr(arr, "shape"):
-                    arr = np.asarray(arr)
-                specs.append(MatrixSpec(str(name), "matrix", arr))
-            specs = select(specs, layers=self.layers, exclude=self.exclude)
+            specs = select(_matrix_specs(matrices), layers=self.layers, exclude=self.exclude)
         else:
             specs = extract_matrices(model, layers=self.layers, exclude=self.exclude)
         if not specs:
@@ -337,17 +319,21 @@ class Monitor:
         """Specs for this snapshot, and a cache key when they can be reused.
 
         For a torch module whose matrices are all views of its parameters the
-        walk is done once and reused while every backing parameter keeps its
-        storage (``data_ptr``); ``model.to(...)``, ``.half()`` or a
-        ``param.data = ...`` swap changes it and triggers a fresh walk.
+        walk is done once and reused while the module holds the very same
+        parameter objects (a replaced submodule, ``model[0] = nn.Linear(...)``,
+        brings new ones) and every one keeps its storage (``data_ptr``:
+        ``model.to(...)``, ``.half()`` or a ``param.data = ...`` swap change
+        it).  Any change triggers a fresh walk.
         """
         if matrices is not None or not is_torch_module(model):
             return self._extract(model, matrices), None
+        params = tuple(model.parameters())
         c = self._spec_cache
-        if c is not None and c[0]() is model and all(p.data_ptr() == ptr for p, ptr in c[2]):
-            return c[1], c[3]
+        if (c is not None and c[0]() is model and len(c[2]) == len(params)
+                and all(a is b for a, b in zip(c[2], params)) and all(p.data_ptr() == ptr for p, ptr in c[3])):
+            return c[1], c[4]
         specs = self._extract(model, None)
-        by_storage = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
+        by_storage = {p.untyped_storage().data_ptr(): p for p in params}
         backing = []
         for sp in specs:
             t = sp.tensor
@@ -358,15 +344,18 @@ class Monitor:
             backing.append(p)
         uniq = {id(p): p for p in backing}.values()
         self._spec_gen += 1
-        self._spec_cache = (weakref.ref(model), specs, [(p, p.data_ptr()) for p in uniq], self._spec_gen)
+        self._spec_cache = (weakref.ref(model), specs, params, [(p, p.data_ptr()) for p in uniq], self._spec_gen)
         return specs, self._spec_gen
 
     # ------------------------------------------------------------ triggering
+    def _already_have(self, step: int) -> bool:
+        return step in self._folder.stored_steps or (self._last_step is not None and step <= self._last_step)
+
     def should_snapshot(self, *, epoch: Optional[int] = None, step: Optional[int] = None,
                         epoch_end: bool = True) -> bool:
         """Whether a call with these arguments falls on a monitoring interval
         (and its step is not already stored)."""
-        if step is not None and (step in self._stored_steps or (self._last_step is not None and step <= self._last_step)):
+        if step is not None and self._already_have(step):
             return False
         if self.every_n_epochs is None and self.every_n_steps is None:
             return True
@@ -381,12 +370,12 @@ class Monitor:
         """Copy the monitored weights and queue them for analysis.
 
         Returns ``True`` when a snapshot was queued, ``False`` when the call
-        is off-interval, ``step`` is not greater than the last snapshotted or
-        stored step (``stats["duplicates"]``; this keeps results in step
-        order and makes a resumed run skip what it already has) or the queue
-        policy skipped it (``stats["skipped"]``).  Only the copy
-        (and, under ``policy="block"``, waiting for a free slot) happens on
-        the calling thread.
+        is off-interval, when ``step`` is not greater than the last
+        snapshotted or stored step (``stats["duplicates"]``, reported: this
+        keeps results in step order, and a resumed run skips what it already
+        has) or when the queue policy skipped it (``stats["skipped"]``).
+        Only the copy (and, under ``policy="block"``, waiting for a free
+        analysis slot -- never for a sink) happens on the calling thread.
 
         ``model`` overrides the constructor's model for this call;
         ``matrices`` (name -> array) bypasses model walking.  Pass
@@ -399,8 +388,10 @@ class Monitor:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"Monitor for run {self.run_id!r} is closed")
-            if step in self._stored_steps or (self._last_step is not None and step <= self._last_step):
-                self._counts["duplicates"] += 1
+            if self._already_have(step):
+                where = "is already stored in this resumed run" if step in self._folder.stored_steps else \
+                    f"is not after the last snapshot (step {self._last_step})"
+                self._faults.add("duplicates", f"wwmonitor: snapshot at step {step} not taken: the step {where}")
                 return False
             if not self.should_snapshot(epoch=epoch, step=step, epoch_end=epoch_end):
                 return False
@@ -408,24 +399,20 @@ class Monitor:
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._specs_for(src, matrices)
-            if not self._layer_info and self._store is not None:  # model first seen here
+            if not self._layer_info:  # model first seen here
                 self._layer_info = [(s.name, s.type, s.shape) for s in specs]
                 try:
-                    self._store.set_layers(self._layer_info)
-                    meta = self._store.get_meta("meta", {}) or {}
-                    meta["layers"] = [{"name": n, "type": t, "shape": list(sh)} for n, t, sh in self._layer_info]
-                    if src is not None:
-                        meta["model_class"] = f"{type(src).__module__}.{type(src).__qualname__}"
-                    self._store.set_meta({"meta": meta})
+                    self._folder.record_layers(self._layer_info, self._model_class(src))
                 except Exception as e:  # noqa: BLE001 - a locked/full store must not stop training
-                    self._on_error(f"sink:{type(self._store).__name__}", f"step {step} (layer metadata)", e)
+                    self._faults.add("store_errors", f"wwmonitor: recording the layers of run {self.run_id!r} "
+                                     f"failed ({type(e).__name__}: {e})")
             res = self._queue.reserve(self._worker.alive)
             if res is None:
-                self._report_once("skip", f"wwmonitor: analysis is behind training; snapshot at step {step} skipped "
+                self._faults.once("skip", f"wwmonitor: analysis is behind training; snapshot at step {step} skipped "
                                   f"(policy={self.policy!r}, queue_size={self.queue_size}); see Monitor.stats")
                 return False
             if res.dropped is not None:
-                self._report_once("coalesce", f"wwmonitor: analysis is behind training; queued snapshot at step "
+                self._faults.once("coalesce", f"wwmonitor: analysis is behind training; queued snapshot at step "
                                   f"{res.dropped.step} replaced by step {step} (policy='latest')")
             snap = None
             try:
@@ -439,32 +426,34 @@ class Monitor:
             self._counts["snapshots_taken"] += 1
             return True
 
+    def submit(self, result: SnapshotResult) -> bool:
+        """Hand a result analysed elsewhere (e.g. gathered from DDP ranks) to alerts, store and sinks.
+
+        The one public hand-off point: the same path the monitor's own
+        analyses take.  Results must come in step order; a step not after
+        the last snapshotted/submitted one returns ``False`` and is counted
+        (``stats["out_of_order"]``), never filed under another step.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"Monitor for run {self.run_id!r} is closed")
+            if self._already_have(result.step) and result.step in self._folder.stored_steps:
+                self._faults.add("duplicates", f"wwmonitor: result for step {result.step} not written: "
+                                 "the step is already stored")
+                return False
+            ok = self._dispatcher.submit(result)
+            if ok:
+                self._last_step = max(int(result.step), self._last_step if self._last_step is not None else -1)
+            return ok
+
     # ------------------------------------------------------------ results
     def _on_result(self, res: SnapshotResult) -> None:
         with self._out_lock:
             self._results.append(res)
             self._alerts.extend(res.alerts)
-            self._stored_steps.add(res.step)
+            self._folder.stored_steps.add(res.step)
             if any(a.stop_training for a in res.alerts):
                 self.should_stop = True
-
-    def _on_error(self, where: str, what: str, exc: BaseException) -> None:
-        is_store = self._store is not None and where == f"sink:{type(self._store).__name__}"
-        key = "store_errors" if is_store else "alert_errors" if where == "alerts" else \
-            "worker_errors" if where == "worker" else "sink_errors"
-        with self._out_lock:
-            self._counts[key] += 1
-            n = self._counts[key]
-        if n == 1 or n % 100 == 0:
-            extra = " Earlier snapshots stay in the store; training continues." if is_store else ""
-            warn(f"wwmonitor: {where} failed at {what} ({type(exc).__name__}: {exc}); {key}={n}.{extra}")
-
-    def _report_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warn(msg)
-        else:
-            log.info(msg)
 
     @property
     def results(self) -> list[SnapshotResult]:
@@ -482,52 +471,69 @@ class Monitor:
     def stats(self) -> dict[str, Any]:
         """Counters: ``snapshots_taken``, ``skipped`` (policy ``skip`` or dead
         worker), ``coalesced`` (policy ``latest``), ``analysed``, ``errors``
-        (layers whose analysis raised), ``duplicates`` (steps already stored),
-        ``store_errors``, ``sink_errors``, ``alert_errors``, ``worker_errors``,
-        ``dropped_on_close``, ``pending``, ``blocked_s`` (time ``snapshot()``
-        waited under ``block``), ``buffer_bytes`` / ``buffer_bytes_peak``
-        (host snapshot buffers now / at most)."""
-        with self._out_lock:
-            out: dict[str, Any] = dict(self._counts)
+        (layers whose analysis raised), ``duplicates`` (steps already taken
+        or stored), ``out_of_order`` (submitted results refused), ``store_errors``,
+        ``sink_errors``, ``sinks_dropped`` (sinks past ``sink_timeout``),
+        ``alert_errors`` (failing rules and weight inspections),
+        ``figure_errors``, ``worker_errors``, ``dropped_on_close``,
+        ``pending`` (snapshots not yet analysed), ``dispatch_pending``
+        (results not yet through every sink), ``blocked_s`` (time
+        ``snapshot()`` waited under ``block``), ``buffer_bytes`` /
+        ``buffer_bytes_peak`` (host snapshot buffers now / at most)."""
+        out: dict[str, Any] = dict(self._counts)
+        out.update(self._faults.snapshot())
         out.update(skipped=self._queue.skipped, coalesced=self._queue.coalesced, analysed=self._worker.analysed,
                    errors=self._worker.layer_errors, pending=self._queue.pending, blocked_s=self._queue.blocked_s,
-                   buffer_bytes=self._pool.total_bytes, buffer_bytes_peak=self._pool.peak_bytes)
+                   dispatch_pending=self._dispatcher.pending, buffer_bytes=self._pool.total_bytes,
+                   buffer_bytes_peak=self._pool.peak_bytes)
         return out
 
+    @property
+    def sinks(self) -> list[Any]:
+        """The sinks still receiving results (the run store first)."""
+        return self._dispatcher.sinks
+
     def add_sink(self, sink: Any) -> None:
-        """Add a sink; it receives every result analysed from now on."""
-        if not (callable(getattr(sink, "write", None)) and callable(getattr(sink, "close", None))):
-            raise TypeError(f"sink {type(sink).__name__} needs write(result) and close() methods")
+        """Add a sink; it receives every result dispatched from now on."""
         if self._closed:
             raise RuntimeError(f"Monitor for run {self.run_id!r} is closed")
-        self._worker.add_sink(sink)
+        self._dispatcher.add_sink(sink)
 
     # ------------------------------------------------------------ lifecycle
-    def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until every queued snapshot has been analysed and written.
+    def _on_background_thread(self) -> bool:
+        t = threading.current_thread()
+        return t is self._worker.thread or t is self._dispatcher.thread or t.name.startswith("wwmonitor-sink-")
 
-        Warns (does not raise) when ``timeout`` seconds pass first.  A no-op
-        when called from the worker thread itself (an alert action or sink).
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait until every queued snapshot has been analysed and written by every sink.
+
+        Logs a warning (does not raise) when ``timeout`` seconds pass first.
+        A no-op when called from one of the monitor's own threads (an alert
+        action or a sink).
         """
-        if threading.current_thread() is self._worker.thread:
+        if self._on_background_thread():
             return
-        if not self._queue.wait_idle(timeout, self._worker.alive) and self._queue.pending:
-            warn(f"wwmonitor: flush timed out after {timeout} s with {self._queue.pending} snapshot(s) pending")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle = self._queue.wait_idle(timeout, self._worker.alive)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not (idle and self._dispatcher.wait_idle(left)):
+            log.warning("wwmonitor: flush timed out after %s s with %d snapshot(s) and %d result(s) pending",
+                        timeout, self._queue.pending, self._dispatcher.pending)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Flush (up to ``timeout``, default ``close_timeout``), stop the
-        worker and close every sink and the alerts object (on the worker
-        thread).  Snapshots still unanalysed at the deadline are dropped and
-        counted in ``stats["dropped_on_close"]``.  Idempotent."""
+        threads and close every sink and the alerts object (each sink on its
+        own thread).  Snapshots still unanalysed at the deadline are dropped,
+        reported and counted in ``stats["dropped_on_close"]``.  Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if threading.current_thread() is self._worker.thread:
-            # called by a sink or alert action: no waiting on ourselves; the worker
-            # finishes the queue and closes the outputs when it returns
+        _LIVE.discard(self)
+        if self._on_background_thread():
+            # called by a sink or an alert action: no waiting on ourselves
             self._queue.close()
-            _LIVE.discard(self)
+            threading.Thread(target=self._dispatcher.close, name="wwmonitor-close", daemon=True).start()
             return
         timeout = self.close_timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -536,18 +542,19 @@ class Monitor:
         if dropped or self._queue.pending:
             self._worker.abort.set()  # finish the layer in progress, skip the rest
         self._queue.close()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self._worker.thread.join(remaining if remaining is None else remaining + 5.0)
-        with self._out_lock:
-            self._counts["dropped_on_close"] += len(dropped)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._worker.thread.join(left if left is None else left + 5.0)
         if dropped:
-            warn(f"wwmonitor: close() timed out after {timeout} s; {len(dropped)} queued snapshot(s) "
-                 f"(steps {[s.step for s in dropped]}) were not analysed")
+            self._faults.add("dropped_on_close", f"wwmonitor: close() timed out after {timeout} s; {len(dropped)} "
+                             f"queued snapshot(s) (steps {[s.step for s in dropped]}) were not analysed", len(dropped))
         if self._worker.alive():
-            warn("wwmonitor: the worker is still inside one layer's analysis after close(); it stops "
-                 "after that layer (daemon thread, it will not keep the process alive)")
+            log.warning("wwmonitor: the analysis thread is still inside one layer after close(); it stops "
+                        "after that layer (daemon thread, it will not keep the process alive)")
+        left = None if deadline is None else max(1.0, deadline - time.monotonic())
+        if not self._dispatcher.close(left):
+            log.warning("wwmonitor: close() timed out with %d result(s) not written to every sink",
+                        self._dispatcher.pending)
         self._pool.clear()
-        _LIVE.discard(self)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -561,35 +568,34 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue this run: the run folder, id and
         last snapshotted step."""
-        return {"version": 1, "run_root": str(self._root), "run_id": self.run_id, "run_name": self.run_name,
-                "last_step": self._last_step}
+        return {"version": 1, "run_root": str(self._folder.root), "run_id": self.run_id,
+                "run_name": self.run_name, "last_step": self._last_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the run recorded in ``state`` (from :meth:`state_dict`).
+        """Continue the run recorded in ``state`` (from :meth:`state_dict`): a restored checkpoint.
 
         If this monitor had started a different, still empty run, that run's
         folder is removed and the monitor switches to the checkpoint's run;
-        snapshots with steps at or below the stored ``last_step`` are skipped.
+        snapshots with steps at or below the stored ``last_step`` are not taken again.
         """
         rid = str(state["run_id"])
-        root = Path(state.get("run_root") or self._root)
+        root = Path(state.get("run_root") or self._folder.root)
         last = state.get("last_step")
         with self._lock:
-            if rid != self.run_id or root != self._root:
+            if rid != self.run_id or root != self._folder.root:
                 self.flush()
-                old_folder, old_store, fresh = self.run_dir, self._store, self._fresh
-                empty = old_store is not None and not old_store.stored_steps()
-                self._root, self.run_id = root, rid
-                self.run_name = str(state.get("run_name") or rid)
-                if self._use_store:
-                    self._open_store()
-                    self._worker.sinks[:] = [self._store if s is old_store else s for s in self._worker.sinks]
-                if old_store is not None:
-                    old_store.close()
-                    if fresh and empty and old_folder != self.run_dir:
-                        shutil.rmtree(old_folder, ignore_errors=True)
+                old = self._folder.store
+                self._folder.switch(root, rid, state.get("run_name"), self._meta(), self.config)
+                if old is not None and self._folder.store is not None:
+                    self._dispatcher.replace_sink(old, self._folder.store)
+                if self._layer_info:
+                    self._folder.record_layers(self._layer_info, self._model_class(self.model))
+                if self._folder.stored_steps:
+                    top = max(self._folder.stored_steps)
+                    self._last_step = top if self._last_step is None else max(top, self._last_step)
             if last is not None:
                 self._last_step = max(int(last), self._last_step if self._last_step is not None else int(last))
+            self._dispatcher.resume_after(self._last_step)
 
     def __repr__(self) -> str:
         return f"Monitor(run_id={self.run_id!r}, run_dir={str(self.run_dir)!r}, policy={self.policy!r})"

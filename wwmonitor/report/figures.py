@@ -494,12 +494,12 @@ def plot_metric_curves(
     (columns ``step, epoch, layer, metric, value``); model-level rows
     (``layer == "__model__"``) are ignored.  One subplot per metric, one
     line per layer.  Alpha panels shade the ``[2, 6]`` band weightwatcher
-    calls well trained.
+    calls well trained.  With ``x="epoch"`` the curves are drawn against
+    the step instead when any snapshot has no epoch (the x label says so).
     """
     df = _require_columns(metrics, ("layer", "metric", "value", x), "metrics")
     df = df[df["layer"] != "__model__"]
-    if x == "epoch" and df["epoch"].isna().all():
-        x = "step"
+    x = _x_column(df, x)
     present = [m for m in metrics_to_plot if m in set(df["metric"])]
     if not present:
         raise ValueError(f"plot_metric_curves: none of {list(metrics_to_plot)} in the run's metrics")
@@ -523,6 +523,13 @@ def plot_metric_curves(
         ax.grid(True, alpha=0.3)
     _finish_panels(fig, axs, len(present), title)
     return fig
+
+
+def _x_column(df: "pd.DataFrame", x: str) -> str:
+    """``x``, or ``"step"`` when ``x`` is ``"epoch"`` and some row has no epoch (snapshots taken without one)."""
+    if x == "epoch" and ("epoch" not in df.columns or df["epoch"].isna().any()):
+        return "step"
+    return x
 
 
 def _finish_panels(fig: Figure, axs: Sequence[Axes], n_used: int, title: Optional[str]) -> None:
@@ -618,20 +625,17 @@ def plot_phase_timeline(
     """Layers (rows) x snapshots (columns), each cell coloured by its phase.
 
     ``phases`` has columns ``step, epoch, layer, phase`` (the run store's
-    phase table).  Columns are labelled by ``x`` (epoch, falling back to step).
+    phase table).  Columns are labelled by ``x``: the epoch, or the step
+    when any snapshot has no epoch.
     """
     df = _require_columns(phases, ("step", "layer", "phase"), "phases")
     if df.empty:
         raise ValueError("plot_phase_timeline: the run has no phase records")
-    if x == "epoch" and ("epoch" not in df.columns or df["epoch"].isna().all()):
-        x = "step"
+    x = _x_column(df, x)
     steps = sorted(df["step"].unique())
     lay = list(layers) if layers is not None else list(dict.fromkeys(df["layer"]))
     lookup = {(r.layer, r.step): r.phase for r in df.itertuples()}
-    lab = {}
-    for r in df.itertuples():
-        v = getattr(r, x)
-        lab[r.step] = int(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else r.step
+    lab = {r.step: int(getattr(r, x)) for r in df.itertuples()}
     cells = [[lookup.get((L, s)) for s in steps] for L in lay]
     return _phase_grid(lay, [lab[s] for s in steps], cells, xlabel=x, ylabel="layer",
                        title=title or "Phase of each layer at each snapshot")

@@ -3,15 +3,30 @@
 The report is a static, self-contained page: inline CSS, no scripts, PNG
 figures beside it referenced by relative paths, so it opens from disk with
 no server (``file://.../index.html``) and can be zipped or attached as is.
+
+Nothing that goes wrong is hidden: a figure or section that cannot be drawn
+is replaced by a visible note naming it and the error, and counted in a list
+of problems at the top of the page (:class:`Problems`).  An output folder or
+file that cannot be written raises :class:`OutputError` naming the path.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
+import tempfile
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from .figures import PHASE_COLORS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ..store import Run
 
 CSS = """
 :root { --fg:#1b1f24; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --head:#f6f8fa; --accent:#0969da; }
@@ -39,8 +54,13 @@ table.data tr:nth-child(even) td { background: #fbfcfd; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 10px; }
 code { background: var(--head); padding: 1px 4px; border-radius: 3px; font-size: 13px; }
 pre { background: var(--head); padding: 10px; border-radius: 6px; overflow-x: auto; font-size: 12px; }
+.problem { background: #ffebe9; border: 1px solid #ff818266; border-radius: 6px; padding: 8px 12px; }
+.problems { background: #ffebe9; border: 1px solid #ff818266; border-radius: 6px; padding: 4px 14px; margin: 14px 0; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
+
+class OutputError(ValueError):
+    """An output folder or file of a report cannot be written; the message names the path and the reason."""
 
 
 def page(title: str, body: str, *, subtitle: str = "") -> str:
@@ -56,17 +76,19 @@ def page(title: str, body: str, *, subtitle: str = "") -> str:
     )
 
 
-def fmt(v: Any, digits: int = 3) -> str:
-    """Format a cell: ints as ints, floats with ``digits`` significant digits, None/NaN as an en dash."""
-    if v is None:
-        return "–"
-    try:
-        import pandas as pd
+def _missing(v: Any) -> bool:
+    """``None``, NaN or ``pd.NA`` (a cell with no value)."""
+    import pandas as pd
 
-        if v is pd.NA:
-            return "–"
-    except ImportError:  # pragma: no cover
-        pass
+    if v is None or v is pd.NA:
+        return True
+    return isinstance(v, float) and math.isnan(v)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """Format a cell: ints as ints, floats with ``digits`` significant digits, None/NaN/NA as an en dash."""
+    if _missing(v):
+        return "–"
     if isinstance(v, bool):
         return str(v)
     if isinstance(v, int):
@@ -85,7 +107,8 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 
 def phase_badge(phase: Optional[str]) -> str:
-    if not phase or (isinstance(phase, float) and math.isnan(phase)):
+    """A coloured badge with the phase name (an en dash when there is none)."""
+    if _missing(phase) or not phase:
         return '<span class="phase" style="background:#eee">–</span>'
     color = PHASE_COLORS.get(str(phase), PHASE_COLORS["unknown"])
     return f'<span class="phase" style="background:{color}">{escape(str(phase))}</span>'
@@ -110,29 +133,146 @@ def figure(src: str, caption: str = "", alt: str = "") -> str:
     return f'<figure><img src="{escape(src)}" alt="{escape(alt or caption or src)}" loading="eager">{cap}</figure>'
 
 
-def save(fig: Any, out_dir: Path, name: str, dpi: int = 100) -> str:
-    """Save a matplotlib figure as ``out_dir/name`` and return the relative path (``name``)."""
-    fig.savefig(out_dir / name, dpi=dpi)
+# --------------------------------------------------------------------------
+# problems: what could not be drawn, shown where it happened and listed at the top
+# --------------------------------------------------------------------------
+
+def error_text(err: "BaseException | str") -> str:
+    """One line for an error: ``Type: message`` (a ``KeyError``'s message without the quotes repr adds)."""
+    if isinstance(err, str):
+        return err
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = " ".join(str(msg).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class Problems:
+    """The figures and sections of a page that could not be drawn.
+
+    :meth:`note` records one and returns the visible note that takes the
+    figure's place; :meth:`summary_html` is the numbered list shown at the
+    top of the page, each entry linking to its note.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def note(self, what: str, err: "BaseException | str") -> str:
+        """Record that ``what`` (e.g. ``"the ESD of fc1 at step 30"``) failed with ``err``; return its note."""
+        self.items.append(f"{what}: {error_text(err)}")
+        n = len(self.items)
+        return (f'<p class="problem" id="problem-{n}">⚠ Could not draw {escape(what)}: '
+                f"<code>{escape(error_text(err))}</code></p>")
+
+    def summary_html(self) -> str:
+        """The list of every problem (empty string when there is none)."""
+        if not self.items:
+            return ""
+        items = "".join(f'<li><a href="#problem-{i}">{escape(t)}</a></li>' for i, t in enumerate(self.items, 1))
+        return (f'<div class="problems" id="problems"><p><b>{plural(len(self.items), "problem")}</b> while building '
+                f"this page; each affected figure or section is replaced by a note:</p><ol>{items}</ol></div>")
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 problem"``, ``"4 problems"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --------------------------------------------------------------------------
+# output files
+# --------------------------------------------------------------------------
+
+def _os_reason(path: Path, err: OSError) -> str:
+    """Why ``path`` cannot be written: a file standing where a folder is needed, or the system's reason."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"{str(p)!r} is a file, not a folder"
+            break
+    return err.strerror or str(err)
+
+
+def prepare_out_dir(path: "str | Path", what: str = "report") -> Path:
+    """Create the output folder ``path`` (and its parents) and check that a file can be written in it.
+
+    Raises :class:`OutputError` naming the folder and the reason (a file in
+    the way, no permission, read-only file system).
+    """
+    out = Path(path)
     try:
-        fig.clear()
-    except Exception:  # pragma: no cover
-        pass
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} to {str(out)!r}: {_os_reason(out, e)}") from e
+    return out
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``; :class:`OutputError` naming the file when that fails."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {_os_reason(path, e)}") from e
+    return path
+
+
+def save(fig: Any, out_dir: Path, name: str, dpi: int = 100) -> str:
+    """Save a matplotlib figure as ``out_dir/name`` and return the relative path (``name``).
+
+    A file that cannot be written raises :class:`OutputError` naming it.
+    """
+    path = out_dir / name
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {_os_reason(path, e)}") from e
+    fig.clear()  # release the artists now rather than at the next garbage collection
     return name
 
 
-def safe_name(s: str) -> str:
-    """A file-name-safe version of a layer name."""
-    import re
+def render_figure(problems: Problems, what: str, build: Callable[[], Any], out_dir: Path, name: str, dpi: int,
+                  caption: str) -> str:
+    """Build a figure with ``build()``, save it as ``name`` and return its ``<figure>``.
 
+    When building or drawing fails, the returned HTML is instead a visible
+    note naming ``what`` and the error, and the failure is counted in
+    ``problems``; a file that cannot be written (:class:`OutputError`) is
+    not a figure problem and propagates.
+    """
+    try:
+        src = save(build(), out_dir, name, dpi)
+    except OutputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken figure must not sink the page; it is shown and counted
+        return problems.note(what, e)
+    return figure(src, caption)
+
+
+def safe_name(s: str) -> str:
+    """A file-name-safe version of a layer name (letters, digits, ``.``, ``_``, ``-``)."""
     out = re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("._")
     return out or "layer"
+
+
+def image_stem(name: str, max_len: int = 60) -> str:
+    """A unique, file-name-safe stem for a layer: the sanitised name (cut to ``max_len``) plus a short hash.
+
+    The hash is of the real name, so names that differ only in punctuation or
+    case (``blk/fc`` and ``blk_fc``, ``FC`` and ``fc``) get different files.
+    """
+    digest = hashlib.sha1(str(name).encode("utf-8")).hexdigest()[:8]
+    return f"{safe_name(name)[:max_len]}-{digest}"
 
 
 # --------------------------------------------------------------------------
 # the run report
 # --------------------------------------------------------------------------
 
-#: metrics plotted against epoch in the report
+#: metrics plotted against epoch (or step) in the report
 REPORT_METRICS: tuple[str, ...] = ("alpha", "mp_softrank", "stable_rank", "num_spikes", "log_spectral_norm", "D")
 #: columns of the final-snapshot table
 TABLE_METRICS: tuple[str, ...] = ("alpha", "D", "num_pl_spikes", "mp_softrank", "stable_rank", "num_spikes",
@@ -166,40 +306,166 @@ def select_layers(requested: Optional[Sequence[str]], available: Sequence[str], 
     return list(requested)
 
 
-def layer_fits(run: Any, layer: str, step: Optional[int]) -> tuple[Any, Any, Any, str]:
+class LayerFits(NamedTuple):
+    """A layer's stored ESD at one snapshot and the fits recomputed from it.
+
+    ``pl`` / ``mp`` are ``None`` when there is no such fit, and ``pl_note`` /
+    ``mp_note`` then say why (empty when the fit is there).
+    """
+
+    evals: Any
+    pl: Any
+    mp: Any
+    status: str
+    pl_note: str = ""
+    mp_note: str = ""
+
+
+def layer_fits(run: "Run", layer: str, step: Optional[int]) -> LayerFits:
     """ESD (λ axis), power-law fit and MP fit of ``layer`` at ``step`` from the run store.
 
     The fits are recomputed from the stored float32 ESD with the same
     functions the monitor used (``fit_powerlaw`` on the λ axis: same alpha,
     ``xmin`` divided by ``N``; ``fit_mp`` with the layer's ``Q`` and per-slice
     ``M``).  No power-law fit is drawn when the monitor reported the layer
-    as too small (``status == "too_few_evals"``).  Returns
-    ``(evals, pl_fit_or_None, mp_fit_or_None, status)``.
+    as too small (``status == "too_few_evals"``).  Raises ``KeyError`` when
+    the run has no ESD of ``layer`` at ``step``.
     """
     import numpy as np
 
-    from ..mp import fit_mp
-    from ..powerlaw import fit_powerlaw
-
     ev = np.asarray(run.esd(layer, step), dtype=np.float64)
     info = run.layers[run.layers["layer"] == layer]
-    Q = float(info["Q"].iloc[0]) if len(info) and info["Q"].iloc[0] == info["Q"].iloc[0] else 1.0
-    M = int(info["M"].iloc[0]) if len(info) else ev.size
+    Q = float(info["Q"].iloc[0]) if len(info) and not _missing(info["Q"].iloc[0]) else 1.0
+    M = int(info["M"].iloc[0]) if len(info) and not _missing(info["M"].iloc[0]) else ev.size
     st = run.layer_status
     row = st[(st["layer"] == layer) & (st["step"] == (step if step is not None else st["step"].max()))]
     status = str(row["status"].iloc[0]) if len(row) else "ok"
-    pl = None
-    if status not in ("too_few_evals", "zero_matrix", "non_finite") and (ev > 1e-5).sum() >= 2:
-        pl = fit_powerlaw(ev, keep_landscape=True)
-        if not pl.ok:
-            pl = None
-    mp = None
-    if ev.size and ev.max() > 0:
-        try:
-            mp = fit_mp(ev, max(Q, 1.0), M=M)
-        except ValueError:
-            mp = None
-    return ev, pl, mp, status
+    pl, pl_note = _powerlaw_of(ev, status)
+    mp, mp_note = _mp_of(ev, Q, M)
+    return LayerFits(ev, pl, mp, status, pl_note, mp_note)
+
+
+def _powerlaw_of(ev: Any, status: str) -> tuple[Any, str]:
+    """The power-law fit of ``ev`` (λ axis, with its KS landscape), or ``None`` and the reason."""
+    from ..powerlaw import fit_powerlaw
+
+    if status in ("too_few_evals", "zero_matrix", "non_finite"):
+        return None, status
+    if (ev > 1e-5).sum() < 2:
+        return None, "fewer than 2 eigenvalues above 1e-5"
+    pl = fit_powerlaw(ev, keep_landscape=True)
+    if not pl.ok:
+        return None, f"{pl.status}: {pl.message}" if pl.message else str(pl.status)
+    return pl, ""
+
+
+def _mp_of(ev: Any, Q: float, M: int) -> tuple[Any, str]:
+    """The Marchenko-Pastur fit of ``ev`` (λ axis), or ``None`` and the reason."""
+    from ..mp import fit_mp
+
+    if not ev.size or ev.max() <= 0:
+        return None, "all eigenvalues are zero"
+    try:
+        return fit_mp(ev, max(Q, 1.0), M=M), ""
+    except ValueError as e:
+        return None, f"MP fit failed: {e}"
+
+
+@dataclass
+class _Report:
+    """Everything the sections of one run report share: the run, the selection, the output, the problems."""
+
+    run: "Run"
+    out: Path
+    layers: list[str]
+    steps: list[int]
+    gallery_steps: list[int]
+    metrics: Sequence[str]
+    dpi: int
+    problems: Problems = field(default_factory=Problems)
+    epoch_of: dict[int, Optional[int]] = field(default_factory=dict)
+    _fits: dict[tuple[str, int], LayerFits] = field(default_factory=dict)
+
+    @property
+    def last(self) -> int:
+        """The last analysed step."""
+        return self.steps[-1]
+
+    @property
+    def x_axis(self) -> str:
+        """``"epoch"`` when every snapshot has one, else ``"step"``."""
+        return "epoch" if all(e is not None for e in self.epoch_of.values()) else "step"
+
+    def when(self, step: int) -> str:
+        """``"epoch 3 (step 120)"``, or ``"step 120"`` for a snapshot without an epoch."""
+        e = self.epoch_of.get(step)
+        return f"epoch {e} (step {step})" if e is not None else f"step {step}"
+
+    def fits(self, layer: str, step: int) -> LayerFits:
+        """:func:`layer_fits`, computed once per (layer, step)."""
+        key = (layer, int(step))
+        if key not in self._fits:
+            self._fits[key] = layer_fits(self.run, layer, int(step))
+        return self._fits[key]
+
+
+def _epochs_by_step(run: "Run") -> dict[int, Optional[int]]:
+    """Each snapshot's epoch (``None`` where the snapshot was taken without one)."""
+    return {int(s): (None if _missing(e) else int(e)) for s, e in zip(run.snapshots["step"], run.snapshots["epoch"])}
+
+
+def _open_report(run_dir: "str | Path", out_dir: "Optional[str | Path]", esd_steps: Optional[Sequence[int]],
+                 n_esd_steps: int, layers: Optional[Sequence[str]], metrics: Sequence[str], dpi: int) -> _Report:
+    """Load the run, check the requested layers and steps, then create the output folder."""
+    from ..store import load_run
+
+    run = load_run(run_dir)
+    steps = run.steps
+    if not steps:
+        raise ValueError(f"run {run.name!r} at {str(run.path)!r} has no analysed snapshots yet")
+    all_layers = run.layer_names or sorted(set(run.metrics["layer"]) - {"__model__"})
+    lay = select_layers(layers, all_layers, missing=lambda u: f"layers {u} are not in run {run.name!r}")
+    if esd_steps is not None:
+        bad = [s for s in esd_steps if int(s) not in steps]
+        if bad:
+            raise ValueError(f"esd_steps {bad} are not snapshots of run {run.name!r}; steps: {steps}")
+        gsteps = [int(s) for s in esd_steps]
+    else:
+        gsteps = pick_steps(steps, n_esd_steps)
+    out = prepare_out_dir(Path(out_dir) if out_dir is not None else run.path / "report")
+    return _Report(run=run, out=out, layers=lay, steps=steps, gallery_steps=gsteps, metrics=metrics, dpi=dpi,
+                   epoch_of=_epochs_by_step(run))
+
+
+#: one report section: (anchor, nav label, heading, body builder)
+Section = tuple[str, str, str, Callable[[_Report], str]]
+
+
+def _sections(rep: _Report) -> list[Section]:
+    """The report's sections in page order."""
+    last = escape(rep.when(rep.last))
+    return [
+        ("summary", "Summary", "Summary", _section_summary),
+        ("curves", "Metric curves", "Metric curves", _section_curves),
+        ("final", "Final snapshot", f"Final snapshot: {last}", _section_final),
+        ("phases", "Phase timeline", "Phase timeline", _section_timeline),
+        ("esd", "ESD gallery", "ESD gallery", _section_gallery),
+        ("diagnostics", "Fit diagnostics", f"Fit diagnostics ({last})", _section_diagnostics),
+        ("alerts", "Alerts", "Alerts", _section_alerts),
+        ("config", "Config", "Run config", _section_config),
+    ]
+
+
+def _render_section(rep: _Report, section: Section) -> str:
+    """A section's heading and body; a body that fails becomes a counted note under the heading."""
+    anchor, label, heading, body = section
+    try:
+        html = body(rep)
+    except OutputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken section must not sink the page; it is shown and counted
+        html = rep.problems.note(f"the section {label!r}", e)
+    return f'<h2 id="{anchor}">{heading}</h2>\n{html}'
 
 
 def write_report(
@@ -212,6 +478,7 @@ def write_report(
     metrics: Sequence[str] = REPORT_METRICS,
     dpi: int = 90,
     title: Optional[str] = None,
+    problems: Optional[list[str]] = None,
 ) -> Path:
     """Build the static HTML report of one run; return the path of ``index.html``.
 
@@ -226,194 +493,218 @@ def write_report(
         spread over the run (first, middle, last).
     layers:
         Layers to include (default: all the run has).
+    problems:
+        A list that receives one line per figure or section that could not
+        be drawn (the page shows the same list at the top).
 
-    The page contains: run summary and config, per-layer metric curves
-    against epoch, a table of the final snapshot, the phase timeline
-    (layers x snapshots), the ESD gallery (log-log density with the
-    power-law fit and the MP density, plus the linear MP histogram), fit
-    diagnostics of the last snapshot (CCDF, KS distance vs xmin, scree) and
-    the alerts table.
+    The page contains: run summary, per-layer metric curves against epoch
+    (step when the run has no epochs), a table of the final snapshot, the
+    phase timeline (layers x snapshots), the ESD gallery (log-log density
+    with the power-law fit and the MP density, plus the linear MP
+    histogram), fit diagnostics of the last snapshot (CCDF, KS distance vs
+    xmin, scree), the alerts table and the run config.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` for a run that cannot be
+    read or an unknown layer or step, and :class:`OutputError` (a
+    ``ValueError``) naming the path when the output cannot be written.
     """
-    import json
+    rep = _open_report(run_dir, out_dir, esd_steps, n_esd_steps, layers, metrics, dpi)
+    sections = _sections(rep)
+    bodies = [_render_section(rep, section) for section in sections]
+    nav = "<nav>" + "".join(f'<a href="#{a}">{escape(label)}</a>' for a, label, _, _ in sections) + "</nav>"
+    body = "\n".join([nav, rep.problems.summary_html(), *bodies])
+    html = page(title or f"wwmonitor report: {rep.run.name}", body,
+                subtitle=f"{len(rep.steps)} snapshots · {len(rep.layers)} layers · {escape(str(rep.run.path))}"
+                + (f" · {plural(len(rep.problems), 'problem')}" if len(rep.problems) else ""))
+    if problems is not None:
+        problems.extend(rep.problems.items)
+    return write_text(rep.out / "index.html", html)
 
-    from matplotlib.figure import Figure
 
-    from ..store import load_run
-    from . import figures as F
+# --- the sections (each returns the HTML under its heading) -------------------------------------------------
 
-    run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    steps = run.steps
-    if not steps:
-        raise ValueError(f"run {run.name!r} at {str(run.path)!r} has no analysed snapshots yet")
-    all_layers = run.layer_names or sorted(set(run.metrics["layer"]) - {"__model__"})
-    lay = select_layers(layers, all_layers, missing=lambda u: f"layers {u} are not in run {run.name!r}")
-    if esd_steps is not None:
-        bad = [s for s in esd_steps if int(s) not in steps]
-        if bad:
-            raise ValueError(f"esd_steps {bad} are not snapshots of run {run.name!r}; steps: {steps}")
-        gsteps = [int(s) for s in esd_steps]
-    else:
-        gsteps = pick_steps(steps, n_esd_steps)
-    epoch_of = {int(r.step): (None if r.epoch is None or r.epoch != r.epoch else int(r.epoch))
-                for r in run.snapshots.itertuples()}
-
-    def when(step: int) -> str:
-        e = epoch_of.get(step)
-        return f"epoch {e} (step {step})" if e is not None else f"step {step}"
-
-    parts: list[str] = []
-    nav = ['<a href="#summary">Summary</a>', '<a href="#curves">Metric curves</a>', '<a href="#final">Final snapshot</a>',
-           '<a href="#phases">Phase timeline</a>', '<a href="#esd">ESD gallery</a>',
-           '<a href="#diagnostics">Fit diagnostics</a>', '<a href="#alerts">Alerts</a>', '<a href="#config">Config</a>']
-    parts.append("<nav>" + "".join(nav) + "</nav>")
-
-    # --- summary
-    last = steps[-1]
-    n_alerts = len(run.alerts)
-    parts.append('<h2 id="summary">Summary</h2>')
-    parts.append(
+def _section_summary(rep: _Report) -> str:
+    """Run name, snapshots, layer count, alerts, and the table of layers (type, shape, N, M, Q)."""
+    run, steps = rep.run, rep.steps
+    no_epoch = "" if rep.x_axis == "epoch" else " Snapshots were taken without an epoch, so they are shown by step."
+    parts = [
         f"<p>Run <b>{escape(run.name)}</b> in <code>{escape(str(run.path))}</code>: {len(steps)} snapshot(s), "
-        f"from {escape(when(steps[0]))} to {escape(when(last))}; {len(lay)} layer(s); {n_alerts} alert(s).</p>"
-    )
-    lrows = []
-    for r in run.layers.itertuples():
-        if r.layer not in lay:
-            continue
-        lrows.append([escape(str(r.layer)), escape(str(r.type)), escape(str(r.shape)), fmt(r.N), fmt(r.M), fmt(r.Q)])
-    parts.append(table(["layer", "type", "shape", "N", "M", "Q = N/M"], lrows, left=(0, 1, 2)))
+        f"from {escape(rep.when(steps[0]))} to {escape(rep.when(rep.last))}; {len(rep.layers)} layer(s); "
+        f"{len(run.alerts)} alert(s).{no_epoch}</p>"
+    ]
+    rows = [[escape(str(r.layer)), escape(str(r.type)), escape(str(r.shape)), fmt(r.N), fmt(r.M), fmt(r.Q)]
+            for r in run.layers.itertuples() if r.layer in rep.layers]
+    parts.append(table(["layer", "type", "shape", "N", "M", "Q = N/M"], rows, left=(0, 1, 2)))
     parts.append('<p class="sub">Eigenvalues &lambda; are those of X = W<sup>T</sup>W/N (N = larger, M = smaller '
                  'dimension). Convolution layers pool the ESDs of their kernel-position slices. Power-law fits need '
                  'at least 50 eigenvalues; smaller layers get no &alpha;.</p>')
+    return "\n".join(parts)
 
-    # --- metric curves
-    parts.append('<h2 id="curves">Metric curves</h2>')
-    mdf = run.metrics[run.metrics["layer"].isin(lay)]
-    present = [m for m in metrics if m in set(mdf["metric"])]
-    if present:
-        fig = F.plot_metric_curves(mdf, metrics_to_plot=present, layers=lay, ncols=2)
-        parts.append(figure(save(fig, out, "metrics.png", dpi), "Per-layer metrics at each snapshot. "
-                            "The green band marks 2 ≤ α ≤ 6 (weightwatcher's well-trained range)."))
-    else:
-        parts.append("<p>No metrics recorded.</p>")
 
-    # --- final snapshot table
-    parts.append(f'<h2 id="final">Final snapshot: {escape(when(last))}</h2>')
+def _section_curves(rep: _Report) -> str:
+    """One figure: each metric against epoch (or step), one line per layer."""
+    from . import figures as F
+
+    mdf = rep.run.metrics[rep.run.metrics["layer"].isin(rep.layers)]
+    recorded = set(mdf["metric"])
+    present = [m for m in rep.metrics if m in recorded]
+    absent = [m for m in rep.metrics if m not in recorded]
+    if not present:
+        return "<p>No metrics recorded.</p>"
+    x = rep.x_axis
+    cap = (f"Per-layer metrics at each snapshot, against the {x}. "
+           "The green band marks 2 ≤ α ≤ 6 (weightwatcher's well-trained range).")
+    html = render_figure(rep.problems, "the metric curves",
+                         lambda: F.plot_metric_curves(mdf, metrics_to_plot=present, layers=rep.layers, x=x, ncols=2),
+                         rep.out, "metrics.png", rep.dpi, cap)
+    if absent:
+        html += f'<p class="sub">Not recorded in this run: {escape(", ".join(absent))}.</p>'
+    return html
+
+
+def _section_final(rep: _Report) -> str:
+    """The last snapshot's metrics, phase and status per layer, with the fit messages and phase reasons."""
+    run, last = rep.run, rep.last
     wide = run.to_pandas()
-    wl = wide[(wide["step"] == last) & (wide["layer"].isin(lay))]
+    wl = wide[(wide["step"] == last) & (wide["layer"].isin(rep.layers))]
     msg = run.layer_status[(run.layer_status["step"] == last)].set_index("layer")["message"].to_dict()
     cols = [c for c in TABLE_METRICS if c in wl.columns]
     rows = []
     for r in wl.itertuples(index=False):
         d = r._asdict()
+        tip = escape(str(msg.get(d["layer"]) or ""))
         rows.append([escape(str(d["layer"])), phase_badge(d.get("phase"))] + [fmt(d.get(c)) for c in cols]
-                    + [f'<span title="{escape(str(msg.get(d["layer"]) or ""))}">{escape(str(d.get("status") or ""))}</span>'])
-    parts.append(table(["layer", "phase"] + cols + ["status"], rows, left=(0, 1, len(cols) + 2)))
-    notes = [f"{escape(str(k))}: {escape(str(v))}" for k, v in msg.items() if v and k in lay]
+                    + [f'<span title="{tip}">{escape(str(d.get("status") or ""))}</span>'])
+    parts = [table(["layer", "phase"] + cols + ["status"], rows, left=(0, 1, len(cols) + 2))]
+    notes = [f"{escape(str(k))}: {escape(str(v))}" for k, v in msg.items() if v and k in rep.layers]
     if notes:
         parts.append('<p class="sub">' + "<br>".join(notes) + "</p>")
     parts.append('<p class="sub">xmin and log norms are on weightwatcher\'s σ² axis (eigenvalues of W<sup>T</sup>W); '
                  'mp_sigma2 and lambda_plus on the λ axis (X = W<sup>T</sup>W/N).</p>')
-    if "reason" in run.phases.columns:
-        pr = run.phases[(run.phases["step"] == last) & (run.phases["layer"].isin(lay))]
-        if len(pr):
-            parts.append("<h3>Why each phase</h3>")
-            parts.append(table(["layer", "phase", "reason"],
-                               [[escape(str(r.layer)), phase_badge(r.phase), escape(str(r.reason or ""))]
-                                for r in pr.itertuples()], left=(0, 1, 2)))
+    parts.append(_phase_reasons(rep))
+    return "\n".join(parts)
 
-    # --- phase timeline
-    parts.append('<h2 id="phases">Phase timeline</h2>')
-    ph = run.phases[run.phases["layer"].isin(lay)]
-    if len(ph):
-        fig = F.plot_phase_timeline(ph, layers=lay)
-        parts.append(figure(save(fig, out, "phases.png", dpi),
-                            "Each cell is one layer at one snapshot, coloured by its phase (Martin & Mahoney's 5+1 phases)."))
-    else:
-        parts.append("<p>No phases recorded (phase classification off).</p>")
 
-    # --- ESD gallery
-    parts.append('<h2 id="esd">ESD gallery</h2>')
-    parts.append(f"<p>Snapshots: {escape(', '.join(when(s) for s in gsteps))}. Left: log-log density with the "
-                 "power-law fit (red, dashed, from x<sub>min</sub>) and the Marchenko-Pastur density of the bulk "
-                 "(blue). Right: the same ESD on linear axes with the MP density, its edge &lambda;<sub>+</sub>, "
-                 "the Tracy-Widom margin and the spikes beyond it.</p>")
-    phase_at = {(r.layer, int(r.step)): r.phase for r in run.phases.itertuples()}
-    diag_cache: dict[str, tuple[Any, Any, Any, str]] = {}
-    for L in lay:
+def _phase_reasons(rep: _Report) -> str:
+    """Table of why each layer got its phase at the last snapshot (empty when no reasons are stored)."""
+    ph = rep.run.phases
+    if "reason" not in ph.columns:
+        return ""
+    pr = ph[(ph["step"] == rep.last) & (ph["layer"].isin(rep.layers))]
+    if not len(pr):
+        return ""
+    rows = [[escape(str(r.layer)), phase_badge(r.phase), escape(str(r.reason or ""))] for r in pr.itertuples()]
+    return "<h3>Why each phase</h3>" + table(["layer", "phase", "reason"], rows, left=(0, 1, 2))
+
+
+def _section_timeline(rep: _Report) -> str:
+    """One figure: layers x snapshots, each cell coloured by its phase."""
+    from . import figures as F
+
+    ph = rep.run.phases[rep.run.phases["layer"].isin(rep.layers)]
+    if not len(ph):
+        return "<p>No phases recorded (phase classification off).</p>"
+    return render_figure(rep.problems, "the phase timeline",
+                         lambda: F.plot_phase_timeline(ph, x=rep.x_axis, layers=rep.layers), rep.out, "phases.png",
+                         rep.dpi, "Each cell is one layer at one snapshot, coloured by its phase "
+                         "(Martin & Mahoney's 5+1 phases).")
+
+
+def _section_gallery(rep: _Report) -> str:
+    """For each layer, its ESD figure at each gallery snapshot."""
+    parts = [f"<p>Snapshots: {escape(', '.join(rep.when(s) for s in rep.gallery_steps))}. Left: log-log density "
+             "with the power-law fit (red, dashed, from x<sub>min</sub>) and the Marchenko-Pastur density of the "
+             "bulk (blue). Right: the same ESD on linear axes with the MP density, its edge &lambda;<sub>+</sub>, "
+             "the Tracy-Widom margin and the spikes beyond it.</p>"]
+    phase_at = {(r.layer, int(r.step)): r.phase for r in rep.run.phases.itertuples()}
+    for L in rep.layers:
         parts.append(f"<h3>{escape(L)}</h3>")
-        for s in gsteps:
-            try:
-                ev, pl, mpf, status = layer_fits(run, L, s)
-            except KeyError as e:
-                parts.append(f"<p>{escape(str(e))}</p>")
-                continue
-            if s == last:
-                diag_cache[L] = (ev, pl, mpf, status)
-            try:
-                fig = F.plot_esd_panel(ev, fit=pl, mp=mpf, title=f"{L} at {when(s)}", phase=phase_at.get((L, s)),
-                                       fit_powerlaw_if_missing=False)
-            except ValueError as e:
-                parts.append(f"<p>{escape(L)} at {escape(when(s))}: {escape(str(e))}</p>")
-                continue
-            name = save(fig, out, f"esd_{safe_name(L)}_{s}.png", dpi)
-            cap = f"{escape(L)} at {escape(when(s))}: {ev.size} eigenvalues"
-            if pl is None:
-                cap += " (no power-law fit: " + escape(status if status != "ok" else "fit failed") + ")"
-            parts.append(figure(name, cap))
+        parts.extend(_gallery_item(rep, L, s, phase_at.get((L, s))) for s in rep.gallery_steps)
+    return "\n".join(parts)
 
-    # --- diagnostics
-    parts.append(f'<h2 id="diagnostics">Fit diagnostics ({escape(when(last))})</h2>')
-    parts.append("<p>For each layer with a power-law fit: the CCDF with the fit, the Kolmogorov-Smirnov distance for "
-                 "every candidate x<sub>min</sub> (the fit takes the minimum), and the scree plot with the tail size K "
-                 "and the MP edge.</p>")
-    any_diag = False
-    for L in lay:
-        if L not in diag_cache:
-            try:
-                diag_cache[L] = layer_fits(run, L, last)
-            except KeyError:
-                continue
-        ev, pl, mpf, status = diag_cache[L]
-        if pl is None:
+
+def _gallery_item(rep: _Report, layer: str, step: int, phase: Optional[str]) -> str:
+    """The two-panel ESD figure of ``layer`` at ``step``, or the note saying why it could not be drawn."""
+    from . import figures as F
+
+    at = rep.when(step)
+    what = f"the ESD of {layer} at {at}"
+    try:
+        f = rep.fits(layer, step)
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable ESD is shown and counted
+        return rep.problems.note(what, e)
+    cap = f"{escape(layer)} at {escape(at)}: {f.evals.size} eigenvalues"
+    if f.pl is None:
+        cap += f" (no power-law fit: {escape(f.pl_note)})"
+    if f.mp is None:
+        cap += f" (no MP fit: {escape(f.mp_note)})"
+    build = lambda: F.plot_esd_panel(f.evals, fit=f.pl, mp=f.mp, title=f"{layer} at {at}",  # noqa: E731
+                                     phase=None if _missing(phase) else phase, fit_powerlaw_if_missing=False)
+    return render_figure(rep.problems, what, build, rep.out, f"esd_{image_stem(layer)}_{step}.png", rep.dpi, cap)
+
+
+def _section_diagnostics(rep: _Report) -> str:
+    """For each layer with a power-law fit at the last snapshot: CCDF, KS landscape and scree plot."""
+    parts = ["<p>For each layer with a power-law fit: the CCDF with the fit, the Kolmogorov-Smirnov distance for "
+             "every candidate x<sub>min</sub> (the fit takes the minimum), and the scree plot with the tail size K "
+             "and the MP edge.</p>"]
+    no_fit: list[str] = []
+    for L in rep.layers:
+        what = f"the fit diagnostics of {L}"
+        try:
+            f = rep.fits(L, rep.last)
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable ESD is shown and counted
+            parts.append(rep.problems.note(what, e))
             continue
-        any_diag = True
-        fig = Figure(figsize=(15.5, 3.9), dpi=100, layout="constrained")
-        axs = fig.subplots(1, 3)
-        F.plot_esd(ev, fit=pl, kind="ccdf", ax=axs[0], title="CCDF with power-law fit")
-        F.plot_ks_landscape(ev, fit=pl, ax=axs[1])
-        F.plot_scree(ev, fit=pl, mp=mpf, ax=axs[2])
-        fig.suptitle(f"{L} at {when(last)}", fontsize=12)
-        parts.append(figure(save(fig, out, f"diag_{safe_name(L)}.png", dpi), f"{escape(L)}: fit diagnostics"))
-    if not any_diag:
-        parts.append("<p>No layer has a power-law fit.</p>")
+        if f.pl is None:
+            no_fit.append(f"{L} ({f.pl_note})")
+            continue
+        title = f"{L} at {rep.when(rep.last)}"
+        parts.append(render_figure(rep.problems, what, lambda: _diagnostics_figure(f, title), rep.out,
+                                   f"diag_{image_stem(L)}.png", rep.dpi, f"{escape(L)}: fit diagnostics"))
+    if no_fit:
+        parts.append(f'<p class="sub">No power-law fit, so no diagnostics: {escape("; ".join(no_fit))}.</p>')
+    return "\n".join(parts)
 
-    # --- alerts
-    parts.append('<h2 id="alerts">Alerts</h2>')
-    if n_alerts:
-        arows = []
-        for r in run.alerts.itertuples():
-            sev = str(r.severity or "")
-            arows.append([fmt(r.step), fmt(r.epoch), escape(str(r.layer or "(model)")), escape(str(r.rule)),
-                          f'<span class="sev-{escape(sev)}">{escape(sev)}</span>', fmt(r.value), escape(str(r.message or ""))])
-        parts.append(table(["step", "epoch", "layer", "rule", "severity", "value", "message"], arows, left=(2, 3, 4, 6)))
-    else:
-        parts.append("<p>No alerts fired in this run.</p>")
 
-    # --- config
-    parts.append('<h2 id="config">Run config</h2>')
+def _diagnostics_figure(f: LayerFits, title: str) -> Any:
+    """Three panels: CCDF with the power-law fit, KS distance against xmin, scree plot."""
+    from matplotlib.figure import Figure
+
+    from . import figures as F
+
+    fig = Figure(figsize=(15.5, 3.9), dpi=100, layout="constrained")
+    axs = fig.subplots(1, 3)
+    F.plot_esd(f.evals, fit=f.pl, kind="ccdf", ax=axs[0], title="CCDF with power-law fit")
+    F.plot_ks_landscape(f.evals, fit=f.pl, ax=axs[1])
+    F.plot_scree(f.evals, fit=f.pl, mp=f.mp, ax=axs[2])
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def _section_alerts(rep: _Report) -> str:
+    """Every alert that fired: step, epoch, layer, rule, severity, value, message."""
+    alerts = rep.run.alerts
+    if not len(alerts):
+        return "<p>No alerts fired in this run.</p>"
+    rows = []
+    for r in alerts.itertuples():
+        sev = escape(str(r.severity or ""))
+        layer = "(model)" if _missing(r.layer) or not r.layer else str(r.layer)
+        rows.append([fmt(r.step), fmt(r.epoch), escape(layer), escape(str(r.rule)),
+                     f'<span class="sev-{sev}">{sev}</span>', fmt(r.value), escape(str(r.message or ""))])
+    return table(["step", "epoch", "layer", "rule", "severity", "value", "message"], rows, left=(2, 3, 4, 6))
+
+
+def _section_config(rep: _Report) -> str:
+    """The config given to the monitor, and its metadata (versions, settings) folded away."""
+    run = rep.run
     if run.config:
-        parts.append(table(["key", "value"], [[escape(str(k)), escape(json.dumps(v, default=str))]
-                                              for k, v in sorted(run.config.items())], left=(0, 1)))
+        html = table(["key", "value"], [[escape(str(k)), escape(json.dumps(v, default=str))]
+                                        for k, v in sorted(run.config.items())], left=(0, 1))
     else:
-        parts.append("<p>No config was given to the monitor.</p>")
+        html = "<p>No config was given to the monitor.</p>"
     if run.meta:
-        parts.append("<details><summary>Monitor metadata (versions, settings)</summary><pre>"
-                     + escape(json.dumps(run.meta, indent=1, default=str)) + "</pre></details>")
-
-    html = page(title or f"wwmonitor report: {run.name}", "\n".join(parts),
-                subtitle=f"{len(steps)} snapshots · {len(lay)} layers · {escape(str(run.path))}")
-    index = out / "index.html"
-    index.write_text(html, encoding="utf-8")
-    return index
+        html += ("<details><summary>Monitor metadata (versions, settings)</summary><pre>"
+                 + escape(json.dumps(run.meta, indent=1, default=str)) + "</pre></details>")
+    return html

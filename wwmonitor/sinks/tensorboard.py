@@ -7,9 +7,9 @@ What is written for a :class:`~wwmonitor.records.SnapshotResult` at
   not ``add_scalars``, which would create one event file per key);
 * ``<prefix>/model/<key>`` -- the model-level means of ``result.summary``
   (``mean_alpha`` = mean of alpha over the layers with a fit, etc.);
-* ``<prefix>/esd/<layer>`` -- an image of the layer's ESD (log-log density,
-  power-law fit line, MP density; :func:`wwmonitor.report.figures.plot_esd`),
-  every ``esd_every_n_epochs`` epochs;
+* ``<prefix>/esd/<layer>`` -- the layer's ESD figure (log-log density,
+  power-law fit line, MP density), for the snapshots where the monitor's
+  renderer drew one (``Monitor(esd_every_n_epochs=...)``);
 * ``<prefix>/phases`` -- a Markdown table of each layer's phase and reason (text);
 * ``<prefix>/alerts`` -- the snapshot's alerts (text), when any fired.
 
@@ -39,14 +39,14 @@ import numpy as np
 
 from ..records import SnapshotResult
 from ._render import (
-    EsdSchedule,
     alerts_markdown,
-    esd_png,
     layer_scalars,
     phase_markdown,
+    png_size,
     png_to_rgb,
     resolve_metrics,
     sanitize_tag,
+    write_each,
 )
 
 __all__ = ["TensorBoardSink", "EventWriter", "open_writer"]
@@ -156,12 +156,9 @@ class TensorBoardSink:
         ``"default"`` (alpha, alpha_weighted, D, norms, stable_rank, entropy,
         rank_loss, spike counts, mp_softrank), ``"all"``, or a list of
         :class:`~wwmonitor.metrics.LayerMetrics` field names.
-    esd_every_n_epochs:
-        Log ESD images at the first snapshot and then whenever at least this
-        many epochs passed since the last images (snapshots without an epoch
-        count as one epoch each).  ``0`` disables ESD images.
-    esd_layers:
-        Layer names whose ESDs are drawn (default: all).
+    images:
+        Write the ESD figures the result carries (``result.figures``; drawn
+        by the monitor's renderer, see ``Monitor(esd_every_n_epochs=...)``).
     close_writer:
         Close the writer in :meth:`close` (default: only if the sink opened it).
     """
@@ -172,12 +169,9 @@ class TensorBoardSink:
         *,
         prefix: str = "ww",
         metrics: Union[str, Sequence[str]] = "default",
-        esd_every_n_epochs: int = 1,
-        esd_layers: Optional[Sequence[str]] = None,
+        images: bool = True,
         close_writer: Optional[bool] = None,
-        dpi: int = 80,
     ) -> None:
-        self._esd = EsdSchedule(esd_every_n_epochs)  # validates: >= 0
         owned = isinstance(writer, (str, os.PathLike))
         if owned:
             writer = open_writer(writer)
@@ -187,10 +181,8 @@ class TensorBoardSink:
         self.writer = writer
         self.prefix = prefix.rstrip("/")
         self.metrics = resolve_metrics(metrics)
-        self.esd_every = self._esd.every
-        self.esd_layers = set(esd_layers) if esd_layers is not None else None
+        self.wants_figures = bool(images)
         self.close_writer = owned if close_writer is None else bool(close_writer)
-        self.dpi = int(dpi)
 
     def write(self, result: SnapshotResult) -> None:
         """Log one snapshot (called from the monitor's worker thread)."""
@@ -205,20 +197,19 @@ class TensorBoardSink:
         w.add_text(f"{p}/phases", phase_markdown(result), step)
         if result.alerts:
             w.add_text(f"{p}/alerts", alerts_markdown(result), step)
-        if self._esd.due(result):
-            for lm in result.layers:
-                if self.esd_layers is not None and lm.name not in self.esd_layers:
-                    continue
-                png = esd_png(result, lm, dpi=self.dpi)
-                if png is None:
-                    continue
-                tag = f"{p}/esd/{sanitize_tag(lm.name)}"
-                if hasattr(w, "add_png"):
-                    h, wd = png_to_rgb(png).shape[:2]
-                    w.add_png(tag, png, h, wd, step)
-                else:
-                    w.add_image(tag, png_to_rgb(png), step, dataformats="HWC")
-        w.flush()
+        try:
+            if self.wants_figures:
+                write_each(result.figures.items(), lambda name, png: self._image(name, png, step), "ESD image(s)")
+        finally:
+            w.flush()
+
+    def _image(self, name: str, png: bytes, step: int) -> None:
+        tag = f"{self.prefix}/esd/{sanitize_tag(name)}"
+        if hasattr(self.writer, "add_png"):
+            h, wd = png_size(png)
+            self.writer.add_png(tag, png, h, wd, step)
+        else:
+            self.writer.add_image(tag, png_to_rgb(png), step, dataformats="HWC")
 
     def close(self) -> None:
         """Flush; close the writer only if this sink owns it."""

@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..records import SnapshotResult
-from ._render import EsdSchedule, esd_png, layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag
+from ._render import layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag, write_each
 
 __all__ = ["WandbSink"]
 
@@ -54,7 +54,7 @@ class WandbSink:
     step_metric:
         Key holding the trainer's step (``"trainer/global_step"`` matches
         Lightning's charts; the Keras callback uses ``"ww/step"``).
-    prefix, metrics, esd_every_n_epochs, esd_layers:
+    prefix, metrics, images:
         As in :class:`~wwmonitor.sinks.tensorboard.TensorBoardSink`.
     table:
         Log the per-layer ``wandb.Table`` with every snapshot.
@@ -71,28 +71,23 @@ class WandbSink:
         step_metric: str = "trainer/global_step",
         prefix: str = "ww",
         metrics: Union[str, Sequence[str]] = "default",
-        esd_every_n_epochs: int = 1,
-        esd_layers: Optional[Sequence[str]] = None,
+        images: bool = True,
         table: bool = True,
         alerts: bool = True,
         deliver: str = "direct",
-        dpi: int = 80,
     ) -> None:
         if run is None or not callable(getattr(run, "log", None)):
             raise TypeError(f"run: expected a wandb Run (wandb.init(...)), got {type(run).__name__}")
         if deliver not in ("direct", "deferred"):
             raise ValueError(f"deliver must be 'direct' or 'deferred', got {deliver!r}")
-        self._esd = EsdSchedule(esd_every_n_epochs)  # validates: >= 0
         self.run = run
         self.step_metric = step_metric
         self.prefix = prefix.rstrip("/")
         self.metrics = resolve_metrics(metrics)
-        self.esd_every = self._esd.every
-        self.esd_layers = set(esd_layers) if esd_layers is not None else None
+        self.wants_figures = bool(images)
         self.table = bool(table)
         self.send_alerts = bool(alerts)
         self.deliver = deliver
-        self.dpi = int(dpi)
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()  # serialises pump() callers (one thread in practice)
         self._defined = False
@@ -117,14 +112,10 @@ class WandbSink:
         for k, v in result.summary.items():
             if v is not None and np.isfinite(v):
                 scalars[f"{p}/model/{k}"] = float(v)
-        images: dict[str, tuple[np.ndarray, str]] = {}
-        if self._esd.due(result):
-            for lm in result.layers:
-                if self.esd_layers is not None and lm.name not in self.esd_layers:
-                    continue
-                png = esd_png(result, lm, dpi=self.dpi)
-                if png is not None:
-                    images[f"{p}/esd/{sanitize_tag(lm.name)}"] = (png_to_rgb(png), f"{lm.name} step {result.step}")
+        images: dict[str, tuple[bytes, str]] = {}
+        if self.wants_figures:
+            for name, png in result.figures.items():
+                images[f"{p}/esd/{sanitize_tag(name)}"] = (png, f"{name} step {result.step}")
         alerts = [
             ((f"wwmonitor {a.rule}" + (f" {a.layer}" if a.layer else ""))[:63], a.message, a.severity)
             for a in result.alerts
@@ -182,14 +173,23 @@ class WandbSink:
         row[self.step_metric] = payload["step"]
         if payload["epoch"] is not None:
             row[f"{self.prefix}/epoch"] = payload["epoch"]
-        for key, (rgb, caption) in payload["images"].items():
-            row[key] = wandb.Image(rgb, caption=caption)
-        if self.table and payload["rows"]:
-            row[f"{self.prefix}/layers"] = wandb.Table(columns=payload["columns"], data=payload["rows"])
-        self.run.log(row)
-        self.rows_logged += 1
+
+        def image(key: str, item: object) -> None:
+            png, caption = item  # type: ignore[misc]
+            row[key] = wandb.Image(png_to_rgb(png), caption=caption)
+
+        try:  # a failing image loses only itself: the scalars, table and alerts are still logged
+            write_each(payload["images"].items(), image, "ESD image(s)")
+        finally:
+            if self.table and payload["rows"]:
+                row[f"{self.prefix}/layers"] = wandb.Table(columns=payload["columns"], data=payload["rows"])
+            self.run.log(row)
+            self.rows_logged += 1
+            self._send_alerts(payload["alerts"], wandb)
+
+    def _send_alerts(self, alerts: list[tuple[str, str, str]], wandb: Any) -> None:
         if self.send_alerts:
-            for title, text, severity in payload["alerts"]:
+            for title, text, severity in alerts:
                 level = getattr(wandb.AlertLevel, _LEVELS.get(severity, "WARN"))
                 self.run.alert(title=title, text=text, level=level, wait_duration=0)
                 self.alerts_sent += 1

@@ -1,0 +1,180 @@
+"""The analyzer stage: host copies of one snapshot -> :class:`SnapshotResult`.
+
+:func:`analyse_snapshot` is pure apart from the weights it reads: arrays in,
+a result out, with every layer either analysed or carrying an error status
+and its reason.  :class:`AnalysisWorker` is the one background thread that
+drains the snapshot queue, analyses, frees the snapshot's buffers and
+submits the result to the dispatcher -- it never calls a sink or an alert
+rule itself.
+
+Why a thread and not a process: the expensive parts (the float64 Gram
+product and ``eigvalsh``) run in BLAS/LAPACK, which release the GIL, so a
+thread overlaps with training as well as a process does, without pickling
+every snapshot (measured in ``benchmarks/bench_monitor.py``).  One thread
+also keeps results in the order the snapshots were queued.
+
+BLAS threads: the analysis runs with NumPy's BLAS limited to
+``blas_threads`` (default 1, via ``threadpoolctl``), so it takes one core
+next to training; on a busy machine a multi-threaded OpenBLAS ``eigvalsh``
+competing with training threads was measured 10-50x slower.
+
+Rules that need the raw weights (correlation traps) say so with
+``needs_weights``; the analyzer then calls ``inspect_weights(name, W, lm)``
+on the same host copy, so the user never wires anything by hand.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from dataclasses import replace
+from typing import Any, Callable, Optional
+
+from ..analyze import AnalysisOptions, analyze_matrix
+from ..metrics import LayerMetrics
+from ..records import SnapshotResult
+from ..summary import model_summary
+from .faults import Faults
+from .policy import SnapshotQueue
+from .snapshot import Snapshot, as_numpy
+
+__all__ = ["analyse_snapshot", "AnalysisWorker", "AnalyzeFn", "default_analyze"]
+
+log = logging.getLogger("wwmonitor")
+
+#: signature of the per-matrix analysis: (array, name, layer_type, scale, options) -> LayerMetrics
+AnalyzeFn = Callable[[Any, str, str, float, AnalysisOptions], LayerMetrics]
+
+
+def default_analyze(W: Any, name: str, layer_type: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
+    """:func:`wwmonitor.analyze.analyze_matrix` with the monitor's calling convention."""
+    return analyze_matrix(W, name, layer_type=layer_type, scale=scale, options=options)
+
+
+def _failed_layer(name: str, typ: str, W: Any, reason: str) -> LayerMetrics:
+    return LayerMetrics(name=name, type=typ, shape=tuple(int(s) for s in W.shape), status="error", message=reason)
+
+
+def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: AnalyzeFn = default_analyze,
+                     abort: Optional[threading.Event] = None, inspector: Any = None,
+                     on_error: Optional[Callable[[str, str, BaseException], None]] = None) -> SnapshotResult:
+    """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
+
+    The λ-axis ESD and the fitted models that :func:`analyze_matrix` leaves in
+    ``extra["esd"]`` / ``extra["fits"]`` (``keep_esd=True``) move to
+    ``SnapshotResult.esds`` / ``.fits``.  ``inspector`` (an object with
+    ``inspect_weights(name, W, lm)``, e.g. alert rules that need the weights)
+    sees each successfully analysed matrix; its failures go to ``on_error``.
+    """
+    if snap.ready is not None:
+        snap.ready()
+    # the worker keeps the ESD and uses the lean-memory eigen route (one thread, bounded memory)
+    opts = options if (options.keep_esd and options.low_memory) else replace(options, keep_esd=True, low_memory=True)
+    res = SnapshotResult(step=snap.step, epoch=snap.epoch, time=snap.time, layers=[])
+    t0, c0 = time.perf_counter(), time.thread_time()
+    for name, typ, scale, W in snap.entries:
+        if abort is not None and abort.is_set():
+            res.errors[name] = "not analysed: monitor closed before this layer was reached"
+            res.layers.append(_failed_layer(name, typ, W, res.errors[name]))
+            continue
+        A = as_numpy(W)
+        try:
+            m = analyze_fn(A, name, typ, scale, opts)
+        except Exception as e:  # noqa: BLE001 - any failure of one layer is recorded, never raised
+            res.errors[name] = f"{type(e).__name__}: {e}"
+            m = _failed_layer(name, typ, W, f"layer {name!r}: analysis failed: {res.errors[name]}")
+            log.debug("wwmonitor: layer %s failed at step %s:\n%s", name, snap.step, traceback.format_exc())
+        if inspector is not None and m.status == "ok":
+            try:
+                inspector.inspect_weights(name, A, m)
+            except Exception as e:  # noqa: BLE001 - the layer's metrics are kept
+                if on_error is not None:
+                    on_error("alerts", f"step {snap.step}, layer {name!r} (weight inspection)", e)
+        esd = m.extra.pop("esd", None)
+        if esd is not None:
+            res.esds[name] = esd
+        fits = m.extra.pop("fits", None)
+        if fits:
+            res.fits[name] = fits
+        res.layers.append(m)
+    res.summary = model_summary(res.layers)
+    res.meta["analysis_s"] = time.perf_counter() - t0  # wall seconds in the worker
+    res.meta["analysis_cpu_s"] = time.thread_time() - c0  # CPU seconds of the worker thread
+    return res
+
+
+class AnalysisWorker:
+    """One daemon thread: snapshot queue -> :func:`analyse_snapshot` -> ``submit``.
+
+    Buffers go back to the pool as soon as a snapshot is analysed.  The
+    result is submitted before the queue slot is marked done, so once the
+    queue is idle every result is in the dispatcher.
+    """
+
+    def __init__(self, queue: SnapshotQueue, submit: Callable[[SnapshotResult], Any], *, options: AnalysisOptions,
+                 analyze_fn: AnalyzeFn = default_analyze, inspector: Any = None, faults: Optional[Faults] = None,
+                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1) -> None:
+        self.queue = queue
+        self.submit = submit
+        self.options = options
+        self.analyze_fn = analyze_fn
+        self.inspector = inspector
+        self.faults = faults if faults is not None else Faults(("worker_errors", "alert_errors"))
+        self.blas_threads = blas_threads
+        self._tpc: Any = None
+        self.abort = threading.Event()
+        self.layer_errors = 0
+        self.analysed = 0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _on_error(self, where: str, what: str, exc: BaseException) -> None:
+        self.faults.add("alert_errors", f"wwmonitor: {where} failed at {what} ({type(exc).__name__}: {exc})")
+
+    def _run(self) -> None:
+        while True:
+            snap = self.queue.get()
+            if snap is None:
+                return
+            try:
+                res = self._analyse(snap)
+                self.submit(res)
+            except Exception as e:  # noqa: BLE001 - the worker must survive anything
+                self.faults.add("worker_errors", f"wwmonitor: analysing step {snap.step} failed "
+                                f"({type(e).__name__}: {e}); that snapshot is lost")
+            finally:
+                self.queue.done()
+
+    def _analyse(self, snap: Snapshot) -> SnapshotResult:
+        try:
+            with self._blas_limit():
+                res = analyse_snapshot(snap, self.options, self.analyze_fn, self.abort, self.inspector, self._on_error)
+        finally:
+            self.queue.pool.release(snap.buffers)  # free for the next snapshot as early as possible
+            snap.entries = []
+        self.layer_errors += len(res.errors)
+        self.analysed += 1
+        return res
+
+    def _blas_limit(self) -> Any:
+        """Context manager limiting NumPy's BLAS threads during one analysis."""
+        if self.blas_threads is None:
+            return contextlib.nullcontext()
+        if self._tpc is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self._tpc = ThreadpoolController()
+            except ImportError:
+                self.faults.once("no-threadpoolctl", "wwmonitor: threadpoolctl is not installed; the analysis "
+                                 "runs with the BLAS default thread count (blas_threads is ignored)")
+                self.blas_threads = None
+                return contextlib.nullcontext()
+        return self._tpc.limit(limits=self.blas_threads, user_api="blas")
