@@ -122,10 +122,9 @@ def test_keras_fit(backend, tmp_path):
 
     assert r["backend"] == backend
     assert not r["tf_imported"]  # TensorBoard events written without TensorFlow
-    with_cb, without, batchhook = r["async"]
-    assert with_cb == without  # the callback does not turn async dispatch off
-    if without:
-        assert batchhook is False  # ... while a batch hook would (so the check can fail)
+    # torch and jax are thread-safe Keras backends: async dispatch is on without callbacks; the callback keeps
+    # it on, while a batch hook turns it off (so the check can fail)
+    assert r["async"] == [True, True, False]
 
     steps = [16, 32, 48]  # optimizer iterations at the ends of epochs 0..2 (512 / 32 per epoch)
     dense = ["block/dense", "block/dense_1", "proj"]

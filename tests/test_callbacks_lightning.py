@@ -153,6 +153,24 @@ def test_resume_from_mid_run_checkpoint_continues_the_run(tmp_path):
     assert not m.duplicated(["step", "layer", "metric"]).any()
 
 
+def test_fresh_fit_with_the_same_run_name_starts_a_new_run(tmp_path):
+    from _logcheck import logs
+
+    pl, loggers, Callback = _pkg("lightning")
+    kw = dict(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="exp", alerts=None)
+    cb1 = Callback(**kw)
+    _trainer(pl, tmp_path, max_epochs=1, logger=False, callbacks=[cb1]).fit(make_module("lightning"))
+    cb2 = Callback(**kw)
+    with logs(r"run 'exp' already exists.*starting a new run 'exp-2'"):
+        _trainer(pl, tmp_path, max_epochs=2, logger=False, callbacks=[cb2]).fit(make_module("lightning"))
+    assert (cb1.monitor.run_id, cb2.monitor.run_id) == ("exp", "exp-2")
+    assert wwmonitor.load_run(cb1.monitor.run_dir).steps == [16]  # the first run is untouched
+    assert wwmonitor.load_run(cb2.monitor.run_dir).steps == [16, 32]  # the second stored everything
+    cb3 = Callback(**kw, resume=True)  # asked: continue "exp"
+    _trainer(pl, tmp_path, max_epochs=3, logger=False, callbacks=[cb3]).fit(make_module("lightning"))
+    assert cb3.monitor.run_id == "exp" and wwmonitor.load_run(cb3.monitor.run_dir).steps == [16, 32, 48]
+
+
 def test_two_instances_need_distinct_state_keys():
     _, _, Callback = _pkg("lightning")
     a, b = Callback(every_n_epochs=1), Callback(every_n_epochs=2)

@@ -57,13 +57,22 @@ SCRIPT = textwrap.dedent(
 
     warnings.showwarning = _showwarning
 
+    class SaveWeights(pl.Callback):
+        # rank 0 keeps the weights of every epoch end, to check each step's filed metrics
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.global_rank == 0:
+                torch.save(pl_module.state_dict(), os.path.join({out!r}, f"w{{trainer.global_step}}.pt"))
+
+
     if __name__ == "__main__":
         out = {out!r}
-        cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp",
+        # policy="latest" (and "skip") used to file gathered metrics under the wrong step
+        cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp", policy="latest", queue_size=1, esd_every_n_epochs=1,
                                    # a threshold every layer exceeds: guaranteed alert output on rank 0
                                    alerts={{"rules": ["alpha_high", "rank_collapse"], "alpha_high": 2.5,
                                             "warmup": 0}})
-        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, callbacks=[cb],
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, callbacks=[SaveWeights(), cb],
                              logger=[TensorBoardLogger(os.path.join(out, "tb")), CSVLogger(os.path.join(out, "csv"))],
                              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
         model = make_module("lightning")
@@ -118,21 +127,27 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
     assert not m.duplicated(["step", "layer", "metric"]).any()
     assert set(m[m.layer != "__model__"].layer) == {"fc1", "fc2", "out"}
 
-    # single-process analysis of the final weights == the DDP run's last snapshot
+    # single-process analysis of each epoch's weights == the DDP run's metrics filed under that step
     sys.path.insert(0, str(HERE))
     from _wwcb_helpers import make_module
 
-    model = make_module("lightning")
-    model.load_state_dict(torch.load(tmp_path / "final.pt", weights_only=True))
-    with wwmonitor.Monitor(model, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
-        mon.snapshot(step=24, epoch=2)
-    single = wwmonitor.load_run(tmp_path / "single" / "single").metrics
-    a = m[m.step == 24].set_index(["layer", "metric"]).value.sort_index()
-    b = single.set_index(["layer", "metric"]).value.sort_index()
-    assert a.index.equals(b.index)
-    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-9, atol=1e-12)
-    for layer in ("fc1", "fc2"):
-        np.testing.assert_allclose(run.esd(layer, 24), wwmonitor.load_run(tmp_path / "single" / "single").esd(layer, 24))
+    single_run = tmp_path / "single" / "single"
+    with wwmonitor.Monitor(None, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
+        for epoch, step in enumerate(steps):
+            model = make_module("lightning")
+            model.load_state_dict(torch.load(tmp_path / f"w{step}.pt", weights_only=True))
+            mon.snapshot(step=step, epoch=epoch, model=model)
+    single = wwmonitor.load_run(single_run).metrics
+    for step in steps:
+        a = m[m.step == step].set_index(["layer", "metric"]).value.sort_index()
+        b = single[single.step == step].set_index(["layer", "metric"]).value.sort_index()
+        assert a.index.equals(b.index), step
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=f"step {step}")
+        for layer in ("fc1", "fc2"):
+            np.testing.assert_allclose(run.esd(layer, step), wwmonitor.load_run(single_run).esd(layer, step))
+    # the steps really differ (a misfiled step would not be caught by identical snapshots)
+    alphas = m[(m.layer == "fc1") & (m.metric == "log_norm")].sort_values("step").value.to_numpy()
+    assert len(set(np.round(alphas, 9))) == 3
 
     # TensorBoard written once (rank 0), every step present exactly once
     from _wwcb_helpers import tb_accumulator

@@ -676,3 +676,20 @@ def test_model_summary_is_one_definition(tmp_path):
     offline = rep.summary()
     for key in ("mean_alpha", "mean_log_norm", "mean_stable_rank", "num_layers", "num_ok"):
         assert live[key] == pytest.approx(offline[key], rel=1e-6), key
+
+
+def test_correlation_trap_rule_fires_without_any_wiring(tmp_path):
+    """The rule says it needs the weights; the analyzer provides them (no analyze_fn by hand)."""
+    from wwmonitor.alerts import AlertRules
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((200, 100))
+    W[3, 7], W[50, 20] = 60.0, -60.0  # two isolated huge entries survive the shuffle: two traps
+    rules = AlertRules(rules=["correlation_trap"])
+    assert rules.needs_weights is True
+    with Monitor(None, tmp_path, options=FAST, alerts=rules, every_n_epochs=None) as mon:
+        mon.snapshot(step=0, matrices={"fc1": W, "clean": rng.standard_normal((200, 100))})
+    lms = {lm.name: lm for lm in mon.results[0].layers}
+    assert lms["fc1"].extra["num_traps"] == 2 and lms["clean"].extra["num_traps"] == 0
+    fired = [(a.rule, a.layer) for a in mon.alerts_fired]
+    assert fired == [("correlation_trap", "fc1")]

@@ -242,7 +242,7 @@ def test_complex_matrix_is_rejected_naming_the_layer(make):
     """A complex matrix used to be analysed as its real part (a ComplexWarning at best)."""
     W = make()
     for fn in (wwmonitor.esd, squared_singular_values):
-        with pytest.raises(TypeError, match=r"blocks\.2\.fc: complex-valued matrix \(dtype complex"):
+        with pytest.raises(TypeError, match=r"blocks\.2\.fc: complex-valued matrix \(dtype (torch\.)?complex"):
             fn(W, name="blocks.2.fc")
     stack = W.reshape(2, 60, 80) if isinstance(W, np.ndarray) else W.reshape(2, 60, 80)
     with pytest.raises(TypeError, match=r"conv1: complex-valued stack"):

@@ -13,8 +13,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .metrics import LayerMetrics, norm_metrics
-from .powerlaw import fit_powerlaw
-from .spectral import esd_batched, squared_singular_values, to_numpy
+from .powerlaw import EVALS_THRESH, fit_powerlaw
+from .spectral import _dtype_problem, esd_batched_scaled, input_problem, squared_singular_values_scaled, to_numpy
 
 __all__ = ["AnalysisOptions", "analyze_matrix", "analyze_spec", "analyze_evals", "DEFAULT_MIN_EVALS"]
 
@@ -93,7 +93,22 @@ def analyze_matrix(
 
     Never raises on bad *values*: non-finite or all-zero matrices return a
     :class:`LayerMetrics` whose ``status`` says what is wrong.  A wrong *shape*
-    (1-D, empty) raises ``ValueError`` naming ``name``.
+    (1-D, empty) raises ``ValueError`` naming ``name``; input that is not a
+    dense real matrix (complex, sparse, quantized, masked, object/bool dtype)
+    raises ``TypeError`` naming ``name`` -- nothing is converted silently.
+
+    Extreme scales: a matrix whose entries are so small (``|W| < 2^-400``,
+    e.g. denormal ``1e-310``) or so large that ``WᵀW`` under- or overflows
+    float64 is analysed as ``W / 2^e`` (``2^e`` just above ``max |W|``, an exact
+    rescaling); the scale-free metrics (alpha, D, ranks, entropy, MP soft rank,
+    spikes, phase) come from it, the log norms get ``2e·log10(2)`` added, and
+    the scale-dependent values (``lambda_max``, ``xmin``, ``xmax``, the MP
+    edges) are multiplied back where float64 can hold them and are ``None``
+    otherwise, with ``status`` ``"underflow"``/``"overflow"`` naming them.
+    weightwatcher's ``1e-5`` eigenvalue floor of the power-law fit is applied
+    on the true scale, so such tiny matrices get no alpha (as at any scale
+    whose eigenvalues are all below ``1e-5``).  Such a matrix is never
+    reported as zero or rank-collapsed; only a matrix of exact zeros is.
     """
     if kwargs:
         bad = set(kwargs) - set(AnalysisOptions.__dataclass_fields__)
@@ -103,7 +118,14 @@ def analyze_matrix(
     # Accelerator tensors stay on their device; CPU tensors become zero-copy
     # NumPy views (no torch kernels here: torch's OpenMP pool spins after each
     # kernel and was measured to slow the BLAS threads that follow).
-    A = W if _on_accelerator(W) else to_numpy(W)
+    label = f"layer {name!r}"
+    problem = input_problem(W, "stack" if getattr(W, "ndim", 2) == 3 else "matrix")
+    if problem:
+        raise TypeError(f"{label}: {problem}")
+    A = W if _on_accelerator(W) else to_numpy(W, name=label)
+    problem = _dtype_problem(A.dtype, "stack" if A.ndim == 3 else "matrix")
+    if problem:  # e.g. a nested list of objects, only visible after conversion
+        raise TypeError(f"{label}: {problem}")
     shape = tuple(int(s) for s in A.shape)
     if len(shape) not in (2, 3):
         raise ValueError(
@@ -128,13 +150,14 @@ def analyze_matrix(
         return lm
 
     if len(shape) == 3:
-        ev_sq = np.sort(esd_batched(A, normalize=False, name=name).ravel())
+        ev, e2 = esd_batched_scaled(A, name=name, rescale_large=True)
+        ev_sq = np.sort(ev.ravel())
     else:
-        ev_sq = squared_singular_values(A, name=name, low_memory=options.low_memory)
-    return analyze_evals(
-        ev_sq * scale, lm, options=options, scale=scale,
-        W=A if options.localization and len(shape) == 2 else None,
-    )
+        ev_sq, e2 = squared_singular_values_scaled(A, name=name, low_memory=options.low_memory, rescale_large=True)
+    W_loc = None
+    if options.localization and len(shape) == 2:
+        W_loc = A if e2 == 0 else np.ldexp(np.asarray(to_numpy(A), dtype=np.float64), -(e2 // 2))
+    return analyze_evals(ev_sq * scale, lm, options=options, scale=scale, W=W_loc, exponent2=e2)
 
 
 def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS) -> LayerMetrics:
@@ -162,17 +185,29 @@ def analyze_evals(
     options: AnalysisOptions = DEFAULT_OPTIONS,
     scale: float = 1.0,
     W: Optional[np.ndarray] = None,
+    exponent2: int = 0,
 ) -> LayerMetrics:
     """Fill ``lm`` from eigenvalues ``ev_sq`` of ``WᵀW`` (σ² axis, ascending,
     already multiplied by ``scale``).
 
     ``lm`` must carry ``name``, ``N``, ``M`` and ``num_evals``.
+    ``exponent2``: the true eigenvalues are ``ev_sq · 2**exponent2`` (matrices
+    at extreme scale, see :func:`analyze_matrix`); ``W`` is then the rescaled
+    matrix.
     """
     name, N = lm.name, lm.N
     ev_sq = np.sort(np.asarray(ev_sq, dtype=np.float64))
     lam = ev_sq / (N * scale)  # λ axis, X = WᵀW/N of the unscaled matrix
+    notes: list[str] = []
     if options.keep_esd:
-        lm.extra["esd"] = lam.astype(np.float32)
+        if not exponent2:
+            lm.extra["esd"] = lam.astype(np.float32)
+        else:
+            kept = _esd_float32(lam, exponent2)
+            if kept is not None:
+                lm.extra["esd"] = kept
+            else:
+                notes.append("ESD not kept: its eigenvalues are outside the float32 range of the stored ESDs")
     if ev_sq.size == 0 or ev_sq[-1] <= 0:
         lm.status = "zero_matrix"
         lm.message = f"layer {name!r}: all weights are zero (no spectrum)"
@@ -193,7 +228,7 @@ def analyze_evals(
         )
         lm.warning = "too-few-evals"
     else:
-        pl = _fit(ev_sq, options)
+        pl = _fit(ev_sq, options, exponent2)
         if pl.ok:
             lm.alpha, lm.xmin, lm.xmax, lm.D = pl.alpha, pl.xmin, pl.xmax, pl.D
             lm.sigma, lm.num_pl_spikes = pl.sigma, pl.num_pl_spikes
@@ -226,11 +261,81 @@ def analyze_evals(
         from .localization import localization_metrics
 
         lm.extra.update(localization_metrics(W, xmin=lm.xmin))
+    if exponent2:
+        _restore_scale(lm, exponent2, notes)
+    dropped = []
     for k, v in list(lm.__dict__.items()):
         if isinstance(v, float) and not math.isfinite(v):
             setattr(lm, k, None)
+            dropped.append(k)
+    if dropped:
+        notes.append(f"not finite, reported as None: {', '.join(dropped)}")
+    if notes:
+        lm.message = "; ".join([lm.message or f"layer {name!r}", *notes])
     return lm
 
 
-def _fit(ev_sq: np.ndarray, options: AnalysisOptions):
-    return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)
+def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0):
+    if not exponent2:
+        return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)
+    # rescaled matrix: apply weightwatcher's eigenvalue floor and the xmax cut on the true scale
+    with np.errstate(over="ignore", under="ignore"):
+        floor = float(np.ldexp(EVALS_THRESH, -exponent2))
+        xmax = None if options.xmax is None else float(np.ldexp(options.xmax, -exponent2))
+    return fit_powerlaw(ev_sq[ev_sq > floor], xmax=xmax, fix_fingers=options.fix_fingers)
+
+
+#: σ²/λ-axis values that scale with ``W²`` (multiplied back by ``2**exponent2``)
+_SCALED_FIELDS = ("lambda_max", "xmin", "xmax", "mp_sigma2", "lambda_plus", "lambda_minus", "tw_margin")
+
+
+def _restore_scale(lm: LayerMetrics, exponent2: int, notes: list[str]) -> None:
+    """Put the scale ``2**exponent2`` of a rescaled matrix back: in log space for the
+    log norms, by ``ldexp`` where representable for the values, ``None`` (and an
+    ``"underflow"``/``"overflow"`` status naming them) where not."""
+    shift = exponent2 * math.log10(2.0)
+    for f in ("log_norm", "log_spectral_norm"):
+        v = getattr(lm, f)
+        if v is not None:
+            setattr(lm, f, v + shift)
+    if lm.alpha is not None:
+        for f in ("alpha_weighted", "log_alpha_norm"):
+            v = getattr(lm, f)
+            if v is not None:
+                setattr(lm, f, v + lm.alpha * shift)
+    under, over = [], []
+    tiny = np.finfo(np.float64).tiny
+    for f in _SCALED_FIELDS:
+        v = getattr(lm, f)
+        if v is None or v == 0 or not math.isfinite(v):
+            continue
+        with np.errstate(over="ignore", under="ignore"):
+            r = float(np.ldexp(v, exponent2))
+        if not math.isfinite(r):
+            over.append(f)
+            r = None
+        elif abs(r) < tiny:
+            under.append(f)
+            r = None
+        setattr(lm, f, r)
+    if under or over:
+        kind = "overflow" if over else "underflow"
+        lost = ", ".join(over + under)
+        notes.insert(0, (
+            f"weights at extreme scale (max |W| ~ 2^{exponent2 // 2}): {lost} cannot be represented in float64 "
+            f"({kind}) and are None; log norms are computed in log space, scale-free metrics from W / max|W|"))
+        lm.status = kind
+        if not lm.warning:
+            lm.warning = kind
+
+
+def _esd_float32(lam: np.ndarray, exponent2: int) -> Optional[np.ndarray]:
+    """The λ-axis ESD ``lam · 2**exponent2`` as float32, or ``None`` when its largest
+    eigenvalue is not a normal float32 (the stored ESDs are float32)."""
+    with np.errstate(over="ignore", under="ignore"):
+        true = np.ldexp(lam, exponent2)
+    top = float(true.max()) if true.size else 0.0
+    f32 = np.finfo(np.float32)
+    if not (float(f32.tiny) <= top <= float(f32.max)):
+        return None
+    return true.astype(np.float32)

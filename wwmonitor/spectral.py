@@ -42,10 +42,29 @@ Speed notes (measured, ``benchmarks/bench_esd.py`` and docs/benchmarks.md):
   (measured 3-20x slower for a 512x512 ESD on a loaded 2-core machine).
   :func:`blas_thread_limit` is the switch; :func:`wwmonitor.analyze_model`
   uses it with its thread pool.
+
+Inputs that are not dense real matrices are refused with a ``TypeError``
+naming the matrix: complex matrices (the imaginary part is never dropped),
+sparse matrices and tensors (``scipy.sparse``, torch sparse layouts; densify
+them yourself if they fit in memory), quantized tensors, masked arrays with
+masked entries, and object/bool/string arrays.
+
+Scale: weights so small that ``Σ W_ij²`` is below ``2^-800`` (``|W| < 2^-400``,
+e.g. denormal ``1e-310``) lose precision or vanish in the Gram matrix, and
+weights so large that it overflows cannot be squared at all.  Such matrices
+are analysed as ``W / 2^e`` (``2^e`` the power of two just above ``max |W|``,
+an exact rescaling) and the eigenvalues are multiplied back by ``4^e``;
+:func:`squared_singular_values` and :func:`esd` raise ``ValueError`` naming
+the underflow when the largest eigenvalue is then not a normal float64, and
+:func:`wwmonitor.analyze_matrix` keeps the exponent separately (log norms in
+log space, see :mod:`wwmonitor.analyze`).  Ordinary matrices (``2^-400 <=
+max |W|``, no overflow) never take this route.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 from typing import Any, Iterator, Optional
 
@@ -53,14 +72,24 @@ import numpy as np
 
 __all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus"]
 
+log = logging.getLogger("wwmonitor")
+
 
 def _is_torch_tensor(x: Any) -> bool:
     mod = type(x).__module__
     return mod.startswith("torch") and hasattr(x, "detach")
 
 
-def to_numpy(W: Any) -> np.ndarray:
-    """Return ``W`` as a NumPy array (torch tensors are detached and moved to host)."""
+def to_numpy(W: Any, *, name: str = "W") -> np.ndarray:
+    """Return ``W`` as a NumPy array (torch tensors are detached and moved to host).
+
+    Raises ``TypeError`` naming ``name`` for inputs that cannot be converted
+    without losing or inventing values: sparse matrices/tensors, quantized
+    tensors and masked arrays with masked entries (see :func:`input_problem`).
+    """
+    problem = _container_problem(W)
+    if problem:
+        raise TypeError(f"{name}: {problem}")
     if _is_torch_tensor(W):
         t = W.detach()
         if t.dtype.is_floating_point and t.dtype not in (_torch().float32, _torch().float64):
@@ -77,17 +106,77 @@ def _torch():
     return torch
 
 
+def _container_problem(W: Any) -> Optional[str]:
+    """Why ``W`` cannot be turned into a dense array without losing or inventing
+    values (sparse, quantized, masked), or ``None``."""
+    mod = type(W).__module__
+    if mod.startswith("scipy.sparse") and hasattr(W, "tocsr"):
+        return (f"sparse matrix (scipy.sparse {type(W).__name__}) is not supported: "
+                "densify it with W.toarray() if it fits in memory")
+    if isinstance(W, np.ma.MaskedArray):
+        n = int(np.ma.count_masked(W))
+        if n:
+            return (f"masked array with {n} masked entr{'y' if n == 1 else 'ies'} is not supported: "
+                    "the values behind the mask would be analysed; use W.filled(...) or drop them")
+    if _is_torch_tensor(W):
+        torch = _torch()
+        layout = getattr(W, "layout", torch.strided)
+        if layout != torch.strided:
+            return (f"sparse tensor (layout {layout}) is not supported: "
+                    "densify it with W.to_dense() if it fits in memory")
+        if getattr(W, "is_quantized", False):
+            return f"quantized tensor (dtype {W.dtype}) is not supported: pass W.dequantize()"
+    return None
+
+
+def _dtype_problem(dtype: Any, what: str = "matrix") -> Optional[str]:
+    """Why an array of ``dtype`` (NumPy or torch) is not a real numeric ``what``, or ``None``."""
+    if dtype is None:
+        return None
+    if "complex" in str(dtype):
+        return (f"complex-valued {what} (dtype {dtype}) is not supported: "
+                "wwmonitor analyses real weights only (it will not drop the imaginary part)")
+    if hasattr(dtype, "is_floating_point"):  # torch.dtype (complex handled above)
+        if dtype == _torch().bool:
+            return f"expected a real numeric {what}, got dtype {dtype}"
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return None  # an unknown array library's dtype: checked again after conversion
+    if not np.issubdtype(dt, np.number):
+        return f"expected a real numeric {what}, got dtype {dt}"
+    return None
+
+
+def input_problem(W: Any, what: str = "matrix") -> Optional[str]:
+    """Why ``W`` cannot be analysed as a dense real ``what`` ("matrix" or "stack"),
+    or ``None``: sparse / quantized / masked containers, complex or non-numeric dtypes.
+
+    Callers prefix the layer name; :func:`wwmonitor.analyze_matrix` and the
+    ESD functions raise ``TypeError`` with it.
+    """
+    return _container_problem(W) or _dtype_problem(getattr(W, "dtype", None), what)
+
+
 def _check_matrix(W: np.ndarray, name: str, *, ndim: int = 2) -> None:
-    """Raise naming ``name`` unless ``W`` is a non-empty numeric array of ``ndim`` dimensions
+    """Raise naming ``name`` unless ``W`` is a non-empty real numeric array of ``ndim`` dimensions
     (2: a matrix; 3: a stack of matrices ``(K, a, b)``)."""
     what = "matrix" if ndim == 2 else "stack"
+    problem = _dtype_problem(W.dtype, what)
+    if problem:
+        raise TypeError(f"{name}: {problem}")
     if W.ndim != ndim:
         expected = "a 2-D matrix" if ndim == 2 else "a stack of matrices (K, a, b)"
         raise ValueError(f"{name}: expected {expected}, got an array of shape {tuple(W.shape)}")
     if min(W.shape) == 0:
         raise ValueError(f"{name}: {what} has an empty dimension, shape {tuple(W.shape)}")
-    if not np.issubdtype(W.dtype, np.number):
-        raise TypeError(f"{name}: expected a numeric {what}, got dtype {W.dtype}")
+
+
+def _raise_input_problem(W: Any, name: str, what: str) -> None:
+    problem = input_problem(W, what)
+    if problem:
+        raise TypeError(f"{name}: {problem}")
 
 
 def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False) -> np.ndarray:
@@ -105,26 +194,113 @@ def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False
     fast on one thread; the default route is faster when several threads
     analyse matrices at once (SciPy's BLAS serialises concurrent calls).
 
-    Raises ``ValueError`` naming ``name`` for a non-2-D or empty matrix and
-    for NaN/Inf entries (or entries so large that ``Σ W_ij²`` overflows).
+    Raises ``ValueError`` naming ``name`` for a non-2-D or empty matrix,
+    for NaN/Inf entries (or entries so large that ``Σ W_ij²`` overflows) and
+    for entries so small that the largest eigenvalue underflows float64 (see
+    the module docstring: tiny matrices are computed on ``W / 2^e`` and
+    scaled back exactly).  Raises ``TypeError`` naming ``name`` for complex,
+    sparse, quantized, masked or non-numeric input.
     """
+    ev, e2 = squared_singular_values_scaled(W, name=name, low_memory=low_memory)
+    return _unscale(ev, e2, name, W)
+
+
+def squared_singular_values_scaled(
+    W: Any, *, name: str = "W", low_memory: bool = False, rescale_large: bool = False
+) -> tuple[np.ndarray, int]:
+    """``(ev, e2)`` with the eigenvalues of ``WᵀW`` equal to ``ev · 2**e2``.
+
+    ``e2 == 0`` (and ``ev`` identical to :func:`squared_singular_values`)
+    for every matrix with ``Σ_i W_ij² >= 2^-800`` that does not overflow.
+    Smaller matrices (denormal weights) -- and, with ``rescale_large``,
+    matrices whose sum of squares overflows -- are computed as
+    ``W / 2^e`` with ``2^e`` the power of two just above ``max |W|`` (exact),
+    and ``e2 = 2e``.
+    """
+    _raise_input_problem(W, name, "matrix")
     if _is_torch_tensor(W) and getattr(W, "device", None) is not None and W.device.type != "cpu":
-        return _squared_sv_torch(W, name=name)
-    A = to_numpy(W)
+        return _squared_sv_torch(W, name=name, rescale_large=rescale_large)
+    A = to_numpy(W, name=name)
     _check_matrix(A, name)
-    if low_memory:
+    return _evals_scaled(A, name, low_memory=low_memory, rescale_large=rescale_large, stack=False)
+
+
+#: A Gram diagonal (column sums of squares) whose largest entry is below this
+#: (entries below ~2^-400) is recomputed on ``W / max|W|`` (see the module docstring).
+TINY_GRAM = 2.0 ** -800
+
+
+def _evals_scaled(A: np.ndarray, name: str, *, low_memory: bool, rescale_large: bool,
+                  stack: bool) -> tuple[np.ndarray, int]:
+    """Ascending eigenvalues of ``AᵀA`` (last two axes) as ``(ev, e2)``, value ``ev · 2**e2``."""
+    if stack or not low_memory:
+        G = _gram64(A)
+    else:
         G = _gram64_lower(A)  # Fortran order, lower triangle, built in place
-        _check_gram_finite(G, A, name)
-        M = G.shape[-1]
+    e = _rescale_exponent(np.diagonal(G, axis1=-2, axis2=-1), A, name, rescale_large)
+    if e:
+        del G
+        ev, _ = _evals_scaled(np.ldexp(np.asarray(A, dtype=np.float64), -e), name,
+                              low_memory=low_memory, rescale_large=False, stack=stack)
+        return ev, 2 * e
+    M = G.shape[-1]
+    if stack:
+        ev = np.linalg.eigvalsh(G)
+        redo = [k for k in range(ev.shape[0]) if _needs_svd(ev[k, 0], ev[k, -1], M)]
+        if redo:
+            ev[redo] = _svd_squared(A[redo])
+        return np.clip(ev, 0.0, None, out=ev), 0
+    if low_memory:
         ev = _eigvalsh_overwrite(G)  # G is destroyed: no second M x M copy
     else:
-        G = _gram64(A)
-        _check_gram_finite(G, A, name)
-        M = G.shape[-1]
         ev = np.linalg.eigvalsh(G)
     if _needs_svd(ev[0], ev[-1], M):
         ev = _svd_squared(A)
-    return np.clip(ev, 0.0, None, out=ev)
+    return np.clip(ev, 0.0, None, out=ev), 0
+
+
+def _rescale_exponent(diag: np.ndarray, A: np.ndarray, name: str, rescale_large: bool) -> int:
+    """``e`` such that ``A / 2^e`` must be analysed instead of ``A`` (0: analyse ``A``).
+
+    ``diag`` is the Gram diagonal.  Raises for non-finite entries and, unless
+    ``rescale_large``, for an overflowing sum of squares.
+    """
+    if np.isfinite(diag).all():
+        if diag.size == 0 or float(diag.max()) >= TINY_GRAM:
+            return 0
+        amax = float(np.max(np.abs(A)))
+        return math.frexp(amax)[1] if amax > 0.0 else 0  # a truly zero matrix stays as it is
+    if not np.isfinite(A).all():
+        raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
+    amax = float(np.max(np.abs(A)))
+    if not rescale_large:
+        raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})")
+    return math.frexp(amax)[1]
+
+
+def _absmax(W: Any) -> float:
+    if _is_torch_tensor(W):
+        return float(W.detach().abs().max().item())
+    return float(np.max(np.abs(to_numpy(W))))
+
+
+def _unscale(ev: np.ndarray, e2: int, name: str, W: Any) -> np.ndarray:
+    """``ev · 2**e2``; raises ``ValueError`` when the largest value is not a normal float64."""
+    if e2 == 0:
+        return ev
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(ev, e2)
+    top = float(np.max(out))
+    if not math.isfinite(top):
+        raise ValueError(
+            f"{name}: the eigenvalues of WᵀW overflow float64 (max |W| = {_absmax(W):.3g}); "
+            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms")
+    if top < np.finfo(np.float64).tiny:
+        raise ValueError(
+            f"{name}: the eigenvalues of WᵀW underflow float64 (max |W| = {_absmax(W):.3g}, largest "
+            f"eigenvalue 2^{math.log2(float(np.max(ev))) + e2:.1f}); they cannot be represented -- "
+            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms")
+    return out
 
 
 def _eigvalsh_overwrite(G: np.ndarray) -> np.ndarray:
@@ -176,7 +352,7 @@ def _gram64(A: np.ndarray) -> np.ndarray:
     """
     A64 = A if A.dtype == np.float64 else A.astype(np.float64)
     At = np.swapaxes(A64, -1, -2)
-    with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by _rescale_exponent
         return A64 @ At if A64.shape[-2] < A64.shape[-1] else At @ A64
 
 
@@ -195,33 +371,55 @@ def _gram64_lower(A: np.ndarray) -> np.ndarray:
     B = A if A.shape[0] >= A.shape[1] else A.T  # long side first: (N, M)
     M = B.shape[1]
     G = np.zeros((M, M), order="F")
-    with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_gram_finite
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by _rescale_exponent
         for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
             blk = np.asarray(B[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
             G = _dsyrk(1.0, blk, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
     return G
 
 
-def _check_gram_finite(G: np.ndarray, A: np.ndarray, name: str) -> None:
-    """Raise if the Gram diagonal (``Σ_i W_ij²`` per column) is not finite."""
-    if np.isfinite(np.diagonal(G, axis1=-2, axis2=-1)).all():
-        return
-    if not np.isfinite(A).all():
-        raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
-    raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {np.abs(A).max():.3g})")
-
-
-def _squared_sv_torch(W: Any, *, name: str) -> np.ndarray:
+def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
+                      stack: bool = False) -> tuple[np.ndarray, int]:
+    """Accelerator route: ``(ev, e2)`` as :func:`squared_singular_values_scaled`, on the tensor's device
+    (``stack``: a ``(K, a, b)`` stack, eigenvalues ``(K, M)``)."""
     torch = _torch()
     t = W.detach()
-    if t.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D matrix, got a tensor of shape {tuple(t.shape)}")
+    what = "stack" if stack else "matrix"
+    _raise_input_problem(t, name, what)
+    want = 3 if stack else 2
+    if t.ndim != want:
+        expected = "a 2-D matrix" if want == 2 else "a stack of matrices (K, a, b)"
+        raise ValueError(f"{name}: expected {expected}, got a tensor of shape {tuple(t.shape)}")
+    if min(t.shape) == 0:
+        raise ValueError(f"{name}: {what} has an empty dimension, shape {tuple(t.shape)}")
     t = t.to(torch.float64)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
-    G = t @ t.T if t.shape[0] < t.shape[1] else t.T @ t
+
+    def gram(x: Any) -> Any:
+        xt = x.transpose(-1, -2)
+        return x @ xt if x.shape[-2] < x.shape[-1] else xt @ x
+
+    G = gram(t)
+    diag = torch.diagonal(G, dim1=-2, dim2=-1)
+    e = 0
+    if not bool(torch.isfinite(diag).all()):
+        amax = float(t.abs().max().item())
+        if not rescale_large:
+            raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})")
+        e = math.frexp(amax)[1]
+    elif float(diag.max().item()) < TINY_GRAM:
+        amax = float(t.abs().max().item())
+        e = math.frexp(amax)[1] if amax > 0.0 else 0
+    if e:
+        k = -e  # multiply by 2^k in steps that stay representable (exact: powers of two)
+        while k:
+            step = max(-1000, min(1000, k))
+            t = t * (2.0 ** step)
+            k -= step
+        G = gram(t)
     ev = torch.linalg.eigvalsh(G)
-    return np.clip(ev.cpu().numpy(), 0.0, None)
+    return np.clip(ev.cpu().numpy(), 0.0, None), 2 * e
 
 
 def esd(W: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
@@ -237,10 +435,10 @@ def esd(W: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
     name:
         Used in error messages.
     """
-    ev = squared_singular_values(W, name=name)
+    ev, e2 = squared_singular_values_scaled(W, name=name)
     if normalize:
         ev = ev / float(max(np.shape(W)))
-    return ev
+    return _unscale(ev, e2, name, W)
 
 
 def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
@@ -248,26 +446,23 @@ def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarr
 
     Used for convolution kernels (one ``out x in`` slice per kernel position):
     a single batched matmul and batched ``eigvalsh`` call instead of ``K``
-    separate calls.
+    separate calls.  Input checks and extreme scales as :func:`esd`.
     """
-    if _is_torch_tensor(Ws) and Ws.device.type != "cpu":
-        torch = _torch()
-        t = Ws.detach().to(torch.float64)
-        G = t @ t.transpose(-1, -2) if t.shape[-2] < t.shape[-1] else t.transpose(-1, -2) @ t
-        ev = np.clip(torch.linalg.eigvalsh(G).cpu().numpy(), 0.0, None)
-    else:
-        A = to_numpy(Ws)
-        _check_matrix(A, name, ndim=3)
-        G = _gram64(A)
-        _check_gram_finite(G, A, name)
-        ev = np.linalg.eigvalsh(G)
-        redo = [k for k in range(ev.shape[0]) if _needs_svd(ev[k, 0], ev[k, -1], G.shape[-1])]
-        if redo:
-            ev[redo] = _svd_squared(A[redo])
-        np.clip(ev, 0.0, None, out=ev)
+    ev, e2 = esd_batched_scaled(Ws, name=name)
     if normalize:
         ev = ev / float(max(np.shape(Ws)[-2:]))
-    return ev
+    return _unscale(ev, e2, name, Ws)
+
+
+def esd_batched_scaled(Ws: Any, *, name: str = "W", rescale_large: bool = False) -> tuple[np.ndarray, int]:
+    """Unnormalised ``(ev, e2)`` of a stack ``(K, a, b)``: eigenvalues of ``WᵀW`` = ``ev · 2**e2``
+    (one exponent for the whole stack; see :func:`squared_singular_values_scaled`)."""
+    _raise_input_problem(Ws, name, "stack")
+    if _is_torch_tensor(Ws) and Ws.device.type != "cpu":
+        return _squared_sv_torch(Ws, name=name, rescale_large=rescale_large, stack=True)
+    A = to_numpy(Ws, name=name)
+    _check_matrix(A, name, ndim=3)
+    return _evals_scaled(A, name, low_memory=False, rescale_large=rescale_large, stack=True)
 
 
 # ------------------------------------------------------------ BLAS threads ----
@@ -286,8 +481,19 @@ def _controller() -> Any:
         from threadpoolctl import ThreadpoolController
 
         return ThreadpoolController()
-    except Exception:  # noqa: BLE001 - threadpoolctl missing or broken: no limit
+    except Exception as e:  # noqa: BLE001 - threadpoolctl missing or broken: no limit, but say so
+        _warn_once(f"wwmonitor: cannot inspect the BLAS libraries (threadpoolctl: {type(e).__name__}: {e}); "
+                   "BLAS threads are not limited")
         return None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning(msg)
 
 
 @contextlib.contextmanager
@@ -308,7 +514,9 @@ def blas_thread_limit(n: Optional[int]) -> Iterator[None]:
     try:
         blas = tpc.select(user_api="blas")
         current = [int(lib.num_threads) for lib in blas.lib_controllers]
-    except Exception:  # noqa: BLE001 - a broken library probe must not stop the analysis
+    except Exception as e:  # noqa: BLE001 - a broken library probe must not stop the analysis
+        _warn_once(f"wwmonitor: cannot read the BLAS thread counts (threadpoolctl: {type(e).__name__}: {e}); "
+                   "BLAS threads are not limited")
         yield
         return
     if not current or min(max(1, int(n)), max(current)) >= max(current):

@@ -443,7 +443,8 @@ def load_run(path: Union[str, Path]) -> Run:
         try:
             kv = {k: json.loads(v) for k, v in meta_rows.items()}
         except (TypeError, ValueError) as e:
-            raise ValueError(f"cannot read the run store {str(db)!r}: its run_meta table holds invalid JSON ({e})") from e
+            raise ValueError(f"cannot read the run store {str(db)!r}: "
+                             f"its run_meta table holds invalid JSON ({e})") from e
 
         def q(sql: str) -> pd.DataFrame:
             return pd.read_sql_query(sql, conn)

@@ -109,7 +109,7 @@ class AlertRules:
             stop_on=stop_on, warn=warn, log_alerts=log_alerts, on_alert=on_alert,
         ))
         self._state: dict[str, LayerState] = {}
-        #: failures per rule id since construction (or :meth:`reset`)
+        #: failures per rule id (``"alerts"``: the engine itself) since construction or :meth:`reset`
         self.rule_errors: dict[str, int] = {}
         #: every alert fired so far
         self.fired: list[Alert] = []
@@ -188,23 +188,27 @@ class AlertRules:
         """
         out: list[Alert] = []
         for lm in result.layers:
-            failed = self._report_inspect_errors(lm, result, on_error)
-            st = self._state.get(lm.name)
-            if st is None:
-                st = self._state[lm.name] = LayerState({k: d for k, (d, _) in _FIELDS.items()})
-            st.seen += 1
-            ctx = LayerContext(lm, result)
-            bad = lm.status == "non_finite"
+            what = f"step {result.step}, layer {getattr(lm, 'name', '?')!r}"
+            try:
+                failed = self._report_inspect_errors(lm, what, on_error)
+                st = self._state.get(lm.name)
+                if st is None:
+                    st = self._state[lm.name] = LayerState({k: d for k, (d, _) in _FIELDS.items()})
+                st.seen += 1
+                ctx = LayerContext(lm, result)
+                bad = lm.status == "non_finite"
+            except Exception as exc:  # noqa: BLE001 - a malformed layer never stops the others
+                self._failed(None, what, exc, on_error)
+                continue
             for rule in self._rules:
                 if (bad and not rule.on_non_finite) or rule.id in failed:
                     continue  # a non-finite layer only gets the non_finite rule
                 try:
                     fired = rule.check(ctx, st)
+                    if fired is not None:
+                        out.append(self._alert(rule, ctx, fired))
                 except Exception as exc:  # noqa: BLE001 - one rule's bug never stops the others
-                    self._failed(rule.id, f"step {result.step}, layer {lm.name!r}", exc, on_error)
-                    continue
-                if fired is not None:
-                    out.append(self._alert(rule, ctx, fired))
+                    self._failed(rule.id, what, exc, on_error)
         for a in out:
             self._act(a)
         self.fired.extend(out)
@@ -212,17 +216,19 @@ class AlertRules:
 
     __call__ = evaluate
 
-    def _report_inspect_errors(self, lm: LayerMetrics, result: SnapshotResult, on_error: Optional[OnError]) -> set[str]:
+    def _report_inspect_errors(self, lm: LayerMetrics, what: str, on_error: Optional[OnError]) -> set[str]:
         errors = lm.extra.pop(INSPECT_ERRORS, None) if isinstance(lm.extra, dict) else None
         if not errors:
             return set()
         for rule_id, exc in errors.items():
-            self._failed(str(rule_id), f"step {result.step}, layer {lm.name!r} (inspect_weights)", exc, on_error)
+            self._failed(str(rule_id), f"{what} (inspect_weights)", exc, on_error)
         return set(errors)
 
-    def _failed(self, rule_id: str, what: str, exc: BaseException, on_error: Optional[OnError]) -> None:
-        n = self.rule_errors[rule_id] = self.rule_errors.get(rule_id, 0) + 1
-        where = f"alert:{rule_id}"
+    def _failed(self, rule_id: Optional[str], what: str, exc: BaseException, on_error: Optional[OnError]) -> None:
+        """Count and report one failure of ``rule_id`` (``None``: the engine itself) on one layer."""
+        key = rule_id or "alerts"
+        n = self.rule_errors[key] = self.rule_errors.get(key, 0) + 1
+        where = f"alert:{rule_id}" if rule_id else "alerts"
         if on_error is not None:
             try:
                 on_error(where, what, exc)
@@ -231,9 +237,9 @@ class AlertRules:
                 log.error("alert rules: on_error raised %r while reporting %s", e2, where)
         if n == 1:
             log.error("alert rule %s failed at %s: %s: %s (this rule's further failures are logged at DEBUG)",
-                      rule_id, what, type(exc).__name__, exc, exc_info=exc)
+                      key, what, type(exc).__name__, exc, exc_info=exc)
         else:
-            log.debug("alert rule %s failed at %s (failure %d): %r", rule_id, what, n, exc)
+            log.debug("alert rule %s failed at %s (failure %d): %r", key, what, n, exc)
 
     def _alert(self, rule: Rule, ctx: LayerContext, fired: Firing) -> Alert:
         return Alert(

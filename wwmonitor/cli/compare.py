@@ -1,14 +1,21 @@
-"""``wwmonitor compare RUN_DIR...``: compare several runs (e.g. a batch-size sweep)."""
+"""``wwmonitor compare RUN_DIR...``: compare several runs (e.g. a batch-size sweep).
+
+A run store that cannot be read, runs that cannot be compared, or an output
+folder that cannot be written is one line on stderr naming it, exit status
+2; figures that could not be drawn are listed on stderr (and at the top of
+the page) after the comparison is written.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import INPUT_ERRORS, announce_written, fail
+from ._common import REPORT_ERRORS, announce_problems, announce_written, error_reason, fail
 
 
 def add_parser(sub: Any) -> None:
+    """Register ``wwmonitor compare`` and its options."""
     p = sub.add_parser("compare", help="compare runs against a swept config parameter (HTML + CSV)")
     p.add_argument("run_dirs", nargs="+", help="run folders (each contains run.sqlite), or a folder of run folders")
     p.add_argument("-o", "--out", default="wwmonitor-compare", help="output folder (default: ./wwmonitor-compare)")
@@ -37,15 +44,18 @@ def expand_run_dirs(paths: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the comparison; 0 when written (problems listed on stderr), 2 on bad input or unwritable output."""
     from wwmonitor.report.compare import write_comparison
 
+    problems: list[str] = []
     try:
         dirs = expand_run_dirs(args.run_dirs)
         if len(dirs) < 2:
             return fail("compare", "need at least two runs to compare")
         index = write_comparison(dirs, args.out, param=args.param,
                                  group=None if args.group == "none" else args.group,
-                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title)
-    except INPUT_ERRORS as e:
-        return fail("compare", e)
+                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title, problems=problems)
+    except REPORT_ERRORS as e:  # the writers' messages start with "compare: " for Python callers
+        return fail("compare", error_reason(e).removeprefix("compare: "))
+    announce_problems("compare", "comparison", problems)
     return announce_written(f"comparison of {len(dirs)} runs", index)

@@ -76,7 +76,7 @@ def page(title: str, body: str, *, subtitle: str = "") -> str:
     )
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     """``None``, NaN or ``pd.NA`` (a cell with no value)."""
     import pandas as pd
 
@@ -87,7 +87,7 @@ def _missing(v: Any) -> bool:
 
 def fmt(v: Any, digits: int = 3) -> str:
     """Format a cell: ints as ints, floats with ``digits`` significant digits, None/NaN/NA as an en dash."""
-    if _missing(v):
+    if is_missing(v):
         return "–"
     if isinstance(v, bool):
         return str(v)
@@ -108,7 +108,7 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 def phase_badge(phase: Optional[str]) -> str:
     """A coloured badge with the phase name (an en dash when there is none)."""
-    if _missing(phase) or not phase:
+    if is_missing(phase) or not phase:
         return '<span class="phase" style="background:#eee">–</span>'
     color = PHASE_COLORS.get(str(phase), PHASE_COLORS["unknown"])
     return f'<span class="phase" style="background:{color}">{escape(str(phase))}</span>'
@@ -155,9 +155,11 @@ class Problems:
     """
 
     def __init__(self) -> None:
+        """An empty list of problems."""
         self.items: list[str] = []
 
     def __len__(self) -> int:
+        """How many problems were recorded."""
         return len(self.items)
 
     def note(self, what: str, err: "BaseException | str") -> str:
@@ -335,8 +337,8 @@ def layer_fits(run: "Run", layer: str, step: Optional[int]) -> LayerFits:
 
     ev = np.asarray(run.esd(layer, step), dtype=np.float64)
     info = run.layers[run.layers["layer"] == layer]
-    Q = float(info["Q"].iloc[0]) if len(info) and not _missing(info["Q"].iloc[0]) else 1.0
-    M = int(info["M"].iloc[0]) if len(info) and not _missing(info["M"].iloc[0]) else ev.size
+    Q = float(info["Q"].iloc[0]) if len(info) and not is_missing(info["Q"].iloc[0]) else 1.0
+    M = int(info["M"].iloc[0]) if len(info) and not is_missing(info["M"].iloc[0]) else ev.size
     st = run.layer_status
     row = st[(st["layer"] == layer) & (st["step"] == (step if step is not None else st["step"].max()))]
     status = str(row["status"].iloc[0]) if len(row) else "ok"
@@ -411,7 +413,7 @@ class _Report:
 
 def _epochs_by_step(run: "Run") -> dict[int, Optional[int]]:
     """Each snapshot's epoch (``None`` where the snapshot was taken without one)."""
-    return {int(s): (None if _missing(e) else int(e)) for s, e in zip(run.snapshots["step"], run.snapshots["epoch"])}
+    return {int(s): (None if is_missing(e) else int(e)) for s, e in zip(run.snapshots["step"], run.snapshots["epoch"])}
 
 
 def _open_report(run_dir: "str | Path", out_dir: "Optional[str | Path]", esd_steps: Optional[Sequence[int]],
@@ -437,8 +439,8 @@ def _open_report(run_dir: "str | Path", out_dir: "Optional[str | Path]", esd_ste
                    epoch_of=_epochs_by_step(run))
 
 
-#: one report section: (anchor, nav label, heading, body builder)
-Section = tuple[str, str, str, Callable[[_Report], str]]
+#: one page section: (anchor, nav label, heading or ``None`` when the body brings its own, body builder)
+Section = tuple[str, str, Optional[str], Callable[[Any], str]]
 
 
 def _sections(rep: _Report) -> list[Section]:
@@ -456,16 +458,26 @@ def _sections(rep: _Report) -> list[Section]:
     ]
 
 
-def _render_section(rep: _Report, section: Section) -> str:
-    """A section's heading and body; a body that fails becomes a counted note under the heading."""
+def render_section(ctx: Any, section: Section) -> str:
+    """A section's heading and ``body(ctx)``; a body that fails becomes a note under the heading.
+
+    ``ctx.problems`` (a :class:`Problems`) counts the failure; an
+    :class:`OutputError` propagates.
+    """
     anchor, label, heading, body = section
     try:
-        html = body(rep)
+        html = body(ctx)
     except OutputError:
         raise
     except Exception as e:  # noqa: BLE001 - one broken section must not sink the page; it is shown and counted
-        html = rep.problems.note(f"the section {label!r}", e)
-    return f'<h2 id="{anchor}">{heading}</h2>\n{html}'
+        html = ctx.problems.note(f"the section {label!r}", e)
+        heading = heading or escape(label)
+    return f'<h2 id="{anchor}">{heading}</h2>\n{html}' if heading else html
+
+
+def nav(sections: Sequence[Section]) -> str:
+    """The links to each section at the top of a page."""
+    return "<nav>" + "".join(f'<a href="#{a}">{escape(label)}</a>' for a, label, _, _ in sections) + "</nav>"
 
 
 def write_report(
@@ -510,9 +522,8 @@ def write_report(
     """
     rep = _open_report(run_dir, out_dir, esd_steps, n_esd_steps, layers, metrics, dpi)
     sections = _sections(rep)
-    bodies = [_render_section(rep, section) for section in sections]
-    nav = "<nav>" + "".join(f'<a href="#{a}">{escape(label)}</a>' for a, label, _, _ in sections) + "</nav>"
-    body = "\n".join([nav, rep.problems.summary_html(), *bodies])
+    bodies = [render_section(rep, section) for section in sections]
+    body = "\n".join([nav(sections), rep.problems.summary_html(), *bodies])
     html = page(title or f"wwmonitor report: {rep.run.name}", body,
                 subtitle=f"{len(rep.steps)} snapshots · {len(rep.layers)} layers · {escape(str(rep.run.path))}"
                 + (f" · {plural(len(rep.problems), 'problem')}" if len(rep.problems) else ""))
@@ -639,7 +650,7 @@ def _gallery_item(rep: _Report, layer: str, step: int, phase: Optional[str]) -> 
     if f.mp is None:
         cap += f" (no MP fit: {escape(f.mp_note)})"
     build = lambda: F.plot_esd_panel(f.evals, fit=f.pl, mp=f.mp, title=f"{layer} at {at}",  # noqa: E731
-                                     phase=None if _missing(phase) else phase, fit_powerlaw_if_missing=False)
+                                     phase=None if is_missing(phase) else phase, fit_powerlaw_if_missing=False)
     return render_figure(rep.problems, what, build, rep.out, f"esd_{image_stem(layer)}_{step}.png", rep.dpi, cap)
 
 
@@ -690,7 +701,7 @@ def _section_alerts(rep: _Report) -> str:
     rows = []
     for r in alerts.itertuples():
         sev = escape(str(r.severity or ""))
-        layer = "(model)" if _missing(r.layer) or not r.layer else str(r.layer)
+        layer = "(model)" if is_missing(r.layer) or not r.layer else str(r.layer)
         rows.append([fmt(r.step), fmt(r.epoch), escape(layer), escape(str(r.rule)),
                      f'<span class="sev-{sev}">{sev}</span>', fmt(r.value), escape(str(r.message or ""))])
     return table(["step", "epoch", "layer", "rule", "severity", "value", "message"], rows, left=(2, 3, 4, 6))
