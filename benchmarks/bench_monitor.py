@@ -191,7 +191,7 @@ import torch
 torch.set_num_threads(1)
 from torch import nn
 from wwmonitor.monitor import Monitor
-from wwmonitor.monitor.worker import default_analyze
+from wwmonitor.monitor.analyzer import default_analyze
 
 def rss():
     for line in open("/proc/self/status"):

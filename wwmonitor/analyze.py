@@ -322,7 +322,8 @@ def _restore_scale(lm: LayerMetrics, exponent2: int, notes: list[str]) -> None:
         kind = "overflow" if over else "underflow"
         lost = ", ".join(over + under)
         notes.insert(0, (
-            f"weights at extreme scale (max |W| ~ 2^{exponent2 // 2}): {lost} cannot be represented in float64 "
+            f"weights at extreme scale (max |W| ~ 2^{exponent2 // 2} ~ 1e{exponent2 // 2 * math.log10(2.0):.0f}): "
+            f"{lost} cannot be represented in float64 "
             f"({kind}) and are None; log norms are computed in log space, scale-free metrics from W / max|W|"))
         lm.status = kind
         if not lm.warning:

@@ -16,7 +16,10 @@ import numpy as np
 
 from .metrics import LayerMetrics
 
-__all__ = ["Alert", "SnapshotResult"]
+__all__ = ["Alert", "SnapshotResult", "MODEL_LAYER"]
+
+#: the ``layer`` name of model-level rows (summary means) in the run store, CSV files and reports
+MODEL_LAYER = "__model__"
 
 
 @dataclass(frozen=True)

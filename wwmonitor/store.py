@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 import numpy as np
 
-from .records import SnapshotResult
+from .records import MODEL_LAYER, SnapshotResult
 from .runlock import RunLockedError, WriterLock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +56,6 @@ __all__ = ["RunStore", "RunLockedError", "Run", "load_run", "DB_NAME", "MODEL_LA
 log = logging.getLogger("wwmonitor")
 
 DB_NAME = "run.sqlite"
-MODEL_LAYER = "__model__"
 SCHEMA_VERSION = 1
 ESD_CODEC = "f32-shuffle-zlib"
 

@@ -32,6 +32,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..frameworks import is_torch_tensor as _is_torch
+
 __all__ = ["Snapshot", "BufferSet", "BufferPool", "copy_matrices", "nbytes_of", "as_numpy"]
 
 
@@ -146,10 +148,6 @@ def as_numpy(x: Any) -> Any:
         bits = x.view(torch.int16).numpy().view(np.uint16)
         return (bits.astype(np.uint32) << 16).view(np.float32)
     return x
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def _dense_block(t: Any) -> Optional[tuple[int, tuple[int, ...], tuple[int, ...]]]:

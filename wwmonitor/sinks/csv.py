@@ -21,13 +21,11 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..records import SnapshotResult
+from ..records import MODEL_LAYER, SnapshotResult
 from ._render import layer_scalars, resolve_metrics
 
 __all__ = ["CSVSink", "MODEL_LAYER", "CSV_NAME"]
 
-#: ``layer`` value of the model-level rows
-MODEL_LAYER = "__model__"
 #: default file name inside a directory
 CSV_NAME = "wwmonitor_metrics.csv"
 _HEADER = ["step", "epoch", "layer", "metric", "value"]
