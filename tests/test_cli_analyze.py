@@ -37,7 +37,16 @@ def test_table_json_csv_and_filter(ckpt, tmp_path):
     assert {r["name"] for r in data["layers"]} == {
         "layers.0.self_attn.q", "layers.0.self_attn.k", "layers.0.self_attn.v",
         "layers.0.self_attn.out_proj", "layers.0.linear1", "layers.0.linear2"}
-    assert (tmp_path / "r.csv").read_text().startswith("name,")
+    import csv
+
+    from wwmonitor.model import analyze_model
+
+    ref = analyze_model(ckpt, layers=["layers.0.*"], progress=False)
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [r["name"] for r in rows] == [r["name"] for r in data["layers"]] == [lm.name for lm in ref.layers]
+    for lm, row, rec in zip(ref.layers, rows, data["layers"]):  # every digit, in both files
+        for col in ("alpha", "log_norm", "stable_rank", "lambda_max"):
+            assert float(row[col]) == rec[col] == getattr(lm, col), (lm.name, col)
 
 
 def test_errors_are_clear(tmp_path):
@@ -64,8 +73,12 @@ def test_torchrun_two_ranks_equals_single_process(ckpt, tmp_path):
     assert [r["name"] for r in two["layers"]] == [r["name"] for r in one["layers"]]  # same order, no duplicates
     for a, b in zip(one["layers"], two["layers"]):
         assert a == b
-    # only rank 0 printed the table
-    assert proc.stdout.count("layers.0.linear1") == 1
+    # only rank 0 printed the table (one row per matrix) and the list of skipped entries
+    import re
+
+    assert len(re.findall(r"^\s*layers\.0\.linear1\s+Linear\s", proc.stdout, flags=re.M)) == 1
+    assert proc.stdout.count("skipped 16 entries not analysed:") == 1
+    assert two["skipped"] == one["skipped"] and len(one["skipped"]) == 16
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -103,16 +116,28 @@ def test_unwritable_outputs_are_refused_before_the_analysis(ckpt, tmp_path):
         assert proc.stdout == ""
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
-def test_read_only_output_folder_is_refused(ckpt, tmp_path):
+def test_read_only_output_folder_is_refused(ckpt, tmp_path, monkeypatch, capsys):
+    """In process (a read-only folder does not stop root, so os.access is made to answer as for a user)."""
+    import wwmonitor.cli.analyze as cli_analyze
+    from wwmonitor.cli import main
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(cli_analyze.os, "access",
+                            lambda p, mode: False if Path(p) == ro and mode & os.W_OK else real(p, mode))
+    called = []
+    monkeypatch.setattr("wwmonitor.model.analyze_model", lambda *a, **k: called.append(1))
     try:
-        proc = _cli("analyze", str(ckpt), "--json", str(ro / "r.json"), "--no-progress")
-        _one_line_error(proc, str(ro / "r.json"), "--json")
+        assert main(["analyze", str(ckpt), "--json", str(ro / "r.json"), "--no-progress"]) == 2
     finally:
         ro.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wwmonitor analyze: error: --json {ro / 'r.json'}: cannot create it: folder {ro} is not writable "
+                   "(permission denied)"]
+    assert not called
 
 
 def test_skipped_entries_are_reported(ckpt, tmp_path):

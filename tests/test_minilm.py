@@ -34,9 +34,13 @@ def test_trained_vs_random_minilm():
     import analyze_minilm
 
     res = analyze_minilm.main()
-    # weightwatcher 0.7.7 on the same model: median alpha 3.55 (87% in [2, 6]); random init 8.6 (26%)
+    # weightwatcher 0.7.7 on the same model: median alpha 3.55 (87% in [2, 6]); random init 8.6 (26%),
+    # of 39 fitted matrices each: 87% is 34 of them, 26% is 10
+    assert res["trained"]["layers"] == res["random"]["layers"] == 39
     assert res["trained"]["median_alpha"] == pytest.approx(3.55, abs=0.05)
-    assert res["trained"]["frac_alpha_2_6"] > 0.8
-    assert res["random"]["median_alpha"] > 7
-    assert res["random"]["frac_alpha_2_6"] < 0.4
-    assert res["trained"]["median_mp_softrank"] < res["random"]["median_mp_softrank"]
+    assert res["trained"]["frac_alpha_2_6"] == pytest.approx(34 / 39)
+    assert res["random"]["median_alpha"] == pytest.approx(8.6, abs=0.05)
+    assert res["random"]["frac_alpha_2_6"] == pytest.approx(10 / 39)
+    # random init: no eigenvalue above the MP edge, so λ+/λmax clips to 1 in (at least) half the layers
+    assert res["random"]["median_mp_softrank"] == 1.0
+    assert res["trained"]["median_mp_softrank"] < 0.5

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import wwmonitor
 from wwmonitor.layers import extract_matrices
-from wwmonitor.model import analyze_model
+from wwmonitor.model import analyze_model, load_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_zoo import build  # noqa: E402
@@ -420,7 +420,7 @@ def _write_bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
 
 def test_corrupt_weight_files_raise_value_error_naming_file(tmp_path):
     for path, msg in _write_bad_files(tmp_path):
-        for fn in (wwmonitor.load_weights, analyze_model):
+        for fn in (load_weights, analyze_model):
             with pytest.raises(ValueError, match=msg) as ei:
                 fn(path)
             assert str(path) in str(ei.value), (path, str(ei.value))
@@ -434,7 +434,7 @@ def test_corrupt_shard_in_a_model_folder_is_named(tmp_path):
     save_file({"a.weight": np.ones((60, 50))}, str(tmp_path / "hf" / "model-00001.safetensors"))
     (tmp_path / "hf" / "model-00002.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"model-00002\.safetensors: not a valid \.safetensors file"):
-        wwmonitor.load_weights(tmp_path / "hf")
+        load_weights(tmp_path / "hf")
 
 
 def test_default_workers_bad_local_world_size_is_logged(monkeypatch, caplog):

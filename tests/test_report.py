@@ -323,6 +323,45 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+# ---------------------------------------------------------------- structure of the writers
+
+
+def test_report_writers_are_split_into_small_section_functions():
+    """write_report / write_comparison build the page from one small function per section (no 100+ line bodies)."""
+    import ast
+    import inspect
+
+    from wwmonitor.report import compare as C
+    from wwmonitor.report import html as H
+
+    too_long, undocumented = [], []
+    for mod in (H, C):
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.FunctionDef):
+                body = node.body[1:] if ast.get_docstring(node) else node.body
+                n_lines = node.end_lineno - body[0].lineno + 1
+                if n_lines > 35:
+                    too_long.append(f"{mod.__name__}.{node.name}: {n_lines} lines of code")
+                if not ast.get_docstring(node):
+                    undocumented.append(f"{mod.__name__}.{node.name}")
+    assert not too_long and not undocumented, (too_long, undocumented)
+    # one builder per section, in page order, each named after its section
+    run_sections = [(anchor, fn.__name__) for anchor, _, _, fn in H._sections(_FakeReport())]
+    assert [a for a, _ in run_sections] == ["summary", "curves", "final", "phases", "esd", "diagnostics", "alerts",
+                                            "config"]
+    assert len({fn for _, fn in run_sections}) == len(run_sections)
+
+
+class _FakeReport:
+    """Just enough of a report for ``_sections`` to name the headings."""
+
+    last = 30
+
+    @staticmethod
+    def when(step: int) -> str:
+        return f"step {step}"
+
+
 # ---------------------------------------------------------------- runs without epochs
 
 

@@ -79,6 +79,7 @@ def test_torch_tensor_input_matches_numpy():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
 def test_cuda_path_matches_cpu():  # pragma: no cover - exercised on the GPU machine only
     W = torch.randn(512, 256)
@@ -176,7 +177,7 @@ def test_pool_limits_blas_threads_during_the_call_and_restores_them():
     during: list[list[int]] = []
     wwmonitor.analyze_model(_pool_model(), progress=False, workers=2, on_layer=lambda lm: during.append(blas_threads()))
     cap = max(1, usable_cpus() // 2)
-    assert during and all(max(t, default=0) <= cap for t in during)
+    assert len(during) == len(_pool_model()) and all(t and max(t) <= cap for t in during)
     assert blas_threads() == before
 
 
@@ -255,6 +256,27 @@ def test_complex_matrix_is_rejected_on_the_device_route():
 
     with pytest.raises(TypeError, match=r"fc: complex-valued matrix \(dtype torch.complex128\)"):
         _squared_sv_torch(torch.from_numpy(_complex()), name="fc")
+
+
+def test_device_route_checks_and_rescales_like_the_host_route():
+    """The accelerator route, run here on CPU tensors: same input checks and extreme-scale handling."""
+    from wwmonitor.spectral import _squared_sv_torch
+
+    W0 = torch.from_numpy(np.random.default_rng(15).standard_normal((200, 100)))
+    ev0, e0 = _squared_sv_torch(W0, name="w")
+    assert e0 == 0
+    np.testing.assert_allclose(ev0, squared_singular_values(W0.numpy()), rtol=1e-9, atol=1e-12 * ev0.max())
+    ev, e2 = _squared_sv_torch(torch.ldexp(W0, torch.tensor(-1030.0, dtype=torch.float64)), name="w")
+    assert e2 < -2000
+    np.testing.assert_allclose(np.ldexp(ev, e2 + 2060), ev0, rtol=1e-9)
+    with pytest.raises(ValueError, match="w: .*overflows"):
+        _squared_sv_torch(W0 * 2.0 ** 900, name="w")
+    ev, e2 = _squared_sv_torch(W0 * 2.0 ** 900, name="w", rescale_large=True)
+    np.testing.assert_allclose(np.ldexp(ev, e2 - 1800), ev0, rtol=1e-12)
+    evs, e2 = _squared_sv_torch(W0.reshape(2, 100, 100), name="w", stack=True)
+    assert evs.shape == (2, 100) and e2 == 0
+    with pytest.raises(TypeError, match=r"w: sparse tensor"):
+        _squared_sv_torch(W0.to_sparse(), name="w")
 
 
 def _sparse_inputs():

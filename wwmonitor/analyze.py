@@ -271,7 +271,7 @@ def analyze_evals(
     if dropped:
         notes.append(f"not finite, reported as None: {', '.join(dropped)}")
     if notes:
-        lm.message = "; ".join([lm.message or f"layer {name!r}", *notes])
+        lm.message = "; ".join([lm.message, *notes]) if lm.message else f"layer {name!r}: " + "; ".join(notes)
     return lm
 
 

@@ -17,6 +17,16 @@ What becomes a matrix (``a x b``; the ESD does not depend on orientation):
 * RNN weights are split into gate blocks: LSTM ``i, f, g, o``; GRU
   ``r, z, n`` (torch) / ``z, r, h`` (Keras); plain RNN one block.
 
+Every entry is accounted for: pass ``skipped=[]`` to
+:func:`extract_matrices` to get ``(name, reason)`` for each mapping entry or
+torch parameter that is not analysed -- 0-D/1-D arrays (biases, norms:
+``"not a matrix (1-D)"``), non-float arrays, values that are not arrays at
+all, nested mappings, parameters of modules that are not analysed, and
+arrays whose name and shape match no layer rule.  Keras models do not list
+skipped weights yet.  Complex, sparse or otherwise unusable *matrices* are
+not skipped here: they are returned and their analysis reports the problem
+as the layer's status.
+
 Framework imports happen lazily inside the adapters.
 """
 from __future__ import annotations
@@ -72,21 +82,28 @@ def extract_matrices(
     layers: Optional[Sequence[Pattern]] = None,
     exclude: Optional[Sequence[Pattern]] = None,
     conv: str = "pool",
+    skipped: Optional[list[tuple[str, str]]] = None,
 ) -> list[MatrixSpec]:
     """All analysable matrices of ``obj``, filtered by ``layers``/``exclude``.
 
     ``layers`` / ``exclude`` entries are names or glob patterns (matched
     against the matrix name and its layer-module prefix), or layer type names
     (``"Linear"``, ``"Conv2d"``) / classes.
+
+    ``skipped``: a list to which ``(name, reason)`` is appended for every
+    mapping entry / torch parameter that is not analysed (see the module
+    docstring), in model order.  Entries outside the ``layers`` selection or
+    matched by ``exclude`` (by name) are not listed: the caller asked for that.
     """
     if conv not in ("pool", "slices"):
         raise ValueError(f"conv must be 'pool' or 'slices', got {conv!r}")
+    found: Optional[list[tuple[str, str]]] = [] if skipped is not None else None
     if is_keras_model(obj):  # before torch: a Keras model on the torch backend is also an nn.Module
         specs = list(_from_keras(obj))
     elif is_torch_module(obj):
-        specs = list(_from_torch(obj))
+        specs = list(_from_torch(obj, found))
     elif isinstance(obj, Mapping):
-        specs = list(_from_mapping(obj))
+        specs = list(_from_mapping(obj, found))
     else:
         raise TypeError(
             f"cannot extract weight matrices from {type(obj).__name__}: expected a torch nn.Module, "
@@ -94,7 +111,28 @@ def extract_matrices(
         )
     if conv == "slices":
         specs = [s for spec in specs for s in _split_slices(spec)]
-    return select(specs, layers=layers, exclude=exclude)
+    out = select(specs, layers=layers, exclude=exclude)
+    if skipped is not None and found:
+        skipped.extend(_select_skipped(found, layers, exclude))
+    return out
+
+
+def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Pattern]],
+                    exclude: Optional[Sequence[Pattern]]) -> list[tuple[str, str]]:
+    """The skipped entries inside the ``layers`` selection and not ``exclude``d (matched by name)."""
+    if isinstance(layers, (str, type)):
+        layers = [layers]
+    if isinstance(exclude, (str, type)):
+        exclude = [exclude]
+    out = []
+    for name, reason in found:
+        probe = MatrixSpec(name, "", None)
+        if layers and not any(_matches(probe, p) for p in layers):
+            continue
+        if exclude and any(_matches(probe, p) for p in exclude):
+            continue
+        out.append((name, reason))
+    return out
 
 
 def _matches(spec: MatrixSpec, pat: Pattern) -> bool:
@@ -147,24 +185,30 @@ def _conv_stack(w: Any, transposed: bool) -> Any:
     return np.moveaxis(np.asarray(w).reshape(a, b, K), 2, 0)
 
 
-def _from_torch(model: Any) -> Iterator[MatrixSpec]:
+def _from_torch(model: Any, skipped: Optional[list[tuple[str, str]]] = None) -> Iterator[MatrixSpec]:
+    used: set[int] = set()  # ids of the parameters that became matrices
     for mname, mod in model.named_modules():
         t = type(mod).__name__
         prefix = mname or "model"
         w = getattr(mod, "weight", None)
         if _is_linear_like(mod):
             if w is not None and w.ndim == 2:
+                used.add(id(w))
                 yield MatrixSpec(prefix, "Linear", w.detach())
         elif t in ("Embedding", "EmbeddingBag"):
+            used.add(id(w))
             yield MatrixSpec(prefix, "Embedding", w.detach())
         elif t in _TORCH_CONV:
             scale = 0.5 if t.endswith("2d") else 1.0
+            used.add(id(w))
             yield MatrixSpec(prefix, t.replace("Lazy", ""), _conv_stack(w.detach(), False), scale)
         elif t in _TORCH_CONVT:
+            used.add(id(w))
             yield MatrixSpec(prefix, t, _conv_stack(w.detach(), True))
         elif t == "MultiheadAttention":
             ipw = getattr(mod, "in_proj_weight", None)
             if ipw is not None:
+                used.add(id(ipw))
                 E = ipw.shape[0] // 3
                 for i, part in enumerate("qkv"):
                     yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", ipw.detach()[i * E:(i + 1) * E])
@@ -172,12 +216,41 @@ def _from_torch(model: Any) -> Iterator[MatrixSpec]:
                 for part in "qkv":
                     p = getattr(mod, f"{part}_proj_weight", None)
                     if p is not None:
+                        used.add(id(p))
                         yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", p.detach())
         elif t in _RNN_GATES:
             gates = _RNN_GATES[t]
             for pname, p in mod.named_parameters(recurse=False):
                 if pname.startswith(("weight_ih", "weight_hh")) and p.ndim == 2:
+                    used.add(id(p))
                     yield from _split_gates(f"{prefix}.{pname}", t, p.detach(), gates, axis=0)
+    if skipped is not None:
+        skipped.extend(_torch_skipped(model, used))
+
+
+def _torch_skipped(model: Any, used: set[int]) -> list[tuple[str, str]]:
+    """``(name, reason)`` of every parameter of ``model`` that did not become a matrix
+    (each shared parameter once, under its first name)."""
+    out: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) in used:
+                continue
+            full = f"{mname}.{pname}" if mname else pname
+            try:
+                ndim = int(p.dim())
+            except Exception as e:  # noqa: BLE001 - lazy modules: the parameter has no shape yet
+                out.append((full, f"parameter without a shape ({type(e).__name__}: uninitialised lazy module?)"))
+                continue
+            if ndim < 2:
+                out.append((full, f"not a matrix ({ndim}-D)"))
+            else:
+                out.append((full, f"{ndim}-D parameter of a {type(mod).__name__} module, which wwmonitor does not analyse"))
+    return out
 
 
 def _is_linear_like(mod: Any) -> bool:
@@ -247,23 +320,33 @@ def _from_keras(model: Any) -> Iterator[MatrixSpec]:
 
 
 # -------------------------------------------------------------- mapping ----
-def _from_mapping(params: Mapping[str, Any]) -> Iterator[MatrixSpec]:
+def _from_mapping(params: Mapping[str, Any], skipped: Optional[list[tuple[str, str]]] = None) -> Iterator[MatrixSpec]:
     """Infer layer kinds from parameter names and shapes (state_dict layout).
 
     2-D ``*.weight`` -> Linear (or Embedding when the name says so); 3/4/5-D
     ``*.weight`` -> Conv1d/2d/3d (torch layout ``out, in, *k``);
     ``*.in_proj_weight`` -> q/k/v; ``*.weight_ih_l*`` / ``weight_hh_l*`` ->
     gate blocks (LSTM when rows = 4·hidden, GRU when 3·hidden).
-    Biases, norms and other 1-D tensors are skipped.
+    Everything else -- biases, norms and other 0-D/1-D arrays, non-float
+    arrays, values that are not arrays, nested mappings, arrays whose name
+    and shape match no rule -- is appended to ``skipped`` with its reason.
+    Complex (and sparse) matrices are returned: their analysis reports why
+    they cannot be analysed.
     """
+    def skip(key: str, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((key, reason))
+
     hidden: dict[str, int] = {}
     for k, v in params.items():
-        if ".weight_hh_l" in k or k.startswith("weight_hh_l"):
+        if (".weight_hh_l" in k or k.startswith("weight_hh_l")) and len(_shape_of(v) or ()) == 2:
             hidden[k.rsplit("weight_hh_l", 1)[0]] = int(v.shape[1])
     for key, v in params.items():
-        shape = tuple(int(s) for s in getattr(v, "shape", ()))
-        if len(shape) < 2 or not _is_float(v):
+        reason = _entry_skip_reason(v)
+        if reason:
+            skip(key, reason)
             continue
+        shape = _shape_of(v) or ()
         base, _, leaf = key.rpartition(".")
         base = base or key
         if leaf == "in_proj_weight" and shape[0] == 3 * shape[1]:
@@ -281,6 +364,37 @@ def _from_mapping(params: Mapping[str, Any]) -> Iterator[MatrixSpec]:
             elif len(shape) in (3, 4, 5):
                 typ = f"Conv{len(shape) - 2}d"
                 yield MatrixSpec(base, typ, _conv_stack(v, False), 0.5 if typ == "Conv2d" else 1.0)
+            else:
+                skip(key, f"{len(shape)}-D array: no layer rule for this name and shape {shape}")
+        else:
+            skip(key, f"{len(shape)}-D array: no layer rule for this name and shape {shape}")
+
+
+def _shape_of(v: Any) -> Optional[tuple[int, ...]]:
+    """``v``'s shape as ints, or ``None`` when ``v`` is not array-like."""
+    shape = getattr(v, "shape", None)
+    if shape is None or getattr(v, "dtype", None) is None:
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _entry_skip_reason(v: Any) -> Optional[str]:
+    """Why a mapping value is not a weight matrix to analyse, or ``None``."""
+    if isinstance(v, Mapping):
+        return f"nested mapping ({type(v).__name__}): its entries are not searched"
+    shape = _shape_of(v)
+    if shape is None:
+        return f"value is not an array ({type(v).__name__})"
+    if len(shape) < 2:
+        return f"not a matrix ({len(shape)}-D)"
+    if "complex" in str(v.dtype):
+        return None  # analysed, and refused there with a status naming the layer
+    if not _is_float(v):
+        return f"not floating point (dtype {v.dtype})"
+    return None
 
 
 def _is_float(v: Any) -> bool:

@@ -40,8 +40,13 @@ class LayerMetrics:
 
     ``status`` is ``"ok"`` when every metric was computed; otherwise it names
     what went wrong (``"non_finite"``, ``"too_few_evals"``, ``"fit_failed"``,
-    ``"zero_matrix"``, ``"error"``) and ``message`` says why.  Metrics that
-    could not be computed are ``None``, never a sentinel like ``-1``.
+    ``"zero_matrix"`` (every weight exactly zero), ``"too_many_evals"``,
+    ``"underflow"`` / ``"overflow"`` (weights at an extreme scale: a
+    scale-dependent value such as ``lambda_max`` cannot be represented in
+    float64; the message names them), ``"error"``) and ``message`` says why.
+    Metrics that could not be computed are ``None``, never a sentinel like
+    ``-1``; ``message`` also names metrics that came out non-finite and were
+    set to ``None``.
     """
 
     name: str

@@ -5,11 +5,17 @@ array), a Keras 3 model, or a path: ``.safetensors`` file, Hugging Face
 style folder (``*.safetensors`` shards or ``pytorch_model.bin``), torch
 checkpoint (``.pt/.pth/.bin/.ckpt``, loaded with ``weights_only=True``),
 ``.npz`` (``allow_pickle=False``) or ``.keras``.  Nothing is ever unpickled
-with arbitrary code execution.
+with arbitrary code execution.  A file that cannot be read as its format
+(truncated, corrupt, an ``.npz`` holding object arrays that would need
+pickle) raises ``ValueError`` naming the file and the problem.
+
+Every entry is accounted for: a :class:`ModelReport` holds one
+:class:`~wwmonitor.metrics.LayerMetrics` per analysed matrix (with its
+``status``) and ``skipped``, the ``(name, reason)`` of every other entry.
 """
 from __future__ import annotations
 
-import math
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,14 +33,26 @@ __all__ = ["analyze_model", "ModelReport", "load_weights", "summarize"]
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
+log = logging.getLogger("wwmonitor")
+
 
 @dataclass
 class ModelReport:
-    """Per-matrix metrics of a model plus model-level summaries."""
+    """Per-matrix metrics of a model plus model-level summaries.
+
+    ``layers``: one entry per analysed matrix, in model order (a matrix that
+    could not be analysed is there with its ``status``/``message``).
+    ``skipped``: ``(name, reason)`` of every state-dict entry / torch
+    parameter that is not a weight matrix to analyse (biases and norms:
+    ``"not a matrix (1-D)"``; values that are not arrays; non-float arrays;
+    ...), see :func:`wwmonitor.layers.extract_matrices`.  Not filled for
+    Keras models.
+    """
 
     layers: list[LayerMetrics]
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def to_pandas(self):  # -> pandas.DataFrame
         """One row per analysed matrix: name, type, shape, N, M, Q, metrics, phase, warning, status."""
@@ -44,8 +62,11 @@ class ModelReport:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, Any]:
-        """Model-level means over layers whose fit succeeded (see :func:`summarize`)."""
-        return summarize(self.layers)
+        """Model-level means over layers whose fit succeeded (see :func:`summarize`),
+        plus ``num_skipped``, the number of entries in :attr:`skipped`."""
+        out = summarize(self.layers)
+        out["num_skipped"] = len(self.skipped)
+        return out
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -78,8 +99,12 @@ def load_weights(path: os.PathLike | str) -> Any:
         shards = sorted(p.glob("*.safetensors"))
         if shards:
             out: dict[str, Any] = {}
+            origin: dict[str, Path] = {}
             for s in shards:
-                out.update(_load_safetensors(s))
+                for k, v in _load_safetensors(s).items():
+                    if k in out:  # never let one shard silently replace another's tensor
+                        raise ValueError(f"{p}: tensor {k!r} is in two shards, {origin[k].name} and {s.name}")
+                    out[k], origin[k] = v, s
             return out
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
             if (p / name).exists():
@@ -91,27 +116,79 @@ def load_weights(path: os.PathLike | str) -> Any:
     if suffix in _TORCH_SUFFIXES:
         return _load_torch(p)
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return _load_npz(p)
     if suffix == ".keras":
         import keras
 
-        return keras.saving.load_model(p, safe_mode=True)
+        try:
+            return keras.saving.load_model(p, safe_mode=True)
+        except (MemoryError, PermissionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to read the file is reported naming it
+            raise ValueError(f"{p}: could not be loaded as a Keras model ({_one_line(e)})") from e
     raise ValueError(
         f"{p}: unknown weight file format {suffix!r}; expected .safetensors, .pt/.pth/.bin/.ckpt, "
         ".npz, .keras or a Hugging Face model folder"
     )
 
 
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` of ``e`` on one line."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def _load_safetensors(p: Path) -> dict[str, Any]:
     try:
         from safetensors.torch import load_file
 
-        return dict(load_file(str(p), device="cpu"))
+        def load() -> dict[str, Any]:
+            return dict(load_file(str(p), device="cpu"))
     except ImportError:
-        from safetensors.numpy import load_file as load_np
+        try:
+            from safetensors.numpy import load_file as load_np
+        except ImportError as e:
+            raise ImportError(f"{p}: reading .safetensors files needs the 'safetensors' package "
+                              "(pip install safetensors)") from e
 
-        return dict(load_np(str(p)))
+        def load() -> dict[str, Any]:
+            return dict(load_np(str(p)))
+    try:
+        return load()
+    except (MemoryError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise ValueError(f"{p}: not a valid .safetensors file (truncated or corrupt?): {_one_line(e)}") from e
+
+
+def _load_npz(p: Path) -> dict[str, Any]:
+    """Arrays of an ``.npz`` archive, loaded without pickle; every problem a ``ValueError`` naming ``p``."""
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (MemoryError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError: not an archive
+        what = ("numpy would read it as pickled data, which wwmonitor never loads"
+                if "pickle" in str(e) else _one_line(e))
+        raise ValueError(f"{p}: not a valid .npz archive (not a zip archive of .npy arrays; {what})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: holds a single .npy array, not an .npz archive of named arrays "
+                         "(save weights with numpy.savez(path, name=array, ...))")
+    out: dict[str, Any] = {}
+    with z:
+        for k in z.files:
+            try:
+                out[k] = z[k]
+            except MemoryError:
+                raise
+            except ValueError as e:
+                if "pickle" in str(e):
+                    raise ValueError(
+                        f"{p}: array {k!r} is an object array, which needs pickle to load; wwmonitor loads "
+                        ".npz files with allow_pickle=False (save numeric arrays only)") from e
+                raise ValueError(f"{p}: corrupt .npz archive (array {k!r}: {_one_line(e)})") from e
+            except Exception as e:  # noqa: BLE001 - BadZipFile (CRC), zlib.error, EOFError: damaged member
+                raise ValueError(f"{p}: corrupt .npz archive (array {k!r}: {_one_line(e)})") from e
+    return out
 
 
 def _load_torch(p: Path) -> dict[str, Any]:
@@ -189,11 +266,16 @@ def analyze_model(
     if isinstance(obj, (str, os.PathLike)):
         source = str(obj)
         obj = load_weights(obj)
-    specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv)
+    skipped: list[tuple[str, str]] = []
+    specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv, skipped=skipped)
     if not specs:
+        listed = ""
+        if skipped:
+            listed = f"; skipped {len(skipped)}: " + ", ".join(f"{n} ({r})" for n, r in skipped[:10])
+            listed += f", ... ({len(skipped) - 10} more)" if len(skipped) > 10 else ""
         raise ValueError(
             f"no analysable weight matrices found in {source or type(obj).__name__} "
-            "(need Linear/Dense, Embedding, Conv, attention or RNN weights)"
+            f"(need Linear/Dense, Embedding, Conv, attention or RNN weights){listed}"
         )
     rank, world = _dist_rank_world(distributed)
     mine = list(range(len(specs)))
@@ -229,14 +311,18 @@ def analyze_model(
         for part in gathered:
             results.update(part)
     layers_out = [results[i] for i in sorted(results)]
-    return ModelReport(layers_out, source=source, meta={"num_matrices": len(specs), "world_size": world})
+    return ModelReport(layers_out, source=source, meta={"num_matrices": len(specs), "world_size": world},
+                       skipped=skipped)
 
 
 def _default_workers(cpus: int, world: int) -> int:
     if world > 1:
+        raw = os.environ.get("LOCAL_WORLD_SIZE", "1")
         try:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            local = int(raw)
         except ValueError:
+            log.warning("wwmonitor: LOCAL_WORLD_SIZE=%r is not an integer; assuming 1 process per node "
+                        "(%d analysis threads)", raw, cpus)
             local = 1
         return max(1, cpus // max(1, local))
     return cpus
@@ -286,10 +372,13 @@ def _analyze_concurrently(
 def _analyze_one(spec: MatrixSpec, options: AnalysisOptions) -> LayerMetrics:
     try:
         return analyze_spec(spec, options)
-    except Exception as e:  # never stop halfway through a model
+    except Exception as e:  # never stop halfway through a model: the failure is the layer's status
         lm = LayerMetrics(name=spec.name, type=spec.type, shape=spec.shape)
         lm.status, lm.warning = "error", "error"
-        lm.message = f"layer {spec.name!r}: {type(e).__name__}: {e}"
+        msg = str(e)
+        # errors of analyze_matrix already name the layer; others get its name and their type
+        lm.message = msg if msg.startswith(f"layer {spec.name!r}") else f"layer {spec.name!r}: {type(e).__name__}: {e}"
+        log.debug("wwmonitor: layer %s could not be analysed", spec.name, exc_info=True)
         return lm
 
 

@@ -3,6 +3,14 @@
 Under ``torchrun --nproc-per-node K -m wwmonitor analyze PATH`` the matrices
 are split over the ranks (matrix ``i`` on rank ``i mod K``) and rank 0 writes
 the single report.
+
+Bad input -- a missing, unreadable, truncated or corrupt checkpoint, an
+unknown layer pattern, a ``--json``/``--csv`` target that cannot be written
+(checked before the analysis starts) -- is one line
+``wwmonitor analyze: error: <reason>`` on stderr and exit status 2, never a
+traceback.  Entries of the checkpoint that are not analysed (biases, norms,
+non-float arrays, ...) are listed with their reason after the table
+(``"skipped"`` in the JSON output).
 """
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 DEFAULT_COLUMNS = [
     "name", "type", "shape", "Q", "alpha", "D", "alpha_weighted", "log_norm",
@@ -37,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from wwmonitor.analyze import AnalysisOptions
     from wwmonitor.model import analyze_model
 
+    if _env_rank() == 0:  # only rank 0 writes: check its targets before any work
+        for opt, target in (("--json", args.json_out), ("--csv", args.csv_out)):
+            problem = _output_problem(target)
+            if problem:
+                return _error(f"{opt} {target}: {problem}")
     rank, world = _maybe_init_distributed()
     try:
         rep = analyze_model(
@@ -48,21 +62,31 @@ def run(args: argparse.Namespace) -> int:
             progress=None if not args.no_progress else False,
             distributed=world > 1,
         )
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, OSError, ImportError) as e:
         if rank == 0:
-            print(f"wwmonitor analyze: error: {e}", file=sys.stderr)
+            _error(e)
         return 2
     if rank != 0:
         _finish_distributed(world)
         return 0
     df = rep.to_pandas()
     summary = rep.summary()
-    if args.json_out:
-        payload = {"source": rep.source, "summary": summary, "layers": json.loads(df.to_json(orient="records"))}
-        _write(args.json_out, json.dumps(payload, indent=2))
-    if args.csv_out:
-        _write(args.csv_out, df.to_csv(index=False))
-    if not (args.json_out == "-" or args.csv_out == "-"):
+    skipped_lines = _skipped_lines(rep.skipped)
+    try:
+        if args.json_out:
+            payload = {"source": rep.source, "summary": _jsonable(summary),
+                       "layers": [_jsonable(lm.to_dict()) for lm in rep.layers],
+                       "skipped": [{"name": n, "reason": r} for n, r in rep.skipped]}
+            _write(args.json_out, json.dumps(payload, indent=2))
+        if args.csv_out:
+            _write(args.csv_out, df.to_csv(index=False))
+    except OSError as e:
+        _finish_distributed(world)
+        return _error(f"cannot write {e.filename or 'the output'}: {e.strerror or e}")
+    if args.json_out == "-" or args.csv_out == "-":
+        for line in skipped_lines:  # stdout holds the table: the list goes to stderr
+            print(line, file=sys.stderr)
+    else:
         cols = [c for c in DEFAULT_COLUMNS if c in df.columns]
         with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
             print(df[cols].to_string(index=False))
@@ -72,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, mean log_norm {_fmt(summary.get('mean_log_norm'))}; "
             f"phases {summary['phase_counts']}"
         )
+        for line in skipped_lines:
+            print(line)
         bad = df[df["status"] != "ok"]
         if len(bad):
             print(f"{len(bad)} matrices not fitted:")
@@ -83,6 +109,81 @@ def run(args: argparse.Namespace) -> int:
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` with NumPy scalars/arrays as Python numbers/lists and non-finite floats as ``None``;
+    floats keep every digit (``DataFrame.to_json`` would round them to 10)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def _error(reason: object) -> int:
+    """One line ``wwmonitor analyze: error: <reason>`` on stderr; exit status 2."""
+    print(f"wwmonitor analyze: error: {' '.join(str(reason).split())}", file=sys.stderr)
+    return 2
+
+
+def _env_rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _output_problem(target: Optional[str]) -> Optional[str]:
+    """Why ``target`` cannot be written (``None``: it can, or it is ``-``/unset).
+
+    Checked without creating anything: the target must not be a folder, an
+    existing file must be writable, and a new file's folder must exist and be
+    writable.
+    """
+    if not target or target == "-":
+        return None
+    p = Path(target)
+    if p.is_dir():
+        return "is a folder, not a file"
+    if p.exists():
+        return None if os.access(p, os.W_OK) else "the file is not writable (permission denied)"
+    parent = p.parent
+    anc = parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        return f"cannot create it: {anc} is a file, not a folder"
+    if anc != parent or not parent.exists():
+        return f"cannot create it: folder {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: folder {parent} is not writable (permission denied)"
+    return None
+
+
+def _skipped_lines(skipped: Sequence[tuple[str, str]], show: int = 6) -> list[str]:
+    """The skipped entries grouped by reason, at most ``show`` names per reason."""
+    if not skipped:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, reason in skipped:
+        groups.setdefault(reason, []).append(name)
+    lines = [f"skipped {len(skipped)} entries not analysed:"]
+    for reason, names in groups.items():
+        more = f", ... (+{len(names) - show} more)" if len(names) > show else ""
+        lines.append(f"  {reason} [{len(names)}]: {', '.join(names[:show])}{more}")
+    return lines
 
 
 def _write(target: str, text: str) -> None:
