@@ -697,3 +697,20 @@ def test_correlation_trap_rule_fires_without_any_wiring(tmp_path):
     assert lms["fc1"].extra["num_traps"] == 2 and lms["clean"].extra["num_traps"] == 0
     fired = [(a.rule, a.layer) for a in mon.alerts_fired]
     assert fired == [("correlation_trap", "fc1")]
+
+
+def test_results_carry_the_fits_the_figures_draw(tmp_path):
+    """Everything a sink or report draws travels in the result: λ-axis power-law and MP fits."""
+    from wwmonitor.fit import fit_powerlaw
+    from wwmonitor.mp import fit_mp
+
+    W = np.random.default_rng(1).standard_t(3, (500, 250))
+    with Monitor(None, tmp_path, every_n_epochs=None) as mon:
+        mon.snapshot(step=0, matrices={"w": W})
+    res = mon.results[0]
+    pl, mp, ev = res.fits["w"]["powerlaw"], res.fits["w"]["mp"], res.esds["w"].astype(np.float64)
+    ref = fit_powerlaw(ev)  # the same fit redone on the stored (float32) λ-axis ESD
+    assert pl["alpha"] == pytest.approx(ref.alpha, rel=1e-6) and pl["xmin"] == pytest.approx(ref.xmin, rel=1e-6)
+    assert pl["n_tail"] == ref.n_tail and pl["alpha"] == res.layers[0].alpha
+    assert mp["lambda_plus"] == pytest.approx(fit_mp(ev, 2.0, M=250).lambda_plus, rel=1e-5)
+    assert mp["lambda_plus"] == res.layers[0].lambda_plus

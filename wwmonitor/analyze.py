@@ -6,11 +6,14 @@ out) and framework-free; :mod:`wwmonitor.model` walks models and calls
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+
+from .frameworks import is_torch_tensor
 
 from .metrics import LayerMetrics, norm_metrics
 from .powerlaw import EVALS_THRESH, fit_powerlaw
@@ -167,11 +170,11 @@ def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS) -> Layer
 
 def _on_accelerator(W: Any) -> bool:
     dev = getattr(W, "device", None)
-    return dev is not None and type(W).__module__.startswith("torch") and getattr(dev, "type", "cpu") != "cpu"
+    return dev is not None and is_torch_tensor(W) and getattr(dev, "type", "cpu") != "cpu"
 
 
 def _count_nonfinite(A: Any) -> int:
-    if type(A).__module__.startswith("torch"):
+    if is_torch_tensor(A):
         import torch
 
         return int((~torch.isfinite(A.detach())).sum().item())
@@ -257,6 +260,8 @@ def analyze_evals(
         # The phase rules are scale-free in alpha / n_tail; pass the λ-axis fit.
         ph = classify_phase(lam, N=N, M=lm.M, mp=mp, pl=pl, rank_loss=lm.rank_loss)
         lm.phase, lm.phase_reason = ph.phase, ph.reason
+    if options.keep_esd and not exponent2:
+        lm.extra["fits"] = _lambda_axis_fits(pl, mp, N * scale)
     if options.localization and W is not None:
         from .localization import localization_metrics
 
@@ -273,6 +278,24 @@ def analyze_evals(
     if notes:
         lm.message = "; ".join([lm.message, *notes]) if lm.message else f"layer {name!r}: " + "; ".join(notes)
     return lm
+
+
+def _lambda_axis_fits(pl: Any, mp: Any, per_lambda: float) -> dict[str, dict[str, Any]]:
+    """The fitted models on the λ axis of the kept ESD, as plain dicts (figures and reports draw them).
+
+    The power-law fit is made on the σ² axis, ``λ = σ²/(N·scale)``: ``xmin``
+    and ``xmax`` are divided by ``N·scale``; ``alpha``, ``D``, ``sigma`` and the
+    counts are scale-free (the MLE and the KS distance are invariant under a
+    common rescaling).  The MP fit is already on the λ axis.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    if pl is not None and pl.ok:
+        d = {k: v for k, v in dataclasses.asdict(pl).items() if k != "ks_landscape"}
+        d["xmin"], d["xmax"] = pl.xmin / per_lambda, pl.xmax / per_lambda
+        out["powerlaw"] = d
+    if mp is not None:
+        out["mp"] = dataclasses.asdict(mp)
+    return out
 
 
 def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0):

@@ -38,6 +38,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .frameworks import is_keras_model, is_torch_module
+
 __all__ = ["MatrixSpec", "extract_matrices", "select", "is_keras_model", "is_torch_module"]
 
 Pattern = Union[str, type]
@@ -66,14 +68,6 @@ class MatrixSpec:
         s = self.shape
         k = s[0] if len(s) == 3 else 1
         return k * min(s[-2:])
-
-
-def is_torch_module(obj: Any) -> bool:
-    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
-
-
-def is_keras_model(obj: Any) -> bool:
-    return any(c.__module__.startswith("keras") and c.__name__ in ("Layer", "Model") for c in type(obj).__mro__)
 
 
 def extract_matrices(

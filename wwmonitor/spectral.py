@@ -70,14 +70,11 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .frameworks import is_torch_tensor as _is_torch_tensor
+
 __all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus"]
 
 log = logging.getLogger("wwmonitor")
-
-
-def _is_torch_tensor(x: Any) -> bool:
-    mod = type(x).__module__
-    return mod.startswith("torch") and hasattr(x, "detach")
 
 
 def to_numpy(W: Any, *, name: str = "W") -> np.ndarray:

@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..records import MODEL_LAYER
 from ..phases import PHASES
 from ..powerlaw import EVALS_THRESH, PowerLawFit, fit_powerlaw
 
@@ -498,7 +499,7 @@ def plot_metric_curves(
     the step instead when any snapshot has no epoch (the x label says so).
     """
     df = _require_columns(metrics, ("layer", "metric", "value", x), "metrics")
-    df = df[df["layer"] != "__model__"]
+    df = df[df["layer"] != MODEL_LAYER]
     x = _x_column(df, x)
     present = [m for m in metrics_to_plot if m in set(df["metric"])]
     if not present:

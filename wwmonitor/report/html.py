@@ -21,6 +21,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
+from ..records import MODEL_LAYER
+
 from .figures import PHASE_COLORS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -425,7 +427,7 @@ def _open_report(run_dir: "str | Path", out_dir: "Optional[str | Path]", esd_ste
     steps = run.steps
     if not steps:
         raise ValueError(f"run {run.name!r} at {str(run.path)!r} has no analysed snapshots yet")
-    all_layers = run.layer_names or sorted(set(run.metrics["layer"]) - {"__model__"})
+    all_layers = run.layer_names or sorted(set(run.metrics["layer"]) - {MODEL_LAYER})
     lay = select_layers(layers, all_layers, missing=lambda u: f"layers {u} are not in run {run.name!r}")
     if esd_steps is not None:
         bad = [s for s in esd_steps if int(s) not in steps]
