@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from ..records import MODEL_LAYER
-
 from .figures import PHASE_COLORS
 
 if TYPE_CHECKING:  # pragma: no cover
