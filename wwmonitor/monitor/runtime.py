@@ -72,6 +72,26 @@ def _patterns(p: Any) -> Optional[list[Any]]:
     return [p] if isinstance(p, (str, type)) else None if p is None else list(p)
 
 
+def _split_owner(qualname: str) -> tuple[tuple[str, ...], str]:
+    """``"a.b.weight"`` -> ``(("a", "b"), "weight")``: the module path and the parameter's name."""
+    *mods, name = qualname.split(".")
+    return tuple(mods), name
+
+
+def _still_owned(model: Any, paths: list[tuple[tuple[str, ...], str, Any]]) -> bool:
+    """Whether each cached parameter is still held by the module at its path (a few dict lookups:
+    cheaper than walking ``model.parameters()``; a replaced submodule or parameter fails it)."""
+    for mods, name, p in paths:
+        m = model
+        for k in mods:
+            m = m._modules.get(k)
+            if m is None:
+                return False
+        if m._parameters.get(name) is not p:
+            return False
+    return True
+
+
 def _matrix_specs(matrices: Mapping[str, Any]) -> list[MatrixSpec]:
     """``matrices`` (name -> array) as specs; a value that is not an array is an error naming its key."""
     specs = []
@@ -238,7 +258,7 @@ class Monitor:
         self._faults = Faults(FAULT_KEYS)
         self._counts = {"snapshots_taken": 0}
         self._layer_info: list[tuple[str, str, tuple[int, ...]]] = []
-        self._spec_cache: Optional[tuple[Any, list[MatrixSpec], tuple[Any, ...], list[Any], int]] = None
+        self._spec_cache: Optional[tuple[Any, list[MatrixSpec], list[Any], list[Any], int]] = None
         self._spec_gen = 0
         if model is not None:  # validate the layer selection now
             self._layer_info = [(s.name, s.type, s.shape) for s in self._extract(model, None)]
@@ -327,24 +347,25 @@ class Monitor:
         """
         if matrices is not None or not is_torch_module(model):
             return self._extract(model, matrices), None
-        params = tuple(model.parameters())
         c = self._spec_cache
-        if (c is not None and c[0]() is model and len(c[2]) == len(params)
-                and all(a is b for a, b in zip(c[2], params)) and all(p.data_ptr() == ptr for p, ptr in c[3])):
+        if c is not None and c[0]() is model and _still_owned(model, c[2]) and all(
+                p.data_ptr() == ptr for p, ptr in c[3]):
             return c[1], c[4]
         specs = self._extract(model, None)
-        by_storage = {p.untyped_storage().data_ptr(): p for p in params}
+        owners = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        by_storage = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
         backing = []
         for sp in specs:
             t = sp.tensor
             p = by_storage.get(t.untyped_storage().data_ptr()) if hasattr(t, "untyped_storage") else None
-            if p is None:  # computed weights (parametrizations ...): walk at every snapshot
+            if p is None or id(p) not in owners:  # computed weights (parametrizations ...): walk every time
                 self._spec_cache = None
                 return specs, None
             backing.append(p)
-        uniq = {id(p): p for p in backing}.values()
+        uniq = list({id(p): p for p in backing}.values())
+        paths = [(*_split_owner(owners[id(p)]), p) for p in uniq]
         self._spec_gen += 1
-        self._spec_cache = (weakref.ref(model), specs, params, [(p, p.data_ptr()) for p in uniq], self._spec_gen)
+        self._spec_cache = (weakref.ref(model), specs, paths, [(p, p.data_ptr()) for p in uniq], self._spec_gen)
         return specs, self._spec_gen
 
     # ------------------------------------------------------------ triggering
