@@ -2,7 +2,7 @@
 
     python examples/lightning_callback.py [--epochs 4] [--out wwmonitor-examples]
 
-Then ``tensorboard --logdir wwmonitor-examples/tb`` shows ``ww/alpha/<layer>``
+Then ``tensorboard --logdir wwmonitor-examples/tb`` shows ``ww.alpha/<layer>``
 and friends, ESD images and phase labels; ``wwmonitor report
 wwmonitor-examples/runs/lightning-mlp`` writes the HTML report.
 """

@@ -64,6 +64,31 @@ def test_collapsed_fraction_uses_near_zero_eigenvalues():
     assert rules.collapsed_fraction(LayerMetrics(name="x"), None) is None
 
 
+def _pooled_conv(deficient_slices: int, rank: int) -> SnapshotResult:
+    """A pooled conv layer: 9 kernel positions of 32x16, ``deficient_slices`` of them of rank ``rank``."""
+    r = np.random.default_rng(3)
+    stack = r.standard_normal((9, 32, 16))
+    for k in range(deficient_slices):
+        stack[k] = r.standard_normal((32, rank)) @ r.standard_normal((rank, 16))
+    return _result(0, {"conv": stack})  # float64: the zero singular values are exact to the rank tolerance
+
+
+def test_rank_collapse_counts_a_pooled_conv_layer_over_all_its_eigenvalues():
+    # one of 9 kernel positions has rank 6 of 16: 10 zero eigenvalues of K*M = 144 (7%), no collapse
+    modest = _pooled_conv(1, 6)
+    lm = modest.layers[0]
+    assert lm.shape == (9, 32, 16) and lm.M == 16 and lm.num_evals == 144 and lm.rank_loss == 10
+    rules = AlertRules(rules=["rank_collapse"])
+    assert rules.collapsed_fraction(lm, modest.esds["conv"]) == pytest.approx(10 / 144)
+    assert rules.collapsed_fraction(lm, None) == pytest.approx(10 / 144)  # rank_loss / M would be 62%
+    assert rules.evaluate(modest) == []
+    # 5 of 9 positions at rank 6: 50 of 144 eigenvalues are zero (35%): a collapse
+    heavy = _pooled_conv(5, 6)
+    assert heavy.layers[0].rank_loss == 50
+    assert [(a.rule, a.value) for a in AlertRules(rules=["rank_collapse"]).evaluate(heavy)] == \
+        [("rank_collapse", pytest.approx(50 / 144))]
+
+
 def test_alpha_low_needs_patience_and_hysteresis():
     rules = AlertRules(alpha_low_patience=3, hysteresis=0.2, rules=["alpha_low"])
     fired = [rules.evaluate(_fake(s, alpha=a)) for s, a in enumerate([1.8, 1.9, 1.7, 1.95, 2.1, 1.9, 2.3, 1.8, 1.8, 1.8])]

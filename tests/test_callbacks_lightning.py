@@ -73,12 +73,12 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     tags = ea.Tags()
     for layer in ("fc1", "fc2"):
         for metric in ("alpha", "stable_rank", "mp_softrank", "log_norm"):
-            assert [e.step for e in ea.Scalars(f"ww/{metric}/{layer}")] == STEPS
-    assert [e.step for e in ea.Scalars("ww/model/mean_alpha")] == STEPS
-    assert "ww/alpha/out" not in tags["scalars"]  # 10 eigenvalues < min_evals: no alpha, never a sentinel
-    assert [e.step for e in ea.Scalars("ww/log_norm/out")] == STEPS
-    assert {"ww/esd/fc1", "ww/esd/fc2", "ww/esd/out"} <= set(tags["images"])
-    imgs = ea.Images("ww/esd/fc1")
+            assert [e.step for e in ea.Scalars(f"ww.{metric}/{layer}")] == STEPS
+    assert [e.step for e in ea.Scalars("ww/mean_alpha")] == STEPS
+    assert "ww.alpha/out" not in tags["scalars"]  # 10 eigenvalues < min_evals: no alpha, never a sentinel
+    assert [e.step for e in ea.Scalars("ww.log_norm/out")] == STEPS
+    assert {"ww.esd/fc1", "ww.esd/fc2", "ww.esd/out"} <= set(tags["images"])
+    imgs = ea.Images("ww.esd/fc1")
     assert [i.step for i in imgs] == STEPS and imgs[0].encoded_image_string[:4] == b"\x89PNG"
     texts = ea.Tensors("ww/phases/text_summary")
     assert [t.step for t in texts] == STEPS
@@ -88,14 +88,14 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     # --- W&B offline run folder
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert len(runs) == 1
-    images = glob.glob(os.path.join(runs[0], "files", "media", "images", "ww", "esd", "*.png"))
+    images = glob.glob(os.path.join(runs[0], "files", "media", "images", "ww.esd", "*.png"))
     assert len(images) == 9  # 3 layers x 3 epochs
     tables = glob.glob(os.path.join(runs[0], "files", "media", "table", "ww", "layers_*.table.json"))
     assert len(tables) == 3
     rows, _ = wandb_history(runs[0])
-    ww_rows = [r for r in rows if "ww/alpha/fc1" in r]
+    ww_rows = [r for r in rows if "ww.alpha/fc1" in r]
     assert [int(r["trainer/global_step"]) for r in ww_rows] == STEPS
-    assert all("ww/esd/fc1/path" in r and "ww/layers/path" in r for r in ww_rows)
+    assert all("ww.esd/fc1/path" in r and "ww/layers/path" in r for r in ww_rows)
     assert any("train_loss" in r for r in rows)
 
     # --- CSV next to the CSVLogger's metrics.csv
@@ -111,7 +111,7 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     assert sorted(m.epoch.unique()) == [0, 1, 2]
     assert {"fc1", "fc2", "out"} <= set(m.layer)
     assert not m.duplicated(["step", "layer", "metric"]).any()
-    tb_alpha = [e.value for e in ea.Scalars("ww/alpha/fc1")]
+    tb_alpha = [e.value for e in ea.Scalars("ww.alpha/fc1")]
     store_alpha = m[(m.layer == "fc1") & (m.metric == "alpha")].sort_values("step").value.tolist()
     assert store_alpha == pytest.approx(tb_alpha, rel=1e-6)
     assert len(run.esd("fc1", 48)) == 64

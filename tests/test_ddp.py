@@ -155,7 +155,7 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
     ev_files = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert len(ev_files) == 1
     ea = tb_accumulator(str(ev_files[0].parent))
-    assert [e.step for e in ea.Scalars("ww/alpha/fc2")] == steps
+    assert [e.step for e in ea.Scalars("ww.alpha/fc2")] == steps
     # wwmonitor's output (alert log lines and warnings) appears only on rank 0
     assert any("alpha_high" in msg for msg in info[0]["output"]), info[0]["output"]
     assert info[1]["output"] == []

@@ -146,7 +146,7 @@ def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
     ea.Reload()
     tags = ea.Tags()["scalars"]
     # alpha for the two FC layers the demo reports on; conv (64x1 slices) and FC3 (10 eigenvalues) have none
-    assert sorted(t for t in tags if t.startswith("ww/alpha/")) == ["ww/alpha/net.fc1", "ww/alpha/net.fc2"]
+    assert sorted(t for t in tags if t.startswith("ww.alpha/")) == ["ww.alpha/net.fc1", "ww.alpha/net.fc2"]
     assert "val_acc" in tags
     import wwmonitor
 

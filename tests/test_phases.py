@@ -1,13 +1,18 @@
-"""5+1 phase classification (wwmonitor.phases) validated on the synthetic generators.
+"""5+1 phase classification (wwmonitor.phases) validated on two sets of generators.
 
-The thresholds in wwmonitor/phases.py were tuned on generator seeds 1000-5000
-(see docs/phases.md); the accuracy test below uses seeds 0-2, never used for
-tuning.
+* the project's own generators (wwmonitor/synthetic.py): thresholds were tuned
+  on generator seeds 1000-1005; the accuracy test below uses seeds 0-2;
+* the independent families of tests/phase_families.py (written from the
+  seeds' definitions by someone else): thresholds were tuned on the "tune"
+  split only (seeds 100-102); the test below measures the "held_out" families,
+  never used for any choice (docs/phases.md has both confusion matrices).
 """
 from __future__ import annotations
 
 import collections
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +23,17 @@ from wwmonitor.phases import PHASES, PhaseResult, classify_phase, phase_features
 from wwmonitor.powerlaw import fit_powerlaw
 from wwmonitor.synthetic import PHASE_GENERATORS, bbp_threshold, spiked
 
+sys.path.insert(0, str(Path(__file__).parent))
+from phase_families import suite as family_suite  # noqa: E402
+
 # BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 SIZES = (100, 250, 500)
 ASPECTS = (1, 2, 4)
 TEST_SEEDS = (0, 1, 2)
+#: independent held-out families: 4 draws per family x 18 families = 72 matrices, fixed seed
+HELD_OUT_N, HELD_OUT_SEED = 4, 0
 
 
 def _classify(W: np.ndarray) -> str:
@@ -61,6 +71,31 @@ def format_confusion(C: np.ndarray) -> str:
         rows.append(f"| {p} | " + " | ".join(str(v) for v in C[i]) + f" | {acc:.0%} |")
     rows.append(f"| **overall** | " + " | ".join("" for _ in PHASES) + f" | {np.trace(C) / C.sum():.1%} |")
     return "\n".join(rows)
+
+
+def family_confusion(split: str = "held_out", n_per_family: int = HELD_OUT_N, seed: int = HELD_OUT_SEED):
+    """Confusion matrix of the classifier (full analyze_matrix path) on tests/phase_families.py."""
+    C = np.zeros((len(PHASES), len(PHASES)), dtype=int)
+    misses = []
+    for phase, family, W in family_suite(split, n_per_family, seed):
+        got = _classify(W)
+        C[PHASES.index(phase), PHASES.index(got)] += 1
+        if got != phase:
+            misses.append((phase, got, family, W.shape))
+    return C, misses
+
+
+def test_phase_accuracy_on_independent_held_out_families(capsys) -> None:
+    """Held-out families of tests/phase_families.py (never used for tuning): >= 95% overall, every class >= 85%."""
+    C, misses = family_confusion()
+    with capsys.disabled():
+        print("\n" + format_confusion(C))
+        for m in misses:
+            print("  miss:", m)
+    assert C.sum() == 72
+    per_class = np.diag(C) / C.sum(axis=1)
+    assert np.trace(C) / C.sum() >= 0.95, format_confusion(C)
+    assert per_class.min() >= 0.85, format_confusion(C)
 
 
 def test_phase_accuracy_on_synthetic_generators(capsys) -> None:

@@ -58,11 +58,11 @@ def test_tensorboard_sink_tags_steps_images_text(tmp_path, writer):
     sink.close()
     ea = tb_accumulator(str(tmp_path))
     tags = ea.Tags()
-    assert [e.step for e in ea.Scalars("ww/alpha/enc.fc1")] == [0, 10, 20]
-    assert [e.value for e in ea.Scalars("ww/alpha/enc.fc2")] == pytest.approx([r.layers[1].alpha for r in res])
-    assert "ww/alpha/tiny" not in tags["scalars"]  # too few eigenvalues: not logged, not 0 or -1
-    assert [e.step for e in ea.Scalars("ww/model/mean_alpha")] == [0, 10, 20]
-    imgs = ea.Images("ww/esd/enc.fc2")
+    assert [e.step for e in ea.Scalars("ww.alpha/enc.fc1")] == [0, 10, 20]
+    assert [e.value for e in ea.Scalars("ww.alpha/enc.fc2")] == pytest.approx([r.layers[1].alpha for r in res])
+    assert "ww.alpha/tiny" not in tags["scalars"]  # too few eigenvalues: not logged, not 0 or -1
+    assert [e.step for e in ea.Scalars("ww/mean_alpha")] == [0, 10, 20]
+    imgs = ea.Images("ww.esd/enc.fc2")
     assert [i.step for i in imgs] == [0, 20]  # the renderer drew figures every 2 epochs
     assert imgs[0].encoded_image_string[:4] == b"\x89PNG" and imgs[0].width > 200
     phases = ea.Tensors("ww/phases/text_summary")
@@ -130,8 +130,8 @@ def test_wandb_sink_offline_run_file(tmp_path):
     rows, alerts = wandb_history(run_dir)
     ww_rows = [r for r in rows if "ww/step" in r]
     assert [int(r["ww/step"]) for r in ww_rows] == [0, 10, 20]
-    assert all("ww/alpha/enc.fc1" in r and "ww/layers/path" in r for r in ww_rows)
-    assert len(glob.glob(os.path.join(run_dir, "files", "media", "images", "ww", "esd", "*.png"))) == 9
+    assert all("ww.alpha/enc.fc1" in r and "ww/layers/path" in r for r in ww_rows)
+    assert len(glob.glob(os.path.join(run_dir, "files", "media", "images", "ww.esd", "*.png"))) == 9
     assert len(glob.glob(os.path.join(run_dir, "files", "media", "table", "ww", "*.table.json"))) == 3
     assert [(a.title, a.level) for a in alerts] == [("wwmonitor alpha_low enc.fc2", "WARN")]
 
@@ -144,8 +144,8 @@ def test_a_bad_image_loses_only_that_image_in_tensorboard(tmp_path):
         sink.write(res)
     sink.close()
     ea = tb_accumulator(str(tmp_path))
-    assert [e.step for e in ea.Scalars("ww/alpha/enc.fc2")] == [0]  # the scalars of the row were written
-    assert "ww/esd/enc.fc2" in ea.Tags()["images"] and "ww/esd/enc.fc1" not in ea.Tags()["images"]
+    assert [e.step for e in ea.Scalars("ww.alpha/enc.fc2")] == [0]  # the scalars of the row were written
+    assert "ww.esd/enc.fc2" in ea.Tags()["images"] and "ww.esd/enc.fc1" not in ea.Tags()["images"]
     assert len(ea.Tensors("ww/phases/text_summary")) == 1
 
 

@@ -8,6 +8,7 @@ Public API (re-exported here; everything else is importable but internal)::
     rep = wwmonitor.analyze_model(obj)  # torch / Keras / safetensors / dict of arrays
     mon = wwmonitor.Monitor(model, ...) # training-time monitor
     run = wwmonitor.load_run(path)      # read a run store
+    df  = wwmonitor.describe(model)     # every weight: analysed, or skipped and why
 
 Only numpy and scipy are imported by ``import wwmonitor``; framework
 integrations load lazily.
@@ -50,9 +51,15 @@ _LAZY = {
     "AlertRules": "wwmonitor.alerts",
     "write_report": "wwmonitor.report.html",
     "write_comparison": "wwmonitor.report.compare",
+    "describe": "wwmonitor.describe",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY, __all__)
+
+# ``describe`` is also the name of the module defining it: bound here, at import (it needs numpy only), so that
+# importing ``wwmonitor.describe`` first (``from wwmonitor.describe import coverage_summary``) cannot leave the
+# module object under the function's name.
+from .describe import describe  # noqa: E402

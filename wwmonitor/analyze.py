@@ -15,7 +15,7 @@ import numpy as np
 
 from .frameworks import is_torch_tensor
 
-from .metrics import LayerMetrics, norm_metrics
+from .metrics import LayerMetrics, detx_constraint, norm_metrics
 from .powerlaw import EVALS_THRESH, fit_powerlaw
 from .spectral import _dtype_problem, esd_batched_scaled, input_problem, squared_singular_values_scaled, to_numpy
 
@@ -245,6 +245,12 @@ def analyze_evals(
             lm.message = f"layer {name!r}: power-law fit failed: {pl.message}"
             lm.warning = "fit-failed"
 
+    # SETOL's ERG (det X = 1) condition, as weightwatcher 0.7.7 analyze(detX=True) computes it;
+    # scale-free count, detX_val on the σ² axis (restored with the other scaled fields below)
+    lm.detX_num, lm.detX_val = detx_constraint(ev_sq)
+    if lm.detX_num is not None and lm.num_pl_spikes is not None:
+        lm.ERG_gap = lm.detX_num - lm.num_pl_spikes
+
     mp = None
     if options.mp_fit:
         from .mp import fit_mp
@@ -309,7 +315,7 @@ def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0):
 
 
 #: σ²/λ-axis values that scale with ``W²`` (multiplied back by ``2**exponent2``)
-_SCALED_FIELDS = ("lambda_max", "xmin", "xmax", "mp_sigma2", "lambda_plus", "lambda_minus", "tw_margin")
+_SCALED_FIELDS = ("lambda_max", "xmin", "xmax", "mp_sigma2", "lambda_plus", "lambda_minus", "tw_margin", "detX_val")
 
 
 def _restore_scale(lm: LayerMetrics, exponent2: int, notes: list[str]) -> None:

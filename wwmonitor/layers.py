@@ -2,30 +2,76 @@
 
 :func:`extract_matrices` turns a torch ``nn.Module``, a Keras 3 model, or a
 mapping of parameter name -> array (a ``state_dict``, a safetensors file's
-contents, an ``.npz``) into a list of :class:`MatrixSpec`.
+contents, an ``.npz``) into a list of :class:`MatrixSpec`;
+:func:`weight_inventory` also returns one :class:`WeightEntry` per weight
+tensor saying which matrices were taken from it, or why none was.
 
-What becomes a matrix (``a x b``; the ESD does not depend on orientation):
+Layers are recognised by structure -- ``isinstance`` and weight shapes --
+never by an exact type name, so subclasses count as their base layer.  What
+becomes a matrix (``a x b``; the ESD does not depend on orientation):
 
-* Linear / Dense / Embedding: the weight (Keras: the *effective* ``kernel``,
-  which includes a LoRA delta and dequantisation).
-* Conv1d/2d/3d and ConvTranspose: one ``out x in`` matrix per kernel
-  position.  ``conv="pool"`` (default) keeps them as a stack ``(K, a, b)``
-  whose ESDs are pooled into one per layer; ``conv="slices"`` returns one
-  spec per kernel position, named ``<layer>[i,j]``.
-* Fused attention projections (``in_proj_weight`` of
-  ``nn.MultiheadAttention``) are split into ``.q``, ``.k``, ``.v``.
+* Linear / Dense / EinsumDense / Embedding: the weight (Keras: the
+  *effective* ``kernel``, which includes a LoRA delta and dequantisation;
+  EinsumDense kernels are reshaped to ``inputs x outputs`` from the equation).
+* transformers' ``Conv1D`` (GPT-2, OpenAI GPT, ImageGPT, DecisionTransformer,
+  CLVP): a Linear whose weight is stored ``in x out``; it is transposed to
+  ``out x in``, like ``nn.Linear``.
+* Conv1d/2d/3d and ConvTranspose (Keras ConvND/ConvNDTranspose): one
+  ``out x in`` matrix per kernel position.  ``conv="pool"`` (default) keeps
+  them as a stack ``(K, a, b)`` whose ESDs are pooled into one per layer;
+  ``conv="slices"`` returns one spec per kernel position, named
+  ``<layer>[i]``.  Grouped convolutions are analysed as their stored
+  ``out x in/groups`` slices.  Depthwise kernels (torch ``groups ==
+  in_channels``, Keras ``DepthwiseConv1D/2D`` and the depthwise half of
+  ``SeparableConv1D/2D``) have no channel-mixing matrix: they are analysed
+  like torch stores them, ``kh*kw`` slices of ``C*multiplier x 1``, pooled
+  (``kh*kw`` eigenvalues, the per-tap filter energies -- too few for a
+  power-law fit, so only norms are reported); Keras' separable pointwise
+  kernel is the 1x1 conv ``<layer>.pointwise``.  See docs/faq.md.
+* Fused projections, split into the parts the model uses:
+  ``nn.MultiheadAttention.in_proj_weight`` -> ``.q``, ``.k``, ``.v``;
+  GPT-2's ``c_attn`` (``Conv1D``) -> ``.q``, ``.k``, ``.v`` (``.k``, ``.v``
+  for the cross-attention ``c_attn`` next to a ``q_attn``); Linear layers
+  named ``qkv``, ``qkv_proj`` or ``Wqkv`` -> ``.q``, ``.k``, ``.v`` (ViT-style
+  ``qkv``, BLIP, SAM, Qwen2-VL vision, Phi-3 ``qkv_proj``, ModernBERT, MPT and
+  DBRX ``Wqkv``: query rows first, then key, then value; with grouped-query
+  attention the query width is read from the sibling output projection
+  ``o_proj``/``out_proj``/``Wo``/``proj``); Linear ``gate_up_proj`` ->
+  ``.gate``, ``.up`` (halves: Phi-3, GLM, GLM-4, Dia).  Per-head interleaved
+  layouts (GPT-NeoX, Bloom and Falcon ``query_key_value``) are analysed as
+  one unsplit matrix.
+* MoE expert banks stored as 3-D parameters ``(num_experts, a, b)``
+  (transformers >= 5 ``...experts.gate_up_proj`` / ``down_proj``): one matrix
+  per expert, named ``<param>[e]``, type ``Experts`` (gate and up are not
+  split: their layout differs between families).
 * RNN weights are split into gate blocks: LSTM ``i, f, g, o``; GRU
-  ``r, z, n`` (torch) / ``z, r, h`` (Keras); plain RNN one block.
+  ``r, z, n`` (torch) / ``z, r, h`` (Keras); plain RNN one block; the LSTM
+  projection ``weight_hr_l*`` is one matrix.
+* Learned tables broadcast over the batch, raw parameters of shape
+  ``(1, N, d)`` (ViT's ``position_embeddings``): the ``N x d`` table, type
+  ``Embedding``.
 
-Every entry is accounted for: pass ``skipped=[]`` to
-:func:`extract_matrices` to get ``(name, reason)`` for each mapping entry or
-torch parameter that is not analysed -- 0-D/1-D arrays (biases, norms:
-``"not a matrix (1-D)"``), non-float arrays, values that are not arrays at
-all, nested mappings, parameters of modules that are not analysed, and
-arrays whose name and shape match no layer rule.  Keras models do not list
-skipped weights yet.  Complex, sparse or otherwise unusable *matrices* are
-not skipped here: they are returned and their analysis reports the problem
-as the layer's status.
+Tied weights (one tensor under several names: GPT-2's ``lm_head`` and
+``wte``) are analysed once, under the first name; the others are listed as
+skipped, ``"same tensor as <first>"``.
+
+Every weight is accounted for: pass ``skipped=[]`` to
+:func:`extract_matrices` to get ``(name, reason)`` for each mapping entry,
+torch parameter (and >= 2-D persistent buffer) or Keras weight that is not
+analysed -- 0-D/1-D arrays (biases, norms: ``"not a matrix (1-D)"``),
+non-float arrays, values that are not arrays at all, nested mappings,
+parameters of modules that are not analysed, tied copies, and arrays whose
+name and shape match no layer rule.  Complex, sparse or otherwise unusable
+*matrices* are not skipped here: they are returned and their analysis
+reports the problem as the layer's status.
+
+Names are stable: torch names are the module paths (the state-dict keys
+without ``.weight``).  Keras names are the layer's path inside the model --
+without the model's own (auto-numbered) name, nested models keep theirs
+(``block/dense``) -- and layer names that Keras generated (``dense_7``) are
+renumbered in model order within their scope (``dense``, ``dense_1``, ...),
+so the same model built twice in one process, or saved and loaded, gets the
+same names.
 
 Framework imports happen lazily inside the adapters.
 """
@@ -33,14 +79,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .frameworks import is_keras_model, is_torch_module
 
-__all__ = ["MatrixSpec", "extract_matrices", "select", "is_keras_model", "is_torch_module"]
+__all__ = ["MatrixSpec", "WeightEntry", "extract_matrices", "weight_inventory", "select",
+           "is_keras_model", "is_torch_module"]
 
 Pattern = Union[str, type]
 
@@ -52,12 +100,15 @@ class MatrixSpec:
     ``tensor`` is 2-D, or a 3-D stack ``(K, a, b)`` of conv slices (pooled).
     ``scale`` multiplies the eigenvalues of ``WᵀW`` so that weightwatcher-named
     metrics match weightwatcher (0.5 for Conv2d, its ``conv2d_norm``).
+    ``param``: the weight it was taken from (state-dict key / Keras weight
+    path; ``""`` when unknown).
     """
 
     name: str
     type: str
     tensor: Any
     scale: float = 1.0
+    param: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,6 +119,32 @@ class MatrixSpec:
         s = self.shape
         k = s[0] if len(s) == 3 else 1
         return k * min(s[-2:])
+
+
+@dataclass
+class WeightEntry:
+    """One weight tensor of a model (state-dict entry, torch parameter or persistent buffer, Keras weight).
+
+    ``param``: state-dict key / Keras weight path (``<layer>/<weight>``).
+    ``shape``: ``None`` when the entry is not an array.  ``type``: the owning
+    module / layer class (``""`` for mapping entries that were not analysed).
+    ``matrices``: names of the matrices analysed from it (empty: skipped,
+    ``reason`` says why).
+    """
+
+    param: str
+    shape: Optional[tuple[int, ...]]
+    type: str
+    matrices: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def analysed(self) -> bool:
+        return bool(self.matrices)
+
+    @property
+    def ndim(self) -> Optional[int]:
+        return None if self.shape is None else len(self.shape)
 
 
 def extract_matrices(
@@ -85,30 +162,45 @@ def extract_matrices(
     (``"Linear"``, ``"Conv2d"``) / classes.
 
     ``skipped``: a list to which ``(name, reason)`` is appended for every
-    mapping entry / torch parameter that is not analysed (see the module
-    docstring), in model order.  Entries outside the ``layers`` selection or
-    matched by ``exclude`` (by name) are not listed: the caller asked for that.
+    mapping entry / torch parameter / Keras weight that is not analysed (see
+    the module docstring), in model order.  Entries outside the ``layers``
+    selection or matched by ``exclude`` (by name) are not listed: the caller
+    asked for that.
+    """
+    specs, entries = weight_inventory(obj, conv=conv)
+    out = select(specs, layers=layers, exclude=exclude)
+    if skipped is not None:
+        found = [(e.param, e.reason) for e in entries if not e.matrices]
+        skipped.extend(_select_skipped(found, layers, exclude))
+    return out
+
+
+def weight_inventory(obj: Any, *, conv: str = "pool") -> tuple[list[MatrixSpec], list[WeightEntry]]:
+    """Every matrix of ``obj`` (unfiltered) and one :class:`WeightEntry` per weight tensor, in model order.
+
+    Each entry names the matrices taken from it, or says why none was; every
+    matrix's ``param`` names its entry.
     """
     if conv not in ("pool", "slices"):
         raise ValueError(f"conv must be 'pool' or 'slices', got {conv!r}")
-    found: Optional[list[tuple[str, str]]] = [] if skipped is not None else None
     if is_keras_model(obj):  # before torch: a Keras model on the torch backend is also an nn.Module
-        specs = list(_from_keras(obj))
+        specs, entries = _keras_inventory(obj)
     elif is_torch_module(obj):
-        specs = list(_from_torch(obj, found))
+        specs, entries = _torch_inventory(obj)
     elif isinstance(obj, Mapping):
-        specs = list(_from_mapping(obj, found))
+        specs, entries = _mapping_inventory(obj)
     else:
         raise TypeError(
             f"cannot extract weight matrices from {type(obj).__name__}: expected a torch nn.Module, "
             "a Keras 3 model, or a mapping of parameter names to arrays"
         )
     if conv == "slices":
+        parts = {spec.name: [s.name for s in _split_slices(spec)] for spec in specs if len(spec.shape) == 3}
         specs = [s for spec in specs for s in _split_slices(spec)]
-    out = select(specs, layers=layers, exclude=exclude)
-    if skipped is not None and found:
-        skipped.extend(_select_skipped(found, layers, exclude))
-    return out
+        if parts:
+            entries = [WeightEntry(e.param, e.shape, e.type, tuple(n for m in e.matrices for n in parts.get(m, [m])),
+                                   e.reason) for e in entries]
+    return specs, entries
 
 
 def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Pattern]],
@@ -161,13 +253,26 @@ def select(
 def _split_slices(spec: MatrixSpec) -> list[MatrixSpec]:
     if len(spec.shape) != 3:
         return [spec]
-    return [MatrixSpec(f"{spec.name}[{k}]", spec.type, spec.tensor[k], spec.scale) for k in range(spec.shape[0])]
+    return [MatrixSpec(f"{spec.name}[{k}]", spec.type, spec.tensor[k], spec.scale, spec.param)
+            for k in range(spec.shape[0])]
 
 
-# ---------------------------------------------------------------- torch ----
-_TORCH_CONV = {"Conv1d", "Conv2d", "Conv3d", "LazyConv1d", "LazyConv2d", "LazyConv3d"}
-_TORCH_CONVT = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+# ------------------------------------------------------- shared rules ----
 _RNN_GATES = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n"), "RNN": ("h",)}
+#: Linear layers holding query, key and value rows, in that order (see the module docstring)
+_FUSED_QKV = ("qkv", "qkv_proj", "Wqkv")
+#: sibling output projections: their input width is the query width (grouped-query attention)
+_OUT_PROJ = ("o_proj", "out_proj", "Wo", "proj")
+#: transformers' Conv1D layers of the GPT-2 family (weights stored in x out)
+_HF_CONV1D_NAMES = ("c_attn", "c_proj", "c_fc", "q_attn")
+
+
+def _tied_reason(first: str) -> str:
+    return f"same tensor as {first} (tied weights; analysed once, under that name)"
+
+
+def _vector_reason(shape: tuple[int, ...]) -> str:
+    return f"not a matrix: shape {shape} is a single vector (cls/mask token)"
 
 
 def _conv_stack(w: Any, transposed: bool) -> Any:
@@ -179,189 +284,611 @@ def _conv_stack(w: Any, transposed: bool) -> Any:
     return np.moveaxis(np.asarray(w).reshape(a, b, K), 2, 0)
 
 
-def _from_torch(model: Any, skipped: Optional[list[tuple[str, str]]] = None) -> Iterator[MatrixSpec]:
-    used: set[int] = set()  # ids of the parameters that became matrices
-    for mname, mod in model.named_modules():
-        t = type(mod).__name__
-        prefix = mname or "model"
-        w = getattr(mod, "weight", None)
-        if _is_linear_like(mod):
-            if w is not None and w.ndim == 2:
-                used.add(id(w))
-                yield MatrixSpec(prefix, "Linear", w.detach())
-        elif t in ("Embedding", "EmbeddingBag"):
-            used.add(id(w))
-            yield MatrixSpec(prefix, "Embedding", w.detach())
-        elif t in _TORCH_CONV:
-            scale = 0.5 if t.endswith("2d") else 1.0
-            used.add(id(w))
-            yield MatrixSpec(prefix, t.replace("Lazy", ""), _conv_stack(w.detach(), False), scale)
-        elif t in _TORCH_CONVT:
-            used.add(id(w))
-            yield MatrixSpec(prefix, t, _conv_stack(w.detach(), True))
-        elif t == "MultiheadAttention":
-            ipw = getattr(mod, "in_proj_weight", None)
-            if ipw is not None:
-                used.add(id(ipw))
-                E = ipw.shape[0] // 3
-                for i, part in enumerate("qkv"):
-                    yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", ipw.detach()[i * E:(i + 1) * E])
-            else:
-                for part in "qkv":
-                    p = getattr(mod, f"{part}_proj_weight", None)
-                    if p is not None:
-                        used.add(id(p))
-                        yield MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", p.detach())
-        elif t in _RNN_GATES:
-            gates = _RNN_GATES[t]
-            for pname, p in mod.named_parameters(recurse=False):
-                if pname.startswith(("weight_ih", "weight_hh")) and p.ndim == 2:
-                    used.add(id(p))
-                    yield from _split_gates(f"{prefix}.{pname}", t, p.detach(), gates, axis=0)
-    if skipped is not None:
-        skipped.extend(_torch_skipped(model, used))
-
-
-def _torch_skipped(model: Any, used: set[int]) -> list[tuple[str, str]]:
-    """``(name, reason)`` of every parameter of ``model`` that did not become a matrix
-    (each shared parameter once, under its first name)."""
-    out: list[tuple[str, str]] = []
-    seen: set[int] = set()
-    for mname, mod in model.named_modules():
-        for pname, p in mod.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            if id(p) in used:
-                continue
-            full = f"{mname}.{pname}" if mname else pname
-            try:
-                ndim = int(p.dim())
-            except Exception as e:  # noqa: BLE001 - lazy modules: the parameter has no shape yet
-                out.append((full, f"parameter without a shape ({type(e).__name__}: uninitialised lazy module?)"))
-                continue
-            if ndim < 2:
-                out.append((full, f"not a matrix ({ndim}-D)"))
-            else:
-                out.append((full, f"{ndim}-D parameter of a {type(mod).__name__} module, which wwmonitor does not analyse"))
+def _split_rows(name: str, typ: str, w: Any, parts: Sequence[str], sizes: Sequence[int],
+                param: str) -> list[MatrixSpec]:
+    """Row blocks of ``w`` (``out x in``) of the given ``sizes``, named ``<name>.<part>``."""
+    out, start = [], 0
+    for part, n in zip(parts, sizes):
+        out.append(MatrixSpec(f"{name}.{part}", typ, w[start:start + n], 1.0, param))
+        start += n
     return out
 
 
-def _is_linear_like(mod: Any) -> bool:
-    # subclasses of nn.Linear (e.g. quantisation-aware or LoRA wrappers)
-    return any(c.__name__ == "Linear" and c.__module__.startswith("torch.nn") for c in type(mod).__mro__)
+def _qkv_sizes(rows: int, q_width: Optional[int]) -> Optional[tuple[int, int, int]]:
+    """Row counts of q, k, v in a fused projection of ``rows`` rows (``None``: layout unknown)."""
+    if q_width and 0 < q_width < rows and (rows - q_width) % 2 == 0:
+        kv = (rows - q_width) // 2
+        return q_width, kv, kv
+    if rows % 3 == 0:
+        return rows // 3, rows // 3, rows // 3
+    return None
 
 
-def _split_gates(name: str, typ: str, w: Any, gates: Sequence[str], axis: int) -> Iterator[MatrixSpec]:
+def _linear_specs(name: str, typ: str, w: Any, param: str, leaf: str,
+                  q_width: Optional[int] = None, has_q_attn: bool = False) -> list[MatrixSpec]:
+    """The matrices of an ``out x in`` Linear-like weight ``w`` whose module is called ``leaf``."""
+    rows, cols = int(w.shape[0]), int(w.shape[1])
+    if leaf in _FUSED_QKV:
+        sizes = _qkv_sizes(rows, q_width)
+        if sizes:
+            return _split_rows(name, typ, w, "qkv", sizes, param)
+    elif leaf == "gate_up_proj" and rows % 2 == 0:
+        return _split_rows(name, typ, w, ("gate", "up"), (rows // 2, rows // 2), param)
+    elif leaf == "c_attn" and typ == "Conv1D":
+        if rows == 3 * cols:
+            return _split_rows(name, typ, w, "qkv", (cols,) * 3, param)
+        if rows == 2 * cols and has_q_attn:  # cross-attention: the query is q_attn
+            return _split_rows(name, typ, w, "kv", (cols,) * 2, param)
+    return [MatrixSpec(name, typ, w, 1.0, param)]
+
+
+def _split_gates(name: str, typ: str, w: Any, gates: Sequence[str], axis: int, param: str = "") -> Iterator[MatrixSpec]:
     n = int(w.shape[axis]) // len(gates)
     for g, gate in enumerate(gates):
         block = w[g * n:(g + 1) * n] if axis == 0 else w[:, g * n:(g + 1) * n]
-        yield MatrixSpec(f"{name}.{gate}" if len(gates) > 1 else name, typ, block)
+        yield MatrixSpec(f"{name}.{gate}" if len(gates) > 1 else name, typ, block, 1.0, param)
+
+
+def _expert_specs(name: str, w: Any, param: str) -> list[MatrixSpec]:
+    return [MatrixSpec(f"{name}[{e}]", "Experts", w[e], 1.0, param) for e in range(int(w.shape[0]))]
+
+
+def _table_shape(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
+    """``(N, d)`` for a ``(1, N, d)`` batch-broadcast table, else ``None``."""
+    if len(shape) == 3 and shape[0] == 1 and shape[1] >= 2 and shape[2] >= 2:
+        return shape[1], shape[2]
+    return None
+
+
+def _is_single_vector(shape: tuple[int, ...]) -> bool:
+    """A >= 2-D shape with at most one dimension > 1 (``(1, 1, d)``: a cls token)."""
+    return len(shape) >= 2 and sum(1 for s in shape if s > 1) <= 1
+
+
+# ---------------------------------------------------------------- torch ----
+_TORCH_CONV_NAMES = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+
+
+def _torch_shape(t: Any) -> Optional[tuple[int, ...]]:
+    try:
+        return tuple(int(s) for s in t.shape)
+    except Exception:  # noqa: BLE001 - an uninitialised lazy parameter has no shape
+        return None
+
+
+def _is_hf_conv1d(mod: Any) -> bool:
+    """transformers' ``Conv1D`` (or a subclass): a Linear with its weight stored ``in x out``."""
+    return any(c.__name__ == "Conv1D" and c.__module__.startswith("transformers") for c in type(mod).__mro__)
+
+
+def _torch_conv_type(mod: Any) -> str:
+    for c in type(mod).__mro__:
+        if c.__name__ in _TORCH_CONV_NAMES and c.__module__.startswith("torch.nn"):
+            return c.__name__
+    return "ConvTranspose" if getattr(mod, "transposed", False) else "Conv"
+
+
+def _torch_weight(mod: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """``(weight, [(name, parameter)] it is made of)``, names relative to ``mod``; a parametrized
+    weight (weight norm ...) is computed from its originals."""
+    w = getattr(mod, "_parameters", {}).get("weight")
+    if w is not None:
+        return w, [("weight", w)]
+    plist = getattr(getattr(mod, "parametrizations", None), "weight", None) if hasattr(mod, "parametrizations") else None
+    if plist is not None:
+        try:
+            return mod.weight, [(f"parametrizations.weight.{n}", p) for n, p in plist.named_parameters()]
+        except Exception:  # noqa: BLE001 - a parametrization that cannot be evaluated: its originals are listed
+            return None, []
+    return None, []
+
+
+def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
+                ) -> tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str]]:
+    """The matrices a module's own weights make: ``([(parameters used, specs)], {id(param): skip reason})``."""
+    import torch.nn as nn
+
+    prefix = mname or "model"
+    parent_name, _, leaf = mname.rpartition(".")
+    groups: list[tuple[list[Any], list[MatrixSpec]]] = []
+    reasons: dict[int, str] = {}
+    own = getattr(mod, "_parameters", {})
+
+    def full(rel: str) -> str:
+        return f"{mname}.{rel}" if mname else rel
+
+    def weight() -> tuple[Any, list[Any], str]:
+        """The weight (``None`` unless it is a shaped tensor), its parameters, its state-dict key."""
+        w, named = _torch_weight(mod)
+        if w is None or _torch_shape(w) is None:
+            return None, [], ""
+        return w, [p for _, p in named], full(named[0][0]) if named else full("weight")
+
+    if isinstance(mod, nn.Linear) or _is_hf_conv1d(mod):
+        w, used, key = weight()
+        if w is not None and w.ndim == 2:
+            hf = _is_hf_conv1d(mod)
+            t = w.detach().T if hf else w.detach()
+            parent = modules.get(parent_name) if mname else None
+            q_width = None
+            if leaf in _FUSED_QKV and parent is not None:
+                for sib in _OUT_PROJ:
+                    o = getattr(parent, sib, None)
+                    ow = getattr(o, "weight", None) if isinstance(o, nn.Linear) else None
+                    if ow is not None and _torch_shape(ow) is not None and ow.ndim == 2:
+                        q_width = int(ow.shape[1])
+                        break
+            has_q = parent is not None and hf and _is_hf_conv1d(getattr(parent, "q_attn", None))
+            groups.append((used, _linear_specs(prefix, "Conv1D" if hf else "Linear", t, key, leaf, q_width, has_q)))
+    elif isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+        w, used, key = weight()
+        if w is not None and w.ndim == 2:
+            groups.append((used, [MatrixSpec(prefix, "Embedding", w.detach(), 1.0, key)]))
+    elif isinstance(mod, nn.modules.conv._ConvNd):
+        w, used, key = weight()
+        if w is not None and w.ndim >= 3:
+            t = _torch_conv_type(mod)
+            transposed = bool(getattr(mod, "transposed", False))
+            scale = 0.5 if t == "Conv2d" else 1.0
+            groups.append((used, [MatrixSpec(prefix, t, _conv_stack(w.detach(), transposed), scale, key)]))
+    elif isinstance(mod, nn.MultiheadAttention):
+        ipw = own.get("in_proj_weight")
+        if ipw is not None and _torch_shape(ipw) is not None:
+            E = ipw.shape[0] // 3
+            groups.append(([ipw], [MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", ipw.detach()[i * E:(i + 1) * E],
+                                              1.0, full("in_proj_weight")) for i, part in enumerate("qkv")]))
+        else:
+            for part in "qkv":
+                p = own.get(f"{part}_proj_weight")
+                if p is not None and _torch_shape(p) is not None:
+                    groups.append(([p], [MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", p.detach(), 1.0,
+                                                    full(f"{part}_proj_weight"))]))
+    elif isinstance(mod, (nn.RNNBase, nn.RNNCellBase)):
+        if isinstance(mod, nn.RNNBase):
+            t = {"LSTM": "LSTM", "GRU": "GRU"}.get(getattr(mod, "mode", ""), "RNN")
+        else:
+            t = "LSTM" if isinstance(mod, nn.LSTMCell) else "GRU" if isinstance(mod, nn.GRUCell) else "RNN"
+        for pname, p in own.items():
+            shape = _torch_shape(p) if p is not None else None
+            if shape is None or len(shape) != 2:
+                continue
+            name = f"{prefix}.{pname}"
+            if pname.startswith(("weight_ih", "weight_hh")):
+                groups.append(([p], list(_split_gates(name, t, p.detach(), _RNN_GATES[t], 0, full(pname)))))
+            elif pname.startswith("weight_hr"):  # LSTM projection (proj_size > 0)
+                groups.append(([p], [MatrixSpec(name, t, p.detach(), 1.0, full(pname))]))
+    n_experts = getattr(mod, "num_experts", None)
+    for pname, p in own.items():  # raw parameters: expert banks, (1, N, d) tables, cls tokens
+        if p is None or any(p is q for g in groups for q in g[0]):
+            continue
+        shape = _torch_shape(p)
+        if shape is None or len(shape) < 2:
+            continue
+        key = full(pname)
+        if isinstance(n_experts, int) and len(shape) == 3 and shape[0] == n_experts and n_experts > 0 \
+                and p.is_floating_point():
+            groups.append(([p], _expert_specs(key, p.detach(), key)))
+        elif pname == "weight" and len(shape) in (2, 3, 4, 5) and p.is_floating_point() \
+                and not isinstance(mod, nn.Bilinear):  # a custom layer's weight (MoE router, ...), as in a state dict
+            if len(shape) == 2:
+                groups.append(([p], [MatrixSpec(prefix, "Linear", p.detach(), 1.0, key)]))
+            else:
+                t = f"Conv{len(shape) - 2}d"
+                groups.append(([p], [MatrixSpec(prefix, t, _conv_stack(p.detach(), False), 0.5 if t == "Conv2d" else 1.0,
+                                                key)]))
+        elif _table_shape(shape) and p.is_floating_point():
+            groups.append(([p], [MatrixSpec(key, "Embedding", p.detach().reshape(_table_shape(shape)), 1.0, key)]))
+        elif _is_single_vector(shape):
+            reasons[id(p)] = _vector_reason(shape)
+    return groups, reasons
+
+
+def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
+    specs: list[MatrixSpec] = []
+    entries: list[WeightEntry] = []
+    modules = dict(model.named_modules())
+    claimed: dict[int, tuple[str, ...]] = {}  # id(parameter) -> the matrices made from it
+    reasons: dict[int, str] = {}
+    first: dict[int, str] = {}  # id(tensor) -> the first name it was listed under
+    try:
+        walk = list(model.named_modules(remove_duplicate=False))
+    except TypeError:  # very old torch
+        walk = list(model.named_modules())
+    for mname, mod in walk:
+        groups, why = _torch_rule(mname, mod, modules)
+        reasons.update(why)
+        for used, made in groups:
+            if any(id(p) in claimed for p in used):  # tied: its matrices are already in the list
+                continue
+            specs.extend(made)
+            names = tuple(s.name for s in made)
+            for p in used:
+                claimed[id(p)] = names
+        t = type(mod).__name__
+        for pname, p in getattr(mod, "_parameters", {}).items():
+            if p is None:
+                continue
+            full = f"{mname}.{pname}" if mname else pname
+            shape = _torch_shape(p)
+            if id(p) in first:
+                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(p)])))
+                continue
+            first[id(p)] = full
+            if shape is None:
+                entries.append(WeightEntry(full, None, t, (), "parameter without a shape (uninitialised lazy module?)"))
+            elif id(p) in claimed:
+                entries.append(WeightEntry(full, shape, t, claimed[id(p)]))
+            elif len(shape) < 2:
+                entries.append(WeightEntry(full, shape, t, (), f"not a matrix ({len(shape)}-D)"))
+            elif id(p) in reasons:
+                entries.append(WeightEntry(full, shape, t, (), reasons[id(p)]))
+            elif not p.is_floating_point():
+                entries.append(WeightEntry(full, shape, t, (), f"not floating point (dtype {p.dtype})"))
+            else:
+                entries.append(WeightEntry(full, shape, t, (),
+                                           f"{len(shape)}-D parameter of a {t} module, which wwmonitor does not analyse"))
+        transient = getattr(mod, "_non_persistent_buffers_set", set())
+        for bname, b in getattr(mod, "_buffers", {}).items():
+            shape = _torch_shape(b) if b is not None else None
+            if shape is None or len(shape) < 2 or bname in transient:
+                continue  # state-dict entries only; vectors of buffers (BatchNorm statistics) are not weights
+            full = f"{mname}.{bname}" if mname else bname
+            if id(b) in first:
+                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(b)])))
+                continue
+            first[id(b)] = full
+            entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
+    return specs, entries
 
 
 # ---------------------------------------------------------------- keras ----
 _KERAS_GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h"), "SimpleRNN": ("h",)}
 
 
-def _keras_layers(model: Any) -> Iterable[Any]:
-    flatten = getattr(model, "_flatten_layers", None)
+def _snake_case(name: str) -> str:
+    """Keras' ``to_snake_case``: how it names an unnamed layer (``MyDense`` -> ``my_dense``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_children(layer: Any) -> list[Any]:
+    flatten = getattr(layer, "_flatten_layers", None)
     if flatten is not None:
-        return list(flatten(include_self=False, recursive=True))
-    out, stack = [], list(getattr(model, "layers", []))
-    while stack:
-        lyr = stack.pop(0)
-        out.append(lyr)
-        stack.extend(getattr(lyr, "layers", []) or [])
+        return list(flatten(include_self=False, recursive=False))
+    return list(getattr(layer, "layers", []) or [])
+
+
+def _stable_names(layers: Sequence[Any]) -> list[str]:
+    """Names of sibling layers with Keras-generated names (``dense_7``) renumbered in order."""
+    auto = []
+    for lyr in layers:
+        base = _snake_case(type(lyr).__name__)
+        auto.append(base if re.fullmatch(re.escape(base) + r"(_\d+)?", str(lyr.name)) else None)
+    taken = {str(lyr.name) for lyr, a in zip(layers, auto) if a is None}
+    counts: dict[str, int] = {}
+    out = []
+    for lyr, base in zip(layers, auto):
+        if base is None:
+            out.append(str(lyr.name))
+            continue
+        while True:
+            k = counts.get(base, 0)
+            counts[base] = k + 1
+            cand = base if k == 0 else f"{base}_{k}"
+            if cand not in taken:
+                break
+        taken.add(cand)
+        out.append(cand)
     return out
 
 
-def _from_keras(model: Any) -> Iterator[MatrixSpec]:
+def _keras_walk(model: Any) -> list[tuple[str, Any]]:
+    """``(name, layer)`` for every layer inside ``model``, depth first, each once (stable names)."""
+    out: list[tuple[str, Any]] = []
+    seen = {id(model)}
+
+    def visit(layer: Any, prefix: str) -> None:
+        kids = [k for k in _keras_children(layer) if id(k) not in seen]
+        for k in kids:
+            seen.add(id(k))
+        for k, n in zip(kids, _stable_names(kids)):
+            out.append((prefix + n, k))
+            visit(k, prefix + n + "/")
+
+    visit(model, "")
+    return out
+
+
+def _keras_own_variables(layer: Any, sub: Sequence[Any]) -> list[Any]:
+    """The variables ``layer`` created itself (not its sublayers')."""
+    own = getattr(layer, "_trainable_variables", None)
+    other = getattr(layer, "_non_trainable_variables", None)
+    if own is not None and other is not None:
+        return list(own) + list(other)
+    inner = {id(v) for s in sub for v in getattr(s, "weights", [])}
+    return [v for v in getattr(layer, "weights", []) if id(v) not in inner]
+
+
+def _keras_classes() -> dict[str, tuple[type, ...]]:
+    from keras import layers as L
+
+    def pick(*names: str) -> tuple[type, ...]:
+        return tuple(getattr(L, n) for n in names if hasattr(L, n))
+
+    return {
+        "dense": pick("Dense", "EinsumDense"),
+        "embedding": pick("Embedding"),
+        "depthwise": pick("DepthwiseConv1D", "DepthwiseConv2D"),
+        "separable": pick("SeparableConv1D", "SeparableConv2D"),
+        "conv": pick("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
+        "rnn": pick("LSTM", "GRU", "SimpleRNN"),
+        "cell": pick("LSTMCell", "GRUCell", "SimpleRNNCell"),
+    }
+
+
+def _keras_base(lyr: Any, classes: tuple[type, ...]) -> str:
+    """The public Keras class among ``classes`` that ``lyr`` is an instance of (its type for filters)."""
+    for c in type(lyr).__mro__:
+        if c in classes:
+            return c.__name__
+    return type(lyr).__name__
+
+
+def _einsum_matrix(k: np.ndarray, equation: Optional[str]) -> np.ndarray:
+    """An EinsumDense kernel as ``inputs x outputs`` (contracted kernel axes first)."""
+    if k.ndim == 2:
+        return k
+    try:
+        lhs, out = str(equation).replace(".", "").split("->")
+        inp, ker = lhs.split(",")
+        ins = [i for i, c in enumerate(ker) if c in inp and c not in out]
+        outs = [i for i, c in enumerate(ker) if c not in inp and c in out]
+        if ins and outs and len(ins) + len(outs) == k.ndim:
+            a = int(np.prod([k.shape[i] for i in ins]))
+            return np.transpose(k, ins + outs).reshape(a, -1)
+    except (ValueError, AttributeError):
+        pass
+    return k.reshape(k.shape[0], -1) if k.shape[0] >= k.shape[-1] else k.reshape(-1, k.shape[-1])
+
+
+def _keras_depthwise_stack(k: np.ndarray) -> np.ndarray:
+    """A depthwise kernel ``(*k, C, mult)`` as torch stores it, ``(K, C*mult, 1)`` slices."""
+    K = int(np.prod(k.shape[:-2]))
+    return k.reshape(K, -1, 1)
+
+
+def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
     from keras import ops
 
     def npy(v: Any) -> np.ndarray:
         return np.asarray(ops.convert_to_numpy(v))
 
-    for lyr in _keras_layers(model):
-        t = type(lyr).__name__
-        path = getattr(lyr, "path", None) or lyr.name
-        if t in ("Dense", "EinsumDense"):
+    cls = _keras_classes()
+    walk = _keras_walk(model)
+    kids_of: dict[int, list[Any]] = {}
+    for _, lyr in [("", model)] + walk:
+        kids_of[id(lyr)] = _keras_children(lyr)
+    # names of the variables: <layer name>/<variable name>, each variable once, in model order
+    pname: dict[int, str] = {}
+    order: list[tuple[Any, Any]] = []  # (variable, owning layer)
+    for name, lyr in [("", model)] + walk:
+        for v in _keras_own_variables(lyr, kids_of.get(id(lyr), [])):
+            if id(v) in pname:
+                continue
+            vname = str(getattr(v, "name", "")).rsplit("/", 1)[-1]
+            pname[id(v)] = f"{name}/{vname}" if name else vname
+            order.append((v, lyr))
+    top = str(getattr(model, "name", ""))
+    for v in getattr(model, "weights", []):  # anything not held by a layer of the walk
+        if id(v) not in pname:
+            path = str(getattr(v, "path", None) or getattr(v, "name", "weight"))
+            pname[id(v)] = path[len(top) + 1:] if top and path.startswith(top + "/") else path
+            order.append((v, None))
+
+    def var(lyr: Any, *names: str) -> list[Any]:
+        return [v for v in _keras_own_variables(lyr, kids_of.get(id(lyr), []))
+                if str(getattr(v, "name", "")).rsplit("/", 1)[-1] in names]
+
+    specs: list[MatrixSpec] = []
+    claimed: dict[int, tuple[str, ...]] = {}
+
+    def add(used: list[Any], made: list[MatrixSpec]) -> None:
+        if not used or any(id(v) in claimed for v in used):
+            return
+        specs.extend(made)
+        for v in used:
+            claimed[id(v)] = tuple(s.name for s in made)
+
+    for name, lyr in walk:
+        if isinstance(lyr, cls["dense"]):
+            used = var(lyr, "kernel", "lora_kernel_a", "lora_kernel_b")
             k = getattr(lyr, "kernel", None)
-            if k is None:
-                continue
-            k = npy(k)
-            if k.ndim > 2:  # EinsumDense (d, heads, head_dim) -> (d, heads*head_dim)
-                k = k.reshape(k.shape[0], -1) if k.shape[0] >= k.shape[-1] else k.reshape(-1, k.shape[-1])
-            yield MatrixSpec(path, t, k)
-        elif t == "Embedding":
-            yield MatrixSpec(path, t, npy(lyr.embeddings))
-        elif t.startswith("Conv") and "LSTM" not in t:
+            if k is not None and used:
+                t = _keras_base(lyr, cls["dense"])
+                add(used, [MatrixSpec(name, t, _einsum_matrix(npy(k), getattr(lyr, "equation", None)), 1.0,
+                                      pname.get(id(used[0]), ""))])
+        elif isinstance(lyr, cls["embedding"]):
+            used = var(lyr, "embeddings", "lora_embeddings_a", "lora_embeddings_b")
+            e = getattr(lyr, "embeddings", None)
+            if e is not None and used:
+                add(used, [MatrixSpec(name, "Embedding", npy(e), 1.0, pname.get(id(used[0]), ""))])
+        elif isinstance(lyr, cls["depthwise"]):
+            t = _keras_base(lyr, cls["depthwise"])
+            for v in var(lyr, "kernel", "depthwise_kernel"):
+                add([v], [MatrixSpec(name, t, _keras_depthwise_stack(npy(v)), 0.5 if t.endswith("2D") else 1.0,
+                                     pname[id(v)])])
+        elif isinstance(lyr, cls["separable"]):
+            t = _keras_base(lyr, cls["separable"])
+            scale = 0.5 if t.endswith("2D") else 1.0
+            for v in var(lyr, "depthwise_kernel"):
+                add([v], [MatrixSpec(f"{name}.depthwise", t, _keras_depthwise_stack(npy(v)), scale, pname[id(v)])])
+            for v in var(lyr, "pointwise_kernel"):
+                k = npy(v)
+                add([v], [MatrixSpec(f"{name}.pointwise", t, k.reshape(-1, k.shape[-2], k.shape[-1]), scale,
+                                     pname[id(v)])])
+        elif isinstance(lyr, cls["conv"]):
+            used = var(lyr, "kernel")
             k = getattr(lyr, "kernel", None)
-            if k is None:
-                continue
-            k = npy(k)  # (*spatial, in, out) or transposed (*spatial, out, in)
-            if k.ndim < 3:
-                continue
-            a, b = k.shape[-2], k.shape[-1]
-            stack = k.reshape(-1, a, b)
-            scale = 0.5 if t == "Conv2D" else 1.0
-            yield MatrixSpec(path, t, stack, scale)
-        elif t in _KERAS_GATES:
-            cell = getattr(lyr, "cell", lyr)
+            if k is not None and used:
+                k = npy(k)  # (*spatial, in, out) or transposed (*spatial, out, in)
+                if k.ndim >= 3:
+                    t = _keras_base(lyr, cls["conv"])
+                    add(used, [MatrixSpec(name, t, k.reshape(-1, k.shape[-2], k.shape[-1]),
+                                          0.5 if t == "Conv2D" else 1.0, pname[id(used[0])])])
+        elif isinstance(lyr, cls["rnn"]) or isinstance(lyr, cls["cell"]):
+            if isinstance(lyr, cls["rnn"]):
+                t = _keras_base(lyr, cls["rnn"])
+                cell = getattr(lyr, "cell", lyr)
+            else:
+                t = _keras_base(lyr, cls["cell"]).replace("Cell", "")
+                cell = lyr
             for attr in ("kernel", "recurrent_kernel"):
                 v = getattr(cell, attr, None)
-                if v is not None:
-                    yield from _split_gates(f"{path}.{attr}", t, npy(v), _KERAS_GATES[t], axis=1)
+                if v is not None and len(getattr(v, "shape", ())) == 2:
+                    add([v], list(_split_gates(f"{name}.{attr}", t, npy(v), _KERAS_GATES.get(t, ("h",)), axis=1,
+                                               param=pname.get(id(v), ""))))
+
+    entries: list[WeightEntry] = []
+    for v, lyr in order:
+        shape = tuple(int(s) for s in getattr(v, "shape", ()))
+        t = type(lyr).__name__ if lyr is not None else ""
+        p = pname[id(v)]
+        if id(v) in claimed:
+            entries.append(WeightEntry(p, shape, t, claimed[id(v)]))
+        elif len(shape) < 2:
+            entries.append(WeightEntry(p, shape, t, (), f"not a matrix ({len(shape)}-D)"))
+        elif "float" not in str(getattr(v, "dtype", "float")):
+            entries.append(WeightEntry(p, shape, t, (), f"not floating point (dtype {v.dtype})"))
+        elif _is_single_vector(shape):
+            entries.append(WeightEntry(p, shape, t, (), _vector_reason(shape)))
+        elif p.rsplit("/", 1)[-1] == "bias":  # EinsumDense: one bias per head and unit
+            entries.append(WeightEntry(p, shape, t, (), f"a bias ({len(shape)}-D), not a weight matrix"))
+        else:
+            what = f"a {t} layer" if t else "no layer of the model"
+            entries.append(WeightEntry(p, shape, t, (), f"{len(shape)}-D weight of {what}, which wwmonitor does not analyse"))
+    return specs, entries
 
 
 # -------------------------------------------------------------- mapping ----
-def _from_mapping(params: Mapping[str, Any], skipped: Optional[list[tuple[str, str]]] = None) -> Iterator[MatrixSpec]:
+def _identity(v: Any) -> Optional[tuple[Any, ...]]:
+    """What makes two arrays the same tensor (tied weights), or ``None`` when unknown."""
+    try:
+        if hasattr(v, "untyped_storage") and hasattr(v, "storage_offset"):
+            return ("torch", str(v.device), v.untyped_storage().data_ptr(), int(v.storage_offset()),
+                    tuple(v.shape), tuple(v.stride()), str(v.dtype))
+        if isinstance(v, np.ndarray):
+            return ("numpy", v.__array_interface__["data"][0], v.shape, v.strides, str(v.dtype))
+    except Exception:  # noqa: BLE001 - meta tensors, exotic arrays: never merged
+        return None
+    return None
+
+
+def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], list[WeightEntry]]:
     """Infer layer kinds from parameter names and shapes (state_dict layout).
 
     2-D ``*.weight`` -> Linear (or Embedding when the name says so); 3/4/5-D
     ``*.weight`` -> Conv1d/2d/3d (torch layout ``out, in, *k``);
     ``*.in_proj_weight`` -> q/k/v; ``*.weight_ih_l*`` / ``weight_hh_l*`` ->
-    gate blocks (LSTM when rows = 4·hidden, GRU when 3·hidden).
+    gate blocks (LSTM when rows = 4·hidden, GRU when 3·hidden); fused
+    ``qkv``/``gate_up_proj`` and GPT-2 ``Conv1D`` weights (detected from the
+    ``c_attn``/``c_fc`` shapes, stored ``in x out``) as in the module walk;
+    ``(1, N, d)`` tables; ``...experts.<name>`` 3-D banks per expert.
     Everything else -- biases, norms and other 0-D/1-D arrays, non-float
-    arrays, values that are not arrays, nested mappings, arrays whose name
-    and shape match no rule -- is appended to ``skipped`` with its reason.
+    arrays, values that are not arrays, nested mappings, tied copies, arrays
+    whose name and shape match no rule -- is an entry with its reason.
     Complex (and sparse) matrices are returned: their analysis reports why
     they cannot be analysed.
     """
-    def skip(key: str, reason: str) -> None:
-        if skipped is not None:
-            skipped.append((key, reason))
+    specs: list[MatrixSpec] = []
+    entries: list[WeightEntry] = []
 
+    def skip(key: str, shape: Optional[tuple[int, ...]], reason: str) -> None:
+        entries.append(WeightEntry(key, shape, "", (), reason))
+
+    shapes = {k: _shape_of(v) for k, v in params.items()}
     hidden: dict[str, int] = {}
-    for k, v in params.items():
-        if (".weight_hh_l" in k or k.startswith("weight_hh_l")) and len(_shape_of(v) or ()) == 2:
-            hidden[k.rsplit("weight_hh_l", 1)[0]] = int(v.shape[1])
+    for k, s in shapes.items():
+        leaf = k.rpartition(".")[2]
+        if leaf.startswith("weight_hh") and s is not None and len(s) == 2:
+            hidden[k.rsplit("weight_hh", 1)[0]] = int(s[1])
+    gpt2_layout = any(
+        s is not None and len(s) == 2 and (
+            (k.endswith("c_attn.weight") and s[1] in (2 * s[0], 3 * s[0])) or (k.endswith("c_fc.weight") and s[1] > s[0]))
+        for k, s in shapes.items())
+    first: dict[tuple[Any, ...], str] = {}
     for key, v in params.items():
         reason = _entry_skip_reason(v)
+        shape = shapes[key]
         if reason:
-            skip(key, reason)
+            skip(key, shape, reason)
             continue
-        shape = _shape_of(v) or ()
-        base, _, leaf = key.rpartition(".")
-        base = base or key
-        if leaf == "in_proj_weight" and shape[0] == 3 * shape[1]:
-            E = shape[1]
-            for i, part in enumerate("qkv"):
-                yield MatrixSpec(f"{base}.{part}", "MultiheadAttention", v[i * E:(i + 1) * E])
-        elif leaf.startswith(("weight_ih_l", "weight_hh_l")) and len(shape) == 2:
-            h = hidden.get(key.rsplit("weight_", 1)[0], 0)
-            gates = {4: _RNN_GATES["LSTM"], 3: _RNN_GATES["GRU"]}.get(shape[0] // h if h else 1, ("h",))
-            yield from _split_gates(key, {4: "LSTM", 3: "GRU"}.get(len(gates), "RNN"), v, gates, axis=0)
-        elif leaf in ("weight", "kernel", "embeddings") or leaf.endswith("_weight") or "." not in key:
-            if len(shape) == 2:
-                typ = "Embedding" if ("embed" in key.lower() or "wte" in key or "wpe" in key) else "Linear"
-                yield MatrixSpec(base if leaf in ("weight", "kernel") else key, typ, v)
-            elif len(shape) in (3, 4, 5):
-                typ = f"Conv{len(shape) - 2}d"
-                yield MatrixSpec(base, typ, _conv_stack(v, False), 0.5 if typ == "Conv2d" else 1.0)
-            else:
-                skip(key, f"{len(shape)}-D array: no layer rule for this name and shape {shape}")
-        else:
-            skip(key, f"{len(shape)}-D array: no layer rule for this name and shape {shape}")
+        shape = shape or ()
+        ident = _identity(v)
+        if ident is not None:
+            if ident in first:
+                skip(key, shape, _tied_reason(first[ident]))
+                continue
+            first[ident] = key
+        made = _mapping_rule(key, v, shape, hidden, shapes, gpt2_layout)
+        if isinstance(made, str):
+            skip(key, shape, made)
+            continue
+        specs.extend(made)
+        entries.append(WeightEntry(key, shape, made[0].type if made else "", tuple(s.name for s in made)))
+    return specs, entries
+
+
+def _mapping_rule(key: str, v: Any, shape: tuple[int, ...], hidden: Mapping[str, int],
+                  shapes: Mapping[str, Optional[tuple[int, ...]]], gpt2_layout: bool) -> Union[list[MatrixSpec], str]:
+    """The matrices of one mapping entry, or why it has none."""
+    base, _, leaf = key.rpartition(".")
+    base = base or key
+    parent, _, module = base.rpartition(".")
+    no_rule = f"{len(shape)}-D array: no layer rule for this name and shape {shape}"
+    if ".parametrizations." in f".{key}":
+        return ("parametrization of a module's weight (weight norm ...): analysed as the computed weight when the "
+                "model itself is given, not from a state dict")
+    if leaf == "in_proj_weight" and len(shape) == 2 and shape[0] == 3 * shape[1]:
+        E = shape[1]
+        return [MatrixSpec(f"{base}.{part}", "MultiheadAttention", v[i * E:(i + 1) * E], 1.0, key)
+                for i, part in enumerate("qkv")]
+    if leaf in ("q_proj_weight", "k_proj_weight", "v_proj_weight") and len(shape) == 2:
+        return [MatrixSpec(f"{base}.{leaf[0]}", "MultiheadAttention", v, 1.0, key)]
+    if leaf.startswith(("weight_ih", "weight_hh")) and len(shape) == 2:
+        h = hidden.get(key.rsplit("weight_", 1)[0], 0)
+        gates = {4: _RNN_GATES["LSTM"], 3: _RNN_GATES["GRU"]}.get(shape[0] // h if h else 1, ("h",))
+        return list(_split_gates(key, {4: "LSTM", 3: "GRU"}.get(len(gates), "RNN"), v, gates, 0, key))
+    if leaf.startswith("weight_hr") and len(shape) == 2:
+        return [MatrixSpec(key, "LSTM", v, 1.0, key)]
+    is_weight = leaf in ("weight", "kernel")
+    if not is_weight:  # raw parameters: expert banks, (1, N, d) tables, cls tokens
+        if len(shape) == 3 and module == "experts" and _is_float(v):
+            return _expert_specs(key, v, key)
+        if _table_shape(shape):
+            return [MatrixSpec(key, "Embedding", v.reshape(_table_shape(shape)), 1.0, key)]
+        if _is_single_vector(shape):
+            return _vector_reason(shape)
+    if is_weight or leaf == "embeddings" or leaf.endswith("_weight") or "." not in key:
+        name = base if is_weight else key
+        if len(shape) == 2:
+            if gpt2_layout and leaf == "weight" and module in _HF_CONV1D_NAMES:
+                has_q = shapes.get(f"{parent}.q_attn.weight" if parent else "q_attn.weight") is not None
+                return _linear_specs(name, "Conv1D", v.T, key, module, None, has_q)
+            typ = "Embedding" if ("embed" in key.lower() or "wte" in key or "wpe" in key) else "Linear"
+            if leaf == "weight" and module in _FUSED_QKV + ("gate_up_proj",):
+                q_width = None
+                for sib in _OUT_PROJ:
+                    s = shapes.get(f"{parent}.{sib}.weight" if parent else f"{sib}.weight")
+                    if s is not None and len(s) == 2:
+                        q_width = int(s[1])
+                        break
+                return _linear_specs(name, typ, v, key, module, q_width)
+            return [MatrixSpec(name, typ, v, 1.0, key)]
+        if len(shape) in (3, 4, 5):
+            typ = f"Conv{len(shape) - 2}d"
+            return [MatrixSpec(base, typ, _conv_stack(v, False), 0.5 if typ == "Conv2d" else 1.0, key)]
+    return no_rule
 
 
 def _shape_of(v: Any) -> Optional[tuple[int, ...]]:

@@ -22,6 +22,8 @@ Formulas (``ev`` = eigenvalues on the σ² axis, ``ev_max`` the largest):
 * ``matrix_rank = #{σ_i > σ_max · max(a, b) · eps}`` (NumPy's default tolerance)
 * ``rank_loss = M - matrix_rank``
 * ``num_pl_spikes = #{ev >= xmin}`` (size of the fitted power-law tail)
+* ``detX_num``, ``detX_val``, ``ERG_gap``: SETOL's ``det X = 1`` (ERG) condition,
+  see :func:`detx_constraint`
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["LayerMetrics", "norm_metrics", "matrix_rank", "spectral_entropy", "METRIC_NAMES"]
+__all__ = ["LayerMetrics", "norm_metrics", "matrix_rank", "spectral_entropy", "detx_constraint", "METRIC_NAMES"]
 
 
 @dataclass
@@ -73,6 +75,13 @@ class LayerMetrics:
     entropy: Optional[float] = None
     matrix_rank: Optional[int] = None
     rank_loss: Optional[int] = None
+    # --- SETOL ERG / det X = 1 condition (see detx_constraint) ----------------
+    #: number of largest eigenvalues (on the unit-mean axis) whose product first drops below 1
+    detX_num: Optional[int] = None
+    #: the smallest of those eigenvalues, σ² axis (weightwatcher's ``detX_val``)
+    detX_val: Optional[float] = None
+    #: ``detX_num - num_pl_spikes`` (0: the ERG tail and the power-law tail start together)
+    ERG_gap: Optional[int] = None
     # --- Marchenko-Pastur (λ axis, X = WᵀW/N) -----------------------------
     mp_sigma2: Optional[float] = None
     lambda_plus: Optional[float] = None
@@ -178,3 +187,104 @@ def norm_metrics(ev: np.ndarray, shape: tuple[int, int], alpha: Optional[float])
         lse = np.logaddexp.reduce(alpha * np.log(pos))
         out["log_alpha_norm"] = float(lse / math.log(10))
     return out
+
+
+#: the log-space scan of :func:`detx_constraint` trusts its own decision for an index only where
+#: every partial product of weightwatcher's ``np.prod(r[idx:])`` stays a normal float64: the product
+#: of the factors below 1 must exceed ``e^-700`` (the smallest normal is ``e^-708.4``)
+_DETX_LOG_SAFE = 700.0
+
+
+def detx_constraint(ev: np.ndarray) -> tuple[Optional[int], Optional[float]]:
+    """SETOL's ``det X = 1`` (ERG) condition as weightwatcher 0.7.7 evaluates it: ``(detX_num, detX_val)``.
+
+    ``ev``: all eigenvalues of ``WᵀW`` (σ² axis, ascending, the same array whose largest is
+    ``lambda_max``).  Definition (weightwatcher 0.7.7 ``WeightWatcher.apply_detX``,
+    ``weightwatcher.py`` lines 3077-3127, with ``RMT_Util.rescale_eigenvalues`` (lines
+    1100-1108) and ``RMT_Util.detX_constraint`` (lines 1116-1163)):
+
+    1. Rescale to unit mean (``Σ r = n``, i.e. ``Tr X = n``):
+       ``Wscale = sqrt(n)/sqrt(Σ ev)``, ``r = Wscale² · ev``.
+    2. Scan from the top: for ``idx = n-1, n-2, …, 1`` the first ``idx`` with
+       ``Π_{j>=idx} r_j < 1`` gives ``detX_num = n - idx`` -- the number of largest
+       eigenvalues needed for their product (their ``det``) to fall below 1, i.e. the tail on
+       which ``Σ ln r`` (the trace-log) crosses 0.
+    3. ``detX_val = r[idx] / Wscale²`` -- the smallest eigenvalue of that tail, back on the σ²
+       axis (weightwatcher's ``detX_val``; its ``detX_val_unrescaled`` is ``r[idx]``, despite
+       the name the *rescaled* value).
+
+    Kept as in weightwatcher: when no ``idx >= 1`` qualifies (only the smallest eigenvalue
+    pulls the product below 1; by AM-GM the product of all ``n`` is ``<= 1``), it reports
+    ``detX_num = n`` but ``detX_val`` from ``idx = 1``.
+    ``(None, None)`` where weightwatcher reports a placeholder ``(0, ev[0])``: fewer than 2
+    eigenvalues, or ``r[0] >= r[-1]`` (a flat spectrum, where the product of all ``n`` is
+    exactly 1).
+
+    Cost: ``O(n)`` (``O(n · detX_num)`` on the literal-loop route below).  The scan is done in
+    log space (suffix sums of ``ln r``); every index whose sum is within the rounding bound of 0
+    is decided by weightwatcher's own expression ``np.prod(r[idx:]) < 1.0``, so the count is the
+    one weightwatcher's float arithmetic gives.
+    Spectra whose products could leave the float64 range (over ``e^700``: roughly ``n > 3000`` for
+    a random square matrix) take weightwatcher's literal loop, so its float64 underflow, which
+    makes it stop before the exact trace-log crossing there, is reproduced (docs/metrics.md).
+    """
+    ev = np.asarray(ev, dtype=np.float64)
+    n = int(ev.size)
+    if n < 2:
+        return None, None
+    with np.errstate(all="ignore"):
+        wscale = np.sqrt(n) / np.sqrt(np.sum(ev))
+        w2 = wscale * wscale
+        r = w2 * ev
+    if not (np.isfinite(w2) and r[0] < r[-1]):
+        return None, None
+    idx = _detx_index(r)
+    if idx is None:  # weightwatcher: loop ran out, num_evals stays n, idx is left at 1
+        num, idx = n, 1
+    else:
+        num = n - idx
+    return num, float(r[idx] / w2)
+
+
+def _detx_index(r: np.ndarray) -> Optional[int]:
+    """Largest ``idx`` in ``1..n-1`` with ``np.prod(r[idx:]) < 1.0`` (``None``: there is none).
+
+    ``np.prod`` multiplies ``r[idx:]`` in ascending order: first the factors below 1 (the partial
+    product falls to ``e^L``, ``L = Σ ln r_j`` over them), then those from 1 up (it rises
+    monotonically to ``e^s``, ``s = Σ_{j>=idx} ln r_j``; ``inf`` past the float64 range).  Where
+    ``L > -700`` nothing underflows, so the float product is ``e^s`` to ``n·eps`` (or ``inf`` when
+    ``s > 709``): ``s > tol`` means "not below 1" and ``s < -tol`` means "below 1" for certain.
+    Every other index (``|s| <= tol``, or ``L <= -700`` where the small factors underflow, possibly
+    to 0) is decided by evaluating ``np.prod(r[idx:]) < 1.0`` itself, scanning from the top.
+    """
+    n = r.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(r)
+    if np.isnan(lr).any():
+        return _detx_index_literal(r)
+    s = np.cumsum(lr[::-1])[::-1]  # s[i] = Σ_{j>=i} ln r_j; -inf once a zero is included
+    m = int(np.searchsorted(r, 1.0))  # first factor >= 1 (r[-1] > 1: the mean is 1)
+    low = np.zeros(n)
+    with np.errstate(invalid="ignore"):
+        low[:m] = s[:m] - s[m]  # L: Σ ln r_j over the factors below 1 in r[idx:]
+    fin = lr[np.isfinite(lr)]
+    eps = float(np.finfo(np.float64).eps)
+    # bound on |float product / exact product - 1| and on the cumsum's rounding, with room to spare
+    tol = 1e-12 + 4.0 * n * eps * (1.0 + float(np.abs(fin).sum()))
+    safe = low > -_DETX_LOG_SAFE  # False for -inf and NaN
+    surely_not = safe & (s > tol)
+    surely_below = safe & (s < -tol)
+    with np.errstate(all="ignore"):
+        for idx in np.flatnonzero(~surely_not[1:])[::-1] + 1:  # descending, the certain "no"s skipped
+            if surely_below[idx] or np.prod(r[idx:]) < 1.0:
+                return int(idx)
+    return None
+
+
+def _detx_index_literal(r: np.ndarray) -> Optional[int]:
+    """weightwatcher's loop itself (``RMT_Util.detX_constraint``), ``O(n · detX_num)``."""
+    with np.errstate(all="ignore"):
+        for idx in range(r.size - 1, 0, -1):
+            if np.prod(r[idx:]) < 1.0:
+                return idx
+    return None

@@ -18,13 +18,24 @@ Rules (ids in parentheses; all per layer; one object each in :mod:`.rules`)
 ---------------------------------------------------------------------------
 ``rank_collapse``
     Onset of rank collapse (over-regularisation).  The *collapsed fraction* is
-    ``f0 = max(#{σ_i < collapse_tol · σ_max} / M, rank_loss / M)`` where
+    ``f0 = max(#{σ_i < collapse_tol · σ_max} / n, rank_loss / n)`` where
     ``σ_i² = N·λ_i`` are the squared singular values (eigenvalues of ``WᵀW``),
-    read from the snapshot's λ-axis ESD (the ratio is axis-free).  Fires when
+    read from the snapshot's λ-axis ESD (the ratio is axis-free), and ``n`` the
+    number of eigenvalues they were counted over (``M``; ``K·M`` for a pooled
+    conv layer of ``K`` kernel positions).  Fires when
     ``f0 >= collapse_fraction`` or the layer's phase is ``"rank-collapse"``
     (or all weights are zero); clears when ``f0 < collapse_fraction / 2`` and
     the phase is no longer rank-collapse.  Defaults (``1e-4``, ``0.10``)
     match the phase classifier in :mod:`wwmonitor.phases`.
+``over_regularization``
+    The bulk is squeezed toward zero long before singular values are
+    numerically zero: against the layer's early values (the largest over its
+    first ``overreg_ref_snapshots`` snapshots, kept in the state), its stable
+    rank ``Σλ/λ_max`` is below ``overreg_sr_ratio`` (0.22), its MP soft rank
+    ``λ+/λ_max`` below ``overreg_softrank_ratio`` (0.25) and its squared
+    Frobenius norm below ``overreg_norm_ratio`` (0.8) for ``overreg_patience``
+    (2) consecutive snapshots; clears once the stable rank is back above
+    ``overreg_sr_ratio · (1 + overreg_hysteresis)`` of its early value.
 ``alpha_low``
     ``alpha < alpha_low`` (default 2, weightwatcher's "over-trained") for
     ``alpha_low_patience`` consecutive snapshots; clears once

@@ -6,14 +6,15 @@ import numbers
 from typing import Any, Iterable
 
 from .base import Rule
-from .rules import (AlphaHigh, AlphaJump, AlphaLow, CorrelationTrap, NonFinite, PhaseChange, RankCollapse,
-                    RULE_TYPES)
+from .rules import (AlphaHigh, AlphaJump, AlphaLow, CorrelationTrap, NonFinite, OverRegularization, PhaseChange,
+                    RankCollapse, RULE_TYPES)
 
 __all__ = ["RULES", "DEFAULT_RULES", "DEFAULTS", "check_config", "check_rule_ids", "build_rules"]
 
 #: every rule id understood by :class:`~wwmonitor.alerts.AlertRules`
 RULES: tuple[str, ...] = (
     "rank_collapse",
+    "over_regularization",
     "alpha_low",
     "alpha_high",
     "phase_change",
@@ -39,6 +40,13 @@ DEFAULTS: dict[str, Any] = {
     "hysteresis": 0.2,
     "phase_patience": 1,
     "trap_threshold": 1,
+    # over_regularization (thresholds measured on benchmarks/overreg_panel.py; see docs/alerts.md)
+    "overreg_sr_ratio": 0.22,
+    "overreg_softrank_ratio": 0.25,
+    "overreg_norm_ratio": 0.8,
+    "overreg_ref_snapshots": 3,
+    "overreg_patience": 2,
+    "overreg_hysteresis": 0.25,
 }
 
 
@@ -111,7 +119,19 @@ def check_config(
     if not 0 <= out["hysteresis"] < band:
         # at or beyond the band, alpha_low could only clear where alpha_high fires (and vice versa)
         raise ValueError(f"hysteresis must be >= 0 and below alpha_high - alpha_low = {band:g}, got {p['hysteresis']}")
-    for name in ("alpha_low_patience", "phase_patience"):
+    for name in ("overreg_sr_ratio", "overreg_softrank_ratio", "overreg_norm_ratio", "overreg_hysteresis"):
+        out[name] = _real(name, p[name])
+    if not 0 < out["overreg_sr_ratio"] < 1:
+        raise ValueError(f"overreg_sr_ratio must be in (0, 1), got {p['overreg_sr_ratio']}")
+    if not 0 < out["overreg_softrank_ratio"] <= 1:
+        raise ValueError(f"overreg_softrank_ratio must be in (0, 1], got {p['overreg_softrank_ratio']}")
+    if not out["overreg_norm_ratio"] > 0:
+        raise ValueError(f"overreg_norm_ratio must be > 0, got {p['overreg_norm_ratio']}")
+    if out["overreg_hysteresis"] < 0 or out["overreg_sr_ratio"] * (1 + out["overreg_hysteresis"]) > 1:
+        # beyond that, a squeezed layer could only clear above its own early stable rank
+        raise ValueError(f"overreg_hysteresis must be >= 0 with overreg_sr_ratio * (1 + overreg_hysteresis) <= 1, "
+                         f"got {p['overreg_hysteresis']} (overreg_sr_ratio {p['overreg_sr_ratio']})")
+    for name in ("alpha_low_patience", "phase_patience", "overreg_ref_snapshots", "overreg_patience"):
         out[name] = _count(name, p[name], 1)
     for name in ("warmup", "cooldown", "trap_threshold"):
         out[name] = _count(name, p[name], 0)
@@ -129,6 +149,9 @@ def build_rules(cfg: dict[str, Any]) -> tuple[Rule, ...]:
     make = {
         "non_finite": lambda: NonFinite(),
         "rank_collapse": lambda: RankCollapse(cfg["collapse_tol"], cfg["collapse_fraction"]),
+        "over_regularization": lambda: OverRegularization(
+            cfg["overreg_sr_ratio"], cfg["overreg_softrank_ratio"], cfg["overreg_norm_ratio"],
+            cfg["overreg_ref_snapshots"], cfg["overreg_patience"], cfg["overreg_hysteresis"]),
         "alpha_low": lambda: AlphaLow(cfg["alpha_low"], cfg["alpha_low_patience"], cfg["hysteresis"]),
         "alpha_high": lambda: AlphaHigh(cfg["alpha_high"], cfg["warmup"], cfg["hysteresis"]),
         "alpha_jump": lambda: AlphaJump(cfg["alpha_jump"], cfg["warmup"], cfg["cooldown"], cfg["alpha_high"]),

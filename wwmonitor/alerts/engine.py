@@ -22,6 +22,11 @@ OnError = Callable[[str, str, BaseException], Any]
 
 #: every per-layer field of every rule: name -> (default, converter)
 _FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {k: v for t in RULE_TYPES for k, v in t.state.items()}
+#: the fields of wwmonitor 0.1's state format, always written by :meth:`AlertRules.state_dict`; fields of
+#: rules added later are written only when they differ from their default, so a layer those rules never
+#: touched keeps exactly the old format
+_LEGACY_FIELDS = ("low_count", "prev_alpha", "phase", "cand_phase", "cand_count", "cooldown")
+assert set(_LEGACY_FIELDS) <= set(_FIELDS)
 #: the constructor's arguments; assigning one of them later re-checks it and rebuilds the rules
 _SETTINGS = ("rules", "stop_on", *DEFAULTS, "warn", "log_alerts", "on_alert")
 #: ``lm.extra`` key carrying the failures of :meth:`AlertRules.inspect_weights` (rule id -> exception) to evaluate()
@@ -38,8 +43,8 @@ class AlertRules:
     collapse_tol, collapse_fraction:
         Rank collapse: an eigenvalue counts as collapsed when
         ``σ_i < collapse_tol · σ_max`` (``0 < collapse_tol < 1``); the rule
-        fires when at least ``collapse_fraction`` (in ``(0, 1]``) of the ``M``
-        eigenvalues are collapsed.
+        fires when at least ``collapse_fraction`` (in ``(0, 1]``) of the layer's
+        eigenvalues are collapsed (all ``K·M`` of a pooled conv layer).
     alpha_low, alpha_low_patience:
         Over-trained threshold and the number (``>= 1``) of consecutive
         snapshots it must hold.
@@ -59,6 +64,20 @@ class AlertRules:
         Snapshots (``>= 1``) a new phase must persist before a phase change is reported.
     trap_threshold:
         Number of correlation traps that fires ``correlation_trap``.
+    overreg_sr_ratio, overreg_softrank_ratio, overreg_norm_ratio:
+        ``over_regularization`` fires when the layer's stable rank is below
+        ``overreg_sr_ratio`` (in ``(0, 1)``, default 0.22) times its early
+        value, *and* its MP soft rank below ``overreg_softrank_ratio`` (in
+        ``(0, 1]``, default 0.25) times its early value, *and* its squared
+        Frobenius norm below ``overreg_norm_ratio`` (``> 0``, default 0.8)
+        times its early value.
+    overreg_ref_snapshots, overreg_patience, overreg_hysteresis:
+        The early values are the largest over the layer's first
+        ``overreg_ref_snapshots`` (``>= 1``, default 3) analysed snapshots; the
+        condition must hold for ``overreg_patience`` (``>= 1``, default 2)
+        consecutive snapshots; the alert clears once the stable rank is back
+        above ``overreg_sr_ratio * (1 + overreg_hysteresis)`` of its early value
+        (``overreg_hysteresis >= 0``, default 0.25, with that product ``<= 1``).
     stop_on:
         Rule ids (each also in ``rules``) whose alerts request that training stop.
     warn:
@@ -97,6 +116,12 @@ class AlertRules:
         hysteresis: float = DEFAULTS["hysteresis"],
         phase_patience: int = DEFAULTS["phase_patience"],
         trap_threshold: int = DEFAULTS["trap_threshold"],
+        overreg_sr_ratio: float = DEFAULTS["overreg_sr_ratio"],
+        overreg_softrank_ratio: float = DEFAULTS["overreg_softrank_ratio"],
+        overreg_norm_ratio: float = DEFAULTS["overreg_norm_ratio"],
+        overreg_ref_snapshots: int = DEFAULTS["overreg_ref_snapshots"],
+        overreg_patience: int = DEFAULTS["overreg_patience"],
+        overreg_hysteresis: float = DEFAULTS["overreg_hysteresis"],
         stop_on: Iterable[str] = (),
         warn: bool = False,
         log_alerts: bool = True,
@@ -106,6 +131,9 @@ class AlertRules:
             rules=rules, collapse_tol=collapse_tol, collapse_fraction=collapse_fraction, alpha_low=alpha_low,
             alpha_low_patience=alpha_low_patience, alpha_high=alpha_high, warmup=warmup, alpha_jump=alpha_jump,
             cooldown=cooldown, hysteresis=hysteresis, phase_patience=phase_patience, trap_threshold=trap_threshold,
+            overreg_sr_ratio=overreg_sr_ratio, overreg_softrank_ratio=overreg_softrank_ratio,
+            overreg_norm_ratio=overreg_norm_ratio, overreg_ref_snapshots=overreg_ref_snapshots,
+            overreg_patience=overreg_patience, overreg_hysteresis=overreg_hysteresis,
             stop_on=stop_on, warn=warn, log_alerts=log_alerts, on_alert=on_alert,
         ))
         self._state: dict[str, LayerState] = {}
@@ -131,6 +159,12 @@ class AlertRules:
     hysteresis: float
     phase_patience: int
     trap_threshold: int
+    overreg_sr_ratio: float
+    overreg_softrank_ratio: float
+    overreg_norm_ratio: float
+    overreg_ref_snapshots: int
+    overreg_patience: int
+    overreg_hysteresis: float
 
     def _configure(self, settings: dict[str, Any]) -> None:
         cfg = check_config(**settings)
@@ -273,10 +307,15 @@ class AlertRules:
 
         ``{layer: {"seen", "active": {rule: bool}, "low_count", "prev_alpha",
         "phase", "cand_phase", "cand_count", "cooldown"}}`` (the format of
-        wwmonitor 0.1's single-module ``alerts``).
+        wwmonitor 0.1's single-module ``alerts``), plus the fields of rules
+        added since (``over_regularization``: ``overreg_ref_count``,
+        ``overreg_sr_ref``, ``overreg_softrank_ref``, ``overreg_log_norm_ref``,
+        ``overreg_count``) where they differ from their defaults.
         """
         return {
-            name: {"seen": s.seen, "active": dict(s.active), **{k: s.fields[k] for k in _FIELDS}}
+            name: {"seen": s.seen, "active": dict(s.active),
+                   **{k: s.fields[k] for k, (default, _) in _FIELDS.items()
+                      if k in _LEGACY_FIELDS or s.fields[k] != default}}
             for name, s in self._state.items()
         }
 
@@ -299,7 +338,7 @@ class AlertRules:
 
     # ------------------------------------------------------------- helpers
     def collapsed_fraction(self, lm: LayerMetrics, esd: Optional[np.ndarray]) -> Optional[float]:
-        """``max(#{σ_i < collapse_tol·σ_max}/M, rank_loss/M)`` or ``None`` if unknown."""
+        """``max(#{σ_i < collapse_tol·σ_max}/n, rank_loss/n)`` or ``None`` (``n``: ``K·M`` for pooled conv)."""
         return collapsed_fraction(lm, esd, self.collapse_tol)
 
 

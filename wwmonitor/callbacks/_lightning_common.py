@@ -20,32 +20,23 @@ Hooks used (and why)
 
 Distributed (DDP)
 -----------------
-Every rank holds the full weights.  Matrix ``i`` (extraction order) is
-analysed on rank ``i mod world_size`` by a *shard* monitor (no store, no
-sinks, ``policy="block"`` so no step of the shard is ever skipped) in that
-rank's background thread.  At the next snapshot point (and at train end)
-every rank waits for its shard, and the per-layer results, keyed by step,
-are gathered to rank 0 (:func:`wwmonitor.distributed.gather_objects`, a
-collective reached at the same hooks on every rank).  Rank 0 merges them
-into one :class:`~wwmonitor.records.SnapshotResult` per step and hands it to
-the *main* monitor's :meth:`~wwmonitor.Monitor.submit` -- the same
-dispatcher (store, alert rules, figures, logger sinks) a single process
-uses.  Results reach the sinks one snapshot later than without DDP, equal a
-single-process analysis of the same weights, and only rank 0 writes.
+Matrix ``i`` (extraction order) is analysed on rank ``i mod world_size`` by
+a shard monitor; at the next snapshot point (and at train end) the results
+are gathered to rank 0 and submitted to its main monitor.  The framework-free
+machinery (shard monitors, gather, merge) is
+:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, shared with the
+Hugging Face ``Trainer`` callback.
 """
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Optional, Sequence, Union
 
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
-from ..distributed import check_strategy, gather_objects
-from ..metrics import LayerMetrics
-from ..records import SnapshotResult
-from ..summary import model_summary
+from ..distributed import check_strategy
 from ._options import check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
+from ._sharding import ShardedSnapshots
 
 log = logging.getLogger("wwmonitor")
 
@@ -133,11 +124,10 @@ class WeightWatcherMixin:
         self.use_loggers = bool(loggers)
         self._state_key = state_key
         self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks)
-        self._shard: Any = None  # this rank's shard monitor under DDP
+        self._sharded: Optional[ShardedSnapshots] = None  # snapshot routing, this rank's shard monitor under DDP
         self._names: list[str] = []
         self._world = 1
         self._rank = 0
-        self._pending: list[tuple[int, Optional[int]]] = []  # (step, epoch) analysed by shards, not yet gathered
         self._last_step: Optional[int] = None
         self._loaded: Optional[dict[str, Any]] = None
         self._wandb_sinks: list[Any] = []
@@ -145,7 +135,6 @@ class WeightWatcherMixin:
         #: names of the matrices this rank analyses (all of them without DDP)
         self.shard_layers: list[str] = []
         self.stopped_by_alert = False
-        self._errors = 0
 
     # ------------------------------------------------------------ Lightning API
     @property
@@ -166,7 +155,7 @@ class WeightWatcherMixin:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = dict(state_dict)
-        if self.monitor is not None or self._shard is not None:
+        if self.monitor is not None or self._sharded is not None:
             self._apply_loaded()
 
     def _apply_loaded(self) -> None:
@@ -189,7 +178,7 @@ class WeightWatcherMixin:
         from ..monitor import Monitor
 
         self._close()  # a second fit with the same callback starts cleanly
-        self._pending, self._last_step, self.stopped_by_alert = [], None, False
+        self._last_step, self.stopped_by_alert = None, False
         self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
         specs = extract_matrices(pl_module, layers=self.layers, exclude=self.exclude)
         if not specs:
@@ -199,18 +188,10 @@ class WeightWatcherMixin:
             )
         self._names = [s.name for s in specs]
         config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
-        self.shard_layers = list(self._names)
-        if self._world > 1:
-            mine = [n for i, n in enumerate(self._names) if i % self._world == self._rank]
-            self.shard_layers = mine
-            if mine:
-                # the rules' weight inspection (correlation traps) runs where the weights are analysed
-                inspect = self.alert_rules if getattr(self.alert_rules, "needs_weights", False) else None
-                self._shard = Monitor(
-                    pl_module, self.run_dir, run_name=f"shard{self._rank}", every_n_epochs=None,
-                    every_n_steps=None, layers=mine, store=False, queue_size=self.queue_size,
-                    policy="block", options=self.options, alerts=_WeightInspector(inspect) if inspect else None,
-                )
+        self._sharded = ShardedSnapshots(self._names, self._rank, self._world, flush_timeout=self.flush_timeout)
+        self.shard_layers = list(self._sharded.layers)
+        self._sharded.open_shard(pl_module, self.run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size,
+                                 options=self.options)
         if self._rank == 0:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
             self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
@@ -242,8 +223,8 @@ class WeightWatcherMixin:
         self._stop_decision(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._world > 1:
-            self._collect(trainer)
+        if self._sharded is not None:
+            self._sharded.collect(self.monitor)  # DDP: the final gather (a no-op without DDP)
         if self.monitor is not None:
             self.monitor.flush(self.flush_timeout)
         self._pump()
@@ -261,6 +242,7 @@ class WeightWatcherMixin:
     # ------------------------------------------------------------ internals
     def _logger_sinks(self, trainer: Any) -> list[Any]:
         from ..sinks.csv import CSVSink
+        from ..sinks.mlflow import MLflowSink
         from ..sinks.tensorboard import TensorBoardSink
         from ..sinks.wandb import WandbSink
 
@@ -270,15 +252,22 @@ class WeightWatcherMixin:
             kinds = {c.__name__ for c in type(lg).__mro__}
             try:
                 if "TensorBoardLogger" in kinds:
-                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics, close_writer=False))
+                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics, close_writer=False,
+                                                 hparams=self.config))
                 elif "WandbLogger" in kinds:
                     sinks.append(WandbSink(lg.experiment, step_metric="trainer/global_step", metrics=self.metrics,
-                                           deliver="deferred"))
+                                           deliver="deferred", hparams=self.config))
                 elif "CSVLogger" in kinds:
                     sinks.append(CSVSink(lg.log_dir))
+                elif "MLFlowLogger" in kinds:
+                    # lg.experiment (an MlflowClient) creates the logger's run if needed; then lg.run_id is set
+                    client = lg.experiment
+                    params = {**self.config, "world_size": int(trainer.world_size), "callback": type(self).__module__}
+                    sinks.append(MLflowSink(lg.run_id, client=client, metrics=self.metrics, params=params))
                 else:
                     rank_zero_warn(f"wwmonitor: logger {type(lg).__name__} is not supported; only the run store "
-                                   "gets its results (supported: TensorBoardLogger, WandbLogger, CSVLogger)")
+                                   "gets its results (supported: TensorBoardLogger, WandbLogger, CSVLogger, "
+                                   "MLFlowLogger)")
             except Exception as e:  # a broken logger must not stop training
                 rank_zero_warn(f"wwmonitor: could not attach to logger {type(lg).__name__}: {e!r}")
         return sinks
@@ -287,54 +276,8 @@ class WeightWatcherMixin:
         if self._last_step is not None and step <= self._last_step:
             return  # already snapshotted (resume, or a step snapshot at the epoch's last step)
         self._last_step = step
-        if self._world == 1:
-            if self.monitor is not None:
-                self._safe_snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end)
-            return
-        self._collect(trainer)
-        if self._shard is not None:
-            self._safe_snapshot(self._shard, step=step, epoch=epoch, epoch_end=epoch_end)
-        self._pending.append((step, epoch))  # on every rank, so the next gather stays aligned
-
-    def _safe_snapshot(self, mon: Any, **kw: Any) -> bool:
-        """``mon.snapshot(**kw)``; a failure is reported and training goes on (and, under DDP,
-        every rank still reaches the next collective)."""
-        try:
-            return bool(mon.snapshot(**kw))
-        except Exception as e:
-            self._errors += 1
-            if self._errors == 1 or self._errors % 100 == 0:
-                log.warning("wwmonitor: snapshot at step %s failed (%s: %s); training continues (%d failure(s))",
-                            kw.get("step"), type(e).__name__, e, self._errors)
-            return False
-
-    def _collect(self, trainer: Any) -> None:
-        """DDP: wait for this rank's shard, gather the pending snapshots to rank 0 and submit them there.
-
-        Every rank calls this at the same hooks (it is a collective).  Each
-        rank sends ``{step: SnapshotResult}`` of its own layers; rank 0 merges
-        them per step, in step order, and submits one result per step.  A
-        layer no rank reported for a step is recorded as an error entry.
-        """
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        mine: dict[int, SnapshotResult] = {}
-        if self._shard is not None:
-            self._shard.flush(self.flush_timeout)
-            steps = {s for s, _ in pending}
-            mine = {r.step: r for r in self._shard.results if r.step in steps}
-        parts = gather_objects(mine, dst=0)
-        if self._rank != 0 or parts is None or self.monitor is None:
-            return
-        for step, epoch in pending:
-            res = _merge([p[step] for p in parts if step in p], step, epoch, self._names)
-            try:
-                self.monitor.submit(res)
-            except Exception as e:  # a closed monitor or a bug: reported, training continues
-                self._errors += 1
-                log.warning("wwmonitor: could not submit the gathered results of step %s (%s: %s)",
-                            step, type(e).__name__, e)
+        if self._sharded is not None:
+            self._sharded.snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end)
 
     def _pump(self) -> None:
         pump_sinks(self._wandb_sinks)
@@ -351,51 +294,13 @@ class WeightWatcherMixin:
             rank_zero_info(f"wwmonitor: stopping training at epoch {trainer.current_epoch} on an alert{why}")
 
     def _close(self, timeout: Optional[float] = None) -> None:
-        for attr in ("_shard", "monitor"):
-            mon = getattr(self, attr)
-            if mon is not None:
-                try:
-                    mon.close(timeout)
-                except Exception as e:
-                    log.warning("wwmonitor: closing the monitor failed: %r", e)
+        if self._sharded is not None:
+            self._sharded.close(timeout)
+        if self.monitor is not None:
+            try:
+                self.monitor.close(timeout)
+            except Exception as e:
+                log.warning("wwmonitor: closing the monitor failed: %r", e)
         self._pump()
-        self._shard = None
         # keep self.monitor for inspection (results, run_dir) after fit; it is closed
 
-
-class _WeightInspector:
-    """Alert-rules stand-in for a DDP shard monitor: only the weight inspection, no rule evaluation.
-
-    The rules themselves run once, on rank 0, on the merged result; the
-    per-matrix values they need from the weights (e.g. ``num_traps``) are
-    computed on the rank that holds the analysis and travel in ``lm.extra``.
-    """
-
-    needs_weights = True
-
-    def __init__(self, rules: Any) -> None:
-        self.rules = rules
-
-    def inspect_weights(self, name: str, W: Any, lm: LayerMetrics) -> None:
-        self.rules.inspect_weights(name, W, lm)
-
-    def evaluate(self, result: SnapshotResult) -> list:
-        return []
-
-
-def _merge(parts: list[SnapshotResult], step: int, epoch: Optional[int], names: list[str]) -> SnapshotResult:
-    """One result for ``step`` from the ranks' partial results, layers in extraction order."""
-    layers: dict[str, LayerMetrics] = {}
-    res = SnapshotResult(step=step, epoch=epoch, time=min((p.time for p in parts), default=time.time()), layers=[])
-    for p in parts:
-        layers.update({lm.name: lm for lm in p.layers})
-        for field in ("esds", "fits", "errors"):
-            getattr(res, field).update(getattr(p, field))
-        res.meta["analysis_s"] = max(res.meta.get("analysis_s", 0.0), p.meta.get("analysis_s", 0.0))
-    for n in names:
-        if n not in layers:  # a rank that skipped or failed this step: recorded, never dropped silently
-            res.errors[n] = "no result from the rank that analyses this layer"
-            layers[n] = LayerMetrics(name=n, status="error", message=f"layer {n!r}: {res.errors[n]}")
-    res.layers = [layers[n] for n in names]
-    res.summary = model_summary(res.layers)
-    return res

@@ -27,6 +27,11 @@ Design
   training thread (deferred delivery, pumped at epoch end and train end).
 * Alerts named in ``stop_on`` set ``model.stop_training = True``.
 * The step of a snapshot is the optimizer's iteration count.
+* Keras needs one backend (``KERAS_BACKEND``: torch, jax or tensorflow); when it
+  cannot load it, importing this module raises an ImportError naming the
+  backend and the ``pip install`` command.  On tensorflow, graph mode, XLA
+  (``jit_compile=True``), ``mixed_float16`` (the float32 variables are read)
+  and ``MirroredStrategy`` are tested.
 """
 from __future__ import annotations
 
@@ -34,7 +39,42 @@ import logging
 import os
 from typing import Any, Optional, Sequence, Union
 
-import keras
+# pip packages of Keras's backends, and the wwmonitor extras that install one with Keras
+_BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "openvino": "openvino"}
+_BACKEND_EXTRAS = {"tensorflow": "keras-tensorflow", "jax": "keras-jax", "torch": "keras-torch"}
+
+
+def _configured_backend() -> str:
+    """The backend Keras tried to load: its config module reads ``KERAS_BACKEND`` and ``keras.json``."""
+    import sys
+
+    cfg = sys.modules.get("keras.src.backend.config")
+    try:
+        return str(cfg.backend()) if cfg is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
+    except Exception:  # pragma: no cover - a Keras without backend()
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def _import_error(e: ImportError) -> ImportError:
+    """An ImportError that says what to install: Keras itself, or the backend it is configured for."""
+    if e.name == "keras":
+        return ImportError(
+            "wwmonitor.callbacks.keras needs Keras 3 and one backend (torch, jax or tensorflow): "
+            "pip install 'wwmonitor[keras-torch]' (or keras-jax, keras-tensorflow)")
+    backend = _configured_backend()
+    pkg = _BACKEND_PACKAGES.get(backend, backend)
+    extra = _BACKEND_EXTRAS.get(backend)
+    cmd = f"pip install 'wwmonitor[{extra}]' (or: pip install {pkg})" if extra else f"pip install {pkg}"
+    return ImportError(
+        f"wwmonitor.callbacks.keras: Keras is configured for the {backend!r} backend (KERAS_BACKEND or "
+        f"~/.keras/keras.json) but could not load it ({type(e).__name__}: {e}). Install it with {cmd}, or "
+        f"choose an installed backend with KERAS_BACKEND=torch|jax|tensorflow before importing keras.")
+
+
+try:
+    import keras
+except ImportError as _e:
+    raise _import_error(_e) from _e
 
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
@@ -129,14 +169,15 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         self.close()
         sinks: list[Any] = []
         if self.log_dir is not None:
-            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics))
+            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics, hparams=self.config))
         if self.wandb is not False and self.wandb is not None:
             run = self.wandb
             if run is True:
                 import wandb as _wandb
 
                 run = _wandb.run if _wandb.run is not None else _wandb.init()
-            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics, deliver="deferred")
+            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics, deliver="deferred",
+                                         hparams=self.config)
             sinks.append(self._wandb_sink)
         if self.csv is not None:
             sinks.append(CSVSink(self.csv))

@@ -1,4 +1,4 @@
-"""``wwmonitor`` command line: ``analyze | report | compare | demo``.
+"""``wwmonitor`` command line: ``analyze | describe | report | compare | demo``.
 
 Each subcommand lives in its own module (``wwmonitor/cli/<name>.py``) that
 defines ``add_parser(subparsers)`` and ``run(args) -> int``.
@@ -10,7 +10,7 @@ import sys
 from importlib import import_module
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("analyze", "report", "compare", "demo")
+SUBCOMMANDS = ("analyze", "describe", "report", "compare", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

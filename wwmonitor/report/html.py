@@ -278,8 +278,29 @@ def image_stem(name: str, max_len: int = 60) -> str:
 #: metrics plotted against epoch (or step) in the report
 REPORT_METRICS: tuple[str, ...] = ("alpha", "mp_softrank", "stable_rank", "num_spikes", "log_spectral_norm", "D")
 #: columns of the final-snapshot table
-TABLE_METRICS: tuple[str, ...] = ("alpha", "D", "num_pl_spikes", "mp_softrank", "stable_rank", "num_spikes",
-                                  "mp_sigma2", "lambda_plus", "log_spectral_norm", "rank_loss")
+TABLE_METRICS: tuple[str, ...] = ("alpha", "D", "num_pl_spikes", "ERG_gap", "mp_softrank", "stable_rank",
+                                  "num_spikes", "mp_sigma2", "lambda_plus", "log_spectral_norm", "rank_loss")
+#: SETOL's "ideal" layer (alpha ≈ 2 and the det X = 1 tail starting where the power-law tail does):
+#: ``|alpha - 2| <= IDEAL_ALPHA_TOL`` and ``|ERG_gap| <= max(1, IDEAL_GAP_FRAC · num_pl_spikes)``
+IDEAL_ALPHA_TOL = 0.25
+IDEAL_GAP_FRAC = 0.05
+IDEAL_LEGEND = ("SETOL ideal: |alpha − 2| ≤ 0.25 and |ERG_gap| ≤ max(1, 5% of num_pl_spikes), ERG_gap = detX_num − "
+                "num_pl_spikes (the det X = 1 tail starts where the power-law tail starts; Martin &amp; Hinrichs, "
+                "SETOL, arXiv:2507.17912; see docs/metrics.md).")
+
+
+def setol_ideal(alpha: Any, erg_gap: Any, num_pl_spikes: Any) -> Optional[bool]:
+    """Whether a layer is near SETOL's ideal (see :data:`IDEAL_LEGEND`); ``None`` when a value is missing."""
+    if is_missing(alpha) or is_missing(erg_gap) or is_missing(num_pl_spikes):
+        return None
+    gap_tol = max(1.0, IDEAL_GAP_FRAC * float(num_pl_spikes))
+    return abs(float(alpha) - 2.0) <= IDEAL_ALPHA_TOL and abs(float(erg_gap)) <= gap_tol
+
+
+def _ideal_cell(d: dict) -> str:
+    """The final table's SETOL-ideal cell: a green "ideal", "no", or an en dash when not computable."""
+    ideal = setol_ideal(d.get("alpha"), d.get("ERG_gap"), d.get("num_pl_spikes"))
+    return "–" if ideal is None else ('<span class="good">ideal</span>' if ideal else "no")
 
 
 def pick_steps(steps: Sequence[int], n: int = 3) -> list[int]:
@@ -586,13 +607,14 @@ def _section_final(rep: _Report) -> str:
         d = r._asdict()
         tip = escape(str(msg.get(d["layer"]) or ""))
         rows.append([escape(str(d["layer"])), phase_badge(d.get("phase"))] + [fmt(d.get(c)) for c in cols]
-                    + [f'<span title="{tip}">{escape(str(d.get("status") or ""))}</span>'])
-    parts = [table(["layer", "phase"] + cols + ["status"], rows, left=(0, 1, len(cols) + 2))]
+                    + [_ideal_cell(d), f'<span title="{tip}">{escape(str(d.get("status") or ""))}</span>'])
+    parts = [table(["layer", "phase"] + cols + ["SETOL ideal", "status"], rows, left=(0, 1, len(cols) + 3))]
     notes = [f"{escape(str(k))}: {escape(str(v))}" for k, v in msg.items() if v and k in rep.layers]
     if notes:
         parts.append('<p class="sub">' + "<br>".join(notes) + "</p>")
     parts.append('<p class="sub">xmin and log norms are on weightwatcher\'s σ² axis (eigenvalues of W<sup>T</sup>W); '
                  'mp_sigma2 and lambda_plus on the λ axis (X = W<sup>T</sup>W/N).</p>')
+    parts.append(f'<p class="sub">{IDEAL_LEGEND}</p>')
     parts.append(_phase_reasons(rep))
     return "\n".join(parts)
 

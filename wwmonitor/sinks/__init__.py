@@ -4,10 +4,10 @@
 
 * :class:`wwmonitor.store.RunStore` -- the embedded SQLite run store, the
   default sink of every :class:`wwmonitor.Monitor` (also ``RunStore`` here);
-* :class:`CSVSink`, :class:`TensorBoardSink`, :class:`WandbSink`.
+* :class:`CSVSink`, :class:`TensorBoardSink`, :class:`WandbSink`, :class:`MLflowSink`.
 
 The concrete sinks load lazily, so ``import wwmonitor.sinks`` imports
-neither TensorBoard nor wandb.
+neither TensorBoard, wandb nor mlflow.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _LAZY = {
     "CSVSink": "wwmonitor.sinks.csv",
     "TensorBoardSink": "wwmonitor.sinks.tensorboard",
     "WandbSink": "wwmonitor.sinks.wandb",
+    "MLflowSink": "wwmonitor.sinks.mlflow",
 }
 
 __all__ = ["Sink", *sorted(_LAZY)]

@@ -1,14 +1,34 @@
-"""Shared helpers of the logging sinks: which scalars to log, image decoding, phase tables.
+"""Shared helpers of the logging sinks: which scalars to log, tag names, image decoding, phase tables.
 
 Sinks only write: ESD figures arrive already drawn, as PNG bytes in
 ``SnapshotResult.figures`` (the monitor's renderer stage draws each once);
 here they are only decoded for writers that want pixel arrays.
+
+Tag layout (TensorBoard and W&B, ``prefix`` defaults to ``"ww"``)
+-----------------------------------------------------------------
+Both tools put a tag in the section named by its first ``/`` segment, so the
+section is chosen by everything before the first ``/``:
+
+* ``<prefix>/<key>`` (:func:`model_tag`) -- the model-level summary
+  (``ww/mean_alpha``, ``ww/num_ok``, ...) in the section ``ww``.  A name
+  sorts before every longer name it begins with, so ``ww`` comes before the
+  ``ww.<metric>`` sections in TensorBoard (natural sort of tags) and W&B
+  (alphabetical sections);
+* ``<prefix>.<metric>/<layer>`` (:func:`layer_tag`) -- one section per
+  metric (``ww.alpha``, ``ww.stable_rank``, ...) holding one card per layer;
+* ``<prefix>.esd/<layer>`` (:func:`image_tag`) -- the ESD images in a section
+  of their own.
+
+The layer part goes through :func:`sanitize_tag`, the one rule both sinks
+use: ``/`` becomes ``.``, so a Keras ``block1/dense`` stays inside its
+metric's section (``ww.alpha/block1.dense``).
 """
 from __future__ import annotations
 
 import io
 import math
-from typing import Callable, Iterable, Optional, Sequence, Union
+import re
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +45,12 @@ __all__ = [
     "phase_markdown",
     "alerts_markdown",
     "sanitize_tag",
+    "model_tag",
+    "layer_tag",
+    "image_tag",
+    "metric_section_regex",
+    "hparam_values",
+    "plain_config",
 ]
 
 #: metrics logged per layer by default (``metrics="all"`` logs every numeric field)
@@ -41,6 +67,8 @@ DEFAULT_SCALARS: tuple[str, ...] = (
     "num_pl_spikes",
     "mp_softrank",
     "num_spikes",
+    "detX_num",
+    "ERG_gap",
 )
 
 
@@ -73,8 +101,85 @@ def layer_scalars(lm: LayerMetrics, metrics: Iterable[str]) -> dict[str, float]:
 
 
 def sanitize_tag(name: str) -> str:
-    """Layer name usable inside a TensorBoard / W&B key (spaces and ``:`` replaced)."""
-    return name.replace(" ", "_").replace(":", "_")
+    """A layer name as one segment of a TensorBoard / W&B key.
+
+    ``/`` becomes ``.`` (a Keras ``block1/dense`` would otherwise open
+    sections of its own), spaces and ``:`` become ``_``; leading and
+    trailing ``/`` are dropped.
+
+    >>> sanitize_tag("block1/dense"), sanitize_tag("enc.fc1"), sanitize_tag("dense 1:0")
+    ('block1.dense', 'enc.fc1', 'dense_1_0')
+    """
+    return name.strip("/").replace("/", ".").replace(" ", "_").replace(":", "_")
+
+
+def model_tag(prefix: str, key: str) -> str:
+    """Tag of a model-level summary value: ``ww/mean_alpha`` (section ``ww``, sorted first)."""
+    return f"{prefix}/{key}"
+
+
+def layer_tag(prefix: str, metric: str, layer: str) -> str:
+    """Tag of one layer's metric: ``ww.alpha/enc.fc1`` (one section per metric)."""
+    return f"{prefix}.{metric}/{sanitize_tag(layer)}"
+
+
+def image_tag(prefix: str, layer: str) -> str:
+    """Tag of one layer's ESD image: ``ww.esd/enc.fc1`` (the images' own section)."""
+    return f"{prefix}.esd/{sanitize_tag(layer)}"
+
+
+def metric_section_regex(prefix: str, metric: str) -> str:
+    """Regex matching every layer tag of ``metric`` (``ww\\.alpha/.*``), as TensorBoard's custom scalars use it."""
+    return re.escape(f"{prefix}.{metric}/") + ".*"
+
+
+def _hparam_value(v: Any) -> Union[bool, int, float, str]:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def hparam_values(config: Optional[Mapping[str, Any]]) -> dict[str, Union[bool, int, float, str]]:
+    """A run config as TensorBoard HParams values: nested dicts flattened with ``/``,
+    bool/int/float/str kept, everything else (``None``, lists, objects, NaN) as its ``str``.
+
+    >>> hparam_values({"lr": 0.1, "opt": {"name": "sgd", "betas": (0.9, 0.99)}, "seed": None})
+    {'lr': 0.1, 'opt/name': 'sgd', 'opt/betas': '(0.9, 0.99)', 'seed': 'None'}
+    """
+    out: dict[str, Union[bool, int, float, str]] = {}
+
+    def walk(d: Mapping[Any, Any], stem: str) -> None:
+        for k, v in d.items():
+            key = f"{stem}{k}"
+            if isinstance(v, Mapping) and v:
+                walk(v, key + "/")
+            else:
+                out[key] = _hparam_value(v)
+
+    walk(config or {}, "")
+    return out
+
+
+def plain_config(config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """A run config with JSON-friendly leaves for W&B's ``run.config`` (nesting kept;
+    numpy scalars as Python numbers, lists of plain values kept, other objects as ``str``)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, np.generic):
+            v = v.item()
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+
+    return {str(k): plain(v) for k, v in (config or {}).items()}
 
 
 def png_size(png: bytes) -> tuple[int, int]:

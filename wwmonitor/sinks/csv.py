@@ -10,7 +10,7 @@ Under Lightning, the callback writes ``wwmonitor_metrics.csv`` into the
 ``CSVLogger``'s ``log_dir`` next to its ``metrics.csv`` instead of calling
 ``CSVLogger.log_metrics``: that logger rewrites its whole file whenever a new
 column appears and is not meant to be fed from a second thread; hundreds of
-``ww/<metric>/<layer>`` columns would also swamp the user's own metrics.
+``ww.<metric>/<layer>`` columns would also swamp the user's own metrics.
 """
 from __future__ import annotations
 

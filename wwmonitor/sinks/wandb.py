@@ -1,21 +1,34 @@
-"""Weights & Biases sink: scalars keyed by the trainer's step, ESD images, a per-layer table, alerts.
+"""Weights & Biases sink: scalars keyed by the trainer's step, ESD images, a per-layer table, alerts, config.
 
-For each :class:`~wwmonitor.records.SnapshotResult` one ``run.log`` row is
+W&B puts a key in the panel section named by its first ``/`` segment; the
+keys are the TensorBoard sink's (see :mod:`wwmonitor.sinks._render`).  For
+each :class:`~wwmonitor.records.SnapshotResult` one ``run.log`` row is
 written holding
 
-* ``<prefix>/<metric>/<layer>`` and ``<prefix>/model/<key>`` scalars,
+* ``<prefix>/<key>`` -- the model-level summary (``ww/mean_alpha``, ...),
+  section ``ww``, which sorts before the per-metric sections;
+* ``<prefix>.<metric>/<layer>`` -- one section per metric
+  (``ww.alpha/fc1``); a ``/`` in a layer name becomes ``.``;
 * ``step_metric`` (default ``"trainer/global_step"``, Lightning's step key)
   set to ``result.step`` and ``<prefix>/epoch``,
-* ``<prefix>/esd/<layer>`` -- ``wandb.Image`` of the ESD figure
+* ``<prefix>.esd/<layer>`` -- ``wandb.Image`` of the ESD figure
   (:func:`wwmonitor.report.figures.plot_esd`) every ``esd_every_n_epochs``,
+  in a section of its own,
 * ``<prefix>/layers`` -- a ``wandb.Table`` with one row per layer
   (step, epoch, layer, phase, status and the metrics),
 
 and every alert becomes ``run.alert(title, text, level)`` (recorded in the
 run file in offline mode).  The step is *logged as a key* and declared with
-``define_metric(f"{prefix}/*", step_metric=step_metric)``; ``log(step=)`` is
-never used, because wandb silently drops rows whose ``step`` is lower than an
-earlier one, and analysed snapshots arrive after the trainer moved on.
+``define_metric(f"{prefix}/*")`` and ``define_metric(f"{prefix}.*")``
+(``step_metric=step_metric``); ``log(step=)`` is never used, because wandb
+silently drops rows whose ``step`` is lower than an earlier one, and analysed
+snapshots arrive after the trainer moved on.
+
+With ``hparams={...}`` (the callbacks pass their ``config``) the run's
+config is updated (``run.config.update(..., allow_val_change=True)``) before
+the first row; at :meth:`close` the last snapshot's model summary goes to
+``run.summary`` (``ww/mean_alpha``, ...), so the runs table of a sweep can
+be sorted and filtered by it.
 
 Threads (wandb's client is not thread-safe)
 -------------------------------------------
@@ -32,12 +45,21 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..records import SnapshotResult
-from ._render import layer_scalars, png_to_rgb, resolve_metrics, sanitize_tag, write_each
+from ._render import (
+    image_tag,
+    layer_scalars,
+    layer_tag,
+    model_tag,
+    plain_config,
+    png_to_rgb,
+    resolve_metrics,
+    write_each,
+)
 
 __all__ = ["WandbSink"]
 
@@ -62,6 +84,9 @@ class WandbSink:
         Send alerts with ``run.alert``.
     deliver:
         ``"direct"`` or ``"deferred"`` (see "Threads" above).
+    hparams:
+        The run's hyper-parameters, merged into ``run.config`` (nesting kept,
+        values made JSON-friendly by :func:`~wwmonitor.sinks._render.plain_config`).
     """
 
     def __init__(
@@ -75,6 +100,7 @@ class WandbSink:
         table: bool = True,
         alerts: bool = True,
         deliver: str = "direct",
+        hparams: Optional[Mapping[str, Any]] = None,
     ) -> None:
         if run is None or not callable(getattr(run, "log", None)):
             raise TypeError(f"run: expected a wandb Run (wandb.init(...)), got {type(run).__name__}")
@@ -91,6 +117,9 @@ class WandbSink:
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()  # serialises pump() callers (one thread in practice)
         self._defined = False
+        self.hparams = plain_config(hparams)
+        self._final: Optional[tuple[int, dict[str, float]]] = None  # (step, model summary) of the last result
+        self._closed = False
         self.rows_logged = 0
         self.alerts_sent = 0
 
@@ -101,21 +130,25 @@ class WandbSink:
         scalars: dict[str, float] = {}
         rows = []
         cols = ["step", "epoch", "layer", "type", "phase", "status", *self.metrics]
+        model: dict[str, float] = {}
+        for k, v in result.summary.items():
+            if v is not None and np.isfinite(v):
+                model[model_tag(p, k)] = float(v)
+        scalars.update(model)
         for lm in result.layers:
             vals = layer_scalars(lm, self.metrics)
             for m, v in vals.items():
-                scalars[f"{p}/{m}/{sanitize_tag(lm.name)}"] = v
+                scalars[layer_tag(p, m, lm.name)] = v
             rows.append(
                 [int(result.step), result.epoch, lm.name, lm.type, lm.phase or "", lm.status]
                 + [vals.get(m) for m in self.metrics]
             )
-        for k, v in result.summary.items():
-            if v is not None and np.isfinite(v):
-                scalars[f"{p}/model/{k}"] = float(v)
+        if self._final is None or int(result.step) >= self._final[0]:
+            self._final = (int(result.step), model)
         images: dict[str, tuple[bytes, str]] = {}
         if self.wants_figures:
             for name, png in result.figures.items():
-                images[f"{p}/esd/{sanitize_tag(name)}"] = (png, f"{name} step {result.step}")
+                images[image_tag(p, name)] = (png, f"{name} step {result.step}")
         alerts = [
             ((f"wwmonitor {a.rule}" + (f" {a.layer}" if a.layer else ""))[:63], a.message, a.severity)
             for a in result.alerts
@@ -152,11 +185,16 @@ class WandbSink:
         n = 0
         with self._lock:
             while self._queue:
-                self._log(self._queue.popleft())
-                n += 1
+                payload = self._queue.popleft()
+                if "final" in payload:
+                    self._finish(payload["final"])
+                else:
+                    self._log(payload)
+                    n += 1
         return n
 
     def _define(self) -> None:
+        """First call into wandb (on the thread that owns the run): step metric, sections' globs, config."""
         if self._defined:
             return
         self._defined = True
@@ -164,6 +202,15 @@ class WandbSink:
         if callable(define):
             define(self.step_metric)
             define(f"{self.prefix}/*", step_metric=self.step_metric)
+            define(f"{self.prefix}.*", step_metric=self.step_metric)
+        if self.hparams:
+            self.run.config.update(self.hparams, allow_val_change=True)
+
+    def _finish(self, summary: dict[str, float]) -> None:
+        """Config (if no row came) and the final model summary into ``run.summary``."""
+        self._define()
+        for k, v in summary.items():
+            self.run.summary[k] = v
 
     def _log(self, payload: dict[str, Any]) -> None:
         import wandb
@@ -195,8 +242,17 @@ class WandbSink:
                 self.alerts_sent += 1
 
     def close(self) -> None:
-        """Nothing to release; queued payloads (deferred mode) wait for :meth:`pump`.
+        """Write the config (if not yet) and the last snapshot's model summary to ``run.summary``:
+        now (``direct``) or at the next :meth:`pump` (``deferred``, like the queued rows).
 
         The run itself is owned by the caller (``wandb.finish()``/the logger).
         """
+        if self._closed:
+            return
+        self._closed = True
+        final = dict(self._final[1]) if self._final is not None else {}
+        if self.deliver == "direct":
+            self._finish(final)
+        else:
+            self._queue.append({"final": final})
 
