@@ -185,6 +185,28 @@ def test_bert_reports_to_tensorboard_and_wandb(tmp_path):
 
 
 @pytest.mark.slow
+def test_bert_reports_to_mlflow(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from wwmonitor.sinks.mlflow import mlflow_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)  # the Trainer's integration reads the env
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "wwmonitor-test")
+    cb = _callback()(every_n_epochs=1, run_name="bert", alerts=None, esd_every_n_epochs=0)
+    train(bert(), training_args(tmp_path / "out", num_train_epochs=2, report_to=["mlflow"]), [cb])
+    assert [type(s).__name__ for s in cb.sinks] == ["MLflowSink"] and cb.monitor.stats["sink_errors"] == 0
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("wwmonitor-test").experiment_id])
+    assert run.info.status == "FINISHED"  # the integration ended its run; the last snapshot still landed in it
+    history = client.get_metric_history(run.info.run_id, mlflow_key(layer_tag("ww", "alpha", QUERY0)))
+    assert sorted(m.step for m in history) == [8, 16]
+    assert "loss" in run.data.metrics  # the Trainer's own metrics, in the same run
+
+
+@pytest.mark.slow
 def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
     from wwmonitor.layers import extract_matrices
 

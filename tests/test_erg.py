@@ -203,6 +203,12 @@ def test_fast_scan_equals_the_loop_on_many_spectra():
             ev = np.concatenate([rng.uniform(0.2, 1.0, 1), 1.0 + 1e-3 * rng.standard_normal(n)])
         ev = np.sort(np.clip(ev, 0, None))
         assert detx_constraint(ev) == _ww_loop(ev), (t, n, kind)
+    # large spectra: the products underflow, the scan must fall back on np.prod where it does
+    for t in range(8):
+        n = int(rng.integers(3000, 9000))
+        ev = rng.lognormal(0.0, rng.uniform(0.3, 3.0), n) if t % 2 else rng.chisquare(rng.uniform(0.5, 5.0), n)
+        ev = np.sort(ev)
+        assert detx_constraint(ev) == _ww_loop(ev), (t, n)
 
 
 def test_fields_are_optional_metrics_and_none_when_not_computable():

@@ -123,6 +123,34 @@ class DemoResult:
 
 
 # --------------------------------------------------------------------------
+# import guard: what the demo needs beyond the core (the ``demo`` extra)
+# --------------------------------------------------------------------------
+
+#: the command that installs everything the demo needs
+DEMO_INSTALL = 'pip install "wwmonitor[demo]"'
+#: (import name, distribution) of the demo's requirements; TensorBoardLogger accepts tensorboardX instead
+_DEMO_REQUIREMENTS: tuple[tuple[str, str], ...] = (
+    ("sklearn", "scikit-learn"), ("torch", "torch"), ("lightning", "lightning"), ("tensorboard", "tensorboard"))
+
+
+def missing_demo_requirement() -> Optional[str]:
+    """``None`` when the demo can run, else one line saying which requirement is missing and how to install it."""
+    import importlib
+    import importlib.util
+
+    for module, dist in _DEMO_REQUIREMENTS:
+        if module == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or a broken install failing while it imports
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return (f"wwmonitor demo needs {dist} (import {module} failed: {why}); "
+                    f"install the demo's requirements with: {DEMO_INSTALL}")
+    return None
+
+
+# --------------------------------------------------------------------------
 # data and model
 # --------------------------------------------------------------------------
 

@@ -267,8 +267,10 @@ _OUT_PROJ = ("o_proj", "out_proj", "Wo", "proj")
 _HF_CONV1D_NAMES = ("c_attn", "c_proj", "c_fc", "q_attn")
 
 
-def _tied_reason(first: str) -> str:
-    return f"same tensor as {first} (tied weights; analysed once, under that name)"
+def _tied_reason(first: str, analysed: bool = True) -> str:
+    if analysed:
+        return f"same tensor as {first} (tied weights; analysed once, listed under that name)"
+    return f"same tensor as {first} (tied weights)"
 
 
 def _vector_reason(shape: tuple[int, ...]) -> str:
@@ -494,7 +496,7 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
         walk = list(model.named_modules(remove_duplicate=False))
     except TypeError:  # very old torch
         walk = list(model.named_modules())
-    for mname, mod in walk:
+    for mname, mod in walk:  # first the matrices (a tied weight may be claimed by a later module) ...
         groups, why = _torch_rule(mname, mod, modules)
         reasons.update(why)
         for used, made in groups:
@@ -504,6 +506,7 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             names = tuple(s.name for s in made)
             for p in used:
                 claimed[id(p)] = names
+    for mname, mod in walk:  # ... then every parameter and persistent >= 2-D buffer, under each of its names
         t = type(mod).__name__
         for pname, p in getattr(mod, "_parameters", {}).items():
             if p is None:
@@ -511,7 +514,7 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             full = f"{mname}.{pname}" if mname else pname
             shape = _torch_shape(p)
             if id(p) in first:
-                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(p)])))
+                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(p)], id(p) in claimed)))
                 continue
             first[id(p)] = full
             if shape is None:
@@ -534,7 +537,7 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
                 continue  # state-dict entries only; vectors of buffers (BatchNorm statistics) are not weights
             full = f"{mname}.{bname}" if mname else bname
             if id(b) in first:
-                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(b)])))
+                entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(b)], False)))
                 continue
             first[id(b)] = full
             entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
@@ -713,6 +716,8 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             e = getattr(lyr, "embeddings", None)
             if e is not None and used:
                 add(used, [MatrixSpec(name, "Embedding", npy(e), 1.0, pname.get(id(used[0]), ""))])
+            for v in var(lyr, "reverse_embeddings"):  # keras_hub ReversibleEmbedding, untied output projection
+                add([v], [MatrixSpec(f"{name}.reverse", "Embedding", npy(v), 1.0, pname[id(v)])])
         elif isinstance(lyr, cls["depthwise"]):
             t = _keras_base(lyr, cls["depthwise"])
             for v in var(lyr, "kernel", "depthwise_kernel"):
@@ -816,7 +821,7 @@ def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], lis
         s is not None and len(s) == 2 and (
             (k.endswith("c_attn.weight") and s[1] in (2 * s[0], 3 * s[0])) or (k.endswith("c_fc.weight") and s[1] > s[0]))
         for k, s in shapes.items())
-    first: dict[tuple[Any, ...], str] = {}
+    first: dict[tuple[Any, ...], tuple[str, bool]] = {}  # identity -> (first key, analysed)
     for key, v in params.items():
         reason = _entry_skip_reason(v)
         shape = shapes[key]
@@ -827,10 +832,11 @@ def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], lis
         ident = _identity(v)
         if ident is not None:
             if ident in first:
-                skip(key, shape, _tied_reason(first[ident]))
+                skip(key, shape, _tied_reason(*first[ident]))
                 continue
-            first[ident] = key
         made = _mapping_rule(key, v, shape, hidden, shapes, gpt2_layout)
+        if ident is not None:
+            first[ident] = (key, not isinstance(made, str))
         if isinstance(made, str):
             skip(key, shape, made)
             continue

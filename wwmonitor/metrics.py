@@ -220,13 +220,13 @@ def detx_constraint(ev: np.ndarray) -> tuple[Optional[int], Optional[float]]:
     eigenvalues, or ``r[0] >= r[-1]`` (a flat spectrum, where the product of all ``n`` is
     exactly 1).
 
-    Cost: ``O(n)`` (``O(n · detX_num)`` on the literal-loop route below).  The scan is done in
-    log space (suffix sums of ``ln r``); every index whose sum is within the rounding bound of 0
-    is decided by weightwatcher's own expression ``np.prod(r[idx:]) < 1.0``, so the count is the
-    one weightwatcher's float arithmetic gives.
-    Spectra whose products could leave the float64 range (over ``e^700``: roughly ``n > 3000`` for
-    a random square matrix) take weightwatcher's literal loop, so its float64 underflow, which
-    makes it stop before the exact trace-log crossing there, is reproduced (docs/metrics.md).
+    Cost: ``O(n)`` plus one ``O(n)`` product per uncertain index.  The scan is done in log space
+    (suffix sums of ``ln r``); every index whose sum is within the rounding bound of 0, or whose
+    product underflows on the way (the factors below 1 multiply to less than ``e^-700``: roughly
+    ``n > 3000`` for a random square matrix), is decided by weightwatcher's own expression
+    ``np.prod(r[idx:]) < 1.0``.  The count is therefore the one weightwatcher's float arithmetic
+    gives, including its float64 underflow, which makes it stop before the exact trace-log
+    crossing on large spectra (docs/metrics.md).
     """
     ev = np.asarray(ev, dtype=np.float64)
     n = int(ev.size)

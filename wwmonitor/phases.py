@@ -77,11 +77,19 @@ SPARSE_MID_COUNT = 2
 SPARSE_MID_FRAC = 0.01
 #: λ_max / λ+ above which spikes are "well above" the bulk (below: bleeding-out)
 SPIKE_RATIO = 1.9
+#: bleeding-out needs λ_max >= BLEED_MIN_RATIO · λ+ ("λ_max and λ+ separate"); eigenvalues
+#: just past the TW margin but within 8% of λ+ are edge fluctuations (random-like)
+BLEED_MIN_RATIO = 1.08
+#: rank collapse by a gap: at least GAP_MASS of the eigenvalues lie a factor COLLAPSE_GAP or more
+#: below the next eigenvalue, with at least GAP_MIN_ABOVE eigenvalues above the gap
+COLLAPSE_GAP = 1e3
+GAP_MASS = 0.10
+GAP_MIN_ABOVE = 2
 #: a continuum: consecutive eigenvalues (from λ+ upwards) at most this factor apart ...
 CHAIN_GAP = 1.5
 #: ... and at least this many of them (and this fraction of n)
-CONT_MIN_COUNT = 4
-CONT_FRAC = 0.01
+CONT_MIN_COUNT = 3
+CONT_FRAC = 0.0
 #: below SPIKE_RATIO a continuum needs this much eigenmass to be bulk-decay rather than bleeding-out
 MASS_MIN_COUNT = 8
 MASS_FRAC = 0.04
@@ -146,14 +154,8 @@ def classify_phase(
     # 1a. mass at zero: the matrix rank, or eigenvalues near 0 that MP does not predict
     if rank_loss is not None and M > 0 and n == M and rank_loss / M >= COLLAPSE_FRAC:
         return PhaseResult("rank-collapse", f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}")
-    if f["zero_excess"] >= COLLAPSE_FRAC:
-        return PhaseResult(
-            "rank-collapse",
-            f"{f['zero_obs']:.0%} of eigenvalues at λ ≈ 0 (≤ {f['zero_level']:.2g}) where the MP fit "
-            f"predicts {f['zero_mp']:.0%}: large-mass spike at zero{few}",
-        )
 
-    ratio, ks, nsp = f["ratio"], mp.ks, mp.num_spikes
+    ratio, ks, nsp = f["ratio"], mp.ks, int(f["n_spikes"])
     alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
     a_txt = f", alpha {alpha:.2f}" if alpha is not None else ""
     if not math.isfinite(ks):
@@ -163,6 +165,15 @@ def classify_phase(
     else:
         fit_txt = f"bulk deviates from MP (KS {ks:.2f})"
     s_ = "s" if nsp != 1 else ""
+
+    if f["collapse_gap"] >= COLLAPSE_GAP:
+        k = int(round(f["gap_mass"] * n))
+        return PhaseResult(
+            "rank-collapse",
+            f"{f['gap_mass']:.0%} of eigenvalues lie {f['collapse_gap']:.2g}× or more below the other {n - k} "
+            f"(MP predicts {f['zero_mp']:.0%} at λ ≤ {f['zero_level']:.2g}, found {f['zero_obs']:.0%}): "
+            f"large-mass spike at zero{few}",
+        )
 
     # 2. random-like
     if nsp == 0:
@@ -202,6 +213,12 @@ def classify_phase(
                 "bulk-decay",
                 f"{cont_txt} ({n_cont / n:.0%} of the eigenmass), λ_max {ratio:.2f}× λ+{a_txt}, {fit_txt}{few}",
             )
+        if ratio < BLEED_MIN_RATIO:
+            return PhaseResult(
+                "random-like",
+                f"{nsp} eigenvalue{s_} past λ+ + TW but λ_max only {ratio:.2f}× λ+ (< {BLEED_MIN_RATIO}): "
+                f"edge fluctuation, {fit_txt}{few}",
+            )
         return PhaseResult(
             "bleeding-out",
             f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+, {fit_txt}{few}",
@@ -231,7 +248,10 @@ def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = Non
     ``n_mid`` the eigenvalues in ``(λ+ + TW, sqrt(λ+ λ_max)]``;
     ``zero_obs`` the fraction of eigenvalues at ``λ <= zero_level =
     max(λ-/4, 1e-5 λ+)``, ``zero_mp`` the MP prediction for it and
-    ``zero_excess`` their difference; ``frac_zero`` the numerically zero
+    ``zero_excess`` their difference; ``collapse_gap`` the largest ratio of
+    consecutive sorted eigenvalues with at least ``GAP_MASS`` of them below it
+    and ``GAP_MIN_ABOVE`` above (inf for a step up from exact zeros),
+    ``gap_mass`` the fraction below that step; ``frac_zero`` the numerically zero
     fraction (``λ <= 1e-8 λ_max``); ``bulk_fraction``, ``ks`` from the MP fit;
     ``alpha`` the power-law exponent (NaN without a fit).
     """
@@ -249,6 +269,17 @@ def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = Non
     else:
         n_cont, reach = 0, 1.0
     mid = math.sqrt(lp * lmax) if lp > 0 else lmax
+    # largest step between consecutive sorted eigenvalues with >= GAP_MASS of them below it
+    xs = np.sort(x)
+    lo = max(int(math.ceil(GAP_MASS * xs.size)) - 1, 0)
+    hi = xs.size - GAP_MIN_ABOVE  # steps xs[i] -> xs[i + 1] for lo <= i < hi
+    gap, gap_mass = 1.0, 0.0
+    if hi > lo:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            steps = xs[lo + 1:hi + 1] / xs[lo:hi]
+        steps = np.where(xs[lo + 1:hi + 1] > 0, steps, 1.0)  # 0/0: no step
+        j = int(np.argmax(steps))
+        gap, gap_mass = float(steps[j]), (lo + j + 1) / xs.size
     level = max(ZERO_LM_FRAC * mp.lambda_minus, ZERO_LP_FRAC * lp)
     zero_obs = float(np.count_nonzero(x <= level)) / x.size
     zero_mp = 0.0
@@ -267,6 +298,8 @@ def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = Non
         "zero_obs": zero_obs,
         "zero_mp": zero_mp,
         "zero_excess": zero_obs - zero_mp,
+        "collapse_gap": gap,
+        "gap_mass": gap_mass,
         "frac_zero": mp.frac_at_zero,
         "bulk_fraction": mp.bulk_fraction,
         "ks": mp.ks,

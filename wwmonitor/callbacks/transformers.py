@@ -281,9 +281,9 @@ class WeightWatcherCallback(TrainerCallback, ExportableState):
         self._stop_decision(state, control)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._attach_sinks(args)  # (a train that ran no step)
         if self._sharded is not None:
             self._sharded.collect(self.monitor)  # DDP: the final gather (a no-op without DDP)
-        self._attach_sinks(args)
         if self.monitor is not None:
             self.monitor.flush(self.flush_timeout)
         self._close()

@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wwmonitor.demo import DemoConfig, run_demo
+    from wwmonitor.demo import DemoConfig, missing_demo_requirement, run_demo
 
     try:
         cfg = DemoConfig(out=args.out, epochs=args.epochs, batch_sizes=args.batch_sizes, seeds=args.seeds,
@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
                          workers=args.workers, progress=not args.no_progress, report=not args.no_report)
     except ValueError as e:
         print(f"wwmonitor demo: {e}", file=sys.stderr)
+        return 2
+    missing = missing_demo_requirement()  # one line naming the extra, not a traceback from a worker
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     run_demo(cfg)
     return 0

@@ -69,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(_footer(df), file=sys.stderr)  # stdout holds the table
         return 0
     if len(table):
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 120):
-            print(table.to_string(index=False))
+        print(_text_table(table))
     print(_footer(df))
     return 0
 
@@ -112,12 +109,23 @@ def _fmt_shape(shape: Any) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
+def _text_table(df: Any) -> str:
+    """``df`` as left-aligned columns, two spaces apart."""
+    cols = list(df.columns)
+    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
 def _footer(df: Any) -> str:
     analysed = int((df["status"] == "analysed").sum()) if len(df) else 0
     skipped = len(df) - analysed
     a = df.attrs
-    line = (f"{len(df)} weights of >= 2 dims: {analysed} analysed ({a.get('num_matrices', 0)} matrices), "
-            f"{skipped} skipped")
+    n = int(a.get("num_matrices", 0))
+    line = (f"{len(df)} weight{'' if len(df) == 1 else 's'} of >= 2 dims: {analysed} analysed "
+            f"({n} matri{'x' if n == 1 else 'ces'}), {skipped} skipped")
     if a.get("num_vectors"):
         line += f"; {a['num_vectors']} vectors (biases, norms: 0-D/1-D) not listed"
     if a.get("num_other"):

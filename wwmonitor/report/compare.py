@@ -1,16 +1,23 @@
-"""Compare several runs (``wwmonitor compare RUN_DIR...``), e.g. a batch-size sweep.
+"""Compare several runs (``wwmonitor compare RUN_DIR...``): a sweep, or any runs side by side.
 
-Each run contributes its *final* snapshot.  The swept parameter is read from
-the runs' configs: given explicitly (``param="batch_size"``) or detected as
-the config key whose value differs between runs (``seed`` and bookkeeping
-keys derived from others are not candidates).  When the seed differs too it
-becomes the *group*: figures show each seed and the mean ± sd over seeds,
-and Spearman correlations are reported per seed.
+**A sweep.** Each run contributes its *final* snapshot.  The swept parameter
+is read from the runs' configs: given explicitly (``param="batch_size"``) or
+detected as the config key whose value differs between runs (``seed`` and
+bookkeeping keys derived from others are not candidates).  When the seed
+differs too it becomes the *group*: figures show each seed and the mean ± sd
+over seeds, and Spearman correlations are reported per seed.
 
-Outputs (``write_comparison``): ``index.html`` with metrics against the
-parameter per layer, a phase diagram (layer x run), an ESD grid of one
-layer across the sweep, the Spearman table and the full table, plus
-``comparison.csv``.
+**Runs side by side.** When no config key differs (identical configs, no
+config, only the seed differs) or ``by_run=True``, the runs are compared by
+name: their metric curves overlaid (one line per run), a table of each
+run's final snapshot, and each layer's phase per run.
+
+Both pages list which of the 5+1 phases the runs show, in which layers and
+runs (or swept values), at the final snapshot and over training, and when
+each layer changed phase (from the per-step phases in the run store).
+
+Outputs (``write_comparison``): ``index.html`` and its PNG figures, plus
+``comparison.csv`` (one row per run and layer, final snapshot).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..phases import PHASES
 from .html import (OutputError, Problems, Section, fmt, image_stem, is_missing, nav, page, phase_badge,
                    prepare_out_dir, render_figure, render_section, select_layers, table, write_text)
 
@@ -34,7 +42,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "COMPARE_METRICS",
     "detect_param",
+    "differing_keys",
     "final_metrics_table",
+    "phase_changes",
+    "phase_history",
+    "phases_seen",
+    "sweep_param",
     "spearman_by_group",
     "spearman_table_html",
     "write_comparison",
@@ -49,6 +62,12 @@ NOT_SWEPT: frozenset[str] = frozenset({"seed", "run_name", "run_id", "name", "st
                                        "out", "run_dir", "log_dir"})
 #: preferred sweep keys when several differ (first match wins)
 PREFERRED: tuple[str, ...] = ("batch_size", "lr", "learning_rate", "weight_decay", "dropout", "width", "depth")
+#: metrics whose mean over layers is drawn and tabulated per run when runs are compared side by side
+RUN_METRICS: tuple[str, ...] = ("alpha", "alpha_weighted", "stable_rank", "mp_softrank")
+#: most layers drawn in the per-layer curves of runs side by side (the tables list every layer)
+MAX_CURVE_LAYERS = 8
+#: most bars (run x layer) in the phase timeline figure (the table lists every layer)
+MAX_TIMELINE_ROWS = 80
 
 PathLike = Union[str, Path]
 
@@ -70,6 +89,55 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
 
 
+def _unique_names(runs: Sequence["Run"]) -> list[str]:
+    """Each run's name; a name shared by several runs gets its folder added (``bs8 (sweepA/bs8)``), then ``#n``."""
+    names = [r.name for r in runs]
+    out = [f"{r.name} ({r.path.parent.name}/{r.path.name})" if names.count(r.name) > 1 else r.name for r in runs]
+    counts = {n: out.count(n) for n in out}
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):
+        if counts[n] > 1:
+            seen[n] = seen.get(n, 0) + 1
+            out[i] = f"{n} #{seen[n]}"
+    return out
+
+
+def _value_label(v: Any) -> str:
+    """A config value as shown on the page (``0.001``, ``8``, ``adam``)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def differing_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Keys present in every config whose values differ between the runs (:data:`NOT_SWEPT` keys left out)."""
+    keys = set().union(*[set(c) for c in configs]) if configs else set()
+    return [k for k in sorted(keys) if k not in NOT_SWEPT and all(k in c for c in configs)
+            and len({_hashable(c.get(k)) for c in configs}) > 1]
+
+
+def _config_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key whose value differs between the configs or is missing from some (``seed`` included)."""
+    keys = set().union(*[set(c) for c in configs]) if configs else set()
+    missing = object()
+    return [k for k in sorted(keys) if len({_hashable(c.get(k, missing)) for c in configs}) > 1]
+
+
+def sweep_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = None, group: Optional[str] = "auto",
+                *, by_run: bool = False) -> tuple[Optional[str], Optional[str]]:
+    """``(param, group)`` as :func:`detect_param`, or ``(None, None)``: compare the runs side by side by name.
+
+    Side by side when ``by_run`` is true, or when no ``param`` is given and
+    no config key differs between the runs (identical configs, no configs,
+    configs that differ only in ``seed`` or bookkeeping keys).
+    """
+    if by_run:
+        if param is not None:
+            raise ValueError(f"compare: a swept parameter ({param!r}) and by_run=True exclude each other")
+        return None, None
+    if param is None and not differing_keys(configs):
+        return None, None
+    return detect_param(configs, param, group)
+
+
 def detect_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = None,
                  group: Optional[str] = "auto") -> tuple[str, Optional[str]]:
     """Return ``(param, group)`` for a set of run configs.
@@ -87,17 +155,12 @@ def detect_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = No
             raise ValueError(f"compare: --param {param!r} is missing from the config of run(s) {missing}; "
                              f"config keys: {sorted(keys)}")
     else:
-        differ = []
-        for k in sorted(keys):
-            if k in NOT_SWEPT:
-                continue
-            vals = {_hashable(c.get(k)) for c in configs}
-            if len(vals) > 1 and all(k in c for c in configs):
-                differ.append(k)
+        differ = differing_keys(configs)
         if not differ:
             raise ValueError(
                 "compare: the runs' configs do not differ in any key, so there is no swept parameter to compare "
-                f"against (config keys: {sorted(keys)}); pass --param KEY"
+                f"against (config keys: {sorted(keys)}); pass --param KEY, or compare them side by side "
+                "(write_comparison / final_metrics_table do so when no key differs)"
             )
         pref = [k for k in PREFERRED if k in differ]
         numeric = [k for k in differ if all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
@@ -118,33 +181,42 @@ def final_metrics_table(
     param: Optional[str] = None,
     group: Optional[str] = "auto",
     step: str = "last",
+    by_run: bool = False,
 ) -> "pd.DataFrame":
     """One row per (run, layer) with the metrics of the run's final snapshot.
 
-    Columns: ``run``, ``path``, the parameter, the group (if any),
+    Columns: ``run`` (the run's name; names shared by several runs get
+    their folder added), ``path``, the parameter and the group (if any),
     ``layer``, ``phase``, ``status``, ``step``, ``epoch`` and every metric.
     The parameter and group names are stored in ``df.attrs["param"]`` and
-    ``df.attrs["group"]``; ``df.attrs["order_note"]`` says why the rows are
-    not sorted by the parameter when they cannot be (mixed value types).
+    ``df.attrs["group"]`` (both ``None`` when the runs are compared side by
+    side, see :func:`sweep_param`: the rows then keep the order of
+    ``runs``); ``df.attrs["order_note"]`` says why the rows are not sorted
+    by the parameter when they cannot be (mixed value types).
     """
     import pandas as pd
 
     loaded = _load(runs)
-    param, group = detect_param([r.config for r in loaded], param, group)
+    param, group = sweep_param([r.config for r in loaded], param, group, by_run=by_run)
     frames = []
-    for r in loaded:
+    for r, name in zip(loaded, _unique_names(loaded)):
         if not r.steps:
             raise ValueError(f"compare: run {r.name!r} at {str(r.path)!r} has no analysed snapshots")
         wide = r.to_pandas()
         last = r.steps[-1] if step == "last" else int(step)
         w = wide[wide["step"] == last].copy()
-        w.insert(0, "run", r.name)
+        w.insert(0, "run", name)
         w.insert(1, "path", str(r.path))
-        w.insert(2, param, r.config.get(param))
-        if group is not None:
-            w.insert(3, group, r.config.get(group))
+        for i, key in enumerate(k for k in (param, group) if k is not None):
+            w.insert(2 + i, key, r.config.get(key))
         frames.append(w)
     df = pd.concat(frames, ignore_index=True)
+    df.attrs["param"], df.attrs["group"], df.attrs["order_note"] = param, group, ""
+    return df if param is None else _sort_by_param(df, param, group)
+
+
+def _sort_by_param(df: "pd.DataFrame", param: str, group: Optional[str]) -> "pd.DataFrame":
+    """``df`` sorted by the parameter, the group and the run; unsorted, with a note in its attrs, for mixed types."""
     sort = [param] + ([group] if group else []) + ["run"]
     order_note = ""
     try:
@@ -155,6 +227,86 @@ def final_metrics_table(
                       "the runs are shown in the order given")
     df.attrs["param"], df.attrs["group"], df.attrs["order_note"] = param, group, order_note
     return df
+
+
+def phase_history(runs: Sequence[Union[PathLike, "Run"]], *, layers: Optional[Sequence[str]] = None,
+                  keys: Sequence[str] = ()) -> "pd.DataFrame":
+    """Every layer's phase at every snapshot of every run, from the run stores' per-step phases.
+
+    Columns ``run`` (named as in :func:`final_metrics_table`), the config
+    ``keys`` (e.g. the swept parameter), ``step``, ``epoch``, ``layer`` and
+    ``phase`` (``None`` where the layer got no phase, e.g. too few
+    eigenvalues); rows in run, layer, step order.
+    """
+    loaded = _load(runs)
+    return _history(list(zip(_unique_names(loaded), loaded)), layers, keys)
+
+
+def _history(named: Sequence[tuple[str, "Run"]], layers: Optional[Sequence[str]], keys: Sequence[str]) -> "pd.DataFrame":
+    """:func:`phase_history` of runs already loaded and named, in the given order."""
+    import pandas as pd
+
+    frames = []
+    for name, r in named:
+        h = r.layer_status[["step", "layer"]].merge(r.phases[["step", "layer", "phase"]], on=["step", "layer"],
+                                                    how="left")
+        h = h.merge(r.snapshots[["step", "epoch"]], on="step", how="inner")
+        if layers is not None:
+            h = h[h["layer"].isin(list(layers))]
+        order = {L: i for i, L in enumerate(layers if layers is not None else r.layer_names)}
+        h = h.assign(_o=h["layer"].map(order)).sort_values(["_o", "layer", "step"], kind="stable")
+        h = h.drop(columns="_o").assign(run=name, **{k: [r.config.get(k)] * len(h) for k in keys})
+        frames.append(h)
+    cols = ["run", *keys, "step", "epoch", "layer", "phase"]
+    out = pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    out["phase"] = [None if is_missing(p) or not p else str(p) for p in out["phase"]]
+    return out
+
+
+def phase_changes(history: "pd.DataFrame") -> "pd.DataFrame":
+    """One row per change of a layer's phase between consecutive snapshots of a run.
+
+    ``history`` is :func:`phase_history`'s table.  Columns ``run``,
+    ``layer``, ``step``, ``epoch`` (the first snapshot in the new phase),
+    ``before`` and ``after`` (``None``: no phase at that snapshot).
+    """
+    import pandas as pd
+
+    rows = []
+    for (run, layer), h in history.groupby(["run", "layer"], sort=False):
+        h = h.sort_values("step")
+        prev: Any = _NOTHING
+        for step, epoch, ph in zip(h["step"], h["epoch"], h["phase"]):
+            ph = None if is_missing(ph) or not ph else str(ph)
+            if prev is not _NOTHING and ph != prev:
+                rows.append({"run": run, "layer": layer, "step": int(step),
+                             "epoch": None if is_missing(epoch) else int(epoch), "before": prev, "after": ph})
+            prev = ph
+    return pd.DataFrame(rows, columns=["run", "layer", "step", "epoch", "before", "after"])
+
+
+_NOTHING = object()
+
+
+def phases_seen(frame: "pd.DataFrame", *, by: str = "run") -> dict[str, dict[str, dict[str, list[str]]]]:
+    """Where each phase occurs among the rows of ``frame``: ``{phase: {layer: {value of by: [runs]}}}``.
+
+    ``frame`` has columns ``run``, ``layer``, ``phase`` and ``by`` (``"run"``
+    or a config key such as the swept parameter); pass
+    :func:`final_metrics_table` for the final snapshots or
+    :func:`phase_history` for every snapshot.  Every one of the 5+1 phases is
+    a key, in :data:`~wwmonitor.phases.PHASES` order (an empty dict: not
+    seen), then any other phase name found; rows without a phase are left
+    out.  Values of ``by`` are keyed by their label (``8``, ``0.001``).
+    """
+    out: dict[str, dict[str, dict[str, list[str]]]] = {p: {} for p in PHASES}
+    for run, layer, ph, v in zip(frame["run"], frame["layer"], frame["phase"], frame[by]):
+        if is_missing(ph) or not ph:
+            continue
+        runs = out.setdefault(str(ph), {}).setdefault(str(layer), {}).setdefault(_value_label(v), [])
+        if run not in runs:
+            runs.append(run)
+    return out
 
 
 def spearman_by_group(
@@ -225,22 +377,35 @@ def spearman_table_html(rho: Mapping[str, Mapping[str, Mapping[str, float]]],
     return table(heads, rows, left=(0, 1))
 
 
-def _run_label(row: Any, param: str, group: Optional[str]) -> str:
-    """A run's column label: its parameter value, and ``·group`` when grouped."""
-    v = row[param]
-    lab = f"{v:g}" if isinstance(v, float) else str(v)
+def _run_label(row: Any, param: Optional[str], group: Optional[str]) -> str:
+    """A run's column label: its parameter value, and ``·group`` when grouped (its name without a parameter)."""
+    if param is None:
+        return str(row["run"])
+    lab = _value_label(row[param])
     if group:
         lab += f"·{row[group]}"
     return lab
 
 
+def _when(step: Any, epoch: Any) -> str:
+    """``"epoch 3 (step 120)"``, or ``"step 120"`` for a snapshot without an epoch."""
+    return f"step {int(step)}" if is_missing(epoch) else f"epoch {int(epoch)} (step {int(step)})"
+
+
 @dataclass
 class _Comparison:
-    """Everything the sections of the comparison page share."""
+    """Everything the sections of the comparison page share.
+
+    ``runs`` and ``names`` are in page order (sorted by the parameter, or
+    as given when the runs are compared side by side, ``param is None``);
+    ``history`` is the :func:`phase_history` of the compared layers.
+    """
 
     runs: list["Run"]
+    names: list[str]
     df: "pd.DataFrame"
-    param: str
+    history: "pd.DataFrame"
+    param: Optional[str]
     group: Optional[str]
     layers: list[str]
     esd_layer: Optional[str]
@@ -248,13 +413,37 @@ class _Comparison:
     out: Path
     dpi: int
     notes_html: str = ""
+    forced_by_run: bool = False
     problems: Problems = field(default_factory=Problems)
+
+    @property
+    def by_run(self) -> bool:
+        """Whether the runs are compared side by side by name (no swept parameter)."""
+        return self.param is None
+
+    @property
+    def by_name(self) -> dict[str, "Run"]:
+        """Each run under its (unique) name."""
+        return dict(zip(self.names, self.runs))
 
     @property
     def numeric_param(self) -> bool:
         """Whether every value of the swept parameter is a number (then it is plotted and correlated)."""
-        return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                   for v in self.df[self.param])
+        return self.param is not None and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in self.df[self.param])
+
+    @property
+    def x_axis(self) -> str:
+        """``"epoch"`` when every snapshot of every run has one, else ``"step"``."""
+        return "epoch" if len(self.history) and self.history["epoch"].notna().all() else "step"
+
+    def long_label(self, run: str) -> str:
+        """A run as named in figures: ``batch_size=8, seed=0`` in a sweep, else the run's name."""
+        if self.by_run:
+            return run
+        row = self.df[self.df["run"] == run].iloc[0]
+        return f"{self.param}={_value_label(row[self.param])}" + (f", {self.group}={row[self.group]}"
+                                                                  if self.group else "")
 
 
 def write_comparison(
@@ -270,9 +459,14 @@ def write_comparison(
     notes_html: str = "",
     dpi: int = 90,
     problems: Optional[list[str]] = None,
+    by_run: bool = False,
 ) -> Path:
     """Write the comparison report of ``runs`` to ``out_dir/index.html`` and return its path.
 
+    With a swept parameter (``param``, or a config key that differs
+    between the runs) the page is the sweep report; without one (no key
+    differs, or ``by_run=True``) the runs are compared side by side by
+    name: curves overlaid, one final-snapshot row per run, phases per run.
     ``notes_html`` (trusted HTML) is inserted after the summary; the demo
     uses it for its explanation.  ``esd_layer`` is the layer whose final
     ESD is drawn for every run (default: the layer with the most
@@ -286,13 +480,15 @@ def write_comparison(
     the path when the output cannot be written.
     """
     cmp = _open_comparison(runs, out_dir, param=param, group=group, layers=layers, esd_layer=esd_layer,
-                           metrics=metrics, dpi=dpi, notes_html=notes_html)
+                           metrics=metrics, dpi=dpi, notes_html=notes_html, by_run=by_run)
     sections = _sections(cmp)
     bodies = [render_section(cmp, section) for section in sections]
     n_problems = len(cmp.problems)
-    html = page(title or f"wwmonitor comparison: {cmp.param}",
-                "\n".join([nav(sections), cmp.problems.summary_html(), *bodies]),
-                subtitle=f"{len(cmp.runs)} runs · swept {escape(cmp.param)}"
+    what = "side by side" if cmp.by_run else f"swept {escape(cmp.param or '')}"
+    auto_title = ("wwmonitor comparison: " + (cmp.param or (", ".join(cmp.names) if len(cmp.names) <= 4
+                                                            else f"{len(cmp.names)} runs")))
+    html = page(title or auto_title, "\n".join([nav(sections), cmp.problems.summary_html(), *bodies]),
+                subtitle=f"{len(cmp.runs)} runs · {what}"
                 + (f" · {n_problems} problem{'s' if n_problems != 1 else ''}" if n_problems else ""))
     if problems is not None:
         problems.extend(cmp.problems.items)
@@ -301,24 +497,34 @@ def write_comparison(
 
 def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, *, param: Optional[str],
                      group: Optional[str], layers: Optional[Sequence[str]], esd_layer: Optional[str],
-                     metrics: Sequence[str], dpi: int, notes_html: str) -> _Comparison:
+                     metrics: Sequence[str], dpi: int, notes_html: str, by_run: bool) -> _Comparison:
     """Load the runs, build the final-snapshot table, check the layers, then create the output folder and the CSV."""
     loaded = _load(runs)
-    df = final_metrics_table(loaded, param=param, group=group)
+    df = final_metrics_table(loaded, param=param, group=group, by_run=by_run)
     param, group = df.attrs["param"], df.attrs["group"]
     lay = select_layers(layers, list(dict.fromkeys(df["layer"])), missing=lambda u: f"compare: layers {u} not found")
     if esd_layer is not None and esd_layer not in lay:
         raise ValueError(f"compare: --esd-layer {esd_layer!r} is not among the compared layers {lay}")
+    named = _page_order(loaded, df)
     df = df[df["layer"].isin(lay)].reset_index(drop=True)
+    history = _history(named, lay, [k for k in (param, group) if k is not None])
     out = prepare_out_dir(out_dir, "comparison")
     csv = out / "comparison.csv"
     try:
         df.to_csv(csv, index=False)
     except OSError as e:
         raise OutputError(f"cannot write {str(csv)!r}: {e.strerror or e}") from e
-    return _Comparison(runs=loaded, df=df, param=param, group=group, layers=lay,
+    return _Comparison(runs=[r for _, r in named], names=[n for n, _ in named], df=df, history=history,
+                       param=param, group=group, layers=lay,
                        esd_layer=esd_layer if esd_layer is not None else _default_esd_layer(df),
-                       metrics=metrics, out=out, dpi=dpi, notes_html=notes_html)
+                       metrics=metrics, out=out, dpi=dpi, notes_html=notes_html, forced_by_run=by_run)
+
+
+def _page_order(loaded: Sequence["Run"], df: "pd.DataFrame") -> list[tuple[str, "Run"]]:
+    """``(name, run)`` pairs in the order of the final-snapshot table (sorted by the parameter in a sweep)."""
+    named = dict(zip(_unique_names(loaded), loaded))
+    order = list(dict.fromkeys(df["run"])) + [n for n in named if n not in set(df["run"])]
+    return [(n, named[n]) for n in order]
 
 
 def _default_esd_layer(df: "pd.DataFrame") -> Optional[str]:
@@ -332,8 +538,10 @@ def _default_esd_layer(df: "pd.DataFrame") -> Optional[str]:
 
 
 def _sections(cmp: _Comparison) -> list[Section]:
-    """The comparison page's sections in page order."""
-    p = escape(cmp.param)
+    """The comparison page's sections in page order (a sweep, or the runs side by side)."""
+    if cmp.by_run:
+        return _run_sections(cmp)
+    p = escape(cmp.param or "")
     out: list[Section] = [("summary", "Summary", "Summary", _section_summary)]
     if cmp.notes_html:
         out.append(("findings", "Findings", None, lambda c: c.notes_html))
@@ -341,7 +549,24 @@ def _sections(cmp: _Comparison) -> list[Section]:
         out.append(("findings", "Findings", f"Rank correlation with {p}", _section_findings))
     out += [("sweep", f"Metrics vs {cmp.param}", f"Metrics against {p}", _section_sweep),
             ("phase-diagram", "Phase diagram", "Phase diagram", _section_phase_diagram),
+            ("phases-seen", "Phases seen", "Phases seen in this sweep", _section_phases_seen),
+            ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
             ("esds", "ESDs", "ESDs across the sweep", _section_esds),
+            ("table", "Table", "Table", _section_table)]
+    return out
+
+
+def _run_sections(cmp: _Comparison) -> list[Section]:
+    """The sections of runs compared side by side (no swept parameter), in page order."""
+    out: list[Section] = [("summary", "Summary", "Summary", _section_runs_summary)]
+    if cmp.notes_html:
+        out.append(("findings", "Findings", None, lambda c: c.notes_html))
+    out += [("curves", "Metric curves", "Metric curves", _section_run_curves),
+            ("final", "Final snapshot", "Final snapshot of each run", _section_run_finals),
+            ("phases", "Phases per run", "Final phase of each layer per run", _section_run_phases),
+            ("phases-seen", "Phases seen", "Phases seen in these runs", _section_phases_seen),
+            ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
+            ("esds", "ESDs", "Final ESDs", _section_esds),
             ("table", "Table", "Table", _section_table)]
     return out
 
@@ -388,15 +613,14 @@ def _section_phase_diagram(cmp: _Comparison) -> str:
 
     df, param, group = cmp.df, cmp.param, cmp.group
     runs_order = list(dict.fromkeys(df["run"]))
-    first = df.drop_duplicates("run").set_index("run")
-    labels = [_run_label(first.loc[r], param, group) for r in runs_order]
+    first = {d["run"]: d for d in df.drop_duplicates("run").to_dict("records")}
+    labels = [_run_label(first[r], param, group) for r in runs_order]
     cells: dict[str, dict[str, Any]] = {lab: {} for lab in labels}
-    for r in df.itertuples(index=False):
-        d = r._asdict()
+    for d in df.to_dict("records"):
         cells[labels[runs_order.index(d["run"])]][d["layer"]] = d.get("phase")
     build = lambda: F.plot_phase_diagram(cells, run_labels=labels, layers=cmp.layers,  # noqa: E731
-                                         xlabel=param + (f" · {group}" if group else ""))
-    cap = ("Phase of each layer at the end of each run (columns sorted by " + escape(param)
+                                         xlabel=(param or "run") + (f" · {group}" if group else ""))
+    cap = ("Phase of each layer at the end of each run (columns sorted by " + escape(param or "run")
            + (f", then {escape(group)}" if group else "") + ").")
     return render_figure(cmp.problems, "the phase diagram", build, cmp.out, "phase_diagram.png", cmp.dpi, cap)
 
@@ -429,11 +653,10 @@ def _esd_items(cmp: _Comparison, sel: "pd.DataFrame") -> tuple[list[EsdItem], li
     """The ESD panel of each selected run, and a counted note for each run whose ESD cannot be read."""
     from .html import layer_fits
 
-    by_name = {r.name: r for r in cmp.runs}
+    by_name = cmp.by_name
     items, notes = [], []
-    for row in sel.itertuples(index=False):
-        d = row._asdict()
-        label = f"{cmp.param} = {_run_label(d, cmp.param, None)}"
+    for d in sel.to_dict("records"):
+        label = d["run"] if cmp.by_run else f"{cmp.param} = {_run_label(d, cmp.param, None)}"
         try:
             f = layer_fits(by_name[d["run"]], cmp.esd_layer, int(d["step"]))
         except Exception as e:  # noqa: BLE001 - a missing or unreadable ESD is shown and counted
@@ -445,16 +668,16 @@ def _esd_items(cmp: _Comparison, sel: "pd.DataFrame") -> tuple[list[EsdItem], li
 
 def _section_table(cmp: _Comparison) -> str:
     """Every run and layer with its metrics (also written as ``comparison.csv``)."""
-    df, param, group = cmp.df, cmp.param, cmp.group
+    df = cmp.df
+    keys = [k for k in (cmp.param, cmp.group) if k is not None] or ["run"]
     cols = [c for c in list(cmp.metrics) + list(TABLE_EXTRA) if c in df.columns]
-    head = [param] + ([group] if group else []) + ["layer", "phase"] + cols + ["run"]
+    head = keys + ["layer", "phase"] + cols + (["run"] if not cmp.by_run else [])
     rows = []
-    for r in df.itertuples(index=False):
-        d = r._asdict()
-        rows.append([fmt(d[param])] + ([fmt(d[group])] if group else [])
-                    + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
-                    + [fmt(d.get(c)) for c in cols] + [escape(str(d["run"]))])
-    html = table(head, rows, left=(len(head) - 1, (2 if group else 1), (3 if group else 2)))
+    for d in df.to_dict("records"):
+        rows.append([fmt(d[k]) for k in keys] + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
+                    + [fmt(d.get(c)) for c in cols] + ([escape(str(d["run"]))] if not cmp.by_run else []))
+    left = (len(keys), len(keys) + 1) + ((len(head) - 1,) if not cmp.by_run else (0,))
+    html = table(head, rows, left=left)
     return html + ('<p class="sub">Also saved as <a href="comparison.csv">comparison.csv</a>. Run folders: '
                    + escape(", ".join(sorted({str(r.path) for r in cmp.runs}))) + "</p>")
 

@@ -61,6 +61,8 @@ __all__ = [
     "plot_phase_timeline",
     "plot_sweep",
     "plot_phase_diagram",
+    "plot_run_curves",
+    "plot_phase_changes",
 ]
 
 #: the 5+1 phases (Martin & Mahoney, arXiv:1810.01075) from least to most correlated
@@ -710,4 +712,123 @@ def plot_sweep(
         ax.set_title(_label(m) + (" (mean ± sd over seeds)" if has_group else ""), fontsize=10)
         ax.grid(True, alpha=0.3)
     _finish_panels(fig, axs, len(present), title)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# several runs side by side (``wwmonitor compare`` without a swept parameter)
+# --------------------------------------------------------------------------
+
+_RUN_STYLES: tuple[str, ...] = ("-", "--", ":", "-.")
+
+
+def _run_styles(runs: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """A (colour, line style) per run: ten colours, then the same colours dashed, dotted, ..."""
+    from matplotlib import colormaps
+
+    cm = colormaps["tab10"]
+    return {r: (cm(i % 10), _RUN_STYLES[(i // 10) % len(_RUN_STYLES)]) for i, r in enumerate(runs)}
+
+
+def plot_run_curves(
+    df: "pd.DataFrame",
+    *,
+    metrics_to_plot: Sequence[str] = ("alpha", "alpha_weighted", "stable_rank", "mp_softrank"),
+    x: str = "epoch",
+    runs: Optional[Sequence[str]] = None,
+    layers: Optional[Sequence[str]] = None,
+    ncols: int = 2,
+    title: Optional[str] = None,
+    prefix: str = "",
+) -> Figure:
+    """Several runs overlaid: one line per run in each panel.
+
+    ``df`` is long: columns ``run``, ``metric``, ``value``, ``x`` (``"epoch"``
+    or ``"step"``; the step is used when any row has no epoch) and, with
+    ``layers``, ``layer``.  Without ``layers``: one panel per metric (e.g. the
+    means over layers; ``prefix`` such as ``"mean "`` goes before each panel
+    title).  With ``layers``: a grid, one row per layer and one column per
+    metric.  Alpha panels shade the ``[2, 6]`` band.
+    """
+    df = _require_columns(df, ("run", "metric", "value", x) + (("layer",) if layers is not None else ()), "curves")
+    x = _x_column(df, x)
+    present = [m for m in metrics_to_plot if m in set(df["metric"]) and df[df["metric"] == m]["value"].notna().any()]
+    if not present:
+        raise ValueError(f"plot_run_curves: none of {list(metrics_to_plot)} has a value")
+    run_list = list(runs) if runs is not None else list(dict.fromkeys(df["run"]))
+    panels = [(None, m) for m in present] if layers is None else [(L, m) for L in layers for m in present]
+    ncols = min(ncols, len(panels)) if layers is None else len(present)
+    nrows = math.ceil(len(panels) / ncols)
+    w, h = (5.2, 3.3) if layers is None else (max(3.4, 13.0 / ncols), 2.7)
+    fig = _new_figure((w * ncols + 1.6, h * nrows))
+    axs = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    styles = _run_styles(run_list)
+    for ax, (L, m) in zip(axs, panels):
+        sub = df[df["metric"] == m] if L is None else df[(df["metric"] == m) & (df["layer"] == L)]
+        for r in run_list:
+            s = sub[sub["run"] == r].dropna(subset=["value"]).sort_values(x)
+            if not s.empty:
+                color, ls = styles[r]
+                ax.plot(s[x], s["value"], marker="o", ms=3, lw=1.5, color=color, ls=ls, label=r)
+        if m == "alpha":
+            ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
+        ax.set_xlabel(x, fontsize=9)
+        ax.set_title((prefix + _label(m)) if L is None else f"{L}: {_label(m)}", fontsize=10 if L is None else 9)
+        ax.grid(True, alpha=0.3)
+    for ax in axs[len(panels):]:
+        ax.set_visible(False)
+    _figure_legend(fig, axs, title="run")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def plot_phase_changes(
+    history: "pd.DataFrame",
+    *,
+    x: str = "epoch",
+    runs: Optional[Sequence[str]] = None,
+    layers: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    """The phase of each layer over training, one bar per (run, layer), runs one above the other.
+
+    ``history`` has columns ``run``, ``layer``, ``step``, ``phase`` and ``x``
+    (``"epoch"``, or ``"step"`` when any snapshot has no epoch): one row per
+    run, layer and snapshot.  Each snapshot covers the stretch of the x axis
+    halfway to its neighbours, coloured by its phase (grey: no phase), so a
+    change of colour along a bar is a change of phase.
+    """
+    df = _require_columns(history, ("run", "layer", "step", "phase", x), "history")
+    if df.empty:
+        raise ValueError("plot_phase_changes: no snapshots")
+    x = _x_column(df, x)
+    run_list = list(runs) if runs is not None else list(dict.fromkeys(df["run"]))
+    lay = list(layers) if layers is not None else list(dict.fromkeys(df["layer"]))
+    rows = [(r, L) for r in run_list for L in lay]
+    fig = _new_figure((12.0, max(2.4, 0.3 * len(rows) + 1.6)))
+    ax = fig.add_subplot()
+    for i, (r, L) in enumerate(rows):
+        s = df[(df["run"] == r) & (df["layer"] == L)].sort_values("step")
+        xs = np.asarray(s[x], dtype=float)
+        if not xs.size:
+            continue
+        mids = (xs[1:] + xs[:-1]) / 2
+        half = (xs[1] - xs[0]) / 2 if xs.size > 1 else 0.5
+        lo = np.concatenate([[xs[0] - half], mids])
+        hi = np.concatenate([mids, [xs[-1] + ((xs[-1] - xs[-2]) / 2 if xs.size > 1 else 0.5)]])
+        colors = [PHASE_COLORS.get(str(p), PHASE_COLORS["unknown"]) if isinstance(p, str) else PHASE_COLORS["unknown"]
+                  for p in s["phase"]]
+        ax.broken_barh(list(zip(lo, hi - lo)), (i - 0.4, 0.8), facecolors=colors, edgecolor="white", lw=0.5)
+    labels = [f"{r} · {L}" if len(lay) > 1 else str(r) for r, L in rows]
+    ax.set_yticks(range(len(rows)), labels=labels, fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    for k in range(1, len(run_list)):
+        ax.axhline(k * len(lay) - 0.5, color="#333", lw=0.8)
+    ax.set_xlabel(x)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title or "Phase of each layer over training", fontsize=11)
+    handles = [Patch(facecolor=PHASE_COLORS[p], edgecolor="#888", label=p) for p in PHASE_ORDER]
+    handles.append(Patch(facecolor=PHASE_COLORS["unknown"], edgecolor="#888", label="no phase"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="phase")
     return fig
