@@ -1,4 +1,9 @@
-"""``wwmonitor compare RUN_DIR...``: compare several runs (e.g. a batch-size sweep).
+"""``wwmonitor compare RUN_DIR...``: compare several runs: a sweep (e.g. of the batch size), or any runs side by side.
+
+With a config key that differs between the runs (or ``--param KEY``) the
+page is the sweep report; without one (identical configs, no configs, only
+the seed differs) or with ``--by-run`` the runs are compared side by side by
+name: curves overlaid, one final-snapshot row per run, phases per run.
 
 A run store that cannot be read, runs that cannot be compared, or an output
 folder that cannot be written is one line on stderr naming it, exit status
@@ -16,10 +21,14 @@ from ._common import REPORT_ERRORS, announce_problems, announce_written, error_r
 
 def add_parser(sub: Any) -> None:
     """Register ``wwmonitor compare`` and its options."""
-    p = sub.add_parser("compare", help="compare runs against a swept config parameter (HTML + CSV)")
+    p = sub.add_parser("compare", help="compare runs: against a swept config parameter, or side by side (HTML + CSV)")
     p.add_argument("run_dirs", nargs="+", help="run folders (each contains run.sqlite), or a folder of run folders")
     p.add_argument("-o", "--out", default="wwmonitor-compare", help="output folder (default: ./wwmonitor-compare)")
-    p.add_argument("--param", default=None, help="config key that was swept (default: the key that differs)")
+    p.add_argument("--param", default=None,
+                   help="config key that was swept (default: the key that differs; when none differs the runs are "
+                        "compared side by side by name)")
+    p.add_argument("--by-run", action="store_true",
+                   help="compare the runs side by side by name even when a config key differs")
     p.add_argument("--group", default="auto",
                    help="config key to group repeats by (default: 'seed' when seeds differ; 'none' to disable)")
     p.add_argument("--layers", nargs="+", default=None, help="only these layers")
@@ -52,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         dirs = expand_run_dirs(args.run_dirs)
         if len(dirs) < 2:
             return fail("compare", "need at least two runs to compare")
-        index = write_comparison(dirs, args.out, param=args.param,
+        if args.by_run and args.param is not None:
+            return fail("compare", "--param and --by-run exclude each other")
+        index = write_comparison(dirs, args.out, param=args.param, by_run=args.by_run,
                                  group=None if args.group == "none" else args.group,
                                  layers=args.layers, esd_layer=args.esd_layer, title=args.title, problems=problems)
     except REPORT_ERRORS as e:  # the writers' messages start with "compare: " for Python callers

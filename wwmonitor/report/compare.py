@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -286,6 +286,8 @@ def phase_changes(history: "pd.DataFrame") -> "pd.DataFrame":
 
 
 _NOTHING = object()
+#: keeps a badge and its caption on one line
+_NOWRAP = '<span style="white-space:nowrap">'
 
 
 def phases_seen(frame: "pd.DataFrame", *, by: str = "run") -> dict[str, dict[str, dict[str, list[str]]]]:
@@ -677,9 +679,224 @@ def _section_table(cmp: _Comparison) -> str:
         rows.append([fmt(d[k]) for k in keys] + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
                     + [fmt(d.get(c)) for c in cols] + ([escape(str(d["run"]))] if not cmp.by_run else []))
     left = (len(keys), len(keys) + 1) + ((len(head) - 1,) if not cmp.by_run else (0,))
-    html = table(head, rows, left=left)
+    html = f'<div style="overflow-x:auto">{table(head, rows, left=left)}</div>'
     return html + ('<p class="sub">Also saved as <a href="comparison.csv">comparison.csv</a>. Run folders: '
                    + escape(", ".join(sorted({str(r.path) for r in cmp.runs}))) + "</p>")
+
+
+# --- runs side by side (no swept parameter) ----------------------------------------------------------------
+
+def _section_runs_summary(cmp: _Comparison) -> str:
+    """Which runs, why they are compared side by side, how their configs differ, and each run's snapshots."""
+    configs = [r.config for r in cmp.runs]
+    diff = _config_differences(configs)
+    if cmp.forced_by_run:
+        why = "compared side by side by run name, as asked"
+    elif not any(configs):
+        why = "no run has a config, so there is no swept parameter: they are compared side by side by run name"
+    elif diff:
+        why = (f"their configs differ only in {', '.join(diff)}, which is not a swept parameter, so they are "
+               "compared side by side by run name")
+    else:
+        why = "their configs are identical, so there is no swept parameter: they are compared side by side by run name"
+    html = (f"<p>{len(cmp.runs)} runs; {escape(why)}. Layers: {escape(', '.join(cmp.layers))}. The curves show "
+            "every snapshot, the tables each run's final snapshot.</p>")
+    rows = []
+    for name, r in zip(cmp.names, cmp.runs):
+        first, last = r.snapshots.iloc[0], r.snapshots.iloc[-1]
+        rows.append([escape(name), fmt(len(r.steps)), escape(_when(first["step"], first["epoch"])),
+                     escape(_when(last["step"], last["epoch"]))]
+                    + [escape(json.dumps(r.config[k], default=str)) if k in r.config else "–" for k in diff]
+                    + [f"<code>{escape(str(r.path))}</code>"])
+    html += table(["run", "snapshots", "first", "last", *diff, "folder"], rows, left=(0, 2, 3, 4 + len(diff)))
+    if configs[0] and not diff:
+        items = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in sorted(configs[0].items()))
+        html += f'<p class="sub">Config of every run: {escape(items if len(items) <= 600 else items[:600] + " …")}</p>'
+    return html
+
+
+def _section_run_curves(cmp: _Comparison) -> str:
+    """Two figures against epoch (or step), one line per run: the means over layers, and each layer's metrics."""
+    from . import figures as F
+
+    frame = _curve_frame(cmp)
+    if not len(frame):
+        return "<p>No metrics recorded.</p>"
+    x, means = cmp.x_axis, _layer_means(frame)
+    cap = (f"The mean over the compared layers of each metric at each snapshot, one line per run, against the {x}; "
+           "a layer without a value (e.g. no power-law fit) is left out of that mean. Green band: 2 ≤ α ≤ 6.")
+    html = render_figure(cmp.problems, "the curves of the means over layers",
+                         lambda: F.plot_run_curves(means, metrics_to_plot=RUN_METRICS, x=x, runs=cmp.names,
+                                                   prefix="mean "), cmp.out, "curves.png", cmp.dpi, cap)
+    shown = cmp.layers[:MAX_CURVE_LAYERS]
+    cap = (f"Each layer's metrics at each snapshot, one line per run (rows: layers), against the {x}"
+           + (f"; the first {len(shown)} of {len(cmp.layers)} layers (choose others with <code>--layers</code>)"
+              if len(shown) < len(cmp.layers) else "") + ".")
+    html += render_figure(cmp.problems, "the per-layer curves",
+                          lambda: F.plot_run_curves(frame, metrics_to_plot=cmp.metrics, x=x, runs=cmp.names,
+                                                    layers=shown), cmp.out, "curves_layers.png", cmp.dpi, cap)
+    return html
+
+
+def _curve_frame(cmp: _Comparison) -> "pd.DataFrame":
+    """The runs' per-layer metrics at every snapshot (compared layers and metrics), long, with a ``run`` column."""
+    import pandas as pd
+
+    wanted = set(RUN_METRICS) | set(cmp.metrics)
+    frames = [r.metrics[r.metrics["layer"].isin(cmp.layers) & r.metrics["metric"].isin(wanted)].assign(run=name)
+              for name, r in zip(cmp.names, cmp.runs)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _layer_means(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """The mean over layers of each metric at each snapshot of each run (layers without a value left out)."""
+    g = frame.groupby(["run", "step", "metric"], sort=False)
+    return g.agg(value=("value", "mean"), epoch=("epoch", "first")).reset_index()
+
+
+def _section_run_finals(cmp: _Comparison) -> str:
+    """One row per run: its final snapshot, the means over layers, its phases counted, phase changes and alerts."""
+    changes = phase_changes(cmp.history)
+    cols = [m for m in RUN_METRICS if m in cmp.df.columns]
+    rows = []
+    for name, r in zip(cmp.names, cmp.runs):
+        d = cmp.df[cmp.df["run"] == name]
+        when = _when(d["step"].iloc[0], d["epoch"].iloc[0]) if len(d) else "–"
+        fitted = f"{int(d['alpha'].notna().sum())} of {len(d)}" if "alpha" in d.columns else "–"
+        rows.append([escape(name), escape(when)] + [fmt(d[c].mean()) for c in cols]
+                    + [fitted, _phase_counts_html(d["phase"]), fmt(int((changes["run"] == name).sum())),
+                       fmt(len(r.alerts))])
+    head = ["run", "final snapshot"] + [f"mean {c}" for c in cols] + ["layers with α", "final phases",
+                                                                       "phase changes", "alerts"]
+    return table(head, rows, left=(0, 1, len(head) - 3)) + (
+        '<p class="sub">Means over the compared layers at each run\'s final snapshot; a layer without a value (no '
+        "power-law fit: fewer than 50 eigenvalues or a failed fit) is left out of that mean. Final phases: how many "
+        "layers are in each phase. Phase changes and alerts are counted over the whole run.</p>")
+
+
+def _phase_counts_html(phases: Iterable[Any]) -> str:
+    """Badges with the number of layers in each phase, in the order of the 5+1 phases (``–``: no phase)."""
+    counts: dict[Optional[str], int] = {}
+    for p in phases:
+        key = None if is_missing(p) or not p else str(p)
+        counts[key] = counts.get(key, 0) + 1
+    order = ([p for p in PHASES if p in counts] + [p for p in counts if p is not None and p not in PHASES]
+             + ([None] if None in counts else []))
+    return " ".join(f'{_NOWRAP}{counts[p]}× {phase_badge(p)}</span>' for p in order) or "–"
+
+
+def _section_run_phases(cmp: _Comparison) -> str:
+    """A table: one row per layer, one column per run, each cell the layer's phase at that run's final snapshot."""
+    final = {(d["run"], d["layer"]): d.get("phase") for d in cmp.df.to_dict("records")}
+    rows = []
+    for L in cmp.layers:
+        rows.append([escape(L)] + [phase_badge(final[(n, L)]) if (n, L) in final else "<small>not in run</small>"
+                                   for n in cmp.names])
+    return table(["layer", *cmp.names], rows, left=tuple(range(len(cmp.names) + 1))) + (
+        '<p class="sub">The phase of each layer at each run\'s final snapshot (Martin &amp; Mahoney\'s 5+1 phases); '
+        'how each layer got there is under <a href="#phase-changes">Phase changes</a>.</p>')
+
+
+# --- the phases of every run: which were seen, and when each layer changed ---------------------------------
+
+def _section_phases_seen(cmp: _Comparison) -> str:
+    """Which of the 5+1 phases the runs show, in which layers and runs (or swept values), at the end and during."""
+    by = cmp.param or "run"
+    final, during = phases_seen(cmp.df, by=by), phases_seen(cmp.history, by=by)
+    totals: dict[str, int] = {}
+    for v in cmp.df.drop_duplicates("run")[by]:
+        totals[_value_label(v)] = totals.get(_value_label(v), 0) + 1
+    seen = [p for p, v in final.items() if v]
+    earlier = [p for p, v in during.items() if v and p not in seen]
+    never = [p for p, v in during.items() if not v and not final.get(p)]
+    badges = lambda ps: " ".join(phase_badge(p) for p in ps) or "none"  # noqa: E731
+    who = "these runs show" if cmp.by_run else "this sweep shows"
+    parts = [f"<p>At the final snapshot {who} <b>{len(seen)}</b> of the {len(PHASES)} phases: {badges(seen)}. "
+             f"Seen only earlier in training: {badges(earlier)}. Not seen at any snapshot: {badges(never)}.</p>"]
+    where = "run" if cmp.by_run else f"{escape(cmp.param or '')} value"
+    head = ["phase", f"final snapshot (layer: {where}s)", f"any snapshot during training (layer: {where}s)"]
+    rows = [[phase_badge(p), _where_html(cmp, final.get(p, {}), totals), _where_html(cmp, during[p], totals)]
+            for p in during]
+    parts.append(table(head, rows, left=(0, 1, 2)))
+    parts.append(_unphased_note(cmp, by))
+    return "\n".join(parts)
+
+
+def _where_html(cmp: _Comparison, seen: Mapping[str, Mapping[str, Sequence[str]]], totals: Mapping[str, int]) -> str:
+    """``fc1: 8, 64 (1/2 runs)`` per layer: where a phase was seen (``not seen`` when nowhere)."""
+    if not seen:
+        return '<span style="color:#8c959f">not seen</span>'
+    lines = []
+    for L in [*cmp.layers, *[k for k in seen if k not in cmp.layers]]:
+        if L in seen:
+            vals = [escape(v) + (f" ({len(rs)}/{totals[v]} runs)" if totals.get(v, 1) > len(rs) else "")
+                    for v, rs in seen[L].items()]
+            lines.append(f"<b>{escape(L)}</b>: {', '.join(vals)}")
+    return "<br>".join(lines)
+
+
+def _unphased_note(cmp: _Comparison, by: str) -> str:
+    """The layers without a phase at the final snapshot (not fitted), with the runs or values where that is so."""
+    missing: dict[str, list[str]] = {}
+    for d in cmp.df.to_dict("records"):
+        if is_missing(d.get("phase")) or not d.get("phase"):
+            missing.setdefault(str(d["layer"]), []).append(_value_label(d[by]))
+    if not missing:
+        return ""
+    items = "; ".join(f"{escape(L)} ({escape(', '.join(dict.fromkeys(v)))})" for L, v in missing.items())
+    return f'<p class="sub">No phase at the final snapshot (the layer could not be classified): {items}.</p>'
+
+
+def _section_phase_changes(cmp: _Comparison) -> str:
+    """A timeline figure of each layer's phase in each run, and the table of every change with its snapshot."""
+    from . import figures as F
+
+    hist = cmp.history
+    if not len(hist) or all(p is None for p in hist["phase"]):
+        return "<p>No phases recorded (phase classification off).</p>"
+    changes = phase_changes(hist)
+    n_pairs = int(hist.groupby(["run", "layer"]).ngroups)
+    changed = int(changes.groupby(["run", "layer"]).ngroups) if len(changes) else 0
+    parts = [f"<p>{changed} of {n_pairs} layers (counted per run) changed phase at least once, {len(changes)} "
+             f"change{'s' if len(changes) != 1 else ''} in all; the others kept one phase from their first to their "
+             "last snapshot.</p>"]
+    shown = cmp.layers[:max(1, MAX_TIMELINE_ROWS // max(1, len(cmp.names)))]
+    labels = _timeline_labels(cmp)
+    sub = hist[hist["layer"].isin(shown)].assign(run=lambda h: h["run"].map(labels))
+    cap = (f"Each bar is one layer of one run over training, coloured by its phase at each snapshot (against the "
+           f"{cmp.x_axis})" + (f"; the first {len(shown)} of {len(cmp.layers)} layers" if len(shown) <
+                               len(cmp.layers) else "") + ". Every layer is in the table below.")
+    parts.append(render_figure(cmp.problems, "the phase timeline", lambda: F.plot_phase_changes(
+        sub, x=cmp.x_axis, runs=[labels[n] for n in cmp.names], layers=shown), cmp.out, "phase_changes.png",
+        cmp.dpi, cap))
+    parts.append(_changes_table(cmp, changes))
+    return "\n".join(parts)
+
+
+def _timeline_labels(cmp: _Comparison) -> dict[str, str]:
+    """Each run's label in the timeline (``batch_size=8`` or its name), made unique with the name when needed."""
+    labels = {n: cmp.long_label(n) for n in cmp.names}
+    shared = {v for v in labels.values() if list(labels.values()).count(v) > 1}
+    return {n: f"{v} [{n}]" if v in shared else v for n, v in labels.items()}
+
+
+def _changes_table(cmp: _Comparison, changes: "pd.DataFrame") -> str:
+    """One row per run and layer: its phases over training, each change with the snapshot where it was first seen."""
+    keys = [k for k in (cmp.param, cmp.group) if k is not None]
+    by_pair = {key: g.to_dict("records") for key, g in changes.groupby(["run", "layer"], sort=False)}
+    rows = []
+    for (run, layer), h in cmp.history.groupby(["run", "layer"], sort=False):
+        first = h.sort_values("step").iloc[0]
+        seq = (f"{_NOWRAP}{phase_badge(first['phase'])} <small>from {escape(_when(first['step'], first['epoch']))}"
+               "</small></span>")
+        pair = by_pair.get((run, layer), [])
+        for c in pair:
+            seq += f" {_NOWRAP}→ {phase_badge(c['after'])} <small>at {escape(_when(c['step'], c['epoch']))}</small></span>"
+        rows.append([fmt(first[k]) for k in keys] + [escape(str(run)), escape(str(layer)), seq, fmt(len(pair))])
+    head = keys + ["run", "layer", "phases over training", "changes"]
+    return table(head, rows, left=tuple(range(len(head) - 1))) + (
+        '<p class="sub">Each change is dated by the first snapshot in the new phase (the phases of the snapshots '
+        'in between are not known). A dash (–) is a snapshot where the layer got no phase.</p>')
 
 
 def _esd_grid(items: Sequence[EsdItem], ncols: int = 3) -> Any:

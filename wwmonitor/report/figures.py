@@ -750,6 +750,8 @@ def plot_run_curves(
     title).  With ``layers``: a grid, one row per layer and one column per
     metric.  Alpha panels shade the ``[2, 6]`` band.
     """
+    from matplotlib.ticker import MaxNLocator
+
     df = _require_columns(df, ("run", "metric", "value", x) + (("layer",) if layers is not None else ()), "curves")
     x = _x_column(df, x)
     present = [m for m in metrics_to_plot if m in set(df["metric"]) and df[df["metric"] == m]["value"].notna().any()]
@@ -765,13 +767,20 @@ def plot_run_curves(
     styles = _run_styles(run_list)
     for ax, (L, m) in zip(axs, panels):
         sub = df[df["metric"] == m] if L is None else df[(df["metric"] == m) & (df["layer"] == L)]
+        drawn = 0
         for r in run_list:
             s = sub[sub["run"] == r].dropna(subset=["value"]).sort_values(x)
             if not s.empty:
                 color, ls = styles[r]
                 ax.plot(s[x], s["value"], marker="o", ms=3, lw=1.5, color=color, ls=ls, label=r)
-        if m == "alpha":
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no value in any run", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=9, color="#57606a")
+            ax.set_yticks([])
+        elif m == "alpha":
             ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x, fontsize=9)
         ax.set_title((prefix + _label(m)) if L is None else f"{L}: {_label(m)}", fontsize=10 if L is None else 9)
         ax.grid(True, alpha=0.3)
@@ -825,6 +834,9 @@ def plot_phase_changes(
     ax.set_ylim(len(rows) - 0.5, -0.5)
     for k in range(1, len(run_list)):
         ax.axhline(k * len(lay) - 0.5, color="#333", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x)
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title(title or "Phase of each layer over training", fontsize=11)
