@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ EXAMPLES: dict[str, dict] = {
     "random-like": {},
     "bleeding-out": {"r": 3},
     "bulk+spikes": {"r": 3},
-    "bulk-decay": {},
+    "bulk-decay": {"k": 150, "top": 4.5},  # issue 9's case: a continuum up to ~5 λ+ (once called heavy-tailed)
     "heavy-tailed": {"mu": 2.0},
     "rank-collapse": {"rank": 200},
 }
@@ -112,7 +113,7 @@ def picture(phase: str, out: Path) -> str:
     gen = PHASE_GENERATORS[phase].__name__
     args = ", ".join(f"{k}={v}" for k, v in EXAMPLES[phase].items())
     fig.suptitle(f"{phase}: classified as {m.phase}  ({gen}({N}, {M}{', ' + args if args else ''}))\n"
-                 f"{m.phase_reason}", fontsize=10)
+                 + textwrap.fill(m.phase_reason, 150), fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -6,7 +6,7 @@ Fine-tunes a tiny BERT (2 layers, hidden 64, built from a config: nothing is
 downloaded) on a synthetic task -- is the majority of a sequence's tokens
 from the lower half of the vocabulary? -- for a few seconds on the CPU.
 Then ``tensorboard --logdir <out>/runs`` shows the Trainer's ``train/loss``
-next to ``ww/alpha/<layer>`` and friends, ESD images and phase labels, and
+next to ``ww.alpha/<layer>`` and friends, ESD images and phase labels, and
 ``wwmonitor report <out>/wwmonitor-runs/tiny-bert`` writes the HTML report.
 """
 from __future__ import annotations

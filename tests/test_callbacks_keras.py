@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent(
     # stop_training through an alert: random-init layers are under-trained (alpha > 6) at once
     model2 = build()
     cb2 = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
-                                alerts=AlertRules(rules=["alpha_high"], warmup=0, warn=False), stop_on=["alpha_high"])
+                                alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0, warn=False), stop_on=["alpha_high"])
     hist2 = model2.fit(x, y, epochs=12, batch_size=64, callbacks=[cb2], verbose=0)
 
     import wwmonitor
@@ -265,7 +265,7 @@ TF_SCRIPT = textwrap.dedent(
     keras.utils.set_random_seed(0)
     model = build()
     cb = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
-                               alerts=AlertRules(rules=["alpha_high"], warmup=0, warn=False), stop_on=["alpha_high"])
+                               alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0, warn=False), stop_on=["alpha_high"])
     hist = model.fit(x, y, epochs=12, batch_size=64, callbacks=[cb], verbose=0)
     res["stop"] = {{"epochs": len(hist.history["loss"]), "stopped": cb.stopped_by_alert,
                    "alerts": [a.rule for a in cb.monitor.alerts_fired if a.stop_training],

@@ -714,3 +714,14 @@ def test_results_carry_the_fits_the_figures_draw(tmp_path):
     assert pl["n_tail"] == ref.n_tail and pl["alpha"] == res.layers[0].alpha
     assert mp["lambda_plus"] == pytest.approx(fit_mp(ev, 2.0, M=250).lambda_plus, rel=1e-5)
     assert mp["lambda_plus"] == res.layers[0].lambda_plus
+
+
+def test_start_line_names_what_is_monitored_and_skipped(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.LayerNorm(96), torch.nn.Linear(96, 64))
+    with logs(r"monitoring 2 matrices in 1 layer type.*skipped", level=20):
+        mon = Monitor(model, tmp_path, options=FAST, every_n_epochs=None)
+    mon.close()
+    skipped = dict(mon.skipped)
+    assert {"1.weight", "0.bias", "2.bias", "1.bias"} <= set(skipped), skipped
+    assert all(reason for reason in skipped.values())
+    assert mon.coverage.startswith("wwmonitor: monitoring 2 matrices")

@@ -19,7 +19,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -28,7 +27,7 @@ pytest.importorskip("transformers")  # requirements-dev.txt pins it; under CI=tr
 
 import wwmonitor  # noqa: E402
 from wwmonitor.describe import COLUMNS, coverage_summary  # noqa: E402
-from wwmonitor.layers import extract_matrices, weight_inventory  # noqa: E402
+from wwmonitor.layers import extract_matrices  # noqa: E402
 
 from model_zoo import HF_MODELS, hf_model  # noqa: E402
 
@@ -195,6 +194,25 @@ def test_subclasses_are_recognised_and_raw_parameters_are_listed():
     types = {s.name: s.type for s in extract_matrices(net)}
     assert types["emb"] == "Embedding" and types["fc"] == "Linear" and types["conv"] == "Conv2d"
     assert types["lstm.weight_ih_l0.i"] == "LSTM"
+
+
+def test_tied_parameter_first_seen_raw_is_analysed_once():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.raw = nn.Parameter(torch.randn(6, 5))
+            self.fc = nn.Linear(5, 6)
+            self.fc.weight = self.raw
+            self.norm = nn.LayerNorm(6)
+            self.norm2 = nn.LayerNorm(6)
+            self.norm2.weight = self.norm.weight
+
+    listed: list = []
+    assert [s.name for s in extract_matrices(M(), skipped=listed)] == ["fc"]
+    assert ("fc.weight", "same tensor as raw (tied weights; analysed once, listed under that name)") in listed
+    assert ("norm2.weight", "same tensor as norm.weight (tied weights)") in listed
+    rows = {r.param: r for r in wwmonitor.describe(M()).itertuples()}
+    assert rows["raw"].matrix == "fc" and rows["fc.weight"].status == "skipped"
 
 
 def test_parametrized_weight_is_analysed_through_its_originals():

@@ -10,9 +10,14 @@ Used by the Lightning callback under DDP (each rank holds the full weights)
 and by ``torchrun --nproc-per-node K -m wwmonitor analyze PATH``
 (:func:`wwmonitor.model.analyze_model` shards its matrices).
 
-FSDP and DeepSpeed shard the *parameters* themselves; reading full weights
-there is a collective of its own.  :func:`check_strategy` refuses those
-strategies with a clear message instead of hanging.
+FSDP and DeepSpeed shard the *parameters* themselves.  FSDP2
+(``torch.distributed.fsdp.fully_shard``: ``DTensor`` parameters, dim-0
+shards; Lightning's ``ModelParallelStrategy``) is analysed by
+:mod:`wwmonitor.sharded` without gathering whole matrices anywhere but on
+their owner rank.  :func:`check_strategy` refuses the strategies that are not
+supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters, Lightning's
+``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a clear message
+instead of hanging or reading partial weights.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ T = TypeVar("T")
 
 
 class UnsupportedStrategyError(RuntimeError):
-    """The training strategy shards parameters (FSDP, DeepSpeed); not supported yet."""
+    """The training strategy shards parameters in a way wwmonitor cannot read (FSDP1, DeepSpeed)."""
 
 
 def _dist() -> Any:
@@ -127,27 +132,44 @@ def init_from_env(backend: Optional[str] = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-_SHARDED = ("FSDP", "FullyShardedDataParallel", "DeepSpeed", "ModelParallel")
+#: strategy class names (any class in the strategy's MRO) that are refused, and why
+_DEEPSPEED = ("DeepSpeed",)
+_FSDP1 = ("FSDPStrategy", "FullyShardedDataParallel", "FSDP1")
+#: supported parameter-sharding strategies (FSDP2 applied in ``configure_model``)
+_FSDP2 = ("ModelParallelStrategy",)
 
 
 def check_strategy(trainer: Any) -> None:
-    """Raise :class:`UnsupportedStrategyError` for parameter-sharding Lightning strategies.
+    """Raise :class:`UnsupportedStrategyError` for parameter-sharding Lightning strategies wwmonitor cannot read.
 
-    Under FSDP / DeepSpeed (ZeRO-3) each rank holds only a shard of every
-    parameter; gathering full weights is a collective that every rank must
-    enter, which the callback does not do yet.  Rather than reading partial
-    weights (wrong spectra) or hanging, the callback refuses at setup, on all
-    ranks alike.  DDP, single device and ``ddp_spawn`` are supported.
+    Supported: single device, DDP (``ddp``, ``ddp_spawn``, ...) and FSDP2 --
+    ``ModelParallelStrategy`` with ``fully_shard`` applied in
+    ``configure_model`` (any ``DTensor`` layout other than FSDP2's dim-0
+    shards, e.g. tensor parallel, is reported per layer as not analysed).
+    Refused, on every rank alike, at setup: DeepSpeed (ZeRO-3 partitions
+    parameters into flat buffers) and Lightning's ``FSDPStrategy``, which is
+    FSDP1 (``FullyShardedDataParallel``: each rank holds a 1-D slice of a
+    flattened parameter, not row blocks of a matrix).
     """
     strategy = getattr(trainer, "strategy", None)
     if strategy is None:
         return
     names = [c.__name__ for c in type(strategy).__mro__]
-    hit = next((n for n in names for key in _SHARDED if key in n), None)
-    if hit is not None:
+    if any(n in _FSDP2 for n in names):
+        return
+    if any(key in n for n in names for key in _DEEPSPEED):
         raise UnsupportedStrategyError(
-            f"WeightWatcherCallback: the {type(strategy).__name__} strategy shards parameters across ranks "
-            "(FSDP/DeepSpeed); reading full weight matrices there needs a collective gather that wwmonitor "
-            "does not do yet. Use strategy='ddp' (or a single device), or analyse the saved checkpoint "
-            "afterwards with `wwmonitor analyze` (sharded over ranks with torchrun)."
+            f"WeightWatcherCallback: the {type(strategy).__name__} strategy (DeepSpeed ZeRO) partitions parameters "
+            "into flat per-rank buffers; wwmonitor cannot read weight matrices there. Use strategy='ddp', or FSDP2: "
+            "lightning.pytorch.strategies.ModelParallelStrategy with torch.distributed.fsdp.fully_shard applied in "
+            "configure_model (monitored without gathering the model), or analyse the saved checkpoint afterwards "
+            "with `wwmonitor analyze` (sharded over ranks with torchrun)."
+        )
+    if any(key in n for n in names for key in _FSDP1):
+        raise UnsupportedStrategyError(
+            f"WeightWatcherCallback: the {type(strategy).__name__} strategy is FSDP1 (FullyShardedDataParallel): "
+            "each rank holds a slice of flattened parameters, which wwmonitor cannot read as weight matrices. "
+            "FSDP2 is supported: use lightning.pytorch.strategies.ModelParallelStrategy(data_parallel_size=..., "
+            "tensor_parallel_size=1) and apply torch.distributed.fsdp.fully_shard in configure_model; each matrix "
+            "is then analysed on one owner rank from the shards it needs. Or use strategy='ddp'."
         )

@@ -40,7 +40,7 @@ import numpy as np
 from .analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_spec
 from .layers import MatrixSpec, Pattern, extract_matrices
 from .metrics import LayerMetrics
-from .spectral import blas_thread_limit, usable_cpus
+from .spectral import blas_thread_limit, resolve_device, usable_cpus
 
 __all__ = ["analyze_model", "ModelReport", "load_weights", "open_weights", "iter_weights", "LazyWeights",
            "LazyTensor", "summarize"]
@@ -472,6 +472,7 @@ def analyze_model(
     distributed: Optional[bool] = None,
     on_layer: Optional[Callable[[LayerMetrics], None]] = None,
     workers: Optional[int] = None,
+    analysis_device: str = "auto",
     **option_overrides: Any,
 ) -> ModelReport:
     """Analyse every weight matrix of ``obj``.
@@ -508,6 +509,13 @@ def analyze_model(
         analysed matrix was measured faster than threaded BLAS on one matrix
         at a time (docs/benchmarks.md).  ``workers=1`` analyses sequentially.
         Results do not depend on ``workers``.
+    analysis_device:
+        Where the ESDs are computed: ``"cpu"`` (NumPy; CUDA tensors are copied
+        to the host one matrix at a time), ``"cuda"`` / ``"cuda:N"`` (torch on
+        the GPU; host tensors are uploaded one matrix at a time) or ``"auto"``
+        (default: ``"cuda"`` when the model has a tensor on CUDA and CUDA is
+        available, else ``"cpu"``).  On CUDA ``workers`` defaults to 1.  The
+        metrics do not depend on the device (see :func:`wwmonitor.analyze_matrix`).
 
     A failure in one matrix is recorded in its ``status``/``message``; the
     rest of the model is still analysed.
@@ -532,6 +540,7 @@ def analyze_model(
             f"no analysable weight matrices found in {source or type(obj).__name__} "
             f"(need Linear/Dense, Embedding, Conv, attention or RNN weights){listed}"
         )
+    device = resolve_device(analysis_device, (s.tensor for s in specs))
     rank, world = _dist_rank_world(distributed)
     mine = list(range(len(specs)))
     if world > 1:
@@ -546,18 +555,18 @@ def analyze_model(
 
         it = tqdm(mine, desc="analyze", unit="matrix", file=sys.stderr)
     cpus = usable_cpus()
-    n_workers = _default_workers(cpus, world) if workers is None else int(workers)
+    n_workers = (1 if device.startswith("cuda") else _default_workers(cpus, world)) if workers is None else int(workers)
     if n_workers < 1:
         raise ValueError(f"analyze_model: workers must be >= 1, got {workers}")
     n_workers = min(n_workers, max(1, len(mine)))
     with blas_thread_limit(max(1, cpus // n_workers) if n_workers > 1 else None):
         if n_workers == 1:
             for i in it:
-                results[i] = _analyze_one(specs[i], options)
+                results[i] = _analyze_one(specs[i], options, device)
                 if on_layer is not None:
                     on_layer(results[i])
         else:
-            _analyze_concurrently(specs, mine, options, n_workers, results, on_layer, it if show else None)
+            _analyze_concurrently(specs, mine, options, n_workers, results, on_layer, it if show else None, device)
     if world > 1:
         from .distributed import gather_objects
 
@@ -604,6 +613,7 @@ def _analyze_concurrently(
     results: dict[int, LayerMetrics],
     on_layer: Optional[Callable[[LayerMetrics], None]],
     bar: Any,
+    device: str = "auto",
 ) -> None:
     """Analyse ``specs[i]`` for ``i`` in ``mine`` on a thread pool, largest
     matrices first (longest-processing-time scheduling); ``on_layer`` and the
@@ -613,7 +623,7 @@ def _analyze_concurrently(
     order = sorted(mine, key=lambda i: -_cost(specs[i]))
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="wwmonitor-analyze")
     try:
-        futures = {i: pool.submit(_analyze_one, specs[i], options) for i in order}
+        futures = {i: pool.submit(_analyze_one, specs[i], options, device) for i in order}
         for i in mine:
             results[i] = futures[i].result()
             if bar is not None:
@@ -626,11 +636,11 @@ def _analyze_concurrently(
         bar.close()
 
 
-def _analyze_one(spec: MatrixSpec, options: AnalysisOptions) -> LayerMetrics:
+def _analyze_one(spec: MatrixSpec, options: AnalysisOptions, device: str = "auto") -> LayerMetrics:
     try:
         if isinstance(spec.tensor, LazyTensor):  # streamed checkpoint: map this matrix's tensor now, drop it after
             spec = replace(spec, tensor=spec.tensor.load())
-        return analyze_spec(spec, options)
+        return analyze_spec(spec, options, device)
     except Exception as e:  # never stop halfway through a model: the failure is the layer's status
         lm = LayerMetrics(name=spec.name, type=spec.type, shape=spec.shape)
         lm.status, lm.warning = "error", "error"

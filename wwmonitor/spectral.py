@@ -66,13 +66,15 @@ import contextlib
 import logging
 import math
 import os
+import re
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .frameworks import is_torch_tensor as _is_torch_tensor
 
-__all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus"]
+__all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus",
+           "DEVICES", "check_device"]
 
 log = logging.getLogger("wwmonitor")
 
@@ -176,13 +178,20 @@ def _raise_input_problem(W: Any, name: str, what: str) -> None:
         raise TypeError(f"{name}: {problem}")
 
 
-def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False) -> np.ndarray:
+def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False,
+                            device: Optional[str] = None) -> np.ndarray:
     """Eigenvalues of ``WᵀW`` (unnormalised; ``σ_i²``), ascending, length ``M``.
 
     Computed as ``eigvalsh`` of the float64 Gram matrix of the smaller side
     (float32/float16 inputs are widened exactly before the product);
     tiny negative round-off is clipped to 0.  For torch tensors on an
     accelerator the computation runs on the tensor's own device.
+
+    ``device``: ``None``/``"auto"`` (as just said), ``"cpu"`` (always the
+    NumPy route; device tensors are copied to the host), ``"cuda"``/``"cuda:N"``
+    (the torch route on that device) or ``"torch"`` (the torch route on the
+    tensor's own device, CPU included).  Both routes give the same eigenvalues
+    to ``~1e-14·λ_max`` and take the same SVD recheck.
 
     ``low_memory=True`` builds the Gram matrix in place with BLAS ``dsyrk``
     over 128-row float64 blocks and lets LAPACK ``dsyevd`` overwrite it:
@@ -198,12 +207,13 @@ def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False
     scaled back exactly).  Raises ``TypeError`` naming ``name`` for complex,
     sparse, quantized, masked or non-numeric input.
     """
-    ev, e2 = squared_singular_values_scaled(W, name=name, low_memory=low_memory)
+    ev, e2 = squared_singular_values_scaled(W, name=name, low_memory=low_memory, device=device)
     return _unscale(ev, e2, name, W)
 
 
 def squared_singular_values_scaled(
-    W: Any, *, name: str = "W", low_memory: bool = False, rescale_large: bool = False
+    W: Any, *, name: str = "W", low_memory: bool = False, rescale_large: bool = False,
+    device: Optional[str] = None,
 ) -> tuple[np.ndarray, int]:
     """``(ev, e2)`` with the eigenvalues of ``WᵀW`` equal to ``ev · 2**e2``.
 
@@ -215,8 +225,8 @@ def squared_singular_values_scaled(
     and ``e2 = 2e``.
     """
     _raise_input_problem(W, name, "matrix")
-    if _is_torch_tensor(W) and getattr(W, "device", None) is not None and W.device.type != "cpu":
-        return _squared_sv_torch(W, name=name, rescale_large=rescale_large)
+    if uses_torch_route(W, device):
+        return _squared_sv_torch(to_analysis_tensor(W, device, name=name), name=name, rescale_large=rescale_large)
     A = to_numpy(W, name=name)
     _check_matrix(A, name)
     return _evals_scaled(A, name, low_memory=low_memory, rescale_large=rescale_large, stack=False)
@@ -375,12 +385,102 @@ def _gram64_lower(A: np.ndarray) -> np.ndarray:
     return G
 
 
+#: ``device=`` values of the ESD functions and :func:`wwmonitor.analyze_matrix`
+#: (``"cuda:1"`` etc. are accepted too).  ``"torch"`` is the torch route on the
+#: tensor's own device, CPU tensors included (used to test the accelerator code on CPU).
+DEVICES = ("auto", "cpu", "cuda", "torch")
+
+
+def check_device(device: Optional[str], what: str = "device") -> str:
+    """Normalise an analysis device (``None`` -> ``"auto"``); ``ValueError`` naming ``what`` otherwise."""
+    if device is None:
+        return "auto"
+    if not isinstance(device, str) or not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
+        raise ValueError(f"{what} must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
+    return device
+
+
+def auto_device(tensors: Any) -> str:
+    """``device="auto"`` for a whole model: ``"cuda:N"`` -- the device of the first torch tensor held
+    on CUDA -- when CUDA is available, else ``"cpu"`` (NumPy arrays, CPU tensors, Keras/TF/JAX arrays)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return "cpu"
+    torch = _torch()
+    for t in tensors:
+        dev = getattr(t, "device", None)
+        if _is_torch_tensor(t) and getattr(dev, "type", None) == "cuda" and torch.cuda.is_available():
+            return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
+    return "cpu"
+
+
+def resolve_device(device: Optional[str], tensors: Any = (), what: str = "analysis_device") -> str:
+    """Validate ``device`` (``ValueError`` naming ``what``: an unknown value, or CUDA asked for but not
+    available) and resolve ``"auto"`` with :func:`auto_device` over ``tensors``."""
+    device = check_device(device, what)
+    if device == "auto":
+        return auto_device(tensors)
+    if device.startswith("cuda"):
+        torch = _torch()
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if device != "cuda" and torch.device(device).index >= torch.cuda.device_count():
+            raise ValueError(f"{what}={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def uses_torch_route(W: Any, device: Optional[str]) -> bool:
+    """Whether ``W`` is analysed by the torch route under ``device`` (see :data:`DEVICES`):
+    ``"auto"`` -- torch tensors on an accelerator; ``"cpu"`` -- never; ``"torch"``/``"cuda"`` -- always."""
+    device = check_device(device)
+    if device == "cpu":
+        return False
+    if device == "auto":
+        return _is_torch_tensor(W) and getattr(getattr(W, "device", None), "type", "cpu") != "cpu"
+    return True
+
+
+def to_analysis_tensor(W: Any, device: Optional[str], *, name: str = "W") -> Any:
+    """``W`` as a torch tensor where the torch route runs it: ``"torch"`` -- its own device
+    (NumPy arrays become CPU tensors, zero-copy); ``"cuda[:N]"`` -- that CUDA device
+    (``RuntimeError`` when CUDA is not available); ``"auto"`` -- unchanged."""
+    torch = _torch()
+    device = check_device(device)
+    problem = _container_problem(W)
+    if problem:
+        raise TypeError(f"{name}: {problem}")
+    t = W.detach() if _is_torch_tensor(W) else torch.as_tensor(to_numpy(W, name=name))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{name}: analysis device {device!r} requested but CUDA is not available")
+        if t.device.type != "cuda" or (device != "cuda" and t.device != torch.device(device)):
+            t = t.to(device if device != "cuda" else "cuda", non_blocking=False)
+    return t
+
+
 def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
                       stack: bool = False) -> tuple[np.ndarray, int]:
-    """Accelerator route: ``(ev, e2)`` as :func:`squared_singular_values_scaled`, on the tensor's device
-    (``stack``: a ``(K, a, b)`` stack, eigenvalues ``(K, M)``)."""
+    """Torch route: ``(ev, e2)`` as :func:`squared_singular_values_scaled`, on the tensor's device
+    (``stack``: a ``(K, a, b)`` stack, eigenvalues ``(K, M)``).
+
+    The same algorithm as the NumPy route, in torch: float64 Gram of the smaller
+    side, non-finite check and extreme-scale rescaling from its diagonal,
+    ``torch.linalg.eigvalsh``, and the values-only SVD
+    (``torch.linalg.svdvals``) of every matrix whose Gram spectrum fails
+    :func:`_needs_svd` -- so ranks of (nearly) rank-deficient matrices agree
+    with the host route.  Runs on whatever stream is current (the monitor's
+    worker makes it a side stream on CUDA).  Only the ``M`` eigenvalues (and,
+    for the SVD recheck, their ends) travel to the host.
+
+    float64 throughout: a float32 Gram would be 1.3-2x faster on the CPU (far
+    more on consumer GPUs) but its ``~M·6e-8·λ_max`` error is as large as the
+    smallest eigenvalues of square matrices, and eigenvalues would miss the
+    ``1e-10·λ_max`` agreement with the host route (measured in
+    ``tests/test_spectral.py``; see docs/callbacks.md).
+    """
     torch = _torch()
-    t = W.detach()
+    t = W.detach() if _is_torch_tensor(W) else torch.as_tensor(np.asarray(W))
     what = "stack" if stack else "matrix"
     _raise_input_problem(t, name, what)
     want = 3 if stack else 2
@@ -389,37 +489,48 @@ def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
         raise ValueError(f"{name}: expected {expected}, got a tensor of shape {tuple(t.shape)}")
     if min(t.shape) == 0:
         raise ValueError(f"{name}: {what} has an empty dimension, shape {tuple(t.shape)}")
-    t = t.to(torch.float64)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
+    x = t.to(torch.float64)  # float32/16 products are exact in float64, as on the host route
 
-    def gram(x: Any) -> Any:
-        xt = x.transpose(-1, -2)
-        return x @ xt if x.shape[-2] < x.shape[-1] else xt @ x
+    def gram(y: Any) -> Any:
+        yt = y.transpose(-1, -2)
+        return y @ yt if y.shape[-2] < y.shape[-1] else yt @ y
 
-    G = gram(t)
+    G = gram(x)
     diag = torch.diagonal(G, dim1=-2, dim2=-1)
     e = 0
-    if not bool(torch.isfinite(diag).all()):
-        amax = float(t.abs().max().item())
+    if not bool(torch.isfinite(diag).all()):  # a non-finite entry or an overflowing sum of squares
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
+        amax = float(x.abs().max().item())
         if not rescale_large:
             raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})")
         e = math.frexp(amax)[1]
     elif float(diag.max().item()) < TINY_GRAM:
-        amax = float(t.abs().max().item())
+        amax = float(x.abs().max().item())
         e = math.frexp(amax)[1] if amax > 0.0 else 0
     if e:
         k = -e  # multiply by 2^k in steps that stay representable (exact: powers of two)
         while k:
             step = max(-1000, min(1000, k))
-            t = t * (2.0 ** step)
+            x = x * (2.0 ** step)
             k -= step
-        G = gram(t)
-    ev = torch.linalg.eigvalsh(G)
-    return np.clip(ev.cpu().numpy(), 0.0, None), 2 * e
+        G = gram(x)
+    M = G.shape[-1]
+    ev_t = torch.linalg.eigvalsh(G)
+    del G
+    ev = ev_t.cpu().numpy()  # (…, M) to the host: the only transfer unless an SVD is needed
+    if stack:
+        redo = [k for k in range(ev.shape[0]) if _needs_svd(ev[k, 0], ev[k, -1], M)]
+        if redo:
+            sv = torch.linalg.svdvals(x[redo])
+            ev[redo] = np.sort((sv * sv).cpu().numpy(), axis=-1)
+    elif _needs_svd(ev[0], ev[-1], M):
+        sv = torch.linalg.svdvals(x)
+        ev = np.sort((sv * sv).cpu().numpy())
+    return np.clip(ev, 0.0, None, out=ev), 2 * e
 
 
-def esd(W: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
+def esd(W: Any, *, normalize: bool = True, name: str = "W", device: Optional[str] = None) -> np.ndarray:
     """ESD of ``X = WᵀW / N``: the ``M`` eigenvalues, ascending.
 
     Parameters
@@ -431,32 +542,37 @@ def esd(W: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
         ``False`` returns the squared singular values ``σ_i²`` of ``W``.
     name:
         Used in error messages.
+    device:
+        Where to compute: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"torch"``
+        (see :func:`squared_singular_values`).
     """
-    ev, e2 = squared_singular_values_scaled(W, name=name)
+    ev, e2 = squared_singular_values_scaled(W, name=name, device=device)
     if normalize:
         ev = ev / float(max(np.shape(W)))
     return _unscale(ev, e2, name, W)
 
 
-def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W") -> np.ndarray:
+def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W", device: Optional[str] = None) -> np.ndarray:
     """ESDs of a stack of equally shaped matrices, shape ``(K, a, b)`` -> ``(K, M)``.
 
     Used for convolution kernels (one ``out x in`` slice per kernel position):
     a single batched matmul and batched ``eigvalsh`` call instead of ``K``
     separate calls.  Input checks and extreme scales as :func:`esd`.
     """
-    ev, e2 = esd_batched_scaled(Ws, name=name)
+    ev, e2 = esd_batched_scaled(Ws, name=name, device=device)
     if normalize:
         ev = ev / float(max(np.shape(Ws)[-2:]))
     return _unscale(ev, e2, name, Ws)
 
 
-def esd_batched_scaled(Ws: Any, *, name: str = "W", rescale_large: bool = False) -> tuple[np.ndarray, int]:
+def esd_batched_scaled(Ws: Any, *, name: str = "W", rescale_large: bool = False,
+                       device: Optional[str] = None) -> tuple[np.ndarray, int]:
     """Unnormalised ``(ev, e2)`` of a stack ``(K, a, b)``: eigenvalues of ``WᵀW`` = ``ev · 2**e2``
     (one exponent for the whole stack; see :func:`squared_singular_values_scaled`)."""
     _raise_input_problem(Ws, name, "stack")
-    if _is_torch_tensor(Ws) and Ws.device.type != "cpu":
-        return _squared_sv_torch(Ws, name=name, rescale_large=rescale_large, stack=True)
+    if uses_torch_route(Ws, device):
+        return _squared_sv_torch(to_analysis_tensor(Ws, device, name=name), name=name, rescale_large=rescale_large,
+                                 stack=True)
     A = to_numpy(Ws, name=name)
     _check_matrix(A, name, ndim=3)
     return _evals_scaled(A, name, low_memory=False, rescale_large=rescale_large, stack=True)

@@ -1,8 +1,15 @@
 """``wwmonitor analyze PATH``: analyse a checkpoint and print a per-layer table.
 
+A ``.safetensors`` file or a folder of shards is streamed: only the headers
+are read up front, and each tensor is memory-mapped when its matrix is
+analysed and dropped afterwards, so memory follows the largest tensor, not
+the checkpoint (``--low-memory`` also keeps each matrix's working set near
+its own size).  A progress bar goes to stderr when it is a terminal
+(``--progress``: always, ``--no-progress``: never).
+
 Under ``torchrun --nproc-per-node K -m wwmonitor analyze PATH`` the matrices
-are split over the ranks (matrix ``i`` on rank ``i mod K``) and rank 0 writes
-the single report.
+are split over the ranks (matrix ``i`` on rank ``i mod K``; each rank maps
+only its own tensors) and rank 0 writes the single report.
 
 Bad input -- a missing, unreadable, truncated or corrupt checkpoint, an
 unknown layer pattern, a ``--json``/``--csv`` target that cannot be written
@@ -37,7 +44,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--min-evals", type=int, default=50, help="skip fits below this many eigenvalues (default 50)")
     p.add_argument("--max-evals", type=int, default=None, help="skip matrices with more eigenvalues")
     p.add_argument("--conv", choices=["pool", "slices"], default="pool", help="pool conv kernel slices or keep them apart")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true",
+                     help="progress bar on stderr even when it is not a terminal (default: only on a terminal)")
+    bar.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--low-memory", action="store_true",
+                   help="in-place eigen route: ~2.5x each matrix's float32 size of working memory instead of ~6x "
+                        "(float64 Gram built in BLAS blocks); slower with several analysis threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,14 +65,20 @@ def run(args: argparse.Namespace) -> int:
             if problem:
                 return _error(f"{opt} {target}: {problem}")
     rank, world = _maybe_init_distributed()
+    progress: Optional[bool] = None  # default: on a terminal, rank 0 only (analyze_model decides)
+    if args.no_progress or (getattr(args, "progress", False) and rank != 0):
+        progress = False
+    elif getattr(args, "progress", False):
+        progress = True
     try:
         rep = analyze_model(
             args.path,
             layers=args.layers,
             exclude=args.exclude,
             conv=args.conv,
-            options=AnalysisOptions(min_evals=args.min_evals, max_evals=args.max_evals),
-            progress=None if not args.no_progress else False,
+            options=AnalysisOptions(min_evals=args.min_evals, max_evals=args.max_evals,
+                                    low_memory=bool(getattr(args, "low_memory", False))),
+            progress=progress,
             distributed=world > 1,
         )
     except (FileNotFoundError, ValueError, TypeError, OSError, ImportError) as e:

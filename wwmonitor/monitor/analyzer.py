@@ -21,6 +21,14 @@ competing with training threads was measured 10-50x slower.
 Rules that need the raw weights (correlation traps) say so with
 ``needs_weights``; the analyzer then calls ``inspect_weights(name, W, lm)``
 on the same host copy, so the user never wires anything by hand.
+
+Analysis device (``Monitor(analysis_device=...)``): ``"cpu"`` analyses the
+host copies with NumPy/LAPACK.  ``"cuda"`` uploads one matrix at a time from
+the (pinned) host copy to the GPU and computes its ESD there (float64 Gram,
+``eigvalsh``, the same SVD recheck), all on a **side CUDA stream** of this
+thread, so the training stream never queues behind the analysis; only the
+``M`` eigenvalues come back.  ``"torch"`` runs that same torch code on the
+CPU (tests).
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from ..analyze import AnalysisOptions, analyze_matrix
+from ..frameworks import is_torch_tensor
 from ..metrics import LayerMetrics
 from ..records import SnapshotResult
 from ..summary import model_summary
@@ -53,13 +62,53 @@ def default_analyze(W: Any, name: str, layer_type: str, scale: float, options: A
     return analyze_matrix(W, name, layer_type=layer_type, scale=scale, options=options)
 
 
+def _torch_route_analyze(W: Any, name: str, layer_type: str, scale: float, options: AnalysisOptions) -> LayerMetrics:
+    """:func:`default_analyze` on the torch route, on the device ``W`` is already on."""
+    return analyze_matrix(W, name, layer_type=layer_type, scale=scale, options=options, device="torch")
+
+
+_SIDE_STREAMS: dict[Any, Any] = {}
+
+
+def _side_stream(device: str) -> Any:
+    """This process's analysis stream on CUDA ``device`` (one per device, created on first use):
+    not the training stream, so training kernels never wait behind an ESD."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    s = _SIDE_STREAMS.get(dev)
+    if s is None:
+        s = _SIDE_STREAMS[dev] = torch.cuda.Stream(device=dev)
+    return s
+
+
+def _to_device(W: Any, device: str) -> Any:
+    """A host copy as the torch tensor the torch route analyses on ``device`` (``"torch"``: on the host,
+    zero-copy; ``"cuda[:N]"``: uploaded, on the current -- side -- stream)."""
+    from ..spectral import to_analysis_tensor
+
+    if not is_torch_tensor(W):
+        W = as_numpy(W)
+    if device != "torch" and is_torch_tensor(W) and W.device.type == "cpu":
+        import torch
+
+        dev = torch.device(device)
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return W.to(dev, non_blocking=bool(W.is_pinned()))  # ordered on the side stream before the ESD
+    return to_analysis_tensor(W, device)
+
+
 def _failed_layer(name: str, typ: str, W: Any, reason: str) -> LayerMetrics:
     return LayerMetrics(name=name, type=typ, shape=tuple(int(s) for s in W.shape), status="error", message=reason)
 
 
 def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: AnalyzeFn = default_analyze,
                      abort: Optional[threading.Event] = None, inspector: Any = None,
-                     on_error: Optional[Callable[[str, str, BaseException], None]] = None) -> SnapshotResult:
+                     on_error: Optional[Callable[[str, str, BaseException], None]] = None,
+                     device: str = "cpu") -> SnapshotResult:
     """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
 
     The λ-axis ESD and the fitted models that :func:`analyze_matrix` leaves in
@@ -67,9 +116,18 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
     ``SnapshotResult.esds`` / ``.fits``.  ``inspector`` (an object with
     ``inspect_weights(name, W, lm)``, e.g. alert rules that need the weights)
     sees each successfully analysed matrix; its failures go to ``on_error``.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"torch"``): where the
+    ESDs are computed (see the module docstring).  Off the CPU, ``analyze_fn``
+    receives a torch tensor on that device (the default one analyses it there);
+    ``inspector`` always gets the host copy.
     """
     if snap.ready is not None:
         snap.ready()
+    on_torch = device != "cpu"
+    if on_torch and analyze_fn is default_analyze:
+        analyze_fn = _torch_route_analyze
+    on_cuda = device.startswith("cuda")
     # the worker keeps the ESD and uses the lean-memory eigen route (one thread, bounded memory)
     opts = options if (options.keep_esd and options.low_memory) else replace(options, keep_esd=True, low_memory=True)
     res = SnapshotResult(step=snap.step, epoch=snap.epoch, time=snap.time, layers=[])
@@ -79,16 +137,22 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
             res.errors[name] = "not analysed: monitor closed before this layer was reached"
             res.layers.append(_failed_layer(name, typ, W, res.errors[name]))
             continue
-        A = as_numpy(W)
+        A = None if on_torch else as_numpy(W)  # the host copy as NumPy (for the inspector, made lazily off the CPU)
         try:
-            m = analyze_fn(A, name, typ, scale, opts)
+            if on_cuda:
+                import torch
+
+                with torch.cuda.stream(_side_stream(device)):
+                    m = analyze_fn(_to_device(W, device), name, typ, scale, opts)
+            else:
+                m = analyze_fn(_to_device(W, device) if on_torch else A, name, typ, scale, opts)
         except Exception as e:  # noqa: BLE001 - any failure of one layer is recorded, never raised
             res.errors[name] = f"{type(e).__name__}: {e}"
             m = _failed_layer(name, typ, W, f"layer {name!r}: analysis failed: {res.errors[name]}")
             log.debug("wwmonitor: layer %s failed at step %s:\n%s", name, snap.step, traceback.format_exc())
         if inspector is not None and m.status == "ok":
             try:
-                inspector.inspect_weights(name, A, m)
+                inspector.inspect_weights(name, A if A is not None else as_numpy(W), m)
             except Exception as e:  # noqa: BLE001 - the layer's metrics are kept
                 if on_error is not None:
                     on_error("alerts", f"step {snap.step}, layer {name!r} (weight inspection)", e)
@@ -99,9 +163,12 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
         if fits:
             res.fits[name] = fits
         res.layers.append(m)
+    if on_cuda:  # nothing of this snapshot may still read its host buffers once they go back to the pool
+        _side_stream(device).synchronize()
     res.summary = model_summary(res.layers)
     res.meta["analysis_s"] = time.perf_counter() - t0  # wall seconds in the worker
     res.meta["analysis_cpu_s"] = time.thread_time() - c0  # CPU seconds of the worker thread
+    res.meta["analysis_device"] = device
     return res
 
 
@@ -115,7 +182,7 @@ class AnalysisWorker:
 
     def __init__(self, queue: SnapshotQueue, submit: Callable[[SnapshotResult], Any], *, options: AnalysisOptions,
                  analyze_fn: AnalyzeFn = default_analyze, inspector: Any = None, faults: Optional[Faults] = None,
-                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1) -> None:
+                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1, device: str = "cpu") -> None:
         self.queue = queue
         self.submit = submit
         self.options = options
@@ -123,6 +190,8 @@ class AnalysisWorker:
         self.inspector = inspector
         self.faults = faults if faults is not None else Faults(("worker_errors", "alert_errors"))
         self.blas_threads = blas_threads
+        #: where the ESDs are computed ("cpu", "cuda[:N]", "torch"); set before the first snapshot is queued
+        self.device = device
         self._tpc: Any = None
         self.abort = threading.Event()
         self.layer_errors = 0
@@ -155,7 +224,8 @@ class AnalysisWorker:
     def _analyse(self, snap: Snapshot) -> SnapshotResult:
         try:
             with self._blas_limit():
-                res = analyse_snapshot(snap, self.options, self.analyze_fn, self.abort, self.inspector, self._on_error)
+                res = analyse_snapshot(snap, self.options, self.analyze_fn, self.abort, self.inspector, self._on_error,
+                                       device=self.device)
         finally:
             self.queue.pool.release(snap.buffers)  # free for the next snapshot as early as possible
             snap.entries = []

@@ -39,6 +39,7 @@ from .._validate import check_interval
 from ..analyze import AnalysisOptions
 from ..frameworks import is_torch_module
 from ..layers import MatrixSpec, extract_matrices, select
+from ..describe import coverage_summary
 from ..records import Alert, SnapshotResult
 from ..store import RunStore
 from .analyzer import AnalysisWorker, AnalyzeFn, default_analyze
@@ -90,6 +91,23 @@ def _still_owned(model: Any, paths: list[tuple[tuple[str, ...], str, Any]]) -> b
         if m._parameters.get(name) is not p:
             return False
     return True
+
+
+def _check_analysis_device(device: Any) -> str:
+    """``analysis_device`` validated: ``"auto" | "cpu" | "cuda" | "cuda:N" | "torch"``; ``"cuda"``
+    needs CUDA (``ValueError`` naming the argument otherwise)."""
+    from ..spectral import check_device, resolve_device
+
+    device = check_device(device, "analysis_device")
+    return device if device == "auto" else resolve_device(device)
+
+
+def _auto_device(specs: Sequence[MatrixSpec]) -> str:
+    """``analysis_device="auto"``: the CUDA device of the first matrix held on CUDA when CUDA is
+    available, else ``"cpu"``."""
+    from ..spectral import auto_device
+
+    return auto_device(sp.tensor for sp in specs)
 
 
 def _matrix_specs(matrices: Mapping[str, Any]) -> list[MatrixSpec]:
@@ -189,6 +207,23 @@ class Monitor:
         NumPy BLAS threads for the analysis (default 1: the worker uses one
         core next to training; ``None``: leave the BLAS default).  Needs
         ``threadpoolctl``; without it the BLAS default is used.
+    analysis_device:
+        Where the ESDs are computed: ``"cpu"`` (NumPy/LAPACK on the worker
+        thread), ``"cuda"`` / ``"cuda:N"`` (on the GPU, on a side CUDA stream of
+        the worker so training kernels never queue behind it) or ``"auto"``
+        (default: ``"cuda"`` -- the device of the model's first CUDA matrix --
+        when the model is on CUDA and CUDA is available, else ``"cpu"``;
+        resolved at the first snapshot and kept for the run).  Snapshots are
+        host copies either way (pinned, asynchronous, as before): with
+        ``"cuda"`` the worker uploads **one matrix at a time** to the GPU,
+        so the analysis holds at most one matrix (float64) and its Gram
+        in GPU memory, at the price of a host round trip over PCIe
+        (device->host at snapshot time on a copy stream, host->device per
+        matrix on the side stream; both off the training stream).  Keeping
+        ``queue_size`` snapshots on the device instead would cost
+        ``queue_size`` times the monitored weights in GPU memory.
+        The metrics do not depend on the device (same float64 algorithm and
+        SVD recheck).  ``"torch"`` runs the device code on the CPU (tests).
 
     Raises
     ------
@@ -225,6 +260,7 @@ class Monitor:
         sink_timeout: Optional[float] = 60.0,
         esd_every_n_epochs: int = 5,
         esd_layers: Optional[Sequence[str]] = None,
+        analysis_device: str = "auto",
     ) -> None:
         self.every_n_epochs = check_interval("every_n_epochs", every_n_epochs)
         self.every_n_steps = check_interval("every_n_steps", every_n_steps)
@@ -234,6 +270,7 @@ class Monitor:
             check_interval("blas_threads", blas_threads)
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.analysis_device = _check_analysis_device(analysis_device)
         if close_timeout is not None and not close_timeout > 0:
             raise ValueError(f"close_timeout must be > 0 or None, got {close_timeout!r}")
         if options is not None and not isinstance(options, AnalysisOptions):
@@ -260,8 +297,12 @@ class Monitor:
         self._layer_info: list[tuple[str, str, tuple[int, ...]]] = []
         self._spec_cache: Optional[tuple[Any, list[MatrixSpec], list[Any], list[Any], int]] = None
         self._spec_gen = 0
+        self._device: Optional[str] = None if self.analysis_device == "auto" else self.analysis_device
         if model is not None:  # validate the layer selection now
-            self._layer_info = [(s.name, s.type, s.shape) for s in self._extract(model, None)]
+            first = self._extract(model, None)
+            self._layer_info = [(s.name, s.type, s.shape) for s in first]
+            if self._device is None:
+                self._device = _auto_device(first)
 
         # --- run folder and store
         given = store if isinstance(store, RunStore) else None
@@ -282,7 +323,8 @@ class Monitor:
         inspector = alerts if getattr(alerts, "needs_weights", False) else None
         self._worker = AnalysisWorker(self._queue, self._dispatcher.submit, options=self.options,
                                       analyze_fn=analyze_fn or default_analyze, inspector=inspector,
-                                      faults=self._faults, name=f"wwmonitor-{self.run_id}", blas_threads=blas_threads)
+                                      faults=self._faults, name=f"wwmonitor-{self.run_id}", blas_threads=blas_threads,
+                                      device=self._device or "cpu")
         self._worker.start()
         _LIVE.add(self)
 
@@ -307,6 +349,16 @@ class Monitor:
         return self._folder.store
 
     @property
+    def coverage(self) -> str:
+        """The one-line summary logged at start: matrices monitored, layer types, weights skipped and why."""
+        return getattr(self, "_coverage", "") or ""
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(weight name, reason)`` for every weight of the model that is not analysed."""
+        return list(getattr(self, "_skipped", []))
+
+    @property
     def resumed(self) -> bool:
         """Whether this monitor continues a run that already existed."""
         return self._folder.resumed
@@ -317,6 +369,7 @@ class Monitor:
 
         return {"versions": versions(), "platform": __import__("platform").platform(),
                 "monitor": {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
+                            "analysis_device": self.analysis_device,
                             "queue_size": self.queue_size, "policy": self.policy, "layers": names(self.layers),
                             "exclude": names(self.exclude), "options": asdict(self.options)}}
 
@@ -326,10 +379,15 @@ class Monitor:
 
     # ------------------------------------------------------------ selection
     def _extract(self, model: Any, matrices: Optional[Mapping[str, Any]]) -> list[MatrixSpec]:
+        skipped: list[tuple[str, str]] = []
         if matrices is not None:
             specs = select(_matrix_specs(matrices), layers=self.layers, exclude=self.exclude)
         else:
-            specs = extract_matrices(model, layers=self.layers, exclude=self.exclude)
+            specs = extract_matrices(model, layers=self.layers, exclude=self.exclude, skipped=skipped)
+        if specs and not getattr(self, "_coverage", None):  # the first walk: say what is monitored and skipped
+            self._coverage = coverage_summary(specs, skipped)
+            self._skipped = skipped
+            log.info(self._coverage)
         if not specs:
             what = "matrices" if matrices is not None else f"model {type(model).__name__}"
             raise ValueError(f"no analysable layers in {what} (layers={self.layers!r}, exclude={self.exclude!r})")
@@ -420,6 +478,8 @@ class Monitor:
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._specs_for(src, matrices)
+            if self._device is None:  # "auto" without a model at construction: decided by the first snapshot
+                self._device = self._worker.device = _auto_device(specs)
             if not self._layer_info:  # model first seen here
                 self._layer_info = [(s.name, s.type, s.shape) for s in specs]
                 try:

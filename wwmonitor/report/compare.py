@@ -242,7 +242,8 @@ def phase_history(runs: Sequence[Union[PathLike, "Run"]], *, layers: Optional[Se
     return _history(list(zip(_unique_names(loaded), loaded)), layers, keys)
 
 
-def _history(named: Sequence[tuple[str, "Run"]], layers: Optional[Sequence[str]], keys: Sequence[str]) -> "pd.DataFrame":
+def _history(named: Sequence[tuple[str, "Run"]], layers: Optional[Sequence[str]],
+             keys: Sequence[str]) -> "pd.DataFrame":
     """:func:`phase_history` of runs already loaded and named, in the given order."""
     import pandas as pd
 
@@ -431,8 +432,8 @@ class _Comparison:
     @property
     def numeric_param(self) -> bool:
         """Whether every value of the swept parameter is a number (then it is plotted and correlated)."""
-        return self.param is not None and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in self.df[self.param])
+        return self.param is not None and all(isinstance(v, (int, float, np.integer, np.floating))
+                                              and not isinstance(v, bool) for v in self.df[self.param])
 
     @property
     def x_axis(self) -> str:
@@ -591,6 +592,9 @@ def _section_summary(cmp: _Comparison) -> str:
 def _section_findings(cmp: _Comparison) -> str:
     """The Spearman rank correlation of each metric with the parameter, per group and layer."""
     rho = spearman_by_group(cmp.df, param=cmp.param, group=cmp.group, metrics=cmp.metrics, layers=cmp.layers)
+    if not any(rho.values()):
+        return (f"<p>No rank correlation: it needs at least 3 different values of {escape(cmp.param or '')}"
+                + (f" within a {escape(cmp.group)}" if cmp.group else "") + " and a metric that varies.</p>")
     return spearman_table_html(rho, None, cmp.group or "group")
 
 
@@ -679,7 +683,9 @@ def _section_table(cmp: _Comparison) -> str:
         rows.append([fmt(d[k]) for k in keys] + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
                     + [fmt(d.get(c)) for c in cols] + ([escape(str(d["run"]))] if not cmp.by_run else []))
     left = (len(keys), len(keys) + 1) + ((len(head) - 1,) if not cmp.by_run else (0,))
-    html = f'<div style="overflow-x:auto">{table(head, rows, left=left)}</div>'
+    wide = table(head, rows, left=left).replace('<table class="data">',
+                                                '<table class="data" style="white-space:nowrap">', 1)
+    html = f'<div style="overflow-x:auto">{wide}</div>'
     return html + ('<p class="sub">Also saved as <a href="comparison.csv">comparison.csv</a>. Run folders: '
                    + escape(", ".join(sorted({str(r.path) for r in cmp.runs}))) + "</p>")
 
@@ -711,7 +717,8 @@ def _section_runs_summary(cmp: _Comparison) -> str:
     html += table(["run", "snapshots", "first", "last", *diff, "folder"], rows, left=(0, 2, 3, 4 + len(diff)))
     if configs[0] and not diff:
         items = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in sorted(configs[0].items()))
-        html += f'<p class="sub">Config of every run: {escape(items if len(items) <= 600 else items[:600] + " …")}</p>'
+        items = items if len(items) <= 600 else items[:600] + " …"
+        html += f'<p class="sub">Config of every run: {escape(items)}</p>'
     return html
 
 
@@ -818,18 +825,26 @@ def _section_phases_seen(cmp: _Comparison) -> str:
     rows = [[phase_badge(p), _where_html(cmp, final.get(p, {}), totals), _where_html(cmp, during[p], totals)]
             for p in during]
     parts.append(table(head, rows, left=(0, 1, 2)))
+    ex = next((v for v, n in totals.items() if n > 1), None)
+    if ex is not None:
+        parts.append(f'<p class="sub">"{escape(ex)} (1/{totals[ex]} runs)": seen in 1 of the {totals[ex]} runs with '
+                     f"{escape(by)} = {escape(ex)}.</p>")
     parts.append(_unphased_note(cmp, by))
     return "\n".join(parts)
 
 
 def _where_html(cmp: _Comparison, seen: Mapping[str, Mapping[str, Sequence[str]]], totals: Mapping[str, int]) -> str:
-    """``fc1: 8, 64 (1/2 runs)`` per layer: where a phase was seen (``not seen`` when nowhere)."""
+    """``fc1: 8, 64`` per layer: where a phase was seen (``not seen`` when nowhere).
+
+    A value shared by several runs (repeats over seeds) gets the count of its runs that show the phase:
+    ``fc1: 8 (2/2 runs), 64 (1/2 runs)``.
+    """
     if not seen:
         return '<span style="color:#8c959f">not seen</span>'
     lines = []
     for L in [*cmp.layers, *[k for k in seen if k not in cmp.layers]]:
         if L in seen:
-            vals = [escape(v) + (f" ({len(rs)}/{totals[v]} runs)" if totals.get(v, 1) > len(rs) else "")
+            vals = [escape(v) + (f" ({len(rs)}/{totals[v]} runs)" if totals.get(v, 1) > 1 else "")
                     for v, rs in seen[L].items()]
             lines.append(f"<b>{escape(L)}</b>: {', '.join(vals)}")
     return "<br>".join(lines)
@@ -858,8 +873,9 @@ def _section_phase_changes(cmp: _Comparison) -> str:
     n_pairs = int(hist.groupby(["run", "layer"]).ngroups)
     changed = int(changes.groupby(["run", "layer"]).ngroups) if len(changes) else 0
     parts = [f"<p>{changed} of {n_pairs} layers (counted per run) changed phase at least once, {len(changes)} "
-             f"change{'s' if len(changes) != 1 else ''} in all; the others kept one phase from their first to their "
-             "last snapshot.</p>"]
+             f"change{'s' if len(changes) != 1 else ''} in all"
+             + ("; the others kept one phase from their first to their last snapshot" if changed < n_pairs else "")
+             + ".</p>"]
     shown = cmp.layers[:max(1, MAX_TIMELINE_ROWS // max(1, len(cmp.names)))]
     labels = _timeline_labels(cmp)
     sub = hist[hist["layer"].isin(shown)].assign(run=lambda h: h["run"].map(labels))
@@ -891,7 +907,8 @@ def _changes_table(cmp: _Comparison, changes: "pd.DataFrame") -> str:
                "</small></span>")
         pair = by_pair.get((run, layer), [])
         for c in pair:
-            seq += f" {_NOWRAP}→ {phase_badge(c['after'])} <small>at {escape(_when(c['step'], c['epoch']))}</small></span>"
+            when = escape(_when(c["step"], c["epoch"]))
+            seq += f" {_NOWRAP}→ {phase_badge(c['after'])} <small>at {when}</small></span>"
         rows.append([fmt(first[k]) for k in keys] + [escape(str(run)), escape(str(layer)), seq, fmt(len(pair))])
     head = keys + ["run", "layer", "phases over training", "changes"]
     return table(head, rows, left=tuple(range(len(head) - 1))) + (

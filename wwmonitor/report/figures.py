@@ -777,10 +777,12 @@ def plot_run_curves(
         if not drawn:
             ax.text(0.5, 0.5, "no value in any run", transform=ax.transAxes, ha="center", va="center",
                     fontsize=9, color="#57606a")
+            ax.set_xticks([])
             ax.set_yticks([])
         elif m == "alpha":
             ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if drawn:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x, fontsize=9)
         ax.set_title((prefix + _label(m)) if L is None else f"{L}: {_label(m)}", fontsize=10 if L is None else 9)
         ax.grid(True, alpha=0.3)
