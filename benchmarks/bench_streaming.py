@@ -75,30 +75,40 @@ def make_checkpoint(folder: Path, shards: int = 3, seed: int = 0) -> dict[str, A
             "params": total // 4, "tensors": len(shapes)}
 
 
-def _measure(cmd: list[str], timeout: float = 1800) -> dict[str, Any]:
-    """Run ``cmd``; its wall time and peak RSS (``ru_maxrss`` of that child alone)."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.05)
-        p.returncode = os.waitstatus_to_exitcode(status)
+#: runs ``python -m wwmonitor ARGS`` (or ``-c CODE ARGS``) in this process and, at exit, writes its VmHWM to
+#: the file named by ``WWM_HWM_FILE``.  (``ru_maxrss`` of a child would include the pages of the forked
+#: benchmark process before ``exec``; the high-water mark of the new image is reset at ``exec``.)
+_WRAP = r"""
+import atexit, os, runpy, sys
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            open(os.environ["WWM_HWM_FILE"], "w").write(str(int(line.split()[1]) * 1024))
+atexit.register(_hwm)
+if sys.argv[1] == "-c":
+    code = sys.argv[2]
+    sys.argv = ["-c"] + sys.argv[3:]
+    exec(compile(code, "<bench>", "exec"), {"__name__": "__main__"})
+else:
+    sys.argv = ["wwmonitor"] + sys.argv[1:]
+    runpy.run_module("wwmonitor", run_name="__main__", alter_sys=True)
+"""
+
+
+def _measure(args: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``python -m wwmonitor ARGS`` (or ``-c CODE ...``) in a child: wall time and peak RSS (VmHWM)."""
+    with tempfile.TemporaryDirectory() as d:
+        hwm = Path(d) / "hwm"
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, text=True, cwd=REPO,
+                           timeout=timeout, env={**os.environ, "WWM_HWM_FILE": str(hwm)})
         wall = time.perf_counter() - t0
-        err.seek(0)
-        tail = err.read().decode(errors="replace")[-2000:]
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (rc={p.returncode}):\n{tail}")
-    return {"wall_s": wall, "peak": ru.ru_maxrss * 1024}
+        if p.returncode != 0 or not hwm.exists():
+            raise RuntimeError(f"{' '.join(args[:3])} ... failed (rc={p.returncode}):\n{p.stderr[-2000:]}")
+        return {"wall_s": wall, "peak": int(hwm.read_text())}
 
 
+#: the path ``wwmonitor analyze`` took before streaming: every shard loaded into one dict (safetensors.torch)
 _WHOLE = ("import sys; from wwmonitor.model import analyze_model, load_weights; "
           "rep = analyze_model(load_weights(sys.argv[1]), progress=False); print(len(rep.layers))")
 
@@ -114,7 +124,7 @@ def run(keep: bool = False) -> dict[str, Any]:
         ck["make_s"] = time.perf_counter() - t0
         save_file({"w.weight": np.random.default_rng(0).standard_normal((256, 128)).astype(np.float32)},
                   str(tmp / "tiny.safetensors"))
-        cli = [sys.executable, "-m", "wwmonitor", "analyze"]
+        cli = ["analyze"]
         folder = str(tmp / "gpt2-medium")
         rows = [("baseline: `wwmonitor analyze` of a one-matrix file", _measure(cli + [str(tmp / "tiny.safetensors"),
                                                                                        "--no-progress"]))]
@@ -122,8 +132,8 @@ def run(keep: bool = False) -> dict[str, Any]:
                                                                     str(tmp / "a.json")])))
         rows.append(("streaming, `--low-memory`", _measure(cli + [folder, "--no-progress", "--low-memory",
                                                                   "--json", str(tmp / "b.json")])))
-        rows.append(("whole checkpoint first: `analyze_model(load_weights(folder))` (before)",
-                     _measure([sys.executable, "-c", _WHOLE, folder])))
+        rows.append(("whole checkpoint first: `analyze_model(load_weights(folder))` (the path before; imports torch)",
+                     _measure(["-c", _WHOLE, folder])))
         import json
 
         a = json.loads((tmp / "a.json").read_text())

@@ -8,7 +8,7 @@ attributes and never imports either package.
 
 Hooks used (and why)
 --------------------
-``setup``             refuse FSDP/DeepSpeed (on every rank, before anything runs).
+``setup``             refuse FSDP1/DeepSpeed (on every rank, before anything runs).
 ``on_fit_start``      build the monitor(s) -- after Lightning restored this
                       callback's checkpoint state, so a resumed fit continues
                       the same run.
@@ -179,8 +179,11 @@ class WeightWatcherMixin:
 
         self._close()  # a second fit with the same callback starts cleanly
         self._last_step, self.stopped_by_alert = None, False
+        from ..sharded import is_sharded_model, sharded_specs
+
         self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
-        specs = extract_matrices(pl_module, layers=self.layers, exclude=self.exclude)
+        fsdp = is_sharded_model(pl_module)  # FSDP2 (ModelParallelStrategy): DTensor parameters, no full weights
+        specs = (sharded_specs if fsdp else extract_matrices)(pl_module, layers=self.layers, exclude=self.exclude)
         if not specs:
             raise ValueError(
                 f"WeightWatcherCallback: no analysable layers in {type(pl_module).__name__} "
@@ -188,7 +191,8 @@ class WeightWatcherMixin:
             )
         self._names = [s.name for s in specs]
         config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
-        self._sharded = ShardedSnapshots(self._names, self._rank, self._world, flush_timeout=self.flush_timeout)
+        self._sharded = ShardedSnapshots(self._names, self._rank, self._world, flush_timeout=self.flush_timeout,
+                                         fsdp=fsdp)
         self.shard_layers = list(self._sharded.layers)
         self._sharded.open_shard(pl_module, self.run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size,
                                  options=self.options)
@@ -201,8 +205,9 @@ class WeightWatcherMixin:
                 run_kw = {"run_name": loaded["run_id"], "resume": True}
             kw = monitor_kwargs(self)
             kw["layers"] = self._names
-            self.monitor = Monitor(
-                pl_module, loaded.get("run_root") or self.run_dir, every_n_epochs=None, every_n_steps=None,
+            self.monitor = Monitor(  # under FSDP only results are submitted to it: no model to read
+                None if fsdp else pl_module, loaded.get("run_root") or self.run_dir, every_n_epochs=None,
+                every_n_steps=None,
                 sinks=self.sinks, config=config, **run_kw, **kw,
             )
         self._apply_loaded()

@@ -22,6 +22,16 @@ single-process analysis of the same weights, and only rank 0 writes.
 
 Without DDP (``world_size == 1``) a snapshot goes straight to the main
 monitor.
+
+Sharded parameters (FSDP2, ``fsdp=True``)
+-----------------------------------------
+No rank holds the full weights.  The shard is a
+:class:`wwmonitor.sharded.OwnerAnalysis`: at each snapshot every rank takes
+part in one exchange (a collective) that moves to the owner of matrix ``i``
+(rank ``i mod world_size``) only what it needs -- its rows, or the triangular
+factors of the other ranks' rows (see :mod:`wwmonitor.sharded`) -- and the
+owner analyses in its background thread.  Gathering the per-layer results to
+rank 0 and submitting them is the same as under DDP (also with one rank).
 """
 from __future__ import annotations
 
@@ -57,9 +67,11 @@ class ShardedSnapshots:
     """
 
     def __init__(self, names: Sequence[str], rank: int = 0, world: int = 1, *,
-                 flush_timeout: Optional[float] = 300.0) -> None:
+                 flush_timeout: Optional[float] = 300.0, fsdp: bool = False) -> None:
         self.names = list(names)
         self.rank, self.world = int(rank), int(world)
+        #: the model's parameters are sharded (FSDP2): the shard exchanges data, every rank, every snapshot
+        self.fsdp = bool(fsdp)
         self.flush_timeout = flush_timeout
         #: names of the matrices this rank analyses (all of them without DDP)
         self.layers = ([self.names[i] for i in shard_indices(len(self.names), self.rank, self.world)]
@@ -70,7 +82,15 @@ class ShardedSnapshots:
 
     def open_shard(self, model: Any, run_dir: Any, *, alert_rules: Any = None, queue_size: int = 3,
                    options: Any = None) -> None:
-        """DDP: start this rank's shard monitor (no store, no sinks, ``policy="block"``); a no-op otherwise."""
+        """DDP: start this rank's shard monitor (no store, no sinks, ``policy="block"``); FSDP: this rank's
+        :class:`~wwmonitor.sharded.OwnerAnalysis` (on every rank, owning matrices or not); a no-op otherwise."""
+        if self.fsdp:
+            from ..sharded import OwnerAnalysis
+
+            inspect = alert_rules if getattr(alert_rules, "needs_weights", False) else None
+            self.shard = OwnerAnalysis(model, layers=self.names, options=options, inspector=inspect,
+                                       queue_size=queue_size)
+            return
         if self.world == 1 or not self.layers:
             return
         from ..monitor import Monitor
@@ -89,7 +109,7 @@ class ShardedSnapshots:
         kw: dict[str, Any] = {"step": step, "epoch": epoch, "epoch_end": epoch_end}
         if model is not None:
             kw["model"] = model
-        if self.world == 1:
+        if self.world == 1 and not self.fsdp:
             if main is not None:
                 self.safe_snapshot(main, **kw)
             return
@@ -119,7 +139,7 @@ class ShardedSnapshots:
         layer no rank reported for a step is recorded as an error entry.
         """
         pending, self.pending = self.pending, []
-        if not pending or self.world == 1:
+        if not pending or (self.world == 1 and not self.fsdp):
             return
         mine: dict[int, SnapshotResult] = {}
         if self.shard is not None:
