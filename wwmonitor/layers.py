@@ -51,6 +51,24 @@ becomes a matrix (``a x b``; the ESD does not depend on orientation):
   ``(1, N, d)`` (ViT's ``position_embeddings``): the ``N x d`` table, type
   ``Embedding``.
 
+* peft LoRA layers (``lora.Linear`` over ``nn.Linear`` or GPT-2's ``Conv1D``,
+  ``lora.Embedding``; recognised by their ``base_layer`` / ``lora_A`` /
+  ``lora_B`` / ``scaling`` structure): the *effective* weight the layer
+  computes with, ``W0 + Σ scaling[a] · B_a A_a`` over its active adapters
+  (transposed like peft's ``fan_in_fan_out``; an adapter already merged into
+  ``W0`` is not added twice; disabled adapters add nothing; dropout does not
+  act on weights), named after the LoRA layer (``...attn.c_attn.q``) and
+  split like the base layer.  It is computed afresh at every call (a new
+  tensor, so a monitor copies the current value).  ``lora=`` adds
+  ``<matrix>.lora_update`` (``"effective+update"``: the update
+  ``Σ scaling · B A``, as a matrix of at most ``r`` rows/columns with the
+  same non-zero singular values -- a rank-``r`` update has ``r`` non-zero
+  eigenvalues, reported without a power-law fit below ``min_evals``) and
+  ``<matrix>.base`` (``"all"``: ``W0`` without merged adapters).  The
+  ``lora_A`` / ``lora_B`` factors are listed as analysed as part of the layer;
+  those of inactive adapters as skipped.  LoRA variants (DoRA, ...) and
+  other LoRA layer kinds (conv, attention) are walked as plain modules.
+
 Tied weights (one tensor under several names: GPT-2's ``lm_head`` and
 ``wte``) are analysed once, under the first name; the others are listed as
 skipped, ``"same tensor as <first>"``.
@@ -88,9 +106,12 @@ import numpy as np
 from .frameworks import is_keras_model, is_torch_module
 
 __all__ = ["MatrixSpec", "WeightEntry", "extract_matrices", "weight_inventory", "select",
-           "is_keras_model", "is_torch_module"]
+           "is_keras_model", "is_torch_module", "LORA_MODES"]
 
 Pattern = Union[str, type]
+
+#: what is analysed of a peft LoRA layer: its effective weight; also the update; also the base weight
+LORA_MODES = ("effective", "effective+update", "all")
 
 
 @dataclass
@@ -129,7 +150,8 @@ class WeightEntry:
     ``shape``: ``None`` when the entry is not an array.  ``type``: the owning
     module / layer class (``""`` for mapping entries that were not analysed).
     ``matrices``: names of the matrices analysed from it (empty: skipped,
-    ``reason`` says why).
+    ``reason`` says why; when analysed, ``reason`` may note how, e.g. a
+    LoRA factor ``"analysed as part of <layer> (effective weight)"``).
     """
 
     param: str
@@ -154,6 +176,7 @@ def extract_matrices(
     exclude: Optional[Sequence[Pattern]] = None,
     conv: str = "pool",
     skipped: Optional[list[tuple[str, str]]] = None,
+    lora: str = "effective",
 ) -> list[MatrixSpec]:
     """All analysable matrices of ``obj``, filtered by ``layers``/``exclude``.
 
@@ -166,8 +189,11 @@ def extract_matrices(
     the module docstring), in model order.  Entries outside the ``layers``
     selection or matched by ``exclude`` (by name) are not listed: the caller
     asked for that.
+
+    ``lora``: what is analysed of a peft LoRA layer (see the module
+    docstring): ``"effective"`` (default), ``"effective+update"`` or ``"all"``.
     """
-    specs, entries = weight_inventory(obj, conv=conv)
+    specs, entries = weight_inventory(obj, conv=conv, lora=lora)
     out = select(specs, layers=layers, exclude=exclude)
     if skipped is not None:
         found = [(e.param, e.reason) for e in entries if not e.matrices]
@@ -175,18 +201,20 @@ def extract_matrices(
     return out
 
 
-def weight_inventory(obj: Any, *, conv: str = "pool") -> tuple[list[MatrixSpec], list[WeightEntry]]:
+def weight_inventory(obj: Any, *, conv: str = "pool", lora: str = "effective"
+                     ) -> tuple[list[MatrixSpec], list[WeightEntry]]:
     """Every matrix of ``obj`` (unfiltered) and one :class:`WeightEntry` per weight tensor, in model order.
 
     Each entry names the matrices taken from it, or says why none was; every
-    matrix's ``param`` names its entry.
+    matrix's ``param`` names its entry.  ``lora``: see :func:`extract_matrices`.
     """
     if conv not in ("pool", "slices"):
         raise ValueError(f"conv must be 'pool' or 'slices', got {conv!r}")
+    check_lora(lora)
     if is_keras_model(obj):  # before torch: a Keras model on the torch backend is also an nn.Module
         specs, entries = _keras_inventory(obj)
     elif is_torch_module(obj):
-        specs, entries = _torch_inventory(obj)
+        specs, entries = _torch_inventory(obj, lora)
     elif isinstance(obj, Mapping):
         specs, entries = _mapping_inventory(obj)
     else:
@@ -201,6 +229,13 @@ def weight_inventory(obj: Any, *, conv: str = "pool") -> tuple[list[MatrixSpec],
             entries = [WeightEntry(e.param, e.shape, e.type, tuple(n for m in e.matrices for n in parts.get(m, [m])),
                                    e.reason) for e in entries]
     return specs, entries
+
+
+def check_lora(lora: Any, what: str = "lora") -> str:
+    """``lora`` validated (one of :data:`LORA_MODES`); ``ValueError`` naming ``what`` otherwise."""
+    if not isinstance(lora, str) or lora not in LORA_MODES:
+        raise ValueError(f"{what} must be one of {LORA_MODES}, got {lora!r}")
+    return lora
 
 
 def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Pattern]],
@@ -385,6 +420,25 @@ def _torch_weight(mod: Any) -> tuple[Any, list[tuple[str, Any]]]:
     return None, []
 
 
+def _fused_hints(mname: str, modules: Mapping[str, Any], hf: bool) -> tuple[Optional[int], bool]:
+    """``(q_width, has_q_attn)`` of the Linear-like module at ``mname`` (see :func:`_linear_specs`), read
+    from its siblings (``o_proj``/``out_proj``/``Wo``/``proj``, ``q_attn``; LoRA-wrapped ones too)."""
+    import torch.nn as nn
+
+    parent_name, _, leaf = mname.rpartition(".")
+    parent = modules.get(parent_name) if mname else None
+    q_width = None
+    if leaf in _FUSED_QKV and parent is not None:
+        for sib in _OUT_PROJ:
+            o = _unwrap_lora(getattr(parent, sib, None))
+            ow = getattr(o, "weight", None) if isinstance(o, nn.Linear) else None
+            if ow is not None and _torch_shape(ow) is not None and ow.ndim == 2:
+                q_width = int(ow.shape[1])
+                break
+    has_q = parent is not None and hf and _is_hf_conv1d(_unwrap_lora(getattr(parent, "q_attn", None)))
+    return q_width, has_q
+
+
 def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
                 ) -> tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str]]:
     """The matrices a module's own weights make: ``([(parameters used, specs)], {id(param): skip reason})``."""
@@ -411,16 +465,7 @@ def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
         if w is not None and w.ndim == 2:
             hf = _is_hf_conv1d(mod)
             t = w.detach().T if hf else w.detach()
-            parent = modules.get(parent_name) if mname else None
-            q_width = None
-            if leaf in _FUSED_QKV and parent is not None:
-                for sib in _OUT_PROJ:
-                    o = getattr(parent, sib, None)
-                    ow = getattr(o, "weight", None) if isinstance(o, nn.Linear) else None
-                    if ow is not None and _torch_shape(ow) is not None and ow.ndim == 2:
-                        q_width = int(ow.shape[1])
-                        break
-            has_q = parent is not None and hf and _is_hf_conv1d(getattr(parent, "q_attn", None))
+            q_width, has_q = _fused_hints(mname, modules, hf)
             groups.append((used, _linear_specs(prefix, "Conv1D" if hf else "Linear", t, key, leaf, q_width, has_q)))
     elif isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
         w, used, key = weight()
@@ -485,22 +530,30 @@ def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
     return groups, reasons
 
 
-def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
+def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSpec], list[WeightEntry]]:
     specs: list[MatrixSpec] = []
     entries: list[WeightEntry] = []
     modules = dict(model.named_modules())
     claimed: dict[int, tuple[str, ...]] = {}  # id(parameter) -> the matrices made from it
     reasons: dict[int, str] = {}
+    notes: dict[int, str] = {}  # id(parameter) -> how it is analysed (LoRA factors: as part of their layer)
+    held: dict[int, str] = {}  # id(parameter) -> why no module may analyse it (inactive LoRA adapters)
     first: dict[int, str] = {}  # id(tensor) -> the first name it was listed under
     try:
         walk = list(model.named_modules(remove_duplicate=False))
     except TypeError:  # very old torch
         walk = list(model.named_modules())
     for mname, mod in walk:  # first the matrices (a tied weight may be claimed by a later module) ...
-        groups, why = _torch_rule(mname, mod, modules)
+        lr = _peft_lora_rule(mname, mod, modules, lora) if _is_peft_lora(mod) else None
+        if lr is not None:  # the LoRA layer is walked before its base layer and factors, which it claims
+            groups, why = lr[0], {}
+            held.update(lr[1])
+            notes.update(lr[2])
+        else:
+            groups, why = _torch_rule(mname, mod, modules)
         reasons.update(why)
         for used, made in groups:
-            if any(id(p) in claimed for p in used):  # tied: its matrices are already in the list
+            if any(id(p) in claimed or id(p) in held for p in used):  # tied: its matrices are already in the list
                 continue
             specs.extend(made)
             names = tuple(s.name for s in made)
@@ -520,7 +573,9 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             if shape is None:
                 entries.append(WeightEntry(full, None, t, (), "parameter without a shape (uninitialised lazy module?)"))
             elif id(p) in claimed:
-                entries.append(WeightEntry(full, shape, t, claimed[id(p)]))
+                entries.append(WeightEntry(full, shape, t, claimed[id(p)], notes.get(id(p), "")))
+            elif id(p) in held:
+                entries.append(WeightEntry(full, shape, t, (), held[id(p)]))
             elif len(shape) < 2:
                 entries.append(WeightEntry(full, shape, t, (), f"not a matrix ({len(shape)}-D)"))
             elif id(p) in reasons:
@@ -542,6 +597,182 @@ def _torch_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             first[id(b)] = full
             entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
     return specs, entries
+
+
+# ----------------------------------------------------------------- peft ----
+def _is_peft_lora(mod: Any) -> bool:
+    """A peft LoRA layer (``peft.tuners.lora.LoraLayer``), by structure: a ``base_layer`` submodule,
+    ``lora_A`` / ``lora_B`` module dicts and a ``scaling`` dict (read without peft's attribute forwarding)."""
+    sub = getattr(mod, "_modules", None)
+    if not isinstance(sub, dict) or "base_layer" not in sub:
+        return False
+    import torch.nn as nn
+
+    return (isinstance(sub.get("lora_A"), nn.ModuleDict) and isinstance(sub.get("lora_B"), nn.ModuleDict)
+            and isinstance(getattr(mod, "__dict__", {}).get("scaling"), dict))
+
+
+def _unwrap_lora(mod: Any) -> Any:
+    """The base layer of a peft LoRA layer (through nested wrappers); anything else unchanged."""
+    while mod is not None and _is_peft_lora(mod):
+        mod = mod._modules["base_layer"]
+    return mod
+
+
+def _lora_factors(mod: Any, embedding: bool) -> Optional[dict[str, tuple[Any, Any]]]:
+    """``{adapter: (A, B)}`` -- the LoRA factors as peft multiplies them, ``B @ A`` -- or ``None``
+    when one is not a 2-D floating-point tensor."""
+    out: dict[str, tuple[Any, Any]] = {}
+    if embedding:
+        pa, pb = getattr(mod, "lora_embedding_A", None), getattr(mod, "lora_embedding_B", None)
+        names = list(pa.keys()) if pa is not None else []
+        pairs = [(n, pa[n], pb[n] if pb is not None and n in pb else None) for n in names]
+    else:
+        la, lb = mod._modules["lora_A"], mod._modules["lora_B"]
+        pairs = [(n, getattr(la[n], "weight", None), getattr(lb[n], "weight", None) if n in lb else None)
+                 for n in la.keys()]
+    for n, A, B in pairs:
+        for x in (A, B):
+            if x is None or _torch_shape(x) is None or x.ndim != 2 or not x.is_floating_point():
+                return None
+        out[n] = (A, B)
+    return out
+
+
+def _peft_lora_rule(mname: str, mod: Any, modules: Mapping[str, Any], lora: str
+                    ) -> Optional[tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str], dict[int, str]]]:
+    """The matrices of a peft LoRA layer: ``([(parameters used, specs)], {id: skip reason}, {id: note})``,
+    or ``None`` when it is not one this rule computes (then its submodules are walked as usual).
+
+    The effective weight mirrors peft's merge (``get_delta_weight`` + in-place add): for every
+    contributing adapter ``a``, ``delta = transpose(B_a @ A_a, fan_in_fan_out) * scaling[a]`` (in
+    float32 for (b)float16 factors on the CPU, as peft does) added to a copy of the base weight.
+    """
+    import torch
+    import torch.nn as nn
+
+    base = _unwrap_lora(mod)
+    hf = _is_hf_conv1d(base)
+    embedding = isinstance(base, nn.Embedding)
+    if not (isinstance(base, nn.Linear) or hf or embedding):
+        return None
+    w = getattr(base, "_parameters", {}).get("weight")
+    if w is None or _torch_shape(w) is None or w.ndim != 2 or not w.is_floating_point():
+        return None  # parametrized / quantized / lazy base weights: walked as plain modules
+    factors = _lora_factors(mod, embedding)
+    if factors is None:
+        return None
+    scaling = mod.__dict__.get("scaling", {})
+    variants = set(getattr(mod, "lora_variant", None) or {})
+    variants |= {a for a, on in (getattr(mod, "use_dora", None) or {}).items() if on}
+    merged = [a for a in getattr(mod, "merged_adapters", []) if a in factors]
+    active_names = getattr(mod, "active_adapters", None) or []
+    active = [a for a in ([active_names] if isinstance(active_names, str) else active_names) if a in factors]
+    disabled = bool(getattr(mod, "disable_adapters", False))
+    contrib = [] if disabled else merged if merged else active
+    if (variants & (set(contrib) | set(merged))) or any(a not in scaling for a in set(contrib) | set(merged)):
+        return None  # DoRA and other variants: their effective weight is not W0 + s·BA
+    fifo = embedding or bool(getattr(mod, "fan_in_fan_out", False))
+
+    def delta(a: str) -> Any:  # storage orientation, as peft's get_delta_weight
+        A, B = factors[a]
+        cast = B.device.type == "cpu" and B.dtype in (torch.float16, torch.bfloat16)
+        d = B.float() @ A.float() if cast else B @ A
+        d = (d.T if fifo else d) * scaling[a]
+        return d.to(B.dtype) if cast else d
+
+    prefix = mname or "model"
+    path, m = mname, mod
+    while m is not base:  # the base layer's own path (through nested wrappers)
+        path, m = f"{path}.base_layer" if path else "base_layer", m._modules["base_layer"]
+    key = f"{path}.weight"
+    with torch.no_grad():
+        W = w.detach()
+        base_w = W
+        if merged:  # W0: the base weight without the merged adapters (peft's unmerge, in reverse order)
+            base_w = W.clone()
+            for a in reversed(merged):
+                base_w.sub_(delta(a).to(W.dtype))
+        if disabled:
+            eff = base_w.clone() if base_w is W else base_w
+        else:
+            eff = W.clone()  # always a new tensor: the monitor never caches a computed weight
+            if not merged:
+                for a in contrib:
+                    eff.add_(delta(a))
+    typ = "Conv1D" if hf else "Embedding" if embedding else "Linear"
+    eff_an = eff.T if hf else eff  # the analysis orientation: out x in (Embedding: as stored)
+    if embedding:
+        made = [MatrixSpec(prefix, typ, eff_an, 1.0, key)]
+    else:
+        q_width, has_q = _fused_hints(mname, modules, hf)
+        made = _linear_specs(prefix, typ, eff_an, key, mname.rpartition(".")[2], q_width, has_q)
+    parts, start = [], 0
+    for sp in made:  # row blocks of the split (fused q/k/v ...)
+        parts.append((sp.name, start, int(sp.shape[0])))
+        start += int(sp.shape[0])
+    used = [w] + [p for a in contrib for p in factors[a]]
+    out = list(made)
+    if lora in ("effective+update", "all"):
+        out += _lora_update_specs(parts, typ, factors, contrib or active or list(factors), bool(contrib), scaling,
+                                  transposed=fifo != hf, param=_lora_param(mname, contrib or list(factors), embedding))
+    if lora == "all":
+        b_an = base_w.T if hf else base_w
+        out += [MatrixSpec(f"{n}.base", typ, b_an[s:s + k], 1.0, key) for n, s, k in parts]
+    note = f"analysed as part of {prefix} (effective weight)"
+    notes = {id(p): note for p in used}
+    held: dict[int, str] = {}
+    for a, pair in factors.items():
+        if a in contrib:
+            continue
+        why = (f"LoRA adapters of {prefix} are disabled: not part of its effective weight" if disabled else
+               f"LoRA adapter {a!r} of {prefix} is not active: not part of its effective weight")
+        for p in pair:
+            held[id(p)] = why
+    return [(used, out)], held, notes
+
+
+def _lora_param(mname: str, adapters: Sequence[str], embedding: bool) -> str:
+    if not adapters:
+        return ""
+    rel = f"lora_embedding_B.{adapters[0]}" if embedding else f"lora_B.{adapters[0]}.weight"
+    return f"{mname}.{rel}" if mname else rel
+
+
+def _lora_update_specs(parts: list[tuple[str, int, int]], typ: str, factors: Mapping[str, tuple[Any, Any]],
+                       adapters: Sequence[str], nonzero: bool, scaling: Mapping[str, float], *, transposed: bool,
+                       param: str) -> list[MatrixSpec]:
+    """``<part>.lora_update``: ``Σ scaling[a] · B_a A_a`` (analysis orientation) for each row block, as a
+    matrix with at most ``Σ r`` rows or columns and the same non-zero singular values (see
+    :func:`_low_rank_core`); zero (``zero_matrix`` status) when no adapter contributes."""
+    import torch
+
+    with torch.no_grad():
+        lefts, rights = [], []
+        for a in adapters:
+            A, B = (x.detach().float() for x in factors[a])
+            L, R = (A.T, B.T) if transposed else (B, A)  # delta (analysis orientation) = L @ R
+            lefts.append(L * float(scaling.get(a, 1.0)))
+            rights.append(R)
+        L, R = torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
+        out = []
+        for name, s, k in parts:
+            core = _low_rank_core(L[s:s + k], R)
+            out.append(MatrixSpec(f"{name}.lora_update", typ, core if nonzero else torch.zeros_like(core), 1.0, param))
+    return out
+
+
+def _low_rank_core(L: Any, R: Any) -> Any:
+    """A matrix whose singular values are those of ``L @ R`` (``n x r`` times ``r x m``), of shape
+    ``n x min(m, r)`` (``n >= m``) or ``min(n, r) x m``: the long side is kept, the zero singular values
+    of the rank-``r`` product are dropped.  ``L @ R = L (Q R_R)ᵀ`` with ``Rᵀ = Q R_R`` (reduced QR,
+    orthonormal ``Q``) has the singular values of ``L R_Rᵀ``; symmetrically ``L = Q R_L``."""
+    import torch
+
+    n, m = int(L.shape[0]), int(R.shape[1])
+    if n >= m:
+        return L @ torch.linalg.qr(R.T, mode="reduced")[1].T
+    return torch.linalg.qr(L, mode="reduced")[1] @ R
 
 
 # ---------------------------------------------------------------- keras ----

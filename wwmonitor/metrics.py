@@ -24,6 +24,10 @@ Formulas (``ev`` = eigenvalues on the σ² axis, ``ev_max`` the largest):
 * ``num_pl_spikes = #{ev >= xmin}`` (size of the fitted power-law tail)
 * ``detX_num``, ``detX_val``, ``ERG_gap``: SETOL's ``det X = 1`` (ERG) condition,
   see :func:`detx_constraint`
+* ``delta_*``: distance from a reference ``W_ref`` (``Monitor(base_model=...)``,
+  ``analyze_model(base_model=...)``; :mod:`wwmonitor.monitor.reference`):
+  ``delta_rel_norm = ‖W − W_ref‖_F / ‖W_ref‖_F`` and the metrics of the same
+  name (alpha, stable rank, ...) of the difference ``W − W_ref``
 """
 from __future__ import annotations
 
@@ -93,6 +97,17 @@ class LayerMetrics:
     # --- phase -----------------------------------------------------------
     phase: Optional[str] = None
     phase_reason: str = ""
+    # --- distance from a reference W_ref (None: no reference; see wwmonitor.monitor.reference) ----
+    #: ‖W − W_ref‖_F / ‖W_ref‖_F (None when W_ref is all zeros)
+    delta_rel_norm: Optional[float] = None
+    #: alpha, stable rank, log10 of the squared spectral and Frobenius norms of W − W_ref (σ² axis)
+    delta_alpha: Optional[float] = None
+    delta_stable_rank: Optional[float] = None
+    delta_log_spectral_norm: Optional[float] = None
+    delta_log_norm: Optional[float] = None
+    #: status of the delta's analysis ("" without a reference; "ok", "zero_matrix", "too_few_evals",
+    #: "no_reference", "shape_mismatch", ...), its reason in ``extra["delta_message"]``
+    delta_status: str = ""
     # --- warnings / status -------------------------------------------------
     warning: str = ""
     status: str = "ok"
@@ -125,7 +140,8 @@ class LayerMetrics:
         return out
 
 
-_NON_METRIC = {"name", "type", "shape", "N", "M", "phase", "phase_reason", "warning", "status", "message"}
+_NON_METRIC = {"name", "type", "shape", "N", "M", "phase", "phase_reason", "warning", "status", "message",
+               "delta_status"}
 
 #: numeric metric names of :class:`LayerMetrics` (excluding identity fields)
 METRIC_NAMES: tuple[str, ...] = tuple(

@@ -559,6 +559,10 @@ def analyze_model(
     if n_workers < 1:
         raise ValueError(f"analyze_model: workers must be >= 1, got {workers}")
     n_workers = min(n_workers, max(1, len(mine)))
+    if options.low_memory:
+        # the in-place route calls SciPy's BLAS (dsyrk/dsyevd), a second OpenBLAS loaded on first use: load it
+        # now so that the thread limit below covers it (unlimited, 2 workers x 2 threads on 2 cores ran 8x slower)
+        import scipy.linalg.blas  # noqa: F401
     with blas_thread_limit(max(1, cpus // n_workers) if n_workers > 1 else None):
         if n_workers == 1:
             for i in it:

@@ -757,9 +757,13 @@ class OwnerAnalysis:
         """Exchange (collective) and queue this rank's owned matrices of ``step`` for analysis."""
         if self._closed:
             raise RuntimeError("OwnerAnalysis is closed")
-        owned = self.spectra.exchange()
-        ready = _stream_marker(owned)
-        self._slots.acquire()
+        self._slots.acquire()  # a free slot first: at most queue_size snapshots' data are ever held
+        try:
+            owned = self.spectra.exchange()
+            ready = _stream_marker(owned)
+        except BaseException:
+            self._slots.release()
+            raise
         with self._cv:
             self._jobs.append((int(step), epoch, time.time(), owned, ready))
             self._busy += 1

@@ -75,7 +75,15 @@ class NonFinite(Rule):
 
 
 class RankCollapse(Rule):
-    """Collapsed fraction ``>= collapse_fraction`` or phase rank-collapse; clears below half of it."""
+    """Collapsed fraction ``>= collapse_fraction`` (or an all-zero matrix); clears below half of it.
+
+    Keyed on eigenvalues that are numerically zero (``σ < collapse_tol·σ_max``)
+    and the rank loss, not on the phase label: one snapshot's "rank-collapse"
+    phase can also mean a few very large spikes over an intact bulk (see
+    docs/phases.md), which is healthy learning.  A bulk being squeezed toward
+    zero over training is the ``over_regularization`` rule's, which compares
+    the layer with its own history.
+    """
 
     id, severity = "rank_collapse", "warning"
 
@@ -86,7 +94,7 @@ class RankCollapse(Rule):
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
         lm = ctx.lm
         frac = collapsed_fraction(lm, ctx.esd, self.collapse_tol)
-        is_phase = lm.phase == "rank-collapse" or lm.status == "zero_matrix"
+        is_phase = lm.status == "zero_matrix"
         cond = is_phase or (frac is not None and frac >= self.collapse_fraction)
         clear = not is_phase and (frac is None or frac < self.collapse_fraction / 2)
         if not st.edge(self.id, cond, clear):

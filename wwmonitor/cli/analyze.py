@@ -50,7 +50,8 @@ def add_parser(sub: Any) -> None:
     bar.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--low-memory", action="store_true",
                    help="in-place eigen route: ~2.5x each matrix's float32 size of working memory instead of ~6x "
-                        "(float64 Gram built in BLAS blocks); slower with several analysis threads")
+                        "(float64 Gram built in BLAS blocks, no float64 copy of the matrix); same eigenvalues to "
+                        "float64 rounding")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,16 @@ Both pages list which of the 5+1 phases the runs show, in which layers and
 runs (or swept values), at the final snapshot and over training, and when
 each layer changed phase (from the per-step phases in the run store).
 
+**Ranking without test data.** When the runs recorded a validation metric
+(``val_acc``, ``val_loss``, ... in their store, see
+:func:`wwmonitor.integrations.record_eval_metrics`), the page also shows the
+Spearman rank correlation of each model-level spectral summary with it, per
+group, and which run each summary would pick as the best (:func:`ranking_frame`,
+:func:`ranking_spearman`, :func:`ranking_picks`).
+
 Outputs (``write_comparison``): ``index.html`` and its PNG figures, plus
-``comparison.csv`` (one row per run and layer, final snapshot).
+``comparison.csv`` (one row per run and layer, final snapshot) and, with a
+validation metric, ``ranking.csv`` (the Spearman correlations).
 """
 from __future__ import annotations
 
@@ -41,12 +49,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "COMPARE_METRICS",
+    "EVAL_META_KEY",
+    "RANK_SUMMARIES",
     "detect_param",
     "differing_keys",
+    "eval_metrics",
     "final_metrics_table",
     "phase_changes",
     "phase_history",
     "phases_seen",
+    "ranking_frame",
+    "ranking_picks",
+    "ranking_spearman",
     "sweep_param",
     "spearman_by_group",
     "spearman_table_html",
@@ -68,6 +82,16 @@ RUN_METRICS: tuple[str, ...] = ("alpha", "alpha_weighted", "stable_rank", "mp_so
 MAX_CURVE_LAYERS = 8
 #: most bars (run x layer) in the phase timeline figure (the table lists every layer)
 MAX_TIMELINE_ROWS = 80
+#: run_meta key holding the evaluation metrics a run recorded ({name: value}; written by
+#: :func:`wwmonitor.integrations.record_eval_metrics`)
+EVAL_META_KEY = "eval_metrics"
+#: model-level spectral summaries ranked against the validation metric; for each, lower is better (HTSR)
+RANK_SUMMARIES: tuple[str, ...] = ("mean_alpha", "mean_alpha_weighted", "mean_log_norm", "mean_log_spectral_norm",
+                                   "mean_stable_rank", "mean_mp_softrank")
+#: validation metrics ``val_metric="auto"`` prefers (first found in every ranked run); then any ``val_*``
+PREFERRED_VAL: tuple[str, ...] = ("val_acc", "val_accuracy", "val_loss")
+#: a validation metric whose name contains one of these is better when lower
+LOWER_IS_BETTER_WORDS: tuple[str, ...] = ("loss", "err", "mse", "mae", "perplexity", "ppl", "nll")
 
 PathLike = Union[str, Path]
 
@@ -380,6 +404,160 @@ def spearman_table_html(rho: Mapping[str, Mapping[str, Mapping[str, float]]],
     return table(heads, rows, left=(0, 1))
 
 
+# --- ranking runs by their spectra against a validation metric ---------------------------------------------
+
+def eval_metrics(run: "Run") -> dict[str, float]:
+    """The evaluation metrics ``run`` recorded: its store's :data:`EVAL_META_KEY` entry, then any ``val_*``
+    model-level metric of its final snapshot (``layer == "__model__"``) not already there; finite numbers only."""
+    from ..store import DB_NAME, _open_ro
+
+    out: dict[str, float] = {}
+    db = run.path / DB_NAME
+    if db.is_file():
+        conn = _open_ro(db)
+        try:
+            row = conn.execute("SELECT value FROM run_meta WHERE key=?", (EVAL_META_KEY,)).fetchone()
+        finally:
+            conn.close()
+        stored = json.loads(row[0]) if row is not None else {}
+        for k, v in (stored.items() if isinstance(stored, dict) else ()):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                out[str(k)] = float(v)
+    if run.steps and len(run.metrics):
+        m = run.metrics
+        last = m[(m["step"] == run.steps[-1]) & (m["layer"] == "__model__") & m["metric"].str.startswith("val_")]
+        for k, v in zip(last["metric"], last["value"]):
+            if k not in out and not is_missing(v) and math.isfinite(float(v)):
+                out[str(k)] = float(v)
+    return out
+
+
+def val_higher_is_better(name: str) -> bool:
+    """Whether a larger value of the validation metric ``name`` is better (``False`` for losses and errors)."""
+    low = name.lower()
+    return not any(w in low for w in LOWER_IS_BETTER_WORDS)
+
+
+def _choose_val_metric(evals: Sequence[Mapping[str, float]], val_metric: Optional[str]) -> Optional[str]:
+    """The validation metric to rank by: ``val_metric``, or (``"auto"``) the first of :data:`PREFERRED_VAL`,
+    then of the other ``val_*`` names, recorded by most runs (at least two)."""
+    if val_metric is None or val_metric == "none":
+        return None
+    if val_metric != "auto":
+        return val_metric
+    counts: dict[str, int] = {}
+    for e in evals:
+        for k in e:
+            if k.startswith("val_"):
+                counts[k] = counts.get(k, 0) + 1
+    names = [k for k in PREFERRED_VAL if k in counts] + sorted(k for k in counts if k not in PREFERRED_VAL)
+    names = [k for k in names if counts[k] >= 2]
+    return max(names, key=lambda k: counts[k]) if names else None  # max keeps the first among equal counts
+
+
+def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optional[str] = "auto",
+                  group: Optional[str] = None, names: Optional[Sequence[str]] = None) -> "pd.DataFrame":
+    """One row per run that recorded the validation metric: ``run``, ``path``, the ``group`` key (if any),
+    the validation metric and each :data:`RANK_SUMMARIES` entry at the run's final snapshot.
+
+    The summaries are the model-level means over every monitored layer (the ``mean_*`` values the monitor
+    stores and the sweep integrations report, e.g. ``ww/mean_alpha``).  ``df.attrs``: ``val_metric`` (``None``
+    when no metric was found: the frame is then empty), ``higher_is_better``, ``group``, ``n_runs`` (runs given)
+    and ``missing`` (names of the runs without the metric).
+    """
+    import pandas as pd
+
+    loaded = _load(runs)
+    names = list(names) if names is not None else _unique_names(loaded)
+    evals = [eval_metrics(r) for r in loaded]
+    val = _choose_val_metric(evals, val_metric)
+    rows, missing = [], []
+    for name, r, ev in zip(names, loaded, evals):
+        if val is None or val not in ev or not r.steps:
+            missing.append(name)
+            continue
+        summ = r.summary
+        last = summ[summ["step"] == r.steps[-1]]
+        row: dict[str, Any] = {"run": name, "path": str(r.path)}
+        if group is not None:
+            row[group] = r.config.get(group)
+        row[val] = ev[val]
+        for m in RANK_SUMMARIES:
+            row[m] = float(last[m].iloc[0]) if m in last.columns and len(last) and not is_missing(last[m].iloc[0]) \
+                else float("nan")
+        rows.append(row)
+    cols = ["run", "path"] + ([group] if group else []) + ([val] if val else []) + list(RANK_SUMMARIES)
+    df = pd.DataFrame(rows, columns=cols)
+    df.attrs.update(val_metric=val, higher_is_better=val_higher_is_better(val) if val else None, group=group,
+                    n_runs=len(loaded), missing=missing)
+    return df
+
+
+def _ranking_groups(df: "pd.DataFrame") -> list[tuple[str, "pd.DataFrame"]]:
+    """``(label, rows)`` per group of a :func:`ranking_frame` (sorted), then ``"all runs"`` when grouped."""
+    group = df.attrs.get("group")
+    if not group:
+        return [("all runs", df)]
+    out = [(f"{group} = {_value_label(g)}", d) for g, d in df.groupby(group, sort=True)]
+    return out + ([("all runs", df)] if len(out) > 1 else [])
+
+
+def ranking_spearman(df: "pd.DataFrame") -> "pd.DataFrame":
+    """The Spearman rank correlation of each summary with the validation metric, per group and over all runs.
+
+    ``df`` is :func:`ranking_frame`'s table.  Columns ``group`` (``"seed = 0"`` ..., ``"all runs"``),
+    ``metric``, ``n`` (runs with both values) and ``rho`` (``scipy.stats.spearmanr``; NaN below 3 runs or
+    when either side is constant).  Against a validation metric where higher is better a summary that ranks
+    runs well (lower is better) has ``rho`` near −1; against a loss, near +1.
+    """
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    val = df.attrs.get("val_metric")
+    rows = []
+    if val:
+        for label, d in _ranking_groups(df):
+            for m in RANK_SUMMARIES:
+                t = d[[val, m]].dropna()
+                x, y = np.asarray(t[m], dtype=float), np.asarray(t[val], dtype=float)
+                rho = (float("nan") if len(t) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0
+                       else float(spearmanr(x, y).statistic))
+                rows.append({"group": label, "metric": m, "n": int(len(t)), "rho": rho})
+    return pd.DataFrame(rows, columns=["group", "metric", "n", "rho"])
+
+
+def ranking_picks(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Per group: the best run by the validation metric, and the run each summary would pick (its lowest value).
+
+    Columns ``group``, ``metric`` (``"validation"`` for the best run itself), ``run``, ``value`` (the
+    summary's value, or the validation value), ``val`` (that run's validation value), ``best`` (whether it is a
+    best run by validation) and ``gap`` (how much worse its validation value is than the best, ≥ 0).
+    """
+    import pandas as pd
+
+    val = df.attrs.get("val_metric")
+    higher = bool(df.attrs.get("higher_is_better"))
+    rows = []
+    if val:
+        for label, d in _ranking_groups(df):
+            d = d.dropna(subset=[val])
+            if not len(d):
+                continue
+            best_val = d[val].max() if higher else d[val].min()
+            b = d[d[val] == best_val].iloc[0]
+            rows.append({"group": label, "metric": "validation", "run": b["run"], "value": float(b[val]),
+                         "val": float(b[val]), "best": True, "gap": 0.0})
+            for m in RANK_SUMMARIES:
+                t = d.dropna(subset=[m])
+                if not len(t):
+                    continue
+                p = t.loc[t[m].idxmin()]
+                gap = (best_val - p[val]) if higher else (p[val] - best_val)
+                rows.append({"group": label, "metric": m, "run": p["run"], "value": float(p[m]),
+                             "val": float(p[val]), "best": bool(p[val] == best_val), "gap": float(gap)})
+    return pd.DataFrame(rows, columns=["group", "metric", "run", "value", "val", "best", "gap"])
+
+
 def _run_label(row: Any, param: Optional[str], group: Optional[str]) -> str:
     """A run's column label: its parameter value, and ``·group`` when grouped (its name without a parameter)."""
     if param is None:
@@ -418,6 +596,8 @@ class _Comparison:
     notes_html: str = ""
     forced_by_run: bool = False
     problems: Problems = field(default_factory=Problems)
+    #: :func:`ranking_frame` of the runs (empty: no validation metric recorded)
+    ranking: Optional["pd.DataFrame"] = None
 
     @property
     def by_run(self) -> bool:
@@ -463,6 +643,7 @@ def write_comparison(
     dpi: int = 90,
     problems: Optional[list[str]] = None,
     by_run: bool = False,
+    val_metric: Optional[str] = "auto",
 ) -> Path:
     """Write the comparison report of ``runs`` to ``out_dir/index.html`` and return its path.
 
@@ -476,6 +657,10 @@ def write_comparison(
     eigenvalues among those with a power-law fit).  ``problems`` receives
     one line per figure or section that could not be drawn (the page lists
     them at the top, and shows each as a note where it belongs).
+    ``val_metric`` is the validation metric the runs recorded that the
+    spectral summaries are ranked against (``"auto"``: ``val_acc``,
+    ``val_accuracy``, ``val_loss``, then any ``val_*``; ``None``: no ranking
+    section); see :func:`ranking_frame`.
 
     Raises ``FileNotFoundError`` / ``ValueError`` for runs that cannot be
     read or compared and for unknown layers, and
@@ -483,7 +668,7 @@ def write_comparison(
     the path when the output cannot be written.
     """
     cmp = _open_comparison(runs, out_dir, param=param, group=group, layers=layers, esd_layer=esd_layer,
-                           metrics=metrics, dpi=dpi, notes_html=notes_html, by_run=by_run)
+                           metrics=metrics, dpi=dpi, notes_html=notes_html, by_run=by_run, val_metric=val_metric)
     sections = _sections(cmp)
     bodies = [render_section(cmp, section) for section in sections]
     n_problems = len(cmp.problems)
@@ -500,7 +685,8 @@ def write_comparison(
 
 def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, *, param: Optional[str],
                      group: Optional[str], layers: Optional[Sequence[str]], esd_layer: Optional[str],
-                     metrics: Sequence[str], dpi: int, notes_html: str, by_run: bool) -> _Comparison:
+                     metrics: Sequence[str], dpi: int, notes_html: str, by_run: bool,
+                     val_metric: Optional[str] = "auto") -> _Comparison:
     """Load the runs, build the final-snapshot table, check the layers, then create the output folder and the CSV."""
     loaded = _load(runs)
     df = final_metrics_table(loaded, param=param, group=group, by_run=by_run)
@@ -517,10 +703,18 @@ def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, 
         df.to_csv(csv, index=False)
     except OSError as e:
         raise OutputError(f"cannot write {str(csv)!r}: {e.strerror or e}") from e
+    ranking = ranking_frame([r for _, r in named], val_metric=val_metric, group=group, names=[n for n, _ in named])
+    if len(ranking) >= 2:
+        rcsv = out / "ranking.csv"
+        try:
+            ranking_spearman(ranking).to_csv(rcsv, index=False)
+        except OSError as e:
+            raise OutputError(f"cannot write {str(rcsv)!r}: {e.strerror or e}") from e
     return _Comparison(runs=[r for _, r in named], names=[n for n, _ in named], df=df, history=history,
                        param=param, group=group, layers=lay,
                        esd_layer=esd_layer if esd_layer is not None else _default_esd_layer(df),
-                       metrics=metrics, out=out, dpi=dpi, notes_html=notes_html, forced_by_run=by_run)
+                       metrics=metrics, out=out, dpi=dpi, notes_html=notes_html, forced_by_run=by_run,
+                       ranking=ranking)
 
 
 def _page_order(loaded: Sequence["Run"], df: "pd.DataFrame") -> list[tuple[str, "Run"]]:
@@ -550,6 +744,7 @@ def _sections(cmp: _Comparison) -> list[Section]:
         out.append(("findings", "Findings", None, lambda c: c.notes_html))
     elif cmp.numeric_param:
         out.append(("findings", "Findings", f"Rank correlation with {p}", _section_findings))
+    out += _ranking_sections(cmp)
     out += [("sweep", f"Metrics vs {cmp.param}", f"Metrics against {p}", _section_sweep),
             ("phase-diagram", "Phase diagram", "Phase diagram", _section_phase_diagram),
             ("phases-seen", "Phases seen", "Phases seen in this sweep", _section_phases_seen),
@@ -564,6 +759,7 @@ def _run_sections(cmp: _Comparison) -> list[Section]:
     out: list[Section] = [("summary", "Summary", "Summary", _section_runs_summary)]
     if cmp.notes_html:
         out.append(("findings", "Findings", None, lambda c: c.notes_html))
+    out += _ranking_sections(cmp)
     out += [("curves", "Metric curves", "Metric curves", _section_run_curves),
             ("final", "Final snapshot", "Final snapshot of each run", _section_run_finals),
             ("phases", "Phases per run", "Final phase of each layer per run", _section_run_phases),
@@ -596,6 +792,74 @@ def _section_findings(cmp: _Comparison) -> str:
         return (f"<p>No rank correlation: it needs at least 3 different values of {escape(cmp.param or '')}"
                 + (f" within a {escape(cmp.group)}" if cmp.group else "") + " and a metric that varies.</p>")
     return spearman_table_html(rho, None, cmp.group or "group")
+
+
+def _ranking_sections(cmp: _Comparison) -> list[Section]:
+    """The ranking section, when at least two runs recorded the validation metric (none otherwise)."""
+    if cmp.ranking is None or len(cmp.ranking) < 2:
+        return []
+    val = escape(str(cmp.ranking.attrs["val_metric"]))
+    return [("ranking", "Ranking by validation", f"Ranking runs without test data: spectra against {val}",
+             _section_ranking)]
+
+
+def _section_ranking(cmp: _Comparison) -> str:
+    """The Spearman correlation of each spectral summary with the validation metric, and each one's pick."""
+    df = cmp.ranking
+    assert df is not None
+    val, higher = str(df.attrs["val_metric"]), bool(df.attrs["higher_is_better"])
+    shown = [m for m in RANK_SUMMARIES if df[m].notna().any()]
+    rho, picks = ranking_spearman(df), ranking_picks(df)
+    expect = -1 if higher else +1
+    missing = df.attrs.get("missing") or []
+    parts = [
+        f"<p>{len(df)} of {df.attrs['n_runs']} runs recorded <b>{escape(val)}</b> ("
+        + ("higher" if higher else "lower") + " is better). Each spectral summary below is the model-level mean "
+        "over every monitored layer at the run's final snapshot, computed from the weights alone; in the "
+        "heavy-tailed self-regularization picture a <i>lower</i> value of each predicts a better model, so a summary "
+        f"that ranks the runs like {escape(val)} has a Spearman correlation near <b>{'−1' if expect < 0 else '+1'}"
+        "</b> (green) with it.</p>"]
+    if missing:
+        more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+        parts.append(f'<p class="sub">Without {escape(val)} (not ranked): '
+                     f"{escape(', '.join(missing[:12]))}{more}.</p>")
+    rows = []
+    for label, d in rho.groupby("group", sort=False):
+        by = dict(zip(d["metric"], zip(d["rho"], d["n"])))
+        cells = []
+        for m in shown:
+            r, n = by.get(m, (float("nan"), 0))
+            if is_missing(r) or not math.isfinite(r):
+                cells.append("–")
+            else:
+                cells.append(f'<span class="{"good" if r * expect > 0 else "bad"}">{r:+.2f}</span>')
+        rows.append([escape(str(label)), fmt(int(d["n"].max()) if len(d) else 0)] + cells)
+    parts.append(table(["group", "runs"] + [f"{m} (expect {'−' if expect < 0 else '+'})" for m in shown], rows,
+                       left=(0,)))
+    parts.append('<p class="sub">Spearman rank correlation across the runs of each group (a dash: fewer than 3 '
+                 "runs with both values, or a constant column); also saved as "
+                 '<a href="ranking.csv">ranking.csv</a>.</p>')
+    rows = []
+    for label, d in picks.groupby("group", sort=False):
+        by = {m: rec for m, rec in zip(d["metric"], d.to_dict("records"))}
+        best = by.get("validation")
+        if best is None:
+            continue
+        cells = [f"{escape(str(best['run']))}<br><small>{escape(val)} = {fmt(best['val'], 4)}</small>"]
+        for m in shown:
+            rec = by.get(m)
+            if rec is None:
+                cells.append("–")
+                continue
+            mark = ('<span class="good">✓ best</span>' if rec["best"]
+                    else f'<span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>')
+            cells.append(f"{escape(str(rec['run']))}<br><small>{escape(val)} = {fmt(rec['val'], 4)} {mark}</small>")
+        rows.append([escape(str(label)), *cells])
+    parts.append(table(["group", f"best by {val}"] + [f"lowest {m}" for m in shown], rows,
+                       left=tuple(range(len(shown) + 2))))
+    parts.append(f'<p class="sub">The run each summary would pick as the best (its lowest value), with that run\'s '
+                 f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>")
+    return "\n".join(parts)
 
 
 def _section_sweep(cmp: _Comparison) -> str:

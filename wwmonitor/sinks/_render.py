@@ -69,6 +69,7 @@ DEFAULT_SCALARS: tuple[str, ...] = (
     "num_spikes",
     "detX_num",
     "ERG_gap",
+    "delta_rel_norm",
 )
 
 
