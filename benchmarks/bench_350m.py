@@ -45,7 +45,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 MiB = 2 ** 20
 REPS = 3
-N_BLOCKS = 24
+#: transformer blocks (24 for GPT-2-medium; ``WWM_BENCH_350M_BLOCKS=2`` smoke-tests this file in a minute)
+N_BLOCKS = int(os.environ.get("WWM_BENCH_350M_BLOCKS", "24"))
 QUEUE = 2
 
 

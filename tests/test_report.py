@@ -602,3 +602,26 @@ def test_comparison_failures_are_noted_and_counted(store_runs, tmp_path, monkeyp
     esds = _section(html, "esds")
     assert 'class="problem"' in esds and "bs64" in esds and "no ESD stored" in esds
     assert any(s.startswith("esd_grid_") for s in _check_images(index))  # bs8's ESD is still drawn
+
+
+def test_report_lists_when_each_layer_changed_phase(tmp_path):
+    """The per-run report names every phase change (layer, snapshot, before -> after), as stored."""
+    from wwmonitor.report.compare import phase_changes, phase_history
+
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((600, 300))
+    U, _ = np.linalg.qr(rng.standard_normal((600, 3)))
+    V, _ = np.linalg.qr(rng.standard_normal((300, 3)))
+    spikes = U @ np.diag([120.0, 100.0, 80.0]) @ V.T  # far above the bulk edge (~35)
+    heavy = rng.standard_t(1.7, (600, 300))
+    with wwmonitor.Monitor(None, tmp_path, run_name="phases", every_n_epochs=None) as mon:
+        for epoch, W in enumerate([noise, noise + spikes, heavy]):
+            mon.snapshot(step=10 * (epoch + 1), epoch=epoch, matrices={"a": W, "steady": noise})
+    run = wwmonitor.load_run(mon.run_dir)
+    changes = phase_changes(phase_history([run]))
+    assert len(changes) >= 1 and set(changes.layer) == {"a"}  # "steady" never changes
+    out = write_report(mon.run_dir, tmp_path / "report")
+    page = (out / "index.html").read_text() if out.is_dir() else Path(out).read_text()
+    assert f"{len(changes)} phase change(s)" in page
+    for r in changes.itertuples():
+        assert f"epoch {int(r.epoch)} (step {int(r.step)})" in page and r.after in page

@@ -108,7 +108,7 @@ def _failed_layer(name: str, typ: str, W: Any, reason: str) -> LayerMetrics:
 def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: AnalyzeFn = default_analyze,
                      abort: Optional[threading.Event] = None, inspector: Any = None,
                      on_error: Optional[Callable[[str, str, BaseException], None]] = None,
-                     device: str = "cpu") -> SnapshotResult:
+                     device: str = "cpu", reference: Any = None) -> SnapshotResult:
     """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
 
     The λ-axis ESD and the fitted models that :func:`analyze_matrix` leaves in
@@ -121,6 +121,9 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
     ESDs are computed (see the module docstring).  Off the CPU, ``analyze_fn``
     receives a torch tensor on that device (the default one analyses it there);
     ``inspector`` always gets the host copy.
+
+    ``reference`` (a :class:`~wwmonitor.monitor.reference.ReferenceWeights`): each layer's
+    ``delta_*`` metrics against it, computed here from the host copy (same device route).
     """
     if snap.ready is not None:
         snap.ready()
@@ -132,6 +135,8 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
     opts = options if (options.keep_esd and options.low_memory) else replace(options, keep_esd=True, low_memory=True)
     res = SnapshotResult(step=snap.step, epoch=snap.epoch, time=snap.time, layers=[])
     t0, c0 = time.perf_counter(), time.thread_time()
+    if reference is not None:
+        reference.bind([e[0] for e in snap.entries])
     for name, typ, scale, W in snap.entries:
         if abort is not None and abort.is_set():
             res.errors[name] = "not analysed: monitor closed before this layer was reached"
@@ -156,6 +161,14 @@ def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: Analy
             except Exception as e:  # noqa: BLE001 - the layer's metrics are kept
                 if on_error is not None:
                     on_error("alerts", f"step {snap.step}, layer {name!r} (weight inspection)", e)
+        if reference is not None and not (abort is not None and abort.is_set()):  # W − W_ref (never raises)
+            if on_cuda:
+                import torch
+
+                with torch.cuda.stream(_side_stream(device)):
+                    reference.apply(name, typ, scale, W, m, options=opts, device=device)
+            else:
+                reference.apply(name, typ, scale, W if A is None else A, m, options=opts, device=device)
         esd = m.extra.pop("esd", None)
         if esd is not None:
             res.esds[name] = esd
@@ -182,7 +195,8 @@ class AnalysisWorker:
 
     def __init__(self, queue: SnapshotQueue, submit: Callable[[SnapshotResult], Any], *, options: AnalysisOptions,
                  analyze_fn: AnalyzeFn = default_analyze, inspector: Any = None, faults: Optional[Faults] = None,
-                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1, device: str = "cpu") -> None:
+                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1, device: str = "cpu",
+                 reference: Any = None) -> None:
         self.queue = queue
         self.submit = submit
         self.options = options
@@ -192,6 +206,8 @@ class AnalysisWorker:
         self.blas_threads = blas_threads
         #: where the ESDs are computed ("cpu", "cuda[:N]", "torch"); set before the first snapshot is queued
         self.device = device
+        #: ReferenceWeights of the delta metrics (None: none)
+        self.reference = reference
         self._tpc: Any = None
         self.abort = threading.Event()
         self.layer_errors = 0
@@ -225,7 +241,7 @@ class AnalysisWorker:
         try:
             with self._blas_limit():
                 res = analyse_snapshot(snap, self.options, self.analyze_fn, self.abort, self.inspector, self._on_error,
-                                       device=self.device)
+                                       device=self.device, reference=self.reference)
         finally:
             self.queue.pool.release(snap.buffers)  # free for the next snapshot as early as possible
             snap.entries = []

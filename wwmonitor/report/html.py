@@ -107,12 +107,20 @@ def fmt(v: Any, digits: int = 3) -> str:
     return escape(str(v))
 
 
+def _text_on(background: str) -> str:
+    """Black or white text, whichever reads better on ``background`` (``#rrggbb``; WCAG relative luminance)."""
+    r, g, b = (int(background[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "#000" if lum > 0.179 else "#fff"
+
+
 def phase_badge(phase: Optional[str]) -> str:
     """A coloured badge with the phase name (an en dash when there is none)."""
     if is_missing(phase) or not phase:
         return '<span class="phase" style="background:#eee">–</span>'
     color = PHASE_COLORS.get(str(phase), PHASE_COLORS["unknown"])
-    return f'<span class="phase" style="background:{color}">{escape(str(phase))}</span>'
+    return f'<span class="phase" style="background:{color};color:{_text_on(color)}">{escape(str(phase))}</span>'
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: Sequence[int] = (0,),
@@ -638,10 +646,26 @@ def _section_timeline(rep: _Report) -> str:
     ph = rep.run.phases[rep.run.phases["layer"].isin(rep.layers)]
     if not len(ph):
         return "<p>No phases recorded (phase classification off).</p>"
-    return render_figure(rep.problems, "the phase timeline",
-                         lambda: F.plot_phase_timeline(ph, x=rep.x_axis, layers=rep.layers), rep.out, "phases.png",
-                         rep.dpi, "Each cell is one layer at one snapshot, coloured by its phase "
-                         "(Martin & Mahoney's 5+1 phases).")
+    fig = render_figure(rep.problems, "the phase timeline",
+                        lambda: F.plot_phase_timeline(ph, x=rep.x_axis, layers=rep.layers), rep.out, "phases.png",
+                        rep.dpi, "Each cell is one layer at one snapshot, coloured by its phase "
+                        "(Martin & Mahoney's 5+1 phases).")
+    return fig + _phase_change_table(rep)
+
+
+def _phase_change_table(rep: _Report) -> str:
+    """When each layer changed phase: one row per change (first snapshot in the new phase)."""
+    from .compare import phase_changes, phase_history
+
+    changes = phase_changes(phase_history([rep.run], layers=rep.layers))
+    if not len(changes):
+        return "<p>No layer changed phase during the run.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(str(r.layer))}</td><td>{escape(rep.when(int(r.step)))}</td>"
+        f"<td>{phase_badge(r.before) if r.before else '–'} &rarr; {phase_badge(r.after) if r.after else '–'}</td></tr>"
+        for r in changes.itertuples())
+    return (f"<p>{len(changes)} phase change(s): when each layer entered a new phase.</p>"
+            f"<table><tr><th>layer</th><th>at</th><th>change</th></tr>{rows}</table>")
 
 
 def _section_gallery(rep: _Report) -> str:
