@@ -198,13 +198,24 @@ def floor_times(mats: list[tuple[str, Any]], reps: int = REPS) -> tuple[float, f
     return eig, gram
 
 
-def ww_time(mats: list[tuple[str, Any]], repeats: int = 2) -> tuple[float, int]:
-    """Median wall time of weightwatcher 0.7.7 ``WeightWatcher(model).analyze()`` (defaults) in a child;
-    and how many matrices it analysed."""
+def ww_time(mats: list[tuple[str, Any]], repeats: int = 2, one_thread: bool = False) -> tuple[float, int]:
+    """Median wall time of weightwatcher 0.7.7 ``WeightWatcher(model).analyze()`` (defaults) in a child,
+    and how many matrices it analysed.  ``one_thread``: the child's BLAS/OpenMP limited to 1 thread."""
     sys.path.insert(0, str(REPO / "tests"))
     from ww_reference import ww_analyze_timed
 
-    df, times = ww_analyze_timed(_linear_stack(mats), repeats=repeats)
+    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        if one_thread:
+            os.environ.update({k: "1" for k in keys})
+        df, times = ww_analyze_timed(_linear_stack(mats), repeats=repeats, num_threads=1 if one_thread else None)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return statistics.median(times), len(df)
 
 
@@ -310,6 +321,7 @@ def main() -> None:
     floors = {g: floor_times(m) for g, m in groups.items()}
     print(f"(ours and the floor timed on the subset; load {_load()})", flush=True)
     ww = {g: ww_time(groups[g]) for g in ("wpe", "block")}
+    ww1 = {g: ww_time(groups[g], one_thread=True) for g in ("wpe", "block")}
     print(f"(weightwatcher timed on the subset; load {_load()})\n", flush=True)
 
     f32 = whole_snapshot_child("float32")
@@ -323,27 +335,34 @@ def main() -> None:
     fe = {g: v[0] for g, v in floors.items()}
     fg = {g: v[0] + v[1] for g, v in floors.items()}
     www = {g: v[0] for g, v in ww.items()}
+    ww1w = {g: v[0] for g, v in ww1.items()}
+    nb = 2 * N_BLOCKS * 3 + 2  # matrices: wte, wpe and 6 per block
     print("### 2. Analysis time per snapshot: the monitor's worker vs weightwatcher's default vs the LAPACK floor\n")
-    print("| matrix set | matrices | wwmonitor worker s | ww default analyze() s | LAPACK floor: eigvalsh of the "
-          "float64 Grams s | Gram products + eigvalsh s | ww / ours (goal >= 3x) | ours / eigvalsh floor (goal <= 1.3x) | "
-          "ours / (Gram + eigvalsh) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | ww, 1 BLAS thread s | "
+          "LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | ww / ours (goal >= 3x) | "
+          "ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | ours / (Gram + eigvalsh) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
-    def row(label: str, n: str, o: float, w: Any, e: float, g: float) -> None:
+    def row(label: str, n: str, o: float, w: Any, w1: Any, e: float, g: float) -> None:
         ws = f"{w:.2f}" if isinstance(w, float) else w
+        w1s = f"{w1:.2f}" if isinstance(w1, float) else w1
         ratio = f"**{w / o:.1f}x**" if isinstance(w, float) else "-"
-        print(f"| {label} | {n} | {o:.2f} | {ws} | {e:.2f} | {g:.2f} | {ratio} | **{o / e:.2f}x** | {o / g:.2f}x |")
+        ratio1 = f"{w1 / o:.1f}x" if isinstance(w1, float) else "-"
+        print(f"| {label} | {n} | {o:.2f} | {ws} | {w1s} | {e:.2f} | {g:.2f} | {ratio} | {ratio1} | **{o / e:.2f}x** | "
+              f"{o / g:.2f}x |")
 
     row("measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)", f"7 / {ww['wpe'][1] + ww['block'][1]}",
-        ours["wpe"] + ours["block"], www["wpe"] + www["block"], fe["wpe"] + fe["block"], fg["wpe"] + fg["block"])
-    row("measured: `wte` 50257 x 1024 (ww's default skips it: max_N)", "1 / 0", ours["wte"], "skipped", fe["wte"],
-        fg["wte"])
-    row("estimated: weightwatcher's 145 matrices (`wpe` + 24 blocks)", "145 / 145", est(ours), est(www), est(fe),
-        est(fg))
-    row("estimated: all 146 matrices (+ `wte`)", "146 / 145", est(ours, True), "-", est(fe, True), est(fg, True))
+        ours["wpe"] + ours["block"], www["wpe"] + www["block"], ww1w["wpe"] + ww1w["block"], fe["wpe"] + fe["block"],
+        fg["wpe"] + fg["block"])
+    row("measured: `wte` 50257 x 1024 (ww's default skips it: max_N)", "1 / 0", ours["wte"], "skipped", "skipped",
+        fe["wte"], fg["wte"])
+    row(f"estimated: weightwatcher's {nb - 1} matrices (`wpe` + {N_BLOCKS} blocks)", f"{nb - 1} / {nb - 1}", est(ours),
+        est(www), est(ww1w), est(fe), est(fg))
+    row(f"estimated: all {nb} matrices (+ `wte`)", f"{nb} / {nb - 1}", est(ours, True), "-", "-", est(fe, True),
+        est(fg, True))
     if "analysis_s" in f32:
         print(f"| **measured: one whole snapshot** (`result.meta[\"analysis_s\"]`, child process) | {f32['layers']} | "
-              f"**{f32['analysis_s']:.2f}** | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) | - | "
+              f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) | - | - | "
               f"**{f32['analysis_s'] / est(fe, True):.2f}x** | {f32['analysis_s'] / est(fg, True):.2f}x |")
     print(f"\n(whole snapshot: worker CPU {f32.get('analysis_cpu_s', float('nan')):.1f} s of "
           f"{f32.get('analysis_s', float('nan')):.1f} s wall; {f32.get('ok')} of {f32.get('layers')} layers fitted)\n")

@@ -13,10 +13,15 @@ What it does
   :class:`wwmonitor.callbacks.lightning.WeightWatcherCallback` (one
   snapshot per epoch) and a ``TensorBoardLogger``.
 * **Sweep:** several batch sizes x several seeds, run in parallel worker
-  processes (one thread each).
+  processes (one thread each): a local process pool (``backend="local"``, the
+  default) or Ray tasks (``backend="ray"``: a local Ray, or the cluster at
+  ``address``).
 * **Output** (under ``--out``): ``runs/<bs>_<seed>/`` run stores,
   ``tensorboard/`` logs, ``report/index.html`` (the comparison) and
-  ``summary.json`` (final metrics and Spearman correlations).
+  ``summary.json`` (final metrics and Spearman correlations).  Each run store
+  also holds the run's final ``val_acc``, ``val_loss`` and ``train_acc``
+  (:func:`wwmonitor.integrations.record_eval_metrics`): the report ranks the
+  runs' spectral summaries against the validation accuracy.
 
 What it shows, and why
 ----------------------
@@ -84,6 +89,10 @@ class DemoConfig:
     workers: int = 2
     progress: bool = True
     report: bool = True
+    #: "local" (a process pool on this machine) or "ray" (Ray tasks: a local Ray, or the cluster at ``address``)
+    backend: str = "local"
+    #: the Ray cluster to run on (``backend="ray"`` only; ``None``: start a local Ray with ``workers`` CPUs)
+    address: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -102,6 +111,10 @@ class DemoConfig:
             raise ValueError(f"lr_scaling must be 'constant' or 'linear', got {self.lr_scaling!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.address is not None and self.backend != "ray":
+            raise ValueError("address is for backend='ray' (a Ray cluster); the local backend takes no address")
 
     def lr_for(self, batch_size: int) -> float:
         """Learning rate used for ``batch_size``."""
@@ -352,7 +365,14 @@ def _train_one(
     with torch.no_grad():
         module.eval()
         train_acc = float((module(xtr).argmax(1) == ytr).float().mean())
-        val_acc = float((module(xva).argmax(1) == yva).float().mean())
+        val_logits = module(xva)
+        val_acc = float((val_logits.argmax(1) == yva).float().mean())
+        val_loss = float(torch.nn.functional.cross_entropy(val_logits, yva))
+    from .integrations import record_eval_metrics
+
+    # the final validation metrics in the run store: `wwmonitor compare` ranks the runs' spectra against them
+    record_eval_metrics(callbacks[0], {"val_acc": val_acc, "val_loss": val_loss, "train_acc": train_acc},
+                        step=int(trainer.global_step))
     return {
         "run": name,
         "run_dir": str(out / "runs" / name),
@@ -364,6 +384,7 @@ def _train_one(
         "steps": int(trainer.global_step),
         "train_acc": train_acc,
         "val_acc": val_acc,
+        "val_loss": val_loss,
         "seconds": seconds,
     }
 
@@ -448,13 +469,17 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
     jobs = [(bs, s) for bs in sorted(cfg.batch_sizes) for s in cfg.seeds]  # smallest batch (slowest) first
     extra = {"lr_scaling": cfg.lr_scaling}
     total_epochs = len(jobs) * cfg.epochs
+    where = (f"{cfg.workers} worker process(es)" if cfg.backend == "local" else
+             f"Ray tasks on {cfg.address}" if cfg.address else f"Ray tasks on a local Ray with {cfg.workers} CPU(s)")
     echo(
         f"wwmonitor demo: {len(jobs)} runs (batch sizes {list(cfg.batch_sizes)} x seeds {list(cfg.seeds)}), "
-        f"{cfg.epochs} epochs each, {cfg.workers} worker process(es) -> {out}"
+        f"{cfg.epochs} epochs each, {where} -> {out}"
     )
     results: list[dict[str, Any]] = []
     bar = tqdm(total=total_epochs, unit="epoch", desc="training", disable=not cfg.progress, dynamic_ncols=True)
-    if cfg.workers == 1:
+    if cfg.backend == "ray":
+        results = _run_on_ray(cfg, jobs, out, extra, bar)
+    elif cfg.workers == 1:
 
         class _BarTicker:  # same interface as the queue: put(1) per finished epoch
             def put(self, n: int) -> None:
@@ -492,6 +517,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
 
     table = final_metrics_table(run_dirs, param="batch_size", group="seed")
     rho = spearman_by_group(table, param="batch_size", group="seed", metrics=tuple(TREND_METRICS))
+    ranking = _val_ranking(run_dirs)
     report_path = None
     if cfg.report:
         from .report.compare import write_comparison
@@ -508,6 +534,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
         "config": _cfg_dict(cfg),
         "runs": results,
         "spearman": rho,
+        "val_ranking": ranking,
         "final_metrics": table.to_dict(orient="records"),
         "seconds": time.perf_counter() - t0,
     }
@@ -515,6 +542,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
     res = DemoResult(out=out, runs=results, spearman=rho, report=report_path,
                      seconds=summary["seconds"], config=summary["config"])
     echo(format_spearman(rho))
+    echo(format_val_ranking(ranking))
     echo(f"run stores:  {out / 'runs'}")
     echo(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if report_path is not None:

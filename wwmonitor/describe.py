@@ -22,7 +22,7 @@ __all__ = ["describe", "coverage_summary", "COLUMNS"]
 COLUMNS = ["param", "matrix", "shape", "type", "status", "reason"]
 
 
-def describe(model_or_path: Any, *, conv: str = "pool"):  # -> pandas.DataFrame
+def describe(model_or_path: Any, *, conv: str = "pool", lora: str = "effective"):  # -> pandas.DataFrame
     """One row per weight tensor of >= 2 dimensions of ``model_or_path``, in model order.
 
     ``model_or_path``: a torch ``nn.Module``, a Keras 3 model, a mapping of
@@ -34,7 +34,12 @@ def describe(model_or_path: Any, *, conv: str = "pool"):  # -> pandas.DataFrame
     ``matrix`` (the matrices analysed from it, comma-separated; ``""`` when
     skipped), ``shape`` (tuple), ``type`` (owning module / layer class; ``""``
     for a state-dict entry that is not analysed), ``status`` (``"analysed"`` or
-    ``"skipped"``), ``reason`` (why it is skipped; ``""`` when analysed).
+    ``"skipped"``), ``reason`` (why it is skipped; for an analysed weight ``""``
+    or how it is analysed: the base weight and ``lora_A`` / ``lora_B`` factors
+    of a peft LoRA layer are ``"analysed as part of <layer> (effective
+    weight)"``, the factors of an inactive adapter are skipped with the reason).
+    ``lora``: what is analysed of a LoRA layer (``"effective"``,
+    ``"effective+update"``, ``"all"``; see :mod:`wwmonitor.layers`).
 
     ``df.attrs`` holds ``source`` (the path, if any), ``num_matrices`` (the
     matrices a monitor or ``analyze_model`` would analyse, with
@@ -50,7 +55,7 @@ def describe(model_or_path: Any, *, conv: str = "pool"):  # -> pandas.DataFrame
 
         source = str(obj)
         obj = load_weights(obj)
-    specs, entries = weight_inventory(obj, conv=conv)
+    specs, entries = weight_inventory(obj, conv=conv, lora=lora)
     rows = []
     vectors = other = 0
     for e in entries:

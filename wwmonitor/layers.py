@@ -106,12 +106,14 @@ import numpy as np
 from .frameworks import is_keras_model, is_torch_module
 
 __all__ = ["MatrixSpec", "WeightEntry", "extract_matrices", "weight_inventory", "select",
-           "is_keras_model", "is_torch_module", "LORA_MODES"]
+           "is_keras_model", "is_torch_module", "LORA_MODES", "LORA_UPDATE_SUFFIX"]
 
 Pattern = Union[str, type]
 
 #: what is analysed of a peft LoRA layer: its effective weight; also the update; also the base weight
 LORA_MODES = ("effective", "effective+update", "all")
+#: name suffix of a LoRA update matrix (analysed in a compact form: not comparable entry by entry)
+LORA_UPDATE_SUFFIX = ".lora_update"
 
 
 @dataclass
@@ -758,7 +760,7 @@ def _lora_update_specs(parts: list[tuple[str, int, int]], typ: str, factors: Map
         out = []
         for name, s, k in parts:
             core = _low_rank_core(L[s:s + k], R)
-            out.append(MatrixSpec(f"{name}.lora_update", typ, core if nonzero else torch.zeros_like(core), 1.0, param))
+            out.append(MatrixSpec(f"{name}{LORA_UPDATE_SUFFIX}", typ, core if nonzero else torch.zeros_like(core), 1.0, param))
     return out
 
 

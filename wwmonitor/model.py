@@ -308,8 +308,10 @@ class LazyTensor:
             x = _map_tensor(self.file, self.key, self.code, self.offset, self.nbytes_stored, self.stored_shape)
             for op in self.ops:
                 x = _apply_op(x, op)
-            if self.code == "BF16":  # the upper half of a float32: widen exactly, only the part viewed
-                x = (np.asarray(x, dtype=np.uint32) << 16).view(np.float32)
+            if self.code == "BF16":  # the upper half of a float32: widen exactly, only the part viewed, in place
+                bits = np.asarray(x, dtype=np.uint32)
+                bits <<= 16
+                x = bits.view(np.float32)
             return x
         except (MemoryError, KeyboardInterrupt):
             raise
@@ -473,6 +475,8 @@ def analyze_model(
     on_layer: Optional[Callable[[LayerMetrics], None]] = None,
     workers: Optional[int] = None,
     analysis_device: str = "auto",
+    base_model: Any = None,
+    lora: str = "effective",
     **option_overrides: Any,
 ) -> ModelReport:
     """Analyse every weight matrix of ``obj``.
@@ -516,6 +520,14 @@ def analyze_model(
         (default: ``"cuda"`` when the model has a tensor on CUDA and CUDA is
         available, else ``"cpu"``).  On CUDA ``workers`` defaults to 1.  The
         metrics do not depend on the device (see :func:`wwmonitor.analyze_matrix`).
+    base_model:
+        A reference (model, mapping of name -> array, or path): each matrix also
+        gets the ``delta_*`` metrics of ``W − W_ref`` (``delta_rel_norm``,
+        ``delta_alpha``, ...; see :mod:`wwmonitor.monitor.reference`), computed
+        after the matrices' own analysis, one matrix at a time.
+    lora:
+        What is analysed of a peft LoRA layer: ``"effective"``,
+        ``"effective+update"`` or ``"all"`` (see :mod:`wwmonitor.layers`).
 
     A failure in one matrix is recorded in its ``status``/``message``; the
     rest of the model is still analysed.
@@ -530,7 +542,7 @@ def analyze_model(
         source = str(obj)
         obj = open_weights(obj)  # safetensors: headers only, tensors are mapped one by one in _analyze_one
     skipped: list[tuple[str, str]] = []
-    specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv, skipped=skipped)
+    specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv, skipped=skipped, lora=lora)
     if not specs:
         listed = ""
         if skipped:
@@ -571,6 +583,15 @@ def analyze_model(
                     on_layer(results[i])
         else:
             _analyze_concurrently(specs, mine, options, n_workers, results, on_layer, it if show else None, device)
+    if base_model is not None:  # delta metrics against the reference, one matrix (and its copy) at a time
+        from .monitor.reference import ReferenceWeights
+
+        ref = ReferenceWeights(base_model, conv=conv, lora=lora)
+        ref.bind([specs[i].name for i in mine])
+        for i in mine:
+            t = specs[i].tensor
+            ref.apply(specs[i].name, specs[i].type, specs[i].scale, t.load() if isinstance(t, LazyTensor) else t,
+                      results[i], options=options, device=device)
     if world > 1:
         from .distributed import gather_objects
 

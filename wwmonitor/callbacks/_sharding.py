@@ -100,7 +100,7 @@ class ShardedSnapshots:
         self.shard = Monitor(
             model, run_dir, run_name=f"shard{self.rank}", every_n_epochs=None, every_n_steps=None,
             layers=self.layers, store=False, queue_size=queue_size, policy="block", options=options,
-            alerts=_WeightInspector(inspect) if inspect else None,
+            alerts=_WeightInspector(inspect) if inspect else None, announce=False,
         )
 
     def snapshot(self, main: Any, *, step: int, epoch: Optional[int], epoch_end: bool, model: Any = None) -> None:

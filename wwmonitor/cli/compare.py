@@ -13,8 +13,9 @@ the page) after the comparison is written.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ._common import REPORT_ERRORS, announce_problems, announce_written, error_reason, fail
 
@@ -22,7 +23,9 @@ from ._common import REPORT_ERRORS, announce_problems, announce_written, error_r
 def add_parser(sub: Any) -> None:
     """Register ``wwmonitor compare`` and its options."""
     p = sub.add_parser("compare", help="compare runs: against a swept config parameter, or side by side (HTML + CSV)")
-    p.add_argument("run_dirs", nargs="+", help="run folders (each contains run.sqlite), or a folder of run folders")
+    p.add_argument("run_dirs", nargs="+",
+                   help="run folders (each contains run.sqlite), a folder of run folders, a Ray Tune experiment "
+                        "folder (or its storage path) or a folder holding an Optuna study's SQLite storage")
     p.add_argument("-o", "--out", default="wwmonitor-compare", help="output folder (default: ./wwmonitor-compare)")
     p.add_argument("--param", default=None,
                    help="config key that was swept (default: the key that differs; when none differs the runs are "
@@ -34,18 +37,28 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--layers", nargs="+", default=None, help="only these layers")
     p.add_argument("--esd-layer", default=None, help="layer whose ESDs are drawn for every run")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--val-metric", default="auto",
+                   help="validation metric the runs recorded to rank their spectra against (default: val_acc, "
+                        "val_accuracy, val_loss, then any val_*; 'none': no ranking section)")
 
 
-def expand_run_dirs(paths: list[str]) -> list[Path]:
-    """Each argument is a run folder, or a folder whose sub-folders are runs."""
-    out: list[Path] = []
+def expand_run_dirs(paths: list[str], notes: Optional[list[str]] = None) -> list[Any]:
+    """Each argument is a run folder, a folder whose sub-folders are runs, or a sweep folder (a Ray Tune
+    experiment, an Optuna study's storage: :func:`wwmonitor.integrations.discover_runs`, whose runs come back
+    loaded, with their trial's hyper-parameters in the config; ``notes`` receives the trials left out)."""
+    out: list[Any] = []
     for p in map(Path, paths):
         if (p / "run.sqlite").is_file() or p.is_file():
             out.append(p)
         elif p.is_dir():
             subs = sorted(q for q in p.iterdir() if (q / "run.sqlite").is_file())
             if not subs:
-                raise FileNotFoundError(f"{str(p)!r} is neither a run folder nor a folder of runs (no run.sqlite)")
+                from wwmonitor.integrations.discovery import discover_runs
+
+                subs = discover_runs(p, notes=notes)
+            if not subs:
+                raise FileNotFoundError(f"{str(p)!r} is neither a run folder nor a folder of runs (no run.sqlite), "
+                                        "nor a Ray Tune experiment or Optuna study folder with run stores")
             out.extend(subs)
         else:
             raise FileNotFoundError(f"no such run folder: {str(p)!r}")
@@ -57,15 +70,19 @@ def run(args: argparse.Namespace) -> int:
     from wwmonitor.report.compare import write_comparison
 
     problems: list[str] = []
+    notes: list[str] = []
     try:
-        dirs = expand_run_dirs(args.run_dirs)
+        dirs = expand_run_dirs(args.run_dirs, notes)
+        for note in notes:
+            print(f"wwmonitor compare: left out: {note}", file=sys.stderr)
         if len(dirs) < 2:
             return fail("compare", "need at least two runs to compare")
         if args.by_run and args.param is not None:
             return fail("compare", "--param and --by-run exclude each other")
         index = write_comparison(dirs, args.out, param=args.param, by_run=args.by_run,
                                  group=None if args.group == "none" else args.group,
-                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title, problems=problems)
+                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title, problems=problems,
+                                 val_metric=None if args.val_metric == "none" else args.val_metric)
     except REPORT_ERRORS as e:  # the writers' messages start with "compare: " for Python callers
         return fail("compare", error_reason(e).removeprefix("compare: "))
     announce_problems("compare", "comparison", problems)

@@ -13,7 +13,9 @@ and fill the ``delta_*`` fields of its :class:`~wwmonitor.metrics.LayerMetrics`:
   (same options, layer type and conv scale as ``W``; no ESD kept, no phase);
   ``None`` where that analysis has none -- below ``min_evals`` there is no
   alpha, an exactly zero ``D`` (the reference step itself) has no spectrum --
-  and ``delta_status`` / ``extra["delta_message"]`` say why.
+  and ``delta_status`` / ``extra["delta_message"]`` say why.  A LoRA update
+  matrix (``<layer>.lora_update``, analysed in a compact form) gets none:
+  ``delta_status="not_comparable"``.
 
 The reference (:class:`ReferenceWeights`) is either
 
@@ -47,7 +49,7 @@ import numpy as np
 
 from ..analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_matrix
 from ..frameworks import is_torch_tensor
-from ..layers import check_lora, extract_matrices
+from ..layers import LORA_UPDATE_SUFFIX, check_lora, extract_matrices
 from ..metrics import LayerMetrics
 from .snapshot import as_numpy
 
@@ -172,6 +174,12 @@ class ReferenceWeights:
 
     def _apply(self, name: str, layer_type: str, scale: float, W: Any, lm: LayerMetrics,
                options: AnalysisOptions, device: Optional[str]) -> None:
+        if name.endswith(LORA_UPDATE_SUFFIX):
+            lm.delta_status = "not_comparable"
+            lm.extra["delta_message"] = (
+                f"layer {name!r}: a LoRA update is analysed in a compact form with its non-zero singular values, "
+                "whose entries are not comparable between steps; the effective weight's delta is W − W_ref")
+            return
         A = as_numpy(W)
         if is_torch_tensor(A):  # a device tensor or a dtype NumPy cannot view
             A = host_copy(A)

@@ -38,7 +38,7 @@ import numpy as np
 from .._validate import check_interval
 from ..analyze import AnalysisOptions
 from ..frameworks import is_torch_module
-from ..layers import MatrixSpec, extract_matrices, select
+from ..layers import MatrixSpec, check_lora, extract_matrices, select
 from ..describe import coverage_summary
 from ..records import Alert, SnapshotResult
 from ..store import RunStore
@@ -46,6 +46,7 @@ from .analyzer import AnalysisWorker, AnalyzeFn, default_analyze
 from .dispatcher import DISPATCH_FAULTS, Dispatcher
 from .faults import Faults
 from .policy import POLICIES, SnapshotQueue
+from .reference import ReferenceWeights
 from .render import Renderer
 from .runfolder import RunFolder, versions
 from .snapshot import BufferPool, Snapshot, copy_matrices
@@ -201,6 +202,10 @@ class Monitor:
         once per due snapshot by the dispatcher's renderer, at the first
         snapshot and then every ``esd_every_n_epochs`` epochs (``0``: never),
         for ``esd_layers`` (default all).
+    announce:
+        Log the one-line coverage summary at start (matrices monitored,
+        layer types, weights skipped and why); it is always kept in
+        :attr:`coverage` / :attr:`skipped`.
     history:
         How many recent :class:`SnapshotResult` to keep in :attr:`results`.
     blas_threads:
@@ -224,6 +229,19 @@ class Monitor:
         ``queue_size`` times the monitored weights in GPU memory.
         The metrics do not depend on the device (same float64 algorithm and
         SVD recheck).  ``"torch"`` runs the device code on the CPU (tests).
+    lora:
+        What is analysed of a peft LoRA layer: ``"effective"`` (default: the
+        weight it computes with, ``W0 + scaling·B·A``, recomputed at every
+        snapshot), ``"effective+update"`` (also ``<layer>.lora_update``, the
+        rank-``r`` update) or ``"all"`` (also ``<layer>.base``, ``W0``); see
+        :mod:`wwmonitor.layers`.
+    base_model:
+        Reference for the per-layer delta metrics (``delta_rel_norm``,
+        ``delta_alpha``, ... of ``W − W_ref``; :mod:`wwmonitor.monitor.reference`):
+        ``None`` (default: none), ``"first"`` (the weights at the first
+        snapshot), or a model, a mapping of name -> array (``state_dict``) or a
+        checkpoint path.  Costs one extra host copy of the monitored weights
+        and one more ESD per matrix on the analysis thread.
 
     Raises
     ------
@@ -261,6 +279,9 @@ class Monitor:
         esd_every_n_epochs: int = 5,
         esd_layers: Optional[Sequence[str]] = None,
         analysis_device: str = "auto",
+        lora: str = "effective",
+        base_model: Any = None,
+        announce: bool = True,
     ) -> None:
         self.every_n_epochs = check_interval("every_n_epochs", every_n_epochs)
         self.every_n_steps = check_interval("every_n_steps", every_n_steps)
@@ -271,6 +292,7 @@ class Monitor:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.analysis_device = _check_analysis_device(analysis_device)
+        self.lora = check_lora(lora)
         if close_timeout is not None and not close_timeout > 0:
             raise ValueError(f"close_timeout must be > 0 or None, got {close_timeout!r}")
         if options is not None and not isinstance(options, AnalysisOptions):
@@ -281,6 +303,7 @@ class Monitor:
             if not (callable(getattr(s, "write", None)) and callable(getattr(s, "close", None))):
                 raise TypeError(f"sinks[{i}] ({type(s).__name__}) needs write(result) and close() methods")
         self.model = model
+        self.announce = bool(announce)
         self.layers, self.exclude = _patterns(layers), _patterns(exclude)
         self.policy = policy
         self.options = options if options is not None else AnalysisOptions()
@@ -303,6 +326,10 @@ class Monitor:
             self._layer_info = [(s.name, s.type, s.shape) for s in first]
             if self._device is None:
                 self._device = _auto_device(first)
+        #: reference of the delta metrics: one host copy of the monitored weights (None: no deltas)
+        self._reference = None if base_model is None else ReferenceWeights(base_model, lora=self.lora)
+        if self._reference is not None and self._layer_info:
+            self._reference.bind([n for n, _, _ in self._layer_info])
 
         # --- run folder and store
         given = store if isinstance(store, RunStore) else None
@@ -324,7 +351,7 @@ class Monitor:
         self._worker = AnalysisWorker(self._queue, self._dispatcher.submit, options=self.options,
                                       analyze_fn=analyze_fn or default_analyze, inspector=inspector,
                                       faults=self._faults, name=f"wwmonitor-{self.run_id}", blas_threads=blas_threads,
-                                      device=self._device or "cpu")
+                                      device=self._device or "cpu", reference=self._reference)
         self._worker.start()
         _LIVE.add(self)
 
@@ -383,11 +410,12 @@ class Monitor:
         if matrices is not None:
             specs = select(_matrix_specs(matrices), layers=self.layers, exclude=self.exclude)
         else:
-            specs = extract_matrices(model, layers=self.layers, exclude=self.exclude, skipped=skipped)
+            specs = extract_matrices(model, layers=self.layers, exclude=self.exclude, skipped=skipped, lora=self.lora)
         if specs and not getattr(self, "_coverage", None):  # the first walk: say what is monitored and skipped
             self._coverage = coverage_summary(specs, skipped)
             self._skipped = skipped
-            log.info(self._coverage)
+            if self.announce:
+                log.info(self._coverage)
         if not specs:
             what = "matrices" if matrices is not None else f"model {type(model).__name__}"
             raise ValueError(f"no analysable layers in {what} (layers={self.layers!r}, exclude={self.exclude!r})")
@@ -498,6 +526,8 @@ class Monitor:
             snap = None
             try:
                 entries, ready = copy_matrices(specs, res.buffers, key)
+                if key is None:  # computed weights (LoRA effective ...): the plan must not keep them alive
+                    res.buffers.plan = None
                 snap = Snapshot(step=step, epoch=None if epoch is None else int(epoch), time=time.time(),
                                 entries=entries, buffers=res.buffers, ready=ready)
             finally:

@@ -458,7 +458,8 @@ def _choose_val_metric(evals: Sequence[Mapping[str, float]], val_metric: Optiona
 def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optional[str] = "auto",
                   group: Optional[str] = None, names: Optional[Sequence[str]] = None) -> "pd.DataFrame":
     """One row per run that recorded the validation metric: ``run``, ``path``, the ``group`` key (if any),
-    the validation metric and each :data:`RANK_SUMMARIES` entry at the run's final snapshot.
+    the validation metric, the ``step`` and ``epoch`` of the run's final snapshot and each
+    :data:`RANK_SUMMARIES` entry there.
 
     The summaries are the model-level means over every monitored layer (the ``mean_*`` values the monitor
     stores and the sweep integrations report, e.g. ``ww/mean_alpha``).  ``df.attrs``: ``val_metric`` (``None``
@@ -482,11 +483,15 @@ def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optiona
         if group is not None:
             row[group] = r.config.get(group)
         row[val] = ev[val]
+        row["step"] = int(r.steps[-1])
+        epoch = last["epoch"].iloc[0] if len(last) else None
+        row["epoch"] = None if is_missing(epoch) else int(epoch)
         for m in RANK_SUMMARIES:
             row[m] = float(last[m].iloc[0]) if m in last.columns and len(last) and not is_missing(last[m].iloc[0]) \
                 else float("nan")
         rows.append(row)
-    cols = ["run", "path"] + ([group] if group else []) + ([val] if val else []) + list(RANK_SUMMARIES)
+    cols = ["run", "path"] + ([group] if group else []) + ([val] if val else []) + ["step", "epoch"] \
+        + list(RANK_SUMMARIES)
     df = pd.DataFrame(rows, columns=cols)
     df.attrs.update(val_metric=val, higher_is_better=val_higher_is_better(val) if val else None, group=group,
                     n_runs=len(loaded), missing=missing)
@@ -819,6 +824,11 @@ def _section_ranking(cmp: _Comparison) -> str:
         "heavy-tailed self-regularization picture a <i>lower</i> value of each predicts a better model, so a summary "
         f"that ranks the runs like {escape(val)} has a Spearman correlation near <b>{'−1' if expect < 0 else '+1'}"
         "</b> (green) with it.</p>"]
+    ends = sorted({int(e) for e in df["epoch"] if not is_missing(e)})
+    if len(ends) > 1:
+        parts.append(f'<p class="note">The runs\' final snapshots are at different epochs ({ends[0]} to {ends[-1]}): '
+                     "runs stopped early (by a scheduler, a pruner or an alert) are ranked by their last snapshot "
+                     "and their last recorded validation value.</p>")
     if missing:
         more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
         parts.append(f'<p class="sub">Without {escape(val)} (not ranked): '
@@ -839,24 +849,23 @@ def _section_ranking(cmp: _Comparison) -> str:
     parts.append('<p class="sub">Spearman rank correlation across the runs of each group (a dash: fewer than 3 '
                  "runs with both values, or a constant column); also saved as "
                  '<a href="ranking.csv">ranking.csv</a>.</p>')
+    groups = list(dict.fromkeys(picks["group"]))
+    by = {(g, m): rec for g, m, rec in zip(picks["group"], picks["metric"], picks.to_dict("records"))}
+    label = cmp.long_label
     rows = []
-    for label, d in picks.groupby("group", sort=False):
-        by = {m: rec for m, rec in zip(d["metric"], d.to_dict("records"))}
-        best = by.get("validation")
-        if best is None:
-            continue
-        cells = [f"{escape(str(best['run']))}<br><small>{escape(val)} = {fmt(best['val'], 4)}</small>"]
-        for m in shown:
-            rec = by.get(m)
+    for m in ["validation", *shown]:
+        cells = []
+        for g in groups:
+            rec = by.get((g, m))
             if rec is None:
                 cells.append("–")
                 continue
-            mark = ('<span class="good">✓ best</span>' if rec["best"]
-                    else f'<span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>')
-            cells.append(f"{escape(str(rec['run']))}<br><small>{escape(val)} = {fmt(rec['val'], 4)} {mark}</small>")
-        rows.append([escape(str(label)), *cells])
-    parts.append(table(["group", f"best by {val}"] + [f"lowest {m}" for m in shown], rows,
-                       left=tuple(range(len(shown) + 2))))
+            mark = ("" if m == "validation" else ' <span class="good">✓ best</span>' if rec["best"]
+                    else f' <span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>')
+            cells.append(f"{escape(label(str(rec['run'])))}<br><small>{escape(val)} = {fmt(rec['val'], 4)}"
+                         f"{mark}</small>")
+        rows.append([f"best by {escape(val)}" if m == "validation" else f"lowest {escape(m)}", *cells])
+    parts.append(table(["pick", *groups], rows, left=tuple(range(len(groups) + 1))))
     parts.append(f'<p class="sub">The run each summary would pick as the best (its lowest value), with that run\'s '
                  f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>")
     return "\n".join(parts)
