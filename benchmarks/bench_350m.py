@@ -16,7 +16,9 @@ block ``c_attn`` split into q/k/v, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``
    thread; the Gram products themselves are a second floor column).  weightwatcher is slow, so both
    tools and the floor are timed on a representative subset -- ``wpe`` and block 0's six matrices, and
    ``wte`` for us and the floor -- and the whole model is estimated as ``wpe + 24 x block (+ wte)``;
-   our whole-snapshot time is also measured directly (item 3).  weightwatcher's default skips ``wte``
+   our whole-snapshot time is also measured directly (item 3).  Ours and the floor are timed in
+   interleaved rounds (median of ``REPS``), weightwatcher twice per setting, with its default BLAS threads
+   and with one.  weightwatcher's default skips ``wte``
    (``max_N = 50000`` < 50257 rows), so the side-by-side set is its 145 matrices.
    Goals: >= 3x faster than weightwatcher's default; within 1.3x of the LAPACK floor.
 3. Peak extra host memory in a child process (``VmHWM`` after ``clear_refs`` minus the RSS before the
@@ -24,8 +26,9 @@ block ``c_attn`` split into q/k/v, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``
    (1 s apart; 2-3 are coalesced), then ``close()`` drops the pending one.  Once for the float32 model
    and once for the same weights cast to bfloat16 (the snapshot buffers keep the weights' dtype:
    ``copy_matrices`` allocates them with the tensor's dtype).  Goal: <= (queue_size + 1) x monitored
-   weights + 64 MiB.  The bf16 child's alphas against the float32 child's give the effect of bf16
-   weights on alpha.
+   weights + 64 MiB.  glibc is told to return freed blocks at once (``MALLOC_MMAP_THRESHOLD_``,
+   ``MALLOC_TRIM_THRESHOLD_``, as in ``bench_monitor``).  The bf16 child's metrics against the float32
+   child's give the effect of bf16 weights on alpha.
 
 Run: ``python -m benchmarks 350m`` (about 6-10 minutes on 2 busy cores).  Prints Markdown tables.
 """
@@ -159,43 +162,44 @@ def _linear_stack(mats: list[tuple[str, Any]]) -> Any:
     return nn.Sequential(*layers)
 
 
-def ours_time(mats: list[tuple[str, Any]], reps: int = REPS) -> float:
-    """Median ``analysis_s`` of the monitor's worker over ``reps`` snapshots of ``mats``."""
-    from wwmonitor.monitor import Monitor
-
-    model = _linear_stack(mats)
-    with tempfile.TemporaryDirectory() as d:
-        with Monitor(model, d, every_n_epochs=None, queue_size=QUEUE, policy="block") as mon:
-            for s in range(reps):
-                mon.snapshot(step=s)
-                mon.flush()
-            times = [r.meta["analysis_s"] for r in mon.results]
-    return statistics.median(times)
-
-
-def floor_times(mats: list[tuple[str, Any]], reps: int = REPS) -> tuple[float, float]:
-    """(sum of median bare ``scipy.linalg.eigvalsh`` times of the float64 Grams,
-    sum of median Gram-product times), one BLAS thread."""
+def subset_times(groups: dict[str, list[tuple[str, Any]]], reps: int = REPS) -> dict[str, dict[str, float]]:
+    """Per group, medians over ``reps`` interleaved rounds (so that the load hits all alike) of:
+    ``ours`` -- ``analysis_s`` of the monitor's worker for one snapshot of the group;
+    ``eig`` -- the sum of bare ``scipy.linalg.eigvalsh`` times of the group's float64 Gram matrices;
+    ``gram`` -- the sum of the Gram products' times (float64 copy + ``A.T @ A``); one BLAS thread."""
     import numpy as np
     import scipy.linalg
     from threadpoolctl import threadpool_limits
 
-    eig = gram = 0.0
-    with threadpool_limits(1, user_api="blas"):
-        for _, W in mats:
-            te, tg = [], []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                A = W.astype(np.float64)
-                G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
-                tg.append(time.perf_counter() - t0)
-                del A
-                t0 = time.perf_counter()
-                scipy.linalg.eigvalsh(G)
-                te.append(time.perf_counter() - t0)
-            eig += statistics.median(te)
-            gram += statistics.median(tg)
-    return eig, gram
+    from wwmonitor.monitor import Monitor
+
+    raw: dict[str, dict[str, list[float]]] = {g: {"ours": [], "eig": [], "gram": []} for g in groups}
+    with tempfile.TemporaryDirectory() as d:
+        mons = {g: Monitor(_linear_stack(m), os.path.join(d, g), every_n_epochs=None, queue_size=QUEUE, policy="block")
+                for g, m in groups.items()}
+        try:
+            for r in range(reps):
+                for g, mats in groups.items():
+                    mons[g].snapshot(step=r)
+                    mons[g].flush()
+                    raw[g]["ours"].append(mons[g].results[-1].meta["analysis_s"])
+                    eig = gram = 0.0
+                    with threadpool_limits(1, user_api="blas"):
+                        for _, W in mats:
+                            t0 = time.perf_counter()
+                            A = W.astype(np.float64)
+                            G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
+                            gram += time.perf_counter() - t0
+                            del A
+                            t0 = time.perf_counter()
+                            scipy.linalg.eigvalsh(G)
+                            eig += time.perf_counter() - t0
+                    raw[g]["eig"].append(eig)
+                    raw[g]["gram"].append(gram)
+        finally:
+            for m in mons.values():
+                m.close()
+    return {g: {k: statistics.median(v) for k, v in d_.items()} for g, d_ in raw.items()}
 
 
 def ww_time(mats: list[tuple[str, Any]], repeats: int = 2, one_thread: bool = False) -> tuple[float, int]:
@@ -266,13 +270,15 @@ out = {"dtype": sys.argv[1], "weights": weights, "peak": peak, "after": status("
 if res is not None:
     out.update(analysis_s=res.meta["analysis_s"], analysis_cpu_s=res.meta["analysis_cpu_s"], layers=len(res.layers),
                ok=sum(lm.status == "ok" for lm in res.layers),
-               alpha={lm.name: lm.alpha for lm in res.layers if lm.alpha is not None})
+               metrics={lm.name: [lm.alpha, lm.sigma, lm.log_norm, lm.lambda_max, lm.phase] for lm in res.layers})
 print(json.dumps(out))
 """
 
 
 def whole_snapshot_child(dtype: str, timeout: float = 900) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # as bench_monitor: blocks >= 128 KiB always mmap'd and freed heap trimmed at once, so that RSS follows live
+    # memory, not what glibc keeps cached after a free (without: the bf16 child kept 1.47 GB after close())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     p = subprocess.run([sys.executable, "-c", _CHILD, dtype, str(REPO), str(timeout)], capture_output=True, text=True,
                        cwd=REPO, timeout=timeout + 300, env=env)
     if p.returncode != 0:
@@ -317,9 +323,9 @@ def main() -> None:
     del model
     gc.collect()
 
-    ours = {g: ours_time(m) for g, m in groups.items()}
-    floors = {g: floor_times(m) for g, m in groups.items()}
-    print(f"(ours and the floor timed on the subset; load {_load()})", flush=True)
+    sub = subset_times(groups)
+    ours = {g: v["ours"] for g, v in sub.items()}
+    print(f"(ours and the floor timed on the subset, interleaved; load {_load()})", flush=True)
     ww = {g: ww_time(groups[g]) for g in ("wpe", "block")}
     ww1 = {g: ww_time(groups[g], one_thread=True) for g in ("wpe", "block")}
     print(f"(weightwatcher timed on the subset; load {_load()})\n", flush=True)
@@ -332,8 +338,8 @@ def main() -> None:
     def est(d: dict[str, float], wte: bool = False) -> float:
         return d["wpe"] + N_BLOCKS * d["block"] + (d["wte"] if wte else 0.0)
 
-    fe = {g: v[0] for g, v in floors.items()}
-    fg = {g: v[0] + v[1] for g, v in floors.items()}
+    fe = {g: v["eig"] for g, v in sub.items()}
+    fg = {g: v["eig"] + v["gram"] for g, v in sub.items()}
     www = {g: v[0] for g, v in ww.items()}
     ww1w = {g: v[0] for g, v in ww1.items()}
     nb = 2 * N_BLOCKS * 3 + 2  # matrices: wte, wpe and 6 per block
@@ -378,19 +384,25 @@ def main() -> None:
               f"**{m['peak'] / MiB:.0f}** | {m['peak'] / m['weights']:.2f}x | {m['after'] / MiB:.0f} | "
               f"{'met' if m['peak'] <= bound else 'missed'} |")
 
-    a32, a16 = f32.get("alpha", {}), bf16.get("alpha", {})
-    common = sorted(set(a32) & set(a16))
+    m32, m16 = f32.get("metrics", {}), bf16.get("metrics", {})
+    common = sorted(k for k in set(m32) & set(m16) if m32[k][0] is not None and m16[k][0] is not None)
     if common:
-        d = np.array([a16[k] - a32[k] for k in common])
-        rel = np.abs(d) / np.array([a32[k] for k in common])
+        a32 = np.array([m32[k][0] for k in common])
+        d = np.array([m16[k][0] for k in common]) - a32
+        sig = np.array([m32[k][1] or np.nan for k in common])
+        dln = np.array([abs(m16[k][2] - m32[k][2]) for k in common])
+        dlm = np.array([abs(m16[k][3] / m32[k][3] - 1) for k in common])
+        same_phase = sum(m16[k][4] == m32[k][4] for k in common)
         worst = common[int(np.argmax(np.abs(d)))]
-        print("\n### bf16 snapshot: alpha of the bf16 weights vs the same weights in float32 (whole snapshot)\n")
-        print("| layers compared | mean alpha float32 | mean alpha bf16 | median abs(delta alpha) | max abs(delta alpha) "
-              "(layer) | median relative | layers with abs(delta) > 0.01 | bf16 analysis s |")
-        print("|---|---|---|---|---|---|---|---|")
-        print(f"| {len(common)} | {np.mean([a32[k] for k in common]):.4f} | {np.mean([a16[k] for k in common]):.4f} | "
-              f"{np.median(np.abs(d)):.2e} | {np.max(np.abs(d)):.2e} (`{worst}`) | {np.median(rel):.1e} | "
-              f"{int(np.sum(np.abs(d) > 0.01))} | {bf16.get('analysis_s', float('nan')):.1f} |")
+        print("\n### bf16 snapshot: metrics of the bf16 weights vs the same weights in float32 (whole snapshot)\n")
+        print("| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
+              "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
+              "max abs(delta log_norm) | max relative delta lambda_max | same phase | bf16 analysis s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
+              f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
+              f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
+              f"{same_phase} / {len(common)} | {bf16.get('analysis_s', float('nan')):.1f} |")
     print(f"\nload average (1/5/15 min): {load_start} at the start, {_load()} at the end; "
           f"total {time.perf_counter() - t_all:.0f} s", flush=True)
 

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         param_space={"batch_size": tune.grid_search(args.batch_sizes), "seed": tune.grid_search(args.seeds),
                      "epochs": args.epochs, "lr": args.lr, "alpha_high": args.alpha_high},
         # the scheduler acts on a wwmonitor metric: lower mean alpha = heavier-tailed layers
-        tune_config=tune.TuneConfig(metric="ww/mean_alpha", mode="min", scheduler=scheduler),
+        tune_config=tune.TuneConfig(metric="ww/mean_alpha", mode="min", scheduler=scheduler,
+                                    reuse_actors=True),  # a trial after another skips the imports
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out), stop=WWAlertStopper(), verbose=0),
     )
     grid = tuner.fit()

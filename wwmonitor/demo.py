@@ -563,6 +563,45 @@ def _drain(q: Any, bar: Any) -> None:
         bar.update(n)
 
 
+def _run_on_ray(cfg: DemoConfig, jobs: Sequence[tuple[int, int]], out: Path, extra: dict[str, Any],
+                bar: Any) -> list[dict[str, Any]]:
+    """The sweep as Ray tasks (one CPU each): on the cluster at ``cfg.address``, or on a local Ray started here
+    with ``cfg.workers`` CPUs (and shut down after); a Ray already initialised in this process is used as it is.
+
+    The progress bar advances by a run's epochs when that run finishes.  Every task writes its run store under
+    ``out``: on a cluster that folder must be on a filesystem all nodes share.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if cfg.address:
+            ray.init(address=cfg.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+    results: list[dict[str, Any]] = []
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_worker)
+        pending = {task.remote((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), None, extra)): (bs, s)
+                   for bs, s in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in done:
+                pending.pop(ref)
+                r = ray.get(ref)  # re-raises a task's exception here
+                results.append(r)
+                bar.update(cfg.epochs)
+                bar.write(_run_line(r))
+    finally:
+        if started:
+            ray.shutdown()
+    lost = [r["run"] for r in results if not (Path(r["run_dir"]) / "run.sqlite").is_file()]
+    if lost:
+        raise RuntimeError(f"wwmonitor demo: the run stores of {lost} are not under {str(out)!r} on this machine: "
+                           "on a Ray cluster, --out must be a folder every node shares")
+    return results
+
+
 def _run_line(r: dict[str, Any]) -> str:
     return (
         f"  done {r['run']}: train acc {r['train_acc']:.3f}, val acc {r['val_acc']:.3f} "
@@ -600,6 +639,30 @@ def format_spearman(rho: dict[str, dict[str, dict[str, float]]]) -> str:
                 for m in metrics
             )
             lines.append(f"  {str(seed):>4}  {layer:<6}  {cells}")
+    return "\n".join(lines)
+
+
+def _val_ranking(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """The Spearman correlation of each spectral summary with the runs' validation accuracy, per seed and over
+    all runs (records of :func:`wwmonitor.report.compare.ranking_spearman`)."""
+    from .report.compare import ranking_frame, ranking_spearman
+
+    frame = ranking_frame(run_dirs, val_metric="val_acc", group="seed")
+    return ranking_spearman(frame).to_dict(orient="records")
+
+
+def format_val_ranking(ranking: Sequence[dict[str, Any]]) -> str:
+    """Plain-text table of :func:`_val_ranking`: Spearman of each summary with val_acc, per seed group."""
+    groups = list(dict.fromkeys(r["group"] for r in ranking))
+    metrics = list(dict.fromkeys(r["metric"] for r in ranking))
+    by = {(r["group"], r["metric"]): r["rho"] for r in ranking}
+    lines = ["Spearman correlation of each model-level summary with val_acc (lower summary = better model: "
+             "expect -):", "  " + "metric".ljust(24) + "".join(g.rjust(12) for g in groups)]
+    for m in metrics:
+        cells = "".join(
+            (f"{by[(g, m)]:+.2f}" if by.get((g, m)) is not None and math.isfinite(by[(g, m)]) else "n/a").rjust(12)
+            for g in groups)
+        lines.append("  " + m.ljust(24) + cells)
     return "\n".join(lines)
 
 

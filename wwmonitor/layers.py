@@ -547,16 +547,17 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
         walk = list(model.named_modules())
     for mname, mod in walk:  # first the matrices (a tied weight may be claimed by a later module) ...
         lr = _peft_lora_rule(mname, mod, modules, lora) if _is_peft_lora(mod) else None
+        how: dict[int, str] = {}
         if lr is not None:  # the LoRA layer is walked before its base layer and factors, which it claims
-            groups, why = lr[0], {}
+            groups, why, how = lr[0], {}, lr[2]
             held.update(lr[1])
-            notes.update(lr[2])
         else:
             groups, why = _torch_rule(mname, mod, modules)
         reasons.update(why)
         for used, made in groups:
             if any(id(p) in claimed or id(p) in held for p in used):  # tied: its matrices are already in the list
                 continue
+            notes.update({id(p): how[id(p)] for p in used if id(p) in how})
             specs.extend(made)
             names = tuple(s.name for s in made)
             for p in used:
@@ -760,7 +761,8 @@ def _lora_update_specs(parts: list[tuple[str, int, int]], typ: str, factors: Map
         out = []
         for name, s, k in parts:
             core = _low_rank_core(L[s:s + k], R)
-            out.append(MatrixSpec(f"{name}{LORA_UPDATE_SUFFIX}", typ, core if nonzero else torch.zeros_like(core), 1.0, param))
+            core = core if nonzero else torch.zeros_like(core)
+            out.append(MatrixSpec(f"{name}{LORA_UPDATE_SUFFIX}", typ, core, 1.0, param))
     return out
 
 

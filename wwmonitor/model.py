@@ -537,6 +537,8 @@ def analyze_model(
         if bad:
             raise TypeError(f"analyze_model: unknown option(s) {sorted(bad)}")
         options = AnalysisOptions(**{**options.__dict__, **option_overrides})
+    if isinstance(base_model, str) and base_model == "first":
+        raise ValueError("analyze_model: base_model='first' is a Monitor option; give a model, mapping or path")
     source = ""
     if isinstance(obj, (str, os.PathLike)):
         source = str(obj)

@@ -280,6 +280,7 @@ class ShardedSpectra:
                  conv: str = "pool", options: AnalysisOptions = DEFAULT_OPTIONS, route: str = "auto",
                  needs_weights: bool = False) -> None:
         from .distributed import gather_objects, rank_world
+        from .layers import extract_matrices
 
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
@@ -288,8 +289,6 @@ class ShardedSpectra:
         self.route = route
         self.rank, self.world = rank_world()
         self.stats = TransferStats()
-        from .layers import extract_matrices
-
         specs, owner_of = _with_meta_params(
             model, lambda: extract_matrices(model, layers=layers, exclude=exclude, conv=conv))
         if not specs:
@@ -304,7 +303,7 @@ class ShardedSpectra:
             raise RuntimeError("wwmonitor: the ranks extracted different matrices from the sharded model; "
                                "every rank must monitor the same model with the same layers/exclude")
         for e, *oks in zip(self.entries, *[p[1] for p in everyone]):
-            if not all(oks) and e.route in ("gather", "rfactor"):
+            if not all(oks) and e.route in ("gather", "rfactor", "skip"):
                 e.route, e.reason = "unsupported", (
                     "the local shards are not torch.chunk row blocks of the parameter (not FSDP2's dim-0 layout)")
 

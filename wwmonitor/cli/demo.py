@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
                         "largely vanishes (keep batch sizes <= 128 with it: lr 0.05*512/32 = 0.8 can diverge)")
     p.add_argument("--lr-ref-batch", type=int, default=d.lr_ref_batch, help="reference batch for --lr-scaling linear")
     p.add_argument("--workers", type=int, default=d.workers, help=f"parallel training processes (default {d.workers})")
+    p.add_argument("--backend", choices=["local", "ray"], default=d.backend,
+                   help="'local': a process pool on this machine (default); 'ray': Ray tasks, on a local Ray with "
+                        "--workers CPUs or on the cluster at --address (needs ray: pip install \"wwmonitor[ray]\")")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address for --backend ray (e.g. ray://head:10001 or auto); --out must then be "
+                        "a folder every node shares")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="skip the HTML comparison report")
 
@@ -46,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = DemoConfig(out=args.out, epochs=args.epochs, batch_sizes=args.batch_sizes, seeds=args.seeds,
                          lr=args.lr, lr_scaling=args.lr_scaling, lr_ref_batch=args.lr_ref_batch,
-                         workers=args.workers, progress=not args.no_progress, report=not args.no_report)
+                         workers=args.workers, progress=not args.no_progress, report=not args.no_report,
+                         backend=args.backend, address=args.address)
     except ValueError as e:
         print(f"wwmonitor demo: {e}", file=sys.stderr)
         return 2
@@ -54,5 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(missing, file=sys.stderr)
         return 2
+    if cfg.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            print('wwmonitor demo: --backend ray needs ray; install it with: pip install "wwmonitor[ray]"',
+                  file=sys.stderr)
+            return 2
     run_demo(cfg)
     return 0

@@ -814,44 +814,52 @@ def _section_ranking(cmp: _Comparison) -> str:
     assert df is not None
     val, higher = str(df.attrs["val_metric"]), bool(df.attrs["higher_is_better"])
     shown = [m for m in RANK_SUMMARIES if df[m].notna().any()]
-    rho, picks = ranking_spearman(df), ranking_picks(df)
-    expect = -1 if higher else +1
-    missing = df.attrs.get("missing") or []
     parts = [
         f"<p>{len(df)} of {df.attrs['n_runs']} runs recorded <b>{escape(val)}</b> ("
         + ("higher" if higher else "lower") + " is better). Each spectral summary below is the model-level mean "
         "over every monitored layer at the run's final snapshot, computed from the weights alone; in the "
         "heavy-tailed self-regularization picture a <i>lower</i> value of each predicts a better model, so a summary "
-        f"that ranks the runs like {escape(val)} has a Spearman correlation near <b>{'−1' if expect < 0 else '+1'}"
+        f"that ranks the runs like {escape(val)} has a Spearman correlation near <b>{'−1' if higher else '+1'}"
         "</b> (green) with it.</p>"]
     ends = sorted({int(e) for e in df["epoch"] if not is_missing(e)})
     if len(ends) > 1:
         parts.append(f'<p class="note">The runs\' final snapshots are at different epochs ({ends[0]} to {ends[-1]}): '
                      "runs stopped early (by a scheduler, a pruner or an alert) are ranked by their last snapshot "
                      "and their last recorded validation value.</p>")
+    missing = df.attrs.get("missing") or []
     if missing:
         more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
         parts.append(f'<p class="sub">Without {escape(val)} (not ranked): '
                      f"{escape(', '.join(missing[:12]))}{more}.</p>")
+    parts.append(_ranking_rho_table(ranking_spearman(df), shown, -1 if higher else +1))
+    parts.append(_ranking_picks_table(cmp, ranking_picks(df), shown, val, higher))
+    return "\n".join(parts)
+
+
+def _ranking_rho_table(rho: "pd.DataFrame", shown: Sequence[str], expect: int) -> str:
+    """The table of :func:`ranking_spearman`: one row per group, one column per summary (green: expected sign)."""
     rows = []
     for label, d in rho.groupby("group", sort=False):
-        by = dict(zip(d["metric"], zip(d["rho"], d["n"])))
+        by = dict(zip(d["metric"], d["rho"]))
         cells = []
         for m in shown:
-            r, n = by.get(m, (float("nan"), 0))
+            r = by.get(m, float("nan"))
             if is_missing(r) or not math.isfinite(r):
                 cells.append("–")
             else:
                 cells.append(f'<span class="{"good" if r * expect > 0 else "bad"}">{r:+.2f}</span>')
         rows.append([escape(str(label)), fmt(int(d["n"].max()) if len(d) else 0)] + cells)
-    parts.append(table(["group", "runs"] + [f"{m} (expect {'−' if expect < 0 else '+'})" for m in shown], rows,
-                       left=(0,)))
-    parts.append('<p class="sub">Spearman rank correlation across the runs of each group (a dash: fewer than 3 '
-                 "runs with both values, or a constant column); also saved as "
-                 '<a href="ranking.csv">ranking.csv</a>.</p>')
+    return table(["group", "runs"] + [f"{m} (expect {'−' if expect < 0 else '+'})" for m in shown], rows,
+                 left=(0,)) + (
+        '<p class="sub">Spearman rank correlation across the runs of each group (a dash: fewer than 3 runs with '
+        'both values, or a constant column); also saved as <a href="ranking.csv">ranking.csv</a>.</p>')
+
+
+def _ranking_picks_table(cmp: _Comparison, picks: "pd.DataFrame", shown: Sequence[str], val: str,
+                         higher: bool) -> str:
+    """The table of :func:`ranking_picks`: the best run by validation and each summary's pick, per group."""
     groups = list(dict.fromkeys(picks["group"]))
     by = {(g, m): rec for g, m, rec in zip(picks["group"], picks["metric"], picks.to_dict("records"))}
-    label = cmp.long_label
     rows = []
     for m in ["validation", *shown]:
         cells = []
@@ -862,13 +870,12 @@ def _section_ranking(cmp: _Comparison) -> str:
                 continue
             mark = ("" if m == "validation" else ' <span class="good">✓ best</span>' if rec["best"]
                     else f' <span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>')
-            cells.append(f"{escape(label(str(rec['run'])))}<br><small>{escape(val)} = {fmt(rec['val'], 4)}"
-                         f"{mark}</small>")
+            cells.append(f"{escape(cmp.long_label(str(rec['run'])))}<br><small>{escape(val)} = "
+                         f"{fmt(rec['val'], 4)}{mark}</small>")
         rows.append([f"best by {escape(val)}" if m == "validation" else f"lowest {escape(m)}", *cells])
-    parts.append(table(["pick", *groups], rows, left=tuple(range(len(groups) + 1))))
-    parts.append(f'<p class="sub">The run each summary would pick as the best (its lowest value), with that run\'s '
-                 f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>")
-    return "\n".join(parts)
+    return table(["pick", *groups], rows, left=tuple(range(len(groups) + 1))) + (
+        f'<p class="sub">The run each summary would pick as the best (its lowest value), with that run\'s '
+        f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>")
 
 
 def _section_sweep(cmp: _Comparison) -> str:
