@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
-import wwmonitor  # noqa: E402
-
 from _wwcb_helpers import make_module, tb_accumulator, wandb_history  # noqa: E402
+
+import wwmonitor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -26,11 +26,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
-import wwmonitor  # noqa: E402
-from wwmonitor.sinks._render import image_tag, layer_tag, model_tag  # noqa: E402
-
 from _logcheck import logs  # noqa: E402
 from _wwcb_helpers import tb_accumulator, wandb_history  # noqa: E402
+
+import wwmonitor  # noqa: E402
+from wwmonitor.sinks._render import image_tag, layer_tag, model_tag  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

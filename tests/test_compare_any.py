@@ -23,8 +23,15 @@ import wwmonitor  # noqa: E402
 from wwmonitor.cli import main as cli_main  # noqa: E402
 from wwmonitor.phases import PHASES  # noqa: E402
 from wwmonitor.report import figures as F  # noqa: E402
-from wwmonitor.report.compare import (detect_param, final_metrics_table, phase_changes, phase_history,  # noqa: E402
-                                      phases_seen, sweep_param, write_comparison)
+from wwmonitor.report.compare import (  # noqa: E402
+    detect_param,
+    final_metrics_table,
+    phase_changes,
+    phase_history,
+    phases_seen,
+    sweep_param,
+    write_comparison,
+)
 from wwmonitor.report.html import fmt  # noqa: E402
 from wwmonitor.synthetic import PHASE_GENERATORS  # noqa: E402
 

@@ -16,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
+from _logcheck import logs  # noqa: E402
+
 from wwmonitor.analyze import AnalysisOptions  # noqa: E402
 from wwmonitor.monitor import Monitor  # noqa: E402
 from wwmonitor.monitor.analyzer import default_analyze  # noqa: E402
 from wwmonitor.records import Alert  # noqa: E402
 from wwmonitor.store import load_run  # noqa: E402
-
-from _logcheck import logs  # noqa: E402
 
 FAST = AnalysisOptions(mp_fit=False, phases=False)
 
@@ -609,8 +609,8 @@ def test_matrices_that_are_not_arrays_are_an_error_naming_the_key(tmp_path):
 
 
 def test_submit_files_results_in_step_order_and_refuses_older_steps(tmp_path):
-    from wwmonitor.records import SnapshotResult
     from wwmonitor.analyze import analyze_matrix
+    from wwmonitor.records import SnapshotResult
 
     lm = analyze_matrix(np.random.default_rng(0).standard_normal((120, 60)), "w", options=FAST)
     sink = RecordingSink()

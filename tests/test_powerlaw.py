@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from ww_reference import ww_fit_many
 
 from wwmonitor.powerlaw import (
     EVALS_THRESH,
@@ -19,9 +20,6 @@ from wwmonitor.powerlaw import (
     fit_truncated_powerlaw,
     powerlaw_rank,
 )
-
-from ww_reference import ww_fit_many
-
 
 # ---------------------------------------------------------------------------
 # spectra

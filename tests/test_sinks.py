@@ -11,13 +11,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from _wwcb_helpers import tb_accumulator
 
 import wwmonitor
 from wwmonitor.records import Alert, SnapshotResult
 from wwmonitor.sinks.csv import CSVSink
 from wwmonitor.sinks.tensorboard import EventWriter, TensorBoardSink
-
-from _wwcb_helpers import tb_accumulator
 
 
 def _summary(layers):

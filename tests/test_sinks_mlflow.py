@@ -239,9 +239,9 @@ def test_lightning_mlflow_logger_gets_ww_metrics(store, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("lightning")
     import lightning.pytorch as pl
+    from _wwcb_helpers import make_module
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from _wwcb_helpers import make_module
     from wwmonitor.callbacks.lightning import WeightWatcherCallback
 
     torch.set_num_threads(1)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _logcheck import logs
 
 from wwmonitor.analyze import AnalysisOptions
@@ -128,8 +127,9 @@ def test_sigkill_mid_run_keeps_every_committed_snapshot(tmp_path):
     for s in run.steps:
         assert run.esd("1", step=s).shape == (64,)
     # and the run resumes after the crash without duplicating steps (the killed writer held no lock any more)
-    from wwmonitor.monitor import Monitor
     import torch
+
+    from wwmonitor.monitor import Monitor
 
     m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 64))
     with Monitor(m, tmp_path, run_name="killed", options=FAST, every_n_epochs=None, resume=True) as mon:

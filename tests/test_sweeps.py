@@ -150,6 +150,45 @@ def test_lightning_tune_callback_reports_once_per_epoch(tmp_path):
     assert stored["val_acc"] == pytest.approx(calls[-1]["val_acc"])
 
 
+def test_ranking_section_per_seed_equals_scipy(tmp_path, capsys):
+    """Six runs (two seeds) with a recorded val_acc: the ranking per seed and over all runs, equal to scipy on the
+    stored values; a validation metric that no run recorded is one error line."""
+    rng = np.random.default_rng(1)
+    dirs, vals = [], []
+    for i in range(6):
+        # heavier-tailed (scaled rows) for some runs: distinct mean alphas
+        mats = {"a": rng.standard_normal((300, 120)) * rng.pareto(1.5 + i, size=(300, 1)),
+                "b": rng.standard_normal((200, 100))}
+        with wwmonitor.Monitor(mats, tmp_path / "runs", run_name=f"r{i}", esd_every_n_epochs=0,
+                               config={"width": 8 * (i // 2 + 1), "seed": i % 2}) as mon:
+            mon.snapshot(step=1, epoch=0)
+        record_eval_metrics(mon, {"val_acc": 0.5 + 0.07 * ((i * 5) % 6), "train_acc": 1.0})
+        dirs.append(mon.run_dir)
+    out = tmp_path / "cmp"
+    assert cli_main(["compare", *map(str, dirs), "-o", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert 'id="ranking"' in html and "best by val_acc" in html and "seed = 0" in html
+    runs = [wwmonitor.load_run(d) for d in dirs]
+    stored = np.array([[json.loads(sqlite3.connect(r.path / "run.sqlite").execute(
+        "SELECT value FROM run_meta WHERE key='eval_metrics'").fetchone()[0])["val_acc"],
+        r.summary["mean_alpha"].iloc[-1]] for r in runs])
+    rows = {(g, m): float(rho) for g, m, n, rho in
+            (line.split(",") for line in (out / "ranking.csv").read_text().splitlines()[1:])}
+    seeds = np.array([r.config["seed"] for r in runs])
+    for label, sel in (("seed = 0", seeds == 0), ("seed = 1", seeds == 1), ("all runs", seeds >= 0)):
+        expected = spearmanr(stored[sel, 1], stored[sel, 0]).statistic
+        assert rows[(label, "mean_alpha")] == pytest.approx(expected, abs=1e-12)
+    # without groups: one "all runs" group; no validation metric: nothing to rank
+    flat = ranking_spearman(ranking_frame(runs))
+    assert set(flat["group"]) == {"all runs"}
+    assert flat.set_index("metric").loc["mean_alpha", "rho"] == pytest.approx(rows[("all runs", "mean_alpha")])
+    assert len(ranking_frame(runs, val_metric=None)) == 0
+    capsys.readouterr()
+    assert cli_main(["compare", *map(str, dirs), "--val-metric", "val_f1", "-o", str(tmp_path / "c")]) == 2
+    assert "no run recorded the validation metric 'val_f1' (recorded: train_acc, val_acc)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
 # --- helpers for the end-to-end tests ---------------------------------------------------------------------------
 
 def _run(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

@@ -25,11 +25,11 @@ import torch.nn as nn
 
 pytest.importorskip("transformers")  # requirements-dev.txt pins it; under CI=true a missing one fails
 
+from model_zoo import HF_MODELS, hf_model  # noqa: E402
+
 import wwmonitor  # noqa: E402
 from wwmonitor.describe import COLUMNS, coverage_summary  # noqa: E402
 from wwmonitor.layers import extract_matrices  # noqa: E402
-
-from model_zoo import HF_MODELS, hf_model  # noqa: E402
 
 HERE = Path(__file__).parent
 

@@ -184,11 +184,6 @@ def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS, device: 
                           device=device)
 
 
-def _on_accelerator(W: Any) -> bool:
-    dev = getattr(W, "device", None)
-    return dev is not None and is_torch_tensor(W) and getattr(dev, "type", "cpu") != "cpu"
-
-
 def _count_nonfinite(A: Any) -> int:
     if is_torch_tensor(A):
         import torch

@@ -385,7 +385,7 @@ class ShardedSpectra:
         if not (type(pl) is Shard and pl.dim == 0):
             if pl.is_replicate():
                 return ""  # every rank holds all of it: analysed like a plain parameter
-            return f"DTensor placement {pl} is not supported (FSDP2's Shard(0) is)"
+            return f"DTensor placement {pl!r} is not supported (FSDP2's Shard(dim=0) is)"
         ranks = sorted(int(r) for r in mesh.mesh.flatten().tolist())
         if ranks != list(range(self.world)):
             return f"the parameter's mesh {ranks} is not all {self.world} ranks (HSDP / sub-meshes are not supported)"

@@ -6,8 +6,17 @@ import numbers
 from typing import Any, Iterable
 
 from .base import Rule
-from .rules import (AlphaHigh, AlphaJump, AlphaLow, CorrelationTrap, NonFinite, OverRegularization, PhaseChange,
-                    RankCollapse, RULE_TYPES)
+from .rules import (
+    RULE_TYPES,
+    AlphaHigh,
+    AlphaJump,
+    AlphaLow,
+    CorrelationTrap,
+    NonFinite,
+    OverRegularization,
+    PhaseChange,
+    RankCollapse,
+)
 
 __all__ = ["RULES", "DEFAULT_RULES", "DEFAULTS", "check_config", "check_rule_ids", "build_rules"]
 

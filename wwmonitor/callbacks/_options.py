@@ -18,10 +18,32 @@ from .._validate import check_interval
 from ..alerts import AlertRules, resolve_alerts
 from ..analyze import AnalysisOptions
 
-__all__ = ["check_interval", "store_monitor_options", "monitor_kwargs", "stop_reason", "pump_sinks",
-           "open_main_monitor", "callback_state", "apply_callback_state"]
+__all__ = ["MonitorOptions", "check_interval", "store_monitor_options", "monitor_kwargs", "stop_reason",
+           "pump_sinks", "open_main_monitor", "callback_state", "apply_callback_state"]
 
 log = logging.getLogger("wwmonitor")
+
+
+class MonitorOptions:
+    """The public attributes :func:`store_monitor_options` sets on a callback, declared for type checkers.
+
+    Annotations only (no values, no methods): a callback class lists it among its bases so that
+    ``self.layers`` etc. have types; nothing changes at run time.
+    """
+
+    run_dir: Any
+    run_name: Optional[str]
+    layers: Optional[Sequence[Any]]
+    exclude: Optional[Sequence[Any]]
+    alert_rules: Optional[AlertRules]
+    metrics: Union[str, Sequence[str]]
+    esd_every_n_epochs: int
+    queue_size: int
+    policy: str
+    options: Optional[AnalysisOptions]
+    config: dict[str, Any]
+    flush_timeout: Optional[float]
+    resume: bool
 
 
 def store_monitor_options(

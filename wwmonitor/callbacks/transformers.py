@@ -56,7 +56,7 @@ import math
 import os
 import sys
 import weakref
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from transformers.trainer_callback import CallbackHandler, TrainerCallback
 
@@ -70,6 +70,7 @@ from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
 from ..distributed import UnsupportedStrategyError, broadcast_object
 from ._options import (
+    MonitorOptions,
     apply_callback_state,
     callback_state,
     check_interval,
@@ -79,6 +80,9 @@ from ._options import (
     store_monitor_options,
 )
 from ._sharding import ShardedSnapshots
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -90,7 +94,7 @@ _LIVE: "weakref.WeakValueDictionary[str, WeightWatcherCallback]" = weakref.WeakV
 _RUN_SUBDIR = "wwmonitor-runs"
 
 
-class WeightWatcherCallback(TrainerCallback, ExportableState):
+class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
     """Monitor weight spectra during ``Trainer.train`` (see the module docstring for the hooks).
 
     Parameters
@@ -353,9 +357,9 @@ def _epoch_index(epoch: Any) -> int:
     return max(0, math.ceil(round(e, 6)) - 1)
 
 
-def _live_instance(cls: type, key: str) -> Any:
+def _live_instance(cls: type[WeightWatcherCallback], key: str) -> Optional[WeightWatcherCallback]:
     """The callback of class ``cls`` with state key ``key``: in the Trainer on the call stack, else the last built."""
-    f = sys._getframe(1)
+    f: Optional[FrameType] = sys._getframe(1)
     try:
         for _ in range(16):
             if f is None:
@@ -378,7 +382,7 @@ def _trainer_on_stack() -> tuple[Any, Any]:
     ``(None, None)`` when the hook is called some other way.
     """
     handler = trainer = None
-    f = sys._getframe(1)
+    f: Optional[FrameType] = sys._getframe(1)
     try:
         for _ in range(64):
             if f is None:
@@ -428,7 +432,7 @@ def _run_config(cb: WeightWatcherCallback, args: Any, model: Any) -> dict[str, A
 def _integration_kinds(args: Any, handler: Any) -> list[tuple[str, Any]]:
     """``(kind, callback)`` of the Trainer's reporting integrations: its callbacks when known, else ``report_to``."""
     if handler is not None:
-        out = []
+        out: list[tuple[str, Any]] = []
         for c in handler.callbacks:
             names = {k.__name__ for k in type(c).__mro__}
             for kind in ("TensorBoardCallback", "WandbCallback", "MLflowCallback"):

@@ -211,7 +211,7 @@ def _callback_class() -> type:
                         continue
             self.pruning.step(int(trainer.current_epoch), eval_metrics=evals)
 
-    SpectralPruningCallback.__qualname__ = "SpectralPruningCallback"  # picklable by name: the module's __getattr__ builds it
+    SpectralPruningCallback.__qualname__ = "SpectralPruningCallback"  # picklable by name (module __getattr__)
     _CALLBACK_CLASS = SpectralPruningCallback
     return SpectralPruningCallback
 

@@ -332,7 +332,7 @@ def _tune_report_callback_class() -> type:
                     continue
             return out
 
-    TuneReportCallback.__qualname__ = "TuneReportCallback"  # picklable by name: the module's __getattr__ builds it
+    TuneReportCallback.__qualname__ = "TuneReportCallback"  # picklable by name (module __getattr__)
     _CALLBACK_CLASS = TuneReportCallback
     return TuneReportCallback
 

@@ -702,24 +702,36 @@ def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, 
     named = _page_order(loaded, df)
     df = df[df["layer"].isin(lay)].reset_index(drop=True)
     history = _history(named, lay, [k for k in (param, group) if k is not None])
-    out = prepare_out_dir(out_dir, "comparison")
-    csv = out / "comparison.csv"
-    try:
-        df.to_csv(csv, index=False)
-    except OSError as e:
-        raise OutputError(f"cannot write {str(csv)!r}: {e.strerror or e}") from e
     ranking = ranking_frame([r for _, r in named], val_metric=val_metric, group=group, names=[n for n, _ in named])
-    if len(ranking) >= 2:
-        rcsv = out / "ranking.csv"
-        try:
-            ranking_spearman(ranking).to_csv(rcsv, index=False)
-        except OSError as e:
-            raise OutputError(f"cannot write {str(rcsv)!r}: {e.strerror or e}") from e
+    if val_metric not in (None, "auto", "none") and not len(ranking):
+        known = sorted({k for _, r in named for k in eval_metrics(r)})
+        raise ValueError(f"compare: no run recorded the validation metric {val_metric!r} (recorded: "
+                         f"{', '.join(known) or 'none'})")
+    out = prepare_out_dir(out_dir, "comparison")
+    _write_csvs(out, df, ranking)
     return _Comparison(runs=[r for _, r in named], names=[n for n, _ in named], df=df, history=history,
                        param=param, group=group, layers=lay,
                        esd_layer=esd_layer if esd_layer is not None else _default_esd_layer(df),
                        metrics=metrics, out=out, dpi=dpi, notes_html=notes_html, forced_by_run=by_run,
                        ranking=ranking)
+
+
+def _write_csvs(out: Path, df: "pd.DataFrame", ranking: "pd.DataFrame") -> None:
+    """``comparison.csv`` (the final-snapshot table) and, with at least two ranked runs, ``ranking.csv`` (a stale
+    one from an earlier comparison in the same folder is removed otherwise)."""
+    tables = [(out / "comparison.csv", df)]
+    if len(ranking) >= 2:
+        tables.append((out / "ranking.csv", ranking_spearman(ranking)))
+    for path, frame in tables:
+        try:
+            frame.to_csv(path, index=False)
+        except OSError as e:
+            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from e
+    if len(ranking) < 2:
+        try:
+            (out / "ranking.csv").unlink(missing_ok=True)
+        except OSError:  # not ours to insist on: the page does not link it
+            pass
 
 
 def _page_order(loaded: Sequence["Run"], df: "pd.DataFrame") -> list[tuple[str, "Run"]]:

@@ -39,9 +39,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ..records import MODEL_LAYER
 from ..phases import PHASES
 from ..powerlaw import EVALS_THRESH, PowerLawFit, fit_powerlaw
+from ..records import MODEL_LAYER
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

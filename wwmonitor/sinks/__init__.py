@@ -12,7 +12,6 @@ neither TensorBoard, wandb nor mlflow.
 from __future__ import annotations
 
 from .._lazy import lazy_exports
-
 from .base import Sink
 
 _LAZY = {
