@@ -26,11 +26,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
-from _logcheck import logs  # noqa: E402
-from _wwcb_helpers import tb_accumulator, wandb_history  # noqa: E402
-
 import wwmonitor  # noqa: E402
 from wwmonitor.sinks._render import image_tag, layer_tag, model_tag  # noqa: E402
+
+from _logcheck import logs  # noqa: E402
+from _wwcb_helpers import tb_accumulator, wandb_history  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -98,6 +98,13 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.setenv("WANDB_PROJECT", "wwmonitor-test")
     monkeypatch.chdir(tmp_path)
+    import wandb
+
+    # wandb keeps process-wide settings (its run directory among them) from the first wandb.init of the
+    # process -- an earlier test's; start from a clean slate so this test's WANDB_DIR is the one used
+    wandb.teardown()
+    yield
+    wandb.teardown()
 
 
 def _callback():
