@@ -310,8 +310,8 @@ def main() -> None:
     snap = bench_snapshot(model)
     print("### 1. snapshot() blocking time vs clone() of the same parameters (median of "
           f"{REPS}, interleaved; analysis running in the background)\n")
-    print("| model | matrices | weights MiB | clone() s | snapshot() s | snapshot / clone | copy_() into preallocated s | "
-          "snapshot / copy_() | first snapshot s (allocates) | goal <= 1.5x |")
+    print("| model | matrices | weights MiB | clone() s | snapshot() s | snapshot / clone | "
+          "copy_() into preallocated s | snapshot / copy_() | first snapshot s (allocates) | goal <= 1.5x |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| GPT-2-medium float32 | {snap['matrices']} | {snap['bytes'] / MiB:.0f} | {snap['clone_s']:.3f} | "
           f"{snap['snapshot_s']:.3f} | **{snap['ratio']:.2f}x** | {snap['copy_s']:.3f} | {snap['ratio_copy']:.2f}x | "
@@ -344,9 +344,10 @@ def main() -> None:
     ww1w = {g: v[0] for g, v in ww1.items()}
     nb = 2 * N_BLOCKS * 3 + 2  # matrices: wte, wpe and 6 per block
     print("### 2. Analysis time per snapshot: the monitor's worker vs weightwatcher's default vs the LAPACK floor\n")
-    print("| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | ww, 1 BLAS thread s | "
-          "LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | ww / ours (goal >= 3x) | "
-          "ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | ours / (Gram + eigvalsh) |")
+    print("| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | "
+          "ww, 1 BLAS thread s | LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | "
+          "ww / ours (goal >= 3x) | ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | "
+          "ours / (Gram + eigvalsh) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def row(label: str, n: str, o: float, w: Any, w1: Any, e: float, g: float) -> None:
@@ -357,9 +358,9 @@ def main() -> None:
         print(f"| {label} | {n} | {o:.2f} | {ws} | {w1s} | {e:.2f} | {g:.2f} | {ratio} | {ratio1} | **{o / e:.2f}x** | "
               f"{o / g:.2f}x |")
 
-    row("measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)", f"7 / {ww['wpe'][1] + ww['block'][1]}",
-        ours["wpe"] + ours["block"], www["wpe"] + www["block"], ww1w["wpe"] + ww1w["block"], fe["wpe"] + fe["block"],
-        fg["wpe"] + fg["block"])
+    row("measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+        f"7 / {ww['wpe'][1] + ww['block'][1]}", ours["wpe"] + ours["block"], www["wpe"] + www["block"],
+        ww1w["wpe"] + ww1w["block"], fe["wpe"] + fe["block"], fg["wpe"] + fg["block"])
     row("measured: `wte` 50257 x 1024 (ww's default skips it: max_N)", "1 / 0", ours["wte"], "skipped", "skipped",
         fe["wte"], fg["wte"])
     row(f"estimated: weightwatcher's {nb - 1} matrices (`wpe` + {N_BLOCKS} blocks)", f"{nb - 1} / {nb - 1}", est(ours),
@@ -368,7 +369,8 @@ def main() -> None:
         est(fg, True))
     if "analysis_s" in f32:
         print(f"| **measured: one whole snapshot** (`result.meta[\"analysis_s\"]`, child process) | {f32['layers']} | "
-              f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) | - | - | "
+              f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) "
+              "| - | - | "
               f"**{f32['analysis_s'] / est(fe, True):.2f}x** | {f32['analysis_s'] / est(fg, True):.2f}x |")
     print(f"\n(whole snapshot: worker CPU {f32.get('analysis_cpu_s', float('nan')):.1f} s of "
           f"{f32.get('analysis_s', float('nan')):.1f} s wall; {f32.get('ok')} of {f32.get('layers')} layers fitted)\n")

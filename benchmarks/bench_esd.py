@@ -113,7 +113,8 @@ def _threading() -> None:
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(1)
-    mats = [(rng.standard_normal(s) / 30).astype(np.float32) for s in [(1536 // 3, 512)] * 4 + [(2048, 512), (512, 2048)]]
+    shapes = [(1536 // 3, 512)] * 4 + [(2048, 512), (512, 2048)]
+    mats = [(rng.standard_normal(s) / 30).astype(np.float32) for s in shapes]
 
     def one(A: np.ndarray) -> np.ndarray:
         A64 = A.astype(np.float64)

@@ -235,8 +235,9 @@ with tempfile.TemporaryDirectory() as d:
     st = mon.stats
 peak = hwm() - base
 after = rss() - base
-print(json.dumps({"mode": mode, "weights": wbytes, "largest": largest, "bound": (q + 1) * wbytes, "peak": peak, "after": after,
-                  "buffers_peak": st["buffer_bytes_peak"], "coalesced": st["coalesced"], "analysed": st["analysed"]}))
+print(json.dumps({"mode": mode, "weights": wbytes, "largest": largest, "bound": (q + 1) * wbytes, "peak": peak,
+                  "after": after, "buffers_peak": st["buffer_bytes_peak"], "coalesced": st["coalesced"],
+                  "analysed": st["analysed"]}))
 """
 
 
@@ -316,7 +317,8 @@ def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
         pr, pr_h = run("process", pool)
         th2, th2_h = run("thread", None)
         pr2, pr2_h = run("process", pool)
-    return {"thread_s": (th + th2) / 2, "process_s": (pr + pr2) / 2, "thread_handoff_ms": (th_h + th2_h) / 2 / epochs * 1e3,
+    return {"thread_s": (th + th2) / 2, "process_s": (pr + pr2) / 2,
+            "thread_handoff_ms": (th_h + th2_h) / 2 / epochs * 1e3,
             "process_handoff_ms": (pr_h + pr2_h) / 2 / epochs * 1e3, "process_startup_s": startup}
 
 

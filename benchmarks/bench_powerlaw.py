@@ -60,9 +60,11 @@ for key in data.files:
         if r < reps["ww"]:
             t0 = time.perf_counter(); w = WWFit(nz); t_ww.append(time.perf_counter() - t0)
         if r < reps["powerlaw"]:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+                  contextlib.redirect_stderr(io.StringIO())):
                 warnings.simplefilter("ignore")
-                t0 = time.perf_counter(); p = powerlaw.Fit(nz, verbose=False); a_pl = float(p.power_law.alpha); x_pl = float(p.power_law.xmin); t_pl.append(time.perf_counter() - t0)
+                t0 = time.perf_counter(); p = powerlaw.Fit(nz, verbose=False)
+                a_pl = float(p.power_law.alpha); x_pl = float(p.power_law.xmin); t_pl.append(time.perf_counter() - t0)
     res[key] = dict(n=int(ev.size), t_ours=t_ours, t_ww=t_ww, t_pl=t_pl,
                     ours=[f.xmin, f.alpha, f.D, f.n_tail, f.n_evaluated],
                     ww=[float(w.xmin), float(w.alpha), float(w.D)],
@@ -91,7 +93,8 @@ def run() -> dict:
 def table(res: dict) -> str:
     lines = [
         "| n eigenvalues | wwmonitor | weightwatcher WWFit | powerlaw.Fit | speed-up vs weightwatcher "
-        "| speed-up vs powerlaw | identical (xmin, alpha, D) | alpha (ours = ww) | alpha powerlaw | full-D evaluations |",
+        "| speed-up vs powerlaw | identical (xmin, alpha, D) | alpha (ours = ww) | alpha powerlaw "
+        "| full-D evaluations |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(res, key=lambda k: res[k]["n"]):

@@ -37,7 +37,8 @@ N_LAYER, D, VOCAB, N_POS = 24, 1024, 50257, 1024
 
 
 def gpt2_medium_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    out: list[tuple[str, tuple[int, ...]]] = [("transformer.wte.weight", (VOCAB, D)), ("transformer.wpe.weight", (N_POS, D))]
+    out: list[tuple[str, tuple[int, ...]]] = [("transformer.wte.weight", (VOCAB, D)),
+                                              ("transformer.wpe.weight", (N_POS, D))]
     for i in range(N_LAYER):
         p = f"transformer.h.{i}."
         out += [(p + "ln_1.weight", (D,)), (p + "ln_1.bias", (D,)),
@@ -158,7 +159,8 @@ def main() -> None:
     base = rows[0][1]["peak"]
     print(f"Checkpoint: {ck['params'] / 1e6:.0f}M float32 parameters in {ck['tensors']} tensors, "
           f"{ck['bytes'] / 2**30:.2f} GiB in {ck['files']} safetensors shards ({ck['matrices']} matrices analysed); "
-          f"largest tensor {ck['largest'] / MiB:.0f} MiB (the 50257 x 1024 embedding); written in {ck['make_s']:.0f} s.\n")
+          f"largest tensor {ck['largest'] / MiB:.0f} MiB (the 50257 x 1024 embedding); "
+          f"written in {ck['make_s']:.0f} s.\n")
     print("| run | wall s | peak RSS MiB | peak - baseline MiB (the path's own baseline) | "
           "(peak - baseline) / largest tensor | peak / checkpoint size |")
     print("|---|---|---|---|---|---|")

@@ -120,7 +120,7 @@ def run_350m() -> int:
     print("| model | matrices | weights MiB | clone() on device s | snapshot() s (device -> pinned host) | "
           "snapshot / clone | copy_() on device s | first snapshot s |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| GPT-2-medium float32, CUDA | {snap['matrices']} | {snap['bytes'] / 2**20:.0f} | {snap['clone_s']:.4f} | "
+    print(f"| GPT-2-medium float32, {DEVICE} | {snap['matrices']} | {snap['bytes'] / 2**20:.0f} | {snap['clone_s']:.4f} | "
           f"{snap['snapshot_s']:.4f} | {snap['ratio']:.2f}x | {snap['copy_s']:.4f} | {snap['cold_s']:.3f} |\n",
           flush=True)
 
@@ -132,7 +132,7 @@ def run_350m() -> int:
                 mon.snapshot(step=0)
                 mon.flush()
                 res = mon.results[-1]
-        rows.append(("Monitor(analysis_device='cuda'), one snapshot, result.meta['analysis_s']",
+        rows.append((f"Monitor(analysis_device={DEVICE!r}), one snapshot, result.meta['analysis_s']",
                      res.meta["analysis_s"], sum(lm.status == "ok" for lm in res.layers), len(res.layers)))
     else:
         print("(Monitor has no analysis_device yet: the CUDA tensors go to analyze_matrix directly)", flush=True)
@@ -141,14 +141,15 @@ def run_350m() -> int:
         t0 = time.perf_counter()
         rep = analyze_model(model, analysis_device=DEVICE, progress=False)
         _sync()
-        rows.append(("analyze_model(model, analysis_device='cuda')", time.perf_counter() - t0,
+        rows.append((f"analyze_model(model, analysis_device={DEVICE!r})", time.perf_counter() - t0,
                      sum(lm.status == "ok" for lm in rep.layers), len(rep.layers)))
     analyse_on_device(specs[-2:])  # warm-up: CUDA context, cuSOLVER handles
     times = []
     for _ in range(2):
         t, lms = analyse_on_device(specs)
         times.append(t)
-    rows.append(("analyze_matrix on each CUDA tensor (ESD on the device), median of 2", statistics.median(times),
+    rows.append((f"analyze_matrix on each {DEVICE} tensor (ESD on the tensor's device), median of 2",
+                 statistics.median(times),
                  sum(lm.status == "ok" for lm in lms), len(lms)))
     print("| analysis of the whole model on the device | s | fitted / matrices |")
     print("|---|---|---|")
@@ -215,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-350m", action="store_true")
     ap.add_argument("--skip-7b", action="store_true")
-    ap.add_argument("--layers", type=int, default=LLAMA7B_LAYERS, help="7B set: analyse this many layers (scaled to 32)")
+    ap.add_argument("--layers", type=int, default=LLAMA7B_LAYERS,
+                    help="7B set: analyse this many layers (scaled to 32)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="7B set: dtype of the matrices")
     ap.add_argument("--test-timeout", type=int, default=600)
     ap.add_argument("--device", default="cuda", help="'cpu': smoke-test the code paths without a GPU (slow)")

@@ -45,7 +45,8 @@ def describe(label: str, rep: "wwmonitor.ModelReport") -> dict[str, float]:
     }
     phases = df["phase"].value_counts().to_dict()
     print(f"{label:>8}: {row['layers']} fitted matrices, median alpha {row['median_alpha']:.2f}, "
-          f"{100 * row['frac_alpha_2_6']:.0f}% with alpha in [2, 6], median MP-softrank {row['median_mp_softrank']:.3f}, "
+          f"{100 * row['frac_alpha_2_6']:.0f}% with alpha in [2, 6], "
+          f"median MP-softrank {row['median_mp_softrank']:.3f}, "
           f"median stable rank {row['median_stable_rank']:.1f}; phases {phases}")
     return row
 

@@ -59,7 +59,8 @@ def main() -> None:
         runs.append(train(bs, lr, args.epochs, f"{args.out}/runs-{args.lr_scaling}"))
         print(f"batch size {bs:4d} (lr {lr:.3g}): {runs[-1]}")
     df = final_metrics_table(runs, param="batch_size", group=None)
-    print(df[["batch_size", "layer", "alpha", "stable_rank", "mp_softrank", "num_spikes", "phase"]].to_string(index=False))
+    cols = ["batch_size", "layer", "alpha", "stable_rank", "mp_softrank", "num_spikes", "phase"]
+    print(df[cols].to_string(index=False))
     rho = spearman_by_group(df, param="batch_size", metrics=("alpha", "stable_rank", "mp_softrank", "num_spikes"))
     for layer, vals in rho["all"].items():
         print(f"Spearman vs batch size, layer {layer}: " + ", ".join(f"{k} {v:+.2f}" for k, v in vals.items()))

@@ -39,7 +39,8 @@ def small_transformer() -> nn.Module:
     return transformer(d=128, layers=2, ff=256)
 
 
-BUILDERS = {"mlp": mlp, "small_mlp": small_mlp, "cnn": cnn, "transformer": transformer, "small_transformer": small_transformer}
+BUILDERS = {"mlp": mlp, "small_mlp": small_mlp, "cnn": cnn, "transformer": transformer,
+            "small_transformer": small_transformer}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:

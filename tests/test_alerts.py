@@ -91,7 +91,8 @@ def test_rank_collapse_counts_a_pooled_conv_layer_over_all_its_eigenvalues():
 
 def test_alpha_low_needs_patience_and_hysteresis():
     rules = AlertRules(alpha_low_patience=3, hysteresis=0.2, rules=["alpha_low"])
-    fired = [rules.evaluate(_fake(s, alpha=a)) for s, a in enumerate([1.8, 1.9, 1.7, 1.95, 2.1, 1.9, 2.3, 1.8, 1.8, 1.8])]
+    alphas = [1.8, 1.9, 1.7, 1.95, 2.1, 1.9, 2.3, 1.8, 1.8, 1.8]
+    fired = [rules.evaluate(_fake(s, alpha=a)) for s, a in enumerate(alphas)]
     steps = [s for s, f in enumerate(fired) if f]
     # fires at the 3rd low snapshot; 2.1 is inside the hysteresis band (no reset); 2.3 clears;
     # then 3 more low snapshots fire again
@@ -419,7 +420,8 @@ def test_alerts_import_nothing_downstream():
         if f.name == "__init__.py" and spec.submodule_search_locations:
             package = "wwmonitor.alerts"
         elif spec.submodule_search_locations:
-            package = "wwmonitor.alerts." + ".".join(f.relative_to(spec.submodule_search_locations[0]).with_suffix("").parts[:-1])
+            rel = f.relative_to(spec.submodule_search_locations[0]).with_suffix("")
+            package = "wwmonitor.alerts." + ".".join(rel.parts[:-1])
             package = package.rstrip(".")
         else:
             package = "wwmonitor"

@@ -42,7 +42,8 @@ SCRIPT = textwrap.dedent(
     y = rng.integers(0, 10, 512)
 
     def build():
-        block = keras.Sequential([keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64, activation="relu")],
+        block = keras.Sequential([keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(64, activation="relu")],
                                  name="block")  # nested: not in model.layers' top level
         inp = keras.Input((8, 8, 1))
         h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
@@ -79,7 +80,9 @@ SCRIPT = textwrap.dedent(
     # stop_training through an alert: random-init layers are under-trained (alpha > 6) at once
     model2 = build()
     cb2 = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
-                                alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0, warn=False), stop_on=["alpha_high"])
+                                alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0,
+                                                  warn=False),
+                                stop_on=["alpha_high"])
     hist2 = model2.fit(x, y, epochs=12, batch_size=64, callbacks=[cb2], verbose=0)
 
     import wwmonitor
@@ -265,7 +268,9 @@ TF_SCRIPT = textwrap.dedent(
     keras.utils.set_random_seed(0)
     model = build()
     cb = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
-                               alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0, warn=False), stop_on=["alpha_high"])
+                               alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0,
+                                                 warn=False),
+                               stop_on=["alpha_high"])
     hist = model.fit(x, y, epochs=12, batch_size=64, callbacks=[cb], verbose=0)
     res["stop"] = {{"epochs": len(hist.history["loss"]), "stopped": cb.stopped_by_alert,
                    "alerts": [a.rule for a in cb.monitor.alerts_fired if a.stop_training],

@@ -144,7 +144,8 @@ def test_skipped_entries_are_reported(ckpt, tmp_path):
     proc = _cli("analyze", str(ckpt), "--json", str(tmp_path / "r.json"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "skipped 16 entries not analysed:" in proc.stdout
-    assert "  not a matrix (1-D) [16]: layers.0.self_attn.in_proj_bias, layers.0.self_attn.out_proj.bias," in proc.stdout
+    assert ("  not a matrix (1-D) [16]: layers.0.self_attn.in_proj_bias, layers.0.self_attn.out_proj.bias,"
+            in proc.stdout)
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["summary"]["num_skipped"] == 16
     assert {"name": "layers.1.norm2.bias", "reason": "not a matrix (1-D)"} in data["skipped"]

@@ -68,7 +68,8 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         out = {out!r}
         # policy="latest" (and "skip") used to file gathered metrics under the wrong step
-        cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp", policy="latest", queue_size=1, esd_every_n_epochs=1,
+        cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp",
+                                   policy="latest", queue_size=1, esd_every_n_epochs=1,
                                    # a threshold every layer exceeds: guaranteed alert output on rank 0
                                    alerts={{"rules": ["alpha_high", "rank_collapse"], "alpha_high": 2.5,
                                             "warmup": 0}})
@@ -191,7 +192,8 @@ def test_gather_helpers_with_two_gloo_processes(tmp_path):
     # fork: the children reuse the imported modules (spawn would re-import torch in each)
     mp.start_processes(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g = [json.loads((tmp_path / f"g{r}.json").read_text()) for r in (0, 1)]
-    expect = [{"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"}, {"1": "layer1@rank1", "3": "layer3@rank1"}]
+    expect = [{"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"},
+              {"1": "layer1@rank1", "3": "layer3@rank1"}]
     assert [x["rw"] for x in g] == [[0, 2], [1, 2]]
     assert g[0]["all"] == expect and g[1]["all"] == expect
     assert g[0]["zero"] == expect and g[1]["zero"] is None

@@ -16,14 +16,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _wwcb_helpers import tb_accumulator  # noqa: E402
-
 import wwmonitor  # noqa: E402
 from wwmonitor.analyze import AnalysisOptions, analyze_matrix  # noqa: E402
 from wwmonitor.metrics import METRIC_NAMES, LayerMetrics  # noqa: E402
 from wwmonitor.monitor import Monitor  # noqa: E402
 from wwmonitor.monitor.reference import ReferenceWeights  # noqa: E402
 from wwmonitor.sinks._render import DEFAULT_SCALARS  # noqa: E402
+
+from _wwcb_helpers import tb_accumulator  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 torch.set_num_threads(1)

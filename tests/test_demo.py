@@ -207,6 +207,7 @@ def test_example_lsa_powerlaw_rank(tmp_path):
 
     sys.path.insert(0, str(EXAMPLES))
     from lsa_powerlaw_rank import docstring_corpus
+
     from ww_reference import ww_fit
 
     with warnings.catch_warnings():

@@ -44,7 +44,7 @@ def _line(ax, label_start: str):
     for ln in ax.get_lines():
         if str(ln.get_label()).startswith(label_start):
             return ln
-    raise AssertionError(f"no line labelled {label_start!r}; have {[l.get_label() for l in ax.get_lines()]}")
+    raise AssertionError(f"no line labelled {label_start!r}; have {[ln.get_label() for ln in ax.get_lines()]}")
 
 
 def test_esd_pdf_powerlaw_line_sits_on_the_histogram():

@@ -17,7 +17,8 @@ import wwmonitor
 W = np.random.default_rng(0).standard_normal((300, 120))
 m = wwmonitor.analyze_matrix(W, "w")
 fit = wwmonitor.fit_powerlaw(wwmonitor.esd(W))
-heavy = ["torch", "lightning", "pytorch_lightning", "keras", "tensorboard", "wandb", "tensorflow", "jax", "matplotlib", "pandas"]
+heavy = ["torch", "lightning", "pytorch_lightning", "keras", "tensorboard", "wandb", "tensorflow", "jax", "matplotlib",
+         "pandas"]
 print(json.dumps({"phase": m.phase, "alpha": m.alpha, "loaded": [h for h in heavy if h in sys.modules]}))
 """
 

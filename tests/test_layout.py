@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-from _wwcb_helpers import tb_accumulator
 
 import wwmonitor
 from wwmonitor.records import SnapshotResult
@@ -30,6 +29,8 @@ from wwmonitor.sinks._render import (
 )
 from wwmonitor.sinks.tensorboard import EventWriter, TensorBoardSink
 from wwmonitor.summary import model_summary
+
+from _wwcb_helpers import tb_accumulator
 
 LAYERS = ("block1/dense", "enc.fc1", "/head/")  # a Keras-style nested name, a torch name, stray slashes
 HPARAMS = {"lr": 0.05, "batch_size": 32, "opt": {"name": "sgd", "nesterov": False}, "seed": None}
@@ -366,10 +367,11 @@ def test_lightning_fit_writes_the_layout_and_its_config_as_hparams(tmp_path, mon
     torch = pytest.importorskip("torch")
     pytest.importorskip("lightning")
     import lightning.pytorch as pl
-    from _wwcb_helpers import make_module
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from wwmonitor.callbacks.lightning import WeightWatcherCallback
+
+    from _wwcb_helpers import make_module
 
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)

@@ -81,15 +81,18 @@ def test_formats_agree(tmp_path):
     np.savez(tmp_path / "m.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
     (tmp_path / "hf").mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "hf" / "model.safetensors"))
-    for src in [model.state_dict(), tmp_path / "m.pt", tmp_path / "model.safetensors", tmp_path / "m.npz", tmp_path / "hf"]:
+    for src in [model.state_dict(), tmp_path / "m.pt", tmp_path / "model.safetensors", tmp_path / "m.npz",
+                tmp_path / "hf"]:
         df = analyze_model(src).to_pandas()
-        np.testing.assert_allclose(df["alpha"].astype(float), direct["alpha"].astype(float), rtol=1e-9, err_msg=str(src))
+        np.testing.assert_allclose(df["alpha"].astype(float), direct["alpha"].astype(float), rtol=1e-9,
+                                   err_msg=str(src))
         assert list(df["phase"]) == list(direct["phase"])
 
 
 def test_lightning_checkpoint_state_dict(tmp_path):
     model = build("small_mlp")
-    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "x.ckpt")
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               tmp_path / "x.ckpt")
     rep = analyze_model(tmp_path / "x.ckpt")
     assert [lm.name for lm in rep.layers] == ["model.0", "model.2", "model.4"]
 
@@ -167,7 +170,8 @@ def test_warnings_follow_weightwatcher_convention():
 def test_layer_kinds_and_filters():
     lstm = nn.LSTM(60, 80)
     specs = extract_matrices(lstm)
-    assert [s.name for s in specs[:4]] == ["model.weight_ih_l0.i", "model.weight_ih_l0.f", "model.weight_ih_l0.g", "model.weight_ih_l0.o"]
+    assert [s.name for s in specs[:4]] == ["model.weight_ih_l0.i", "model.weight_ih_l0.f", "model.weight_ih_l0.g",
+                                           "model.weight_ih_l0.o"]
     assert all(s.shape in ((80, 60), (80, 80)) for s in specs)
     t = build("small_transformer")
     names = [s.name for s in extract_matrices(t)]
@@ -209,7 +213,8 @@ rep = analyze_model(seq, min_evals=10)
 k = seq.layers[0].kernel
 print(json.dumps({"specs": [(s.name, s.type, list(s.shape), s.scale) for s in specs],
                   "alpha0": rep.layers[0].alpha, "M": rep.layers[0].M,
-                  "ref": float(np.linalg.svd(np.asarray(keras.ops.convert_to_numpy(k), dtype=np.float64), compute_uv=False).max() ** 2),
+                  "ref": float(np.linalg.svd(np.asarray(keras.ops.convert_to_numpy(k), dtype=np.float64),
+                                             compute_uv=False).max() ** 2),
                   "lmax": rep.layers[0].lambda_max}))
 """
 
@@ -282,7 +287,8 @@ def test_torch_module_parameters_not_analysed_are_listed_as_skipped():
 
 
 def test_skipped_entries_follow_the_layer_filters():
-    sd = {"a.weight": np.ones((60, 50)) + np.eye(60, 50), "a.bias": np.ones(60), "b.weight": np.eye(60), "b.bias": np.ones(60)}
+    sd = {"a.weight": np.ones((60, 50)) + np.eye(60, 50), "a.bias": np.ones(60), "b.weight": np.eye(60),
+          "b.bias": np.ones(60)}
     rep = analyze_model(sd, layers=["a"], min_evals=10)
     assert [lm.name for lm in rep.layers] == ["a"] and rep.skipped == [("a.bias", "not a matrix (1-D)")]
     rep = analyze_model(sd, exclude=["b"], min_evals=10)
@@ -290,7 +296,8 @@ def test_skipped_entries_follow_the_layer_filters():
 
 
 def test_nothing_analysable_error_lists_what_was_skipped():
-    with pytest.raises(ValueError, match=r"no analysable weight matrices.*skipped 2: a \(value is not an array \(str\)\), b \(not a matrix \(1-D\)\)"):
+    with pytest.raises(ValueError, match=r"no analysable weight matrices.*skipped 2: "
+                                         r"a \(value is not an array \(str\)\), b \(not a matrix \(1-D\)\)"):
         analyze_model({"a": "x", "b": np.ones(3)})
 
 
@@ -301,7 +308,8 @@ def test_complex_layer_is_rejected_naming_it_and_the_rest_is_analysed():
     with pytest.raises(TypeError, match=r"layer 'z': complex-valued matrix \(dtype complex128\)"):
         wwmonitor.analyze_matrix(W + 1j * W, "z")
     lin = nn.Linear(80, 120)
-    rep = analyze_model({"a.weight": W, "z.weight": W + 1j * W, "t.weight": torch.complex(lin.weight.detach(), lin.weight.detach())})
+    rep = analyze_model({"a.weight": W, "z.weight": W + 1j * W,
+                         "t.weight": torch.complex(lin.weight.detach(), lin.weight.detach())})
     by = {lm.name: lm for lm in rep.layers}
     assert by["a"].status == "ok" and by["a"].alpha == wwmonitor.analyze_matrix(W, "a").alpha
     for name, dt in (("z", "complex128"), ("t", "torch.complex64")):
@@ -380,7 +388,8 @@ def test_huge_scale_weights_are_analysed_with_log_norms():
 
 def test_denormal_layer_in_a_model_is_reported_and_the_rest_analysed():
     rng = np.random.default_rng(36)
-    rep = analyze_model({"a.weight": rng.standard_normal((120, 80)), "d.weight": 1e-310 * rng.standard_normal((120, 80)),
+    rep = analyze_model({"a.weight": rng.standard_normal((120, 80)),
+                         "d.weight": 1e-310 * rng.standard_normal((120, 80)),
                          "z.weight": np.zeros((120, 80))})
     by = {lm.name: lm for lm in rep.layers}
     assert by["a"].status == "ok"

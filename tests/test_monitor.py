@@ -16,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from _logcheck import logs  # noqa: E402
-
 from wwmonitor.analyze import AnalysisOptions  # noqa: E402
 from wwmonitor.monitor import Monitor  # noqa: E402
 from wwmonitor.monitor.analyzer import default_analyze  # noqa: E402
 from wwmonitor.records import Alert  # noqa: E402
 from wwmonitor.store import load_run  # noqa: E402
+
+from _logcheck import logs  # noqa: E402
 
 FAST = AnalysisOptions(mp_fit=False, phases=False)
 

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import collections
 import functools
 import math
 import sys
@@ -72,7 +71,7 @@ def format_confusion(C: np.ndarray) -> str:
     for i, p in enumerate(PHASES):
         acc = C[i, i] / C[i].sum()
         rows.append(f"| {p} | " + " | ".join(str(v) for v in C[i]) + f" | {acc:.0%} |")
-    rows.append(f"| **overall** | " + " | ".join("" for _ in PHASES) + f" | {np.trace(C) / C.sum():.1%} |")
+    rows.append("| **overall** | " + " | ".join("" for _ in PHASES) + f" | {np.trace(C) / C.sum():.1%} |")
     return "\n".join(rows)
 
 
@@ -224,7 +223,7 @@ def test_decaying_continuum_is_bulk_decay_not_heavy_tailed() -> None:
     """Issue 9: an intact MP bulk with a continuum of 60 geometrically decaying signal directions
     reaching ~5 λ+ is bulk-decay (the old rule called it heavy-tailed: ratio >= 3.5, alpha < 4.5)."""
     rng = np.random.default_rng(21)
-    Q, dc = 2.0, bbp_threshold(2.0)
+    dc = bbp_threshold(2.0)
     d = 4.6 * dc * (0.8 / 4.6) ** (np.arange(60) / 59)  # outliers from ~5 λ+ down into the bulk
     lam, N, M, mp, pl = _fits(spiked(800, 400, d, rng))
     r = classify_phase(lam, N=N, M=M, mp=mp, pl=pl)

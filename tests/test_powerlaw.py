@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 import pytest
-from ww_reference import ww_fit_many
 
 from wwmonitor.powerlaw import (
     EVALS_THRESH,
@@ -20,6 +19,8 @@ from wwmonitor.powerlaw import (
     fit_truncated_powerlaw,
     powerlaw_rank,
 )
+
+from ww_reference import ww_fit_many
 
 # ---------------------------------------------------------------------------
 # spectra
@@ -300,7 +301,8 @@ def test_tpl_normaliser_against_mpmath():
         for t in (1e-9, 1e-4, 0.01, 0.3, 1.0, 7.0, 40.0):
             if a <= 1 and t < 1e-6:
                 continue
-            ref = mpmath.e ** t * mpmath.mpf(t) ** (mpmath.mpf(a) - 1) * mpmath.gammainc(1 - mpmath.mpf(a), mpmath.mpf(t))
+            ref = (mpmath.e ** t * mpmath.mpf(t) ** (mpmath.mpf(a) - 1)
+                   * mpmath.gammainc(1 - mpmath.mpf(a), mpmath.mpf(t)))
             ref = float(mpmath.log(mpmath.re(ref)))
             assert _tpl_log_norm(a, t) == pytest.approx(ref, rel=1e-10, abs=1e-10), (a, t)
     assert _tpl_log_norm(2.0, 0.0) == pytest.approx(0.0)

@@ -378,7 +378,9 @@ def test_report_and_compare_without_epochs_use_steps(store_runs, tmp_path, monke
                 "lines": {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()}}
 
     for fn in ("plot_metric_curves", "plot_phase_timeline"):
-        def spy(*a, _real=getattr(F, fn), _fn=fn, **k):
+        real = getattr(F, fn)
+
+        def spy(*a, _real=real, _fn=fn, **k):
             fig = _real(*a, **k)
             drawn[_fn] = first_axes(fig)
             return fig
@@ -561,7 +563,7 @@ def test_report_figure_failures_are_noted_and_counted(store_runs, tmp_path, monk
     html = index.read_text(encoding="utf-8")
     listed = _problem_list(html)
     assert len(listed) == len(problems) == 4, listed
-    assert f"4 problems" in html.split('id="summary"', 1)[0]
+    assert "4 problems" in html.split('id="summary"', 1)[0]
     # each failure is named where it happened: layer/figure and the error
     curves_sec = _section(html, "curves")
     assert 'class="problem"' in curves_sec and "curves exploded" in curves_sec and "metric curves" in curves_sec

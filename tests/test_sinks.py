@@ -11,12 +11,13 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _wwcb_helpers import tb_accumulator
 
 import wwmonitor
 from wwmonitor.records import Alert, SnapshotResult
 from wwmonitor.sinks.csv import CSVSink
 from wwmonitor.sinks.tensorboard import EventWriter, TensorBoardSink
+
+from _wwcb_helpers import tb_accumulator
 
 
 def _summary(layers):
@@ -37,7 +38,8 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
                 "tiny": rng.standard_normal((20, 10)).astype(np.float32)}
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
         esds = {lm.name: lm.extra.pop("esd") for lm in layers}
-        alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")] if e == 1 else []
+        alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m",
+                        layer="enc.fc2")] if e == 1 else []
         out.append(SnapshotResult(step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds,
                                   summary=_summary(layers), alerts=alerts))
         renderer.render(out[-1])

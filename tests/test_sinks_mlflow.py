@@ -1,4 +1,5 @@
-"""MLflow sink against a real local tracking store (sqlite backend under tmp, no server), read back with MlflowClient."""
+"""MLflow sink against a real local tracking store (sqlite backend under tmp, no server), read back with
+MlflowClient."""
 from __future__ import annotations
 
 import json
@@ -62,7 +63,8 @@ def _results(n: int = 3) -> list[SnapshotResult]:
         alphas = [lm.alpha for lm in layers if lm.alpha is not None]
         alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="alpha < 2",
                         layer="enc.fc2", value=1.9),
-                  Alert(step=10 * e, epoch=e, rule="non_finite", severity="error", message="model-level")] if e == 1 else []
+                  Alert(step=10 * e, epoch=e, rule="non_finite", severity="error",
+                        message="model-level")] if e == 1 else []
         out.append(SnapshotResult(step=10 * e, epoch=e, time=1.7e9 + e, layers=layers, esds=esds,
                                   summary={"mean_alpha": float(np.mean(alphas))}, alerts=alerts))
         renderer.render(out[-1])
@@ -98,7 +100,8 @@ def test_metrics_artifacts_alerts_params(store, tmp_path):
     assert _history(client, run_id, "ww.alpha/enc.fc1")[0][1] == res[0].layers[0].alpha
     assert _history(client, run_id, "ww/mean_alpha") == [(r.step, r.summary["mean_alpha"]) for r in res]
     assert _history(client, run_id, "ww/epoch") == [(0, 0.0), (10, 1.0), (20, 2.0)]
-    assert {m.timestamp for m in client.get_metric_history(run_id, "ww/epoch")} == {1.7e12, 1.7e12 + 1000, 1.7e12 + 2000}
+    stamps = {m.timestamp for m in client.get_metric_history(run_id, "ww/epoch")}
+    assert stamps == {1.7e12, 1.7e12 + 1000, 1.7e12 + 2000}
 
     # --- artifacts: the ESD PNGs (bytes as rendered), one layer table per snapshot
     dst = tmp_path / "dl"
@@ -239,10 +242,11 @@ def test_lightning_mlflow_logger_gets_ww_metrics(store, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("lightning")
     import lightning.pytorch as pl
-    from _wwcb_helpers import make_module
     from lightning.pytorch.loggers import MLFlowLogger
 
     from wwmonitor.callbacks.lightning import WeightWatcherCallback
+
+    from _wwcb_helpers import make_module
 
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)

@@ -79,7 +79,8 @@ def test_torch_tensor_input_matches_numpy():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (the device path runs on the GPU machine)")
 def test_cuda_path_matches_cpu():  # pragma: no cover - exercised on the GPU machine only
     W = torch.randn(512, 256)
     np.testing.assert_allclose(wwmonitor.esd(W.cuda()), wwmonitor.esd(W), rtol=1e-8, atol=1e-12)
@@ -511,7 +512,8 @@ def test_analyze_model_and_monitor_on_the_torch_route(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (the device path runs on the GPU machine)")
 def test_cuda_route_every_metric_and_monitor_side_stream(tmp_path):  # pragma: no cover - GPU machine only
     """On the GPU: the same metrics as the host route, rank-deficient matrices included; the Monitor with
     analysis_device="cuda" (host snapshots, one matrix uploaded at a time, side stream) equals "cpu", and

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _logcheck import logs
 
 from wwmonitor.analyze import AnalysisOptions
 from wwmonitor.metrics import LayerMetrics
 from wwmonitor.records import Alert, SnapshotResult
 from wwmonitor.store import RunStore, decode_esd, encode_esd, load_run
+
+from _logcheck import logs
 
 FAST = AnalysisOptions(mp_fit=False, phases=False)
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def test_ranking_section_per_seed_equals_scipy(tmp_path, capsys):
     """Six runs (two seeds) with a recorded val_acc: the ranking per seed and over all runs, equal to scipy on the
     stored values; a validation metric that no run recorded is one error line."""
     rng = np.random.default_rng(1)
-    dirs, vals = [], []
+    dirs = []
     for i in range(6):
         # heavier-tailed (scaled rows) for some runs: distinct mean alphas
         mats = {"a": rng.standard_normal((300, 120)) * rng.pareto(1.5 + i, size=(300, 1)),
@@ -258,7 +259,14 @@ def test_ray_tune_example_asha_and_stopper_then_compare(ray_address, tmp_path):
         ended_early += rows[-1]["training_iteration"] < epochs
         assert list(t.glob("wwmonitor/*/run.sqlite"))  # the run store lives in the trial's folder
     assert ended_early >= 1  # ASHA (on ww/mean_alpha) or the stopper (on ww/alerts_stop) stopped a trial
-    _check_compare(out, tmp_path / "ray-report")
+    runs = _check_compare(out, tmp_path / "ray-report")
+    assert discover_runs(exp) and {r.name for r in discover_runs(exp)} == {r.name for r in runs}
+
+    class Grid(list):  # what discover_runs reads of a ray.tune.ResultGrid: experiment_path, each result's path/config
+        experiment_path = str(exp)
+
+    grid = Grid(types.SimpleNamespace(path=str(t), config=json.loads((t / "params.json").read_text())) for t in trials)
+    assert sorted(r.config["batch_size"] for r in discover_runs(grid)) == [16, 32, 64, 128]
 
 
 @pytest.mark.slow
@@ -269,6 +277,11 @@ def test_demo_ray_backend(ray_address, tmp_path):
         DemoConfig(backend="dask")
     with pytest.raises(ValueError, match="address"):
         DemoConfig(address="auto")
+    from wwmonitor.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--backend", "ray", "--address", "auto"])
+    assert (args.backend, args.address) == ("ray", "auto")
+    assert build_parser().parse_args(["demo"]).backend == "local"
     lines: list[str] = []
     res = run_demo(DemoConfig(out=str(tmp_path / "demo"), epochs=1, batch_sizes=(128, 256), seeds=(0,),
                               backend="ray", progress=False, report=False), echo=lines.append)

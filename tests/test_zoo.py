@@ -25,11 +25,11 @@ import torch.nn as nn
 
 pytest.importorskip("transformers")  # requirements-dev.txt pins it; under CI=true a missing one fails
 
-from model_zoo import HF_MODELS, hf_model  # noqa: E402
-
 import wwmonitor  # noqa: E402
 from wwmonitor.describe import COLUMNS, coverage_summary  # noqa: E402
 from wwmonitor.layers import extract_matrices  # noqa: E402
+
+from model_zoo import HF_MODELS, hf_model  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -137,7 +137,8 @@ def test_fused_and_transposed_layers_are_split_as_the_model_uses_them(models):
     # Phi-3: qkv_proj with grouped-query attention (4 query heads, 2 kv heads of 8), gate_up_proj halves
     phi = {s.name: s for s in extract_matrices(models["phi3"])}
     assert [phi[f"model.layers.0.self_attn.qkv_proj.{p}"].shape for p in "qkv"] == [(32, 32), (16, 32), (16, 32)]
-    assert phi["model.layers.0.mlp.gate_up_proj.gate"].shape == phi["model.layers.0.mlp.gate_up_proj.up"].shape == (64, 32)
+    assert (phi["model.layers.0.mlp.gate_up_proj.gate"].shape == phi["model.layers.0.mlp.gate_up_proj.up"].shape
+            == (64, 32))
     # Mixtral: one matrix per expert, and the router
     mix = {s.name: s for s in extract_matrices(models["mixtral"])}
     bank = models["mixtral"].model.layers[0].mlp.experts.gate_up_proj
@@ -239,11 +240,13 @@ def test_conv_slices_name_every_slice_in_describe():
 
 def test_coverage_summary_line():
     specs = extract_matrices(nn.Sequential(nn.Embedding(40, 8), nn.Linear(8, 8), nn.Linear(8, 4)))
-    skipped = [("1.bias", "not a matrix (1-D)"), ("2.bias", "not a matrix (1-D)"), ("x", "2-D parameter of a Foo module")]
+    skipped = [("1.bias", "not a matrix (1-D)"), ("2.bias", "not a matrix (1-D)"),
+               ("x", "2-D parameter of a Foo module")]
     line = coverage_summary(specs, skipped)
     assert line == ("wwmonitor: monitoring 3 matrices in 2 layer types (Linear 2, Embedding 1); skipped 3: "
                     "x (2-D parameter of a Foo module), 1.bias (not a matrix (1-D)), 2.bias (not a matrix (1-D))")
-    assert coverage_summary(specs[:1], [], show=1) == "wwmonitor: monitoring 1 matrix in 1 layer type (Embedding 1); skipped none"
+    assert (coverage_summary(specs[:1], [], show=1)
+            == "wwmonitor: monitoring 1 matrix in 1 layer type (Embedding 1); skipped none")
     many = coverage_summary(specs, [(f"b{i}", "not a matrix (1-D)") for i in range(9)], show=2)
     assert many.endswith("skipped 9: b0 (not a matrix (1-D)), b1 (not a matrix (1-D)), ... (+7 more)")
 
@@ -287,7 +290,8 @@ def test_cli_describe_path_module_and_errors(tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     csv = (tmp_path / "out.csv").read_text().splitlines()
     assert csv[0] == ",".join(COLUMNS)
-    assert csv[1:] == ["enc.weight,enc,6x5,Linear,analysed,", "ids,,2x3,,skipped,not floating point (dtype torch.int64)"]
+    assert csv[1:] == ["enc.weight,enc,6x5,Linear,analysed,",
+                       "ids,,2x3,,skipped,not floating point (dtype torch.int64)"]
     for args, msg in ((["zoo_factory:boom()"], "zoo_factory:boom() raised RuntimeError: no weights today"),
                       (["zoo_factory:missing"], "module 'zoo_factory' has no attribute 'missing'"),
                       (["no_such_module:x"], "cannot import module 'no_such_module'"),
@@ -375,7 +379,7 @@ def test_keras_every_weight_analysed_or_skipped_and_names_stable(keras_zoo, name
     assert sorted(row[2] for row in rows) == sorted(w[1] for w in weights)
     if name != "custom":  # explicit layer names, functional model: the weight paths are the names
         assert set(params) == {w[0] for w in weights}
-    for param, matrix, _, _, status, reason in rows:
+    for _param, matrix, _, _, status, reason in rows:
         assert (status == "analysed" and matrix and not reason) or (status == "skipped" and reason and not matrix)
     n, n_skipped = KERAS_EXPECTED[name]
     assert len(r["specs"]) == n and sum(row[4] == "skipped" for row in rows) == n_skipped
@@ -404,6 +408,7 @@ def test_keras_layers_by_structure(keras_zoo):
     mnv2 = {s[1] for s in keras_zoo["mobilenet_v2"]["specs"]}
     assert mnv2 == {"Conv2D", "DepthwiseConv2D", "Dense"}
     skipped = {row[0]: row[5] for row in keras_zoo["custom"]["rows"] if row[4] == "skipped"}
-    assert skipped == {f"multi_head_attention/{p}/bias": "a bias (2-D), not a weight matrix" for p in ("query", "key", "value")}
+    assert skipped == {f"multi_head_attention/{p}/bias": "a bias (2-D), not a weight matrix"
+                       for p in ("query", "key", "value")}
     biases = [p for p, reason in keras_zoo["resnet50"]["skipped"] if reason == "not a matrix (1-D)"]
     assert "conv1_conv/bias" in biases and "conv1_bn/moving_mean" in biases

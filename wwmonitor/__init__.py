@@ -62,4 +62,4 @@ __getattr__, __dir__ = lazy_exports(globals(), _LAZY, __all__)
 # ``describe`` is also the name of the module defining it: bound here, at import (it needs numpy only), so that
 # importing ``wwmonitor.describe`` first (``from wwmonitor.describe import coverage_summary``) cannot leave the
 # module object under the function's name.
-from .describe import describe  # noqa: E402
+from .describe import describe as describe  # noqa: E402

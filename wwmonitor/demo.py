@@ -648,7 +648,7 @@ def _val_ranking(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     from .report.compare import ranking_frame, ranking_spearman
 
     frame = ranking_frame(run_dirs, val_metric="val_acc", group="seed")
-    return ranking_spearman(frame).to_dict(orient="records")
+    return [{str(k): v for k, v in rec.items()} for rec in ranking_spearman(frame).to_dict(orient="records")]
 
 
 def format_val_ranking(ranking: Sequence[dict[str, Any]]) -> str:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .layers import MatrixSpec, weight_inventory
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 __all__ = ["describe", "coverage_summary", "COLUMNS"]
 
@@ -22,7 +25,7 @@ __all__ = ["describe", "coverage_summary", "COLUMNS"]
 COLUMNS = ["param", "matrix", "shape", "type", "status", "reason"]
 
 
-def describe(model_or_path: Any, *, conv: str = "pool", lora: str = "effective"):  # -> pandas.DataFrame
+def describe(model_or_path: Any, *, conv: str = "pool", lora: str = "effective") -> pd.DataFrame:
     """One row per weight tensor of >= 2 dimensions of ``model_or_path``, in model order.
 
     ``model_or_path``: a torch ``nn.Module``, a Keras 3 model, a mapping of

@@ -261,7 +261,8 @@ def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Patt
 def _matches(spec: MatrixSpec, pat: Pattern) -> bool:
     if isinstance(pat, type):
         return spec.type == pat.__name__
-    return spec.type == pat or spec.name == pat or fnmatch.fnmatchcase(spec.name, pat) or spec.name.startswith(pat + ".") or spec.name.startswith(pat + "[")
+    return (spec.type == pat or spec.name == pat or fnmatch.fnmatchcase(spec.name, pat)
+            or spec.name.startswith(pat + ".") or spec.name.startswith(pat + "["))
 
 
 def select(
@@ -413,7 +414,8 @@ def _torch_weight(mod: Any) -> tuple[Any, list[tuple[str, Any]]]:
     w = getattr(mod, "_parameters", {}).get("weight")
     if w is not None:
         return w, [("weight", w)]
-    plist = getattr(getattr(mod, "parametrizations", None), "weight", None) if hasattr(mod, "parametrizations") else None
+    has_plist = hasattr(mod, "parametrizations")
+    plist = getattr(getattr(mod, "parametrizations", None), "weight", None) if has_plist else None
     if plist is not None:
         try:
             return mod.weight, [(f"parametrizations.weight.{n}", p) for n, p in plist.named_parameters()]
@@ -523,8 +525,8 @@ def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
                 groups.append(([p], [MatrixSpec(prefix, "Linear", p.detach(), 1.0, key)]))
             else:
                 t = f"Conv{len(shape) - 2}d"
-                groups.append(([p], [MatrixSpec(prefix, t, _conv_stack(p.detach(), False), 0.5 if t == "Conv2d" else 1.0,
-                                                key)]))
+                groups.append(([p], [MatrixSpec(prefix, t, _conv_stack(p.detach(), False),
+                                                0.5 if t == "Conv2d" else 1.0, key)]))
         elif _table_shape(shape) and p.is_floating_point():
             groups.append(([p], [MatrixSpec(key, "Embedding", p.detach().reshape(_table_shape(shape)), 1.0, key)]))
         elif _is_single_vector(shape):
@@ -548,6 +550,7 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
     for mname, mod in walk:  # first the matrices (a tied weight may be claimed by a later module) ...
         lr = _peft_lora_rule(mname, mod, modules, lora) if _is_peft_lora(mod) else None
         how: dict[int, str] = {}
+        why: dict[int, str]
         if lr is not None:  # the LoRA layer is walked before its base layer and factors, which it claims
             groups, why, how = lr[0], {}, lr[2]
             held.update(lr[1])
@@ -586,9 +589,9 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
             elif not p.is_floating_point():
                 entries.append(WeightEntry(full, shape, t, (), f"not floating point (dtype {p.dtype})"))
             else:
-                entries.append(WeightEntry(full, shape, t, (),
-                                           f"{len(shape)}-D parameter of a {t} module, which wwmonitor does not analyse"))
-        transient = getattr(mod, "_non_persistent_buffers_set", set())
+                entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D parameter of a {t} module, "
+                                                               "which wwmonitor does not analyse"))
+        transient: set[str] = getattr(mod, "_non_persistent_buffers_set", set())
         for bname, b in getattr(mod, "_buffers", {}).items():
             shape = _torch_shape(b) if b is not None else None
             if shape is None or len(shape) < 2 or bname in transient:
@@ -598,7 +601,8 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
                 entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(b)], False)))
                 continue
             first[id(b)] = full
-            entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
+            entries.append(WeightEntry(full, shape, t, (),
+                                       f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
     return specs, entries
 
 
@@ -627,7 +631,8 @@ def _lora_factors(mod: Any, embedding: bool) -> Optional[dict[str, tuple[Any, An
     when one is not a 2-D floating-point tensor."""
     out: dict[str, tuple[Any, Any]] = {}
     if embedding:
-        pa, pb = getattr(mod, "lora_embedding_A", None), getattr(mod, "lora_embedding_B", None)
+        pa: Any = getattr(mod, "lora_embedding_A", None)
+        pb: Any = getattr(mod, "lora_embedding_B", None)
         names = list(pa.keys()) if pa is not None else []
         pairs = [(n, pa[n], pb[n] if pb is not None and n in pb else None) for n in names]
     else:
@@ -799,10 +804,10 @@ def _keras_children(layer: Any) -> list[Any]:
 
 def _stable_names(layers: Sequence[Any]) -> list[str]:
     """Names of sibling layers with Keras-generated names (``dense_7``) renumbered in order."""
-    auto = []
+    auto: list[Optional[str]] = []
     for lyr in layers:
-        base = _snake_case(type(lyr).__name__)
-        auto.append(base if re.fullmatch(re.escape(base) + r"(_\d+)?", str(lyr.name)) else None)
+        snake = _snake_case(type(lyr).__name__)
+        auto.append(snake if re.fullmatch(re.escape(snake) + r"(_\d+)?", str(lyr.name)) else None)
     taken = {str(lyr.name) for lyr, a in zip(layers, auto) if a is None}
     counts: dict[str, int] = {}
     out = []
@@ -1006,7 +1011,8 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             entries.append(WeightEntry(p, shape, t, (), f"a bias ({len(shape)}-D), not a weight matrix"))
         else:
             what = f"a {t} layer" if t else "no layer of the model"
-            entries.append(WeightEntry(p, shape, t, (), f"{len(shape)}-D weight of {what}, which wwmonitor does not analyse"))
+            entries.append(WeightEntry(p, shape, t, (),
+                                       f"{len(shape)}-D weight of {what}, which wwmonitor does not analyse"))
     return specs, entries
 
 
@@ -1054,7 +1060,8 @@ def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], lis
             hidden[k.rsplit("weight_hh", 1)[0]] = int(s[1])
     gpt2_layout = any(
         s is not None and len(s) == 2 and (
-            (k.endswith("c_attn.weight") and s[1] in (2 * s[0], 3 * s[0])) or (k.endswith("c_fc.weight") and s[1] > s[0]))
+            (k.endswith("c_attn.weight") and s[1] in (2 * s[0], 3 * s[0]))
+            or (k.endswith("c_fc.weight") and s[1] > s[0]))
         for k, s in shapes.items())
     first: dict[tuple[Any, ...], tuple[str, bool]] = {}  # identity -> (first key, analysed)
     for key, v in params.items():

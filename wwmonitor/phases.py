@@ -158,7 +158,8 @@ def classify_phase(
 
     # 1a. rank loss
     if rank_loss is not None and M > 0 and n == M and rank_loss / M >= COLLAPSE_FRAC:
-        return PhaseResult("rank-collapse", f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}")
+        return PhaseResult("rank-collapse",
+                           f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}")
 
     ratio, ks, nsp = f["ratio"], mp.ks, int(f["n_spikes"])
     alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
@@ -210,7 +211,8 @@ def classify_phase(
     if cont and ratio >= HT_RATIO:
         return PhaseResult(
             "heavy-tailed",
-            f"λ_max {ratio:.3g}× λ+ (≫ λ+) at the end of a tail of {nsp} eigenvalues; {cont_txt}{a_txt}, {fit_txt}{few}",
+            f"λ_max {ratio:.3g}× λ+ (≫ λ+) at the end of a tail of {nsp} eigenvalues; "
+            f"{cont_txt}{a_txt}, {fit_txt}{few}",
         )
     # 4. bleeding-out: everything just above the edge
     if ratio < SPIKE_RATIO:

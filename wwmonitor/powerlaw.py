@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from .fit import (
     EVALS_THRESH,
-    FEW_TAIL_POINTS,
-    FINGER_MIN_ALPHA,
-    FINGER_THRESH,
+    FEW_TAIL_POINTS,  # noqa: F401 - re-exported for old imports, outside __all__
+    FINGER_MIN_ALPHA,  # noqa: F401 - re-exported
+    FINGER_THRESH,  # noqa: F401 - re-exported
     SMALL_N_CUTOFF,
-    SMALL_N_MIN_TAIL,
+    SMALL_N_MIN_TAIL,  # noqa: F401 - re-exported
     LikelihoodRatio,
     PowerLawFit,
     PowerLawRank,
@@ -21,7 +21,7 @@ from .fit import (
     fit_truncated_powerlaw,
     powerlaw_rank,
 )
-from .fit.truncated import _tpl_log_norm  # imported by tests/test_powerlaw.py
+from .fit.truncated import _tpl_log_norm  # noqa: F401 - imported by tests/test_powerlaw.py
 
 __all__ = [
     "PowerLawFit",

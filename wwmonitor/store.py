@@ -236,7 +236,8 @@ class RunStore:
             new = [(m.name, m.type, m.shape) for m in result.layers if m.name not in known and m.shape]
             if new:
                 self._upsert_layers(c, new)
-            metrics, status, phases, esds = [], [], [], []
+            metrics: list[tuple[int, str, str, Optional[float]]] = []
+            status, phases, esds = [], [], []
             for m in result.layers:
                 metrics.extend((step, m.name, k, v) for k, v in m.numeric().items())
                 status.append((step, m.name, m.status, m.message, m.warning))

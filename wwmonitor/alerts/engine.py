@@ -165,6 +165,9 @@ class AlertRules:
     overreg_ref_snapshots: int
     overreg_patience: int
     overreg_hysteresis: float
+    # set by _configure (through __dict__, past __setattr__)
+    _settings: dict[str, Any]
+    _rules: tuple[Rule, ...]
 
     def _configure(self, settings: dict[str, Any]) -> None:
         cfg = check_config(**settings)
@@ -342,7 +345,8 @@ class AlertRules:
         return collapsed_fraction(lm, esd, self.collapse_tol)
 
 
-def resolve_alerts(alerts: Union[None, bool, str, AlertRules, dict], *, stop_on: Iterable[str] = ()) -> Optional[AlertRules]:
+def resolve_alerts(alerts: Union[None, bool, str, AlertRules, dict], *,
+                   stop_on: Iterable[str] = ()) -> Optional[AlertRules]:
     """Turn a callback's ``alerts=`` argument into :class:`AlertRules` (or ``None``).
 
     ``"default"`` / ``True``: the default rules; a ``dict``: keyword arguments

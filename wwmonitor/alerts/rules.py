@@ -225,7 +225,8 @@ ALPHA_HIGH_Z = 2.0
 
 
 class AlphaHigh(Rule):
-    """``alpha - 2·sigma > alpha_high`` once seen in ``warmup`` snapshots; clears at ``alpha <= alpha_high - hysteresis``.
+    """``alpha - 2·sigma > alpha_high`` once seen in ``warmup`` snapshots; clears at
+    ``alpha <= alpha_high - hysteresis``.
 
     ``sigma`` is the fit's standard error ``(alpha - 1)/sqrt(n_tail)``: a layer
     whose tail has a handful of eigenvalues (a 64-wide input layer) gets

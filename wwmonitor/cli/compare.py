@@ -51,7 +51,7 @@ def expand_run_dirs(paths: list[str], notes: Optional[list[str]] = None) -> list
         if (p / "run.sqlite").is_file() or p.is_file():
             out.append(p)
         elif p.is_dir():
-            subs = sorted(q for q in p.iterdir() if (q / "run.sqlite").is_file())
+            subs: list[Any] = sorted(q for q in p.iterdir() if (q / "run.sqlite").is_file())
             if not subs:
                 from wwmonitor.integrations.discovery import discover_runs
 

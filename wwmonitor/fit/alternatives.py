@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def _mle(nll: Callable[[np.ndarray], float], starts: list[np.ndarray]) -> np.nda
     """
     from scipy import optimize
 
-    best = None
+    best: Any = None  # scipy's OptimizeResult
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for x0 in starts:

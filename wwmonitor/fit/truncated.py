@@ -10,6 +10,7 @@ In ``y = x/xmin`` and ``t = Lambda·xmin`` the normaliser is
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -129,7 +130,7 @@ def _tpl_mle(n: int, sly: float, sy1: float, ymax: float) -> tuple[float, float,
     best_a, best_t, best_f = a_pl, 0.0, nll(a_pl, 0.0)
     for lt in np.linspace(math.log(1e-3 / ymax), math.log(1e3), 25):
         t = math.exp(lt)
-        r = optimize.minimize_scalar(lambda a: nll(a, t), bounds=(lo_a, hi_a), method="bounded",
+        r = optimize.minimize_scalar(functools.partial(nll, t=t), bounds=(lo_a, hi_a), method="bounded",
                                      options={"xatol": 1e-6})
         if r.fun < best_f:
             best_a, best_t, best_f = float(r.x), t, float(r.fun)

@@ -127,7 +127,7 @@ def record_eval_metrics(target: Union[Any, str, "os.PathLike[str]"], metrics: Ma
     from ..store import DB_NAME, RunStore
 
     values = _clean(metrics)
-    mon = target if _is_monitor(target) else getattr(target, "monitor", target) if hasattr(target, "monitor") \
+    mon: Any = target if _is_monitor(target) else getattr(target, "monitor", target) if hasattr(target, "monitor") \
         else None
     if hasattr(target, "monitor") and mon is None:
         raise ValueError("record_eval_metrics: the callback has no monitor yet (call it once fit has started)")

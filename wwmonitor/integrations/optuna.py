@@ -58,8 +58,9 @@ import optuna
 from ._common import PREFIX, lower_is_better, metric_key, record_eval_metrics, ww_metrics
 from .discovery import RUN_DIR_ATTR, discover_runs
 
-__all__ = ["RUN_DIR_ATTR", "SpectralPruning", "SpectralPruningCallback", "discover_runs", "trial_monitor",
-           "trial_run_name"]
+# SpectralPruningCallback is built on first use by the module's __getattr__ (it needs lightning)
+__all__ = ["RUN_DIR_ATTR", "SpectralPruning", "SpectralPruningCallback",  # noqa: F822
+           "discover_runs", "trial_monitor", "trial_run_name"]
 
 log = logging.getLogger("wwmonitor")
 
@@ -167,7 +168,7 @@ def _callback_class() -> type:
         return _CALLBACK_CLASS
     from ..callbacks.lightning import WeightWatcherCallback
 
-    class SpectralPruningCallback(WeightWatcherCallback):  # type: ignore[misc, valid-type]
+    class SpectralPruningCallback(WeightWatcherCallback):
         """The Lightning :class:`~wwmonitor.callbacks.lightning.WeightWatcherCallback` in an Optuna trial.
 
         At the end of every training epoch (after validation and this callback's snapshot) it reports
@@ -195,7 +196,8 @@ def _callback_class() -> type:
             if self.monitor is not None:
                 _mark(self.trial, self.monitor)
                 self.pruning = SpectralPruning(self.trial, self.monitor, metric=self.metric, negate=self.negate,
-                                               flush_timeout=self.flush_timeout, record_eval=self.record_eval)
+                                               flush_timeout=getattr(self, "flush_timeout", 120.0),
+                                               record_eval=self.record_eval)
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             super().on_train_epoch_end(trainer, pl_module)

@@ -68,8 +68,10 @@ from ray.tune import Stopper
 from ._common import PREFIX, flat_metrics, record_eval_metrics, ww_metrics
 from .discovery import discover_runs
 
-__all__ = ["PREFIX", "TuneReportCallback", "TuneReportSink", "WWAlertStopper", "discover_runs", "report",
-           "trial_monitor", "trial_run_dir", "ww_metrics"]
+# TuneReportCallback is built on first use by the module's __getattr__ (it needs lightning)
+__all__ = ["PREFIX", "TuneReportCallback",  # noqa: F822
+           "TuneReportSink", "WWAlertStopper", "discover_runs", "report", "trial_monitor", "trial_run_dir",
+           "ww_metrics"]
 
 log = logging.getLogger("wwmonitor")
 _warned_remote = False
@@ -100,7 +102,9 @@ def trial_run_dir(subdir: str = "wwmonitor") -> Path:
         import pyarrow.fs
         from ray.train._internal.session import get_session
 
-        storage = get_session().storage
+        session = get_session()
+        assert session is not None
+        storage = session.storage
         if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
             path = Path(storage.trial_fs_path)
     except Exception as e:  # noqa: BLE001 - another Ray version: fall back to the working directory
@@ -285,7 +289,7 @@ def _tune_report_callback_class() -> type:
         return _CALLBACK_CLASS
     from ..callbacks.lightning import WeightWatcherCallback
 
-    class TuneReportCallback(WeightWatcherCallback):  # type: ignore[misc, valid-type]
+    class TuneReportCallback(WeightWatcherCallback):
         """The Lightning :class:`~wwmonitor.callbacks.lightning.WeightWatcherCallback` inside a Tune trial.
 
         At the end of every training epoch (after validation, after this callback's snapshot) it reports
@@ -310,7 +314,7 @@ def _tune_report_callback_class() -> type:
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             if self._auto_run_dir:
                 self.run_dir = str(trial_run_dir())
-            if self.run_name is None:
+            if getattr(self, "run_name", None) is None:
                 self.run_name = _trial_name()
             super().on_fit_start(trainer, pl_module)
 
@@ -318,8 +322,8 @@ def _tune_report_callback_class() -> type:
             super().on_train_epoch_end(trainer, pl_module)
             if getattr(trainer, "sanity_checking", False) or int(getattr(trainer, "global_rank", 0)) != 0:
                 return
-            report(self._logged(trainer), self.monitor, timeout=self.flush_timeout, record_eval=self.record_eval,
-                   report_fn=self.report_fn)
+            report(self._logged(trainer), self.monitor, timeout=getattr(self, "flush_timeout", 120.0),
+                   record_eval=self.record_eval, report_fn=self.report_fn)
 
         def _logged(self, trainer: Any) -> dict[str, float]:
             out: dict[str, float] = {}

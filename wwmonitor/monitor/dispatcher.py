@@ -95,7 +95,8 @@ class SinkWriter:
 
     def call(self, fn: Callable[[], None]) -> Optional[BaseException]:
         """Run ``fn`` on the sink's thread; its exception (or ``None``), or raise :class:`SinkTimeout`."""
-        done, box = threading.Event(), {}
+        done = threading.Event()
+        box: dict[str, BaseException] = {}
         self._jobs.put((fn, done, box))
         if not done.wait(self.timeout):
             self.dropped = True

@@ -97,7 +97,7 @@ class ReferenceWeights:
     def __init__(self, source: Any = FIRST, *, conv: str = "pool", lora: str = "effective") -> None:
         check_lora(lora)
         self.first = isinstance(source, str) and source == FIRST
-        self._ref: dict[str, np.ndarray] = {}
+        self._ref: dict[str, Optional[np.ndarray]] = {}  # None: a first matrix that is not floating-point
         self._ref_sq: dict[str, float] = {}
         self._alias: dict[str, Optional[str]] = {}
         self._bound = False
@@ -131,7 +131,7 @@ class ReferenceWeights:
     def nbytes(self) -> int:
         """Host memory held by the reference copies."""
         with self._lock:
-            return sum(int(a.nbytes) for a in self._ref.values())
+            return sum(int(a.nbytes) for a in self._ref.values() if a is not None)
 
     def _resolve(self, name: str) -> Optional[str]:
         """The reference key of monitored matrix ``name``: itself, else the longest suffix of whole
@@ -190,7 +190,7 @@ class ReferenceWeights:
                 self._ref[name] = host_copy(A)
                 key = self._alias[name] = name
             ref = None if key is None else self._ref.get(key)
-            if ref is not None and key not in self._ref_sq:
+            if key is not None and ref is not None and key not in self._ref_sq:
                 self._ref_sq[key] = _sum_sq(ref)
             ref_sq = self._ref_sq.get(key, 0.0) if key is not None else 0.0
         if ref is None:

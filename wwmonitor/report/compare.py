@@ -484,7 +484,7 @@ def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optiona
             row[group] = r.config.get(group)
         row[val] = ev[val]
         row["step"] = int(r.steps[-1])
-        epoch = last["epoch"].iloc[0] if len(last) else None
+        epoch: Any = last["epoch"].iloc[0] if len(last) else None
         row["epoch"] = None if is_missing(epoch) else int(epoch)
         for m in RANK_SUMMARIES:
             row[m] = float(last[m].iloc[0]) if m in last.columns and len(last) and not is_missing(last[m].iloc[0]) \

@@ -30,7 +30,7 @@ Formulas of the overlays (``n`` eigenvalues, ``n_tail`` of them ``>= xmin``):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -45,6 +45,7 @@ from ..records import MODEL_LAYER
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+    from matplotlib.typing import LegendLocType
 
     from ..mp import MPFit
 
@@ -101,7 +102,7 @@ def _figure_and_axes(ax: Optional[Axes], figsize: tuple[float, float]) -> tuple[
     return ax.figure, ax  # type: ignore[return-value]
 
 
-def _finish_axes(ax: Axes, title: str, *, legend_fontsize: float, legend_loc: str) -> None:
+def _finish_axes(ax: Axes, title: str, *, legend_fontsize: float, legend_loc: LegendLocType) -> None:
     """The common finish of the single-panel plots: title, light grid, legend."""
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3)
@@ -258,7 +259,8 @@ def plot_esd(
         if mp is not None and np.isfinite(mp.lambda_plus) and mp.lambda_plus > 0:
             xs, ys = _mp_curve(mp, float(x.min()), log=True)
             ok = ys > 0
-            ax.plot(xs[ok], ys[ok], color=_MP_COLOR, lw=2.0, label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}")
+            ax.plot(xs[ok], ys[ok], color=_MP_COLOR, lw=2.0,
+                    label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}")
         ax.set_ylabel(r"density $\rho(\lambda)$")
         ax.set_ylim(bottom=ymin_pos / 3)
     else:
@@ -325,7 +327,8 @@ def plot_mp_hist(
     spikes = x[x > lam_p + (getattr(mp, "tw_margin", 0.0) or 0.0)] if np.isfinite(lam_p) else x[:0]
     spikes_in = spikes[spikes <= cut]
     if spikes_in.size:
-        ax.plot(spikes_in, np.zeros_like(spikes_in), "|", color=_PL_COLOR, ms=14, mew=1.5, label=f"{spikes.size} spikes above λ+ + TW")
+        ax.plot(spikes_in, np.zeros_like(spikes_in), "|", color=_PL_COLOR, ms=14, mew=1.5,
+                label=f"{spikes.size} spikes above λ+ + TW")
     if n_out:
         ax.text(0.98, 0.55, f"{n_out} eigenvalue(s) > {cut:.3g}\nnot shown (max {x.max():.3g})",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8)
@@ -535,7 +538,7 @@ def _x_column(df: "pd.DataFrame", x: str) -> str:
     return x
 
 
-def _finish_panels(fig: Figure, axs: Sequence[Axes], n_used: int, title: Optional[str]) -> None:
+def _finish_panels(fig: Figure, axs: Union[Sequence[Axes], np.ndarray], n_used: int, title: Optional[str]) -> None:
     """Finish a grid of per-metric panels: hide the unused axes, one layer legend, the figure title."""
     for ax in axs[n_used:]:
         ax.set_visible(False)
@@ -544,7 +547,7 @@ def _finish_panels(fig: Figure, axs: Sequence[Axes], n_used: int, title: Optiona
         fig.suptitle(title, fontsize=12)
 
 
-def _figure_legend(fig: Figure, axs: Sequence[Axes], title: str) -> None:
+def _figure_legend(fig: Figure, axs: Union[Sequence[Axes], np.ndarray], title: str) -> None:
     """One legend for the whole figure, merging every panel's entries (first occurrence wins)."""
     seen: dict[str, Any] = {}
     for ax in axs:
@@ -584,7 +587,7 @@ def _phase_cmap() -> tuple[ListedColormap, BoundaryNorm]:
 
 def _phase_grid(
     rows: Sequence[str],
-    cols: Sequence[str],
+    cols: Sequence[Union[str, int]],
     cells: Sequence[Sequence[Optional[str]]],
     *,
     xlabel: str,
@@ -637,8 +640,9 @@ def plot_phase_timeline(
     x = _x_column(df, x)
     steps = sorted(df["step"].unique())
     lay = list(layers) if layers is not None else list(dict.fromkeys(df["layer"]))
-    lookup = {(r.layer, r.step): r.phase for r in df.itertuples()}
-    lab = {r.step: int(getattr(r, x)) for r in df.itertuples()}
+    records: list[Any] = list(df.itertuples())  # pandas-stubs types each field as any scalar
+    lookup = {(r.layer, r.step): r.phase for r in records}
+    lab = {r.step: int(getattr(r, x)) for r in records}
     cells = [[lookup.get((L, s)) for s in steps] for L in lay]
     return _phase_grid(lay, [lab[s] for s in steps], cells, xlabel=x, ylabel="layer",
                        title=title or "Phase of each layer at each snapshot")

@@ -11,6 +11,7 @@ file that cannot be written raises :class:`OutputError` naming the path.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -25,8 +26,6 @@ from ..records import MODEL_LAYER
 from .figures import PHASE_COLORS
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
     from ..store import Run
 
 CSS = """
@@ -58,7 +57,7 @@ pre { background: var(--head); padding: 10px; border-radius: 6px; overflow-x: au
 .problem { background: #ffebe9; border: 1px solid #ff818266; border-radius: 6px; padding: 8px 12px; }
 .problems { background: #ffebe9; border: 1px solid #ff818266; border-radius: 6px; padding: 4px 14px; margin: 14px 0; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-"""
+"""  # noqa: E501 - a CSS rule a line
 
 class OutputError(ValueError):
     """An output folder or file of a report cannot be written; the message names the path and the reason."""
@@ -660,10 +659,11 @@ def _phase_change_table(rep: _Report) -> str:
     changes = phase_changes(phase_history([rep.run], layers=rep.layers))
     if not len(changes):
         return "<p>No layer changed phase during the run.</p>"
+    records: Iterable[Any] = changes.itertuples()  # pandas-stubs types each field as any scalar
     rows = "".join(
         f"<tr><td>{escape(str(r.layer))}</td><td>{escape(rep.when(int(r.step)))}</td>"
         f"<td>{phase_badge(r.before) if r.before else '–'} &rarr; {phase_badge(r.after) if r.after else '–'}</td></tr>"
-        for r in changes.itertuples())
+        for r in records)
     return (f"<p>{len(changes)} phase change(s): when each layer entered a new phase.</p>"
             f"<table><tr><th>layer</th><th>at</th><th>change</th></tr>{rows}</table>")
 
@@ -674,7 +674,8 @@ def _section_gallery(rep: _Report) -> str:
              "with the power-law fit (red, dashed, from x<sub>min</sub>) and the Marchenko-Pastur density of the "
              "bulk (blue). Right: the same ESD on linear axes with the MP density, its edge &lambda;<sub>+</sub>, "
              "the Tracy-Widom margin and the spikes beyond it.</p>"]
-    phase_at = {(r.layer, int(r.step)): r.phase for r in rep.run.phases.itertuples()}
+    records: Iterable[Any] = rep.run.phases.itertuples()  # pandas-stubs types each field as any scalar
+    phase_at = {(r.layer, int(r.step)): r.phase for r in records}
     for L in rep.layers:
         parts.append(f"<h3>{escape(L)}</h3>")
         parts.extend(_gallery_item(rep, L, s, phase_at.get((L, s))) for s in rep.gallery_steps)
@@ -718,7 +719,7 @@ def _section_diagnostics(rep: _Report) -> str:
             no_fit.append(f"{L} ({f.pl_note})")
             continue
         title = f"{L} at {rep.when(rep.last)}"
-        parts.append(render_figure(rep.problems, what, lambda: _diagnostics_figure(f, title), rep.out,
+        parts.append(render_figure(rep.problems, what, functools.partial(_diagnostics_figure, f, title), rep.out,
                                    f"diag_{image_stem(L)}.png", rep.dpi, f"{escape(L)}: fit diagnostics"))
     if no_fit:
         parts.append(f'<p class="sub">No power-law fit, so no diagnostics: {escape("; ".join(no_fit))}.</p>')

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -74,7 +74,8 @@ DEFAULT_SCALARS: tuple[str, ...] = (
 
 
 def resolve_metrics(metrics: Union[str, Sequence[str], None]) -> tuple[str, ...]:
-    """``"default"``/``None`` -> :data:`DEFAULT_SCALARS`, ``"all"`` -> every numeric metric, else the names given (checked)."""
+    """``"default"``/``None`` -> :data:`DEFAULT_SCALARS`, ``"all"`` -> every numeric metric, else the names given
+    (checked)."""
     if metrics is None or metrics == "default":
         return DEFAULT_SCALARS
     if metrics == "all":
@@ -190,7 +191,10 @@ def png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")
 
 
-def write_each(items: Iterable[tuple[str, object]], write: "Callable[[str, object], None]", what: str) -> None:
+_Item = TypeVar("_Item")
+
+
+def write_each(items: Iterable[tuple[str, _Item]], write: Callable[[str, _Item], None], what: str) -> None:
     """Call ``write(key, item)`` for every item; a failing item loses only itself.
 
     After all items, raises one ``RuntimeError`` naming the keys that failed

@@ -19,10 +19,13 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Optional, Sequence, Union
 
 from ..records import MODEL_LAYER, SnapshotResult
 from ._render import layer_scalars, resolve_metrics
+
+if TYPE_CHECKING:
+    from _csv import Writer
 
 __all__ = ["CSVSink", "MODEL_LAYER", "CSV_NAME"]
 
@@ -54,16 +57,17 @@ class CSVSink:
         self.path = p
         self.metrics = resolve_metrics(metrics)
         self._lock = threading.Lock()
-        self._fh: Optional[object] = None
+        self._fh: Optional[IO[str]] = None
 
-    def _open(self):
+    def _open(self) -> tuple[IO[str], Writer]:
+        """The open file and its CSV writer (opened, with a header if the file is new, on first use)."""
         if self._fh is None:
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._fh = open(self.path, "a", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._fh)  # type: ignore[arg-type]
+            self._writer: Writer = csv.writer(self._fh)
             if new:
                 self._writer.writerow(_HEADER)
-        return self._writer
+        return self._fh, self._writer
 
     def write(self, result: SnapshotResult) -> None:
         """Append the snapshot's rows and flush (called from the worker thread)."""
@@ -76,12 +80,12 @@ class CSVSink:
             if v is not None and math.isfinite(float(v)):
                 rows.append([int(result.step), epoch, MODEL_LAYER, k, repr(float(v))])
         with self._lock:
-            w = self._open()
+            fh, w = self._open()
             w.writerows(rows)
-            self._fh.flush()  # type: ignore[union-attr]
+            fh.flush()
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()  # type: ignore[union-attr]
+                self._fh.close()
                 self._fh = None

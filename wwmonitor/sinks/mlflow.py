@@ -60,7 +60,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from ..records import MODEL_LAYER, SnapshotResult
 from ._render import layer_scalars, layer_tag, model_tag, resolve_metrics, sanitize_tag, write_each
@@ -89,7 +89,8 @@ def mlflow_key(*parts: str) -> str:
 
 
 def flatten_params(params: Mapping[str, Any], sep: str = "/") -> dict[str, str]:
-    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a/b": "1", "c": "[1, 2]"}`` (values as strings, cut to MLflow's limit)."""
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a/b": "1", "c": "[1, 2]"}`` (values as strings, cut to MLflow's
+    limit)."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -201,7 +202,7 @@ class MLflowSink:
         independently: a part that fails loses only itself (an image only
         itself) and one ``RuntimeError`` names what was lost.
         """
-        parts: list[tuple[str, Any]] = []
+        parts: list[tuple[str, Callable[[], None]]] = []
         if self._params_pending:
             parts.append(("params", self._log_params))
         parts.append(("metrics", lambda: self._log_metrics(result)))
@@ -233,7 +234,7 @@ class MLflowSink:
 
     def _log_table(self, result: SnapshotResult) -> None:
         columns = ["step", "epoch", "layer", "type", "phase", "status", "reason", *self.metrics]
-        data = []
+        data: list[list[Any]] = []
         for lm in result.layers:
             vals = layer_scalars(lm, self.metrics)
             data.append([int(result.step), result.epoch, lm.name, lm.type, lm.phase or "", lm.status,
@@ -259,11 +260,11 @@ class MLflowSink:
         folder = f"{self.artifact_root}/esd/step_{int(result.step)}"
         with tempfile.TemporaryDirectory(prefix="wwmonitor-mlflow-") as tmp:
 
-            def image(name: str, png: object) -> None:
+            def image(name: str, png: bytes) -> None:
                 sub, base = os.path.split(mlflow_key(sanitize_tag(name)))  # a "/" left in it: sub-folders
                 path = os.path.join(tempfile.mkdtemp(dir=tmp), base + ".png")  # log_artifact keeps the file name
                 with open(path, "wb") as f:
-                    f.write(png)  # type: ignore[arg-type]
+                    f.write(png)
                 self.client.log_artifact(self.run_id, path, f"{folder}/{sub}" if sub else folder)
                 self.images_logged += 1
 

@@ -128,7 +128,7 @@ class WandbSink:
         """Plain-data payload of one snapshot (no wandb objects: safe off the main thread)."""
         p = self.prefix
         scalars: dict[str, float] = {}
-        rows = []
+        rows: list[list[Any]] = []
         cols = ["step", "epoch", "layer", "type", "phase", "status", *self.metrics]
         model: dict[str, float] = {}
         for k, v in result.summary.items():
@@ -221,8 +221,8 @@ class WandbSink:
         if payload["epoch"] is not None:
             row[f"{self.prefix}/epoch"] = payload["epoch"]
 
-        def image(key: str, item: object) -> None:
-            png, caption = item  # type: ignore[misc]
+        def image(key: str, item: tuple[bytes, str]) -> None:
+            png, caption = item
             row[key] = wandb.Image(png_to_rgb(png), caption=caption)
 
         try:  # a failing image loses only itself: the scalars, table and alerts are still logged
