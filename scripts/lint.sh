@@ -9,7 +9,7 @@ failed=()
 .venv/bin/ruff format --check . || failed+=("ruff format --check")
 .venv/bin/mypy || failed+=("mypy")
 if [ ${#failed[@]} -ne 0 ]; then
-  echo "lint: failed: ${failed[*]}" >&2
+  (IFS=,; echo "lint: failed: ${failed[*]}" >&2)
   exit 1
 fi
 echo "lint: all checks passed"
