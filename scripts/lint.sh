@@ -9,7 +9,8 @@ failed=()
 .venv/bin/ruff format --check . || failed+=("ruff format --check")
 .venv/bin/mypy || failed+=("mypy")
 if [ ${#failed[@]} -ne 0 ]; then
-  (IFS=,; echo "lint: failed: ${failed[*]}" >&2)
+  msg=$(printf '%s; ' "${failed[@]}")
+  echo "lint: failed: ${msg%; }" >&2
   exit 1
 fi
 echo "lint: all checks passed"
