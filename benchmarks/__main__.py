@@ -3,6 +3,7 @@
 Usage: ``python -m benchmarks [name ...]`` (e.g. ``python -m benchmarks powerlaw``).
 Each module defines ``main() -> None`` and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import importlib

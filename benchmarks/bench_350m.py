@@ -32,6 +32,7 @@ block ``c_attn`` split into q/k/v, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``
 
 Run: ``python -m benchmarks 350m`` (about 6-10 minutes on 2 busy cores).  Prints Markdown tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MiB = 2 ** 20
+MiB = 2**20
 REPS = 3
 #: transformer blocks (24 for GPT-2-medium; ``WWM_BENCH_350M_BLOCKS=2`` smoke-tests this file in a minute)
 N_BLOCKS = int(os.environ.get("WWM_BENCH_350M_BLOCKS", "24"))
@@ -128,9 +129,19 @@ def bench_snapshot(model: Any, reps: int = REPS) -> dict[str, Any]:
     c, s, f = statistics.median(clone_t), statistics.median(snap_t), statistics.median(copy_t)
     from wwmonitor.layers import extract_matrices
 
-    return {"matrices": len(extract_matrices(model)), "bytes": nbytes, "clone_s": c, "snapshot_s": s, "copy_s": f,
-            "cold_s": cold, "ratio": s / c, "ratio_copy": s / f, "buffer_peak": st["buffer_bytes_peak"],
-            "snap_all": snap_t, "clone_all": clone_t}
+    return {
+        "matrices": len(extract_matrices(model)),
+        "bytes": nbytes,
+        "clone_s": c,
+        "snapshot_s": s,
+        "copy_s": f,
+        "cold_s": cold,
+        "ratio": s / c,
+        "ratio_copy": s / f,
+        "buffer_peak": st["buffer_bytes_peak"],
+        "snap_all": snap_t,
+        "clone_all": clone_t,
+    }
 
 
 # ------------------------------------------------------------------------------ 2. analysis, side by side ----
@@ -140,7 +151,10 @@ def subset_groups(model: Any) -> dict[str, list[tuple[str, Any]]]:
 
     specs = {s.name: s for s in extract_matrices(model)}
     block = [f"transformer.h.0.attn.c_attn.{p}" for p in "qkv"] + [
-        "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj",
+    ]
 
     def mat(name: str) -> tuple[str, Any]:
         return name, specs[name].tensor.detach().float().cpu().contiguous().numpy().copy()
@@ -175,8 +189,10 @@ def subset_times(groups: dict[str, list[tuple[str, Any]]], reps: int = REPS) -> 
 
     raw: dict[str, dict[str, list[float]]] = {g: {"ours": [], "eig": [], "gram": []} for g in groups}
     with tempfile.TemporaryDirectory() as d:
-        mons = {g: Monitor(_linear_stack(m), os.path.join(d, g), every_n_epochs=None, queue_size=QUEUE, policy="block")
-                for g, m in groups.items()}
+        mons = {
+            g: Monitor(_linear_stack(m), os.path.join(d, g), every_n_epochs=None, queue_size=QUEUE, policy="block")
+            for g, m in groups.items()
+        }
         try:
             for r in range(reps):
                 for g, mats in groups.items():
@@ -279,8 +295,14 @@ def whole_snapshot_child(dtype: str, timeout: float = 900) -> dict[str, Any]:
     # as bench_monitor: blocks >= 128 KiB always mmap'd and freed heap trimmed at once, so that RSS follows live
     # memory, not what glibc keeps cached after a free (without: the bf16 child kept 1.47 GB after close())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    p = subprocess.run([sys.executable, "-c", _CHILD, dtype, str(REPO), str(timeout)], capture_output=True, text=True,
-                       cwd=REPO, timeout=timeout + 300, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD, dtype, str(REPO), str(timeout)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout + 300,
+        env=env,
+    )
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -304,20 +326,32 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build_gpt2_medium()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"GPT-2-medium built in {time.perf_counter() - t0:.0f} s: {n_params / 1e6:.0f}M parameters (float32)\n",
-          flush=True)
+    print(
+        f"GPT-2-medium built in {time.perf_counter() - t0:.0f} s: {n_params / 1e6:.0f}M parameters (float32)\n",
+        flush=True,
+    )
 
     snap = bench_snapshot(model)
-    print("### 1. snapshot() blocking time vs clone() of the same parameters (median of "
-          f"{REPS}, interleaved; analysis running in the background)\n")
-    print("| model | matrices | weights MiB | clone() s | snapshot() s | snapshot / clone | "
-          "copy_() into preallocated s | snapshot / copy_() | first snapshot s (allocates) | goal <= 1.5x |")
+    print(
+        "### 1. snapshot() blocking time vs clone() of the same parameters (median of "
+        f"{REPS}, interleaved; analysis running in the background)\n"
+    )
+    print(
+        "| model | matrices | weights MiB | clone() s | snapshot() s | snapshot / clone | "
+        "copy_() into preallocated s | snapshot / copy_() | first snapshot s (allocates) | goal <= 1.5x |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| GPT-2-medium float32 | {snap['matrices']} | {snap['bytes'] / MiB:.0f} | {snap['clone_s']:.3f} | "
-          f"{snap['snapshot_s']:.3f} | **{snap['ratio']:.2f}x** | {snap['copy_s']:.3f} | {snap['ratio_copy']:.2f}x | "
-          f"{snap['cold_s']:.3f} | {'met' if snap['ratio'] <= 1.5 else 'missed'} |", flush=True)
-    print(f"\n(all snapshot() s: {', '.join(f'{x:.3f}' for x in snap['snap_all'])}; all clone() s: "
-          f"{', '.join(f'{x:.3f}' for x in snap['clone_all'])}; load {_load()})\n", flush=True)
+    print(
+        f"| GPT-2-medium float32 | {snap['matrices']} | {snap['bytes'] / MiB:.0f} | {snap['clone_s']:.3f} | "
+        f"{snap['snapshot_s']:.3f} | **{snap['ratio']:.2f}x** | {snap['copy_s']:.3f} | {snap['ratio_copy']:.2f}x | "
+        f"{snap['cold_s']:.3f} | {'met' if snap['ratio'] <= 1.5 else 'missed'} |",
+        flush=True,
+    )
+    print(
+        f"\n(all snapshot() s: {', '.join(f'{x:.3f}' for x in snap['snap_all'])}; all clone() s: "
+        f"{', '.join(f'{x:.3f}' for x in snap['clone_all'])}; load {_load()})\n",
+        flush=True,
+    )
 
     groups = subset_groups(model)
     del model
@@ -344,10 +378,12 @@ def main() -> None:
     ww1w = {g: v[0] for g, v in ww1.items()}
     nb = 2 * N_BLOCKS * 3 + 2  # matrices: wte, wpe and 6 per block
     print("### 2. Analysis time per snapshot: the monitor's worker vs weightwatcher's default vs the LAPACK floor\n")
-    print("| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | "
-          "ww, 1 BLAS thread s | LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | "
-          "ww / ours (goal >= 3x) | ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | "
-          "ours / (Gram + eigvalsh) |")
+    print(
+        "| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | "
+        "ww, 1 BLAS thread s | LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | "
+        "ww / ours (goal >= 3x) | ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | "
+        "ours / (Gram + eigvalsh) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def row(label: str, n: str, o: float, w: Any, w1: Any, e: float, g: float) -> None:
@@ -355,36 +391,75 @@ def main() -> None:
         w1s = f"{w1:.2f}" if isinstance(w1, float) else w1
         ratio = f"**{w / o:.1f}x**" if isinstance(w, float) else "-"
         ratio1 = f"{w1 / o:.1f}x" if isinstance(w1, float) else "-"
-        print(f"| {label} | {n} | {o:.2f} | {ws} | {w1s} | {e:.2f} | {g:.2f} | {ratio} | {ratio1} | **{o / e:.2f}x** | "
-              f"{o / g:.2f}x |")
+        print(
+            f"| {label} | {n} | {o:.2f} | {ws} | {w1s} | {e:.2f} | {g:.2f} | {ratio} | {ratio1} | **{o / e:.2f}x** | "
+            f"{o / g:.2f}x |"
+        )
 
-    row("measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)",
-        f"7 / {ww['wpe'][1] + ww['block'][1]}", ours["wpe"] + ours["block"], www["wpe"] + www["block"],
-        ww1w["wpe"] + ww1w["block"], fe["wpe"] + fe["block"], fg["wpe"] + fg["block"])
-    row("measured: `wte` 50257 x 1024 (ww's default skips it: max_N)", "1 / 0", ours["wte"], "skipped", "skipped",
-        fe["wte"], fg["wte"])
-    row(f"estimated: weightwatcher's {nb - 1} matrices (`wpe` + {N_BLOCKS} blocks)", f"{nb - 1} / {nb - 1}", est(ours),
-        est(www), est(ww1w), est(fe), est(fg))
-    row(f"estimated: all {nb} matrices (+ `wte`)", f"{nb} / {nb - 1}", est(ours, True), "-", "-", est(fe, True),
-        est(fg, True))
+    row(
+        "measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+        f"7 / {ww['wpe'][1] + ww['block'][1]}",
+        ours["wpe"] + ours["block"],
+        www["wpe"] + www["block"],
+        ww1w["wpe"] + ww1w["block"],
+        fe["wpe"] + fe["block"],
+        fg["wpe"] + fg["block"],
+    )
+    row(
+        "measured: `wte` 50257 x 1024 (ww's default skips it: max_N)",
+        "1 / 0",
+        ours["wte"],
+        "skipped",
+        "skipped",
+        fe["wte"],
+        fg["wte"],
+    )
+    row(
+        f"estimated: weightwatcher's {nb - 1} matrices (`wpe` + {N_BLOCKS} blocks)",
+        f"{nb - 1} / {nb - 1}",
+        est(ours),
+        est(www),
+        est(ww1w),
+        est(fe),
+        est(fg),
+    )
+    row(
+        f"estimated: all {nb} matrices (+ `wte`)",
+        f"{nb} / {nb - 1}",
+        est(ours, True),
+        "-",
+        "-",
+        est(fe, True),
+        est(fg, True),
+    )
     if "analysis_s" in f32:
-        print(f"| **measured: one whole snapshot** (`result.meta[\"analysis_s\"]`, child process) | {f32['layers']} | "
-              f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) "
-              "| - | - | "
-              f"**{f32['analysis_s'] / est(fe, True):.2f}x** | {f32['analysis_s'] / est(fg, True):.2f}x |")
-    print(f"\n(whole snapshot: worker CPU {f32.get('analysis_cpu_s', float('nan')):.1f} s of "
-          f"{f32.get('analysis_s', float('nan')):.1f} s wall; {f32.get('ok')} of {f32.get('layers')} layers fitted)\n")
+        print(
+            f'| **measured: one whole snapshot** (`result.meta["analysis_s"]`, child process) | {f32["layers"]} | '
+            f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) "
+            "| - | - | "
+            f"**{f32['analysis_s'] / est(fe, True):.2f}x** | {f32['analysis_s'] / est(fg, True):.2f}x |"
+        )
+    print(
+        f"\n(whole snapshot: worker CPU {f32.get('analysis_cpu_s', float('nan')):.1f} s of "
+        f"{f32.get('analysis_s', float('nan')):.1f} s wall; {f32.get('ok')} of {f32.get('layers')} layers fitted)\n"
+    )
 
-    print(f"### 3. Peak extra host memory (child process; VmHWM - RSS before the monitor; queue_size={QUEUE}, policy "
-          "latest; snapshot 0 analysed while 1-3 arrive)\n")
-    print("| weights dtype | monitored weights MiB | goal (q+1) x weights + 64 MiB | snapshot buffers peak MiB | "
-          "RSS peak increase MiB | peak / weights | RSS after close MiB | goal |")
+    print(
+        f"### 3. Peak extra host memory (child process; VmHWM - RSS before the monitor; queue_size={QUEUE}, policy "
+        "latest; snapshot 0 analysed while 1-3 arrive)\n"
+    )
+    print(
+        "| weights dtype | monitored weights MiB | goal (q+1) x weights + 64 MiB | snapshot buffers peak MiB | "
+        "RSS peak increase MiB | peak / weights | RSS after close MiB | goal |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m in (f32, bf16):
         bound = (QUEUE + 1) * m["weights"] + 64 * MiB
-        print(f"| {m['dtype']} | {m['weights'] / MiB:.0f} | {bound / MiB:.0f} | {m['buffers_peak'] / MiB:.0f} | "
-              f"**{m['peak'] / MiB:.0f}** | {m['peak'] / m['weights']:.2f}x | {m['after'] / MiB:.0f} | "
-              f"{'met' if m['peak'] <= bound else 'missed'} |")
+        print(
+            f"| {m['dtype']} | {m['weights'] / MiB:.0f} | {bound / MiB:.0f} | {m['buffers_peak'] / MiB:.0f} | "
+            f"**{m['peak'] / MiB:.0f}** | {m['peak'] / m['weights']:.2f}x | {m['after'] / MiB:.0f} | "
+            f"{'met' if m['peak'] <= bound else 'missed'} |"
+        )
 
     m32, m16 = f32.get("metrics", {}), bf16.get("metrics", {})
     common = sorted(k for k in set(m32) & set(m16) if m32[k][0] is not None and m16[k][0] is not None)
@@ -397,16 +472,23 @@ def main() -> None:
         same_phase = sum(m16[k][4] == m32[k][4] for k in common)
         worst = common[int(np.argmax(np.abs(d)))]
         print("\n### bf16 snapshot: metrics of the bf16 weights vs the same weights in float32 (whole snapshot)\n")
-        print("| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
-              "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
-              "max abs(delta log_norm) | max relative delta lambda_max | same phase | bf16 analysis s |")
+        print(
+            "| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
+            "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
+            "max abs(delta log_norm) | max relative delta lambda_max | same phase | bf16 analysis s |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
-        print(f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
-              f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
-              f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
-              f"{same_phase} / {len(common)} | {bf16.get('analysis_s', float('nan')):.1f} |")
-    print(f"\nload average (1/5/15 min): {load_start} at the start, {_load()} at the end; "
-          f"total {time.perf_counter() - t_all:.0f} s", flush=True)
+        print(
+            f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
+            f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
+            f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
+            f"{same_phase} / {len(common)} | {bf16.get('analysis_s', float('nan')):.1f} |"
+        )
+    print(
+        f"\nload average (1/5/15 min): {load_start} at the start, {_load()} at the end; "
+        f"total {time.perf_counter() - t_all:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ with ``exclude=["MultiheadAttention"]``, the same 18 matrices.
 The machine load average is printed before and after, because this machine
 is shared and the ratios, not the seconds, are the comparable figures.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,8 +120,10 @@ def main() -> None:
         print(f"[{name} done, load {_load()}]", flush=True)
 
     print("\nAs shipped (each library's defaults):\n")
-    print("| model | matrices (ours / ww) | wwmonitor (MP fit + phase) | ww default | ww mp_fit=True "
-          "| ww default / ours | ww mp_fit / ours |")
+    print(
+        "| model | matrices (ours / ww) | wwmonitor (MP fit + phase) | ww default | ww mp_fit=True "
+        "| ww default / ours | ww mp_fit / ours |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(shipped))
     print("\nOne core each (sequential, BLAS limited to 1 thread):\n")

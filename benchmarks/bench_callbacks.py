@@ -16,6 +16,7 @@ to the plain fit:
 The wall time includes waiting for the last analysis at the end of fit.
 Usage: ``python -m benchmarks callbacks``.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -48,8 +49,9 @@ def _module(pl, repeat: int = 1):
             return torch.optim.SGD(self.parameters(), lr=0.05)
 
         def train_dataloader(self):
-            return DataLoader(TensorDataset(Xt, yt), batch_size=32, shuffle=True,
-                              generator=torch.Generator().manual_seed(0))
+            return DataLoader(
+                TensorDataset(Xt, yt), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+            )
 
     return MLP()
 
@@ -66,12 +68,23 @@ def _fit(variant: str, root: str, epochs: int = 6, repeat: int = 1) -> tuple[flo
     callbacks, logger = [], False
     if variant != "no callback":
         esd_every = 1 if variant.endswith("ESD every epoch") else 5
-        callbacks = [WeightWatcherCallback(every_n_epochs=1, run_dir=f"{root}/runs", alerts="default",
-                                           esd_every_n_epochs=esd_every)]
+        callbacks = [
+            WeightWatcherCallback(
+                every_n_epochs=1, run_dir=f"{root}/runs", alerts="default", esd_every_n_epochs=esd_every
+            )
+        ]
     if "TB" in variant:
         logger = TensorBoardLogger(f"{root}/tb")
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     model = _module(pl, repeat)
     t0 = time.perf_counter()
     trainer.fit(model)
@@ -80,8 +93,10 @@ def _fit(variant: str, root: str, epochs: int = 6, repeat: int = 1) -> tuple[flo
     if callbacks:
         mon = callbacks[0].monitor
         res = mon.results
-        info = {"blocked_s": mon.stats["blocked_s"],
-                "analysis_s": statistics.mean(r.meta.get("analysis_s", 0.0) for r in res) if res else 0.0}
+        info = {
+            "blocked_s": mon.stats["blocked_s"],
+            "analysis_s": statistics.mean(r.meta.get("analysis_s", 0.0) for r in res) if res else 0.0,
+        }
     return wall, info
 
 
@@ -102,8 +117,10 @@ def main() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "wwmonitor.alerts"):
         logging.getLogger(name).setLevel(logging.ERROR)
     variants = ["no callback", "callback, store", "callback, store+TB", "callback, store+TB, ESD every epoch"]
-    print(f"Lightning fit of an MLP 64-512-512-10 on sklearn digits, batch 32, snapshot every epoch, CPU, "
-          f"1 torch thread; median of {REPEATS} interleaved rounds.\n")
+    print(
+        f"Lightning fit of an MLP 64-512-512-10 on sklearn digits, batch 32, snapshot every epoch, CPU, "
+        f"1 torch thread; median of {REPEATS} interleaved rounds.\n"
+    )
     with tempfile.TemporaryDirectory() as root:
         _fit("no callback", root, 1)  # warm-up (imports, first-call costs)
         _fit("callback, store", root, 1)
@@ -117,8 +134,10 @@ def main() -> None:
                     infos[v].append(info)
             base = statistics.median(times["no callback"])
             print(f"\n**{title}**\n")
-            print("| variant | fit wall time (s) | ratio to no callback | training thread blocked (s) "
-                  "| analysis per snapshot (s) |")
+            print(
+                "| variant | fit wall time (s) | ratio to no callback | training thread blocked (s) "
+                "| analysis per snapshot (s) |"
+            )
             print("|---|---|---|---|---|")
             for v in variants:
                 med = statistics.median(times[v])

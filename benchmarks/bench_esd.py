@@ -21,6 +21,7 @@ Also prints ``λ_min/λ_max`` of random square matrices against the float32
 Gram's error, the figure that decides whether a float32 first pass could
 ever skip the float64 recompute.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,10 @@ def _routes() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         "scipy ev": lambda A: sl.eigh(gram(A), eigvals_only=True, driver="ev", overwrite_a=True, check_finite=False),
         "syrk+dsyevd": lambda A: lapack.dsyevd(
             blas.dsyrk(1.0, np.asfortranarray(tall(A).astype(np.float64)), trans=1, lower=1),
-            compute_v=0, lower=1, overwrite_a=1)[0],
+            compute_v=0,
+            lower=1,
+            overwrite_a=1,
+        )[0],
     }
     try:
         import torch
@@ -133,8 +137,11 @@ def _threading() -> None:
         with threadpool_limits(limits=1, user_api="blas"):
             sequential()
 
-    ts: dict[str, list[float]] = {"sequential, BLAS default threads": [], "sequential, 1 BLAS thread": [],
-                                  "2 workers x 1 BLAS thread": []}
+    ts: dict[str, list[float]] = {
+        "sequential, BLAS default threads": [],
+        "sequential, 1 BLAS thread": [],
+        "2 workers x 1 BLAS thread": [],
+    }
     for _ in range(REPEATS):
         for k, f in zip(ts, (sequential, sequential_1, pooled)):
             t0 = time.perf_counter()

@@ -14,6 +14,7 @@
 
 Run: ``python -m benchmarks monitor``.  Prints Markdown tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,18 @@ def _models() -> dict[str, Callable[[], Any]]:
         return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
 
     def cnn() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Conv2d(64, 128, 3),
-                             nn.ReLU(), nn.Conv2d(128, 128, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(128, 10))
+        return nn.Sequential(
+            nn.Conv2d(3, 64, 3),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3),
+            nn.ReLU(),
+            nn.Conv2d(128, 128, 3),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(128, 10),
+        )
 
     def transformer() -> nn.Module:
         with warnings.catch_warnings():
@@ -49,8 +59,11 @@ def _models() -> dict[str, Callable[[], Any]]:
             return nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
 
     torch.manual_seed(0)
-    return {"MLP 784-1024-1024-10": mlp, "CNN 4xConv3x3 (64-128) + Linear": cnn,
-            "TransformerEncoder d=512, 6 layers, ff 2048": transformer}
+    return {
+        "MLP 784-1024-1024-10": mlp,
+        "CNN 4xConv3x3 (64-128) + Linear": cnn,
+        "TransformerEncoder d=512, 6 layers, ff 2048": transformer,
+    }
 
 
 def _monitored_params(model: Any) -> list[Any]:
@@ -101,10 +114,21 @@ def bench_snapshot(reps: int = 25) -> list[dict[str, Any]]:
                 mon.close(timeout=5)  # only the copies are timed here; drop the analysis backlog
             st = mon.stats
         c, s, f = statistics.median(clone_t), statistics.median(snap_t), statistics.median(copy_t)
-        rows.append({"model": name, "matrices": len(mon.results[-1].layers) if mon.results else None,
-                     "MB": nbytes / 2**20, "clone_ms": c * 1e3, "snapshot_ms": s * 1e3, "ratio": s / c,
-                     "copy_ms": f * 1e3, "ratio_copy": s / f,
-                     "cold_ms": cold * 1e3, "analysed": st["analysed"], "coalesced": st["coalesced"]})
+        rows.append(
+            {
+                "model": name,
+                "matrices": len(mon.results[-1].layers) if mon.results else None,
+                "MB": nbytes / 2**20,
+                "clone_ms": c * 1e3,
+                "snapshot_ms": s * 1e3,
+                "ratio": s / c,
+                "copy_ms": f * 1e3,
+                "ratio_copy": s / f,
+                "cold_ms": cold * 1e3,
+                "analysed": st["analysed"],
+                "coalesced": st["coalesced"],
+            }
+        )
         del model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
@@ -127,7 +151,7 @@ def _epoch(model: Any, opt: Any, X: Any, Y: Any, batch: int = 128) -> int:
     from torch import nn
 
     for i in range(0, len(X), batch):
-        loss = nn.functional.cross_entropy(model(X[i:i + batch]), Y[i:i + batch])
+        loss = nn.functional.cross_entropy(model(X[i : i + batch]), Y[i : i + batch])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,10 +203,20 @@ def bench_loop(pairs: int = 3, epochs: int = 5) -> dict[str, Any]:
             with_total.append(t)
             cpu.append(stats["analysis_cpu_s"])
     w, m, t = statistics.median(without), statistics.median(with_loop), statistics.median(with_total)
-    return {"epochs": epochs, "steps": epochs * 64, "without_s": w, "with_s": m, "with_close_s": t,
-            "overhead_loop": m / w - 1, "overhead_total": t / w - 1, "analysed": stats.get("analysed"),
-            "blocked_s": stats.get("blocked_s"), "analysis_cpu_s": statistics.median(cpu),
-            "inline_s": statistics.median(inline), "overhead_inline": statistics.median(inline) / w - 1}
+    return {
+        "epochs": epochs,
+        "steps": epochs * 64,
+        "without_s": w,
+        "with_s": m,
+        "with_close_s": t,
+        "overhead_loop": m / w - 1,
+        "overhead_total": t / w - 1,
+        "analysed": stats.get("analysed"),
+        "blocked_s": stats.get("blocked_s"),
+        "analysis_cpu_s": statistics.median(cpu),
+        "inline_s": statistics.median(inline),
+        "overhead_inline": statistics.median(inline) / w - 1,
+    }
 
 
 _MEM_CHILD = r"""
@@ -247,14 +281,13 @@ def bench_memory() -> list[dict[str, Any]]:
         # large blocks always mmap'd and freed heap trimmed at once, so RSS tracks live memory
         # rather than what glibc's per-thread arenas keep cached after a free
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-        p = subprocess.run([sys.executable, "-c", _MEM_CHILD, mode], capture_output=True, text=True, cwd=REPO,
-                           timeout=600, env=env)
+        p = subprocess.run(
+            [sys.executable, "-c", _MEM_CHILD, mode], capture_output=True, text=True, cwd=REPO, timeout=600, env=env
+        )
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
         out.append(json.loads(p.stdout.strip().splitlines()[-1]))
     return out
-
-
 
 
 def _analyse_in_process(arrays: list[Any]) -> list[Any]:
@@ -317,9 +350,13 @@ def bench_thread_vs_process(epochs: int = 4) -> dict[str, Any]:
         pr, pr_h = run("process", pool)
         th2, th2_h = run("thread", None)
         pr2, pr2_h = run("process", pool)
-    return {"thread_s": (th + th2) / 2, "process_s": (pr + pr2) / 2,
-            "thread_handoff_ms": (th_h + th2_h) / 2 / epochs * 1e3,
-            "process_handoff_ms": (pr_h + pr2_h) / 2 / epochs * 1e3, "process_startup_s": startup}
+    return {
+        "thread_s": (th + th2) / 2,
+        "process_s": (pr + pr2) / 2,
+        "thread_handoff_ms": (th_h + th2_h) / 2 / epochs * 1e3,
+        "process_handoff_ms": (pr_h + pr2_h) / 2 / epochs * 1e3,
+        "process_startup_s": startup,
+    }
 
 
 def main() -> None:
@@ -328,38 +365,56 @@ def main() -> None:
     torch.set_num_threads(1)
     print("torch threads: 1 (training on one core, the worker's LAPACK on the other)\n")
     print("### snapshot() blocking time vs clone() of the same parameters (median, interleaved)\n")
-    print("| model | matrices | weights MB | clone() ms | snapshot() ms | snapshot / clone | "
-          "copy_() into preallocated ms | snapshot / copy_() | first snapshot ms (allocates) |")
+    print(
+        "| model | matrices | weights MB | clone() ms | snapshot() ms | snapshot / clone | "
+        "copy_() into preallocated ms | snapshot / copy_() | first snapshot ms (allocates) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in bench_snapshot():
-        print(f"| {r['model']} | {r['matrices']} | {r['MB']:.1f} | {r['clone_ms']:.2f} | {r['snapshot_ms']:.2f} | "
-              f"**{r['ratio']:.2f}x** | {r['copy_ms']:.2f} | {r['ratio_copy']:.2f}x | {r['cold_ms']:.2f} |", flush=True)
+        print(
+            f"| {r['model']} | {r['matrices']} | {r['MB']:.1f} | {r['clone_ms']:.2f} | {r['snapshot_ms']:.2f} | "
+            f"**{r['ratio']:.2f}x** | {r['copy_ms']:.2f} | {r['ratio_copy']:.2f}x | {r['cold_ms']:.2f} |",
+            flush=True,
+        )
     print("\n### Whole training loop, snapshot every epoch, with vs without (median of 3 pairs)\n")
     r = bench_loop()
-    print("| run | epochs x steps | without monitor s | with monitor s (loop) | overhead | incl. close() s | "
-          "overhead incl. close | worker CPU s (all snapshots) | same analysis inline s (overhead) |")
+    print(
+        "| run | epochs x steps | without monitor s | with monitor s (loop) | overhead | incl. close() s | "
+        "overhead incl. close | worker CPU s (all snapshots) | same analysis inline s (overhead) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| MLP 784-512-512-10, SGD, batch 128, 8192 samples | {r['epochs']} x 64 | {r['without_s']:.2f} | "
-          f"{r['with_s']:.2f} | **{100 * r['overhead_loop']:+.1f}%** | {r['with_close_s']:.2f} | "
-          f"{100 * r['overhead_total']:+.1f}% | {r['analysis_cpu_s']:.2f} | {r['inline_s']:.2f} "
-          f"({100 * r['overhead_inline']:+.1f}%) |", flush=True)
+    print(
+        f"| MLP 784-512-512-10, SGD, batch 128, 8192 samples | {r['epochs']} x 64 | {r['without_s']:.2f} | "
+        f"{r['with_s']:.2f} | **{100 * r['overhead_loop']:+.1f}%** | {r['with_close_s']:.2f} | "
+        f"{100 * r['overhead_total']:+.1f}% | {r['analysis_cpu_s']:.2f} | {r['inline_s']:.2f} "
+        f"({100 * r['overhead_inline']:+.1f}%) |",
+        flush=True,
+    )
     print(f"\n(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print("\n### Peak extra host memory (subprocess, VmHWM - RSS before; queue_size=2, policy latest)\n")
-    print("| analysis | monitored weights MB | bound (q+1) x weights MB | snapshot buffers peak MB | "
-          "RSS peak increase MB | RSS after close MB |")
+    print(
+        "| analysis | monitored weights MB | bound (q+1) x weights MB | snapshot buffers peak MB | "
+        "RSS peak increase MB | RSS after close MB |"
+    )
     print("|---|---|---|---|---|---|")
     for m in bench_memory():
         label = "held back (queue full)" if m["mode"] == "held" else "real, concurrent"
-        mb = 2 ** 20
-        print(f"| {label} | {m['weights'] / mb:.1f} | {m['bound'] / mb:.1f} | {m['buffers_peak'] / mb:.1f} | "
-              f"**{m['peak'] / mb:.1f}** | {m['after'] / mb:.1f} |", flush=True)
+        mb = 2**20
+        print(
+            f"| {label} | {m['weights'] / mb:.1f} | {m['bound'] / mb:.1f} | {m['buffers_peak'] / mb:.1f} | "
+            f"**{m['peak'] / mb:.1f}** | {m['after'] / mb:.1f} |",
+            flush=True,
+        )
     print("\n### Worker: thread vs process (same loop and snapshots; mean of 2)\n")
     t = bench_thread_vs_process()
     print("| worker | loop + analysis s | hand-off per snapshot ms |")
     print("|---|---|---|")
     print(f"| thread (Monitor) | {t['thread_s']:.2f} | {t['thread_handoff_ms']:.2f} |")
-    print(f"| process (spawn pool, pickled copies; +{t['process_startup_s']:.1f} s start-up not counted) | "
-          f"{t['process_s']:.2f} | {t['process_handoff_ms']:.2f} |", flush=True)
+    print(
+        f"| process (spawn pool, pickled copies; +{t['process_startup_s']:.1f} s start-up not counted) | "
+        f"{t['process_s']:.2f} | {t['process_handoff_ms']:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ These are the speed claims (formerly wall-clock asserts in tests/test_mp.py, whi
 machine): one fit of an M = 1024 layer well under ``BUDGET_MS``, and weightwatcher's fit at least
 ``MIN_RATIO`` times slower.  The last column flags a row that misses either.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,11 @@ def main() -> None:
         fit = fit_mp(ev, Q, M=M)
         ok = t_ww / t_ours >= MIN_RATIO and ((N, M) != (1024, 1024) or t_ours * 1e3 < BUDGET_MS)
         claim = "ok" if ok else f"MISSED (< {BUDGET_MS:.0f} ms for 1024x1024, >= {MIN_RATIO:.0f}x)"
-        print(f"| {N}x{M} | {t_ours * 1e3:.1f} ms | {t_ww * 1e3:.0f} ms | {t_ww / t_ours:.0f}x | {fit.sigma2 / s2:.3f} "
-              f"| {claim} |", flush=True)
+        print(
+            f"| {N}x{M} | {t_ours * 1e3:.1f} ms | {t_ww * 1e3:.0f} ms | {t_ww / t_ours:.0f}x | {fit.sigma2 / s2:.3f} "
+            f"| {claim} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

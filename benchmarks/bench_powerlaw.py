@@ -15,6 +15,7 @@ Times are medians; the "identical" column compares (xmin, alpha, D) bit for bit.
 
 Run: ``python -m benchmarks powerlaw`` (prints a Markdown table).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,10 @@ def run() -> dict:
         env.setdefault("MPLBACKEND", "Agg")
         out = subprocess.run(
             [sys.executable, "-c", _CHILD, str(path), json.dumps({"reps": reps})],
-            capture_output=True, text=True, env=env, timeout=3600,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=3600,
         )
         if out.returncode != 0:
             raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")

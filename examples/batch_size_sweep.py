@@ -8,6 +8,7 @@ and MP soft rank (stronger correlations).  ``--lr-scaling linear`` keeps
 lr/batch fixed, the control experiment: the trend should largely go away.
 ``wwmonitor demo`` is the full version (MicroAlexNet, 3 seeds, Lightning).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,23 @@ def train(batch_size: int, lr: float, epochs: int, run_root: str) -> str:
     X, y = load_digits(return_X_y=True)
     X = ((X - X.mean()) / X.std()).astype(np.float32)
     x_t, y_t = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
-    model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     step = 0
-    with wwmonitor.Monitor(model, run_dir=run_root, run_name=f"bs{batch_size:04d}", resume=False, alerts=None,
-                           config={"batch_size": batch_size, "lr": lr, "seed": 0}) as mon:
+    with wwmonitor.Monitor(
+        model,
+        run_dir=run_root,
+        run_name=f"bs{batch_size:04d}",
+        resume=False,
+        alerts=None,
+        config={"batch_size": batch_size, "lr": lr, "seed": 0},
+    ) as mon:
         for epoch in range(epochs):
             perm = torch.randperm(len(x_t))
             for i in range(0, len(x_t), batch_size):
-                idx = perm[i:i + batch_size]
+                idx = perm[i : i + batch_size]
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x_t[idx]), y_t[idx]).backward()
                 opt.step()

@@ -6,6 +6,7 @@ The callback reads weights with ``keras.ops.convert_to_numpy`` and writes
 TensorBoard events with the ``tensorboard`` package's writer, so no
 TensorFlow is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,25 @@ def main() -> None:
 
     X, y = load_digits(return_X_y=True)
     X = ((X - X.mean()) / X.std()).astype("float32")
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(256, activation="relu", name="dense1"),
-        keras.layers.Dense(128, activation="relu", name="dense2"),
-        keras.layers.Dense(10, name="logits"),
-    ])
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    ww = WeightWatcherCallback(log_dir=f"{args.out}/tb/keras-mlp", run_dir=f"{args.out}/runs", run_name="keras-mlp",
-                               config={"batch_size": 16, "lr": 0.05, "backend": keras.backend.backend()})
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(256, activation="relu", name="dense1"),
+            keras.layers.Dense(128, activation="relu", name="dense2"),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    ww = WeightWatcherCallback(
+        log_dir=f"{args.out}/tb/keras-mlp",
+        run_dir=f"{args.out}/runs",
+        run_name="keras-mlp",
+        config={"batch_size": 16, "lr": 0.05, "backend": keras.backend.backend()},
+    )
     model.fit(X, y, batch_size=16, epochs=args.epochs, callbacks=[ww], verbose=2)
 
     import wwmonitor

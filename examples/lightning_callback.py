@@ -6,6 +6,7 @@ Then ``tensorboard --logdir wwmonitor-examples/tb`` shows ``ww.alpha/<layer>``
 and friends, ESD images and phase labels; ``wwmonitor report
 wwmonitor-examples/runs/lightning-mlp`` writes the HTML report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ class DigitsMLP(L.LightningModule):
     def __init__(self, lr: float = 0.05) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(64, 256), torch.nn.ReLU(),
-            torch.nn.Linear(256, 128), torch.nn.ReLU(),
+            torch.nn.Linear(64, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 128),
+            torch.nn.ReLU(),
             torch.nn.Linear(128, 10),
         )
         self.lr = lr
@@ -50,10 +53,16 @@ def main() -> None:
 
     X, y = load_digits(return_X_y=True)
     X = ((X - X.mean()) / X.std()).astype(np.float32)
-    data = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))),
-                      batch_size=16, shuffle=True)
-    ww = WeightWatcherCallback(every_n_epochs=1, run_dir=f"{args.out}/runs", run_name="lightning-mlp",
-                               alerts="default", config={"batch_size": 16, "lr": 0.05})
+    data = DataLoader(
+        TensorDataset(torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))), batch_size=16, shuffle=True
+    )
+    ww = WeightWatcherCallback(
+        every_n_epochs=1,
+        run_dir=f"{args.out}/runs",
+        run_name="lightning-mlp",
+        alerts="default",
+        config={"batch_size": 16, "lr": 0.05},
+    )
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",

@@ -22,6 +22,7 @@ The run store is ``<out>/runs/lora-gpt2`` (``wwmonitor report`` it); with
 ``--tensorboard``, ``tensorboard --logdir <out>/tb`` shows
 ``ww.delta_rel_norm/<layer>`` next to ``ww.alpha/<layer>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,12 @@ def main() -> None:
     import wwmonitor
 
     hf_logging.set_verbosity_error()
-    base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
-                                      bos_token_id=0, eos_token_id=0))
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["c_attn", "c_proj", "c_fc"],
-                      fan_in_fan_out=True)  # GPT-2's Conv1D stores its weights in x out
+    base = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ, bos_token_id=0, eos_token_id=0)
+    )
+    lora = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True
+    )  # GPT-2's Conv1D stores its weights in x out
     model = get_peft_model(base, lora)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
 
@@ -67,9 +70,17 @@ def main() -> None:
 
         sinks.append(TensorBoardSink(EventWriter(f"{args.out}/tb"), close_writer=True))
     # every call snapshots (both intervals None); effective weights + rank-4 updates; deltas from step 0
-    with wwmonitor.Monitor(model, run_dir=f"{args.out}/runs", run_name="lora-gpt2", every_n_epochs=None,
-                           lora="effective+update", base_model="first", sinks=sinks, analysis_device="cpu",
-                           config={"r": 4, "lora_alpha": 8, "lr": 2e-3, "example": "lora_finetune"}) as mon:
+    with wwmonitor.Monitor(
+        model,
+        run_dir=f"{args.out}/runs",
+        run_name="lora-gpt2",
+        every_n_epochs=None,
+        lora="effective+update",
+        base_model="first",
+        sinks=sinks,
+        analysis_device="cpu",
+        config={"r": 4, "lora_alpha": 8, "lr": 2e-3, "example": "lora_finetune"},
+    ) as mon:
         mon.snapshot(step=0)  # the reference: the weights before fine-tuning
         for epoch in range(args.epochs):
             model.train()
@@ -88,8 +99,11 @@ def main() -> None:
     last = run.to_pandas().query("step == @run.steps[-1]")
     short = last.assign(layer=last["layer"].str.replace("base_model.model.transformer.", "", regex=False))
     adapted = short[short["layer"].str.contains("attn.c_attn|mlp.c_fc", regex=True)]
-    print(adapted[["layer", "alpha", "matrix_rank", "num_evals", "delta_rel_norm", "delta_stable_rank"]]
-          .to_string(index=False))
+    print(
+        adapted[["layer", "alpha", "matrix_rank", "num_evals", "delta_rel_norm", "delta_stable_rank"]].to_string(
+            index=False
+        )
+    )
     print(f"snapshots at steps {run.steps}")
     if args.tensorboard:
         print(f"TensorBoard: tensorboard --logdir {args.out}/tb")

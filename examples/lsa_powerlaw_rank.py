@@ -17,6 +17,7 @@ seed used, needs a download.)
 Output: K from the power law, K at the explained-variance elbow, and a
 figure with the KS landscape and the scree plot with both marked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,48 @@ from pathlib import Path
 
 import numpy as np
 
-STDLIB = ("collections", "os", "pathlib", "json", "re", "itertools", "functools", "argparse", "logging", "typing",
-          "asyncio", "email", "http", "urllib", "unittest", "xml", "csv", "datetime", "decimal", "statistics",
-          "subprocess", "threading", "multiprocessing", "socket", "ssl", "tarfile", "zipfile", "sqlite3", "shutil",
-          "tempfile", "textwrap", "string", "inspect", "ast", "dis", "pickle", "heapq", "bisect", "random", "math")
+STDLIB = (
+    "collections",
+    "os",
+    "pathlib",
+    "json",
+    "re",
+    "itertools",
+    "functools",
+    "argparse",
+    "logging",
+    "typing",
+    "asyncio",
+    "email",
+    "http",
+    "urllib",
+    "unittest",
+    "xml",
+    "csv",
+    "datetime",
+    "decimal",
+    "statistics",
+    "subprocess",
+    "threading",
+    "multiprocessing",
+    "socket",
+    "ssl",
+    "tarfile",
+    "zipfile",
+    "sqlite3",
+    "shutil",
+    "tempfile",
+    "textwrap",
+    "string",
+    "inspect",
+    "ast",
+    "dis",
+    "pickle",
+    "heapq",
+    "bisect",
+    "random",
+    "math",
+)
 PACKAGES = ("numpy", "scipy", "sklearn")
 
 
@@ -91,8 +130,9 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation warnings of modules imported for their docstrings
         docs = docstring_corpus(args.max_docs)
-    tfidf = TfidfVectorizer(min_df=3, max_df=0.5, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b",
-                            sublinear_tf=True)
+    tfidf = TfidfVectorizer(
+        min_df=3, max_df=0.5, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b", sublinear_tf=True
+    )
     A = tfidf.fit_transform(docs).astype(np.float64)
     print(f"corpus: {len(docs)} docstrings, vocabulary {A.shape[1]} terms  ({time.perf_counter() - t0:.1f} s)")
 
@@ -104,8 +144,10 @@ def main() -> None:
     k_elbow = explained_variance_elbow(ev_desc[ev_desc > 0])
     var_K = ev_desc[: r.K].sum() / ev_desc.sum()
     var_elbow = ev_desc[:k_elbow].sum() / ev_desc.sum()
-    print(f"power-law rank: K = {r.K} eigenpairs (alpha {r.alpha:.2f}, xmin {r.xmin:.3g}, KS D {r.D:.3f}), "
-          f"explaining {100 * var_K:.1f}% of the variance")
+    print(
+        f"power-law rank: K = {r.K} eigenpairs (alpha {r.alpha:.2f}, xmin {r.xmin:.3g}, KS D {r.D:.3f}), "
+        f"explaining {100 * var_K:.1f}% of the variance"
+    )
     print(f"explained-variance elbow: K = {k_elbow} ({100 * var_elbow:.1f}% of the variance)")
 
     from matplotlib.figure import Figure
@@ -119,10 +161,19 @@ def main() -> None:
     F.plot_ks_landscape(r.evals, fit=r.fit, ax=axs[1], title=f"KS distance vs xmin: K = {r.K}")
     F.plot_scree(r.evals, fit=r.fit, ax=axs[2], log_k=True, title="Scree: power-law K vs explained-variance elbow")
     axs[2].axvline(k_elbow + 0.5, color="#9467bd", ls="-.", lw=1.5)
-    axs[2].text(k_elbow * 0.95, 0.05, f"elbow K={k_elbow}", color="#9467bd", fontsize=9, ha="right",
-                transform=axs[2].get_xaxis_transform())
-    fig.suptitle(f"LSA of {len(docs)} Python docstrings: latent rank by power law (K={r.K}) "
-                 f"vs explained-variance elbow (K={k_elbow})")
+    axs[2].text(
+        k_elbow * 0.95,
+        0.05,
+        f"elbow K={k_elbow}",
+        color="#9467bd",
+        fontsize=9,
+        ha="right",
+        transform=axs[2].get_xaxis_transform(),
+    )
+    fig.suptitle(
+        f"LSA of {len(docs)} Python docstrings: latent rank by power law (K={r.K}) "
+        f"vs explained-variance elbow (K={k_elbow})"
+    )
     fig.savefig(out / "lsa_rank.png", dpi=90)
     print(f"figure: {out / 'lsa_rank.png'}   ({time.perf_counter() - t0:.1f} s)")
 

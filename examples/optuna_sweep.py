@@ -21,6 +21,7 @@ Run::
 stores (``runs/<study>-trial0000/run.sqlite`` ...); each trial's user
 attribute ``wwmonitor_run_dir`` names its run folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,14 +77,29 @@ def objective(trial: Any, *, out: Path, epochs: int, lr: float, batch_sizes: lis
     seed = 0
     L.seed_everything(seed, verbose=False)
     xtr, ytr, xva, yva = load_digits_split()
-    train = DataLoader(TensorDataset(xtr, ytr), batch_size=bs, shuffle=True,
-                       generator=torch.Generator().manual_seed(seed))
+    train = DataLoader(
+        TensorDataset(xtr, ytr), batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     val = DataLoader(TensorDataset(xva, yva), batch_size=512)
-    cb = SpectralPruningCallback(trial, metric="mean_alpha", run_dir=str(out / "runs"), esd_every_n_epochs=0,
-                                 alerts=None, config={"seed": seed, "lr": lr, "epochs": epochs})
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[cb],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        num_sanity_val_steps=0)
+    cb = SpectralPruningCallback(
+        trial,
+        metric="mean_alpha",
+        run_dir=str(out / "runs"),
+        esd_every_n_epochs=0,
+        alerts=None,
+        config={"seed": seed, "lr": lr, "epochs": epochs},
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(_module(lr), train_dataloaders=train, val_dataloaders=val)
     return float(trainer.callback_metrics["val_acc"])
 
@@ -91,8 +107,9 @@ def objective(trial: Any, *, out: Path, epochs: int, lr: float, batch_sizes: lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", help="folder for the study's SQLite storage and the run stores")
-    ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x.strip()],
-                    default=[16, 32, 64, 128])
+    ap.add_argument(
+        "--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=[16, 32, 64, 128]
+    )
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.05)
     args = ap.parse_args(argv)
@@ -118,15 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     study = optuna.create_study(
-        study_name=STUDY, storage=f"sqlite:///{out / 'study.db'}", direction="maximize", load_if_exists=True,
+        study_name=STUDY,
+        storage=f"sqlite:///{out / 'study.db'}",
+        direction="maximize",
+        load_if_exists=True,
         sampler=optuna.samplers.GridSampler({"batch_size": args.batch_sizes}, seed=0),
         # successive halving on -mean_alpha, rungs at epoch indices 1 and 2 (the first snapshot is still close to
         # the random initialisation): a trial goes on only while its current mean alpha is among the lowest half
         # of the trials that reached the same rung.  (MedianPruner would compare each trial's *best* value so far,
         # and a spectral summary is not monotone: alpha rises from its random-init value before it falls.)
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
-    study.optimize(lambda t: objective(t, out=out, epochs=args.epochs, lr=args.lr, batch_sizes=args.batch_sizes),
-                   n_trials=len(args.batch_sizes))
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    )
+    study.optimize(
+        lambda t: objective(t, out=out, epochs=args.epochs, lr=args.lr, batch_sizes=args.batch_sizes),
+        n_trials=len(args.batch_sizes),
+    )
     print(f"{'trial':>5} {'batch':>5} {'state':>8} {'epochs':>6} {'mean alpha (last)':>17} {'val acc':>7}")
     for t in study.trials:
         steps = sorted(t.intermediate_values)
@@ -134,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         # the last val_acc of the trial (pruned ones too), from its run store
         run = wwmonitor.load_run(t.user_attrs[RUN_DIR_ATTR])
         val = eval_metrics(run).get("val_acc", float("nan"))
-        print(f"{t.number:>5} {t.params.get('batch_size', '-'):>5} {t.state.name:>8} {len(steps):>6} "
-              f"{last:>17.3f} {val:>7.3f}")
+        print(
+            f"{t.number:>5} {t.params.get('batch_size', '-'):>5} {t.state.name:>8} {len(steps):>6} "
+            f"{last:>17.3f} {val:>7.3f}"
+        )
     print(f"study:  {out / 'study.db'} ({time.perf_counter() - t0:.0f} s)")
     print(f"report: wwmonitor compare {out}")
     return 0

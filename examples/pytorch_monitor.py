@@ -6,6 +6,7 @@ An MLP 64-256-128-10 trained on sklearn's digits (shipped with scikit-learn,
 no download).  ``mon.snapshot()`` copies the weights and returns at once; a
 background thread computes the spectra and writes the run store.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,19 +32,26 @@ def main() -> None:
     X = ((X - X.mean()) / X.std()).astype(np.float32)
     x_t, y_t = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     model = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(),
-        torch.nn.Linear(256, 128), torch.nn.ReLU(),
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
         torch.nn.Linear(128, 10),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
 
     step = 0
-    with wwmonitor.Monitor(model, run_dir=f"{args.out}/runs", run_name="pytorch-mlp", resume=False,
-                           config={"batch_size": args.batch_size, "lr": 0.05, "example": "pytorch_monitor"}) as mon:
+    with wwmonitor.Monitor(
+        model,
+        run_dir=f"{args.out}/runs",
+        run_name="pytorch-mlp",
+        resume=False,
+        config={"batch_size": args.batch_size, "lr": 0.05, "example": "pytorch_monitor"},
+    ) as mon:
         for epoch in range(args.epochs):
             perm = torch.randperm(len(x_t))
             for i in range(0, len(x_t), args.batch_size):
-                idx = perm[i:i + args.batch_size]
+                idx = perm[i : i + args.batch_size]
                 opt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(model(x_t[idx]), y_t[idx])
                 loss.backward()

@@ -24,6 +24,7 @@ one folder per trial with its ``params.json``, ``result.json`` and
 connects to a running Ray cluster instead of starting one; on a cluster,
 ``OUT_DIR`` must be on a filesystem every node shares.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,20 @@ def train_digits(config: dict[str, Any]) -> None:
     bs = int(config["batch_size"])
     # an alpha_high alert (a layer still random-like after the first snapshot) carries stop_training=True:
     # the monitor reports ww/alerts_stop = 1 and WWAlertStopper ends the trial
-    alerts = AlertRules(rules=["alpha_high"], alpha_high=config["alpha_high"], warmup=1, stop_on=["alpha_high"],
-                        log_alerts=False) if config.get("alpha_high") else None
+    alerts = (
+        AlertRules(
+            rules=["alpha_high"], alpha_high=config["alpha_high"], warmup=1, stop_on=["alpha_high"], log_alerts=False
+        )
+        if config.get("alpha_high")
+        else None
+    )
     step = 0
     with wwtune.trial_monitor(model, config=config, alerts=alerts, esd_every_n_epochs=0) as mon:
         for epoch in range(int(config["epochs"])):
             model.train()
             perm = torch.randperm(len(xtr), generator=gen)
             for i in range(0, len(xtr), bs):
-                idx = perm[i:i + bs]
+                idx = perm[i : i + bs]
                 loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -91,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=_ints, default=[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--alpha-high", type=float, default=8.0,
-                    help="stop a trial once a layer's alpha is above this after the first snapshot (0: never)")
+    ap.add_argument(
+        "--alpha-high",
+        type=float,
+        default=8.0,
+        help="stop a trial once a layer's alpha is above this after the first snapshot (0: never)",
+    )
     ap.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (one trial per CPU)")
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: $RAY_ADDRESS, else local)")
@@ -112,15 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=1, reduction_factor=2)
-                 if args.scheduler == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=1, reduction_factor=2)
+        if args.scheduler == "asha"
+        else FIFOScheduler()
+    )
     tuner = tune.Tuner(
         train_digits,
-        param_space={"batch_size": tune.grid_search(args.batch_sizes), "seed": tune.grid_search(args.seeds),
-                     "epochs": args.epochs, "lr": args.lr, "alpha_high": args.alpha_high},
+        param_space={
+            "batch_size": tune.grid_search(args.batch_sizes),
+            "seed": tune.grid_search(args.seeds),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "alpha_high": args.alpha_high,
+        },
         # the scheduler acts on a wwmonitor metric: lower mean alpha = heavier-tailed layers
-        tune_config=tune.TuneConfig(metric="ww/mean_alpha", mode="min", scheduler=scheduler,
-                                    reuse_actors=True),  # a trial after another skips the imports
+        tune_config=tune.TuneConfig(
+            metric="ww/mean_alpha", mode="min", scheduler=scheduler, reuse_actors=True
+        ),  # a trial after another skips the imports
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out), stop=WWAlertStopper(), verbose=0),
     )
     grid = tuner.fit()
@@ -130,13 +149,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trial {res.path} failed: {res.error}", file=sys.stderr)
             return 1
         m, c = res.metrics, res.config
-        rows.append((c["batch_size"], c["seed"], int(m["training_iteration"]), m["ww/mean_alpha"],
-                     m["ww/mean_stable_rank"], m["val_acc"], int(m["ww/alerts_stop"])))
+        rows.append(
+            (
+                c["batch_size"],
+                c["seed"],
+                int(m["training_iteration"]),
+                m["ww/mean_alpha"],
+                m["ww/mean_stable_rank"],
+                m["val_acc"],
+                int(m["ww/alerts_stop"]),
+            )
+        )
     print(f"{'batch':>5} {'seed':>4} {'epochs':>6} {'mean alpha':>10} {'stable rank':>11} {'val acc':>7}  stopped")
     for bs, seed, it, a, sr, acc, stop in sorted(rows):
-        why = ("" if it >= args.epochs else "by WWAlertStopper (alpha_high alert)" if stop else "by ASHA")
-        print(f"{bs:>5} {seed:>4} {it:>6} {a if math.isfinite(a) else float('nan'):>10.3f} {sr:>11.2f} {acc:>7.3f}  "
-              f"{why}")
+        why = "" if it >= args.epochs else "by WWAlertStopper (alpha_high alert)" if stop else "by ASHA"
+        print(
+            f"{bs:>5} {seed:>4} {it:>6} {a if math.isfinite(a) else float('nan'):>10.3f} {sr:>11.2f} {acc:>7.3f}  {why}"
+        )
     print(f"experiment: {grid.experiment_path}   ({time.perf_counter() - t0:.0f} s)")
     print(f"report:     wwmonitor compare {out}")
     ray.shutdown()

@@ -9,6 +9,7 @@ Then ``tensorboard --logdir <out>/runs`` shows the Trainer's ``train/loss``
 next to ``ww.alpha/<layer>`` and friends, ESD images and phase labels, and
 ``wwmonitor report <out>/wwmonitor-runs/tiny-bert`` writes the HTML report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,28 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        max_position_embeddings=SEQ, num_labels=2))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=SEQ,
+            num_labels=2,
+        )
+    )
     training = TrainingArguments(
-        output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=16, learning_rate=1e-3,
-        report_to=["tensorboard"], logging_steps=8, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=args.out,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        report_to=["tensorboard"],
+        logging_steps=8,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     # snapshot at every epoch end; the run store goes to <out>/wwmonitor-runs/tiny-bert
     ww = WeightWatcherCallback(every_n_epochs=1, run_name="tiny-bert", alerts="default")

@@ -3,6 +3,7 @@
 wwmonitor reports faults as one log record each (no duplicate Python
 warning), so tests check the log, not ``pytest.warns``.
 """
+
 from __future__ import annotations
 
 import contextlib

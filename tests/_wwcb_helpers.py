@@ -1,4 +1,5 @@
 """Helpers shared by the callback / sink tests (real frameworks, tiny models)."""
+
 from __future__ import annotations
 
 import glob
@@ -25,8 +26,8 @@ def read_wandb_records(path: str) -> list[Any]:
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
             continue
@@ -80,8 +81,17 @@ def digits(n: int = 512, seed: int = 0, low_rank: int | None = None):
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y[idx], dtype=torch.long)
 
 
-def make_module(pkg: str, *, hidden: int = 128, lr: float = 0.05, weight_decay: float = 0.0,
-                low_rank: int | None = None, n: int = 512, batch_size: int = 32, decay_first_only: bool = False):
+def make_module(
+    pkg: str,
+    *,
+    hidden: int = 128,
+    lr: float = 0.05,
+    weight_decay: float = 0.0,
+    low_rank: int | None = None,
+    n: int = 512,
+    batch_size: int = 32,
+    decay_first_only: bool = False,
+):
     """A tiny MLP LightningModule on digits for package ``pkg`` ("lightning" or "pytorch_lightning").
 
     ``decay_first_only``: weight decay on ``fc1`` only (with ``low_rank`` inputs this over-regularises
@@ -118,8 +128,10 @@ def make_module(pkg: str, *, hidden: int = 128, lr: float = 0.05, weight_decay: 
         def configure_optimizers(self):
             if decay_first_only:
                 rest = [p for n_, p in self.named_parameters() if not n_.startswith("fc1.")]
-                groups = [{"params": self.fc1.parameters(), "weight_decay": weight_decay},
-                          {"params": rest, "weight_decay": 0.0}]
+                groups = [
+                    {"params": self.fc1.parameters(), "weight_decay": weight_decay},
+                    {"params": rest, "weight_decay": 0.0},
+                ]
                 return torch.optim.SGD(groups, lr=lr)
             return torch.optim.SGD(self.parameters(), lr=lr, weight_decay=weight_decay)
 

@@ -1,4 +1,5 @@
 """Shared pytest setup: quiet, deterministic, single-threaded heavy libs."""
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not _ci():
         return
     allowed = config.stash.get(_ALLOWED_SKIPS, set())
-    stray = [r for r in terminalreporter.stats.get("skipped", [])
-             if not hasattr(r, "wasxfail") and getattr(r, "nodeid", None) not in allowed]
+    stray = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if not hasattr(r, "wasxfail") and getattr(r, "nodeid", None) not in allowed
+    ]
     if stray:
         terminalreporter.section("skips not allowed under CI=true", sep="=", red=True, bold=True)
         for r in stray:

@@ -3,6 +3,7 @@
 ``build(name, seed)`` returns the same weights in every process, so a model
 can be rebuilt inside a weightwatcher subprocess instead of being pickled.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,10 +22,17 @@ def small_mlp() -> nn.Module:
 def cnn() -> nn.Module:
     """4 Conv2d 3x3 (64-128 channels) + Linear."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(128, 100),
     )
 
@@ -39,8 +47,13 @@ def small_transformer() -> nn.Module:
     return transformer(d=128, layers=2, ff=256)
 
 
-BUILDERS = {"mlp": mlp, "small_mlp": small_mlp, "cnn": cnn, "transformer": transformer,
-            "small_transformer": small_transformer}
+BUILDERS = {
+    "mlp": mlp,
+    "small_mlp": small_mlp,
+    "cnn": cnn,
+    "transformer": transformer,
+    "small_transformer": small_transformer,
+}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -52,31 +65,80 @@ def build(name: str, seed: int = 0) -> nn.Module:
 # Tiny configurations (2 layers, hidden 16-64), random init, no downloads: the families whose layers
 # wwmonitor must cover (tests/test_zoo.py).  transformers and keras are imported only when called.
 
+
 def _hf_configs() -> dict:
     import transformers as T
 
     tok = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    dec = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-               vocab_size=100, max_position_embeddings=64)
+    dec = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
     return {
-        "gpt2": (T.GPT2Config, T.GPT2LMHeadModel,
-                 dict(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)),
-        "bert": (T.BertConfig, T.BertModel,
-                 dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=100,
-                      max_position_embeddings=64)),
+        "gpt2": (
+            T.GPT2Config,
+            T.GPT2LMHeadModel,
+            dict(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0),
+        ),
+        "bert": (
+            T.BertConfig,
+            T.BertModel,
+            dict(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=64,
+                vocab_size=100,
+                max_position_embeddings=64,
+            ),
+        ),
         "llama": (T.LlamaConfig, T.LlamaForCausalLM, dec),
-        "t5": (T.T5Config, T.T5ForConditionalGeneration,
-               dict(num_layers=2, num_decoder_layers=2, d_model=32, d_kv=8, num_heads=4, d_ff=64, vocab_size=100)),
-        "vit": (T.ViTConfig, T.ViTModel,
-                dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, image_size=32,
-                     patch_size=8)),
-        "whisper": (T.WhisperConfig, T.WhisperForConditionalGeneration,
-                    dict(encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=2,
-                         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
-                         num_mel_bins=16, max_source_positions=32, max_target_positions=32, decoder_start_token_id=0,
-                         **tok)),
-        "convnext": (T.ConvNextConfig, T.ConvNextModel, dict(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
-                                                             image_size=32)),
+        "t5": (
+            T.T5Config,
+            T.T5ForConditionalGeneration,
+            dict(num_layers=2, num_decoder_layers=2, d_model=32, d_kv=8, num_heads=4, d_ff=64, vocab_size=100),
+        ),
+        "vit": (
+            T.ViTConfig,
+            T.ViTModel,
+            dict(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=64,
+                image_size=32,
+                patch_size=8,
+            ),
+        ),
+        "whisper": (
+            T.WhisperConfig,
+            T.WhisperForConditionalGeneration,
+            dict(
+                encoder_layers=2,
+                decoder_layers=2,
+                d_model=32,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                vocab_size=100,
+                num_mel_bins=16,
+                max_source_positions=32,
+                max_target_positions=32,
+                decoder_start_token_id=0,
+                **tok,
+            ),
+        ),
+        "convnext": (
+            T.ConvNextConfig,
+            T.ConvNextModel,
+            dict(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=32),
+        ),
         "resnet": (T.ResNetConfig, T.ResNetModel, dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])),
         # fused projections (qkv_proj with grouped-query attention, gate_up_proj) and MoE expert banks
         "phi3": (T.Phi3Config, T.Phi3ForCausalLM, {**dec, **tok}),

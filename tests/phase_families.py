@@ -41,6 +41,7 @@ alone does not mean rank collapse.
 (alternating in the listed order, chosen before any classifier was looked at) and ``suite`` draws matrices.
 ``python tests/phase_families.py`` prints a sanity table of plain-numpy ESD statistics per family.
 """
+
 from __future__ import annotations
 
 import math
@@ -386,7 +387,7 @@ def bs_planted_blocks(rng):
             break
         theta = math.sqrt(_bbp_strength(_loguniform(rng, 3.0, 50.0), c))
         mu = theta * math.sqrt(n) / math.sqrt(a * b)
-        w[np.ix_(rperm[r0:r0 + a], cperm[c0:c0 + b])] += mu * rng.choice((-1.0, 1.0))
+        w[np.ix_(rperm[r0 : r0 + a], cperm[c0 : c0 + b])] += mu * rng.choice((-1.0, 1.0))
         r0, c0 = r0 + a, c0 + b
     return _scale(rng, w)
 
@@ -479,7 +480,7 @@ def bd_correlated_feature_groups(rng):
         k = max(3, int(round(1 + lg / rng.uniform(0.3, 0.8))))
         if lg < 0.5 * math.sqrt(c) or start + k > 0.85 * m:
             break
-        grp = perm[start:start + k]
+        grp = perm[start : start + k]
         start, g = start + k, g + 1
         rho = min(0.8, lg / (k - 1))
         a, b = math.sqrt(1.0 - rho), math.sqrt(1.0 - rho + rho * k)
@@ -794,15 +795,24 @@ def main(argv: list[str] | None = None) -> int:
     suite("all", 5, 0)
     t_gen = time.perf_counter() - t0
 
-    split_of = {n: ("tune" if n in HELD_OUT_SPLIT[p][0] else "held") for p in PHASES for n in
-                HELD_OUT_SPLIT[p][0] + HELD_OUT_SPLIT[p][1]}
-    hdr = (f"{'phase':<13} {'family':<38} {'split':<5} {'Q':>9} {'lmax/l+':>8} {'lmax/l+':>8} "
-           f"{'lmax/l+ (med)':>15} {'frac>l+':>8} {'#>l+':>6} {'frac<1e-3':>9} {'hill':>6}")
-    sub = (f"{'':<13} {'':<38} {'':<5} {'range':>9} {'(var)':>8} {'(med)':>8} "
-           f"{'min - max':>15} {'(var)':>8} {'(med)':>6} {'lmax':>9} {'alpha':>6}")
-    print(f"median over {n_draw} draws per family (seed 0); l+ (var): sigma^2 = entry variance of W; "
-          f"l+ (med): sigma^2 fitted to the median eigenvalue (MP median); #>l+ counts eigenvalues above l+ (med); "
-          f"hill alpha: Hill estimate of the ESD power-law exponent from the top max(10, M/10) eigenvalues")
+    split_of = {
+        n: ("tune" if n in HELD_OUT_SPLIT[p][0] else "held")
+        for p in PHASES
+        for n in HELD_OUT_SPLIT[p][0] + HELD_OUT_SPLIT[p][1]
+    }
+    hdr = (
+        f"{'phase':<13} {'family':<38} {'split':<5} {'Q':>9} {'lmax/l+':>8} {'lmax/l+':>8} "
+        f"{'lmax/l+ (med)':>15} {'frac>l+':>8} {'#>l+':>6} {'frac<1e-3':>9} {'hill':>6}"
+    )
+    sub = (
+        f"{'':<13} {'':<38} {'':<5} {'range':>9} {'(var)':>8} {'(med)':>8} "
+        f"{'min - max':>15} {'(var)':>8} {'(med)':>6} {'lmax':>9} {'alpha':>6}"
+    )
+    print(
+        f"median over {n_draw} draws per family (seed 0); l+ (var): sigma^2 = entry variance of W; "
+        f"l+ (med): sigma^2 fitted to the median eigenvalue (MP median); #>l+ counts eigenvalues above l+ (med); "
+        f"hill alpha: Hill estimate of the ESD power-law exponent from the top max(10, M/10) eigenvalues"
+    )
     print(hdr)
     print(sub)
     print("-" * len(hdr))
@@ -813,12 +823,16 @@ def main(argv: list[str] | None = None) -> int:
             med = {key: float(np.median([r[key] for r in rows])) for key in rows[0]}
             qs = [r["Q"] for r in rows]
             lo, hi = min(r["r_med"] for r in rows), max(r["r_med"] for r in rows)
-            print(f"{phase:<13} {fam.name:<38} {split_of[fam.name]:<5} {min(qs):4.1f}-{max(qs):<4.1f} "
-                  f"{med['r_var']:8.3g} {med['r_med']:8.3g} {lo:7.3g}-{hi:<7.3g} {med['f_above_var']:8.3f} "
-                  f"{med['n_above_med']:6.0f} {med['f_zero']:9.3f} {med['hill']:6.2f}")
+            print(
+                f"{phase:<13} {fam.name:<38} {split_of[fam.name]:<5} {min(qs):4.1f}-{max(qs):<4.1f} "
+                f"{med['r_var']:8.3g} {med['r_med']:8.3g} {lo:7.3g}-{hi:<7.3g} {med['f_above_var']:8.3f} "
+                f"{med['n_above_med']:6.0f} {med['f_zero']:9.3f} {med['hill']:6.2f}"
+            )
         print()
-    print(f"suite('all', n_per_family=5) generation: {t_gen:.1f} s "
-          f"({sum(len(v) for v in FAMILIES.values()) * 5} matrices, 1 BLAS thread)")
+    print(
+        f"suite('all', n_per_family=5) generation: {t_gen:.1f} s "
+        f"({sum(len(v) for v in FAMILIES.values()) * 5} matrices, 1 BLAS thread)"
+    )
     if limiter is not None:
         limiter.restore_original_limits()
     return 0

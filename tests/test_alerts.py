@@ -1,4 +1,5 @@
 """Alert rules on hand-built SnapshotResults from real analyze_matrix outputs."""
+
 from __future__ import annotations
 
 import ast
@@ -85,8 +86,9 @@ def test_rank_collapse_counts_a_pooled_conv_layer_over_all_its_eigenvalues():
     # 5 of 9 positions at rank 6: 50 of 144 eigenvalues are zero (35%): a collapse
     heavy = _pooled_conv(5, 6)
     assert heavy.layers[0].rank_loss == 50
-    assert [(a.rule, a.value) for a in AlertRules(rules=["rank_collapse"]).evaluate(heavy)] == \
-        [("rank_collapse", pytest.approx(50 / 144))]
+    assert [(a.rule, a.value) for a in AlertRules(rules=["rank_collapse"]).evaluate(heavy)] == [
+        ("rank_collapse", pytest.approx(50 / 144))
+    ]
 
 
 def test_alpha_low_needs_patience_and_hysteresis():
@@ -97,8 +99,9 @@ def test_alpha_low_needs_patience_and_hysteresis():
     # fires at the 3rd low snapshot; 2.1 is inside the hysteresis band (no reset); 2.3 clears;
     # then 3 more low snapshots fire again
     assert steps == [2, 9]
-    assert fired[2][0].message == ("layer 'fc' at step 2 (epoch 2): alpha 1.70 < 2 for 3 snapshots "
-                                   "(over-trained / over-regularised)")
+    assert fired[2][0].message == (
+        "layer 'fc' at step 2 (epoch 2): alpha 1.70 < 2 for 3 snapshots (over-trained / over-regularised)"
+    )
 
 
 def test_alpha_high_only_after_warmup():
@@ -177,15 +180,33 @@ def test_state_dict_round_trip_keeps_hysteresis():
 
 
 def test_state_dict_reads_the_old_format_and_keeps_its_keys():
-    old = {"fc": {"seen": 4, "active": {"alpha_low": True}, "low_count": 3, "prev_alpha": 1.8,
-                  "phase": "heavy-tailed", "cand_phase": None, "cand_count": 0, "cooldown": 1}}
+    old = {
+        "fc": {
+            "seen": 4,
+            "active": {"alpha_low": True},
+            "low_count": 3,
+            "prev_alpha": 1.8,
+            "phase": "heavy-tailed",
+            "cand_phase": None,
+            "cand_count": 0,
+            "cooldown": 1,
+        }
+    }
     rules = AlertRules(rules=["alpha_low", "alpha_jump", "phase_change"], warmup=0)
     rules.load_state_dict(old)
     assert rules.state_dict() == old
     # alpha_low is still active (no repeat), the jump 1.8 -> 0.5 is inside the cooldown, the phase is known
     assert rules.evaluate(_fake(5, alpha=0.5, phase="heavy-tailed")) == []
-    assert rules.state_dict()["fc"] == {"seen": 5, "active": {"alpha_low": True}, "low_count": 4, "prev_alpha": 0.5,
-                                        "phase": "heavy-tailed", "cand_phase": None, "cand_count": 0, "cooldown": 0}
+    assert rules.state_dict()["fc"] == {
+        "seen": 5,
+        "active": {"alpha_low": True},
+        "low_count": 4,
+        "prev_alpha": 0.5,
+        "phase": "heavy-tailed",
+        "cand_phase": None,
+        "cand_count": 0,
+        "cooldown": 0,
+    }
     assert [x.rule for x in rules.evaluate(_fake(6, alpha=1.9, phase="heavy-tailed"))] == ["alpha_jump"]
 
 
@@ -238,8 +259,11 @@ _BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, exc, name", _BAD_SETTINGS,
-                         ids=[",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _, _ in _BAD_SETTINGS])
+@pytest.mark.parametrize(
+    "kwargs, exc, name",
+    _BAD_SETTINGS,
+    ids=[",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _, _ in _BAD_SETTINGS],
+)
 def test_meaningless_settings_raise_naming_the_argument(kwargs, exc, name):
     with pytest.raises(exc, match=name):
         AlertRules(**kwargs)
@@ -301,8 +325,14 @@ _ONE_ALERT_EACH = textwrap.dedent("""
 
 def _stderr_lines(tmp_path: Path, **kwargs) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    p = subprocess.run([sys.executable, "-c", _ONE_ALERT_EACH, json.dumps(kwargs)], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", _ONE_ALERT_EACH, json.dumps(kwargs)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     return [ln for ln in p.stderr.splitlines() if ln.strip()]
 
@@ -397,11 +427,14 @@ def test_a_failed_weight_inspection_travels_with_the_layer_and_is_reported_by_ev
     rules.inspect_weights("odd", np.ones(5), lm)  # 1-D: the trap count fails; must not raise
     assert "num_traps" not in lm.extra  # the failure travels with the layer to evaluate()
     errors = []
-    fired = rules.evaluate(SnapshotResult(step=3, epoch=None, time=0.0, layers=[lm]),
-                           on_error=lambda where, what, exc: errors.append((where, what, exc)))
+    fired = rules.evaluate(
+        SnapshotResult(step=3, epoch=None, time=0.0, layers=[lm]),
+        on_error=lambda where, what, exc: errors.append((where, what, exc)),
+    )
     assert fired == []
-    assert [(w, "step 3" in what and "'odd'" in what, type(e)) for w, what, e in errors] == \
-        [("alert:correlation_trap", True, ValueError)]
+    assert [(w, "step 3" in what and "'odd'" in what, type(e)) for w, what, e in errors] == [
+        ("alert:correlation_trap", True, ValueError)
+    ]
     assert lm.extra == {}  # reported once and removed: the sinks never see it
     assert rules.rule_errors == {"correlation_trap": 1}
 
@@ -429,8 +462,11 @@ def test_alerts_import_nothing_downstream():
             if isinstance(node, ast.Import):
                 found += [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                base = (
+                    importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                    if node.level
                     else node.module
+                )
                 found += [base] + [f"{base}.{a.name}" for a in node.names]
     bad = [m for m in found if m.startswith(forbidden)]
     assert found and bad == []

@@ -1,4 +1,5 @@
 """Option handling shared by the Keras and Lightning callbacks (wwmonitor.callbacks._options); fast, no framework."""
+
 from __future__ import annotations
 
 import types
@@ -26,9 +27,21 @@ def test_check_interval_none_only_where_allowed() -> None:
 
 
 def _store(**over):
-    kw = dict(run_dir="runs", run_name=None, layers=None, exclude=None, alerts="default", stop_on=(),
-              metrics="default", esd_every_n_epochs=5, queue_size=3, policy="block", options=None,
-              config=None, flush_timeout=300.0)
+    kw = dict(
+        run_dir="runs",
+        run_name=None,
+        layers=None,
+        exclude=None,
+        alerts="default",
+        stop_on=(),
+        metrics="default",
+        esd_every_n_epochs=5,
+        queue_size=3,
+        policy="block",
+        options=None,
+        config=None,
+        flush_timeout=300.0,
+    )
     kw.update(over)
     cb = types.SimpleNamespace()
     store_monitor_options(cb, **kw)
@@ -50,8 +63,9 @@ def test_store_monitor_options_sets_attributes_and_validates() -> None:
 
 def test_stop_reason_and_pump() -> None:
     warn = Alert(step=1, epoch=0, rule="alpha_low", severity="warning", message="low", layer="fc1")
-    stop = Alert(step=2, epoch=1, rule="rank_collapse", severity="error", message="collapsed", layer="fc2",
-                 stop_training=True)
+    stop = Alert(
+        step=2, epoch=1, rule="rank_collapse", severity="error", message="collapsed", layer="fc2", stop_training=True
+    )
     assert stop_reason([warn]) == ""
     assert stop_reason([warn, stop]) == " (rank_collapse: collapsed)"
 

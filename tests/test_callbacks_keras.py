@@ -5,6 +5,7 @@ subprocess with ``KERAS_BACKEND`` set.  The torch and jax runs hide TensorFlow
 (as on an install without it) to check that nothing on those backends needs it;
 all TensorFlow cases share one subprocess (importing TF takes seconds).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -118,11 +119,19 @@ def test_keras_fit(backend, tmp_path):
         pytest.importorskip("torch")
     script = tmp_path / "keras_fit.py"
     script.write_text(SCRIPT.format(tests=str(HERE), out=str(tmp_path)))
-    env = {**os.environ, "KERAS_BACKEND": backend, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
-           "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+        "MPLBACKEND": "Agg",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp_path / "result.json").read_text())
 
@@ -290,11 +299,18 @@ def tf_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("keras_tf")
     script = tmp / "keras_tf.py"
     script.write_text(TF_SCRIPT.format(tests=str(HERE), out=str(tmp)))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+    }
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp / "result.json").read_text())
     assert r["backend"] == "tensorflow"
@@ -366,8 +382,11 @@ ERROR_CASES = {
     # a backend that is not installed here at all (openvino), one hidden from the import system (tensorflow),
     # and Keras itself missing
     "openvino": ("openvino", "", ["'openvino' backend", "pip install openvino"]),
-    "tensorflow": ("tensorflow", "tensorflow",
-                   ["'tensorflow' backend", "pip install 'wwmonitor[keras-tensorflow]'", "pip install tensorflow"]),
+    "tensorflow": (
+        "tensorflow",
+        "tensorflow",
+        ["'tensorflow' backend", "pip install 'wwmonitor[keras-tensorflow]'", "pip install tensorflow"],
+    ),
     "jax": ("jax", "jax", ["'jax' backend", "pip install 'wwmonitor[keras-jax]'"]),
     "no-keras": ("torch", "keras", ["needs Keras 3", "pip install 'wwmonitor[keras-torch]'"]),
 }
@@ -390,8 +409,9 @@ def test_missing_backend_error(case, tmp_path):
             print("imported")
     """)
     env = {**os.environ, "KERAS_BACKEND": backend}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IMPORTERROR:")), proc.stdout)
     for text in expected:

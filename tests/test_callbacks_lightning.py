@@ -3,11 +3,12 @@
 Both the ``lightning`` and the ``pytorch_lightning`` packages are exercised
 (their classes are distinct).  Tiny MLP on sklearn digits, 3 epochs of 16 steps.
 """
+
 from __future__ import annotations
 
 import glob
-import time
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -50,8 +51,15 @@ def _pkg(name):
 
 def _trainer(pl, tmp_path, **kw):
     kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                      log_every_n_steps=5, default_root_dir=str(tmp_path), **kw)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("pkg", ["lightning", "pytorch_lightning"])
@@ -59,8 +67,9 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     import wandb
 
     pl, loggers, Callback = _pkg(pkg)
-    cb = Callback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="fit", alerts="default",
-                  esd_every_n_epochs=1)
+    cb = Callback(
+        every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="fit", alerts="default", esd_every_n_epochs=1
+    )
     tb = loggers.TensorBoardLogger(str(tmp_path / "tb"), name="tb")
     wb = loggers.WandbLogger(project="wwmonitor-test", save_dir=str(tmp_path), offline=True)
     csv = loggers.CSVLogger(str(tmp_path / "csv"), name="csv")
@@ -211,8 +220,13 @@ def test_over_regularized_run_fires_rank_collapse_and_stops(tmp_path):
     """Heavy weight decay on fc1 + inputs in an 8-dim subspace: fc1's other 56 directions get no
     gradient and decay by (1 - lr*wd) = 0.8 per step, so fc1 collapses towards rank 8 of 64."""
     pl, _, Callback = _pkg("lightning")
-    cb = Callback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="overreg",
-                  alerts={"warn": False}, stop_on=["rank_collapse"])
+    cb = Callback(
+        every_n_epochs=1,
+        run_dir=str(tmp_path / "runs"),
+        run_name="overreg",
+        alerts={"warn": False},
+        stop_on=["rank_collapse"],
+    )
     trainer = _trainer(pl, tmp_path, max_epochs=8, logger=False, callbacks=[cb])
     trainer.fit(make_module("lightning", lr=0.1, weight_decay=2.0, low_rank=8, decay_first_only=True))
     fired = [a for a in cb.monitor.alerts_fired if a.rule == "rank_collapse"]
@@ -225,8 +239,13 @@ def test_over_regularized_run_fires_rank_collapse_and_stops(tmp_path):
 
 def test_healthy_run_fires_no_warning(tmp_path):
     pl, _, Callback = _pkg("lightning")
-    cb = Callback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="healthy",
-                  alerts="default", stop_on=["rank_collapse"])
+    cb = Callback(
+        every_n_epochs=1,
+        run_dir=str(tmp_path / "runs"),
+        run_name="healthy",
+        alerts="default",
+        stop_on=["rank_collapse"],
+    )
     trainer = _trainer(pl, tmp_path, max_epochs=4, logger=False, callbacks=[cb])
     trainer.fit(make_module("lightning", lr=0.1, batch_size=8))  # same net and data, full-rank inputs, no decay
     alpha = wwmonitor.load_run(cb.monitor.run_dir).metrics.query("metric == 'alpha' and layer in ['fc1', 'fc2']")
@@ -245,8 +264,9 @@ def test_non_finite_weights_alert_and_stop(tmp_path):
                 with torch.no_grad():
                     pl_module.fc2.weight[0, 0] = float("nan")
 
-    cb = Callback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="nan",
-                  alerts={"warn": False}, stop_on=["non_finite"])
+    cb = Callback(
+        every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="nan", alerts={"warn": False}, stop_on=["non_finite"]
+    )
     trainer = _trainer(pl, tmp_path, max_epochs=8, logger=False, callbacks=[PoisonFc2(), cb])
     trainer.fit(make_module("lightning"))  # must not raise
     fired = [a for a in cb.monitor.alerts_fired if a.rule == "non_finite"]

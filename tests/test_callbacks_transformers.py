@@ -7,6 +7,7 @@ needs -- trained for a few dozen steps on random tokens, reporting to
 TensorBoard and W&B (offline); a resume from a mid-run checkpoint; a stop on
 an alert; 2-rank DDP with ``torchrun`` (gloo) in a subprocess; the example.
 """
+
 from __future__ import annotations
 
 import glob
@@ -43,17 +44,26 @@ def bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        max_position_embeddings=SEQ, num_labels=2))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=SEQ,
+            num_labels=2,
+        )
+    )
 
 
 def gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=64, n_layer=2, n_head=2,
-                                      bos_token_id=0, eos_token_id=0))
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    )
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -74,8 +84,18 @@ class Tokens(torch.utils.data.Dataset):
 def training_args(out, **kw):
     from transformers import TrainingArguments
 
-    base = dict(output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=3, learning_rate=1e-3,
-                report_to="none", use_cpu=True, save_strategy="no", logging_steps=4, disable_tqdm=True, seed=0)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_train_epochs=3,
+        learning_rate=1e-3,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=4,
+        disable_tqdm=True,
+        seed=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -83,8 +103,7 @@ def training_args(out, **kw):
 def train(model, args, callbacks, data=None, **train_kw):
     from transformers import Trainer
 
-    trainer = Trainer(model=model, args=args, train_dataset=data if data is not None else Tokens(),
-                      callbacks=callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=data if data is not None else Tokens(), callbacks=callbacks)
     trainer.train(**train_kw)
     return trainer
 
@@ -217,18 +236,30 @@ def test_bert_reports_to_mlflow(tmp_path, monkeypatch):
 def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
     from wwmonitor.layers import extract_matrices
 
-    cb = _callback()(every_n_epochs=None, every_n_steps=5, run_dir=str(tmp_path / "runs"), run_name="gpt2",
-                     alerts=None, esd_every_n_epochs=0)
+    cb = _callback()(
+        every_n_epochs=None,
+        every_n_steps=5,
+        run_dir=str(tmp_path / "runs"),
+        run_name="gpt2",
+        alerts=None,
+        esd_every_n_epochs=0,
+    )
     # 64 samples / (batch 4 x accumulation 2) = 8 optimizer steps per epoch, 24 in all
-    args = training_args(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                         report_to=["tensorboard"])
+    args = training_args(
+        tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=2, report_to=["tensorboard"]
+    )
     trainer = train(gpt2(), args, [cb], data=Tokens(lm=True))
     assert trainer.state.global_step == 24
     steps = [5, 10, 15, 20]
     ea = tb_accumulator(_integration(trainer, "TensorBoardCallback").logging_dir)
     # GPT-2's Conv1D layers, the fused c_attn split into q, k, v
-    for layer in ("transformer.wte", "transformer.h.0.attn.c_attn.q", "transformer.h.0.attn.c_attn.v",
-                  "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc"):
+    for layer in (
+        "transformer.wte",
+        "transformer.h.0.attn.c_attn.q",
+        "transformer.h.0.attn.c_attn.v",
+        "transformer.h.1.attn.c_proj",
+        "transformer.h.1.mlp.c_fc",
+    ):
         assert [e.step for e in ea.Scalars(layer_tag("ww", "alpha", layer))] == steps, layer
     assert [e.step for e in ea.Scalars(layer_tag("ww", "stable_rank", "transformer.wpe"))] == steps
     run = wwmonitor.load_run(cb.monitor.run_dir)
@@ -251,8 +282,12 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_run(tmp_path):
 
     # a new process builds a new callback; resume after epoch 2 of 3 and train to 4 epochs
     cb2 = Callback(**kw)
-    t2 = train(bert(), training_args(out, num_train_epochs=4, save_strategy="epoch"), [cb2],
-               resume_from_checkpoint=str(out / "checkpoint-16"))
+    t2 = train(
+        bert(),
+        training_args(out, num_train_epochs=4, save_strategy="epoch"),
+        [cb2],
+        resume_from_checkpoint=str(out / "checkpoint-16"),
+    )
     assert t2.state.global_step == 32
     assert cb2.monitor.run_id == run_id and cb2.monitor.resumed
     assert [p.name for p in (out / "wwmonitor-runs").iterdir()] == [run_id]  # no second run folder
@@ -262,8 +297,12 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_run(tmp_path):
 
     # with the Trainer's own callback restore on, the callback passed in stays the one that runs
     cb3 = Callback(**kw)
-    t3 = train(bert(), training_args(out, num_train_epochs=5, restore_callback_states_from_checkpoint=True),
-               [cb3], resume_from_checkpoint=str(out / "checkpoint-32"))
+    t3 = train(
+        bert(),
+        training_args(out, num_train_epochs=5, restore_callback_states_from_checkpoint=True),
+        [cb3],
+        resume_from_checkpoint=str(out / "checkpoint-32"),
+    )
     assert any(c is cb3 for c in t3.callback_handler.callbacks)
     assert sum(type(c).__name__ == "WeightWatcherCallback" for c in t3.callback_handler.callbacks) == 1
     assert cb3.monitor.run_id == run_id
@@ -296,8 +335,15 @@ def test_non_finite_weights_fire_an_alert_that_stops_training(tmp_path):
                 with torch.no_grad():
                     model.classifier.weight[0, 0] = float("nan")
 
-    cb = _callback()(every_n_epochs=1, every_n_steps=3, run_dir=str(tmp_path / "runs"), run_name="nan",
-                     alerts="default", stop_on=["non_finite"], esd_every_n_epochs=0)
+    cb = _callback()(
+        every_n_epochs=1,
+        every_n_steps=3,
+        run_dir=str(tmp_path / "runs"),
+        run_name="nan",
+        alerts="default",
+        stop_on=["non_finite"],
+        esd_every_n_epochs=0,
+    )
     with logs(r"stopping training at step \d+ \(epoch [\d.]+\) on an alert \(non_finite: "):
         trainer = train(bert(), training_args(tmp_path / "out", num_train_epochs=10), [PoisonClassifier(), cb])
     fired = [a for a in cb.monitor.alerts_fired if a.rule == "non_finite"]
@@ -360,8 +406,20 @@ def test_ddp_two_ranks_equals_single_process_analysis(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(port), str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(script),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -410,8 +468,14 @@ def test_ddp_two_ranks_equals_single_process_analysis(tmp_path):
 @pytest.mark.slow
 def test_example_transformers_trainer(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "transformers_trainer.py"), "--epochs", "2",
-                        "--out", "ex"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "transformers_trainer.py"), "--epochs", "2", "--out", "ex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "tensorboard --logdir ex/runs" in r.stdout
     run = wwmonitor.load_run(tmp_path / "ex" / "wwmonitor-runs" / "tiny-bert")

@@ -4,6 +4,7 @@ except for tests marked ``gpu`` (they need a CUDA device the CI machine does not
 Each case runs a throw-away test file in a child pytest, with this repository's conftest.py and the pytest
 markers of pyproject.toml, and checks the child's exit status and report.
 """
+
 from __future__ import annotations
 
 import ast
@@ -101,7 +102,11 @@ def _run(tmp_path: Path, case: str, ci: bool) -> subprocess.CompletedProcess:
         env["CI"] = "true"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--strict-markers", str(d)],
-        cwd=d, env=env, capture_output=True, text=True, timeout=120,
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -164,9 +169,26 @@ def test_skip_outside_the_conftest_scope_still_fails_the_run(tmp_path):
     other.mkdir()
     (other / "test_other.py").write_text("import pytest\n\ndef test_other():\n    pytest.skip('not here')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(d),
-                        "-c", os.devnull, str(d), str(other)], cwd=d, env={**env, "CI": "true"},
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(d),
+            "-c",
+            os.devnull,
+            str(d),
+            str(other),
+        ],
+        cwd=d,
+        env={**env, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 1, _out(p)
     assert "skips not allowed under CI=true" in p.stdout and "test_other.py::test_other: Skipped: not here" in p.stdout
 

@@ -1,4 +1,5 @@
 """`wwmonitor analyze` on the command line, single process and under torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wwmonitor", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "wwmonitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +35,27 @@ def ckpt(tmp_path_factory):
 
 
 def test_table_json_csv_and_filter(ckpt, tmp_path):
-    proc = _cli("analyze", str(ckpt), "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"),
-                "--layers", "layers.0.*")
+    proc = _cli(
+        "analyze",
+        str(ckpt),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--csv",
+        str(tmp_path / "r.csv"),
+        "--layers",
+        "layers.0.*",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "layers.0.linear1" in proc.stdout and "layers.1." not in proc.stdout
     data = json.loads((tmp_path / "r.json").read_text())
     assert {r["name"] for r in data["layers"]} == {
-        "layers.0.self_attn.q", "layers.0.self_attn.k", "layers.0.self_attn.v",
-        "layers.0.self_attn.out_proj", "layers.0.linear1", "layers.0.linear2"}
+        "layers.0.self_attn.q",
+        "layers.0.self_attn.k",
+        "layers.0.self_attn.v",
+        "layers.0.self_attn.out_proj",
+        "layers.0.linear1",
+        "layers.0.linear2",
+    }
     import csv
 
     from wwmonitor.model import analyze_model
@@ -62,9 +81,24 @@ def test_torchrun_two_ranks_equals_single_process(ckpt, tmp_path):
     single = _cli("analyze", str(ckpt), "--json", str(tmp_path / "one.json"))
     assert single.returncode == 0, single.stderr
     proc = subprocess.run(
-        [str(TORCHRUN), "--nproc-per-node", "2", "--master-port", "29517", "-m", "wwmonitor", "analyze", str(ckpt),
-         "--json", str(tmp_path / "two.json"), "--no-progress"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            str(TORCHRUN),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "wwmonitor",
+            "analyze",
+            str(ckpt),
+            "--json",
+            str(tmp_path / "two.json"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())
@@ -126,8 +160,9 @@ def test_read_only_output_folder_is_refused(ckpt, tmp_path, monkeypatch, capsys)
     ro.chmod(0o555)
     if os.geteuid() == 0:
         real = os.access
-        monkeypatch.setattr(cli_analyze.os, "access",
-                            lambda p, mode: False if Path(p) == ro and mode & os.W_OK else real(p, mode))
+        monkeypatch.setattr(
+            cli_analyze.os, "access", lambda p, mode: False if Path(p) == ro and mode & os.W_OK else real(p, mode)
+        )
     called = []
     monkeypatch.setattr("wwmonitor.model.analyze_model", lambda *a, **k: called.append(1))
     try:
@@ -135,8 +170,10 @@ def test_read_only_output_folder_is_refused(ckpt, tmp_path, monkeypatch, capsys)
     finally:
         ro.chmod(0o755)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"wwmonitor analyze: error: --json {ro / 'r.json'}: cannot create it: folder {ro} is not writable "
-                   "(permission denied)"]
+    assert err == [
+        f"wwmonitor analyze: error: --json {ro / 'r.json'}: cannot create it: folder {ro} is not writable "
+        "(permission denied)"
+    ]
     assert not called
 
 
@@ -144,8 +181,9 @@ def test_skipped_entries_are_reported(ckpt, tmp_path):
     proc = _cli("analyze", str(ckpt), "--json", str(tmp_path / "r.json"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "skipped 16 entries not analysed:" in proc.stdout
-    assert ("  not a matrix (1-D) [16]: layers.0.self_attn.in_proj_bias, layers.0.self_attn.out_proj.bias,"
-            in proc.stdout)
+    assert (
+        "  not a matrix (1-D) [16]: layers.0.self_attn.in_proj_bias, layers.0.self_attn.out_proj.bias," in proc.stdout
+    )
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["summary"]["num_skipped"] == 16
     assert {"name": "layers.1.norm2.bias", "reason": "not a matrix (1-D)"} in data["skipped"]

@@ -5,6 +5,7 @@ The runs are written by a real :class:`wwmonitor.Monitor` from given matrices th
 the pages must show is computed from the run stores (``load_run``), never hard-coded: the phase classifier
 decides which phases the matrices get.
 """
+
 from __future__ import annotations
 
 import html as _html
@@ -41,12 +42,21 @@ pytestmark = pytest.mark.usefixtures("one_blas_thread")
 SHAPES = {"fc1": (300, 120), "fc2": (240, 100), "head": (100, 30)}
 #: per run, the matrix family of each layer at each of the 4 snapshots
 PLANS = [
-    {"fc1": ["random-like", "bulk+spikes", "heavy-tailed", "heavy-tailed"],
-     "fc2": ["random-like", "random-like", "rank-collapse", "rank-collapse"], "head": ["random-like"] * 4},
-    {"fc1": ["random-like", "random-like", "bulk+spikes", "bulk+spikes"],
-     "fc2": ["random-like", "heavy-tailed", "heavy-tailed", "heavy-tailed"], "head": ["random-like"] * 4},
-    {"fc1": ["random-like", "heavy-tailed", "heavy-tailed", "heavy-tailed"],
-     "fc2": ["random-like"] * 4, "head": ["random-like", "rank-collapse", "rank-collapse", "random-like"]},
+    {
+        "fc1": ["random-like", "bulk+spikes", "heavy-tailed", "heavy-tailed"],
+        "fc2": ["random-like", "random-like", "rank-collapse", "rank-collapse"],
+        "head": ["random-like"] * 4,
+    },
+    {
+        "fc1": ["random-like", "random-like", "bulk+spikes", "bulk+spikes"],
+        "fc2": ["random-like", "heavy-tailed", "heavy-tailed", "heavy-tailed"],
+        "head": ["random-like"] * 4,
+    },
+    {
+        "fc1": ["random-like", "heavy-tailed", "heavy-tailed", "heavy-tailed"],
+        "fc2": ["random-like"] * 4,
+        "head": ["random-like", "rank-collapse", "rank-collapse", "random-like"],
+    },
 ]
 
 
@@ -64,16 +74,19 @@ def _make_run(root: Path, name: str, plan: dict, seed: int, config: "dict | None
 def same_runs(tmp_path_factory) -> list[Path]:
     """Three runs with identical configs (nothing swept)."""
     root = tmp_path_factory.mktemp("same")
-    return [_make_run(root, name, PLANS[i], i, {"lr": 0.1, "model": "mlp"})
-            for i, name in enumerate(("baseline", "wider-init", "long-warmup"))]
+    return [
+        _make_run(root, name, PLANS[i], i, {"lr": 0.1, "model": "mlp"})
+        for i, name in enumerate(("baseline", "wider-init", "long-warmup"))
+    ]
 
 
 @pytest.fixture(scope="module")
 def sweep_runs(tmp_path_factory) -> list[Path]:
     """A batch-size sweep: the config key batch_size differs."""
     root = tmp_path_factory.mktemp("sweep")
-    return [_make_run(root, f"bs{bs}", PLANS[i], 10 + i, {"batch_size": bs, "lr": 0.1})
-            for i, bs in enumerate((8, 64, 512))]
+    return [
+        _make_run(root, f"bs{bs}", PLANS[i], 10 + i, {"batch_size": bs, "lr": 0.1}) for i, bs in enumerate((8, 64, 512))
+    ]
 
 
 # ---------------------------------------------------------------- helpers reading the page
@@ -194,8 +207,11 @@ def test_side_by_side_report(same_runs, tmp_path, monkeypatch):
     rows = _rows(_section(page, "final"))
     assert [_text(r[0]) for r in rows] == names
     for run, row in zip(runs, rows):
-        m = run.metrics[(run.metrics["step"] == run.steps[-1]) & (run.metrics["metric"] == "alpha")
-                        & (run.metrics["layer"] != "__model__")]
+        m = run.metrics[
+            (run.metrics["step"] == run.steps[-1])
+            & (run.metrics["metric"] == "alpha")
+            & (run.metrics["layer"] != "__model__")
+        ]
         assert _text(row[2]) == fmt(float(m["value"].dropna().mean()))
         counts = {p: list(_final_phases(run).values()).count(p) for p in set(_final_phases(run).values())}
         shown = dict(zip(_badges(row[7]), map(int, re.findall(r"(\d+)×", row[7]))))
@@ -226,8 +242,9 @@ def _where(cell: str) -> dict[str, set[str]]:
     for line in cell.split("<br>"):
         m = re.match(r"\s*<b>(.*?)</b>: (.*)", line, re.S)
         if m:
-            out[_html.unescape(m.group(1))] = {re.sub(r" \(\d+/\d+ runs\)$", "", v.strip())
-                                               for v in _html.unescape(m.group(2)).split(",")}
+            out[_html.unescape(m.group(1))] = {
+                re.sub(r" \(\d+/\d+ runs\)$", "", v.strip()) for v in _html.unescape(m.group(2)).split(",")
+            }
     return out
 
 
@@ -268,13 +285,20 @@ def test_sweep_lists_the_phases_seen(sweep_runs, tmp_path):
 
 def test_grouped_sweep_counts_the_runs_of_each_value(tmp_path):
     """Repeats over seeds: each swept value says how many of its runs show the phase."""
-    plans = [{"fc1": ["random-like", k], "fc2": ["random-like", "random-like"]} for k in
-             ("heavy-tailed", "heavy-tailed", "heavy-tailed", "random-like")]
+    plans = [
+        {"fc1": ["random-like", k], "fc2": ["random-like", "random-like"]}
+        for k in ("heavy-tailed", "heavy-tailed", "heavy-tailed", "random-like")
+    ]
     paths = []
     for i, (bs, seed) in enumerate([(8, 0), (8, 1), (64, 0), (64, 1)]):
         rng = np.random.default_rng(100 + i)
-        mon = wwmonitor.Monitor(None, run_dir=tmp_path / "runs", run_name=f"bs{bs}-s{seed}",
-                                config={"batch_size": bs, "seed": seed}, every_n_epochs=None)
+        mon = wwmonitor.Monitor(
+            None,
+            run_dir=tmp_path / "runs",
+            run_name=f"bs{bs}-s{seed}",
+            config={"batch_size": bs, "seed": seed},
+            every_n_epochs=None,
+        )
         for j in range(2):
             mon.snapshot(step=j + 1, matrices={L: PHASE_GENERATORS[k[j]](*SHAPES[L], rng) for L, k in plans[i].items()})
         mon.close()
@@ -294,8 +318,9 @@ def test_grouped_sweep_counts_the_runs_of_each_value(tmp_path):
         for line in row[1].split("<br>"):
             m = re.match(r"\s*<b>(.*?)</b>: (.*)", line, re.S)
             if m:
-                got[m.group(1)] = {v: int(k) for v, k, n in re.findall(r"(\S+) \((\d+)/(\d+) runs\)", m.group(2))
-                                   if n == "2"}
+                got[m.group(1)] = {
+                    v: int(k) for v, k, n in re.findall(r"(\S+) \((\d+)/(\d+) runs\)", m.group(2)) if n == "2"
+                }
         assert got == expected.get(_badges(row[0])[0], {})
 
 
@@ -348,15 +373,29 @@ def test_cli_compare_any_runs(same_runs, sweep_runs, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_side_by_side_page_in_headless_chromium(same_runs, tmp_path):
-    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                    None)
+    chromium = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     if chromium is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium)")
     index = write_comparison(same_runs, tmp_path / "cmp", dpi=60)
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1300,2000",
-                    index.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1300,2000",
+            index.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     with Image.open(shot) as im:
         assert im.size == (1300, 2000)
         assert np.asarray(im.convert("L"), dtype=float).std() > 10

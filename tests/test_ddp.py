@@ -3,6 +3,7 @@
 Lightning's ``strategy="ddp"`` re-launches the *script* for rank 1, so the fit
 runs in a subprocess script, never inside pytest itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,8 +109,9 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -192,8 +194,10 @@ def test_gather_helpers_with_two_gloo_processes(tmp_path):
     # fork: the children reuse the imported modules (spawn would re-import torch in each)
     mp.start_processes(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g = [json.loads((tmp_path / f"g{r}.json").read_text()) for r in (0, 1)]
-    expect = [{"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"},
-              {"1": "layer1@rank1", "3": "layer3@rank1"}]
+    expect = [
+        {"0": "layer0@rank0", "2": "layer2@rank0", "4": "layer4@rank0"},
+        {"1": "layer1@rank1", "3": "layer3@rank1"},
+    ]
     assert [x["rw"] for x in g] == [[0, 2], [1, 2]]
     assert g[0]["all"] == expect and g[1]["all"] == expect
     assert g[0]["zero"] == expect and g[1]["zero"] is None

@@ -7,6 +7,7 @@ the first snapshot, or a ``base_model`` given as a model, a state dict, a
 mapping of NumPy arrays or a safetensors file.  The values reach the run
 store and TensorBoard like every other metric.
 """
+
 from __future__ import annotations
 
 import threading
@@ -35,8 +36,9 @@ DELTA_SPECTRAL = ("delta_alpha", "delta_stable_rank", "delta_log_spectral_norm",
 
 def mlp(seed: int = 0) -> "torch.nn.Module":
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64),
-                               torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+    )
 
 
 def weights(model) -> dict[str, np.ndarray]:
@@ -55,8 +57,16 @@ def run_training(tmp_path, steps: int = 3, sinks=(), **kw):
     x, y = torch.randn(128, 64, generator=g), torch.randint(0, 4, (128,), generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     saved = []
-    with Monitor(model, tmp_path, run_name="deltas", every_n_epochs=None, options=FAST, analysis_device="cpu",
-                 sinks=list(sinks), **kw) as mon:
+    with Monitor(
+        model,
+        tmp_path,
+        run_name="deltas",
+        every_n_epochs=None,
+        options=FAST,
+        analysis_device="cpu",
+        sinks=list(sinks),
+        **kw,
+    ) as mon:
         for step in range(steps):
             for _ in range(3 if step else 0):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -80,7 +90,7 @@ def check_delta(lm: LayerMetrics, W: np.ndarray, R: np.ndarray) -> None:
     dm = analyze_matrix(W - R, lm.name, layer_type=lm.type, options=FAST)
     assert lm.delta_status == dm.status, lm.name
     for f in DELTA_SPECTRAL:
-        want = getattr(dm, f[len("delta_"):])
+        want = getattr(dm, f[len("delta_") :])
         got = getattr(lm, f)
         assert (got is None) == (want is None), (lm.name, f)
         if want is not None:
@@ -206,8 +216,12 @@ def test_deltas_reach_the_run_store_and_tensorboard(tmp_path):
 
 # ------------------------------------------------------------------ ReferenceWeights and analyze_model
 def test_reference_names_shapes_and_memory():
-    base = {"module.0.weight": np.ones((8, 6), np.float32), "module.2.weight": np.full((4, 8), 2.0, np.float32),
-            "extra.weight": np.zeros((5, 5), np.float16), "zero.weight": np.zeros((3, 4), np.float32)}
+    base = {
+        "module.0.weight": np.ones((8, 6), np.float32),
+        "module.2.weight": np.full((4, 8), 2.0, np.float32),
+        "extra.weight": np.zeros((5, 5), np.float16),
+        "zero.weight": np.zeros((3, 4), np.float32),
+    }
     ref = ReferenceWeights(base)
     assert sorted(ref.names) == ["extra", "module.0", "module.2", "zero"]
     assert ref.nbytes == 4 * (48 + 32 + 25 + 12)  # 16-bit floats are held as float32

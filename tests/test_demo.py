@@ -1,4 +1,5 @@
 """The demo: model shapes, configuration errors, and a reduced real sweep that must show the trend."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def _global_state() -> dict:
     import warnings
 
     loggers = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    return {"filters": list(warnings.filters), "showwarning": warnings.showwarning, "root": logging.root.level,
-            "loggers": loggers, "threads": torch.get_num_threads()}
+    return {
+        "filters": list(warnings.filters),
+        "showwarning": warnings.showwarning,
+        "root": logging.root.level,
+        "loggers": loggers,
+        "threads": torch.get_num_threads(),
+    }
 
 
 @pytest.mark.slow
@@ -65,8 +71,15 @@ def test_demo_leaves_global_warning_filters_and_logger_levels_alone(tmp_path):
     logging.getLogger("lightning.pytorch").setLevel(logging.DEBUG)  # a caller who wants Lightning's chatter
     torch.set_num_threads(2)
     before = _global_state()
-    cfg = DemoConfig(out=str(tmp_path / "demo"), epochs=1, batch_sizes=(256, 512), seeds=(0,), workers=1,
-                     progress=False, report=False)
+    cfg = DemoConfig(
+        out=str(tmp_path / "demo"),
+        epochs=1,
+        batch_sizes=(256, 512),
+        seeds=(0,),
+        workers=1,
+        progress=False,
+        report=False,
+    )
     res = wwmonitor.demo.run_demo(cfg, echo=lambda s: None)
     assert [r["batch_size"] for r in res.runs] == [256, 512]
     after = _global_state()
@@ -125,8 +138,9 @@ def test_drain_sums_the_queue_and_surfaces_a_broken_queue():
 def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
     """3 batch sizes x 1 seed x 3 epochs with the Lightning callback: smaller batch -> lower stable rank and
     MP soft rank and more spikes in FC1 (the full demo's finding, in miniature)."""
-    cfg = DemoConfig(out=str(tmp_path / "demo"), epochs=3, batch_sizes=(8, 64, 512), seeds=(0,), workers=2,
-                     progress=False)
+    cfg = DemoConfig(
+        out=str(tmp_path / "demo"), epochs=3, batch_sizes=(8, 64, 512), seeds=(0,), workers=2, progress=False
+    )
     res = run_demo(cfg, echo=lambda s: None)
     rho = res.spearman["0"]["net.fc1"]
     assert rho["stable_rank"] == 1.0 and rho["mp_softrank"] == 1.0
@@ -165,8 +179,9 @@ def _run_example(name: str, args: list[str], cwd) -> str:
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, str(EXAMPLES / name)] + args, cwd=cwd, capture_output=True, text=True,
-                       timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)] + args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
@@ -214,8 +229,13 @@ def test_example_lsa_powerlaw_rank(tmp_path):
         warnings.simplefilter("ignore")
         docs = docstring_corpus(600)
     # the example's vectoriser settings
-    A = TfidfVectorizer(min_df=3, max_df=0.5, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b",
-                        sublinear_tf=True).fit_transform(docs).toarray()
+    A = (
+        TfidfVectorizer(
+            min_df=3, max_df=0.5, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b", sublinear_tf=True
+        )
+        .fit_transform(docs)
+        .toarray()
+    )
     assert f"corpus: {A.shape[0]} docstrings, vocabulary {A.shape[1]} terms" in out  # the same corpus
     ev = np.linalg.eigvalsh(A @ A.T)  # the non-zero eigenvalues of AᵀA
     k_ref = ww_fit(ev)["num_pl_spikes"]

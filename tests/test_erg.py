@@ -5,6 +5,7 @@ weightwatcher always runs in a subprocess (importing it silences warnings proces
 ``RMT_Util.rescale_eigenvalues`` / ``detX_constraint`` / ``un_rescale_eigenvalues`` exactly as
 ``WeightWatcher.apply_detX`` does, for eigenvalue arrays (edge cases and the float64 underflow regime).
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,12 @@ def test_equals_weightwatcher_analyze_detx(name):
         assert int(o["num_pl_spikes"]) == int(r.num_pl_spikes), r.name
         assert int(o["ERG_gap"]) == int(r.ERG_gap), r.name
         np.testing.assert_allclose(float(o["detX_val"]), float(r.detX_val), rtol=1e-6, err_msg=str(r.name))
-    print(f"\n{name}: " + "; ".join(f"{r.name}: n={r.num_evals} detX_num={r.detX_num} ERG_gap={r.ERG_gap}"
-                                    for r in ref.itertuples(index=False)))
+    print(
+        f"\n{name}: "
+        + "; ".join(
+            f"{r.name}: n={r.num_evals} detX_num={r.detX_num} ERG_gap={r.ERG_gap}" for r in ref.itertuples(index=False)
+        )
+    )
 
 
 # ---------------------------------------------------------------- eigenvalue arrays vs RMT_Util
@@ -293,7 +298,7 @@ def test_report_marks_ideal_layers_in_the_final_table(tmp_path):
     final = html.split('id="final"', 1)[1].split("<h2", 1)[0]
     assert IDEAL_LEGEND in final
     table = final.split("</table>", 1)[0]  # the metrics table (the phase reasons follow)
-    assert "<th class=\"\">SETOL ideal</th>" in table and "ERG_gap</th>" in table
+    assert '<th class="">SETOL ideal</th>' in table and "ERG_gap</th>" in table
     rows = {r.split("</td>", 1)[0].rsplit(">", 1)[-1]: r for r in table.split("<tr>")[2:]}
     assert '<span class="good">ideal</span>' in rows["ideal_fc"]
     assert '<span class="good">ideal</span>' not in rows["plain_fc"] and "<td" in rows["plain_fc"]

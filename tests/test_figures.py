@@ -1,4 +1,5 @@
 """Figures: real ESDs, real fits; check the overlays sit on the data and the axes are labelled."""
+
 from __future__ import annotations
 
 import io
@@ -177,8 +178,15 @@ def test_panel_and_run_level_figures():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fc1", "fc2", "2 ≤ α ≤ 6"]
     with pytest.raises(ValueError, match="none of"):
         F.plot_metric_curves(mdf, metrics_to_plot=("entropy",))
-    ph = pd.DataFrame([(10, 0, "fc1", "random-like"), (20, 1, "fc1", "bulk+spikes"), (10, 0, "fc2", "heavy-tailed"),
-                       (20, 1, "fc2", None)], columns=["step", "epoch", "layer", "phase"])
+    ph = pd.DataFrame(
+        [
+            (10, 0, "fc1", "random-like"),
+            (20, 1, "fc1", "bulk+spikes"),
+            (10, 0, "fc2", "heavy-tailed"),
+            (20, 1, "fc2", None),
+        ],
+        columns=["step", "epoch", "layer", "phase"],
+    )
     fig = F.plot_phase_timeline(ph)
     img = fig.axes[0].images[0].get_array()
     assert img.shape == (2, 2)
@@ -187,8 +195,15 @@ def test_panel_and_run_level_figures():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "epoch" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["fc1", "fc2"]
-    sweep = pd.DataFrame({"batch_size": [2, 8, 64, 2, 8, 64], "seed": [0, 0, 0, 1, 1, 1], "layer": ["fc1"] * 6,
-                          "alpha": [2.0, 3.0, 4.0, 2.2, 3.1, 4.1], "stable_rank": [5, 9, 20, 6, 8, 22]})
+    sweep = pd.DataFrame(
+        {
+            "batch_size": [2, 8, 64, 2, 8, 64],
+            "seed": [0, 0, 0, 1, 1, 1],
+            "layer": ["fc1"] * 6,
+            "alpha": [2.0, 3.0, 4.0, 2.2, 3.1, 4.1],
+            "stable_rank": [5, 9, 20, 6, 8, 22],
+        }
+    )
     fig = F.plot_sweep(sweep, param="batch_size")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "batch_size"
@@ -212,9 +227,17 @@ def test_run_level_figures_without_epochs_use_steps():
         mdf["epoch"] = pd.array([epochs[(s // 10) - 1] for s in mdf["step"]], dtype="Int64")
         ax = F.plot_metric_curves(mdf, metrics_to_plot=("alpha",)).axes[0]
         assert ax.get_xlabel() == "step"
-        assert {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()} == {"fc1": [10, 20, 30],
-                                                                                   "fc2": [10, 20, 30]}
-        ph = pd.DataFrame({"step": [10, 20, 30], "layer": ["fc1"] * 3, "phase": ["random-like"] * 3,
-                           "epoch": pd.array(epochs, dtype="Int64")})
+        assert {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()} == {
+            "fc1": [10, 20, 30],
+            "fc2": [10, 20, 30],
+        }
+        ph = pd.DataFrame(
+            {
+                "step": [10, 20, 30],
+                "layer": ["fc1"] * 3,
+                "phase": ["random-like"] * 3,
+                "epoch": pd.array(epochs, dtype="Int64"),
+            }
+        )
         tax = F.plot_phase_timeline(ph).axes[0]
         assert tax.get_xlabel() == "step" and [t.get_text() for t in tax.get_xticklabels()] == ["10", "20", "30"]

@@ -4,6 +4,7 @@ single-process analysis of the full weights, and no rank assembles a matrix it d
 The distributed parts run in subprocesses (``torch.distributed.run`` for plain FSDP2, a Lightning script that
 re-launches itself for ``ModelParallelStrategy``), like tests/test_ddp.py; pytest compares what they saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -170,7 +171,9 @@ SCRIPT = textwrap.dedent(
     names = [s.name for s in sharded.sharded_specs(model)]
     snaps = ShardedSnapshots(names, rank, world, fsdp=True)
     snaps.open_shard(model, os.path.join(out, "runs"))
-    main = wwmonitor.Monitor(None, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None) if rank == 0 else None
+    main = None
+    if rank == 0:
+        main = wwmonitor.Monitor(None, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None)
     for s in (10, 20):
         step()
         full_weights(os.path.join(out, f"w{{s}}.pt"))
@@ -205,8 +208,14 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), "PYTHONPATH": str(ROOT)}
+    return {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 def _close(a: dict, b: dict, where: str) -> None:
@@ -305,9 +314,23 @@ def fsdp_run(tmp_path_factory):
     script = out / "fsdp_run.py"
     script.write_text(SCRIPT.format(root=str(ROOT), model=MODEL, out=str(out)))
     port = _free_port()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(port), str(script)], cwd=out, env=_env(), capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(port),
+            str(script),
+        ],
+        cwd=out,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
@@ -477,8 +500,9 @@ def test_lightning_model_parallel_strategy_fsdp2(tmp_path):
     pytest.importorskip("lightning")
     script = tmp_path / "mp_fit.py"
     script.write_text(PL_SCRIPT.format(tests=str(HERE), out=str(tmp_path)))
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert info[0]["shard"] == ["fc1", "out"] and info[1]["shard"] == ["fc2"]
@@ -489,7 +513,7 @@ def test_lightning_model_parallel_strategy_fsdp2(tmp_path):
     with wwmonitor.Monitor(None, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
         for s in steps:
             sd = torch.load(tmp_path / f"w{s}.pt", weights_only=True)
-            mon.snapshot(step=s, matrices={k[:-len(".weight")]: v for k, v in sd.items() if k.endswith(".weight")})
+            mon.snapshot(step=s, matrices={k[: -len(".weight")]: v for k, v in sd.items() if k.endswith(".weight")})
     single = wwmonitor.load_run(tmp_path / "single" / "single").metrics
     for s in steps:
         a = run.metrics[run.metrics.step == s].set_index(["layer", "metric"]).value.sort_index()

@@ -1,4 +1,5 @@
 """``benchmarks/gpu_check.py`` exits cleanly (status 0, "no CUDA device") where there is no CUDA device."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,14 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=180, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_no_cuda_device_is_a_clean_exit():

@@ -1,4 +1,5 @@
 """The core imports with numpy and scipy only; integrations load lazily."""
+
 from __future__ import annotations
 
 import importlib

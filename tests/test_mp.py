@@ -1,4 +1,5 @@
 """Marchenko-Pastur density, CDF and bulk fit (wwmonitor.mp)."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,7 @@ def _esd(W: np.ndarray) -> np.ndarray:
 def test_cdf_matches_integrated_pdf(Q: float, sigma2: float) -> None:
     a, b = mp_edges(Q, sigma2)
     xs = np.linspace(a, b, 9)[1:-1]
-    num = np.array(
-        [quad(lambda t: mp_pdf(np.array([t]), Q, sigma2)[0], a, x, limit=200)[0] for x in xs]
-    )
+    num = np.array([quad(lambda t: mp_pdf(np.array([t]), Q, sigma2)[0], a, x, limit=200)[0] for x in xs])
     np.testing.assert_allclose(mp_cdf(xs, Q, sigma2), num, atol=2e-6)
     total = quad(lambda t: mp_pdf(np.array([t]), Q, sigma2)[0], a, b, limit=200)[0]
     assert total == pytest.approx(1.0, abs=1e-6)

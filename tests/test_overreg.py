@@ -3,6 +3,7 @@
 The rule compares each layer's stable rank, MP soft rank and squared Frobenius norm with the largest values of its
 first ``overreg_ref_snapshots`` snapshots (docs/alerts.md, "over_regularization").
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,21 @@ from wwmonitor.records import SnapshotResult
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _snap(step: int, sr: float, soft: float | None = None, norm: float = 1.0, name: str = "fc",
-          status: str = "ok") -> SnapshotResult:
+def _snap(
+    step: int, sr: float, soft: float | None = None, norm: float = 1.0, name: str = "fc", status: str = "ok"
+) -> SnapshotResult:
     """One layer with stable rank ``sr``, MP soft rank ``soft`` and ``||W||_F² = norm`` (as ``log_norm``)."""
-    lm = LayerMetrics(name=name, N=512, M=512, Q=1.0, num_evals=512, stable_rank=sr, mp_softrank=soft,
-                      log_norm=math.log10(norm), status=status)
+    lm = LayerMetrics(
+        name=name,
+        N=512,
+        M=512,
+        Q=1.0,
+        num_evals=512,
+        stable_rank=sr,
+        mp_softrank=soft,
+        log_norm=math.log10(norm),
+        status=status,
+    )
     return SnapshotResult(step=step, epoch=step, time=0.0, layers=[lm])
 
 
@@ -59,9 +70,11 @@ def test_fires_after_patience_against_the_early_reference():
     a = rules.fired[0]
     assert (a.rule, a.severity, a.layer, a.epoch) == ("over_regularization", "warning", "fc", 5)
     assert a.value == pytest.approx(22.0 / 110)
-    assert a.message == ("layer 'fc' at step 5 (epoch 5): bulk squeezed toward zero (over-regularisation) for "
-                         "2 snapshots: stable rank 22 = 20% of its early 110, MP soft rank 0.2 = 20% of its early 1, "
-                         "||W||_F^2 at 50% of its early value")
+    assert a.message == (
+        "layer 'fc' at step 5 (epoch 5): bulk squeezed toward zero (over-regularisation) for "
+        "2 snapshots: stable rank 22 = 20% of its early 110, MP soft rank 0.2 = 20% of its early 1, "
+        "||W||_F^2 at 50% of its early value"
+    )
 
 
 def test_no_alert_while_the_reference_is_built():
@@ -83,11 +96,14 @@ def test_patience_counts_consecutive_low_snapshots_and_resets_on_recovery():
     assert _fired(rules, REF + [low, low, back, low, low, low]) == [8]
 
 
-@pytest.mark.parametrize("what, snap", [
-    ("stable rank not low enough", (30.0, 0.05, 0.3)),     # 0.27 of its early value
-    ("bulk edge not squeezed", (11.0, 0.5, 0.3)),          # soft rank at half its early value
-    ("norm not shrinking", (11.0, 0.05, 1.3)),             # spikes grew: learning, not regularisation
-])
+@pytest.mark.parametrize(
+    "what, snap",
+    [
+        ("stable rank not low enough", (30.0, 0.05, 0.3)),  # 0.27 of its early value
+        ("bulk edge not squeezed", (11.0, 0.5, 0.3)),  # soft rank at half its early value
+        ("norm not shrinking", (11.0, 0.05, 1.3)),  # spikes grew: learning, not regularisation
+    ],
+)
 def test_every_signal_is_needed(what, snap):
     assert _fired(_rules(overreg_patience=1), REF + [snap] * 4) == [], what
 
@@ -111,10 +127,22 @@ def test_layers_without_a_usable_spectrum_are_skipped_and_do_not_count_as_refere
 def test_layers_are_independent():
     rules = _rules(overreg_patience=1)
     for i, (sr, soft, norm) in enumerate(REF):
-        rules.evaluate(SnapshotResult(step=i, epoch=i, time=0.0, layers=[
-            _snap(i, sr, soft, norm, name="a").layers[0], _snap(i, sr, soft, norm, name="b").layers[0]]))
-    fired = rules.evaluate(SnapshotResult(step=3, epoch=3, time=0.0, layers=[
-        _snap(3, 11.0, 0.1, 0.3, name="a").layers[0], _snap(3, 100.0, 0.9, 1.0, name="b").layers[0]]))
+        rules.evaluate(
+            SnapshotResult(
+                step=i,
+                epoch=i,
+                time=0.0,
+                layers=[_snap(i, sr, soft, norm, name="a").layers[0], _snap(i, sr, soft, norm, name="b").layers[0]],
+            )
+        )
+    fired = rules.evaluate(
+        SnapshotResult(
+            step=3,
+            epoch=3,
+            time=0.0,
+            layers=[_snap(3, 11.0, 0.1, 0.3, name="a").layers[0], _snap(3, 100.0, 0.9, 1.0, name="b").layers[0]],
+        )
+    )
     assert [a.layer for a in fired] == ["a"]
 
 
@@ -143,8 +171,16 @@ def test_state_dict_round_trip_keeps_reference_counter_and_hysteresis():
 def test_a_layer_the_rule_never_saw_keeps_the_old_state_format():
     rules = AlertRules(rules=["alpha_low"])
     rules.evaluate(_snap(0, 11.0, 0.1, 0.3))
-    assert set(rules.state_dict()["fc"]) == {"seen", "active", "low_count", "prev_alpha", "phase", "cand_phase",
-                                             "cand_count", "cooldown"}
+    assert set(rules.state_dict()["fc"]) == {
+        "seen",
+        "active",
+        "low_count",
+        "prev_alpha",
+        "phase",
+        "cand_phase",
+        "cand_count",
+        "cooldown",
+    }
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -172,8 +208,9 @@ _BAD = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, exc, name", _BAD,
-                         ids=[",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _, _ in _BAD])
+@pytest.mark.parametrize(
+    "kwargs, exc, name", _BAD, ids=[",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _, _ in _BAD]
+)
 def test_meaningless_settings_raise_naming_the_argument(kwargs, exc, name):
     with pytest.raises(exc, match=name):
         AlertRules(**kwargs)
@@ -202,7 +239,7 @@ def test_real_spectra_squeezed_bulk_fires_and_growing_spikes_do_not():
     V, _ = np.linalg.qr(r.standard_normal((M, 5)))
     signal = U @ np.diag([3.0, 2.5, 2.0, 1.5, 1.2]) @ V.T  # a few learned directions above the bulk
     # weight decay without gradient: the bulk shrinks by 0.6 per snapshot, the learned directions stay
-    squeezed = [_analysed(t, signal + 0.6 ** t * noise) for t in range(10)]
+    squeezed = [_analysed(t, signal + 0.6**t * noise) for t in range(10)]
     # healthy learning: the same directions grow, the bulk stays -- the stable rank falls as much
     learning = [_analysed(t, (1 + 2 * t) * signal + noise) for t in range(10)]
     sr_learning = [res.layers[0].stable_rank for res in learning]
@@ -229,11 +266,9 @@ def test_panel_classifies_against_the_wd0_twin():
     panel = _panel()
     acc = [0.9] * 20
     healthy = panel.RunRecord("mlp", 0.0, 0, 20, acc, [], {"0": [30.0], "2": [50.0], "4": [5.0]}, ["0", "2", "4"])
-    mild = panel.RunRecord("mlp", 0.01, 0, 20, [0.89] * 20, [], {"0": [25.0], "2": [30.0], "4": [5.0]},
-                           ["0", "2", "4"])
+    mild = panel.RunRecord("mlp", 0.01, 0, 20, [0.89] * 20, [], {"0": [25.0], "2": [30.0], "4": [5.0]}, ["0", "2", "4"])
     collapsed = panel.RunRecord("mlp", 0.05, 0, 20, acc, [], {"0": [25.0], "2": [20.0], "4": [1.0]}, ["0", "2", "4"])
-    worse = panel.RunRecord("mlp", 0.1, 0, 20, [0.85] * 20, [], {"0": [25.0], "2": [30.0], "4": [5.0]},
-                            ["0", "2", "4"])
+    worse = panel.RunRecord("mlp", 0.1, 0, 20, [0.85] * 20, [], {"0": [25.0], "2": [30.0], "4": [5.0]}, ["0", "2", "4"])
     panel.classify([healthy, mild, collapsed, worse])
     assert [r.verdict for r in (healthy, mild, collapsed, worse)] == ["healthy", "healthy", "collapsing", "collapsing"]
     assert collapsed.why == "sr(2) 20.0 < 0.5 x 50.0" and worse.why == "val acc -5.0 pt"  # the head is not hidden

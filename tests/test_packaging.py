@@ -3,6 +3,7 @@
 The wheel itself is checked by scripts/check_wheel.sh (built, installed in a clean venv, used from outside the
 repository), which .ci/run calls after the tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,29 @@ def test_demo_without_its_extra_names_the_extra(tmp_path, module, dist):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "stubs"), str(ROOT)]))
     out = tmp_path / "demo-out"
     proc = subprocess.run(
-        [sys.executable, "-m", "wwmonitor", "demo", "--out", str(out), "--epochs", "1", "--batch-sizes", "4",
-         "--seeds", "0", "--workers", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+        [
+            sys.executable,
+            "-m",
+            "wwmonitor",
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-sizes",
+            "4",
+            "--seeds",
+            "0",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # one line, no traceback
@@ -44,15 +65,25 @@ def test_demo_without_its_extra_names_the_extra(tmp_path, module, dist):
 def test_sdist_has_license_and_the_test_helpers(tmp_path):
     """`python -m build --sdist` (isolated, as a user builds it) ships LICENSE and what its tests need."""
     pytest.importorskip("build")  # requirements-dev.txt pins it; under CI=true a skip fails the run
-    proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "deprecated" not in (proc.stdout + proc.stderr).lower(), proc.stdout + proc.stderr
     (sdist,) = tmp_path.glob("wwmonitor-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-        pkg_info = tar.extractfile(next(m for m in tar.getmembers() if m.name.count("/") == 1
-                                        and m.name.endswith("/PKG-INFO"))).read().decode()
+        pkg_info = (
+            tar.extractfile(
+                next(m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO"))
+            )
+            .read()
+            .decode()
+        )
     expected = {"LICENSE", "pyproject.toml", "README.md", "tests/conftest.py", "wwmonitor/py.typed"}
     expected |= {f"tests/{p.name}" for p in (ROOT / "tests").glob("*.py")}  # helper modules and test files
     expected |= {f"examples/{p.name}" for p in (ROOT / "examples").glob("*.py")}  # run by tests/test_demo.py

@@ -9,6 +9,7 @@
   rules changed; fresh seeds 1-2 are reported in docs/phases.md §4, with both
   confusion matrices).
 """
+
 from __future__ import annotations
 
 import functools

@@ -2,6 +2,7 @@
 (run in a subprocess, see tests/ww_reference.py), exactness of the pruned scan,
 the small-n rule, fix_fingers, the truncated power law, the likelihood-ratio
 tests against the ``powerlaw`` package, and powerlaw_rank."""
+
 from __future__ import annotations
 
 import math
@@ -230,8 +231,13 @@ def test_small_n_rule_and_failures():
         if n >= 8:
             assert fit.n_tail >= 8
     assert fit_powerlaw(rng.pareto(2.0, SMALL_N_CUTOFF) + 1).method == "standard"
-    for bad, status in (([], "too_few"), ([3.0], "too_few"), ([0.0] * 100, "too_few"),
-                        ([1.0, np.nan, 2.0] * 10, "failed"), ([1.0, np.inf] * 20, "failed")):
+    for bad, status in (
+        ([], "too_few"),
+        ([3.0], "too_few"),
+        ([0.0] * 100, "too_few"),
+        ([1.0, np.nan, 2.0] * 10, "failed"),
+        ([1.0, np.inf] * 20, "failed"),
+    ):
         fit = fit_powerlaw(np.asarray(bad, dtype=float))
         assert fit.status == status and fit.message, bad
         assert not fit.ok and fit.num_pl_spikes == 0
@@ -301,8 +307,7 @@ def test_tpl_normaliser_against_mpmath():
         for t in (1e-9, 1e-4, 0.01, 0.3, 1.0, 7.0, 40.0):
             if a <= 1 and t < 1e-6:
                 continue
-            ref = (mpmath.e ** t * mpmath.mpf(t) ** (mpmath.mpf(a) - 1)
-                   * mpmath.gammainc(1 - mpmath.mpf(a), mpmath.mpf(t)))
+            ref = mpmath.e**t * mpmath.mpf(t) ** (mpmath.mpf(a) - 1) * mpmath.gammainc(1 - mpmath.mpf(a), mpmath.mpf(t))
             ref = float(mpmath.log(mpmath.re(ref)))
             assert _tpl_log_norm(a, t) == pytest.approx(ref, rel=1e-10, abs=1e-10), (a, t)
     assert _tpl_log_norm(2.0, 0.0) == pytest.approx(0.0)

@@ -1,4 +1,5 @@
 """The HTML report and the comparison, built from real training runs, rendered in headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -35,18 +36,24 @@ def _train(run_root: Path, batch_size: int, seed: int = 0) -> Path:
     X = ((X - X.mean()) / X.std()).astype(np.float32)
     xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     rules = AlertRules(alpha_high=2.5, warmup=1, warn=False, log_alerts=False)  # makes alerts fire for the table
-    mon = wwmonitor.Monitor(model, run_dir=run_root, run_name=f"bs{batch_size}", alerts=rules,
-                            config={"batch_size": batch_size, "seed": seed, "lr": 0.05, "model": "mlp"})
+    mon = wwmonitor.Monitor(
+        model,
+        run_dir=run_root,
+        run_name=f"bs{batch_size}",
+        alerts=rules,
+        config={"batch_size": batch_size, "seed": seed, "lr": 0.05, "model": "mlp"},
+    )
     step = 0
     g = torch.Generator().manual_seed(seed)
     for epoch in range(EPOCHS):
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xt[b]), yt[b]).backward()
             opt.step()
@@ -108,26 +115,45 @@ def _chromium() -> str:
 
 
 def _chromium_args(tmp: Path) -> list[str]:
-    return [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp / 'chromium-profile'}"]
+    return [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]
 
 
 def _render(index: Path, tmp: Path, shot: Path) -> dict:
     """Screenshot the page, and load a copy with a probe script that records each image's naturalWidth."""
     args = _chromium_args(tmp)
-    r = subprocess.run(args + ["--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2000",
-                               index.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        args + ["--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2000", index.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.is_file(), r.stderr[-2000:]
     probe = index.parent / "_probe.html"
-    script = ("<script>window.addEventListener('load', function () {"
-              "var r = Array.from(document.images).map(function (i) {"
-              "return {src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}; });"
-              "var p = document.createElement('pre'); p.id = 'imgcheck'; p.textContent = JSON.stringify(r);"
-              "document.body.appendChild(p); });</script>")
+    script = (
+        "<script>window.addEventListener('load', function () {"
+        "var r = Array.from(document.images).map(function (i) {"
+        "return {src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}; });"
+        "var p = document.createElement('pre'); p.id = 'imgcheck'; p.textContent = JSON.stringify(r);"
+        "document.body.appendChild(p); });</script>"
+    )
     probe.write_text(index.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
-    r = subprocess.run(args + ["--virtual-time-budget=10000", "--dump-dom", probe.resolve().as_uri()],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        args + ["--virtual-time-budget=10000", "--dump-dom", probe.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     probe.unlink()
     m = re.search(r'<pre id="imgcheck">(.*?)</pre>', r.stdout, re.S)
     assert m, f"probe output not found in the DOM: {r.stdout[-1000:]} {r.stderr[-1000:]}"
@@ -271,8 +297,16 @@ def test_cli_report_and_compare(runs, tmp_path, capsys):
 TWIN_LAYERS: dict[str, tuple[str, tuple[int, int]]] = {"blk/fc": ("heavy", (300, 100)), "blk_fc": ("gauss", (300, 120))}
 
 
-def _store_run(folder: Path, *, name: str, layers: dict = TWIN_LAYERS, steps: tuple[int, ...] = (10, 20, 30),
-               epochs: "tuple[int, ...] | None" = None, config: "dict | None" = None, seed: int = 0) -> Path:
+def _store_run(
+    folder: Path,
+    *,
+    name: str,
+    layers: dict = TWIN_LAYERS,
+    steps: tuple[int, ...] = (10, 20, 30),
+    epochs: "tuple[int, ...] | None" = None,
+    config: "dict | None" = None,
+    seed: int = 0,
+) -> Path:
     """A run store at ``folder`` with one snapshot per step (``epochs=None``: snapshots without an epoch)."""
     import time
 
@@ -292,8 +326,16 @@ def _store_run(folder: Path, *, name: str, layers: dict = TWIN_LAYERS, steps: tu
             esds[L] = lm.extra.pop("esd")
             lms.append(lm)
         alphas = [lm.alpha for lm in lms if lm.alpha is not None]
-        st.write(SnapshotResult(step=step, epoch=None if epochs is None else epochs[i], time=time.time(), layers=lms,
-                                esds=esds, summary={"mean_alpha": float(np.mean(alphas)) if alphas else float("nan")}))
+        st.write(
+            SnapshotResult(
+                step=step,
+                epoch=None if epochs is None else epochs[i],
+                time=time.time(),
+                layers=lms,
+                esds=esds,
+                summary={"mean_alpha": float(np.mean(alphas)) if alphas else float("nan")},
+            )
+        )
     st.close()
     return folder
 
@@ -347,8 +389,16 @@ def test_report_writers_are_split_into_small_section_functions():
     assert not too_long and not undocumented, (too_long, undocumented)
     # one builder per section, in page order, each named after its section
     run_sections = [(anchor, fn.__name__) for anchor, _, _, fn in H._sections(_FakeReport())]
-    assert [a for a, _ in run_sections] == ["summary", "curves", "final", "phases", "esd", "diagnostics", "alerts",
-                                            "config"]
+    assert [a for a, _ in run_sections] == [
+        "summary",
+        "curves",
+        "final",
+        "phases",
+        "esd",
+        "diagnostics",
+        "alerts",
+        "config",
+    ]
     assert len({fn for _, fn in run_sections}) == len(run_sections)
 
 
@@ -374,8 +424,11 @@ def test_report_and_compare_without_epochs_use_steps(store_runs, tmp_path, monke
 
     def first_axes(fig) -> dict:
         ax = fig.axes[0]
-        return {"xlabel": ax.get_xlabel(), "xticks": [t.get_text() for t in ax.get_xticklabels()],
-                "lines": {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()}}
+        return {
+            "xlabel": ax.get_xlabel(),
+            "xticks": [t.get_text() for t in ax.get_xticklabels()],
+            "lines": {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()},
+        }
 
     for fn in ("plot_metric_curves", "plot_phase_timeline"):
         real = getattr(F, fn)
@@ -384,6 +437,7 @@ def test_report_and_compare_without_epochs_use_steps(store_runs, tmp_path, monke
             fig = _real(*a, **k)
             drawn[_fn] = first_axes(fig)
             return fig
+
         monkeypatch.setattr(F, fn, spy)
     index = write_report(store_runs[0], tmp_path / "rep", dpi=40)
     html = index.read_text(encoding="utf-8")
@@ -453,13 +507,16 @@ def _damage(kind: str, good: Path, tmp: Path) -> Path:
     return folder  # "no_store": a folder without run.sqlite
 
 
-@pytest.mark.parametrize("kind, problem", [
-    ("random", "not a readable SQLite database"),
-    ("truncated", "not a readable SQLite database"),
-    ("empty", "not a wwmonitor run store"),
-    ("not_a_run", "not a wwmonitor run store"),
-    ("no_store", "no run store"),
-])
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("random", "not a readable SQLite database"),
+        ("truncated", "not a readable SQLite database"),
+        ("empty", "not a wwmonitor run store"),
+        ("not_a_run", "not a wwmonitor run store"),
+        ("no_store", "no run store"),
+    ],
+)
 def test_load_run_damaged_store_names_file_and_problem(store_runs, tmp_path, kind, problem):
     folder = _damage(kind, store_runs[0], tmp_path)
     expected = FileNotFoundError if kind == "no_store" else ValueError
@@ -504,8 +561,10 @@ def test_cli_unwritable_output_one_line_exit_2(store_runs, tmp_path, capsys, whe
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me", encoding="utf-8")
     target = blocker / "out" if where == "under_a_file" else blocker
-    for argv in (["report", str(store_runs[0]), "-o", str(target)],
-                 ["compare", *map(str, store_runs), "-o", str(target)]):
+    for argv in (
+        ["report", str(store_runs[0]), "-o", str(target)],
+        ["compare", *map(str, store_runs), "-o", str(target)],
+    ):
         assert cli_main(argv) == 2, argv
         line = _one_error_line(capsys.readouterr().err)
         assert line.startswith(f"wwmonitor {argv[0]}: ") and str(target) in line, line
@@ -520,8 +579,10 @@ def test_cli_write_failure_during_report_one_line_exit_2(store_runs, tmp_path, c
         raise PermissionError(13, "Permission denied", str(fname))
 
     monkeypatch.setattr(Figure, "savefig", refuse)
-    for argv in (["report", str(store_runs[0]), "-o", str(tmp_path / "rep")],
-                 ["compare", *map(str, store_runs), "-o", str(tmp_path / "cmp")]):
+    for argv in (
+        ["report", str(store_runs[0]), "-o", str(tmp_path / "rep")],
+        ["compare", *map(str, store_runs), "-o", str(tmp_path / "cmp")],
+    ):
         assert cli_main(argv) == 2, argv
         line = _one_error_line(capsys.readouterr().err)
         assert str(tmp_path / argv[-1].rsplit("/", 1)[-1]) in line and "Permission denied" in line, line

@@ -1,4 +1,5 @@
 """TensorBoard, CSV and W&B sinks on SnapshotResults built from real analyze_matrix outputs."""
+
 from __future__ import annotations
 
 import glob
@@ -33,15 +34,29 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
     rng = np.random.default_rng(0)
     out = []
     for e in range(n):
-        mats = {"enc.fc1": rng.standard_normal((200, 100)).astype(np.float32),
-                "enc.fc2": rng.standard_t(2.5, (300, 120)).astype(np.float32),
-                "tiny": rng.standard_normal((20, 10)).astype(np.float32)}
+        mats = {
+            "enc.fc1": rng.standard_normal((200, 100)).astype(np.float32),
+            "enc.fc2": rng.standard_t(2.5, (300, 120)).astype(np.float32),
+            "tiny": rng.standard_normal((20, 10)).astype(np.float32),
+        }
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
         esds = {lm.name: lm.extra.pop("esd") for lm in layers}
-        alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m",
-                        layer="enc.fc2")] if e == 1 else []
-        out.append(SnapshotResult(step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds,
-                                  summary=_summary(layers), alerts=alerts))
+        alerts = (
+            [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")]
+            if e == 1
+            else []
+        )
+        out.append(
+            SnapshotResult(
+                step=10 * e,
+                epoch=e,
+                time=time.time(),
+                layers=layers,
+                esds=esds,
+                summary=_summary(layers),
+                alerts=alerts,
+            )
+        )
         renderer.render(out[-1])
     return out
 

@@ -1,5 +1,6 @@
 """MLflow sink against a real local tracking store (sqlite backend under tmp, no server), read back with
 MlflowClient."""
+
 from __future__ import annotations
 
 import json
@@ -55,18 +56,41 @@ def _results(n: int = 3) -> list[SnapshotResult]:
     rng = np.random.default_rng(0)
     out = []
     for e in range(n):
-        mats = {"enc.fc1": rng.standard_normal((200, 100)).astype(np.float32),
-                "enc.fc2": rng.standard_t(2.5, (300, 120)).astype(np.float32),
-                "tiny": rng.standard_normal((20, 10)).astype(np.float32)}
+        mats = {
+            "enc.fc1": rng.standard_normal((200, 100)).astype(np.float32),
+            "enc.fc2": rng.standard_t(2.5, (300, 120)).astype(np.float32),
+            "tiny": rng.standard_normal((20, 10)).astype(np.float32),
+        }
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
         esds = {lm.name: lm.extra.pop("esd") for lm in layers}
         alphas = [lm.alpha for lm in layers if lm.alpha is not None]
-        alerts = [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="alpha < 2",
-                        layer="enc.fc2", value=1.9),
-                  Alert(step=10 * e, epoch=e, rule="non_finite", severity="error",
-                        message="model-level")] if e == 1 else []
-        out.append(SnapshotResult(step=10 * e, epoch=e, time=1.7e9 + e, layers=layers, esds=esds,
-                                  summary={"mean_alpha": float(np.mean(alphas))}, alerts=alerts))
+        alerts = (
+            [
+                Alert(
+                    step=10 * e,
+                    epoch=e,
+                    rule="alpha_low",
+                    severity="warning",
+                    message="alpha < 2",
+                    layer="enc.fc2",
+                    value=1.9,
+                ),
+                Alert(step=10 * e, epoch=e, rule="non_finite", severity="error", message="model-level"),
+            ]
+            if e == 1
+            else []
+        )
+        out.append(
+            SnapshotResult(
+                step=10 * e,
+                epoch=e,
+                time=1.7e9 + e,
+                layers=layers,
+                esds=esds,
+                summary={"mean_alpha": float(np.mean(alphas))},
+                alerts=alerts,
+            )
+        )
         renderer.render(out[-1])
     return out
 
@@ -80,8 +104,13 @@ def test_metrics_artifacts_alerts_params(store, tmp_path):
     run_id = _new_run(store)
     res = _results()
     assert set(res[0].figures) == {"enc.fc1", "enc.fc2", "tiny"} and not res[1].figures
-    params = {"lr": 0.1, "optim": {"name": "sgd", "momentum": 0.9}, "layers": ["fc1", "fc2"],
-              "note": "x" * 7000, "bad key:ü": 1}
+    params = {
+        "lr": 0.1,
+        "optim": {"name": "sgd", "momentum": 0.9},
+        "layers": ["fc1", "fc2"],
+        "note": "x" * 7000,
+        "bad key:ü": 1,
+    }
     sink = MLflowSink(run_id, tracking_uri=uri, params=params)
     assert sink.wants_figures
     for r in res:
@@ -132,8 +161,10 @@ def test_metrics_artifacts_alerts_params(store, tmp_path):
     assert sorted(os.listdir(os.path.join(local, "alerts"))) == ["step_10.json"]
     with open(os.path.join(local, "alerts", "step_10.json")) as f:
         alerts = json.load(f)
-    assert [(a["rule"], a["layer"], a["value"]) for a in alerts] == [("alpha_low", "enc.fc2", 1.9),
-                                                                     ("non_finite", None, None)]
+    assert [(a["rule"], a["layer"], a["value"]) for a in alerts] == [
+        ("alpha_low", "enc.fc2", 1.9),
+        ("non_finite", None, None),
+    ]
 
     # --- params: flattened, values as strings, cut to MLflow's limit, keys sanitized
     p = run.data.params
@@ -148,8 +179,10 @@ def test_metrics_artifacts_alerts_params(store, tmp_path):
 
 
 def test_key_sanitizing():
-    assert mlflow_key("ww", "alpha", "encoder.layer.0.attention.self.query") == \
-        "ww/alpha/encoder.layer.0.attention.self.query"
+    assert (
+        mlflow_key("ww", "alpha", "encoder.layer.0.attention.self.query")
+        == "ww/alpha/encoder.layer.0.attention.self.query"
+    )
     assert mlflow_key("ww", "alpha", "dense/kernel:0") == "ww/alpha/dense/kernel_0"
     assert mlflow_key("ww", "alpha", "a b\tc+d(é)") == "ww/alpha/a_b_c_d___"
     assert mlflow_key("ww", "alpha", "/a//./b/../c/") == "ww/alpha/a/b/__/c"
@@ -163,9 +196,10 @@ def test_odd_layer_names_and_batch_limit(store):
     uri, client, _, _ = store
     run_id = _new_run(store)
     names = [f"blocks.{i}/attn:q k" for i in range(90)] + ["ü" * 300]
-    layers = [LayerMetrics(name=n, **{**{m: 0.5 for m in DEFAULT_SCALARS}, "alpha": 2.0 + i / 100,
-                                      "stable_rank": float(i)})
-              for i, n in enumerate(names)]
+    layers = [
+        LayerMetrics(name=n, **{**{m: 0.5 for m in DEFAULT_SCALARS}, "alpha": 2.0 + i / 100, "stable_rank": float(i)})
+        for i, n in enumerate(names)
+    ]
     res = SnapshotResult(step=5, epoch=None, time=time.time(), layers=layers, summary={"mean_alpha": 2.5})
     calls = []
     real = client.log_batch
@@ -252,11 +286,21 @@ def test_lightning_mlflow_logger_gets_ww_metrics(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri, client, _, _ = store
     lg = MLFlowLogger(experiment_name="lightning", tracking_uri=uri, artifact_location=(tmp_path / "art").as_uri())
-    cb = WeightWatcherCallback(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="fit",
-                               esd_every_n_epochs=1, config={"lr": 0.05})
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=lg, callbacks=[cb],
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         log_every_n_steps=5, default_root_dir=str(tmp_path))
+    cb = WeightWatcherCallback(
+        every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="fit", esd_every_n_epochs=1, config={"lr": 0.05}
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=lg,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(make_module("lightning"))
     assert [type(s).__name__ for s in cb.sinks] == ["MLflowSink"]
     assert cb.sinks[0].run_id == lg.run_id
@@ -274,6 +318,8 @@ def test_lightning_mlflow_logger_gets_ww_metrics(store, tmp_path, monkeypatch):
     assert run.data.params["ww/lr"] == "0.05" and run.data.params["ww/world_size"] == "1"
     arts = {a.path for a in client.list_artifacts(lg.run_id, "wwmonitor/esd/step_16")}
     assert arts == {f"wwmonitor/esd/step_16/{n}.png" for n in ("fc1", "fc2", "out")}
-    assert {a.path for a in client.list_artifacts(lg.run_id, "wwmonitor/layers")} == \
-        {"wwmonitor/layers/step_16.json", "wwmonitor/layers/step_32.json"}
+    assert {a.path for a in client.list_artifacts(lg.run_id, "wwmonitor/layers")} == {
+        "wwmonitor/layers/step_16.json",
+        "wwmonitor/layers/step_32.json",
+    }
     assert cb.monitor.stats["sink_errors"] == 0

@@ -1,4 +1,5 @@
 """ESD accuracy: the float64 Gram + eigvalsh route against a float64 SVD."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,8 +80,9 @@ def test_torch_tensor_input_matches_numpy():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA device (the device path runs on the GPU machine)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)"
+)
 def test_cuda_path_matches_cpu():  # pragma: no cover - exercised on the GPU machine only
     W = torch.randn(512, 256)
     np.testing.assert_allclose(wwmonitor.esd(W.cuda()), wwmonitor.esd(W), rtol=1e-8, atol=1e-12)
@@ -132,8 +134,10 @@ def test_float32_input_is_widened_exactly():
 # ------------------------------------------------------- analyze_model thread pool ----
 def _pool_model() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(6)
-    mats = {f"layer{i}.weight": rng.standard_normal(s).astype(np.float32)
-            for i, s in enumerate([(300, 200), (64, 64), (500, 100), (120, 300), (80, 90), (200, 200)])}
+    mats = {
+        f"layer{i}.weight": rng.standard_normal(s).astype(np.float32)
+        for i, s in enumerate([(300, 200), (64, 64), (500, 100), (120, 300), (80, 90), (200, 200)])
+    }
     mats["lowrank.weight"] = rng.standard_normal((200, 5)) @ rng.standard_normal((5, 200))  # float64, rank 5
     bad = rng.standard_normal((100, 100)).astype(np.float32)
     bad[0, 0] = np.nan
@@ -234,11 +238,14 @@ def _complex(shape=(120, 80)):
     return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: _complex(),
-    lambda: _complex().astype(np.complex64),
-    lambda: torch.from_numpy(_complex()),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _complex(),
+        lambda: _complex().astype(np.complex64),
+        lambda: torch.from_numpy(_complex()),
+    ],
+)
 def test_complex_matrix_is_rejected_naming_the_layer(make):
     """A complex matrix used to be analysed as its real part (a ComplexWarning at best)."""
     W = make()
@@ -270,8 +277,8 @@ def test_device_route_checks_and_rescales_like_the_host_route():
     assert e2 < -2000
     np.testing.assert_allclose(np.ldexp(ev, e2 + 2060), ev0, rtol=1e-9)
     with pytest.raises(ValueError, match="w: .*overflows"):
-        _squared_sv_torch(W0 * 2.0 ** 900, name="w")
-    ev, e2 = _squared_sv_torch(W0 * 2.0 ** 900, name="w", rescale_large=True)
+        _squared_sv_torch(W0 * 2.0**900, name="w")
+    ev, e2 = _squared_sv_torch(W0 * 2.0**900, name="w", rescale_large=True)
     np.testing.assert_allclose(np.ldexp(ev, e2 - 1800), ev0, rtol=1e-12)
     evs, e2 = _squared_sv_torch(W0.reshape(2, 100, 100), name="w", stack=True)
     assert evs.shape == (2, 100) and e2 == 0
@@ -403,8 +410,12 @@ def test_torch_route_eigenvalues_match_the_numpy_route(shape, dtype):
     svd = np.sort(np.linalg.svd(W.double().numpy(), compute_uv=False) ** 2)
     assert np.max(np.abs(ev - svd)) <= 1e-10 * svd[-1]
     stack = W.reshape(2, shape[0] // 2, shape[1]) if shape[0] % 2 == 0 else W.reshape(1, *shape)
-    np.testing.assert_allclose(esd_batched(stack, device="torch"), esd_batched(stack.numpy(), device="cpu"),
-                               rtol=0, atol=1e-10 * float(esd_batched(stack.numpy()).max()))
+    np.testing.assert_allclose(
+        esd_batched(stack, device="torch"),
+        esd_batched(stack.numpy(), device="cpu"),
+        rtol=0,
+        atol=1e-10 * float(esd_batched(stack.numpy()).max()),
+    )
 
 
 def test_float32_gram_is_not_accurate_enough():
@@ -483,8 +494,9 @@ def test_analyze_model_and_monitor_on_the_torch_route(tmp_path):
     from wwmonitor.monitor import Monitor
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 160), torch.nn.ReLU(), torch.nn.Linear(160, 96),
-                                torch.nn.Conv2d(8, 24, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 160), torch.nn.ReLU(), torch.nn.Linear(160, 96), torch.nn.Conv2d(8, 24, 3)
+    ).double()
     with torch.no_grad():  # one rank-deficient layer (float64: exactly rank 6): the SVD recheck must run here too
         model[2].weight.copy_(torch.randn(96, 6, dtype=torch.float64) @ torch.randn(6, 160, dtype=torch.float64))
     ref = wwmonitor.analyze_model(model, workers=1, analysis_device="cpu")
@@ -512,8 +524,9 @@ def test_analyze_model_and_monitor_on_the_torch_route(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA device (the device path runs on the GPU machine)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (the device path runs on the GPU machine)"
+)
 def test_cuda_route_every_metric_and_monitor_side_stream(tmp_path):  # pragma: no cover - GPU machine only
     """On the GPU: the same metrics as the host route, rank-deficient matrices included; the Monitor with
     analysis_device="cuda" (host snapshots, one matrix uploaded at a time, side stream) equals "cpu", and
@@ -521,8 +534,11 @@ def test_cuda_route_every_metric_and_monitor_side_stream(tmp_path):  # pragma: n
     from wwmonitor.monitor import Monitor
 
     for case, W in _cases().items():
-        _same_metrics(wwmonitor.analyze_matrix(torch.from_numpy(W).cuda(), case, device="cuda"),
-                      wwmonitor.analyze_matrix(W, case, device="cpu"), case)
+        _same_metrics(
+            wwmonitor.analyze_matrix(torch.from_numpy(W).cuda(), case, device="cuda"),
+            wwmonitor.analyze_matrix(W, case, device="cpu"),
+            case,
+        )
     rng = np.random.default_rng(1)
     W = rng.standard_normal((400, 20)) @ rng.standard_normal((20, 160))
     assert wwmonitor.analyze_matrix(W, "w", device="cuda").matrix_rank == 20

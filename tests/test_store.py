@@ -1,5 +1,6 @@
 """Run store: ESD codec, crash safety (SIGKILL), concurrent readers, locked /
 full database reported without stopping training."""
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,30 @@ def _result(step: int, n_layers: int = 2, m: int = 64) -> SnapshotResult:
     rng = np.random.default_rng(step)
     layers, esds = [], {}
     for i in range(n_layers):
-        lm = LayerMetrics(name=f"l{i}", type="Linear", shape=(2 * m, m), N=2 * m, M=m, Q=2.0, num_evals=m,
-                          alpha=2.0 + i + step / 10, log_norm=1.5, phase="bulk+spikes", phase_reason="test")
+        lm = LayerMetrics(
+            name=f"l{i}",
+            type="Linear",
+            shape=(2 * m, m),
+            N=2 * m,
+            M=m,
+            Q=2.0,
+            num_evals=m,
+            alpha=2.0 + i + step / 10,
+            log_norm=1.5,
+            phase="bulk+spikes",
+            phase_reason="test",
+        )
         layers.append(lm)
         esds[lm.name] = np.sort(rng.random(m).astype(np.float32))
-    return SnapshotResult(step=step, epoch=step // 2, time=time.time(), layers=layers, esds=esds,
-                          summary={"mean_alpha": 2.5}, alerts=[
-                              Alert(step=step, epoch=step // 2, rule="r", severity="info", message="m", layer=None)])
+    return SnapshotResult(
+        step=step,
+        epoch=step // 2,
+        time=time.time(),
+        layers=layers,
+        esds=esds,
+        summary={"mean_alpha": 2.5},
+        alerts=[Alert(step=step, epoch=step // 2, rule="r", severity="info", message="m", layer=None)],
+    )
 
 
 def test_esd_codec_roundtrip_and_compresses():
@@ -96,8 +114,13 @@ _CHILD = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sigkill_mid_run_keeps_every_committed_snapshot(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     committed: list[int] = []
     try:
         deadline = time.monotonic() + 120
@@ -149,10 +172,13 @@ def test_readable_from_another_process_while_training(tmp_path):
         for s in range(3):
             mon.snapshot(step=s)
         mon.flush()
-        code = ("import sys; from wwmonitor.store import load_run; r = load_run(sys.argv[1]); "
-                "print(r.steps, r.esd('0').shape[0], len(r.metrics) > 0)")
-        out = subprocess.run([sys.executable, "-c", code, str(mon.run_dir)], capture_output=True, text=True,
-                             cwd=REPO, timeout=120)
+        code = (
+            "import sys; from wwmonitor.store import load_run; r = load_run(sys.argv[1]); "
+            "print(r.steps, r.esd('0').shape[0], len(r.metrics) > 0)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(mon.run_dir)], capture_output=True, text=True, cwd=REPO, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[0, 1, 2] 64 True"
         mon.snapshot(step=3)  # the writer keeps going after the external read

@@ -5,6 +5,7 @@ matrix it analyses and drops it afterwards (``wwmonitor.model.LazyTensor``), so 
 resident at once and each torchrun rank maps only its own tensors.  The results, the skipped entries and the
 errors are those of the whole-checkpoint path (``load_weights``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,18 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wwmonitor", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "wwmonitor", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def _gpt2_like(rng: np.random.Generator, layers: int = 2, d: int = 64) -> dict[str, np.ndarray]:
     """A GPT-2 style state dict (Conv1D ``c_attn`` split into q/k/v, biases, norms, an int buffer)."""
     f32 = np.float32
-    sd: dict[str, np.ndarray] = {"wte.weight": rng.standard_normal((300, d)).astype(f32),
-                                 "wpe.weight": rng.standard_normal((128, d)).astype(f32)}
+    sd: dict[str, np.ndarray] = {
+        "wte.weight": rng.standard_normal((300, d)).astype(f32),
+        "wpe.weight": rng.standard_normal((128, d)).astype(f32),
+    }
     for i in range(layers):
         p = f"h.{i}."
         sd[p + "ln_1.weight"] = np.ones(d, f32)
@@ -158,8 +162,10 @@ def test_bf16_is_widened_exactly(tmp_path):
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(5)
-    sd = {"a.weight": torch.randn(200, 120, generator=g).to(torch.bfloat16),
-          "b.weight": torch.randn(150, 300, generator=g).to(torch.bfloat16)}
+    sd = {
+        "a.weight": torch.randn(200, 120, generator=g).to(torch.bfloat16),
+        "b.weight": torch.randn(150, 300, generator=g).to(torch.bfloat16),
+    }
     save_file(sd, str(tmp_path / "bf16.safetensors"))
     lazy = open_weights(tmp_path / "bf16.safetensors")
     assert lazy["a.weight"].dtype == "bfloat16"
@@ -175,8 +181,11 @@ def test_duplicate_and_corrupt_shards_are_errors_naming_the_file(tmp_path):
     save_file({"a.weight": np.ones((60, 50), np.float32)}, str(tmp_path / "dup" / "model-00001.safetensors"))
     save_file({"a.weight": np.ones((60, 50), np.float32)}, str(tmp_path / "dup" / "model-00002.safetensors"))
     for fn in (open_weights, analyze_model, load_weights):
-        with pytest.raises(ValueError, match=r"tensor 'a.weight' is in two shards, model-00001.safetensors and "
-                                             r"model-00002.safetensors"):
+        with pytest.raises(
+            ValueError,
+            match=r"tensor 'a.weight' is in two shards, model-00001.safetensors and "
+            r"model-00002.safetensors",
+        ):
             fn(tmp_path / "dup")
     (tmp_path / "dup" / "model-00002.safetensors").write_bytes(b"garbage")
     for fn in (open_weights, analyze_model):
@@ -228,14 +237,21 @@ def test_peak_memory_follows_the_largest_tensor_not_the_checkpoint(tmp_path):
 
     rng = np.random.default_rng(2)
     for s in range(2):
-        save_file({f"l{s}_{i}.weight": rng.standard_normal((4096, 256)).astype(np.float32) for i in range(16)},
-                  str(tmp_path / f"model-{s}.safetensors"))
+        save_file(
+            {f"l{s}_{i}.weight": rng.standard_normal((4096, 256)).astype(np.float32) for i in range(16)},
+            str(tmp_path / f"model-{s}.safetensors"),
+        )
     total = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
     assert total > 128 * 2**20
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072",
-           "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(tmp_path)], capture_output=True, text=True,
-                       timeout=300, env=env, cwd=ROOT)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["layers"] == r["ok"] == 32
@@ -249,8 +265,16 @@ def test_cli_progress_bar_goes_to_stderr(sharded, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "analyze: 100%" in proc.stderr and "matrix" in proc.stderr
     assert "analyze:" not in proc.stdout and "h.1.mlp.c_fc" in proc.stdout
-    quiet = _cli("analyze", str(sharded), "--no-progress", "--low-memory", "--min-evals", "10",
-                 "--json", str(tmp_path / "r.json"))
+    quiet = _cli(
+        "analyze",
+        str(sharded),
+        "--no-progress",
+        "--low-memory",
+        "--min-evals",
+        "10",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "analyze:" not in quiet.stderr
     low = {r["name"]: r["alpha"] for r in json.loads((tmp_path / "r.json").read_text())["layers"]}
@@ -265,9 +289,25 @@ def test_torchrun_two_ranks_stream_a_sharded_folder(sharded, tmp_path):
     single = _cli("analyze", str(sharded), "--json", str(tmp_path / "one.json"), "--no-progress")
     assert single.returncode == 0, single.stderr
     proc = subprocess.run(
-        [str(TORCHRUN), "--nproc-per-node", "2", "--master-port", "29531", "-m", "wwmonitor", "analyze", str(sharded),
-         "--json", str(tmp_path / "two.json"), "--progress"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+        [
+            str(TORCHRUN),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29531",
+            "-m",
+            "wwmonitor",
+            "analyze",
+            str(sharded),
+            "--json",
+            str(tmp_path / "two.json"),
+            "--progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())

@@ -4,6 +4,7 @@
 One local Ray (2 CPUs) serves every Ray test (module fixture): the examples run as scripts that connect to it
 through ``RAY_ADDRESS``, the demo's Ray backend uses it in this process.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,14 @@ pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
-       "PYTHONWARNINGS": "ignore"}
+ENV = {
+    **os.environ,
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "MPLBACKEND": "Agg",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +67,12 @@ def _monitor(tmp_path, **kw):
 
 # --- the building blocks (no Ray cluster) ---------------------------------------------------------------------
 
+
 def test_flat_metrics_keys_stopper_and_deferred_sink(tmp_path):
     # a layer above alpha 0.5 fires alpha_high at once (warmup 0); stop_on makes it a stopping alert
-    rules = AlertRules(rules=["alpha_high"], alpha_low=0.1, alpha_high=0.5, warmup=0, stop_on=["alpha_high"],
-                       log_alerts=False)
+    rules = AlertRules(
+        rules=["alpha_high"], alpha_low=0.1, alpha_high=0.5, warmup=0, stop_on=["alpha_high"], log_alerts=False
+    )
     reported: list[dict] = []
     sink = wwtune.TuneReportSink(extra={"val_acc": 0.5}, report_fn=reported.append)
     mon, _ = _monitor(tmp_path, alerts=rules, sinks=[sink])
@@ -136,10 +145,24 @@ def test_lightning_tune_callback_reports_once_per_epoch(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 64, generator=g), torch.randint(0, 10, (256,), generator=g)
     calls: list[dict] = []
-    cb = wwtune.TuneReportCallback(run_dir=str(tmp_path / "runs"), run_name="trial", report_fn=calls.append,
-                                   config={"batch_size": 32}, loggers=False, esd_every_n_epochs=0, alerts=None)
-    trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[cb], enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    cb = wwtune.TuneReportCallback(
+        run_dir=str(tmp_path / "runs"),
+        run_name="trial",
+        report_fn=calls.append,
+        config={"batch_size": 32},
+        loggers=False,
+        esd_every_n_epochs=0,
+        alerts=None,
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(Tiny(), DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(x, y), batch_size=256))
     assert [c["ww/epoch"] for c in calls] == [0, 1]
     assert all("val_acc" in c and math.isfinite(c["ww/mean_alpha"]) for c in calls)
@@ -158,10 +181,17 @@ def test_ranking_section_per_seed_equals_scipy(tmp_path, capsys):
     dirs = []
     for i in range(6):
         # heavier-tailed (scaled rows) for some runs: distinct mean alphas
-        mats = {"a": rng.standard_normal((300, 120)) * rng.pareto(1.5 + i, size=(300, 1)),
-                "b": rng.standard_normal((200, 100))}
-        with wwmonitor.Monitor(mats, tmp_path / "runs", run_name=f"r{i}", esd_every_n_epochs=0,
-                               config={"width": 8 * (i // 2 + 1), "seed": i % 2}) as mon:
+        mats = {
+            "a": rng.standard_normal((300, 120)) * rng.pareto(1.5 + i, size=(300, 1)),
+            "b": rng.standard_normal((200, 100)),
+        }
+        with wwmonitor.Monitor(
+            mats,
+            tmp_path / "runs",
+            run_name=f"r{i}",
+            esd_every_n_epochs=0,
+            config={"width": 8 * (i // 2 + 1), "seed": i % 2},
+        ) as mon:
             mon.snapshot(step=1, epoch=0)
         record_eval_metrics(mon, {"val_acc": 0.5 + 0.07 * ((i * 5) % 6), "train_acc": 1.0})
         dirs.append(mon.run_dir)
@@ -170,11 +200,23 @@ def test_ranking_section_per_seed_equals_scipy(tmp_path, capsys):
     html = (out / "index.html").read_text()
     assert 'id="ranking"' in html and "best by val_acc" in html and "seed = 0" in html
     runs = [wwmonitor.load_run(d) for d in dirs]
-    stored = np.array([[json.loads(sqlite3.connect(r.path / "run.sqlite").execute(
-        "SELECT value FROM run_meta WHERE key='eval_metrics'").fetchone()[0])["val_acc"],
-        r.summary["mean_alpha"].iloc[-1]] for r in runs])
-    rows = {(g, m): float(rho) for g, m, n, rho in
-            (line.split(",") for line in (out / "ranking.csv").read_text().splitlines()[1:])}
+    stored = np.array(
+        [
+            [
+                json.loads(
+                    sqlite3.connect(r.path / "run.sqlite")
+                    .execute("SELECT value FROM run_meta WHERE key='eval_metrics'")
+                    .fetchone()[0]
+                )["val_acc"],
+                r.summary["mean_alpha"].iloc[-1],
+            ]
+            for r in runs
+        ]
+    )
+    rows = {
+        (g, m): float(rho)
+        for g, m, n, rho in (line.split(",") for line in (out / "ranking.csv").read_text().splitlines()[1:])
+    }
     seeds = np.array([r.config["seed"] for r in runs])
     for label, sel in (("seed = 0", seeds == 0), ("seed = 1", seeds == 1), ("all runs", seeds >= 0)):
         expected = spearmanr(stored[sel, 1], stored[sel, 0]).statistic
@@ -192,9 +234,9 @@ def test_ranking_section_per_seed_equals_scipy(tmp_path, capsys):
 
 # --- helpers for the end-to-end tests ---------------------------------------------------------------------------
 
+
 def _run(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -204,8 +246,9 @@ def _stored(run) -> tuple[float, float]:
     con = sqlite3.connect(run.path / "run.sqlite")
     try:
         val = json.loads(con.execute("SELECT value FROM run_meta WHERE key='eval_metrics'").fetchone()[0])["val_acc"]
-        alpha = con.execute("SELECT value FROM metrics WHERE layer='__model__' AND metric='mean_alpha' "
-                            "ORDER BY step DESC LIMIT 1").fetchone()[0]
+        alpha = con.execute(
+            "SELECT value FROM metrics WHERE layer='__model__' AND metric='mean_alpha' ORDER BY step DESC LIMIT 1"
+        ).fetchone()[0]
     finally:
         con.close()
     return float(val), float(alpha)
@@ -237,12 +280,16 @@ def _check_compare(sweep_dir: Path, out: Path) -> list:
 
 # --- Ray Tune ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ray_tune_example_asha_and_stopper_then_compare(ray_address, tmp_path):
     out = tmp_path / "ray"
     epochs = 3
-    proc = _run([str(EXAMPLES / "ray_tune_sweep.py"), str(out), "--epochs", str(epochs)],
-                {**ENV, "RAY_ADDRESS": ray_address}, timeout=400)
+    proc = _run(
+        [str(EXAMPLES / "ray_tune_sweep.py"), str(out), "--epochs", str(epochs)],
+        {**ENV, "RAY_ADDRESS": ray_address},
+        timeout=400,
+    )
     assert "wwmonitor compare" in proc.stdout
     exp = out / "ww_batch_size_sweep"
     trials = sorted(d for d in exp.iterdir() if (d / "params.json").is_file())
@@ -251,8 +298,17 @@ def test_ray_tune_example_asha_and_stopper_then_compare(ray_address, tmp_path):
     for t in trials:
         rows = [json.loads(line) for line in (t / "result.json").read_text().splitlines() if line.strip()]
         assert rows and all(any("alpha" in k for k in r) for r in rows)
-        assert all(k in rows[-1] for k in ("ww/mean_alpha", "ww/mean_alpha_weighted", "ww/mean_stable_rank",
-                                           "ww/phase_count/heavy-tailed", "ww/alerts_stop", "val_acc"))
+        assert all(
+            k in rows[-1]
+            for k in (
+                "ww/mean_alpha",
+                "ww/mean_alpha_weighted",
+                "ww/mean_stable_rank",
+                "ww/phase_count/heavy-tailed",
+                "ww/alerts_stop",
+                "val_acc",
+            )
+        )
         # WWAlertStopper: a trial whose report carries ww/alerts_stop = 1 gets no further iteration
         stops = [i for i, r in enumerate(rows) if r["ww/alerts_stop"] == 1]
         assert not stops or stops[0] == len(rows) - 1
@@ -283,8 +339,18 @@ def test_demo_ray_backend(ray_address, tmp_path):
     assert (args.backend, args.address) == ("ray", "auto")
     assert build_parser().parse_args(["demo"]).backend == "local"
     lines: list[str] = []
-    res = run_demo(DemoConfig(out=str(tmp_path / "demo"), epochs=1, batch_sizes=(128, 256), seeds=(0,),
-                              backend="ray", progress=False, report=False), echo=lines.append)
+    res = run_demo(
+        DemoConfig(
+            out=str(tmp_path / "demo"),
+            epochs=1,
+            batch_sizes=(128, 256),
+            seeds=(0,),
+            backend="ray",
+            progress=False,
+            report=False,
+        ),
+        echo=lines.append,
+    )
     assert ray.is_initialized()  # the fixture's Ray was used, not shut down
     assert [r["batch_size"] for r in res.runs] == [128, 256]
     for r in res.runs:
@@ -296,6 +362,7 @@ def test_demo_ray_backend(ray_address, tmp_path):
 
 
 # --- Optuna ------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_optuna_example_pruner_then_compare(tmp_path):

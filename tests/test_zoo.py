@@ -10,6 +10,7 @@ Tiny random-init models built from configs (tests/model_zoo.py; no downloads).  
 
 Keras fixes its backend at first import, so the Keras models are checked in a subprocess (torch backend).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,14 @@ EXPECTED = {
     "gpt2": (14, {"lm_head.weight": "same tensor as transformer.wte.weight"}),
     "bert": (16, {}),
     "llama": (16, {}),
-    "t5": (35, {"encoder.embed_tokens.weight": "same tensor as shared.weight",
-                "decoder.embed_tokens.weight": "same tensor as shared.weight",
-                "lm_head.weight": "same tensor as shared.weight"}),
+    "t5": (
+        35,
+        {
+            "encoder.embed_tokens.weight": "same tensor as shared.weight",
+            "decoder.embed_tokens.weight": "same tensor as shared.weight",
+            "lm_head.weight": "same tensor as shared.weight",
+        },
+    ),
     "vit": (15, {"embeddings.cls_token": "not a matrix: shape (1, 1, 32) is a single vector"}),
     "whisper": (37, {"proj_out.weight": "same tensor as model.decoder.embed_tokens.weight"}),
     "convnext": (8, {}),
@@ -131,19 +137,21 @@ def test_fused_and_transposed_layers_are_split_as_the_model_uses_them(models):
     for i, part in enumerate("qkv"):
         s = specs[f"transformer.h.0.attn.c_attn.{part}"]
         assert s.type == "Conv1D" and s.shape == (E, E)
-        assert torch.equal(s.tensor, w[:, i * E:(i + 1) * E].T)
+        assert torch.equal(s.tensor, w[:, i * E : (i + 1) * E].T)
     assert torch.equal(specs["transformer.h.0.mlp.c_fc"].tensor, gpt2.transformer.h[0].mlp.c_fc.weight.T)
     assert specs["transformer.h.0.mlp.c_fc"].shape == (128, 32)  # out x in, like nn.Linear
     # Phi-3: qkv_proj with grouped-query attention (4 query heads, 2 kv heads of 8), gate_up_proj halves
     phi = {s.name: s for s in extract_matrices(models["phi3"])}
     assert [phi[f"model.layers.0.self_attn.qkv_proj.{p}"].shape for p in "qkv"] == [(32, 32), (16, 32), (16, 32)]
-    assert (phi["model.layers.0.mlp.gate_up_proj.gate"].shape == phi["model.layers.0.mlp.gate_up_proj.up"].shape
-            == (64, 32))
+    assert (
+        phi["model.layers.0.mlp.gate_up_proj.gate"].shape == phi["model.layers.0.mlp.gate_up_proj.up"].shape == (64, 32)
+    )
     # Mixtral: one matrix per expert, and the router
     mix = {s.name: s for s in extract_matrices(models["mixtral"])}
     bank = models["mixtral"].model.layers[0].mlp.experts.gate_up_proj
     assert [n for n in mix if n.startswith("model.layers.0.mlp.experts.gate_up_proj[")] == [
-        f"model.layers.0.mlp.experts.gate_up_proj[{e}]" for e in range(4)]
+        f"model.layers.0.mlp.experts.gate_up_proj[{e}]" for e in range(4)
+    ]
     assert torch.equal(mix["model.layers.0.mlp.experts.gate_up_proj[3]"].tensor, bank[3])
     assert mix["model.layers.0.mlp.gate"].shape == (4, 32)
     # Whisper's positional embeddings (an nn.Embedding subclass) and ViT's (1, N, d) table
@@ -240,13 +248,20 @@ def test_conv_slices_name_every_slice_in_describe():
 
 def test_coverage_summary_line():
     specs = extract_matrices(nn.Sequential(nn.Embedding(40, 8), nn.Linear(8, 8), nn.Linear(8, 4)))
-    skipped = [("1.bias", "not a matrix (1-D)"), ("2.bias", "not a matrix (1-D)"),
-               ("x", "2-D parameter of a Foo module")]
+    skipped = [
+        ("1.bias", "not a matrix (1-D)"),
+        ("2.bias", "not a matrix (1-D)"),
+        ("x", "2-D parameter of a Foo module"),
+    ]
     line = coverage_summary(specs, skipped)
-    assert line == ("wwmonitor: monitoring 3 matrices in 2 layer types (Linear 2, Embedding 1); skipped 3: "
-                    "x (2-D parameter of a Foo module), 1.bias (not a matrix (1-D)), 2.bias (not a matrix (1-D))")
-    assert (coverage_summary(specs[:1], [], show=1)
-            == "wwmonitor: monitoring 1 matrix in 1 layer type (Embedding 1); skipped none")
+    assert line == (
+        "wwmonitor: monitoring 3 matrices in 2 layer types (Linear 2, Embedding 1); skipped 3: "
+        "x (2-D parameter of a Foo module), 1.bias (not a matrix (1-D)), 2.bias (not a matrix (1-D))"
+    )
+    assert (
+        coverage_summary(specs[:1], [], show=1)
+        == "wwmonitor: monitoring 1 matrix in 1 layer type (Embedding 1); skipped none"
+    )
     many = coverage_summary(specs, [(f"b{i}", "not a matrix (1-D)") for i in range(9)], show=2)
     assert many.endswith("skipped 9: b0 (not a matrix (1-D)), b1 (not a matrix (1-D)), ... (+7 more)")
 
@@ -255,7 +270,8 @@ def test_coverage_summary_line():
 def test_cli_describe_path_module_and_errors(tmp_path, monkeypatch, capsys):
     from wwmonitor.cli import main
 
-    (tmp_path / "zoo_factory.py").write_text(textwrap.dedent("""
+    (tmp_path / "zoo_factory.py").write_text(
+        textwrap.dedent("""
         import torch
         def build():
             from model_zoo import hf_model
@@ -263,7 +279,8 @@ def test_cli_describe_path_module_and_errors(tmp_path, monkeypatch, capsys):
         def boom():
             raise RuntimeError("no weights today")
         plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
-    """))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI puts the current folder on it
     monkeypatch.delitem(sys.modules, "zoo_factory", raising=False)
@@ -281,23 +298,30 @@ def test_cli_describe_path_module_and_errors(tmp_path, monkeypatch, capsys):
     rc, out, err = cli("zoo_factory:plain", "--json", "-")
     assert rc == 0, err
     payload = json.loads(out)
-    assert payload["weights"] == [{"param": "0.weight", "matrix": "0", "shape": [8, 4], "type": "Linear",
-                                   "status": "analysed", "reason": ""}]
+    assert payload["weights"] == [
+        {"param": "0.weight", "matrix": "0", "shape": [8, 4], "type": "Linear", "status": "analysed", "reason": ""}
+    ]
     assert payload["num_vectors"] == 3
-    torch.save({"enc.weight": torch.randn(6, 5), "enc.bias": torch.zeros(6), "ids": torch.ones(2, 3, dtype=torch.long)},
-               tmp_path / "ckpt.pt")
+    torch.save(
+        {"enc.weight": torch.randn(6, 5), "enc.bias": torch.zeros(6), "ids": torch.ones(2, 3, dtype=torch.long)},
+        tmp_path / "ckpt.pt",
+    )
     rc, out, err = cli("ckpt.pt", "--csv", "out.csv")
     assert rc == 0, err
     csv = (tmp_path / "out.csv").read_text().splitlines()
     assert csv[0] == ",".join(COLUMNS)
-    assert csv[1:] == ["enc.weight,enc,6x5,Linear,analysed,",
-                       "ids,,2x3,,skipped,not floating point (dtype torch.int64)"]
-    for args, msg in ((["zoo_factory:boom()"], "zoo_factory:boom() raised RuntimeError: no weights today"),
-                      (["zoo_factory:missing"], "module 'zoo_factory' has no attribute 'missing'"),
-                      (["no_such_module:x"], "cannot import module 'no_such_module'"),
-                      (["zoo_factory:plain()"], "zoo_factory:plain() raised TypeError"),
-                      (["missing.safetensors"], "no such file or folder"),
-                      (["ckpt.pt", "--json", "nodir/x.json"], "--json nodir/x.json: cannot create it")):
+    assert csv[1:] == [
+        "enc.weight,enc,6x5,Linear,analysed,",
+        "ids,,2x3,,skipped,not floating point (dtype torch.int64)",
+    ]
+    for args, msg in (
+        (["zoo_factory:boom()"], "zoo_factory:boom() raised RuntimeError: no weights today"),
+        (["zoo_factory:missing"], "module 'zoo_factory' has no attribute 'missing'"),
+        (["no_such_module:x"], "cannot import module 'no_such_module'"),
+        (["zoo_factory:plain()"], "zoo_factory:plain() raised TypeError"),
+        (["missing.safetensors"], "no such file or folder"),
+        (["ckpt.pt", "--json", "nodir/x.json"], "--json nodir/x.json: cannot create it"),
+    ):
         rc, out, err = cli(*args)
         assert rc == 2, (args, out, err)
         assert err.startswith("wwmonitor describe: ") and msg in err, err
@@ -355,11 +379,16 @@ def keras_zoo(tmp_path_factory):
     pytest.importorskip("keras")  # not imported here: that would fix the backend of this process
     tmp = tmp_path_factory.mktemp("keras_zoo")
     env = {**os.environ, "KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT.format(tests=str(HERE), tmp=str(tmp))], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", KERAS_SCRIPT.format(tests=str(HERE), tmp=str(tmp))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 KERAS_EXPECTED = {  # (matrices analysed, skipped >= 2-D weights)
@@ -403,12 +432,17 @@ def test_keras_layers_by_structure(keras_zoo):
     assert {"sequential/dense", "sequential/named", "dense"} <= set(specs)  # nested, renumbered, model prefix gone
     assert specs["multi_head_attention/query"][1:3] == ["EinsumDense", [4, 8]]  # (d, heads, head_dim) -> d x heads*hd
     assert specs["multi_head_attention/attention_output"][1:3] == ["EinsumDense", [8, 4]]
-    assert [n for n in specs if n.startswith("lstm.kernel.")] == ["lstm.kernel.i", "lstm.kernel.f", "lstm.kernel.c",
-                                                                 "lstm.kernel.o"]
+    assert [n for n in specs if n.startswith("lstm.kernel.")] == [
+        "lstm.kernel.i",
+        "lstm.kernel.f",
+        "lstm.kernel.c",
+        "lstm.kernel.o",
+    ]
     mnv2 = {s[1] for s in keras_zoo["mobilenet_v2"]["specs"]}
     assert mnv2 == {"Conv2D", "DepthwiseConv2D", "Dense"}
     skipped = {row[0]: row[5] for row in keras_zoo["custom"]["rows"] if row[4] == "skipped"}
-    assert skipped == {f"multi_head_attention/{p}/bias": "a bias (2-D), not a weight matrix"
-                       for p in ("query", "key", "value")}
+    assert skipped == {
+        f"multi_head_attention/{p}/bias": "a bias (2-D), not a weight matrix" for p in ("query", "key", "value")
+    }
     biases = [p for p, reason in keras_zoo["resnet50"]["skipped"] if reason == "not a matrix (1-D)"]
     assert "conv1_conv/bias" in biases and "conv1_bn/moving_mean" in biases

@@ -26,6 +26,7 @@ A model may be given as
 * a picklable zero-argument callable returning the model (a top-level
   function or a ``functools.partial`` of one; pickled by reference).
 """
+
 from __future__ import annotations
 
 import json
@@ -153,8 +154,13 @@ def ww_analyze_timed(
         wd = Path(d)
         ref = _model_ref(model, wd)
         res = _run_child(
-            {"op": "analyze", "model": ref, "kwargs": analyze_kwargs, "repeats": int(repeats),
-             "num_threads": num_threads},
+            {
+                "op": "analyze",
+                "model": ref,
+                "kwargs": analyze_kwargs,
+                "repeats": int(repeats),
+                "num_threads": num_threads,
+            },
             wd,
         )
         df = pd.read_pickle(wd / "details.pkl")
@@ -217,8 +223,19 @@ def _child(request_path: str) -> None:  # pragma: no cover - runs in the subproc
         data = np.load(wd / "evals.npz")
         watcher = ww.WeightWatcher()
         fits = []
-        keys = ["alpha", "Lambda", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "num_fingers", "raw_alpha", "status",
-                "warning"]
+        keys = [
+            "alpha",
+            "Lambda",
+            "xmin",
+            "xmax",
+            "D",
+            "sigma",
+            "num_pl_spikes",
+            "num_fingers",
+            "raw_alpha",
+            "status",
+            "warning",
+        ]
         import contextlib
         import io
 

@@ -13,6 +13,7 @@ Public API (re-exported here; everything else is importable but internal)::
 Only numpy and scipy are imported by ``import wwmonitor``; framework
 integrations load lazily.
 """
+
 from __future__ import annotations
 
 from ._lazy import lazy_exports

@@ -1,4 +1,5 @@
 """``python -m wwmonitor`` (also under ``torchrun``)."""
+
 import sys
 
 from wwmonitor.cli import main

@@ -1,4 +1,5 @@
 """Lazy re-exports for package ``__init__`` modules (PEP 562 ``__getattr__``)."""
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -1,4 +1,5 @@
 """Argument checks shared by the monitor and the callbacks (one definition each)."""
+
 from __future__ import annotations
 
 import numbers

@@ -4,6 +4,7 @@ This module is pure (arrays in, :class:`~wwmonitor.metrics.LayerMetrics`
 out) and framework-free; :mod:`wwmonitor.model` walks models and calls
 :func:`analyze_matrix` per matrix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,11 +15,18 @@ from typing import Any, Optional
 import numpy as np
 
 from .frameworks import is_torch_tensor
-
 from .metrics import LayerMetrics, detx_constraint, norm_metrics
 from .powerlaw import EVALS_THRESH, fit_powerlaw
-from .spectral import (_dtype_problem, check_device, esd_batched_scaled, input_problem, squared_singular_values_scaled,
-                       to_analysis_tensor, to_numpy, uses_torch_route)
+from .spectral import (
+    _dtype_problem,
+    check_device,
+    esd_batched_scaled,
+    input_problem,
+    squared_singular_values_scaled,
+    to_analysis_tensor,
+    to_numpy,
+    uses_torch_route,
+)
 
 __all__ = ["AnalysisOptions", "analyze_matrix", "analyze_spec", "analyze_evals", "DEFAULT_MIN_EVALS"]
 
@@ -144,9 +152,7 @@ def analyze_matrix(
         raise TypeError(f"{label}: {problem}")
     shape = tuple(int(s) for s in A.shape)
     if len(shape) not in (2, 3):
-        raise ValueError(
-            f"layer {name!r}: expected a 2-D weight matrix (or a stack of slices), got shape {shape}"
-        )
+        raise ValueError(f"layer {name!r}: expected a 2-D weight matrix (or a stack of slices), got shape {shape}")
     if min(shape) == 0:
         raise ValueError(f"layer {name!r}: weight matrix has an empty dimension, shape {shape}")
     a, b = shape[-2:]
@@ -169,8 +175,9 @@ def analyze_matrix(
         ev, e2 = esd_batched_scaled(A, name=name, rescale_large=True, device=route)
         ev_sq = np.sort(ev.ravel())
     else:
-        ev_sq, e2 = squared_singular_values_scaled(A, name=name, low_memory=options.low_memory, rescale_large=True,
-                                                   device=route)
+        ev_sq, e2 = squared_singular_values_scaled(
+            A, name=name, low_memory=options.low_memory, rescale_large=True, device=route
+        )
     W_loc = None
     if options.localization and len(shape) == 2:
         W_loc = A if e2 == 0 else np.ldexp(np.asarray(to_numpy(A), dtype=np.float64), -(e2 // 2))
@@ -180,8 +187,9 @@ def analyze_matrix(
 def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS, device: Optional[str] = None) -> LayerMetrics:
     """Analyse a :class:`wwmonitor.layers.MatrixSpec` (name, type, tensor, scale) on ``device``
     (see :func:`analyze_matrix`)."""
-    return analyze_matrix(spec.tensor, spec.name, layer_type=spec.type, scale=spec.scale, options=options,
-                          device=device)
+    return analyze_matrix(
+        spec.tensor, spec.name, layer_type=spec.type, scale=spec.scale, options=options, device=device
+    )
 
 
 def _count_nonfinite(A: Any) -> int:
@@ -361,10 +369,14 @@ def _restore_scale(lm: LayerMetrics, exponent2: int, notes: list[str]) -> None:
     if under or over:
         kind = "overflow" if over else "underflow"
         lost = ", ".join(over + under)
-        notes.insert(0, (
-            f"weights at extreme scale (max |W| ~ 2^{exponent2 // 2} ~ 1e{exponent2 // 2 * math.log10(2.0):.0f}): "
-            f"{lost} cannot be represented in float64 "
-            f"({kind}) and are None; log norms are computed in log space, scale-free metrics from W / max|W|"))
+        notes.insert(
+            0,
+            (
+                f"weights at extreme scale (max |W| ~ 2^{exponent2 // 2} ~ 1e{exponent2 // 2 * math.log10(2.0):.0f}): "
+                f"{lost} cannot be represented in float64 "
+                f"({kind}) and are None; log norms are computed in log space, scale-free metrics from W / max|W|"
+            ),
+        )
         lm.status = kind
         if not lm.warning:
             lm.warning = kind

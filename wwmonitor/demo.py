@@ -36,6 +36,7 @@ down).  The largest batches
 also take far fewer steps in the same number of epochs, so they are simply
 less trained.  The report says so.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -143,7 +144,11 @@ class DemoResult:
 DEMO_INSTALL = 'pip install "wwmonitor[demo]"'
 #: (import name, distribution) of the demo's requirements; TensorBoardLogger accepts tensorboardX instead
 _DEMO_REQUIREMENTS: tuple[tuple[str, str], ...] = (
-    ("sklearn", "scikit-learn"), ("torch", "torch"), ("lightning", "lightning"), ("tensorboard", "tensorboard"))
+    ("sklearn", "scikit-learn"),
+    ("torch", "torch"),
+    ("lightning", "lightning"),
+    ("tensorboard", "tensorboard"),
+)
 
 
 def missing_demo_requirement() -> Optional[str]:
@@ -158,8 +163,10 @@ def missing_demo_requirement() -> Optional[str]:
             importlib.import_module(module)
         except Exception as e:  # ImportError, or a broken install failing while it imports
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return (f"wwmonitor demo needs {dist} (import {module} failed: {why}); "
-                    f"install the demo's requirements with: {DEMO_INSTALL}")
+            return (
+                f"wwmonitor demo needs {dist} (import {module} failed: {why}); "
+                f"install the demo's requirements with: {DEMO_INSTALL}"
+            )
     return None
 
 
@@ -292,8 +299,16 @@ def train_one(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the sweep runs several of these side by side; restored below
     try:
-        return _train_one(batch_size, seed, epochs=epochs, lr=lr, out=out, progress_queue=progress_queue,
-                          extra_config=extra_config, esd_every_n_epochs=esd_every_n_epochs)
+        return _train_one(
+            batch_size,
+            seed,
+            epochs=epochs,
+            lr=lr,
+            out=out,
+            progress_queue=progress_queue,
+            extra_config=extra_config,
+            esd_every_n_epochs=esd_every_n_epochs,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -336,10 +351,15 @@ def _train_one(
     }
     config.update(extra_config or {})
     callbacks: list[Any] = [
-        WeightWatcherCallback(every_n_epochs=1, run_dir=str(out / "runs"), run_name=name, config=config,
-                              # alerts go to the run store and TensorBoard, not the console (progress bar)
-                              alerts=AlertRules(warn=False, log_alerts=False),
-                              esd_every_n_epochs=esd_every_n_epochs or max(1, epochs - 1))
+        WeightWatcherCallback(
+            every_n_epochs=1,
+            run_dir=str(out / "runs"),
+            run_name=name,
+            config=config,
+            # alerts go to the run store and TensorBoard, not the console (progress bar)
+            alerts=AlertRules(warn=False, log_alerts=False),
+            esd_every_n_epochs=esd_every_n_epochs or max(1, epochs - 1),
+        )
     ]
     if progress_queue is not None:
         callbacks.append(_EpochTicker(progress_queue))
@@ -371,8 +391,9 @@ def _train_one(
     from .integrations import record_eval_metrics
 
     # the final validation metrics in the run store: `wwmonitor compare` ranks the runs' spectra against them
-    record_eval_metrics(callbacks[0], {"val_acc": val_acc, "val_loss": val_loss, "train_acc": train_acc},
-                        step=int(trainer.global_step))
+    record_eval_metrics(
+        callbacks[0], {"val_acc": val_acc, "val_loss": val_loss, "train_acc": train_acc}, step=int(trainer.global_step)
+    )
     return {
         "run": name,
         "run_dir": str(out / "runs" / name),
@@ -405,8 +426,9 @@ def _epoch_ticker_class() -> Any:
             except Exception as exc:  # a broken progress pipe must not stop training: say so once, go on
                 self.broken = True
                 # attributed to this module (stacklevel 1): the sweep ignores warnings from Lightning's modules
-                warnings.warn(f"wwmonitor demo: progress updates lost ({exc!r}); training continues",
-                              RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"wwmonitor demo: progress updates lost ({exc!r}); training continues", RuntimeWarning, stacklevel=1
+                )
 
     return EpochTicker
 
@@ -469,8 +491,13 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
     jobs = [(bs, s) for bs in sorted(cfg.batch_sizes) for s in cfg.seeds]  # smallest batch (slowest) first
     extra = {"lr_scaling": cfg.lr_scaling}
     total_epochs = len(jobs) * cfg.epochs
-    where = (f"{cfg.workers} worker process(es)" if cfg.backend == "local" else
-             f"Ray tasks on {cfg.address}" if cfg.address else f"Ray tasks on a local Ray with {cfg.workers} CPU(s)")
+    where = (
+        f"{cfg.workers} worker process(es)"
+        if cfg.backend == "local"
+        else f"Ray tasks on {cfg.address}"
+        if cfg.address
+        else f"Ray tasks on a local Ray with {cfg.workers} CPU(s)"
+    )
     echo(
         f"wwmonitor demo: {len(jobs)} runs (batch sizes {list(cfg.batch_sizes)} x seeds {list(cfg.seeds)}), "
         f"{cfg.epochs} epochs each, {where} -> {out}"
@@ -539,8 +566,9 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
         "seconds": time.perf_counter() - t0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-    res = DemoResult(out=out, runs=results, spearman=rho, report=report_path,
-                     seconds=summary["seconds"], config=summary["config"])
+    res = DemoResult(
+        out=out, runs=results, spearman=rho, report=report_path, seconds=summary["seconds"], config=summary["config"]
+    )
     echo(format_spearman(rho))
     echo(format_val_ranking(ranking))
     echo(f"run stores:  {out / 'runs'}")
@@ -563,8 +591,9 @@ def _drain(q: Any, bar: Any) -> None:
         bar.update(n)
 
 
-def _run_on_ray(cfg: DemoConfig, jobs: Sequence[tuple[int, int]], out: Path, extra: dict[str, Any],
-                bar: Any) -> list[dict[str, Any]]:
+def _run_on_ray(
+    cfg: DemoConfig, jobs: Sequence[tuple[int, int]], out: Path, extra: dict[str, Any], bar: Any
+) -> list[dict[str, Any]]:
     """The sweep as Ray tasks (one CPU each): on the cluster at ``cfg.address``, or on a local Ray started here
     with ``cfg.workers`` CPUs (and shut down after); a Ray already initialised in this process is used as it is.
 
@@ -582,8 +611,7 @@ def _run_on_ray(cfg: DemoConfig, jobs: Sequence[tuple[int, int]], out: Path, ext
     results: list[dict[str, Any]] = []
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_worker)
-        pending = {task.remote((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), None, extra)): (bs, s)
-                   for bs, s in jobs}
+        pending = {task.remote((bs, s, cfg.epochs, cfg.lr_for(bs), str(out), None, extra)): (bs, s) for bs, s in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in done:
@@ -597,16 +625,15 @@ def _run_on_ray(cfg: DemoConfig, jobs: Sequence[tuple[int, int]], out: Path, ext
             ray.shutdown()
     lost = [r["run"] for r in results if not (Path(r["run_dir"]) / "run.sqlite").is_file()]
     if lost:
-        raise RuntimeError(f"wwmonitor demo: the run stores of {lost} are not under {str(out)!r} on this machine: "
-                           "on a Ray cluster, --out must be a folder every node shares")
+        raise RuntimeError(
+            f"wwmonitor demo: the run stores of {lost} are not under {str(out)!r} on this machine: "
+            "on a Ray cluster, --out must be a folder every node shares"
+        )
     return results
 
 
 def _run_line(r: dict[str, Any]) -> str:
-    return (
-        f"  done {r['run']}: train acc {r['train_acc']:.3f}, val acc {r['val_acc']:.3f} "
-        f"({r['seconds']:.0f} s)"
-    )
+    return f"  done {r['run']}: train acc {r['train_acc']:.3f}, val acc {r['val_acc']:.3f} ({r['seconds']:.0f} s)"
 
 
 def _cfg_dict(cfg: DemoConfig) -> dict[str, Any]:
@@ -656,12 +683,15 @@ def format_val_ranking(ranking: Sequence[dict[str, Any]]) -> str:
     groups = list(dict.fromkeys(r["group"] for r in ranking))
     metrics = list(dict.fromkeys(r["metric"] for r in ranking))
     by = {(r["group"], r["metric"]): r["rho"] for r in ranking}
-    lines = ["Spearman correlation of each model-level summary with val_acc (lower summary = better model: "
-             "expect -):", "  " + "metric".ljust(24) + "".join(g.rjust(12) for g in groups)]
+    lines = [
+        "Spearman correlation of each model-level summary with val_acc (lower summary = better model: expect -):",
+        "  " + "metric".ljust(24) + "".join(g.rjust(12) for g in groups),
+    ]
     for m in metrics:
         cells = "".join(
             (f"{by[(g, m)]:+.2f}" if by.get((g, m)) is not None and math.isfinite(by[(g, m)]) else "n/a").rjust(12)
-            for g in groups)
+            for g in groups
+        )
         lines.append("  " + m.ljust(24) + cells)
     return "\n".join(lines)
 
@@ -680,7 +710,7 @@ def demo_notes_html(cfg: DemoConfig, results: Sequence[dict[str, Any]], rho: dic
         rs = by_bs[bs]
         acc_rows.append(
             f"<tr><td>{bs}</td><td>{cfg.lr_for(bs):.4g}</td><td>{rs[0].get('steps', '–')}</td>"
-            f"<td>{np.mean([r['train_acc'] for r in rs]):.3f}</td><td>{np.mean([r['val_acc'] for r in rs]):.3f}</td></tr>"
+            f"<td>{np.mean([r['train_acc'] for r in rs]):.3f}</td><td>{np.mean([r['val_acc'] for r in rs]):.3f}</td></tr>"  # noqa: E501
         )
     lr_txt = (
         f"a constant learning rate of {cfg.lr:g}"
@@ -703,10 +733,10 @@ the noise, together with many more update steps, builds the correlations that sh
 The effect follows lr/batch, not the batch size as such: scaling the learning rate linearly with the batch size
 (<code>wwmonitor demo --lr-scaling linear</code>) keeps the temperature fixed, and the trend then largely
 disappears (measured for batch sizes 8 to 64; at the largest learning rates the linear scaling rule stops being an
-equivalence, see docs/demo-results.md). The largest batches also take far fewer steps in the same number of epochs, so they are simply less
-trained (see their accuracy below); part of their random-like look is that.</p>
+equivalence, see docs/demo-results.md). The largest batches also take far fewer steps in the same number of
+epochs, so they are simply less trained (see their accuracy below); part of their random-like look is that.</p>
 <table class="data"><thead><tr><th>batch size</th><th>lr</th><th>SGD steps</th><th>train acc (mean)</th>
-<th>val acc (mean)</th></tr></thead><tbody>{''.join(acc_rows)}</tbody></table>
+<th>val acc (mean)</th></tr></thead><tbody>{"".join(acc_rows)}</tbody></table>
 <p><b>Which metrics to trust.</b> The stable rank (&Sigma;&lambda;/&lambda;<sub>max</sub>) and the MP soft rank
 are robust trend metrics: they need no tail fit. The power-law &alpha; is unreliable for near-random layers (a
 Marchenko-Pastur bulk has no power-law tail, so &alpha; is large and noisy, and the fit picks a few edge

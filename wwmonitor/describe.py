@@ -8,6 +8,7 @@ summary the monitor logs when it starts.
 
 Only numpy is needed to import this module; :func:`describe` imports pandas.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,16 @@ def describe(model_or_path: Any, *, conv: str = "pool", lora: str = "effective")
         if len(e.shape) < 2:
             vectors += 1
             continue
-        rows.append({"param": e.param, "matrix": ", ".join(e.matrices), "shape": tuple(e.shape), "type": e.type,
-                     "status": "analysed" if e.matrices else "skipped", "reason": e.reason})
+        rows.append(
+            {
+                "param": e.param,
+                "matrix": ", ".join(e.matrices),
+                "shape": tuple(e.shape),
+                "type": e.type,
+                "status": "analysed" if e.matrices else "skipped",
+                "reason": e.reason,
+            }
+        )
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs.update({"source": source, "num_matrices": len(specs), "num_vectors": vectors, "num_other": other})
     return df
@@ -90,8 +99,10 @@ def coverage_summary(specs: Sequence[MatrixSpec], skipped: Sequence[tuple[str, s
     types = Counter(str(s.type) for s in specs)
     n_types = len(types)
     kinds = ", ".join(f"{t} {n}" for t, n in sorted(types.items(), key=lambda kv: (-kv[1], kv[0])))
-    line = (f"wwmonitor: monitoring {len(specs)} matri{'x' if len(specs) == 1 else 'ces'} in {n_types} layer "
-            f"type{'' if n_types == 1 else 's'}" + (f" ({kinds})" if kinds else ""))
+    line = (
+        f"wwmonitor: monitoring {len(specs)} matri{'x' if len(specs) == 1 else 'ces'} in {n_types} layer "
+        f"type{'' if n_types == 1 else 's'}" + (f" ({kinds})" if kinds else "")
+    )
     if not skipped:
         return line + "; skipped none"
 

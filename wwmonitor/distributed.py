@@ -19,6 +19,7 @@ supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters, Lightning's
 ``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a clear message
 instead of hanging or reading partial weights.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ One place for the checks every other module needs ("is this a torch tensor?",
 "is this a Keras model?"), done on the object's class and module names so
 that ``import wwmonitor`` never pulls in torch, keras, jax or tensorflow.
 """
+
 from __future__ import annotations
 
 from typing import Any

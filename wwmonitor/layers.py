@@ -93,6 +93,7 @@ same names.
 
 Framework imports happen lazily inside the adapters.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -105,8 +106,17 @@ import numpy as np
 
 from .frameworks import is_keras_model, is_torch_module
 
-__all__ = ["MatrixSpec", "WeightEntry", "extract_matrices", "weight_inventory", "select",
-           "is_keras_model", "is_torch_module", "LORA_MODES", "LORA_UPDATE_SUFFIX"]
+__all__ = [
+    "MatrixSpec",
+    "WeightEntry",
+    "extract_matrices",
+    "weight_inventory",
+    "select",
+    "is_keras_model",
+    "is_torch_module",
+    "LORA_MODES",
+    "LORA_UPDATE_SUFFIX",
+]
 
 Pattern = Union[str, type]
 
@@ -203,8 +213,9 @@ def extract_matrices(
     return out
 
 
-def weight_inventory(obj: Any, *, conv: str = "pool", lora: str = "effective"
-                     ) -> tuple[list[MatrixSpec], list[WeightEntry]]:
+def weight_inventory(
+    obj: Any, *, conv: str = "pool", lora: str = "effective"
+) -> tuple[list[MatrixSpec], list[WeightEntry]]:
     """Every matrix of ``obj`` (unfiltered) and one :class:`WeightEntry` per weight tensor, in model order.
 
     Each entry names the matrices taken from it, or says why none was; every
@@ -228,8 +239,10 @@ def weight_inventory(obj: Any, *, conv: str = "pool", lora: str = "effective"
         parts = {spec.name: [s.name for s in _split_slices(spec)] for spec in specs if len(spec.shape) == 3}
         specs = [s for spec in specs for s in _split_slices(spec)]
         if parts:
-            entries = [WeightEntry(e.param, e.shape, e.type, tuple(n for m in e.matrices for n in parts.get(m, [m])),
-                                   e.reason) for e in entries]
+            entries = [
+                WeightEntry(e.param, e.shape, e.type, tuple(n for m in e.matrices for n in parts.get(m, [m])), e.reason)
+                for e in entries
+            ]
     return specs, entries
 
 
@@ -240,8 +253,9 @@ def check_lora(lora: Any, what: str = "lora") -> str:
     return lora
 
 
-def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Pattern]],
-                    exclude: Optional[Sequence[Pattern]]) -> list[tuple[str, str]]:
+def _select_skipped(
+    found: list[tuple[str, str]], layers: Optional[Sequence[Pattern]], exclude: Optional[Sequence[Pattern]]
+) -> list[tuple[str, str]]:
     """The skipped entries inside the ``layers`` selection and not ``exclude``d (matched by name)."""
     if isinstance(layers, (str, type)):
         layers = [layers]
@@ -261,8 +275,13 @@ def _select_skipped(found: list[tuple[str, str]], layers: Optional[Sequence[Patt
 def _matches(spec: MatrixSpec, pat: Pattern) -> bool:
     if isinstance(pat, type):
         return spec.type == pat.__name__
-    return (spec.type == pat or spec.name == pat or fnmatch.fnmatchcase(spec.name, pat)
-            or spec.name.startswith(pat + ".") or spec.name.startswith(pat + "["))
+    return (
+        spec.type == pat
+        or spec.name == pat
+        or fnmatch.fnmatchcase(spec.name, pat)
+        or spec.name.startswith(pat + ".")
+        or spec.name.startswith(pat + "[")
+    )
 
 
 def select(
@@ -291,8 +310,9 @@ def select(
 def _split_slices(spec: MatrixSpec) -> list[MatrixSpec]:
     if len(spec.shape) != 3:
         return [spec]
-    return [MatrixSpec(f"{spec.name}[{k}]", spec.type, spec.tensor[k], spec.scale, spec.param)
-            for k in range(spec.shape[0])]
+    return [
+        MatrixSpec(f"{spec.name}[{k}]", spec.type, spec.tensor[k], spec.scale, spec.param) for k in range(spec.shape[0])
+    ]
 
 
 # ------------------------------------------------------- shared rules ----
@@ -324,12 +344,13 @@ def _conv_stack(w: Any, transposed: bool) -> Any:
     return np.moveaxis(np.asarray(w).reshape(a, b, K), 2, 0)
 
 
-def _split_rows(name: str, typ: str, w: Any, parts: Sequence[str], sizes: Sequence[int],
-                param: str) -> list[MatrixSpec]:
+def _split_rows(
+    name: str, typ: str, w: Any, parts: Sequence[str], sizes: Sequence[int], param: str
+) -> list[MatrixSpec]:
     """Row blocks of ``w`` (``out x in``) of the given ``sizes``, named ``<name>.<part>``."""
     out, start = [], 0
     for part, n in zip(parts, sizes):
-        out.append(MatrixSpec(f"{name}.{part}", typ, w[start:start + n], 1.0, param))
+        out.append(MatrixSpec(f"{name}.{part}", typ, w[start : start + n], 1.0, param))
         start += n
     return out
 
@@ -344,8 +365,9 @@ def _qkv_sizes(rows: int, q_width: Optional[int]) -> Optional[tuple[int, int, in
     return None
 
 
-def _linear_specs(name: str, typ: str, w: Any, param: str, leaf: str,
-                  q_width: Optional[int] = None, has_q_attn: bool = False) -> list[MatrixSpec]:
+def _linear_specs(
+    name: str, typ: str, w: Any, param: str, leaf: str, q_width: Optional[int] = None, has_q_attn: bool = False
+) -> list[MatrixSpec]:
     """The matrices of an ``out x in`` Linear-like weight ``w`` whose module is called ``leaf``."""
     rows, cols = int(w.shape[0]), int(w.shape[1])
     if leaf in _FUSED_QKV:
@@ -365,7 +387,7 @@ def _linear_specs(name: str, typ: str, w: Any, param: str, leaf: str,
 def _split_gates(name: str, typ: str, w: Any, gates: Sequence[str], axis: int, param: str = "") -> Iterator[MatrixSpec]:
     n = int(w.shape[axis]) // len(gates)
     for g, gate in enumerate(gates):
-        block = w[g * n:(g + 1) * n] if axis == 0 else w[:, g * n:(g + 1) * n]
+        block = w[g * n : (g + 1) * n] if axis == 0 else w[:, g * n : (g + 1) * n]
         yield MatrixSpec(f"{name}.{gate}" if len(gates) > 1 else name, typ, block, 1.0, param)
 
 
@@ -443,8 +465,9 @@ def _fused_hints(mname: str, modules: Mapping[str, Any], hf: bool) -> tuple[Opti
     return q_width, has_q
 
 
-def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
-                ) -> tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str]]:
+def _torch_rule(
+    mname: str, mod: Any, modules: Mapping[str, Any]
+) -> tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str]]:
     """The matrices a module's own weights make: ``([(parameters used, specs)], {id(param): skip reason})``."""
     import torch.nn as nn
 
@@ -486,14 +509,39 @@ def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
         ipw = own.get("in_proj_weight")
         if ipw is not None and _torch_shape(ipw) is not None:
             E = ipw.shape[0] // 3
-            groups.append(([ipw], [MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", ipw.detach()[i * E:(i + 1) * E],
-                                              1.0, full("in_proj_weight")) for i, part in enumerate("qkv")]))
+            groups.append(
+                (
+                    [ipw],
+                    [
+                        MatrixSpec(
+                            f"{prefix}.{part}",
+                            "MultiheadAttention",
+                            ipw.detach()[i * E : (i + 1) * E],
+                            1.0,
+                            full("in_proj_weight"),
+                        )
+                        for i, part in enumerate("qkv")
+                    ],
+                )
+            )
         else:
             for part in "qkv":
                 p = own.get(f"{part}_proj_weight")
                 if p is not None and _torch_shape(p) is not None:
-                    groups.append(([p], [MatrixSpec(f"{prefix}.{part}", "MultiheadAttention", p.detach(), 1.0,
-                                                    full(f"{part}_proj_weight"))]))
+                    groups.append(
+                        (
+                            [p],
+                            [
+                                MatrixSpec(
+                                    f"{prefix}.{part}",
+                                    "MultiheadAttention",
+                                    p.detach(),
+                                    1.0,
+                                    full(f"{part}_proj_weight"),
+                                )
+                            ],
+                        )
+                    )
     elif isinstance(mod, (nn.RNNBase, nn.RNNCellBase)):
         if isinstance(mod, nn.RNNBase):
             t = {"LSTM": "LSTM", "GRU": "GRU"}.get(getattr(mod, "mode", ""), "RNN")
@@ -516,17 +564,27 @@ def _torch_rule(mname: str, mod: Any, modules: Mapping[str, Any]
         if shape is None or len(shape) < 2:
             continue
         key = full(pname)
-        if isinstance(n_experts, int) and len(shape) == 3 and shape[0] == n_experts and n_experts > 0 \
-                and p.is_floating_point():
+        if (
+            isinstance(n_experts, int)
+            and len(shape) == 3
+            and shape[0] == n_experts
+            and n_experts > 0
+            and p.is_floating_point()
+        ):
             groups.append(([p], _expert_specs(key, p.detach(), key)))
-        elif pname == "weight" and len(shape) in (2, 3, 4, 5) and p.is_floating_point() \
-                and not isinstance(mod, nn.Bilinear):  # a custom layer's weight (MoE router, ...), as in a state dict
+        elif (
+            pname == "weight"
+            and len(shape) in (2, 3, 4, 5)
+            and p.is_floating_point()
+            and not isinstance(mod, nn.Bilinear)
+        ):  # a custom layer's weight (MoE router, ...), as in a state dict
             if len(shape) == 2:
                 groups.append(([p], [MatrixSpec(prefix, "Linear", p.detach(), 1.0, key)]))
             else:
                 t = f"Conv{len(shape) - 2}d"
-                groups.append(([p], [MatrixSpec(prefix, t, _conv_stack(p.detach(), False),
-                                                0.5 if t == "Conv2d" else 1.0, key)]))
+                groups.append(
+                    ([p], [MatrixSpec(prefix, t, _conv_stack(p.detach(), False), 0.5 if t == "Conv2d" else 1.0, key)])
+                )
         elif _table_shape(shape) and p.is_floating_point():
             groups.append(([p], [MatrixSpec(key, "Embedding", p.detach().reshape(_table_shape(shape)), 1.0, key)]))
         elif _is_single_vector(shape):
@@ -589,8 +647,15 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
             elif not p.is_floating_point():
                 entries.append(WeightEntry(full, shape, t, (), f"not floating point (dtype {p.dtype})"))
             else:
-                entries.append(WeightEntry(full, shape, t, (), f"{len(shape)}-D parameter of a {t} module, "
-                                                               "which wwmonitor does not analyse"))
+                entries.append(
+                    WeightEntry(
+                        full,
+                        shape,
+                        t,
+                        (),
+                        f"{len(shape)}-D parameter of a {t} module, which wwmonitor does not analyse",
+                    )
+                )
         transient: set[str] = getattr(mod, "_non_persistent_buffers_set", set())
         for bname, b in getattr(mod, "_buffers", {}).items():
             shape = _torch_shape(b) if b is not None else None
@@ -601,8 +666,9 @@ def _torch_inventory(model: Any, lora: str = "effective") -> tuple[list[MatrixSp
                 entries.append(WeightEntry(full, shape, t, (), _tied_reason(first[id(b)], False)))
                 continue
             first[id(b)] = full
-            entries.append(WeightEntry(full, shape, t, (),
-                                       f"{len(shape)}-D buffer of a {t} module (not a trained parameter)"))
+            entries.append(
+                WeightEntry(full, shape, t, (), f"{len(shape)}-D buffer of a {t} module (not a trained parameter)")
+            )
     return specs, entries
 
 
@@ -615,8 +681,11 @@ def _is_peft_lora(mod: Any) -> bool:
         return False
     import torch.nn as nn
 
-    return (isinstance(sub.get("lora_A"), nn.ModuleDict) and isinstance(sub.get("lora_B"), nn.ModuleDict)
-            and isinstance(getattr(mod, "__dict__", {}).get("scaling"), dict))
+    return (
+        isinstance(sub.get("lora_A"), nn.ModuleDict)
+        and isinstance(sub.get("lora_B"), nn.ModuleDict)
+        and isinstance(getattr(mod, "__dict__", {}).get("scaling"), dict)
+    )
 
 
 def _unwrap_lora(mod: Any) -> Any:
@@ -637,8 +706,9 @@ def _lora_factors(mod: Any, embedding: bool) -> Optional[dict[str, tuple[Any, An
         pairs = [(n, pa[n], pb[n] if pb is not None and n in pb else None) for n in names]
     else:
         la, lb = mod._modules["lora_A"], mod._modules["lora_B"]
-        pairs = [(n, getattr(la[n], "weight", None), getattr(lb[n], "weight", None) if n in lb else None)
-                 for n in la.keys()]
+        pairs = [
+            (n, getattr(la[n], "weight", None), getattr(lb[n], "weight", None) if n in lb else None) for n in la.keys()
+        ]
     for n, A, B in pairs:
         for x in (A, B):
             if x is None or _torch_shape(x) is None or x.ndim != 2 or not x.is_floating_point():
@@ -647,8 +717,9 @@ def _lora_factors(mod: Any, embedding: bool) -> Optional[dict[str, tuple[Any, An
     return out
 
 
-def _peft_lora_rule(mname: str, mod: Any, modules: Mapping[str, Any], lora: str
-                    ) -> Optional[tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str], dict[int, str]]]:
+def _peft_lora_rule(
+    mname: str, mod: Any, modules: Mapping[str, Any], lora: str
+) -> Optional[tuple[list[tuple[list[Any], list[MatrixSpec]]], dict[int, str], dict[int, str]]]:
     """The matrices of a peft LoRA layer: ``([(parameters used, specs)], {id: skip reason}, {id: note})``,
     or ``None`` when it is not one this rule computes (then its submodules are walked as usual).
 
@@ -722,19 +793,30 @@ def _peft_lora_rule(mname: str, mod: Any, modules: Mapping[str, Any], lora: str
     used = [w] + [p for a in contrib for p in factors[a]]
     out = list(made)
     if lora in ("effective+update", "all"):
-        out += _lora_update_specs(parts, typ, factors, contrib or active or list(factors), bool(contrib), scaling,
-                                  transposed=fifo != hf, param=_lora_param(mname, contrib or list(factors), embedding))
+        out += _lora_update_specs(
+            parts,
+            typ,
+            factors,
+            contrib or active or list(factors),
+            bool(contrib),
+            scaling,
+            transposed=fifo != hf,
+            param=_lora_param(mname, contrib or list(factors), embedding),
+        )
     if lora == "all":
         b_an = base_w.T if hf else base_w
-        out += [MatrixSpec(f"{n}.base", typ, b_an[s:s + k], 1.0, key) for n, s, k in parts]
+        out += [MatrixSpec(f"{n}.base", typ, b_an[s : s + k], 1.0, key) for n, s, k in parts]
     note = f"analysed as part of {prefix} (effective weight)"
     notes = {id(p): note for p in used}
     held: dict[int, str] = {}
     for a, pair in factors.items():
         if a in contrib:
             continue
-        why = (f"LoRA adapters of {prefix} are disabled: not part of its effective weight" if disabled else
-               f"LoRA adapter {a!r} of {prefix} is not active: not part of its effective weight")
+        why = (
+            f"LoRA adapters of {prefix} are disabled: not part of its effective weight"
+            if disabled
+            else f"LoRA adapter {a!r} of {prefix} is not active: not part of its effective weight"
+        )
         for p in pair:
             held[id(p)] = why
     return [(used, out)], held, notes
@@ -747,9 +829,17 @@ def _lora_param(mname: str, adapters: Sequence[str], embedding: bool) -> str:
     return f"{mname}.{rel}" if mname else rel
 
 
-def _lora_update_specs(parts: list[tuple[str, int, int]], typ: str, factors: Mapping[str, tuple[Any, Any]],
-                       adapters: Sequence[str], nonzero: bool, scaling: Mapping[str, float], *, transposed: bool,
-                       param: str) -> list[MatrixSpec]:
+def _lora_update_specs(
+    parts: list[tuple[str, int, int]],
+    typ: str,
+    factors: Mapping[str, tuple[Any, Any]],
+    adapters: Sequence[str],
+    nonzero: bool,
+    scaling: Mapping[str, float],
+    *,
+    transposed: bool,
+    param: str,
+) -> list[MatrixSpec]:
     """``<part>.lora_update``: ``Σ scaling[a] · B_a A_a`` (analysis orientation) for each row block, as a
     matrix with at most ``Σ r`` rows or columns and the same non-zero singular values (see
     :func:`_low_rank_core`); zero (``zero_matrix`` status) when no adapter contributes."""
@@ -765,7 +855,7 @@ def _lora_update_specs(parts: list[tuple[str, int, int]], typ: str, factors: Map
         L, R = torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
         out = []
         for name, s, k in parts:
-            core = _low_rank_core(L[s:s + k], R)
+            core = _low_rank_core(L[s : s + k], R)
             core = core if nonzero else torch.zeros_like(core)
             out.append(MatrixSpec(f"{name}{LORA_UPDATE_SUFFIX}", typ, core, 1.0, param))
     return out
@@ -926,12 +1016,15 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
     for v in getattr(model, "weights", []):  # anything not held by a layer of the walk
         if id(v) not in pname:
             path = str(getattr(v, "path", None) or getattr(v, "name", "weight"))
-            pname[id(v)] = path[len(top) + 1:] if top and path.startswith(top + "/") else path
+            pname[id(v)] = path[len(top) + 1 :] if top and path.startswith(top + "/") else path
             order.append((v, None))
 
     def var(lyr: Any, *names: str) -> list[Any]:
-        return [v for v in _keras_own_variables(lyr, kids_of.get(id(lyr), []))
-                if str(getattr(v, "name", "")).rsplit("/", 1)[-1] in names]
+        return [
+            v
+            for v in _keras_own_variables(lyr, kids_of.get(id(lyr), []))
+            if str(getattr(v, "name", "")).rsplit("/", 1)[-1] in names
+        ]
 
     specs: list[MatrixSpec] = []
     claimed: dict[int, tuple[str, ...]] = {}
@@ -949,8 +1042,18 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             k = getattr(lyr, "kernel", None)
             if k is not None and used:
                 t = _keras_base(lyr, cls["dense"])
-                add(used, [MatrixSpec(name, t, _einsum_matrix(npy(k), getattr(lyr, "equation", None)), 1.0,
-                                      pname.get(id(used[0]), ""))])
+                add(
+                    used,
+                    [
+                        MatrixSpec(
+                            name,
+                            t,
+                            _einsum_matrix(npy(k), getattr(lyr, "equation", None)),
+                            1.0,
+                            pname.get(id(used[0]), ""),
+                        )
+                    ],
+                )
         elif isinstance(lyr, cls["embedding"]):
             used = var(lyr, "embeddings", "lora_embeddings_a", "lora_embeddings_b")
             e = getattr(lyr, "embeddings", None)
@@ -961,8 +1064,14 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
         elif isinstance(lyr, cls["depthwise"]):
             t = _keras_base(lyr, cls["depthwise"])
             for v in var(lyr, "kernel", "depthwise_kernel"):
-                add([v], [MatrixSpec(name, t, _keras_depthwise_stack(npy(v)), 0.5 if t.endswith("2D") else 1.0,
-                                     pname[id(v)])])
+                add(
+                    [v],
+                    [
+                        MatrixSpec(
+                            name, t, _keras_depthwise_stack(npy(v)), 0.5 if t.endswith("2D") else 1.0, pname[id(v)]
+                        )
+                    ],
+                )
         elif isinstance(lyr, cls["separable"]):
             t = _keras_base(lyr, cls["separable"])
             scale = 0.5 if t.endswith("2D") else 1.0
@@ -970,8 +1079,10 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
                 add([v], [MatrixSpec(f"{name}.depthwise", t, _keras_depthwise_stack(npy(v)), scale, pname[id(v)])])
             for v in var(lyr, "pointwise_kernel"):
                 k = npy(v)
-                add([v], [MatrixSpec(f"{name}.pointwise", t, k.reshape(-1, k.shape[-2], k.shape[-1]), scale,
-                                     pname[id(v)])])
+                add(
+                    [v],
+                    [MatrixSpec(f"{name}.pointwise", t, k.reshape(-1, k.shape[-2], k.shape[-1]), scale, pname[id(v)])],
+                )
         elif isinstance(lyr, cls["conv"]):
             used = var(lyr, "kernel")
             k = getattr(lyr, "kernel", None)
@@ -979,8 +1090,18 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
                 k = npy(k)  # (*spatial, in, out) or transposed (*spatial, out, in)
                 if k.ndim >= 3:
                     t = _keras_base(lyr, cls["conv"])
-                    add(used, [MatrixSpec(name, t, k.reshape(-1, k.shape[-2], k.shape[-1]),
-                                          0.5 if t == "Conv2D" else 1.0, pname[id(used[0])])])
+                    add(
+                        used,
+                        [
+                            MatrixSpec(
+                                name,
+                                t,
+                                k.reshape(-1, k.shape[-2], k.shape[-1]),
+                                0.5 if t == "Conv2D" else 1.0,
+                                pname[id(used[0])],
+                            )
+                        ],
+                    )
         elif isinstance(lyr, cls["rnn"]) or isinstance(lyr, cls["cell"]):
             if isinstance(lyr, cls["rnn"]):
                 t = _keras_base(lyr, cls["rnn"])
@@ -991,8 +1112,19 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             for attr in ("kernel", "recurrent_kernel"):
                 v = getattr(cell, attr, None)
                 if v is not None and len(getattr(v, "shape", ())) == 2:
-                    add([v], list(_split_gates(f"{name}.{attr}", t, npy(v), _KERAS_GATES.get(t, ("h",)), axis=1,
-                                               param=pname.get(id(v), ""))))
+                    add(
+                        [v],
+                        list(
+                            _split_gates(
+                                f"{name}.{attr}",
+                                t,
+                                npy(v),
+                                _KERAS_GATES.get(t, ("h",)),
+                                axis=1,
+                                param=pname.get(id(v), ""),
+                            )
+                        ),
+                    )
 
     entries: list[WeightEntry] = []
     for v, lyr in order:
@@ -1011,8 +1143,9 @@ def _keras_inventory(model: Any) -> tuple[list[MatrixSpec], list[WeightEntry]]:
             entries.append(WeightEntry(p, shape, t, (), f"a bias ({len(shape)}-D), not a weight matrix"))
         else:
             what = f"a {t} layer" if t else "no layer of the model"
-            entries.append(WeightEntry(p, shape, t, (),
-                                       f"{len(shape)}-D weight of {what}, which wwmonitor does not analyse"))
+            entries.append(
+                WeightEntry(p, shape, t, (), f"{len(shape)}-D weight of {what}, which wwmonitor does not analyse")
+            )
     return specs, entries
 
 
@@ -1021,8 +1154,15 @@ def _identity(v: Any) -> Optional[tuple[Any, ...]]:
     """What makes two arrays the same tensor (tied weights), or ``None`` when unknown."""
     try:
         if hasattr(v, "untyped_storage") and hasattr(v, "storage_offset"):
-            return ("torch", str(v.device), v.untyped_storage().data_ptr(), int(v.storage_offset()),
-                    tuple(v.shape), tuple(v.stride()), str(v.dtype))
+            return (
+                "torch",
+                str(v.device),
+                v.untyped_storage().data_ptr(),
+                int(v.storage_offset()),
+                tuple(v.shape),
+                tuple(v.stride()),
+                str(v.dtype),
+            )
         if isinstance(v, np.ndarray):
             return ("numpy", v.__array_interface__["data"][0], v.shape, v.strides, str(v.dtype))
     except Exception:  # noqa: BLE001 - meta tensors, exotic arrays: never merged
@@ -1059,10 +1199,14 @@ def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], lis
         if leaf.startswith("weight_hh") and s is not None and len(s) == 2:
             hidden[k.rsplit("weight_hh", 1)[0]] = int(s[1])
     gpt2_layout = any(
-        s is not None and len(s) == 2 and (
+        s is not None
+        and len(s) == 2
+        and (
             (k.endswith("c_attn.weight") and s[1] in (2 * s[0], 3 * s[0]))
-            or (k.endswith("c_fc.weight") and s[1] > s[0]))
-        for k, s in shapes.items())
+            or (k.endswith("c_fc.weight") and s[1] > s[0])
+        )
+        for k, s in shapes.items()
+    )
     first: dict[tuple[Any, ...], tuple[str, bool]] = {}  # identity -> (first key, analysed)
     for key, v in params.items():
         reason = _entry_skip_reason(v)
@@ -1087,20 +1231,30 @@ def _mapping_inventory(params: Mapping[str, Any]) -> tuple[list[MatrixSpec], lis
     return specs, entries
 
 
-def _mapping_rule(key: str, v: Any, shape: tuple[int, ...], hidden: Mapping[str, int],
-                  shapes: Mapping[str, Optional[tuple[int, ...]]], gpt2_layout: bool) -> Union[list[MatrixSpec], str]:
+def _mapping_rule(
+    key: str,
+    v: Any,
+    shape: tuple[int, ...],
+    hidden: Mapping[str, int],
+    shapes: Mapping[str, Optional[tuple[int, ...]]],
+    gpt2_layout: bool,
+) -> Union[list[MatrixSpec], str]:
     """The matrices of one mapping entry, or why it has none."""
     base, _, leaf = key.rpartition(".")
     base = base or key
     parent, _, module = base.rpartition(".")
     no_rule = f"{len(shape)}-D array: no layer rule for this name and shape {shape}"
     if ".parametrizations." in f".{key}":
-        return ("parametrization of a module's weight (weight norm ...): analysed as the computed weight when the "
-                "model itself is given, not from a state dict")
+        return (
+            "parametrization of a module's weight (weight norm ...): analysed as the computed weight when the "
+            "model itself is given, not from a state dict"
+        )
     if leaf == "in_proj_weight" and len(shape) == 2 and shape[0] == 3 * shape[1]:
         E = shape[1]
-        return [MatrixSpec(f"{base}.{part}", "MultiheadAttention", v[i * E:(i + 1) * E], 1.0, key)
-                for i, part in enumerate("qkv")]
+        return [
+            MatrixSpec(f"{base}.{part}", "MultiheadAttention", v[i * E : (i + 1) * E], 1.0, key)
+            for i, part in enumerate("qkv")
+        ]
     if leaf in ("q_proj_weight", "k_proj_weight", "v_proj_weight") and len(shape) == 2:
         return [MatrixSpec(f"{base}.{leaf[0]}", "MultiheadAttention", v, 1.0, key)]
     if leaf.startswith(("weight_ih", "weight_hh")) and len(shape) == 2:

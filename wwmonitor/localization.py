@@ -29,6 +29,7 @@ the tail is the MP spikes: everything above ``(λ+ + tw_margin) · N`` from
 :func:`wwmonitor.mp.fit_mp` (with ``λ+`` alone, bulk eigenvalues that
 fluctuate just past the fitted edge would count as tail).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -29,6 +29,7 @@ Formulas (``ev`` = eigenvalues on the σ² axis, ``ev_max`` the largest):
   ``delta_rel_norm = ‖W − W_ref‖_F / ‖W_ref‖_F`` and the metrics of the same
   name (alpha, stable rank, ...) of the difference ``W − W_ref``
 """
+
 from __future__ import annotations
 
 import math
@@ -140,13 +141,22 @@ class LayerMetrics:
         return out
 
 
-_NON_METRIC = {"name", "type", "shape", "N", "M", "phase", "phase_reason", "warning", "status", "message",
-               "delta_status"}
+_NON_METRIC = {
+    "name",
+    "type",
+    "shape",
+    "N",
+    "M",
+    "phase",
+    "phase_reason",
+    "warning",
+    "status",
+    "message",
+    "delta_status",
+}
 
 #: numeric metric names of :class:`LayerMetrics` (excluding identity fields)
-METRIC_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(LayerMetrics) if f.name not in _NON_METRIC | {"extra"}
-)
+METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LayerMetrics) if f.name not in _NON_METRIC | {"extra"})
 
 
 def matrix_rank(ev: np.ndarray, shape: tuple[int, int]) -> int:

@@ -23,6 +23,7 @@ follows the largest tensor, not the checkpoint (docs/benchmarks.md,
 maps only the tensors of the matrices it analyses.  :func:`load_weights`
 still returns everything as a dict for callers that want one.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,16 @@ from .layers import MatrixSpec, Pattern, extract_matrices
 from .metrics import LayerMetrics
 from .spectral import blas_thread_limit, resolve_device, usable_cpus
 
-__all__ = ["analyze_model", "ModelReport", "load_weights", "open_weights", "iter_weights", "LazyWeights",
-           "LazyTensor", "summarize"]
+__all__ = [
+    "analyze_model",
+    "ModelReport",
+    "load_weights",
+    "open_weights",
+    "iter_weights",
+    "LazyWeights",
+    "LazyTensor",
+    "summarize",
+]
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
@@ -161,11 +170,13 @@ def _load_safetensors(p: Path) -> dict[str, Any]:
         try:
             from safetensors.numpy import load_file as load_np
         except ImportError as e:
-            raise ImportError(f"{p}: reading .safetensors files needs the 'safetensors' package "
-                              "(pip install safetensors)") from e
+            raise ImportError(
+                f"{p}: reading .safetensors files needs the 'safetensors' package (pip install safetensors)"
+            ) from e
 
         def load() -> dict[str, Any]:
             return dict(load_np(str(p)))
+
     try:
         return load()
     except (MemoryError, PermissionError, IsADirectoryError):
@@ -181,12 +192,15 @@ def _load_npz(p: Path) -> dict[str, Any]:
     except (MemoryError, PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError: not an archive
-        what = ("numpy would read it as pickled data, which wwmonitor never loads"
-                if "pickle" in str(e) else _one_line(e))
+        what = (
+            "numpy would read it as pickled data, which wwmonitor never loads" if "pickle" in str(e) else _one_line(e)
+        )
         raise ValueError(f"{p}: not a valid .npz archive (not a zip archive of .npy arrays; {what})") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{p}: holds a single .npy array, not an .npz archive of named arrays "
-                         "(save weights with numpy.savez(path, name=array, ...))")
+        raise ValueError(
+            f"{p}: holds a single .npy array, not an .npz archive of named arrays "
+            "(save weights with numpy.savez(path, name=array, ...))"
+        )
     out: dict[str, Any] = {}
     with z:
         for k in z.files:
@@ -198,7 +212,8 @@ def _load_npz(p: Path) -> dict[str, Any]:
                 if "pickle" in str(e):
                     raise ValueError(
                         f"{p}: array {k!r} is an object array, which needs pickle to load; wwmonitor loads "
-                        ".npz files with allow_pickle=False (save numeric arrays only)") from e
+                        ".npz files with allow_pickle=False (save numeric arrays only)"
+                    ) from e
                 raise ValueError(f"{p}: corrupt .npz archive (array {k!r}: {_one_line(e)})") from e
             except Exception as e:  # noqa: BLE001 - BadZipFile (CRC), zlib.error, EOFError: damaged member
                 raise ValueError(f"{p}: corrupt .npz archive (array {k!r}: {_one_line(e)})") from e
@@ -225,12 +240,32 @@ def _load_torch(p: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------- streaming ----
 #: safetensors dtype codes NumPy maps directly (little-endian, as the format stores them)
-_ST_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "C64": "<c8", "I64": "<i8", "U64": "<u8", "I32": "<i4",
-             "U32": "<u4", "I16": "<i2", "U16": "<u2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_ST_NUMPY = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "C64": "<c8",
+    "I64": "<i8",
+    "U64": "<u8",
+    "I32": "<i4",
+    "U32": "<u4",
+    "I16": "<i2",
+    "U16": "<u2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 #: the other dtypes, by the name the inventory reports (BF16 is read as its bits and widened exactly to float32;
 #: the 8-bit and smaller floats are read through safetensors' torch reader)
-_ST_OTHER = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
-             "F6_E2M3": "float6_e2m3", "F6_E3M2": "float6_e3m2", "F4": "float4_e2m1"}
+_ST_OTHER = {
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F6_E2M3": "float6_e2m3",
+    "F6_E3M2": "float6_e3m2",
+    "F4": "float4_e2m1",
+}
 
 
 def _stub(shape: Sequence[int]) -> np.ndarray:
@@ -253,8 +288,17 @@ class LazyTensor:
 
     __slots__ = ("file", "key", "code", "offset", "nbytes_stored", "stored_shape", "ops", "shape", "dtype")
 
-    def __init__(self, file: Path, key: str, code: str, offset: int, nbytes: int, shape: Sequence[int],
-                 ops: tuple[tuple[Any, ...], ...] = (), view_shape: Optional[tuple[int, ...]] = None) -> None:
+    def __init__(
+        self,
+        file: Path,
+        key: str,
+        code: str,
+        offset: int,
+        nbytes: int,
+        shape: Sequence[int],
+        ops: tuple[tuple[Any, ...], ...] = (),
+        view_shape: Optional[tuple[int, ...]] = None,
+    ) -> None:
         self.file, self.key, self.code, self.offset, self.nbytes_stored = file, key, code, int(offset), int(nbytes)
         self.stored_shape = tuple(int(s) for s in shape)
         self.ops = ops
@@ -281,8 +325,16 @@ class LazyTensor:
 
     # ---- recorded view operations
     def _then(self, op: tuple[Any, ...], shape: tuple[int, ...]) -> "LazyTensor":
-        return LazyTensor(self.file, self.key, self.code, self.offset, self.nbytes_stored, self.stored_shape,
-                          self.ops + (op,), tuple(int(s) for s in shape))
+        return LazyTensor(
+            self.file,
+            self.key,
+            self.code,
+            self.offset,
+            self.nbytes_stored,
+            self.stored_shape,
+            self.ops + (op,),
+            tuple(int(s) for s in shape),
+        )
 
     def __getitem__(self, index: Any) -> "LazyTensor":
         return self._then(("getitem", index), _stub(self.shape)[index].shape)
@@ -396,7 +448,9 @@ class LazyWeights(Mapping):
         for f in files:
             for t in _read_safetensors_header(f):
                 if t.key in entries:  # never let one shard silently replace another's tensor
-                    raise ValueError(f"{source or f}: tensor {t.key!r} is in two shards, {origin[t.key].name} and {f.name}")
+                    raise ValueError(
+                        f"{source or f}: tensor {t.key!r} is in two shards, {origin[t.key].name} and {f.name}"
+                    )
                 entries[t.key], origin[t.key] = t, f
         return cls(entries, files, source or Path(files[0]))
 
@@ -410,8 +464,9 @@ def _read_safetensors_header(p: Path) -> list[LazyTensor]:
     try:
         from safetensors import safe_open
     except ImportError as e:
-        raise ImportError(f"{p}: reading .safetensors files needs the 'safetensors' package "
-                          "(pip install safetensors)") from e
+        raise ImportError(
+            f"{p}: reading .safetensors files needs the 'safetensors' package (pip install safetensors)"
+        ) from e
     try:
         with safe_open(str(p), framework="numpy") as f:  # checks the header against the file
             order = list(f.offset_keys()) if hasattr(f, "offset_keys") else list(f.keys())
@@ -592,8 +647,15 @@ def analyze_model(
         ref.bind([specs[i].name for i in mine])
         for i in mine:
             t = specs[i].tensor
-            ref.apply(specs[i].name, specs[i].type, specs[i].scale, t.load() if isinstance(t, LazyTensor) else t,
-                      results[i], options=options, device=device)
+            ref.apply(
+                specs[i].name,
+                specs[i].type,
+                specs[i].scale,
+                t.load() if isinstance(t, LazyTensor) else t,
+                results[i],
+                options=options,
+                device=device,
+            )
     if world > 1:
         from .distributed import gather_objects
 
@@ -614,8 +676,11 @@ def _default_workers(cpus: int, world: int) -> int:
         try:
             local = int(raw)
         except ValueError:
-            log.warning("wwmonitor: LOCAL_WORLD_SIZE=%r is not an integer; assuming 1 process per node "
-                        "(%d analysis threads)", raw, cpus)
+            log.warning(
+                "wwmonitor: LOCAL_WORLD_SIZE=%r is not an integer; assuming 1 process per node (%d analysis threads)",
+                raw,
+                cpus,
+            )
             local = 1
         return max(1, cpus // max(1, local))
     return cpus
@@ -629,7 +694,7 @@ def _cost(spec: MatrixSpec) -> float:
     a, b = shape[-2:]
     k = shape[0] if len(shape) == 3 else 1
     n, m = max(a, b), min(a, b)
-    return float(k) * (n * m * m + 1.4 * m ** 3)
+    return float(k) * (n * m * m + 1.4 * m**3)
 
 
 def _analyze_concurrently(

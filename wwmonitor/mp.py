@@ -65,6 +65,7 @@ effectively ``(N-r) x (M-r)`` noise matrix, so the fitted ``σ²`` is about
 ``M``); ``λ+`` still sits on the observed bulk edge, which is what matters
 for counting spikes.
 """
+
 from __future__ import annotations
 
 import math
@@ -210,7 +211,7 @@ def tw_scale(Q: float, sigma2: float, M: int) -> float:
     """Tracy-Widom scale of the largest eigenvalue on the λ axis:
     ``σ^{2/3} λ+^{2/3} Q^{-1/2} M^{-2/3}`` (= ``σ² (1+1/√Q)^{4/3} Q^{-1/2} M^{-2/3}``)."""
     lp = mp_edges(Q, sigma2)[1]
-    return float((sigma2 * lp * lp) ** (1.0 / 3.0) * Q ** -0.5 * float(M) ** (-2.0 / 3.0))
+    return float((sigma2 * lp * lp) ** (1.0 / 3.0) * Q**-0.5 * float(M) ** (-2.0 / 3.0))
 
 
 def _ks_cond(x: np.ndarray, Q: float, s2: float) -> tuple[float, int]:
@@ -262,7 +263,6 @@ def _ks_grid(x: np.ndarray, Q: float, grid: np.ndarray) -> np.ndarray:
     d2 = np.where(valid, F - i / kk, -np.inf).max(axis=1)
     d = np.maximum(d1, d2)
     return np.where(k >= 2, d, 1.0)
-
 
 
 def fit_mp(evals: np.ndarray, Q: float, *, M: Optional[int] = None) -> MPFit:

@@ -48,6 +48,7 @@ were chosen on the "tune" split of ``tests/phase_families.py`` and on
 :mod:`wwmonitor.synthetic`; the held-out split is reported in
 ``docs/phases.md``.
 """
+
 from __future__ import annotations
 
 import math
@@ -158,8 +159,9 @@ def classify_phase(
 
     # 1a. rank loss
     if rank_loss is not None and M > 0 and n == M and rank_loss / M >= COLLAPSE_FRAC:
-        return PhaseResult("rank-collapse",
-                           f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}")
+        return PhaseResult(
+            "rank-collapse", f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}"
+        )
 
     ratio, ks, nsp = f["ratio"], mp.ks, int(f["n_spikes"])
     alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
@@ -284,8 +286,8 @@ def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = Non
     gap, gap_mass = 1.0, 0.0
     if hi > lo:
         with np.errstate(divide="ignore", invalid="ignore"):
-            steps = xs[lo + 1:hi + 1] / xs[lo:hi]
-        steps = np.where(xs[lo + 1:hi + 1] > 0, steps, 1.0)  # 0/0: no step
+            steps = xs[lo + 1 : hi + 1] / xs[lo:hi]
+        steps = np.where(xs[lo + 1 : hi + 1] > 0, steps, 1.0)  # 0/0: no step
         j = int(np.argmax(steps))
         gap, gap_mass = float(steps[j]), (lo + j + 1) / xs.size
     level = max(ZERO_LM_FRAC * mp.lambda_minus, ZERO_LP_FRAC * lp)

@@ -3,6 +3,7 @@
 ``from wwmonitor.powerlaw import fit_powerlaw`` (and the other names below)
 keeps working and returns the very same objects as :mod:`wwmonitor.fit`.
 """
+
 from __future__ import annotations
 
 from .fit import (

@@ -7,6 +7,7 @@ TensorBoard, W&B, CSV, MLflow) can consume them without importing a
 framework or any analysis module: a :class:`SnapshotResult` carries
 everything a sink or a report needs, and no sink computes anything.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

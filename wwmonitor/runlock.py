@@ -12,6 +12,7 @@ by the operating system (``flock`` locks belong to the open file), so a
 crashed run never leaves a stale lock behind.  On platforms without
 ``fcntl`` (Windows) no lock is taken and that is said once in the log.
 """
+
 from __future__ import annotations
 
 import logging

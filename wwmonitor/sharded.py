@@ -48,6 +48,7 @@ Public entries: :class:`ShardedSpectra` (the plan and the collective
 on rank ``dst``) and :class:`OwnerAnalysis` (the background analysis the
 training callbacks use, see :mod:`wwmonitor.callbacks._sharding`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,8 +65,17 @@ from .analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_evals, analyze_ma
 from .metrics import LayerMetrics
 from .spectral import esd_batched_scaled, resolve_device, squared_singular_values_scaled
 
-__all__ = ["is_sharded_model", "sharded_specs", "ShardedSpectra", "OwnedMatrix", "TransferStats", "analyze_owned",
-           "analyze_sharded", "OwnerAnalysis", "ROUTES"]
+__all__ = [
+    "is_sharded_model",
+    "sharded_specs",
+    "ShardedSpectra",
+    "OwnedMatrix",
+    "TransferStats",
+    "analyze_owned",
+    "analyze_sharded",
+    "OwnerAnalysis",
+    "ROUTES",
+]
 
 log = logging.getLogger("wwmonitor")
 
@@ -121,8 +131,9 @@ def _with_meta_params(model: Any, fn: Callable[[], Any]) -> tuple[Any, dict[int,
                     continue
                 m = meta_of.get(id(p))
                 if m is None:
-                    m = torch.nn.Parameter(torch.empty(tuple(p.shape), dtype=p.dtype, device="meta"),
-                                           requires_grad=p.requires_grad)
+                    m = torch.nn.Parameter(
+                        torch.empty(tuple(p.shape), dtype=p.dtype, device="meta"), requires_grad=p.requires_grad
+                    )
                     meta_of[id(p)] = m
                     owner[m.untyped_storage()._cdata] = p
                 swapped.append((mod, pname, p))
@@ -133,8 +144,9 @@ def _with_meta_params(model: Any, fn: Callable[[], Any]) -> tuple[Any, dict[int,
             mod._parameters[pname] = p
 
 
-def sharded_specs(model: Any, *, layers: Optional[Sequence[Any]] = None, exclude: Optional[Sequence[Any]] = None,
-                  conv: str = "pool") -> list[Any]:
+def sharded_specs(
+    model: Any, *, layers: Optional[Sequence[Any]] = None, exclude: Optional[Sequence[Any]] = None, conv: str = "pool"
+) -> list[Any]:
     """The :class:`~wwmonitor.layers.MatrixSpec` list of a (possibly) sharded model -- the same names, types
     and shapes as the unsharded model -- found without any collective: a spec made from a ``DTensor``
     parameter holds a ``meta`` view of its global shape (no data)."""
@@ -153,17 +165,17 @@ class _Entry:
     scale: float
     shape: tuple[int, ...]
     owner: int
-    route: str                      # "local" | "gather" | "rfactor" | "skip" | "unsupported"
-    reason: str = ""                # unsupported: why
-    tensor: Any = None              # local: the real spec tensor
-    param: Any = None               # DTensor parameter
-    size: tuple[int, ...] = ()      # the spec's view of the parameter's contiguous global layout
+    route: str  # "local" | "gather" | "rfactor" | "skip" | "unsupported"
+    reason: str = ""  # unsupported: why
+    tensor: Any = None  # local: the real spec tensor
+    param: Any = None  # DTensor parameter
+    size: tuple[int, ...] = ()  # the spec's view of the parameter's contiguous global layout
     stride: tuple[int, ...] = ()
     offset: int = 0
-    rows: int = 0                   # parameter rows (dim 0) and elements per row
+    rows: int = 0  # parameter rows (dim 0) and elements per row
     row_elems: int = 0
-    ranks: tuple[int, ...] = ()     # global rank of shard j
-    sdim: int = -1                  # rfactor: the spec dim that indexes parameter rows (the long side)
+    ranks: tuple[int, ...] = ()  # global rank of shard j
+    sdim: int = -1  # rfactor: the spec dim that indexes parameter rows (the long side)
     span: tuple[int, int] = (0, 0)  # gather: parameter rows [lo, hi) the view touches
     bytes_gather: int = 0
     bytes_rfactor: Optional[int] = None
@@ -276,9 +288,17 @@ class ShardedSpectra:
     in the same order.
     """
 
-    def __init__(self, model: Any, *, layers: Optional[Sequence[Any]] = None, exclude: Optional[Sequence[Any]] = None,
-                 conv: str = "pool", options: AnalysisOptions = DEFAULT_OPTIONS, route: str = "auto",
-                 needs_weights: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        layers: Optional[Sequence[Any]] = None,
+        exclude: Optional[Sequence[Any]] = None,
+        conv: str = "pool",
+        options: AnalysisOptions = DEFAULT_OPTIONS,
+        route: str = "auto",
+        needs_weights: bool = False,
+    ) -> None:
         from .distributed import gather_objects, rank_world
         from .layers import extract_matrices
 
@@ -290,7 +310,8 @@ class ShardedSpectra:
         self.rank, self.world = rank_world()
         self.stats = TransferStats()
         specs, owner_of = _with_meta_params(
-            model, lambda: extract_matrices(model, layers=layers, exclude=exclude, conv=conv))
+            model, lambda: extract_matrices(model, layers=layers, exclude=exclude, conv=conv)
+        )
         if not specs:
             raise ValueError(f"no analysable layers in {type(model).__name__} (layers={layers!r}, exclude={exclude!r})")
         self.entries = [self._plan(i, sp, owner_of, needs_weights) for i, sp in enumerate(specs)]
@@ -300,12 +321,16 @@ class ShardedSpectra:
         everyone = gather_objects((mine, local_ok))
         assert everyone is not None
         if any(p[0] != mine for p in everyone):
-            raise RuntimeError("wwmonitor: the ranks extracted different matrices from the sharded model; "
-                               "every rank must monitor the same model with the same layers/exclude")
+            raise RuntimeError(
+                "wwmonitor: the ranks extracted different matrices from the sharded model; "
+                "every rank must monitor the same model with the same layers/exclude"
+            )
         for e, *oks in zip(self.entries, *[p[1] for p in everyone]):
             if not all(oks) and e.route in ("gather", "rfactor", "skip"):
-                e.route, e.reason = "unsupported", (
-                    "the local shards are not torch.chunk row blocks of the parameter (not FSDP2's dim-0 layout)")
+                e.route, e.reason = (
+                    "unsupported",
+                    ("the local shards are not torch.chunk row blocks of the parameter (not FSDP2's dim-0 layout)"),
+                )
 
     # -------------------------------------------------------------- planning
     @property
@@ -338,8 +363,11 @@ class ShardedSpectra:
             e.route, e.reason = "unsupported", "computed from sharded parameters (a parametrization), not a view of one"
             return e
         e.param = p
-        e.size, e.stride, e.offset = tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()), int(
-            t.storage_offset())
+        e.size, e.stride, e.offset = (
+            tuple(int(s) for s in t.shape),
+            tuple(int(s) for s in t.stride()),
+            int(t.storage_offset()),
+        )
         reason = self._layout_problem(p)
         if reason:
             e.route, e.reason = "unsupported", reason
@@ -353,9 +381,11 @@ class ShardedSpectra:
         e.ranks = tuple(int(r) for r in p.device_mesh.mesh.flatten().tolist())
         e.span = _view_rows(e.size, e.stride, e.offset, e.row_elems)
         esz = p.element_size() if hasattr(p, "element_size") else int(p.dtype.itemsize)
-        rows_elsewhere = sum(max(0, min(hi, e.span[1]) - max(lo, e.span[0]))
-                             for j, (lo, hi) in enumerate(map(e.shard_rows, range(len(e.ranks))))
-                             if e.ranks[j] != e.owner)
+        rows_elsewhere = sum(
+            max(0, min(hi, e.span[1]) - max(lo, e.span[0]))
+            for j, (lo, hi) in enumerate(map(e.shard_rows, range(len(e.ranks))))
+            if e.ranks[j] != e.owner
+        )
         e.bytes_gather = rows_elsewhere * e.row_elems * esz
         d = _row_dim(e.size, e.stride, e.offset, e.row_elems)
         e.sdim = d
@@ -365,10 +395,14 @@ class ShardedSpectra:
         other = len(shape) - 1 if d == len(shape) - 2 else len(shape) - 2
         long_side = d >= len(shape) - 2 and shape[d] >= shape[other]
         if long_side and not (needs_weights or self.options.localization):
-            e.bytes_rfactor = sum(8 * (2 + K * _rfactor_words(min(n, M), M)) for j, n in self._piece_rows(e)
-                                  if e.ranks[j] != e.owner and n > 0)
-        if e.bytes_rfactor is not None and (self.route == "rfactor" or (
-                self.route == "auto" and e.bytes_rfactor < e.bytes_gather)):
+            e.bytes_rfactor = sum(
+                8 * (2 + K * _rfactor_words(min(n, M), M))
+                for j, n in self._piece_rows(e)
+                if e.ranks[j] != e.owner and n > 0
+            )
+        if e.bytes_rfactor is not None and (
+            self.route == "rfactor" or (self.route == "auto" and e.bytes_rfactor < e.bytes_gather)
+        ):
             e.route = "rfactor"
         else:
             e.route = "gather"
@@ -379,8 +413,10 @@ class ShardedSpectra:
 
         mesh = p.device_mesh
         if mesh.ndim != 1 or len(p.placements) != 1:
-            return (f"DTensor layout {tuple(p.placements)} on a {mesh.ndim}-D mesh is not supported "
-                    "(FSDP2's Shard(0) on a 1-D mesh of all ranks is)")
+            return (
+                f"DTensor layout {tuple(p.placements)} on a {mesh.ndim}-D mesh is not supported "
+                "(FSDP2's Shard(0) on a 1-D mesh of all ranks is)"
+            )
         pl = p.placements[0]
         if not (type(pl) is Shard and pl.dim == 0):
             if pl.is_replicate():
@@ -431,7 +467,7 @@ class ShardedSpectra:
         out: list[OwnedMatrix] = []
         with torch.no_grad():
             for start in range(0, len(self.entries), max(1, self.world)):
-                out.extend(self._round(self.entries[start:start + self.world]))
+                out.extend(self._round(self.entries[start : start + self.world]))
         self.stats.exchanges += 1
         self.stats.seconds += time.perf_counter() - t0
         return out
@@ -444,12 +480,16 @@ class ShardedSpectra:
         for e in entries:
             if e.route == "local":
                 if e.owner == self.rank:
-                    finish.append(lambda e=e: OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "matrix",
-                                                          data=_local_full(e)))
+                    finish.append(
+                        lambda e=e: OwnedMatrix(
+                            e.index, e.name, e.type, e.scale, e.shape, "matrix", data=_local_full(e)
+                        )
+                    )
             elif e.route == "unsupported":
                 if e.owner == self.rank:
-                    finish.append(lambda e=e: OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status",
-                                                          reason=e.reason))
+                    finish.append(
+                        lambda e=e: OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", reason=e.reason)
+                    )
             elif e.route == "gather":
                 finish.append(self._gather(e, ops))
             else:  # rfactor, skip
@@ -481,7 +521,7 @@ class ShardedSpectra:
             lo, hi = e.shard_rows(me)
             a, b = max(lo, lo_s), min(hi, hi_s)
             if b > a:
-                piece = local[a - lo:b - lo].contiguous()
+                piece = local[a - lo : b - lo].contiguous()
                 ops.append(dist.P2POp(dist.isend, piece, e.owner))
                 self._count(e, piece.numel() * piece.element_size(), received=False)
             return lambda: None
@@ -491,9 +531,9 @@ class ShardedSpectra:
             a, b = max(lo, lo_s), min(hi, hi_s)
             if b <= a:
                 continue
-            dst = buf[a - lo_s:b - lo_s]
+            dst = buf[a - lo_s : b - lo_s]
             if r == self.rank:
-                dst.copy_(local[a - lo:b - lo])
+                dst.copy_(local[a - lo : b - lo])
             else:
                 ops.append(dist.P2POp(dist.irecv, dst, r))
                 self._count(e, dst.numel() * dst.element_size(), received=True)
@@ -518,8 +558,11 @@ class ShardedSpectra:
         payloads: dict[int, Any] = {}
         me = e.ranks.index(self.rank)
         mine = self._local_factor(e, local, me, counts_only=e.route == "skip")
-        sizes = {j: 2 + (0 if e.route == "skip" else K * _rfactor_words(min(n, M), M))
-                 for j, n in self._piece_rows(e) if n > 0}
+        sizes = {
+            j: 2 + (0 if e.route == "skip" else K * _rfactor_words(min(n, M), M))
+            for j, n in self._piece_rows(e)
+            if n > 0
+        }
         if self.rank != e.owner:
             if me in sizes:
                 ops.append(dist.P2POp(dist.isend, mine, e.owner))
@@ -551,8 +594,16 @@ class ShardedSpectra:
                     R = torch.ldexp(R, torch.tensor(float(exps[j] - top), dtype=torch.float64, device=dev))
                 blocks.append(R)
             stacked = torch.cat(blocks, dim=1)
-            return OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "rfactor",
-                               data=stacked if e.stack else stacked[0], exponent=top)
+            return OwnedMatrix(
+                e.index,
+                e.name,
+                e.type,
+                e.scale,
+                e.shape,
+                "rfactor",
+                data=stacked if e.stack else stacked[0],
+                exponent=top,
+            )
 
         return done
 
@@ -570,8 +621,9 @@ class ShardedSpectra:
             return head
         size = list(e.size)
         size[e.sdim] = i1 - i0
-        piece = local.as_strided(size, e.stride, e.offset + i0 * e.stride[e.sdim] - lo * e.row_elems
-                                 + local.storage_offset())
+        piece = local.as_strided(
+            size, e.stride, e.offset + i0 * e.stride[e.sdim] - lo * e.row_elems + local.storage_offset()
+        )
         if not e.stack:
             piece = piece.unsqueeze(0)
             sdim = e.sdim + 1
@@ -590,7 +642,7 @@ class ShardedSpectra:
             return out
         amax = float(X.abs().max().item())
         ex = 0
-        if amax > 2.0 ** _SCALE_LIMIT or 0.0 < amax < 2.0 ** -_SCALE_LIMIT:
+        if amax > 2.0**_SCALE_LIMIT or 0.0 < amax < 2.0**-_SCALE_LIMIT:
             ex = math.frexp(amax)[1]
             X = torch.ldexp(X, torch.tensor(float(-ex), dtype=torch.float64, device=X.device))
         R = torch.linalg.qr(X, mode="r").R[:, :k, :]
@@ -616,8 +668,9 @@ def _local_full(e: _Entry) -> Any:
 
 
 # ------------------------------------------------------------------ analysis ----
-def analyze_owned(om: OwnedMatrix, options: AnalysisOptions = DEFAULT_OPTIONS,
-                  device: Optional[str] = None) -> LayerMetrics:
+def analyze_owned(
+    om: OwnedMatrix, options: AnalysisOptions = DEFAULT_OPTIONS, device: Optional[str] = None
+) -> LayerMetrics:
     """Metrics of one owned matrix: :func:`wwmonitor.analyze_matrix` for an assembled matrix, the same
     checks and :func:`~wwmonitor.analyze.analyze_evals` on the singular values of the stacked factors
     for ``rfactor`` (the eigenvalues of ``WᵀW``, with the SVD recheck) -- equal to a single-process
@@ -647,10 +700,10 @@ def analyze_owned(om: OwnedMatrix, options: AnalysisOptions = DEFAULT_OPTIONS,
         ev, e2 = esd_batched_scaled(om.data, name=name, rescale_large=True, device=route)
         ev_sq = np.sort(ev.ravel())
     else:
-        ev_sq, e2 = squared_singular_values_scaled(om.data, name=name, low_memory=options.low_memory,
-                                                   rescale_large=True, device=route)
-    return analyze_evals(ev_sq * om.scale, lm, options=options, scale=om.scale, W=None,
-                         exponent2=e2 + 2 * om.exponent)
+        ev_sq, e2 = squared_singular_values_scaled(
+            om.data, name=name, low_memory=options.low_memory, rescale_large=True, device=route
+        )
+    return analyze_evals(ev_sq * om.scale, lm, options=options, scale=om.scale, W=None, exponent2=e2 + 2 * om.exponent)
 
 
 def _route_for(data: Any, device: Optional[str]) -> str:
@@ -660,10 +713,19 @@ def _route_for(data: Any, device: Optional[str]) -> str:
     return device
 
 
-def analyze_sharded(model: Any, *, layers: Optional[Sequence[Any]] = None, exclude: Optional[Sequence[Any]] = None,
-                    conv: str = "pool", options: AnalysisOptions = DEFAULT_OPTIONS, route: str = "auto",
-                    analysis_device: str = "auto", dst: Optional[int] = 0, spectra: Optional[ShardedSpectra] = None,
-                    **option_overrides: Any) -> Any:
+def analyze_sharded(
+    model: Any,
+    *,
+    layers: Optional[Sequence[Any]] = None,
+    exclude: Optional[Sequence[Any]] = None,
+    conv: str = "pool",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
+    route: str = "auto",
+    analysis_device: str = "auto",
+    dst: Optional[int] = 0,
+    spectra: Optional[ShardedSpectra] = None,
+    **option_overrides: Any,
+) -> Any:
     """Analyse a sharded (FSDP2) model: every rank analyses the matrices it owns, the metrics are gathered to
     rank ``dst`` (``None``: to every rank).  Returns a :class:`~wwmonitor.model.ModelReport` there (``None``
     elsewhere); ``meta["transfer"]`` holds this rank's :class:`TransferStats`.  A collective: call it on every
@@ -676,8 +738,11 @@ def analyze_sharded(model: Any, *, layers: Optional[Sequence[Any]] = None, exclu
         if bad:
             raise TypeError(f"analyze_sharded: unknown option(s) {sorted(bad)}")
         options = AnalysisOptions(**{**options.__dict__, **option_overrides})
-    sp = spectra if spectra is not None else ShardedSpectra(model, layers=layers, exclude=exclude, conv=conv,
-                                                            options=options, route=route)
+    sp = (
+        spectra
+        if spectra is not None
+        else ShardedSpectra(model, layers=layers, exclude=exclude, conv=conv, options=options, route=route)
+    )
     owned = sp.exchange()
     device = resolve_device(analysis_device, (o.data for o in owned if o.data is not None))
     mine = {}
@@ -685,17 +750,31 @@ def analyze_sharded(model: Any, *, layers: Optional[Sequence[Any]] = None, exclu
         try:
             mine[om.index] = analyze_owned(om, options, device)
         except Exception as e:  # noqa: BLE001 - one layer's failure is its status
-            mine[om.index] = LayerMetrics(name=om.name, type=om.type, shape=om.shape, status="error", warning="error",
-                                          message=f"layer {om.name!r}: {type(e).__name__}: {e}")
+            mine[om.index] = LayerMetrics(
+                name=om.name,
+                type=om.type,
+                shape=om.shape,
+                status="error",
+                warning="error",
+                message=f"layer {om.name!r}: {type(e).__name__}: {e}",
+            )
     parts = gather_objects(mine, dst=dst)
     if parts is None:
         return None
     merged: dict[int, LayerMetrics] = {}
     for p in parts:
         merged.update(p)
-    return ModelReport([merged[i] for i in sorted(merged)], source=type(model).__name__,
-                       meta={"num_matrices": len(sp.entries), "world_size": sp.world, "sharded": True,
-                             "routes": sp.routes(), "transfer": sp.stats})
+    return ModelReport(
+        [merged[i] for i in sorted(merged)],
+        source=type(model).__name__,
+        meta={
+            "num_matrices": len(sp.entries),
+            "world_size": sp.world,
+            "sharded": True,
+            "routes": sp.routes(),
+            "transfer": sp.stats,
+        },
+    )
 
 
 # ------------------------------------------------------------------ background analysis (callbacks) ----
@@ -712,15 +791,31 @@ class OwnerAnalysis:
     ``1/world`` of the monitored weights each).
     """
 
-    def __init__(self, model: Any, *, layers: Optional[Sequence[Any]] = None,
-                 exclude: Optional[Sequence[Any]] = None, options: Optional[AnalysisOptions] = None,
-                 inspector: Any = None, queue_size: int = 3, analysis_device: str = "auto", route: str = "auto",
-                 history: int = 32, blas_threads: Optional[int] = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        layers: Optional[Sequence[Any]] = None,
+        exclude: Optional[Sequence[Any]] = None,
+        options: Optional[AnalysisOptions] = None,
+        inspector: Any = None,
+        queue_size: int = 3,
+        analysis_device: str = "auto",
+        route: str = "auto",
+        history: int = 32,
+        blas_threads: Optional[int] = 1,
+    ) -> None:
         from .spectral import check_device
 
         self.options = options if options is not None else AnalysisOptions()
-        self.spectra = ShardedSpectra(model, layers=layers, exclude=exclude, options=self.options, route=route,
-                                      needs_weights=inspector is not None)
+        self.spectra = ShardedSpectra(
+            model,
+            layers=layers,
+            exclude=exclude,
+            options=self.options,
+            route=route,
+            needs_weights=inspector is not None,
+        )
         self.analysis_device = check_device(analysis_device, "analysis_device")
         self.inspector = inspector
         self.blas_threads = blas_threads
@@ -775,8 +870,11 @@ class OwnerAnalysis:
             while self._busy and self._thread.is_alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    log.warning("wwmonitor: sharded analysis flush timed out after %s s (%d snapshot(s) pending)",
-                                timeout, self._busy)
+                    log.warning(
+                        "wwmonitor: sharded analysis flush timed out after %s s (%d snapshot(s) pending)",
+                        timeout,
+                        self._busy,
+                    )
                     return
                 self._cv.wait(left)
 
@@ -820,16 +918,16 @@ class OwnerAnalysis:
 
         data = [o.data for o in owned if o.data is not None]
         device = resolve_device(self.analysis_device, data)
-        on_cuda = any(getattr(getattr(d, "device", None), "type", None) == "cuda" for d in data) or \
-            device.startswith("cuda")
+        on_cuda = any(getattr(getattr(d, "device", None), "type", None) == "cuda" for d in data) or device.startswith(
+            "cuda"
+        )
         stream = None
         if on_cuda:
-            import torch
-
             from .monitor.analyzer import _side_stream
 
-            cuda_dev = device if device.startswith("cuda") else str(next(
-                d.device for d in data if d.device.type == "cuda"))
+            cuda_dev = (
+                device if device.startswith("cuda") else str(next(d.device for d in data if d.device.type == "cuda"))
+            )
             stream = _side_stream(cuda_dev)
             if ready is not None:
                 stream.wait_event(ready)  # the received data are complete (recorded on the training stream)
@@ -844,8 +942,9 @@ class OwnerAnalysis:
                     om.data = om.data.to("cpu")  # off the training stream; then NumPy as everywhere else
                 return analyze_owned(om, opts, device)
 
-        snap = Snapshot(step=step, epoch=epoch, time=t, entries=[(o.name, o.type, o.scale, o) for o in owned],
-                        buffers=None)  # type: ignore[arg-type]
+        snap = Snapshot(
+            step=step, epoch=epoch, time=t, entries=[(o.name, o.type, o.scale, o) for o in owned], buffers=None
+        )  # type: ignore[arg-type]
         inspector = _OwnedInspector(self.inspector) if self.inspector is not None else None
         with blas_thread_limit(self.blas_threads):
             res = analyse_snapshot(snap, self.options, fn, self.abort, inspector)

@@ -60,6 +60,7 @@ the underflow when the largest eigenvalue is then not a normal float64, and
 log space, see :mod:`wwmonitor.analyze`).  Ordinary matrices (``2^-400 <=
 max |W|``, no overflow) never take this route.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,16 @@ import numpy as np
 
 from .frameworks import is_torch_tensor as _is_torch_tensor
 
-__all__ = ["esd", "esd_batched", "squared_singular_values", "to_numpy", "blas_thread_limit", "usable_cpus",
-           "DEVICES", "check_device"]
+__all__ = [
+    "esd",
+    "esd_batched",
+    "squared_singular_values",
+    "to_numpy",
+    "blas_thread_limit",
+    "usable_cpus",
+    "DEVICES",
+    "check_device",
+]
 
 log = logging.getLogger("wwmonitor")
 
@@ -94,7 +103,11 @@ def to_numpy(W: Any, *, name: str = "W") -> np.ndarray:
         if t.dtype.is_floating_point and t.dtype not in (_torch().float32, _torch().float64):
             t = t.float()
         return t.cpu().numpy()
-    if hasattr(W, "numpy") and not isinstance(W, np.ndarray) and type(W).__module__.startswith(("tensorflow", "jax", "jaxlib")):
+    if (
+        hasattr(W, "numpy")
+        and not isinstance(W, np.ndarray)
+        and type(W).__module__.startswith(("tensorflow", "jax", "jaxlib"))
+    ):
         return np.asarray(W)
     return np.asarray(W)
 
@@ -110,19 +123,24 @@ def _container_problem(W: Any) -> Optional[str]:
     values (sparse, quantized, masked), or ``None``."""
     mod = type(W).__module__
     if mod.startswith("scipy.sparse") and hasattr(W, "tocsr"):
-        return (f"sparse matrix (scipy.sparse {type(W).__name__}) is not supported: "
-                "densify it with W.toarray() if it fits in memory")
+        return (
+            f"sparse matrix (scipy.sparse {type(W).__name__}) is not supported: "
+            "densify it with W.toarray() if it fits in memory"
+        )
     if isinstance(W, np.ma.MaskedArray):
         n = int(np.ma.count_masked(W))
         if n:
-            return (f"masked array with {n} masked entr{'y' if n == 1 else 'ies'} is not supported: "
-                    "the values behind the mask would be analysed; use W.filled(...) or drop them")
+            return (
+                f"masked array with {n} masked entr{'y' if n == 1 else 'ies'} is not supported: "
+                "the values behind the mask would be analysed; use W.filled(...) or drop them"
+            )
     if _is_torch_tensor(W):
         torch = _torch()
         layout = getattr(W, "layout", torch.strided)
         if layout != torch.strided:
-            return (f"sparse tensor (layout {layout}) is not supported: "
-                    "densify it with W.to_dense() if it fits in memory")
+            return (
+                f"sparse tensor (layout {layout}) is not supported: densify it with W.to_dense() if it fits in memory"
+            )
         if getattr(W, "is_quantized", False):
             return f"quantized tensor (dtype {W.dtype}) is not supported: pass W.dequantize()"
     return None
@@ -133,8 +151,10 @@ def _dtype_problem(dtype: Any, what: str = "matrix") -> Optional[str]:
     if dtype is None:
         return None
     if "complex" in str(dtype):
-        return (f"complex-valued {what} (dtype {dtype}) is not supported: "
-                "wwmonitor analyses real weights only (it will not drop the imaginary part)")
+        return (
+            f"complex-valued {what} (dtype {dtype}) is not supported: "
+            "wwmonitor analyses real weights only (it will not drop the imaginary part)"
+        )
     if hasattr(dtype, "is_floating_point"):  # torch.dtype (complex handled above)
         if dtype == _torch().bool:
             return f"expected a real numeric {what}, got dtype {dtype}"
@@ -178,8 +198,9 @@ def _raise_input_problem(W: Any, name: str, what: str) -> None:
         raise TypeError(f"{name}: {problem}")
 
 
-def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False,
-                            device: Optional[str] = None) -> np.ndarray:
+def squared_singular_values(
+    W: Any, *, name: str = "W", low_memory: bool = False, device: Optional[str] = None
+) -> np.ndarray:
     """Eigenvalues of ``WᵀW`` (unnormalised; ``σ_i²``), ascending, length ``M``.
 
     Computed as ``eigvalsh`` of the float64 Gram matrix of the smaller side
@@ -212,7 +233,11 @@ def squared_singular_values(W: Any, *, name: str = "W", low_memory: bool = False
 
 
 def squared_singular_values_scaled(
-    W: Any, *, name: str = "W", low_memory: bool = False, rescale_large: bool = False,
+    W: Any,
+    *,
+    name: str = "W",
+    low_memory: bool = False,
+    rescale_large: bool = False,
     device: Optional[str] = None,
 ) -> tuple[np.ndarray, int]:
     """``(ev, e2)`` with the eigenvalues of ``WᵀW`` equal to ``ev · 2**e2``.
@@ -234,11 +259,12 @@ def squared_singular_values_scaled(
 
 #: A Gram diagonal (column sums of squares) whose largest entry is below this
 #: (entries below ~2^-400) is recomputed on ``W / max|W|`` (see the module docstring).
-TINY_GRAM = 2.0 ** -800
+TINY_GRAM = 2.0**-800
 
 
-def _evals_scaled(A: np.ndarray, name: str, *, low_memory: bool, rescale_large: bool,
-                  stack: bool) -> tuple[np.ndarray, int]:
+def _evals_scaled(
+    A: np.ndarray, name: str, *, low_memory: bool, rescale_large: bool, stack: bool
+) -> tuple[np.ndarray, int]:
     """Ascending eigenvalues of ``AᵀA`` (last two axes) as ``(ev, e2)``, value ``ev · 2**e2``."""
     if stack or not low_memory:
         G = _gram64(A)
@@ -247,8 +273,9 @@ def _evals_scaled(A: np.ndarray, name: str, *, low_memory: bool, rescale_large: 
     e = _rescale_exponent(np.diagonal(G, axis1=-2, axis2=-1), A, name, rescale_large)
     if e:
         del G
-        ev, _ = _evals_scaled(np.ldexp(np.asarray(A, dtype=np.float64), -e), name,
-                              low_memory=low_memory, rescale_large=False, stack=stack)
+        ev, _ = _evals_scaled(
+            np.ldexp(np.asarray(A, dtype=np.float64), -e), name, low_memory=low_memory, rescale_large=False, stack=stack
+        )
         return ev, 2 * e
     M = G.shape[-1]
     if stack:
@@ -281,7 +308,9 @@ def _rescale_exponent(diag: np.ndarray, A: np.ndarray, name: str, rescale_large:
         raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
     amax = float(np.max(np.abs(A)))
     if not rescale_large:
-        raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})")
+        raise ValueError(
+            f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})"
+        )
     return math.frexp(amax)[1]
 
 
@@ -301,12 +330,14 @@ def _unscale(ev: np.ndarray, e2: int, name: str, W: Any) -> np.ndarray:
     if not math.isfinite(top):
         raise ValueError(
             f"{name}: the eigenvalues of WᵀW overflow float64 (max |W| = {_absmax(W):.3g}); "
-            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms")
+            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms"
+        )
     if top < np.finfo(np.float64).tiny:
         raise ValueError(
             f"{name}: the eigenvalues of WᵀW underflow float64 (max |W| = {_absmax(W):.3g}, largest "
             f"eigenvalue 2^{math.log2(float(np.max(ev))) + e2:.1f}); they cannot be represented -- "
-            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms")
+            "wwmonitor.analyze_matrix analyses such a matrix as W / max|W| and reports log norms"
+        )
     return out
 
 
@@ -380,7 +411,7 @@ def _gram64_lower(A: np.ndarray) -> np.ndarray:
     G = np.zeros((M, M), order="F")
     with np.errstate(over="ignore", invalid="ignore"):  # reported by _rescale_exponent
         for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
-            blk = np.asarray(B[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
+            blk = np.asarray(B[start : start + GRAM_BLOCK_ROWS], dtype=np.float64)
             G = _dsyrk(1.0, blk, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
     return G
 
@@ -459,8 +490,7 @@ def to_analysis_tensor(W: Any, device: Optional[str], *, name: str = "W") -> Any
     return t
 
 
-def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
-                      stack: bool = False) -> tuple[np.ndarray, int]:
+def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False, stack: bool = False) -> tuple[np.ndarray, int]:
     """Torch route: ``(ev, e2)`` as :func:`squared_singular_values_scaled`, on the tensor's device
     (``stack``: a ``(K, a, b)`` stack, eigenvalues ``(K, M)``).
 
@@ -503,7 +533,9 @@ def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
             raise ValueError(f"{name}: matrix contains non-finite values (NaN or Inf)")
         amax = float(x.abs().max().item())
         if not rescale_large:
-            raise ValueError(f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})")
+            raise ValueError(
+                f"{name}: matrix entries too large: the sum of squares overflows float64 (max |W| = {amax:.3g})"
+            )
         e = math.frexp(amax)[1]
     elif float(diag.max().item()) < TINY_GRAM:
         amax = float(x.abs().max().item())
@@ -512,7 +544,7 @@ def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False,
         k = -e  # multiply by 2^k in steps that stay representable (exact: powers of two)
         while k:
             step = max(-1000, min(1000, k))
-            x = x * (2.0 ** step)
+            x = x * (2.0**step)
             k -= step
         G = gram(x)
     M = G.shape[-1]
@@ -565,14 +597,16 @@ def esd_batched(Ws: Any, *, normalize: bool = True, name: str = "W", device: Opt
     return _unscale(ev, e2, name, Ws)
 
 
-def esd_batched_scaled(Ws: Any, *, name: str = "W", rescale_large: bool = False,
-                       device: Optional[str] = None) -> tuple[np.ndarray, int]:
+def esd_batched_scaled(
+    Ws: Any, *, name: str = "W", rescale_large: bool = False, device: Optional[str] = None
+) -> tuple[np.ndarray, int]:
     """Unnormalised ``(ev, e2)`` of a stack ``(K, a, b)``: eigenvalues of ``WᵀW`` = ``ev · 2**e2``
     (one exponent for the whole stack; see :func:`squared_singular_values_scaled`)."""
     _raise_input_problem(Ws, name, "stack")
     if uses_torch_route(Ws, device):
-        return _squared_sv_torch(to_analysis_tensor(Ws, device, name=name), name=name, rescale_large=rescale_large,
-                                 stack=True)
+        return _squared_sv_torch(
+            to_analysis_tensor(Ws, device, name=name), name=name, rescale_large=rescale_large, stack=True
+        )
     A = to_numpy(Ws, name=name)
     _check_matrix(A, name, ndim=3)
     return _evals_scaled(A, name, low_memory=False, rescale_large=rescale_large, stack=True)
@@ -595,8 +629,10 @@ def _controller() -> Any:
 
         return ThreadpoolController()
     except Exception as e:  # noqa: BLE001 - threadpoolctl missing or broken: no limit, but say so
-        _warn_once(f"wwmonitor: cannot inspect the BLAS libraries (threadpoolctl: {type(e).__name__}: {e}); "
-                   "BLAS threads are not limited")
+        _warn_once(
+            f"wwmonitor: cannot inspect the BLAS libraries (threadpoolctl: {type(e).__name__}: {e}); "
+            "BLAS threads are not limited"
+        )
         return None
 
 
@@ -628,8 +664,10 @@ def blas_thread_limit(n: Optional[int]) -> Iterator[None]:
         blas = tpc.select(user_api="blas")
         current = [int(lib.num_threads) for lib in blas.lib_controllers]
     except Exception as e:  # noqa: BLE001 - a broken library probe must not stop the analysis
-        _warn_once(f"wwmonitor: cannot read the BLAS thread counts (threadpoolctl: {type(e).__name__}: {e}); "
-                   "BLAS threads are not limited")
+        _warn_once(
+            f"wwmonitor: cannot read the BLAS thread counts (threadpoolctl: {type(e).__name__}: {e}); "
+            "BLAS threads are not limited"
+        )
         yield
         return
     if not current or min(max(1, int(n)), max(current)) >= max(current):

@@ -31,6 +31,7 @@ locked by another process) is rolled back and raised to the worker, which
 reports it (``stats["store_errors"]`` and a warning) and carries on; earlier
 snapshots are untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -144,8 +145,7 @@ class RunStore:
     another process) has the run open: a store has one writer at a time.
     """
 
-    def __init__(self, folder: Union[str, Path], *, busy_timeout: float = 5.0,
-                 max_bytes: Optional[int] = None) -> None:
+    def __init__(self, folder: Union[str, Path], *, busy_timeout: float = 5.0, max_bytes: Optional[int] = None) -> None:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
         try:
@@ -202,8 +202,11 @@ class RunStore:
 
     def set_meta(self, items: dict[str, Any]) -> None:
         """Upsert run-level metadata (JSON-encoded; non-JSON values become strings)."""
-        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO run_meta(key, value) VALUES (?, ?)",
-                                         [(k, _json(v)) for k, v in items.items()]))
+        self._tx(
+            lambda c: c.executemany(
+                "INSERT OR REPLACE INTO run_meta(key, value) VALUES (?, ?)", [(k, _json(v)) for k, v in items.items()]
+            )
+        )
 
     def set_layers(self, layers: Iterable[tuple[str, str, tuple[int, ...]]]) -> None:
         """Record matrices ``(name, type, shape)`` (shape 2-D or ``(K, a, b)``)."""
@@ -220,8 +223,10 @@ class RunStore:
             if ord_ is None:
                 ord_ = known[name] = next_ord
                 next_ord += 1
-            c.execute("INSERT OR REPLACE INTO layers(layer, ord, type, shape, N, M, Q) VALUES (?,?,?,?,?,?,?)",
-                      (name, ord_, typ, "x".join(map(str, shape)), N, M, N / M if M else None))
+            c.execute(
+                "INSERT OR REPLACE INTO layers(layer, ord, type, shape, N, M, Q) VALUES (?,?,?,?,?,?,?)",
+                (name, ord_, typ, "x".join(map(str, shape)), N, M, N / M if M else None),
+            )
 
     # -- Sink -----------------------------------------------------------------
     def write(self, result: SnapshotResult) -> None:
@@ -247,15 +252,28 @@ class RunStore:
             for name, ev in result.esds.items():
                 ev = np.asarray(ev, dtype=np.float32).ravel()
                 esds.append((step, name, int(ev.size), ESD_CODEC, encode_esd(ev)))
-            alerts = [(step, a.layer or "", a.rule, None if a.epoch is None else int(a.epoch), a.severity,
-                       a.message, _num(a.value), int(bool(a.stop_training))) for a in result.alerts]
+            alerts = [
+                (
+                    step,
+                    a.layer or "",
+                    a.rule,
+                    None if a.epoch is None else int(a.epoch),
+                    a.severity,
+                    a.message,
+                    _num(a.value),
+                    int(bool(a.stop_training)),
+                )
+                for a in result.alerts
+            ]
             c.executemany("INSERT OR REPLACE INTO metrics(step, layer, metric, value) VALUES (?,?,?,?)", metrics)
             c.executemany("INSERT OR REPLACE INTO layer_status VALUES (?,?,?,?,?)", status)
             c.executemany("INSERT OR REPLACE INTO phases VALUES (?,?,?,?)", phases)
             c.executemany("INSERT OR REPLACE INTO esds VALUES (?,?,?,?,?)", esds)
             c.executemany("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?)", alerts)
-            c.execute("INSERT INTO snapshots(step, epoch, time, n_layers, analysis_s) VALUES (?,?,?,?,?)",
-                      (step, epoch, float(result.time), len(result.layers), _num(result.meta.get("analysis_s"))))
+            c.execute(
+                "INSERT INTO snapshots(step, epoch, time, n_layers, analysis_s) VALUES (?,?,?,?,?)",
+                (step, epoch, float(result.time), len(result.layers), _num(result.meta.get("analysis_s"))),
+            )
 
         try:
             self._tx(tx)
@@ -304,6 +322,7 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     ``query_only``.  Raises ``ValueError`` naming the file when neither can
     read it (not a database, truncated, corrupt, or not a run store).
     """
+
     def checked(conn: sqlite3.Connection) -> sqlite3.Connection:
         try:
             conn.execute("SELECT 1 FROM run_meta LIMIT 1").fetchall()
@@ -381,11 +400,13 @@ class Run:
         conn = _open_ro(self._db)
         try:
             if step is None:
-                row = conn.execute("SELECT n, codec, data, step FROM esds WHERE layer=? ORDER BY step DESC LIMIT 1",
-                                   (layer,)).fetchone()
+                row = conn.execute(
+                    "SELECT n, codec, data, step FROM esds WHERE layer=? ORDER BY step DESC LIMIT 1", (layer,)
+                ).fetchone()
             else:
-                row = conn.execute("SELECT n, codec, data, step FROM esds WHERE layer=? AND step=?",
-                                   (layer, int(step))).fetchone()
+                row = conn.execute(
+                    "SELECT n, codec, data, step FROM esds WHERE layer=? AND step=?", (layer, int(step))
+                ).fetchone()
         except sqlite3.Error as e:
             raise _unreadable(self._db, e) from e
         finally:
@@ -394,16 +415,19 @@ class Run:
             known = self.layer_names
             if layer not in known:
                 raise KeyError(f"layer {layer!r} is not in run {self.name!r}; layers: {known}")
-            raise KeyError(f"no ESD stored for layer {layer!r} at step {step} in run {self.name!r} "
-                           f"(steps: {self.steps})")
+            raise KeyError(
+                f"no ESD stored for layer {layer!r} at step {step} in run {self.name!r} (steps: {self.steps})"
+            )
         n, codec, data, at = row
         if codec != ESD_CODEC:
             raise ValueError(f"unknown ESD codec {codec!r} in {str(self._db)!r}")
         try:
             return decode_esd(data, int(n))
         except (zlib.error, ValueError, TypeError) as e:
-            raise ValueError(f"the stored ESD of layer {layer!r} at step {at} in {str(self._db)!r} is corrupt "
-                             f"and cannot be decoded ({e})") from e
+            raise ValueError(
+                f"the stored ESD of layer {layer!r} at step {at} in {str(self._db)!r} is corrupt "
+                f"and cannot be decoded ({e})"
+            ) from e
 
     def to_pandas(self) -> "pd.DataFrame":
         """Wide table: one row per (step, layer), a column per metric, plus
@@ -443,16 +467,19 @@ def load_run(path: Union[str, Path]) -> Run:
         try:
             kv = {k: json.loads(v) for k, v in meta_rows.items()}
         except (TypeError, ValueError) as e:
-            raise ValueError(f"cannot read the run store {str(db)!r}: "
-                             f"its run_meta table holds invalid JSON ({e})") from e
+            raise ValueError(
+                f"cannot read the run store {str(db)!r}: its run_meta table holds invalid JSON ({e})"
+            ) from e
 
         def q(sql: str) -> pd.DataFrame:
             return pd.read_sql_query(sql, conn)
 
         snaps = q("SELECT step, epoch, time FROM snapshots ORDER BY step")
         ep = "(SELECT epoch FROM snapshots s WHERE s.step = t.step) AS epoch"
-        metrics = q(f"SELECT step, {ep}, layer, metric, value FROM metrics t "
-                    "WHERE step IN (SELECT step FROM snapshots) ORDER BY step, layer, metric")
+        metrics = q(
+            f"SELECT step, {ep}, layer, metric, value FROM metrics t "
+            "WHERE step IN (SELECT step FROM snapshots) ORDER BY step, layer, metric"
+        )
         layers = q("SELECT layer, type, shape, N, M, Q FROM layers ORDER BY ord")
         phases = q(f"SELECT step, {ep}, layer, phase, reason FROM phases t ORDER BY step, layer")
         alerts = q("SELECT step, epoch, layer, rule, severity, message, value FROM alerts ORDER BY step, layer, rule")
@@ -465,7 +492,17 @@ def load_run(path: Union[str, Path]) -> Run:
     for df in (snaps, metrics, phases, alerts):
         df["epoch"] = df["epoch"].astype("Int64")
     alerts["layer"] = alerts["layer"].where(alerts["layer"] != "", None)
-    return Run(path=db.parent, name=str(kv.get("name", db.parent.name)), run_id=str(kv.get("run_id", db.parent.name)),
-               config=dict(kv.get("config") or {}), meta=dict(kv.get("meta") or {}), metrics=metrics, layers=layers,
-               phases=phases, alerts=alerts, snapshots=snaps, layer_status=status, _db=db)
-
+    return Run(
+        path=db.parent,
+        name=str(kv.get("name", db.parent.name)),
+        run_id=str(kv.get("run_id", db.parent.name)),
+        config=dict(kv.get("config") or {}),
+        meta=dict(kv.get("meta") or {}),
+        metrics=metrics,
+        layers=layers,
+        phases=phases,
+        alerts=alerts,
+        snapshots=snaps,
+        layer_status=status,
+        _db=db,
+    )

@@ -9,6 +9,7 @@ contributing layer is absent from the summary, not ``NaN`` or ``0``.
 ``num_layers`` counts every analysed matrix, ``num_ok`` those with
 ``status == "ok"``.  Phase counts are :func:`phase_counts`.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ the BBP threshold ``d_c = c^{1/4} = Q^{-1/4}``, an outlier at
 
 Directions with ``d_i <= d_c`` stay inside the bulk.
 """
+
 from __future__ import annotations
 
 import math

@@ -75,6 +75,7 @@ Stopping: alerts of the rules named in ``stop_on`` carry
 callbacks stop the fit (Lightning ``trainer.should_stop``, decided
 collectively under DDP; Keras ``model.stop_training``).
 """
+
 from __future__ import annotations
 
 from .base import Firing, LayerContext, LayerState, Rule

@@ -1,4 +1,5 @@
 """What every rule is built from: the per-layer state, the per-layer context and the :class:`Rule` base."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Checking :class:`~wwmonitor.alerts.AlertRules` settings: every error names its argument."""
+
 from __future__ import annotations
 
 import math
@@ -138,8 +139,10 @@ def check_config(
         raise ValueError(f"overreg_norm_ratio must be > 0, got {p['overreg_norm_ratio']}")
     if out["overreg_hysteresis"] < 0 or out["overreg_sr_ratio"] * (1 + out["overreg_hysteresis"]) > 1:
         # beyond that, a squeezed layer could only clear above its own early stable rank
-        raise ValueError(f"overreg_hysteresis must be >= 0 with overreg_sr_ratio * (1 + overreg_hysteresis) <= 1, "
-                         f"got {p['overreg_hysteresis']} (overreg_sr_ratio {p['overreg_sr_ratio']})")
+        raise ValueError(
+            f"overreg_hysteresis must be >= 0 with overreg_sr_ratio * (1 + overreg_hysteresis) <= 1, "
+            f"got {p['overreg_hysteresis']} (overreg_sr_ratio {p['overreg_sr_ratio']})"
+        )
     for name in ("alpha_low_patience", "phase_patience", "overreg_ref_snapshots", "overreg_patience"):
         out[name] = _count(name, p[name], 1)
     for name in ("warmup", "cooldown", "trap_threshold"):
@@ -159,8 +162,13 @@ def build_rules(cfg: dict[str, Any]) -> tuple[Rule, ...]:
         "non_finite": lambda: NonFinite(),
         "rank_collapse": lambda: RankCollapse(cfg["collapse_tol"], cfg["collapse_fraction"]),
         "over_regularization": lambda: OverRegularization(
-            cfg["overreg_sr_ratio"], cfg["overreg_softrank_ratio"], cfg["overreg_norm_ratio"],
-            cfg["overreg_ref_snapshots"], cfg["overreg_patience"], cfg["overreg_hysteresis"]),
+            cfg["overreg_sr_ratio"],
+            cfg["overreg_softrank_ratio"],
+            cfg["overreg_norm_ratio"],
+            cfg["overreg_ref_snapshots"],
+            cfg["overreg_patience"],
+            cfg["overreg_hysteresis"],
+        ),
         "alpha_low": lambda: AlphaLow(cfg["alpha_low"], cfg["alpha_low_patience"], cfg["hysteresis"]),
         "alpha_high": lambda: AlphaHigh(cfg["alpha_high"], cfg["warmup"], cfg["hysteresis"]),
         "alpha_jump": lambda: AlphaJump(cfg["alpha_jump"], cfg["warmup"], cfg["cooldown"], cfg["alpha_high"]),

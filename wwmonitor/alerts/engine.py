@@ -1,4 +1,5 @@
 """The rule engine: :class:`AlertRules` (state, evaluation, errors, actions) and :func:`resolve_alerts`."""
+
 from __future__ import annotations
 
 import logging
@@ -127,15 +128,32 @@ class AlertRules:
         log_alerts: bool = True,
         on_alert: Optional[Callable[[Alert], Any]] = None,
     ) -> None:
-        self._configure(dict(
-            rules=rules, collapse_tol=collapse_tol, collapse_fraction=collapse_fraction, alpha_low=alpha_low,
-            alpha_low_patience=alpha_low_patience, alpha_high=alpha_high, warmup=warmup, alpha_jump=alpha_jump,
-            cooldown=cooldown, hysteresis=hysteresis, phase_patience=phase_patience, trap_threshold=trap_threshold,
-            overreg_sr_ratio=overreg_sr_ratio, overreg_softrank_ratio=overreg_softrank_ratio,
-            overreg_norm_ratio=overreg_norm_ratio, overreg_ref_snapshots=overreg_ref_snapshots,
-            overreg_patience=overreg_patience, overreg_hysteresis=overreg_hysteresis,
-            stop_on=stop_on, warn=warn, log_alerts=log_alerts, on_alert=on_alert,
-        ))
+        self._configure(
+            dict(
+                rules=rules,
+                collapse_tol=collapse_tol,
+                collapse_fraction=collapse_fraction,
+                alpha_low=alpha_low,
+                alpha_low_patience=alpha_low_patience,
+                alpha_high=alpha_high,
+                warmup=warmup,
+                alpha_jump=alpha_jump,
+                cooldown=cooldown,
+                hysteresis=hysteresis,
+                phase_patience=phase_patience,
+                trap_threshold=trap_threshold,
+                overreg_sr_ratio=overreg_sr_ratio,
+                overreg_softrank_ratio=overreg_softrank_ratio,
+                overreg_norm_ratio=overreg_norm_ratio,
+                overreg_ref_snapshots=overreg_ref_snapshots,
+                overreg_patience=overreg_patience,
+                overreg_hysteresis=overreg_hysteresis,
+                stop_on=stop_on,
+                warn=warn,
+                log_alerts=log_alerts,
+                on_alert=on_alert,
+            )
+        )
         self._state: dict[str, LayerState] = {}
         #: failures per rule id (``"alerts"``: the engine itself) since construction or :meth:`reset`
         self.rule_errors: dict[str, int] = {}
@@ -273,8 +291,14 @@ class AlertRules:
             except Exception as e2:  # noqa: BLE001 - a broken handler: fall back to the log
                 log.error("alert rules: on_error raised %r while reporting %s", e2, where)
         if n == 1:
-            log.error("alert rule %s failed at %s: %s: %s (this rule's further failures are logged at DEBUG)",
-                      key, what, type(exc).__name__, exc, exc_info=exc)
+            log.error(
+                "alert rule %s failed at %s: %s: %s (this rule's further failures are logged at DEBUG)",
+                key,
+                what,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         else:
             log.debug("alert rule %s failed at %s (failure %d): %r", key, what, n, exc)
 
@@ -316,9 +340,15 @@ class AlertRules:
         ``overreg_count``) where they differ from their defaults.
         """
         return {
-            name: {"seen": s.seen, "active": dict(s.active),
-                   **{k: s.fields[k] for k, (default, _) in _FIELDS.items()
-                      if k in _LEGACY_FIELDS or s.fields[k] != default}}
+            name: {
+                "seen": s.seen,
+                "active": dict(s.active),
+                **{
+                    k: s.fields[k]
+                    for k, (default, _) in _FIELDS.items()
+                    if k in _LEGACY_FIELDS or s.fields[k] != default
+                },
+            }
             for name, s in self._state.items()
         }
 
@@ -345,8 +375,9 @@ class AlertRules:
         return collapsed_fraction(lm, esd, self.collapse_tol)
 
 
-def resolve_alerts(alerts: Union[None, bool, str, AlertRules, dict], *,
-                   stop_on: Iterable[str] = ()) -> Optional[AlertRules]:
+def resolve_alerts(
+    alerts: Union[None, bool, str, AlertRules, dict], *, stop_on: Iterable[str] = ()
+) -> Optional[AlertRules]:
     """Turn a callback's ``alerts=`` argument into :class:`AlertRules` (or ``None``).
 
     ``"default"`` / ``True``: the default rules; a ``dict``: keyword arguments

@@ -1,4 +1,5 @@
 """How a fired alert is shown: exactly one output per alert (a log record, or a Python warning)."""
+
 from __future__ import annotations
 
 import logging

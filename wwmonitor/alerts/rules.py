@@ -2,6 +2,7 @@
 
 Evaluation order (and so the order of alerts within a layer) is :data:`RULE_TYPES`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,16 @@ from .base import Firing, LayerContext, LayerState, Rule
 from .traps import correlation_traps
 
 __all__ = [
-    "RankCollapse", "OverRegularization", "AlphaLow", "AlphaHigh", "AlphaJump", "PhaseChange", "NonFinite",
-    "CorrelationTrap", "RULE_TYPES", "collapsed_fraction",
+    "RankCollapse",
+    "OverRegularization",
+    "AlphaLow",
+    "AlphaHigh",
+    "AlphaJump",
+    "PhaseChange",
+    "NonFinite",
+    "CorrelationTrap",
+    "RULE_TYPES",
+    "collapsed_fraction",
 ]
 
 log = logging.getLogger("wwmonitor.alerts")
@@ -138,8 +147,15 @@ class OverRegularization(Rule):
     #: statuses without a usable spectrum for this rule
     _SKIP = ("too_few_evals", "zero_matrix", "non_finite")
 
-    def __init__(self, sr_ratio: float, softrank_ratio: float, norm_ratio: float, ref_snapshots: int,
-                 patience: int, hysteresis: float) -> None:
+    def __init__(
+        self,
+        sr_ratio: float,
+        softrank_ratio: float,
+        norm_ratio: float,
+        ref_snapshots: int,
+        patience: int,
+        hysteresis: float,
+    ) -> None:
         self.sr_ratio = sr_ratio
         self.softrank_ratio = softrank_ratio
         self.norm_ratio = norm_ratio
@@ -169,11 +185,16 @@ class OverRegularization(Rule):
         r_sr = sr / f["overreg_sr_ref"]
         soft_ref, norm_ref = f["overreg_softrank_ref"], f["overreg_log_norm_ref"]
         r_soft = soft / soft_ref if soft is not None and soft_ref else None
-        r_norm = 10.0 ** max(min(log_norm - norm_ref, 300.0), -300.0) \
-            if log_norm is not None and norm_ref is not None else None
-        low = (r_sr < self.sr_ratio
-               and (r_soft is None or r_soft < self.softrank_ratio)
-               and (r_norm is None or r_norm < self.norm_ratio))
+        r_norm = (
+            10.0 ** max(min(log_norm - norm_ref, 300.0), -300.0)
+            if log_norm is not None and norm_ref is not None
+            else None
+        )
+        low = (
+            r_sr < self.sr_ratio
+            and (r_soft is None or r_soft < self.softrank_ratio)
+            and (r_norm is None or r_norm < self.norm_ratio)
+        )
         back = r_sr >= self.sr_ratio * (1.0 + self.hysteresis)
         if low:
             f["overreg_count"] += 1
@@ -334,9 +355,11 @@ class CorrelationTrap(Rule):
         if n is None:
             if ctx.lm.status == "ok" and not self._told:  # a wiring bug upstream: say so, once
                 self._told = True
-                log.warning("alert rule correlation_trap: %s has no trap count; the analyser must call "
-                            "AlertRules.inspect_weights() on every matrix when AlertRules.needs_weights is True",
-                            ctx.where)
+                log.warning(
+                    "alert rule correlation_trap: %s has no trap count; the analyser must call "
+                    "AlertRules.inspect_weights() on every matrix when AlertRules.needs_weights is True",
+                    ctx.where,
+                )
             return None
         cond = int(n) >= max(self.trap_threshold, 1)
         if not st.edge(self.id, cond, not cond):
@@ -345,5 +368,13 @@ class CorrelationTrap(Rule):
 
 
 #: every rule type, in evaluation order
-RULE_TYPES: tuple[type[Rule], ...] = (NonFinite, RankCollapse, OverRegularization, AlphaLow, AlphaHigh, AlphaJump,
-                                      PhaseChange, CorrelationTrap)
+RULE_TYPES: tuple[type[Rule], ...] = (
+    NonFinite,
+    RankCollapse,
+    OverRegularization,
+    AlphaLow,
+    AlphaHigh,
+    AlphaJump,
+    PhaseChange,
+    CorrelationTrap,
+)

@@ -1,4 +1,5 @@
 """Correlation traps: spikes of the element-randomised weight matrix (weightwatcher's "randomize")."""
+
 from __future__ import annotations
 
 import math

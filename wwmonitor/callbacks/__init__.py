@@ -9,4 +9,5 @@ Import the one for your framework (each imports only its framework)::
 
 Plain PyTorch needs no callback: use :class:`wwmonitor.Monitor` directly.
 """
+
 __all__: list[str] = []

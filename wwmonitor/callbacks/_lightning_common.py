@@ -27,6 +27,7 @@ machinery (shard monitors, gather, merge) is
 :class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, shared with the
 Hugging Face ``Trainer`` callback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -115,9 +116,21 @@ class WeightWatcherMixin:
         if every_n_epochs is None and every_n_steps is None:
             raise ValueError("every_n_epochs and every_n_steps are both None: the callback would never snapshot")
         store_monitor_options(
-            self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
-            stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
-            policy=policy, options=options, config=config, flush_timeout=flush_timeout, resume=resume,
+            self,
+            run_dir=run_dir,
+            run_name=run_name,
+            layers=layers,
+            exclude=exclude,
+            alerts=alerts,
+            stop_on=stop_on,
+            metrics=metrics,
+            esd_every_n_epochs=esd_every_n_epochs,
+            queue_size=queue_size,
+            policy=policy,
+            options=options,
+            config=config,
+            flush_timeout=flush_timeout,
+            resume=resume,
         )
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
@@ -191,11 +204,13 @@ class WeightWatcherMixin:
             )
         self._names = [s.name for s in specs]
         config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
-        self._sharded = ShardedSnapshots(self._names, self._rank, self._world, flush_timeout=self.flush_timeout,
-                                         fsdp=fsdp)
+        self._sharded = ShardedSnapshots(
+            self._names, self._rank, self._world, flush_timeout=self.flush_timeout, fsdp=fsdp
+        )
         self.shard_layers = list(self._sharded.layers)
-        self._sharded.open_shard(pl_module, self.run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size,
-                                 options=self.options)
+        self._sharded.open_shard(
+            pl_module, self.run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size, options=self.options
+        )
         if self._rank == 0:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
             self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
@@ -206,9 +221,14 @@ class WeightWatcherMixin:
             kw = monitor_kwargs(self)
             kw["layers"] = self._names
             self.monitor = Monitor(  # under FSDP only results are submitted to it: no model to read
-                None if fsdp else pl_module, loaded.get("run_root") or self.run_dir, every_n_epochs=None,
+                None if fsdp else pl_module,
+                loaded.get("run_root") or self.run_dir,
+                every_n_epochs=None,
                 every_n_steps=None,
-                sinks=self.sinks, config=config, **run_kw, **kw,
+                sinks=self.sinks,
+                config=config,
+                **run_kw,
+                **kw,
             )
         self._apply_loaded()
 
@@ -257,11 +277,19 @@ class WeightWatcherMixin:
             kinds = {c.__name__ for c in type(lg).__mro__}
             try:
                 if "TensorBoardLogger" in kinds:
-                    sinks.append(TensorBoardSink(lg.experiment, metrics=self.metrics, close_writer=False,
-                                                 hparams=self.config))
+                    sinks.append(
+                        TensorBoardSink(lg.experiment, metrics=self.metrics, close_writer=False, hparams=self.config)
+                    )
                 elif "WandbLogger" in kinds:
-                    sinks.append(WandbSink(lg.experiment, step_metric="trainer/global_step", metrics=self.metrics,
-                                           deliver="deferred", hparams=self.config))
+                    sinks.append(
+                        WandbSink(
+                            lg.experiment,
+                            step_metric="trainer/global_step",
+                            metrics=self.metrics,
+                            deliver="deferred",
+                            hparams=self.config,
+                        )
+                    )
                 elif "CSVLogger" in kinds:
                     sinks.append(CSVSink(lg.log_dir))
                 elif "MLFlowLogger" in kinds:
@@ -270,9 +298,11 @@ class WeightWatcherMixin:
                     params = {**self.config, "world_size": int(trainer.world_size), "callback": type(self).__module__}
                     sinks.append(MLflowSink(lg.run_id, client=client, metrics=self.metrics, params=params))
                 else:
-                    rank_zero_warn(f"wwmonitor: logger {type(lg).__name__} is not supported; only the run store "
-                                   "gets its results (supported: TensorBoardLogger, WandbLogger, CSVLogger, "
-                                   "MLFlowLogger)")
+                    rank_zero_warn(
+                        f"wwmonitor: logger {type(lg).__name__} is not supported; only the run store "
+                        "gets its results (supported: TensorBoardLogger, WandbLogger, CSVLogger, "
+                        "MLFlowLogger)"
+                    )
             except Exception as e:  # a broken logger must not stop training
                 rank_zero_warn(f"wwmonitor: could not attach to logger {type(lg).__name__}: {e!r}")
         return sinks
@@ -308,4 +338,3 @@ class WeightWatcherMixin:
                 log.warning("wwmonitor: closing the monitor failed: %r", e)
         self._pump()
         # keep self.monitor for inspection (results, run_dir) after fit; it is closed
-

@@ -9,6 +9,7 @@ their checkpoint state holds (:func:`open_main_monitor`,
 :func:`callback_state`, :func:`apply_callback_state`).  Framework-free: this
 module imports no training framework.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,17 @@ from .._validate import check_interval
 from ..alerts import AlertRules, resolve_alerts
 from ..analyze import AnalysisOptions
 
-__all__ = ["MonitorOptions", "check_interval", "store_monitor_options", "monitor_kwargs", "stop_reason",
-           "pump_sinks", "open_main_monitor", "callback_state", "apply_callback_state"]
+__all__ = [
+    "MonitorOptions",
+    "check_interval",
+    "store_monitor_options",
+    "monitor_kwargs",
+    "stop_reason",
+    "pump_sinks",
+    "open_main_monitor",
+    "callback_state",
+    "apply_callback_state",
+]
 
 log = logging.getLogger("wwmonitor")
 
@@ -92,8 +102,15 @@ def store_monitor_options(
 
 def monitor_kwargs(cb: Any) -> dict[str, Any]:
     """The :class:`wwmonitor.Monitor` arguments a callback passes from its stored options."""
-    return {"layers": cb.layers, "exclude": cb.exclude, "alerts": cb.alert_rules, "queue_size": cb.queue_size,
-            "policy": cb.policy, "options": cb.options, "esd_every_n_epochs": cb.esd_every_n_epochs}
+    return {
+        "layers": cb.layers,
+        "exclude": cb.exclude,
+        "alerts": cb.alert_rules,
+        "queue_size": cb.queue_size,
+        "policy": cb.policy,
+        "options": cb.options,
+        "esd_every_n_epochs": cb.esd_every_n_epochs,
+    }
 
 
 def stop_reason(alerts_fired: Iterable[Any]) -> str:
@@ -111,8 +128,16 @@ def pump_sinks(sinks: Iterable[Any]) -> None:
             log.warning("wwmonitor: W&B logging failed: %r", e)
 
 
-def open_main_monitor(cb: Any, model: Any, run_dir: Any, names: Sequence[str], *, sinks: Sequence[Any] = (),
-                      config: Optional[dict] = None, restored: Optional[dict] = None) -> Any:
+def open_main_monitor(
+    cb: Any,
+    model: Any,
+    run_dir: Any,
+    names: Sequence[str],
+    *,
+    sinks: Sequence[Any] = (),
+    config: Optional[dict] = None,
+    restored: Optional[dict] = None,
+) -> Any:
     """Rank 0's :class:`wwmonitor.Monitor` of a trainer callback (store, alert rules, sinks).
 
     ``restored`` is the ``"monitor"`` entry of a checkpoint's callback state
@@ -131,8 +156,16 @@ def open_main_monitor(cb: Any, model: Any, run_dir: Any, names: Sequence[str], *
         run_kw = {"run_name": restored["run_id"], "resume": True}
     kw = monitor_kwargs(cb)
     kw["layers"] = list(names)
-    return Monitor(model, restored.get("run_root") or run_dir, every_n_epochs=None, every_n_steps=None,
-                   sinks=list(sinks), config=config, **run_kw, **kw)
+    return Monitor(
+        model,
+        restored.get("run_root") or run_dir,
+        every_n_epochs=None,
+        every_n_steps=None,
+        sinks=list(sinks),
+        config=config,
+        **run_kw,
+        **kw,
+    )
 
 
 def callback_state(cb: Any, monitor: Any, last_step: Optional[int]) -> dict[str, Any]:

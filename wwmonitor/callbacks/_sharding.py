@@ -33,6 +33,7 @@ factors of the other ranks' rows (see :mod:`wwmonitor.sharded`) -- and the
 owner analyses in its background thread.  Gathering the per-layer results to
 rank 0 and submitting them is the same as under DDP (also with one rank).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,30 +67,42 @@ class ShardedSnapshots:
     those at the same hooks (they contain a collective under DDP).
     """
 
-    def __init__(self, names: Sequence[str], rank: int = 0, world: int = 1, *,
-                 flush_timeout: Optional[float] = 300.0, fsdp: bool = False) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        rank: int = 0,
+        world: int = 1,
+        *,
+        flush_timeout: Optional[float] = 300.0,
+        fsdp: bool = False,
+    ) -> None:
         self.names = list(names)
         self.rank, self.world = int(rank), int(world)
         #: the model's parameters are sharded (FSDP2): the shard exchanges data, every rank, every snapshot
         self.fsdp = bool(fsdp)
         self.flush_timeout = flush_timeout
         #: names of the matrices this rank analyses (all of them without DDP)
-        self.layers = ([self.names[i] for i in shard_indices(len(self.names), self.rank, self.world)]
-                       if self.world > 1 else list(self.names))
+        self.layers = (
+            [self.names[i] for i in shard_indices(len(self.names), self.rank, self.world)]
+            if self.world > 1
+            else list(self.names)
+        )
         self.shard: Any = None  # this rank's shard monitor under DDP
         self.pending: list[tuple[int, Optional[int]]] = []  # (step, epoch) analysed by shards, not yet gathered
         self.errors = 0
 
-    def open_shard(self, model: Any, run_dir: Any, *, alert_rules: Any = None, queue_size: int = 3,
-                   options: Any = None) -> None:
+    def open_shard(
+        self, model: Any, run_dir: Any, *, alert_rules: Any = None, queue_size: int = 3, options: Any = None
+    ) -> None:
         """DDP: start this rank's shard monitor (no store, no sinks, ``policy="block"``); FSDP: this rank's
         :class:`~wwmonitor.sharded.OwnerAnalysis` (on every rank, owning matrices or not); a no-op otherwise."""
         if self.fsdp:
             from ..sharded import OwnerAnalysis
 
             inspect = alert_rules if getattr(alert_rules, "needs_weights", False) else None
-            self.shard = OwnerAnalysis(model, layers=self.names, options=options, inspector=inspect,
-                                       queue_size=queue_size)
+            self.shard = OwnerAnalysis(
+                model, layers=self.names, options=options, inspector=inspect, queue_size=queue_size
+            )
             return
         if self.world == 1 or not self.layers:
             return
@@ -98,9 +111,18 @@ class ShardedSnapshots:
         # the rules' weight inspection (correlation traps) runs where the weights are analysed
         inspect = alert_rules if getattr(alert_rules, "needs_weights", False) else None
         self.shard = Monitor(
-            model, run_dir, run_name=f"shard{self.rank}", every_n_epochs=None, every_n_steps=None,
-            layers=self.layers, store=False, queue_size=queue_size, policy="block", options=options,
-            alerts=_WeightInspector(inspect) if inspect else None, announce=False,
+            model,
+            run_dir,
+            run_name=f"shard{self.rank}",
+            every_n_epochs=None,
+            every_n_steps=None,
+            layers=self.layers,
+            store=False,
+            queue_size=queue_size,
+            policy="block",
+            options=options,
+            alerts=_WeightInspector(inspect) if inspect else None,
+            announce=False,
         )
 
     def snapshot(self, main: Any, *, step: int, epoch: Optional[int], epoch_end: bool, model: Any = None) -> None:
@@ -126,8 +148,13 @@ class ShardedSnapshots:
         except Exception as e:
             self.errors += 1
             if self.errors == 1 or self.errors % 100 == 0:
-                log.warning("wwmonitor: snapshot at step %s failed (%s: %s); training continues (%d failure(s))",
-                            kw.get("step"), type(e).__name__, e, self.errors)
+                log.warning(
+                    "wwmonitor: snapshot at step %s failed (%s: %s); training continues (%d failure(s))",
+                    kw.get("step"),
+                    type(e).__name__,
+                    e,
+                    self.errors,
+                )
             return False
 
     def collect(self, main: Any) -> None:
@@ -155,8 +182,9 @@ class ShardedSnapshots:
                 main.submit(res)
             except Exception as e:  # a closed monitor or a bug: reported, training continues
                 self.errors += 1
-                log.warning("wwmonitor: could not submit the gathered results of step %s (%s: %s)",
-                            step, type(e).__name__, e)
+                log.warning(
+                    "wwmonitor: could not submit the gathered results of step %s (%s: %s)", step, type(e).__name__, e
+                )
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Close the shard monitor (idempotent; the callback closes its main monitor itself)."""

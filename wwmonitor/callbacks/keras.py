@@ -33,6 +33,7 @@ Design
   (``jit_compile=True``), ``mixed_float16`` (the float32 variables are read)
   and ``MirroredStrategy`` are tested.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,8 @@ def _import_error(e: ImportError) -> ImportError:
     if e.name == "keras":
         return ImportError(
             "wwmonitor.callbacks.keras needs Keras 3 and one backend (torch, jax or tensorflow): "
-            "pip install 'wwmonitor[keras-torch]' (or keras-jax, keras-tensorflow)")
+            "pip install 'wwmonitor[keras-torch]' (or keras-jax, keras-tensorflow)"
+        )
     backend = _configured_backend()
     pkg = _BACKEND_PACKAGES.get(backend, backend)
     extra = _BACKEND_EXTRAS.get(backend)
@@ -68,7 +70,8 @@ def _import_error(e: ImportError) -> ImportError:
     return ImportError(
         f"wwmonitor.callbacks.keras: Keras is configured for the {backend!r} backend (KERAS_BACKEND or "
         f"~/.keras/keras.json) but could not load it ({type(e).__name__}: {e}). Install it with {cmd}, or "
-        f"choose an installed backend with KERAS_BACKEND=torch|jax|tensorflow before importing keras.")
+        f"choose an installed backend with KERAS_BACKEND=torch|jax|tensorflow before importing keras."
+    )
 
 
 try:
@@ -137,9 +140,21 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         super().__init__()
         check_interval("every_n_epochs", every_n_epochs, allow_none=False)
         store_monitor_options(
-            self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
-            stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
-            policy=policy, options=options, config=config, flush_timeout=flush_timeout, resume=resume,
+            self,
+            run_dir=run_dir,
+            run_name=run_name,
+            layers=layers,
+            exclude=exclude,
+            alerts=alerts,
+            stop_on=stop_on,
+            metrics=metrics,
+            esd_every_n_epochs=esd_every_n_epochs,
+            queue_size=queue_size,
+            policy=policy,
+            options=options,
+            config=config,
+            flush_timeout=flush_timeout,
+            resume=resume,
         )
         self.log_dir = log_dir
         self.wandb = wandb
@@ -176,16 +191,23 @@ class WeightWatcherCallback(keras.callbacks.Callback):
                 import wandb as _wandb
 
                 run = _wandb.run if _wandb.run is not None else _wandb.init()
-            self._wandb_sink = WandbSink(run, step_metric="ww/step", metrics=self.metrics, deliver="deferred",
-                                         hparams=self.config)
+            self._wandb_sink = WandbSink(
+                run, step_metric="ww/step", metrics=self.metrics, deliver="deferred", hparams=self.config
+            )
             sinks.append(self._wandb_sink)
         if self.csv is not None:
             sinks.append(CSVSink(self.csv))
         self.sinks = sinks
         config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
         self.monitor = Monitor(
-            self.model, self.run_dir, run_name=self.run_name, every_n_epochs=self.every_n_epochs, sinks=sinks,
-            config=config, resume=self.resume, **monitor_kwargs(self),
+            self.model,
+            self.run_dir,
+            run_name=self.run_name,
+            every_n_epochs=self.every_n_epochs,
+            sinks=sinks,
+            config=config,
+            resume=self.resume,
+            **monitor_kwargs(self),
         )
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
@@ -197,14 +219,16 @@ class WeightWatcherCallback(keras.callbacks.Callback):
             if mon.should_snapshot(epoch=epoch, step=step):
                 mon.snapshot(step=step, epoch=epoch, model=self.model)
         except Exception as e:  # monitoring must never stop training
-            log.warning("wwmonitor: snapshot at epoch %d failed (%s: %s); training continues",
-                        epoch, type(e).__name__, e)
+            log.warning(
+                "wwmonitor: snapshot at epoch %d failed (%s: %s); training continues", epoch, type(e).__name__, e
+            )
         self._pump()
         if mon.should_stop and not self.model.stop_training:
             self.model.stop_training = True
             self.stopped_by_alert = True
-            log.warning("wwmonitor: stopping training after epoch %d on an alert%s", epoch,
-                        stop_reason(mon.alerts_fired))
+            log.warning(
+                "wwmonitor: stopping training after epoch %d on an alert%s", epoch, stop_reason(mon.alerts_fired)
+            )
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         if self.monitor is not None:

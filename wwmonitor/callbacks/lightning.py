@@ -15,6 +15,7 @@ For the older ``pytorch_lightning`` package use
 :mod:`wwmonitor.callbacks.pytorch_lightning` (the packages' classes are distinct).
 All options: :class:`wwmonitor.callbacks._lightning_common.WeightWatcherMixin`.
 """
+
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback

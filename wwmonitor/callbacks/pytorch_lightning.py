@@ -13,6 +13,7 @@ The same implementation as :mod:`wwmonitor.callbacks.lightning`, bound to
 ``pytorch_lightning.Callback`` (a ``lightning`` callback is rejected by a
 ``pytorch_lightning.Trainer`` and vice versa).
 """
+
 from __future__ import annotations
 
 from pytorch_lightning.callbacks import Callback

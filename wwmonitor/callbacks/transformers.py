@@ -49,6 +49,7 @@ rank ``i mod world_size`` and the results are gathered to rank 0, which alone
 writes (:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, shared with
 the Lightning callback).  FSDP and DeepSpeed are refused at train begin.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,10 @@ from transformers.trainer_callback import CallbackHandler, TrainerCallback
 try:  # transformers >= 4.41: callback state saved in checkpoints
     from transformers.trainer_callback import ExportableState
 except ImportError:  # pragma: no cover - older transformers: no callback state in checkpoints
+
     class ExportableState:  # type: ignore[no-redef]
         pass
+
 
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
@@ -164,16 +167,31 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         if _restore_key is not None and getattr(self, "_wwmonitor_ready", False):
             return  # the live instance, handed back by __new__: keep it as it is
         if _restore_key is not None:
-            log.warning("wwmonitor: the checkpoint's WeightWatcherCallback (state key %r) is not among this "
-                        "process's callbacks; the Trainer re-created it with default options", _restore_key)
+            log.warning(
+                "wwmonitor: the checkpoint's WeightWatcherCallback (state key %r) is not among this "
+                "process's callbacks; the Trainer re-created it with default options",
+                _restore_key,
+            )
         check_interval("every_n_epochs", every_n_epochs, allow_none=True)
         check_interval("every_n_steps", every_n_steps, allow_none=True)
         if every_n_epochs is None and every_n_steps is None:
             raise ValueError("every_n_epochs and every_n_steps are both None: the callback would never snapshot")
         store_monitor_options(
-            self, run_dir=run_dir, run_name=run_name, layers=layers, exclude=exclude, alerts=alerts,
-            stop_on=stop_on, metrics=metrics, esd_every_n_epochs=esd_every_n_epochs, queue_size=queue_size,
-            policy=policy, options=options, config=config, flush_timeout=flush_timeout, resume=resume,
+            self,
+            run_dir=run_dir,
+            run_name=run_name,
+            layers=layers,
+            exclude=exclude,
+            alerts=alerts,
+            stop_on=stop_on,
+            metrics=metrics,
+            esd_every_n_epochs=esd_every_n_epochs,
+            queue_size=queue_size,
+            policy=policy,
+            options=options,
+            config=config,
+            flush_timeout=flush_timeout,
+            resume=resume,
         )
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
@@ -201,8 +219,10 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
     def state_key(self) -> str:
         if self._state_key:
             return self._state_key
-        return (f"{type(self).__qualname__}{{run_name={self.run_name!r}, every_n_epochs={self.every_n_epochs}, "
-                f"every_n_steps={self.every_n_steps}}}")
+        return (
+            f"{type(self).__qualname__}{{run_name={self.run_name!r}, every_n_epochs={self.every_n_epochs}, "
+            f"every_n_steps={self.every_n_steps}}}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The monitor's run, the last snapshotted step and the alert state (JSON-able)."""
@@ -229,8 +249,12 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
             log.info("wwmonitor: continuing the run of the checkpoint's callback %s", next(iter(keys)))
             return found[-1]
         if found:
-            log.warning("wwmonitor: the checkpoint holds wwmonitor state under %s but none under this callback's "
-                        "key %r; starting a new run", sorted(map(str, keys)), self.state_key)
+            log.warning(
+                "wwmonitor: the checkpoint holds wwmonitor state under %s but none under this callback's "
+                "key %r; starting a new run",
+                sorted(map(str, keys)),
+                self.state_key,
+            )
         return None
 
     # ------------------------------------------------------------ Trainer hooks
@@ -246,8 +270,10 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         self._rank, self._world = int(getattr(args, "process_index", 0)), int(getattr(args, "world_size", 1))
         specs = extract_matrices(model, layers=self.layers, exclude=self.exclude)
         if not specs:
-            raise ValueError(f"WeightWatcherCallback: no analysable layers in {type(model).__name__} "
-                             f"(layers={self.layers!r}, exclude={self.exclude!r})")
+            raise ValueError(
+                f"WeightWatcherCallback: no analysable layers in {type(model).__name__} "
+                f"(layers={self.layers!r}, exclude={self.exclude!r})"
+            )
         names = [s.name for s in specs]
         run_dir = self.run_dir
         if run_dir is None:  # absolute: the checkpoint's state names it, and a resume may run from elsewhere
@@ -255,12 +281,14 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         stored = self._stored_state(state) if int(state.global_step) > 0 else None  # resumed from a checkpoint
         self._sharded = ShardedSnapshots(names, self._rank, self._world, flush_timeout=self.flush_timeout)
         self.shard_layers = list(self._sharded.layers)
-        self._sharded.open_shard(model, run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size,
-                                 options=self.options)
+        self._sharded.open_shard(
+            model, run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size, options=self.options
+        )
         self.run_config = _run_config(self, args, model)
         if self._rank == 0:
-            self.monitor = open_main_monitor(self, model, run_dir, names, config=self.run_config,
-                                             restored=(stored or {}).get("monitor"))
+            self.monitor = open_main_monitor(
+                self, model, run_dir, names, config=self.run_config, restored=(stored or {}).get("monitor")
+            )
         self._last_step = apply_callback_state(self, stored, self.monitor)
         self._sinks_attached = not (self.use_loggers and self._rank == 0)
 
@@ -330,8 +358,12 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
             self.stopped_by_alert = True
             if self._rank == 0:
                 why = stop_reason(self.monitor.alerts_fired if self.monitor is not None else [])
-                log.warning("wwmonitor: stopping training at step %d (epoch %.2f) on an alert%s",
-                            int(state.global_step), float(state.epoch or 0.0), why)
+                log.warning(
+                    "wwmonitor: stopping training at step %d (epoch %.2f) on an alert%s",
+                    int(state.global_step),
+                    float(state.epoch or 0.0),
+                    why,
+                )
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Close the monitor now (idempotent).  ``train()`` closes it at its end; call this after a
@@ -418,8 +450,11 @@ def _check_strategy(args: Any, trainer: Any) -> None:
 def _run_config(cb: WeightWatcherCallback, args: Any, model: Any) -> dict[str, Any]:
     """What the run store records as the run's configuration (reports read it); the user's ``config`` wins."""
     world = int(getattr(args, "world_size", 1))
-    base: dict[str, Any] = {"callback": type(cb).__module__, "world_size": world,
-                            "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    base: dict[str, Any] = {
+        "callback": type(cb).__module__,
+        "world_size": world,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+    }
     for key in ("learning_rate", "weight_decay", "seed", "gradient_accumulation_steps"):
         if getattr(args, key, None) is not None:
             base[key] = getattr(args, key)
@@ -452,8 +487,12 @@ def _integration_kinds(args: Any, handler: Any) -> list[tuple[str, Any]]:
 
 def _tensorboard_dir(args: Any, tb_callback: Any) -> str:
     writer = getattr(tb_callback, "tb_writer", None)
-    for d in (getattr(writer, "log_dir", None), getattr(writer, "logdir", None),  # torch / tensorboardX
-              getattr(tb_callback, "logging_dir", None), os.environ.get("TENSORBOARD_LOGGING_DIR")):
+    for d in (
+        getattr(writer, "log_dir", None),
+        getattr(writer, "logdir", None),  # torch / tensorboardX
+        getattr(tb_callback, "logging_dir", None),
+        os.environ.get("TENSORBOARD_LOGGING_DIR"),
+    ):
         if d:
             return os.fspath(d)
     from transformers.integrations.integration_utils import default_logdir
@@ -471,8 +510,9 @@ def _integration_sinks(cb: WeightWatcherCallback, args: Any, handler: Any) -> li
 
                 # its own writer in the integration's log dir: the integration closes its writer at train end,
                 # before this callback's last results are written
-                sinks.append(TensorBoardSink(_tensorboard_dir(args, integration), metrics=cb.metrics,
-                                             hparams=cb.run_config))
+                sinks.append(
+                    TensorBoardSink(_tensorboard_dir(args, integration), metrics=cb.metrics, hparams=cb.run_config)
+                )
             elif kind == "WandbCallback":
                 import wandb
 
@@ -481,26 +521,38 @@ def _integration_sinks(cb: WeightWatcherCallback, args: Any, handler: Any) -> li
                     continue
                 from ..sinks.wandb import WandbSink
 
-                sinks.append(WandbSink(wandb.run, step_metric="train/global_step", metrics=cb.metrics,
-                                       deliver="deferred", hparams=cb.run_config))
+                sinks.append(
+                    WandbSink(
+                        wandb.run,
+                        step_metric="train/global_step",
+                        metrics=cb.metrics,
+                        deliver="deferred",
+                        hparams=cb.run_config,
+                    )
+                )
             elif kind == "MLflowCallback":
                 try:
                     from ..sinks.mlflow import MLflowSink
                 except ImportError:
-                    log.info("wwmonitor: no MLflow sink in this wwmonitor (wwmonitor.sinks.mlflow); not logging "
-                             "to MLflow")
+                    log.info(
+                        "wwmonitor: no MLflow sink in this wwmonitor (wwmonitor.sinks.mlflow); not logging to MLflow"
+                    )
                     continue
                 import mlflow
 
                 run = mlflow.active_run()
                 if run is None:
-                    log.warning("wwmonitor: MLflow reporting is on but there is no active MLflow run; not logging "
-                                "to MLflow")
+                    log.warning(
+                        "wwmonitor: MLflow reporting is on but there is no active MLflow run; not logging to MLflow"
+                    )
                     continue
                 sinks.append(MLflowSink(run.info.run_id, metrics=cb.metrics, params=cb.run_config))
             else:
-                log.info("wwmonitor: reporting integration %s is not supported; only the run store gets its "
-                         "results (supported: TensorBoard, W&B, MLflow)", kind)
+                log.info(
+                    "wwmonitor: reporting integration %s is not supported; only the run store gets its "
+                    "results (supported: TensorBoard, W&B, MLflow)",
+                    kind,
+                )
         except Exception as e:  # a broken integration must not stop training
             log.warning("wwmonitor: could not attach to %s: %r", kind, e)
     return sinks

@@ -3,6 +3,7 @@
 Each subcommand lives in its own module (``wwmonitor/cli/<name>.py``) that
 defines ``add_parser(subparsers)`` and ``run(args) -> int``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ step or parameter) is one line ``wwmonitor <command>: <reason>`` on stderr
 and exit status 2 -- never a traceback; a written report is announced with
 its ``file://`` address so it can be opened from the terminal.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,10 @@ def announce_problems(command: str, what: str, problems: "list[str]") -> None:
     if not problems:
         return
     n = len(problems)
-    print(f"wwmonitor {command}: the {what} was written with {n} problem{'s' if n != 1 else ''} "
-          "(listed at the top of the page):", file=sys.stderr)
+    print(
+        f"wwmonitor {command}: the {what} was written with {n} problem{'s' if n != 1 else ''} "
+        "(listed at the top of the page):",
+        file=sys.stderr,
+    )
     for p in problems:
         print(f"  - {p}", file=sys.stderr)

@@ -19,6 +19,7 @@ traceback.  Entries of the checkpoint that are not analysed (biases, norms,
 non-float arrays, ...) are listed with their reason after the table
 (``"skipped"`` in the JSON output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,26 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 DEFAULT_COLUMNS = [
-    "name", "type", "shape", "Q", "alpha", "D", "alpha_weighted", "log_norm",
-    "stable_rank", "mp_softrank", "num_spikes", "phase", "warning",
+    "name",
+    "type",
+    "shape",
+    "Q",
+    "alpha",
+    "D",
+    "alpha_weighted",
+    "log_norm",
+    "stable_rank",
+    "mp_softrank",
+    "num_spikes",
+    "phase",
+    "warning",
 ]
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("analyze", help="analyse a model checkpoint (safetensors, torch state_dict, npz, keras, HF folder)")
+    p = sub.add_parser(
+        "analyze", help="analyse a model checkpoint (safetensors, torch state_dict, npz, keras, HF folder)"
+    )
     p.add_argument("path", help="checkpoint file or Hugging Face style model folder")
     p.add_argument("--layers", nargs="+", default=None, help="only these layer names / glob patterns / types")
     p.add_argument("--exclude", nargs="+", default=None, help="skip these layer names / glob patterns / types")
@@ -43,15 +57,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--csv", dest="csv_out", metavar="FILE", help="write the full table as CSV ('-' for stdout)")
     p.add_argument("--min-evals", type=int, default=50, help="skip fits below this many eigenvalues (default 50)")
     p.add_argument("--max-evals", type=int, default=None, help="skip matrices with more eigenvalues")
-    p.add_argument("--conv", choices=["pool", "slices"], default="pool", help="pool conv kernel slices or keep them apart")
+    p.add_argument(
+        "--conv", choices=["pool", "slices"], default="pool", help="pool conv kernel slices or keep them apart"
+    )
     bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", action="store_true",
-                     help="progress bar on stderr even when it is not a terminal (default: only on a terminal)")
+    bar.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress bar on stderr even when it is not a terminal (default: only on a terminal)",
+    )
     bar.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--low-memory", action="store_true",
-                   help="in-place eigen route: ~2.5x each matrix's float32 size of working memory instead of ~6x "
-                        "(float64 Gram built in BLAS blocks, no float64 copy of the matrix); same eigenvalues to "
-                        "float64 rounding")
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="in-place eigen route: ~2.5x each matrix's float32 size of working memory instead of ~6x "
+        "(float64 Gram built in BLAS blocks, no float64 copy of the matrix); same eigenvalues to "
+        "float64 rounding",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
             layers=args.layers,
             exclude=args.exclude,
             conv=args.conv,
-            options=AnalysisOptions(min_evals=args.min_evals, max_evals=args.max_evals,
-                                    low_memory=bool(getattr(args, "low_memory", False))),
+            options=AnalysisOptions(
+                min_evals=args.min_evals, max_evals=args.max_evals, low_memory=bool(getattr(args, "low_memory", False))
+            ),
             progress=progress,
             distributed=world > 1,
         )
@@ -94,9 +117,12 @@ def run(args: argparse.Namespace) -> int:
     skipped_lines = _skipped_lines(rep.skipped)
     try:
         if args.json_out:
-            payload = {"source": rep.source, "summary": _jsonable(summary),
-                       "layers": [_jsonable(lm.to_dict()) for lm in rep.layers],
-                       "skipped": [{"name": n, "reason": r} for n, r in rep.skipped]}
+            payload = {
+                "source": rep.source,
+                "summary": _jsonable(summary),
+                "layers": [_jsonable(lm.to_dict()) for lm in rep.layers],
+                "skipped": [{"name": n, "reason": r} for n, r in rep.skipped],
+            }
             _write(args.json_out, json.dumps(payload, indent=2))
         if args.csv_out:
             _write(args.csv_out, df.to_csv(index=False))
@@ -113,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         ok = summary["num_ok"]
         print(
             f"\n{summary['num_layers']} matrices ({ok} fitted); mean alpha {_fmt(summary.get('mean_alpha'))}, "
-            f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, mean log_norm {_fmt(summary.get('mean_log_norm'))}; "
+            f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, mean log_norm {_fmt(summary.get('mean_log_norm'))}; "  # noqa: E501
             f"phases {summary['phase_counts']}"
         )
         for line in skipped_lines:

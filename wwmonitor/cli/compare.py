@@ -10,6 +10,7 @@ folder that cannot be written is one line on stderr naming it, exit status
 2; figures that could not be drawn are listed on stderr (and at the top of
 the page) after the comparison is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,36 @@ from ._common import REPORT_ERRORS, announce_problems, announce_written, error_r
 def add_parser(sub: Any) -> None:
     """Register ``wwmonitor compare`` and its options."""
     p = sub.add_parser("compare", help="compare runs: against a swept config parameter, or side by side (HTML + CSV)")
-    p.add_argument("run_dirs", nargs="+",
-                   help="run folders (each contains run.sqlite), a folder of run folders, a Ray Tune experiment "
-                        "folder (or its storage path) or a folder holding an Optuna study's SQLite storage")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        help="run folders (each contains run.sqlite), a folder of run folders, a Ray Tune experiment "
+        "folder (or its storage path) or a folder holding an Optuna study's SQLite storage",
+    )
     p.add_argument("-o", "--out", default="wwmonitor-compare", help="output folder (default: ./wwmonitor-compare)")
-    p.add_argument("--param", default=None,
-                   help="config key that was swept (default: the key that differs; when none differs the runs are "
-                        "compared side by side by name)")
-    p.add_argument("--by-run", action="store_true",
-                   help="compare the runs side by side by name even when a config key differs")
-    p.add_argument("--group", default="auto",
-                   help="config key to group repeats by (default: 'seed' when seeds differ; 'none' to disable)")
+    p.add_argument(
+        "--param",
+        default=None,
+        help="config key that was swept (default: the key that differs; when none differs the runs are "
+        "compared side by side by name)",
+    )
+    p.add_argument(
+        "--by-run", action="store_true", help="compare the runs side by side by name even when a config key differs"
+    )
+    p.add_argument(
+        "--group",
+        default="auto",
+        help="config key to group repeats by (default: 'seed' when seeds differ; 'none' to disable)",
+    )
     p.add_argument("--layers", nargs="+", default=None, help="only these layers")
     p.add_argument("--esd-layer", default=None, help="layer whose ESDs are drawn for every run")
     p.add_argument("--title", default=None, help="page title")
-    p.add_argument("--val-metric", default="auto",
-                   help="validation metric the runs recorded to rank their spectra against (default: val_acc, "
-                        "val_accuracy, val_loss, then any val_*; 'none': no ranking section)")
+    p.add_argument(
+        "--val-metric",
+        default="auto",
+        help="validation metric the runs recorded to rank their spectra against (default: val_acc, "
+        "val_accuracy, val_loss, then any val_*; 'none': no ranking section)",
+    )
 
 
 def expand_run_dirs(paths: list[str], notes: Optional[list[str]] = None) -> list[Any]:
@@ -57,8 +71,10 @@ def expand_run_dirs(paths: list[str], notes: Optional[list[str]] = None) -> list
 
                 subs = discover_runs(p, notes=notes)
             if not subs:
-                raise FileNotFoundError(f"{str(p)!r} is neither a run folder nor a folder of runs (no run.sqlite), "
-                                        "nor a Ray Tune experiment or Optuna study folder with run stores")
+                raise FileNotFoundError(
+                    f"{str(p)!r} is neither a run folder nor a folder of runs (no run.sqlite), "
+                    "nor a Ray Tune experiment or Optuna study folder with run stores"
+                )
             out.extend(subs)
         else:
             raise FileNotFoundError(f"no such run folder: {str(p)!r}")
@@ -79,10 +95,18 @@ def run(args: argparse.Namespace) -> int:
             return fail("compare", "need at least two runs to compare")
         if args.by_run and args.param is not None:
             return fail("compare", "--param and --by-run exclude each other")
-        index = write_comparison(dirs, args.out, param=args.param, by_run=args.by_run,
-                                 group=None if args.group == "none" else args.group,
-                                 layers=args.layers, esd_layer=args.esd_layer, title=args.title, problems=problems,
-                                 val_metric=None if args.val_metric == "none" else args.val_metric)
+        index = write_comparison(
+            dirs,
+            args.out,
+            param=args.param,
+            by_run=args.by_run,
+            group=None if args.group == "none" else args.group,
+            layers=args.layers,
+            esd_layer=args.esd_layer,
+            title=args.title,
+            problems=problems,
+            val_metric=None if args.val_metric == "none" else args.val_metric,
+        )
     except REPORT_ERRORS as e:  # the writers' messages start with "compare: " for Python callers
         return fail("compare", error_reason(e).removeprefix("compare: "))
     announce_problems("compare", "comparison", problems)

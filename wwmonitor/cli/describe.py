@@ -13,6 +13,7 @@ cannot be imported, a factory that raises, an object that is not a model, a
 ``--json``/``--csv`` target that cannot be written -- is one line
 ``wwmonitor describe: <reason>`` on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,19 @@ _MODULE_TARGET = re.compile(r"^([A-Za-z_][\w.]*):([A-Za-z_][\w.]*)(\(\))?$")
 def add_parser(sub: Any) -> None:
     """Register ``wwmonitor describe`` and its options."""
     p = sub.add_parser("describe", help="list every weight of a model: analysed as which matrices, or skipped and why")
-    p.add_argument("target", metavar="PATH_OR_MODULE",
-                   help="checkpoint file or model folder, or pkg.module:attr / pkg.module:factory()")
+    p.add_argument(
+        "target",
+        metavar="PATH_OR_MODULE",
+        help="checkpoint file or model folder, or pkg.module:attr / pkg.module:factory()",
+    )
     p.add_argument("--json", dest="json_out", metavar="FILE", help="write the table as JSON ('-' for stdout)")
     p.add_argument("--csv", dest="csv_out", metavar="FILE", help="write the table as CSV ('-' for stdout)")
-    p.add_argument("--conv", choices=["pool", "slices"], default="pool",
-                   help="conv kernels as one pooled matrix per layer, or one per kernel position")
+    p.add_argument(
+        "--conv",
+        choices=["pool", "slices"],
+        default="pool",
+        help="conv kernels as one pooled matrix per layer, or one per kernel position",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     table = df.assign(shape=[_fmt_shape(s) for s in df["shape"]])
     try:
         if args.json_out:
-            payload = {"source": args.target, **{k: v for k, v in df.attrs.items() if k != "source"},
-                       "weights": [{**row, "shape": list(row["shape"])} for row in df.to_dict(orient="records")]}
+            payload = {
+                "source": args.target,
+                **{k: v for k, v in df.attrs.items() if k != "source"},
+                "weights": [{**row, "shape": list(row["shape"])} for row in df.to_dict(orient="records")],
+            }
             _write(args.json_out, json.dumps(payload, indent=2))
         if args.csv_out:
             _write(args.csv_out, table.to_csv(index=False))
@@ -124,8 +135,10 @@ def _footer(df: Any) -> str:
     skipped = len(df) - analysed
     a = df.attrs
     n = int(a.get("num_matrices", 0))
-    line = (f"{len(df)} weight{'' if len(df) == 1 else 's'} of >= 2 dims: {analysed} analysed "
-            f"({n} matri{'x' if n == 1 else 'ces'}), {skipped} skipped")
+    line = (
+        f"{len(df)} weight{'' if len(df) == 1 else 's'} of >= 2 dims: {analysed} analysed "
+        f"({n} matri{'x' if n == 1 else 'ces'}), {skipped} skipped"
+    )
     if a.get("num_vectors"):
         line += f"; {a['num_vectors']} vectors (biases, norms: 0-D/1-D) not listed"
     if a.get("num_other"):

@@ -11,6 +11,7 @@
 
 See ``docs/metrics.md`` ("Power-law fit") for the formulas and conventions.
 """
+
 from __future__ import annotations
 
 from ._common import EVALS_THRESH

@@ -6,6 +6,7 @@
 * :func:`_alphas`, the MLE exponent of every candidate ``xmin`` in ``O(n)``;
 * :func:`_tail`, the sorted tail ``xmin <= x <= xmax`` used by the TPL and the comparisons.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -7,6 +7,7 @@
 
 Used by :func:`wwmonitor.fit.compare.compare_distributions`.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,7 @@ def _mle(nll: Callable[[np.ndarray], float], starts: list[np.ndarray]) -> np.nda
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for x0 in starts:
-            r = optimize.minimize(nll, x0, method="Nelder-Mead",
-                                  options={"xatol": 1e12, "fatol": 1e-9, "maxiter": 800})
+            r = optimize.minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e12, "fatol": 1e-9, "maxiter": 800})
             if best is None or r.fun < best.fun:
                 best = r
     return best.x
@@ -62,8 +62,12 @@ def _fit_alternatives(y: np.ndarray) -> dict[str, np.ndarray]:
 
     s0 = max(float(np.std(ly)), 1e-3)
     m0 = float(np.mean(ly))
-    out["lognormal"] = ln_ll(_mle(ln_nll, [np.array([m0, math.log(s0)]), np.array([0.0, math.log(s0)]),
-                                            np.array([-2.0 * s0 * s0, math.log(2 * s0)])]))
+    out["lognormal"] = ln_ll(
+        _mle(
+            ln_nll,
+            [np.array([m0, math.log(s0)]), np.array([0.0, math.log(s0)]), np.array([-2.0 * s0 * s0, math.log(2 * s0)])],
+        )
+    )
 
     def se_ll(p: np.ndarray) -> np.ndarray:
         lt, b = float(p[0]), math.exp(float(p[1]))
@@ -76,7 +80,7 @@ def _fit_alternatives(y: np.ndarray) -> dict[str, np.ndarray]:
 
     starts = []
     for b0 in (0.2, 0.5, 1.0):
-        lt0 = -math.log(max(float(np.mean(y ** b0)) ** (1.0 / b0), 1e-300))
+        lt0 = -math.log(max(float(np.mean(y**b0)) ** (1.0 / b0), 1e-300))
         starts.append(np.array([lt0, math.log(b0)]))
     out["stretched_exponential"] = se_ll(_mle(se_nll, starts))
     return out

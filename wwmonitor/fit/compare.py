@@ -8,6 +8,7 @@ stretched exponential) fitted by maximum likelihood to the same tail::
 Vuong's test for non-nested alternatives (Clauset et al. 2009, §5.1) and
 Wilks' ``χ²₁`` for the nested truncated power law.  See ``docs/metrics.md``.
 """
+
 from __future__ import annotations
 
 import math

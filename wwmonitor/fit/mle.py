@@ -36,6 +36,7 @@ result is identical to the full ``O(n²)`` scan.
 
 See ``docs/metrics.md`` ("Power-law fit") for the small-n rule and the "fingers" fix.
 """
+
 from __future__ import annotations
 
 import math
@@ -142,8 +143,14 @@ def _prepare(evals: Any, xmax: Optional[float]) -> tuple[Optional[np.ndarray], O
 
 
 def _result(
-    x: np.ndarray, i: int, a: float, D: float, method: str, landscape: Optional[tuple[np.ndarray, np.ndarray]],
-    n_clipped: int, n_eval: int,
+    x: np.ndarray,
+    i: int,
+    a: float,
+    D: float,
+    method: str,
+    landscape: Optional[tuple[np.ndarray, np.ndarray]],
+    n_clipped: int,
+    n_eval: int,
 ) -> PowerLawFit:
     """The :class:`PowerLawFit` of the tail ``x[i:]`` (sorted ``x``), with its cautions."""
     n = x.size
@@ -173,9 +180,7 @@ def _result(
     )
 
 
-def _fit_sorted(
-    x: np.ndarray, xmin: Optional[float], keep_landscape: bool, n_clipped: int = 0
-) -> PowerLawFit:
+def _fit_sorted(x: np.ndarray, xmin: Optional[float], keep_landscape: bool, n_clipped: int = 0) -> PowerLawFit:
     """Fit the sorted, thresholded eigenvalues ``x``: fixed ``xmin``, small-n or the standard scan."""
     n = x.size
     if n < 2:

@@ -1,4 +1,5 @@
 """Power-law rank selection (the seeds' LSA K-selection): ``K`` = size of the power-law tail."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,8 +63,19 @@ def powerlaw_rank(W_or_evals: Any, *, xmax: Optional[float] = None, name: str = 
     fit = fit_powerlaw(ev, xmax=xmax, keep_landscape=True)
     empty = np.empty(0)
     if not fit.ok:
-        return PowerLawRank(0, float("nan"), float("nan"), float("nan"), empty, empty, empty, ev, fit,
-                            fit.status, f"{name}: {fit.message}")
+        return PowerLawRank(
+            0,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            empty,
+            empty,
+            empty,
+            ev,
+            fit,
+            fit.status,
+            f"{name}: {fit.message}",
+        )
     xs, Ds = fit.ks_landscape if fit.ks_landscape is not None else (empty, empty)
     x = np.sort(ev[ev > EVALS_THRESH])
     if xmax is not None:

@@ -26,6 +26,7 @@ differences between the fast and the reference arithmetic cannot change the
 answer.  The result is therefore identical to the full scan; typically only
 a few dozen of the ``n`` candidates need their full ``D``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -93,23 +94,30 @@ def _ks_all(logx: np.ndarray, alpha: np.ndarray, cand: np.ndarray) -> np.ndarray
     return out
 
 
-def _full_unless_bounded(logx: np.ndarray, alpha: np.ndarray, ci: int, thr: float,
-                         ramp: np.ndarray) -> Optional[float]:
+def _full_unless_bounded(logx: np.ndarray, alpha: np.ndarray, ci: int, thr: float, ramp: np.ndarray) -> Optional[float]:
     """Full D of candidate ``ci``, or None when a strided (every ``m/2048``-th point)
     lower bound, used for tails longer than ``4 * 2048``, already exceeds ``thr``."""
     mi = logx.size - ci
     if mi > 4 * _S3:  # a third, strided bound before the full O(m) pass
         st = mi // _S3
         with np.errstate(over="ignore", invalid="ignore"):
-            lb3 = float(np.max(np.abs(-np.expm1((1.0 - alpha[ci]) * (logx[ci::st] - logx[ci]))
-                                      - ramp[: mi : st] / mi)))
+            lb3 = float(np.max(np.abs(-np.expm1((1.0 - alpha[ci]) * (logx[ci::st] - logx[ci])) - ramp[:mi:st] / mi)))
         if lb3 > thr:
             return None
     return _ks_full(logx, ci, float(alpha[ci]), ramp)
 
 
-def _refine_batch(logx: np.ndarray, alpha: np.ndarray, c: np.ndarray, ms: np.ndarray, lb1: np.ndarray,
-                  best: float, D: np.ndarray, evaluated: np.ndarray, ramp: np.ndarray) -> float:
+def _refine_batch(
+    logx: np.ndarray,
+    alpha: np.ndarray,
+    c: np.ndarray,
+    ms: np.ndarray,
+    lb1: np.ndarray,
+    best: float,
+    D: np.ndarray,
+    evaluated: np.ndarray,
+    ramp: np.ndarray,
+) -> float:
     """Stage 2 for a batch of candidates ``c`` (tail sizes ``ms``, stage-1 bounds ``lb1``).
 
     Tightens their bounds on 256 points, then computes the full D (in place in
@@ -170,8 +178,9 @@ def _pruned_ks(logx: np.ndarray, alpha: np.ndarray, good: np.ndarray, D: np.ndar
         best = _refine_batch(logx, alpha, good[sel], m[sel], lb[sel], best, D, evaluated, ramp)
 
 
-def _final_choice(x: np.ndarray, logx: np.ndarray, D: np.ndarray, evaluated: np.ndarray,
-                  full: bool) -> tuple[int, float, float, Optional[np.ndarray]]:
+def _final_choice(
+    x: np.ndarray, logx: np.ndarray, D: np.ndarray, evaluated: np.ndarray, full: bool
+) -> tuple[int, float, float, Optional[np.ndarray]]:
     """Re-evaluate the near-best candidates with weightwatcher's exact arithmetic; the first
     minimum wins.  Returns ``(i, alpha, D, Ds or None)``."""
     best = float(np.min(D))

@@ -7,6 +7,7 @@ Bias-corrected exponent for the ``n`` points of a candidate's tail::
 Only candidates with a tail of at least :data:`SMALL_N_MIN_TAIL` points take
 part, and the smallest KS distance ``D`` wins.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -8,6 +8,7 @@ In ``y = x/xmin`` and ``t = Lambda·xmin`` the normaliser is
 ``xmin^(1-alpha) e^(-t) I(alpha, t)``, ``I = ∫_1^∞ y^(-alpha) e^(-t (y-1)) dy``
 (:func:`_tpl_log_norm`).  See ``docs/metrics.md`` ("Truncated power law").
 """
+
 from __future__ import annotations
 
 import functools
@@ -130,19 +131,25 @@ def _tpl_mle(n: int, sly: float, sy1: float, ymax: float) -> tuple[float, float,
     best_a, best_t, best_f = a_pl, 0.0, nll(a_pl, 0.0)
     for lt in np.linspace(math.log(1e-3 / ymax), math.log(1e3), 25):
         t = math.exp(lt)
-        r = optimize.minimize_scalar(functools.partial(nll, t=t), bounds=(lo_a, hi_a), method="bounded",
-                                     options={"xatol": 1e-6})
+        r = optimize.minimize_scalar(
+            functools.partial(nll, t=t), bounds=(lo_a, hi_a), method="bounded", options={"xatol": 1e-6}
+        )
         if r.fun < best_f:
             best_a, best_t, best_f = float(r.x), t, float(r.fun)
     if best_t > 0:
+
         def obj(p: np.ndarray) -> float:
             a = float(p[0])
             if not lo_a <= a <= hi_a:
                 return math.inf
             return nll(a, math.exp(float(p[1])))
 
-        r = optimize.minimize(obj, np.array([best_a, math.log(best_t)]), method="Nelder-Mead",
-                              options={"xatol": 1e-9, "fatol": 1e-10, "maxiter": 2000})
+        r = optimize.minimize(
+            obj,
+            np.array([best_a, math.log(best_t)]),
+            method="Nelder-Mead",
+            options={"xatol": 1e-9, "fatol": 1e-10, "maxiter": 2000},
+        )
         if r.fun < best_f:
             best_a, best_t, best_f = float(r.x[0]), math.exp(float(r.x[1])), float(r.fun)
     return best_a, best_t, best_f
@@ -188,5 +195,6 @@ def fit_truncated_powerlaw(
     if best_t > 0 and min(abs(best_a - lo_a), abs(best_a - hi_a)) < 1e-3:
         msg = f"alpha at the search bound {best_a:g}: the tail is not power-law-like"
     loglik = -best_f - n * math.log(x[0])
-    return TPLFit(alpha=best_a, Lambda=float(best_t / x[0]), xmin=float(x[0]), n_tail=n, loglik=float(loglik),
-                  message=msg)
+    return TPLFit(
+        alpha=best_a, Lambda=float(best_t / x[0]), xmin=float(x[0]), n_tail=n, loglik=float(loglik), message=msg
+    )

@@ -16,6 +16,7 @@
 This package imports neither Ray nor Optuna until one of their modules is
 used; ``import wwmonitor.integrations`` needs only the core.
 """
+
 from __future__ import annotations
 
 from ._common import PREFIX, flat_metrics, lower_is_better, record_eval_metrics, ww_metrics

@@ -2,6 +2,7 @@
 
 Framework-free: imports neither Ray nor Optuna (nor torch).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,14 +14,27 @@ from typing import Any, Iterable, Mapping, Optional, Union
 from ..phases import PHASES
 from ..records import Alert, SnapshotResult
 
-__all__ = ["PREFIX", "SUMMARY_KEYS", "flat_metrics", "ww_metrics", "record_eval_metrics", "metric_key",
-           "lower_is_better"]
+__all__ = [
+    "PREFIX",
+    "SUMMARY_KEYS",
+    "flat_metrics",
+    "ww_metrics",
+    "record_eval_metrics",
+    "metric_key",
+    "lower_is_better",
+]
 
 #: prefix of every key :func:`flat_metrics` returns
 PREFIX = "ww/"
 #: model-level summaries always present in :func:`flat_metrics` (NaN until a layer has a value)
-SUMMARY_KEYS: tuple[str, ...] = ("mean_alpha", "mean_alpha_weighted", "mean_log_norm", "mean_log_spectral_norm",
-                                 "mean_stable_rank", "mean_mp_softrank")
+SUMMARY_KEYS: tuple[str, ...] = (
+    "mean_alpha",
+    "mean_alpha_weighted",
+    "mean_log_norm",
+    "mean_log_spectral_norm",
+    "mean_stable_rank",
+    "mean_mp_softrank",
+)
 
 
 def metric_key(name: str, prefix: str = PREFIX) -> str:
@@ -33,12 +47,13 @@ def lower_is_better(name: str) -> bool:
 
     True for the means of alpha, alpha_weighted, the log norms, the stable rank and the MP soft rank; False
     for anything else (phase counts, alert counts)."""
-    base = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    base = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     return base in SUMMARY_KEYS
 
 
-def flat_metrics(result: Optional[SnapshotResult], alerts: Iterable[Alert] = (), *,
-                 prefix: str = PREFIX) -> dict[str, float]:
+def flat_metrics(
+    result: Optional[SnapshotResult], alerts: Iterable[Alert] = (), *, prefix: str = PREFIX
+) -> dict[str, float]:
     """One analysed snapshot as flat numeric keys for a scheduler, stopper or tracker.
 
     Keys (``prefix`` = ``"ww/"``):
@@ -65,7 +80,7 @@ def flat_metrics(result: Optional[SnapshotResult], alerts: Iterable[Alert] = (),
     for k in ("num_layers", "num_ok"):
         out[prefix + k] = float(summary.get(k, 0))
     counts = {p: 0 for p in PHASES}
-    for lm in (result.layers if result is not None else []):
+    for lm in result.layers if result is not None else []:
         if lm.phase:
             counts[lm.phase] = counts.get(lm.phase, 0) + 1
     for p, n in counts.items():
@@ -80,8 +95,9 @@ def flat_metrics(result: Optional[SnapshotResult], alerts: Iterable[Alert] = (),
     return out
 
 
-def ww_metrics(monitor: Any, *, flush: bool = True, timeout: Optional[float] = 120.0,
-               prefix: str = PREFIX) -> dict[str, float]:
+def ww_metrics(
+    monitor: Any, *, flush: bool = True, timeout: Optional[float] = 120.0, prefix: str = PREFIX
+) -> dict[str, float]:
     """:func:`flat_metrics` of ``monitor``'s latest analysed snapshot and every alert it fired so far.
 
     Call it from the training loop right after ``monitor.snapshot(...)`` and merge the dict into your own
@@ -110,8 +126,9 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def record_eval_metrics(target: Union[Any, str, "os.PathLike[str]"], metrics: Mapping[str, Any], *,
-                        step: Optional[int] = None) -> Path:
+def record_eval_metrics(
+    target: Union[Any, str, "os.PathLike[str]"], metrics: Mapping[str, Any], *, step: Optional[int] = None
+) -> Path:
     """Store a run's evaluation metrics (``{"val_acc": 0.98, "val_loss": 0.07}``) in its run store.
 
     ``wwmonitor compare`` ranks the runs' spectral summaries against a ``val_*`` metric recorded here (see
@@ -127,8 +144,9 @@ def record_eval_metrics(target: Union[Any, str, "os.PathLike[str]"], metrics: Ma
     from ..store import DB_NAME, RunStore
 
     values = _clean(metrics)
-    mon: Any = target if _is_monitor(target) else getattr(target, "monitor", target) if hasattr(target, "monitor") \
-        else None
+    mon: Any = (
+        target if _is_monitor(target) else getattr(target, "monitor", target) if hasattr(target, "monitor") else None
+    )
     if hasattr(target, "monitor") and mon is None:
         raise ValueError("record_eval_metrics: the callback has no monitor yet (call it once fit has started)")
     if mon is not None:

@@ -23,6 +23,7 @@ any runs.  Trials without a run store, and run stores without an analysed
 snapshot (a trial stopped before its first snapshot), are left out and named
 in ``notes``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,14 +102,18 @@ def discover_runs(source: Any, *, notes: Optional[list[str]] = None) -> list["Ru
     runs: list[Run] = []
     for db in optuna_storages(p):
         runs += _from_optuna(db, notes)
-    experiments = [p] if is_ray_experiment(p) else (
-        [q for q in sorted(p.iterdir()) if is_ray_experiment(q)] if p.is_dir() else [])
+    experiments = (
+        [p]
+        if is_ray_experiment(p)
+        else ([q for q in sorted(p.iterdir()) if is_ray_experiment(q)] if p.is_dir() else [])
+    )
     for exp in experiments:
         runs += _from_ray_experiment(exp, notes)
     return runs
 
 
 # --- Ray Tune ------------------------------------------------------------------------------------------------
+
 
 def _ray_trials(exp: Path) -> list[Path]:
     return [d for d in sorted(exp.iterdir()) if d.is_dir() and (d / "params.json").is_file()]
@@ -168,12 +173,14 @@ def _load(folder: Path, params: Mapping[str, Any], notes: list[str], what: str) 
 
 # --- Optuna --------------------------------------------------------------------------------------------------
 
+
 def _from_optuna(db: Path, notes: list[str]) -> list["Run"]:
     try:
         import optuna
     except ImportError as e:
-        raise ValueError(f"{str(db)!r} is an Optuna storage; reading it needs optuna ({e}): "
-                         'pip install "wwmonitor[optuna]"') from e
+        raise ValueError(
+            f'{str(db)!r} is an Optuna storage; reading it needs optuna ({e}): pip install "wwmonitor[optuna]"'
+        ) from e
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
     runs: list[Run] = []

@@ -46,6 +46,7 @@ With Lightning, :class:`SpectralPruningCallback` (a
 :class:`~wwmonitor.callbacks.lightning.WeightWatcherCallback`) does the
 same at the end of every epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,14 @@ from ._common import PREFIX, lower_is_better, metric_key, record_eval_metrics, w
 from .discovery import RUN_DIR_ATTR, discover_runs
 
 # SpectralPruningCallback is built on first use by the module's __getattr__ (it needs lightning)
-__all__ = ["RUN_DIR_ATTR", "SpectralPruning", "SpectralPruningCallback",  # noqa: F822
-           "discover_runs", "trial_monitor", "trial_run_name"]
+__all__ = [
+    "RUN_DIR_ATTR",
+    "SpectralPruning",
+    "SpectralPruningCallback",  # noqa: F822
+    "discover_runs",
+    "trial_monitor",
+    "trial_run_name",
+]
 
 log = logging.getLogger("wwmonitor")
 
@@ -77,9 +84,15 @@ def _mark(trial: Any, monitor: Any) -> None:
     trial.set_user_attr(RUN_DIR_ATTR, str(Path(monitor.run_dir).resolve()))
 
 
-def trial_monitor(trial: "optuna.trial.Trial", model: Any = None, *, run_dir: Any = "wwmonitor-runs",
-                  run_name: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
-                  **monitor_kwargs: Any) -> Any:
+def trial_monitor(
+    trial: "optuna.trial.Trial",
+    model: Any = None,
+    *,
+    run_dir: Any = "wwmonitor-runs",
+    run_name: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
+    **monitor_kwargs: Any,
+) -> Any:
     """A :class:`wwmonitor.Monitor` for ``trial``, its run folder recorded in the trial's user attributes.
 
     ``run_name`` defaults to :func:`trial_run_name`; ``config`` to the parameters suggested so far
@@ -118,9 +131,16 @@ class SpectralPruning:
     runs' spectra against their ``val_*`` entries).
     """
 
-    def __init__(self, trial: "optuna.trial.Trial", monitor: Any, *, metric: str = "mean_alpha",
-                 negate: Optional[bool] = None, flush_timeout: Optional[float] = 120.0,
-                 record_eval: bool = True) -> None:
+    def __init__(
+        self,
+        trial: "optuna.trial.Trial",
+        monitor: Any,
+        *,
+        metric: str = "mean_alpha",
+        negate: Optional[bool] = None,
+        flush_timeout: Optional[float] = 120.0,
+        record_eval: bool = True,
+    ) -> None:
         self.trial = trial
         self.monitor = monitor
         self.metric = metric_key(metric)
@@ -135,16 +155,21 @@ class SpectralPruning:
         equal steps); return ``trial.should_prune()``.  A NaN metric (no layer fitted yet) is not reported."""
         m = ww_metrics(self.monitor, timeout=self.flush_timeout)
         if self.metric not in m:
-            raise KeyError(f"SpectralPruning: unknown metric {self.metric!r}; known: "
-                           f"{sorted(k for k in m if k.startswith(PREFIX))}")
+            raise KeyError(
+                f"SpectralPruning: unknown metric {self.metric!r}; known: "
+                f"{sorted(k for k in m if k.startswith(PREFIX))}"
+            )
         value = m[self.metric]
         if math.isfinite(value):
             self.last_value = self.sign * value
             self.trial.report(self.last_value, int(step))
         if eval_metrics and self.record_eval:
             try:
-                record_eval_metrics(self.monitor, eval_metrics, step=None if not math.isfinite(m[PREFIX + "step"])
-                                    else int(m[PREFIX + "step"]))
+                record_eval_metrics(
+                    self.monitor,
+                    eval_metrics,
+                    step=None if not math.isfinite(m[PREFIX + "step"]) else int(m[PREFIX + "step"]),
+                )
             except Exception as e:  # noqa: BLE001 - a store that cannot be written must not stop the trial
                 log.warning("wwmonitor: could not record %s in the run store: %r", sorted(eval_metrics), e)
         return bool(self.trial.should_prune())
@@ -152,8 +177,9 @@ class SpectralPruning:
     def step(self, step: int, *, eval_metrics: Optional[Mapping[str, Any]] = None) -> None:
         """:meth:`report`, then raise ``optuna.TrialPruned`` when the trial should be pruned."""
         if self.report(step, eval_metrics=eval_metrics):
-            raise optuna.TrialPruned(f"pruned at step {step} on {self.metric} = "
-                                     f"{self.sign * (self.last_value or float('nan')):.4g}")
+            raise optuna.TrialPruned(
+                f"pruned at step {step} on {self.metric} = {self.sign * (self.last_value or float('nan')):.4g}"
+            )
 
 
 # --- Lightning ----------------------------------------------------------------------------------------------
@@ -179,12 +205,25 @@ def _callback_class() -> type:
         ``WeightWatcherCallback``.
         """
 
-        def __init__(self, trial: "optuna.trial.Trial", every_n_epochs: Optional[int] = 1, *,
-                     metric: str = "mean_alpha", negate: Optional[bool] = None, run_name: Optional[str] = None,
-                     config: Optional[Mapping[str, Any]] = None, record_eval: bool = True,
-                     eval_metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> None:
-            super().__init__(every_n_epochs, run_name=run_name or trial_run_name(trial),
-                             config={**dict(trial.params), **dict(config or {})}, **kwargs)
+        def __init__(
+            self,
+            trial: "optuna.trial.Trial",
+            every_n_epochs: Optional[int] = 1,
+            *,
+            metric: str = "mean_alpha",
+            negate: Optional[bool] = None,
+            run_name: Optional[str] = None,
+            config: Optional[Mapping[str, Any]] = None,
+            record_eval: bool = True,
+            eval_metrics: Optional[Sequence[str]] = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(
+                every_n_epochs,
+                run_name=run_name or trial_run_name(trial),
+                config={**dict(trial.params), **dict(config or {})},
+                **kwargs,
+            )
             self.trial = trial
             self.metric, self.negate = metric, negate
             self.record_eval = bool(record_eval)
@@ -195,9 +234,14 @@ def _callback_class() -> type:
             super().on_fit_start(trainer, pl_module)
             if self.monitor is not None:
                 _mark(self.trial, self.monitor)
-                self.pruning = SpectralPruning(self.trial, self.monitor, metric=self.metric, negate=self.negate,
-                                               flush_timeout=getattr(self, "flush_timeout", 120.0),
-                                               record_eval=self.record_eval)
+                self.pruning = SpectralPruning(
+                    self.trial,
+                    self.monitor,
+                    metric=self.metric,
+                    negate=self.negate,
+                    flush_timeout=getattr(self, "flush_timeout", 120.0),
+                    record_eval=self.record_eval,
+                )
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             super().on_train_epoch_end(trainer, pl_module)

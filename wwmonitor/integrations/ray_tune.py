@@ -53,6 +53,7 @@ and its ``params.json``.  With remote storage (``s3://...``) it is the trial's
 working directory, which Ray uploads only with
 ``RunConfig(sync_config=tune.SyncConfig(sync_artifacts=True))``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -69,9 +70,17 @@ from ._common import PREFIX, flat_metrics, record_eval_metrics, ww_metrics
 from .discovery import discover_runs
 
 # TuneReportCallback is built on first use by the module's __getattr__ (it needs lightning)
-__all__ = ["PREFIX", "TuneReportCallback",  # noqa: F822
-           "TuneReportSink", "WWAlertStopper", "discover_runs", "report", "trial_monitor", "trial_run_dir",
-           "ww_metrics"]
+__all__ = [
+    "PREFIX",
+    "TuneReportCallback",  # noqa: F822
+    "TuneReportSink",
+    "WWAlertStopper",
+    "discover_runs",
+    "report",
+    "trial_monitor",
+    "trial_run_dir",
+    "ww_metrics",
+]
 
 log = logging.getLogger("wwmonitor")
 _warned_remote = False
@@ -113,8 +122,11 @@ def trial_run_dir(subdir: str = "wwmonitor") -> Path:
         path = Path(os.getcwd())
         if not _warned_remote:
             _warned_remote = True
-            log.warning("wwmonitor: the trial's storage is not a local filesystem; its run store goes to the trial's "
-                        "working directory %s, which Ray uploads only with SyncConfig(sync_artifacts=True)", path)
+            log.warning(
+                "wwmonitor: the trial's storage is not a local filesystem; its run store goes to the trial's "
+                "working directory %s, which Ray uploads only with SyncConfig(sync_artifacts=True)",
+                path,
+            )
     return path / subdir
 
 
@@ -125,8 +137,14 @@ def _trial_name() -> str:
     return str(name)
 
 
-def trial_monitor(model: Any = None, *, config: Optional[Mapping[str, Any]] = None, run_dir: Any = None,
-                  run_name: Optional[str] = None, **monitor_kwargs: Any) -> Any:
+def trial_monitor(
+    model: Any = None,
+    *,
+    config: Optional[Mapping[str, Any]] = None,
+    run_dir: Any = None,
+    run_name: Optional[str] = None,
+    **monitor_kwargs: Any,
+) -> Any:
     """A :class:`wwmonitor.Monitor` for this trial: its store in :func:`trial_run_dir`, named after the trial.
 
     ``config`` is the trial's config (pass the trainable's ``config``: reports read the swept keys from
@@ -136,13 +154,25 @@ def trial_monitor(model: Any = None, *, config: Optional[Mapping[str, Any]] = No
     """
     from ..monitor import Monitor
 
-    return Monitor(model, run_dir if run_dir is not None else trial_run_dir(),
-                   run_name=run_name or _trial_name(), config=dict(config or {}), **monitor_kwargs)
+    return Monitor(
+        model,
+        run_dir if run_dir is not None else trial_run_dir(),
+        run_name=run_name or _trial_name(),
+        config=dict(config or {}),
+        **monitor_kwargs,
+    )
 
 
-def report(metrics: Optional[Mapping[str, Any]], monitor: Any, *, checkpoint: Any = None, flush: bool = True,
-           timeout: Optional[float] = 120.0, record_eval: bool = True,
-           report_fn: Optional[Callable[..., Any]] = None) -> dict[str, float]:
+def report(
+    metrics: Optional[Mapping[str, Any]],
+    monitor: Any,
+    *,
+    checkpoint: Any = None,
+    flush: bool = True,
+    timeout: Optional[float] = 120.0,
+    record_eval: bool = True,
+    report_fn: Optional[Callable[..., Any]] = None,
+) -> dict[str, float]:
     """``tune.report({**metrics, **ww_metrics(monitor)})``, from the training thread; returns what was reported.
 
     ``flush`` waits for the analysis of the snapshot just taken (see :func:`ww_metrics`).  With
@@ -162,8 +192,11 @@ def report(metrics: Optional[Mapping[str, Any]], monitor: Any, *, checkpoint: An
 
 
 def _record_val(monitor: Any, metrics: Mapping[str, Any], step: Any) -> None:
-    vals = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+    vals = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if not vals:
         return
     try:
@@ -189,8 +222,9 @@ class TuneReportSink:
     replaces ``tune.report`` (tests).
     """
 
-    def __init__(self, *, extra: Any = None, prefix: str = PREFIX,
-                 report_fn: Optional[Callable[[dict[str, Any]], Any]] = None) -> None:
+    def __init__(
+        self, *, extra: Any = None, prefix: str = PREFIX, report_fn: Optional[Callable[[dict[str, Any]], Any]] = None
+    ) -> None:
         self.prefix = prefix
         self.extra = extra
         self.report_fn = report_fn
@@ -247,16 +281,18 @@ class WWAlertStopper(Stopper):
     the trials it stopped to the rules that fired (on the driver).
     """
 
-    def __init__(self, rules: Optional[Sequence[str]] = None, *, stop_all: bool = False,
-                 prefix: str = PREFIX) -> None:
+    def __init__(self, rules: Optional[Sequence[str]] = None, *, stop_all: bool = False, prefix: str = PREFIX) -> None:
         self.rules = None if rules is None else tuple(str(r) for r in rules)
         self.prefix = prefix
         self._stop_all = bool(stop_all)
         self.stopped: dict[str, list[str]] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        fired = [k[len(self.prefix) + 6:] for k, v in result.items()
-                 if k.startswith(self.prefix + "alert/") and _positive(v)]
+        fired = [
+            k[len(self.prefix) + 6 :]
+            for k, v in result.items()
+            if k.startswith(self.prefix + "alert/") and _positive(v)
+        ]
         if self.rules is None:
             stop = _positive(result.get(self.prefix + "alerts_stop"))
         else:
@@ -301,11 +337,20 @@ def _tune_report_callback_class() -> type:
         ``report_fn`` replaces ``tune.report`` (tests).
         """
 
-        def __init__(self, every_n_epochs: Optional[int] = 1, *, metrics: Optional[Sequence[str]] = None,
-                     run_dir: Any = None, run_name: Optional[str] = None, record_eval: bool = True,
-                     report_fn: Optional[Callable[..., Any]] = None, **kwargs: Any) -> None:
-            super().__init__(every_n_epochs, run_dir=run_dir if run_dir is not None else "", run_name=run_name,
-                             **kwargs)
+        def __init__(
+            self,
+            every_n_epochs: Optional[int] = 1,
+            *,
+            metrics: Optional[Sequence[str]] = None,
+            run_dir: Any = None,
+            run_name: Optional[str] = None,
+            record_eval: bool = True,
+            report_fn: Optional[Callable[..., Any]] = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(
+                every_n_epochs, run_dir=run_dir if run_dir is not None else "", run_name=run_name, **kwargs
+            )
             self._auto_run_dir = run_dir is None
             self.report_metrics = None if metrics is None else tuple(metrics)
             self.record_eval = bool(record_eval)
@@ -322,8 +367,13 @@ def _tune_report_callback_class() -> type:
             super().on_train_epoch_end(trainer, pl_module)
             if getattr(trainer, "sanity_checking", False) or int(getattr(trainer, "global_rank", 0)) != 0:
                 return
-            report(self._logged(trainer), self.monitor, timeout=getattr(self, "flush_timeout", 120.0),
-                   record_eval=self.record_eval, report_fn=self.report_fn)
+            report(
+                self._logged(trainer),
+                self.monitor,
+                timeout=getattr(self, "flush_timeout", 120.0),
+                record_eval=self.record_eval,
+                report_fn=self.report_fn,
+            )
 
         def _logged(self, trainer: Any) -> dict[str, float]:
             out: dict[str, float] = {}

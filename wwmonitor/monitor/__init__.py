@@ -7,6 +7,7 @@ buffers) and :mod:`.policy` (bounded queue, ``block``/``skip``/``latest``);
 store and sinks with deadlines); :mod:`.runfolder` (run naming, resume,
 one writer).
 """
+
 from __future__ import annotations
 
 from .policy import POLICIES

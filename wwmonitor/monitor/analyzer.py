@@ -30,6 +30,7 @@ thread, so the training stream never queues behind the analysis; only the
 ``M`` eigenvalues come back.  ``"torch"`` runs that same torch code on the
 CPU (tests).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,10 +106,16 @@ def _failed_layer(name: str, typ: str, W: Any, reason: str) -> LayerMetrics:
     return LayerMetrics(name=name, type=typ, shape=tuple(int(s) for s in W.shape), status="error", message=reason)
 
 
-def analyse_snapshot(snap: Snapshot, options: AnalysisOptions, analyze_fn: AnalyzeFn = default_analyze,
-                     abort: Optional[threading.Event] = None, inspector: Any = None,
-                     on_error: Optional[Callable[[str, str, BaseException], None]] = None,
-                     device: str = "cpu", reference: Any = None) -> SnapshotResult:
+def analyse_snapshot(
+    snap: Snapshot,
+    options: AnalysisOptions,
+    analyze_fn: AnalyzeFn = default_analyze,
+    abort: Optional[threading.Event] = None,
+    inspector: Any = None,
+    on_error: Optional[Callable[[str, str, BaseException], None]] = None,
+    device: str = "cpu",
+    reference: Any = None,
+) -> SnapshotResult:
     """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
 
     The λ-axis ESD and the fitted models that :func:`analyze_matrix` leaves in
@@ -193,10 +200,20 @@ class AnalysisWorker:
     queue is idle every result is in the dispatcher.
     """
 
-    def __init__(self, queue: SnapshotQueue, submit: Callable[[SnapshotResult], Any], *, options: AnalysisOptions,
-                 analyze_fn: AnalyzeFn = default_analyze, inspector: Any = None, faults: Optional[Faults] = None,
-                 name: str = "wwmonitor-worker", blas_threads: Optional[int] = 1, device: str = "cpu",
-                 reference: Any = None) -> None:
+    def __init__(
+        self,
+        queue: SnapshotQueue,
+        submit: Callable[[SnapshotResult], Any],
+        *,
+        options: AnalysisOptions,
+        analyze_fn: AnalyzeFn = default_analyze,
+        inspector: Any = None,
+        faults: Optional[Faults] = None,
+        name: str = "wwmonitor-worker",
+        blas_threads: Optional[int] = 1,
+        device: str = "cpu",
+        reference: Any = None,
+    ) -> None:
         self.queue = queue
         self.submit = submit
         self.options = options
@@ -232,16 +249,26 @@ class AnalysisWorker:
                 res = self._analyse(snap)
                 self.submit(res)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything
-                self.faults.add("worker_errors", f"wwmonitor: analysing step {snap.step} failed "
-                                f"({type(e).__name__}: {e}); that snapshot is lost")
+                self.faults.add(
+                    "worker_errors",
+                    f"wwmonitor: analysing step {snap.step} failed ({type(e).__name__}: {e}); that snapshot is lost",
+                )
             finally:
                 self.queue.done()
 
     def _analyse(self, snap: Snapshot) -> SnapshotResult:
         try:
             with self._blas_limit():
-                res = analyse_snapshot(snap, self.options, self.analyze_fn, self.abort, self.inspector, self._on_error,
-                                       device=self.device, reference=self.reference)
+                res = analyse_snapshot(
+                    snap,
+                    self.options,
+                    self.analyze_fn,
+                    self.abort,
+                    self.inspector,
+                    self._on_error,
+                    device=self.device,
+                    reference=self.reference,
+                )
         finally:
             self.queue.pool.release(snap.buffers)  # free for the next snapshot as early as possible
             snap.entries = []
@@ -259,8 +286,11 @@ class AnalysisWorker:
 
                 self._tpc = ThreadpoolController()
             except ImportError:
-                self.faults.once("no-threadpoolctl", "wwmonitor: threadpoolctl is not installed; the analysis "
-                                 "runs with the BLAS default thread count (blas_threads is ignored)")
+                self.faults.once(
+                    "no-threadpoolctl",
+                    "wwmonitor: threadpoolctl is not installed; the analysis "
+                    "runs with the BLAS default thread count (blas_threads is ignored)",
+                )
                 self.blas_threads = None
                 return contextlib.nullcontext()
         return self._tpc.limit(limits=self.blas_threads, user_api="blas")

@@ -21,6 +21,7 @@ called from the same thread -- wandb's client needs that) and a deadline: a
 marks the sink stuck; it is reported, counted (``sinks_dropped``) and gets no
 further results.  Training never waits on a sink: ``submit`` only enqueues.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -57,8 +58,16 @@ def nonfinite_alerts(result: SnapshotResult, active: set[str]) -> list[Alert]:
             active.discard(m.name)
             continue
         if m.name not in active and m.name not in have:
-            out.append(Alert(step=result.step, epoch=result.epoch, rule="non_finite", severity="error",
-                             message=m.message or f"layer {m.name!r}: non-finite weights", layer=m.name))
+            out.append(
+                Alert(
+                    step=result.step,
+                    epoch=result.epoch,
+                    rule="non_finite",
+                    severity="error",
+                    message=m.message or f"layer {m.name!r}: non-finite weights",
+                    layer=m.name,
+                )
+            )
         active.add(m.name)
     return out
 
@@ -132,10 +141,18 @@ class Dispatcher:
         Seconds a sink's ``write``/``close`` may take before it is dropped (``None``: no deadline).
     """
 
-    def __init__(self, sinks: Sequence[Any], *, alerts: Any = None, renderer: Optional[Renderer] = None,
-                 on_result: Optional[Callable[[SnapshotResult], None]] = None, store: Any = None,
-                 sink_timeout: Optional[float] = 60.0, faults: Optional[Faults] = None,
-                 name: str = "wwmonitor-dispatch") -> None:
+    def __init__(
+        self,
+        sinks: Sequence[Any],
+        *,
+        alerts: Any = None,
+        renderer: Optional[Renderer] = None,
+        on_result: Optional[Callable[[SnapshotResult], None]] = None,
+        store: Any = None,
+        sink_timeout: Optional[float] = 60.0,
+        faults: Optional[Faults] = None,
+        name: str = "wwmonitor-dispatch",
+    ) -> None:
         if sink_timeout is not None and not sink_timeout > 0:
             raise ValueError(f"sink_timeout must be > 0 or None, got {sink_timeout!r}")
         self.alerts = alerts
@@ -174,8 +191,11 @@ class Dispatcher:
             if self._closed:
                 raise RuntimeError("submit: the dispatcher is closed")
             if self._last_step is not None and result.step <= self._last_step:
-                self.faults.add("out_of_order", f"wwmonitor: result for step {result.step} arrived after step "
-                                f"{self._last_step}; not written (results are kept in step order)")
+                self.faults.add(
+                    "out_of_order",
+                    f"wwmonitor: result for step {result.step} arrived after step "
+                    f"{self._last_step}; not written (results are kept in step order)",
+                )
                 return False
             self._last_step = int(result.step)
             with self._idle:
@@ -261,8 +281,9 @@ class Dispatcher:
             try:
                 self._dispatch(res)
             except Exception as e:  # noqa: BLE001 - the dispatcher must survive anything
-                self.faults.add("sink_errors", f"wwmonitor: dispatching step {res.step} failed "
-                                f"({type(e).__name__}: {e})")
+                self.faults.add(
+                    "sink_errors", f"wwmonitor: dispatching step {res.step} failed ({type(e).__name__}: {e})"
+                )
             finally:
                 with self._idle:
                     self._busy -= 1
@@ -277,8 +298,12 @@ class Dispatcher:
             failed = self.renderer.render(res)
             if failed:
                 first = next(iter(res.figure_errors.items()))
-                self.faults.add("figure_errors", f"wwmonitor: {failed} ESD figure(s) of step {res.step} could not "
-                                f"be drawn (e.g. {first[0]}: {first[1]}); the other outputs are written", failed)
+                self.faults.add(
+                    "figure_errors",
+                    f"wwmonitor: {failed} ESD figure(s) of step {res.step} could not "
+                    f"be drawn (e.g. {first[0]}: {first[1]}); the other outputs are written",
+                    failed,
+                )
         self.dispatched += 1
         if self.on_result is not None:
             self.on_result(res)
@@ -293,8 +318,11 @@ class Dispatcher:
             self.faults.add("alert_errors", f"wwmonitor: {where} failed at {what} ({type(exc).__name__}: {exc})")
 
         try:
-            fired = (self.alerts.evaluate(res, on_error=on_error) if self._alerts_take_on_error
-                     else self.alerts.evaluate(res))
+            fired = (
+                self.alerts.evaluate(res, on_error=on_error)
+                if self._alerts_take_on_error
+                else self.alerts.evaluate(res)
+            )
             res.alerts.extend(fired or [])
         except Exception as e:  # noqa: BLE001 - a broken rules object loses the alerts, not the row
             on_error("alerts", f"step {res.step}", e)
@@ -304,14 +332,20 @@ class Dispatcher:
         try:
             exc = w.call(lambda: w.sink.write(res))
         except SinkTimeout:
-            self.faults.add("sinks_dropped", f"wwmonitor: sink {type(w.sink).__name__} did not return from write() "
-                            f"within {self.sink_timeout} s at step {res.step}; it is dropped and gets no further "
-                            "results (training continues)")
+            self.faults.add(
+                "sinks_dropped",
+                f"wwmonitor: sink {type(w.sink).__name__} did not return from write() "
+                f"within {self.sink_timeout} s at step {res.step}; it is dropped and gets no further "
+                "results (training continues)",
+            )
             return
         if exc is not None:
             extra = " Earlier snapshots stay in the store; training continues." if w.is_store else ""
-            self.faults.add(key, f"wwmonitor: sink {type(w.sink).__name__} failed at step {res.step} "
-                            f"({type(exc).__name__}: {exc}).{extra}")
+            self.faults.add(
+                key,
+                f"wwmonitor: sink {type(w.sink).__name__} failed at step {res.step} "
+                f"({type(exc).__name__}: {exc}).{extra}",
+            )
 
     def _close_outputs(self) -> None:
         if self.alerts is not None and callable(getattr(self.alerts, "close", None)):
@@ -326,12 +360,16 @@ class Dispatcher:
             try:
                 exc = w.call(w.sink.close)
             except SinkTimeout:
-                self.faults.add("sinks_dropped", f"wwmonitor: sink {type(w.sink).__name__} did not return from "
-                                f"close() within {self.sink_timeout} s; abandoned")
+                self.faults.add(
+                    "sinks_dropped",
+                    f"wwmonitor: sink {type(w.sink).__name__} did not return from "
+                    f"close() within {self.sink_timeout} s; abandoned",
+                )
                 continue
             if exc is not None:
-                self.faults.add(key, f"wwmonitor: closing sink {type(w.sink).__name__} failed "
-                                f"({type(exc).__name__}: {exc})")
+                self.faults.add(
+                    key, f"wwmonitor: closing sink {type(w.sink).__name__} failed ({type(exc).__name__}: {exc})"
+                )
             w.stop()
 
 

@@ -7,6 +7,7 @@ the ``wwmonitor`` logger (no duplicate Python warning): the first time, then
 every 100th time per key, so a fault that repeats at every snapshot does not
 flood the log but its count stays exact.
 """
+
 from __future__ import annotations
 
 import logging

@@ -23,6 +23,7 @@ buffers to ``queue_size`` sets, which leaves one more weights-sized share of
 the ``(queue_size + 1) x weights`` memory budget for the analysis' own working
 set (the float64 Gram matrix of the matrix being analysed).
 """
+
 from __future__ import annotations
 
 import threading

@@ -37,6 +37,7 @@ reference matrices no monitored matrix uses are dropped at the first
 snapshot.  Cost: one more ESD per matrix and snapshot, on the analyzer thread
 (the delta is computed there, never on the training thread).
 """
+
 from __future__ import annotations
 
 import math
@@ -162,8 +163,17 @@ class ReferenceWeights:
             self._ref_sq = {k: v for k, v in self._ref_sq.items() if k in self._ref}
             self._bound = True
 
-    def apply(self, name: str, layer_type: str, scale: float, W: Any, lm: LayerMetrics, *,
-              options: AnalysisOptions = DEFAULT_OPTIONS, device: Optional[str] = "cpu") -> None:
+    def apply(
+        self,
+        name: str,
+        layer_type: str,
+        scale: float,
+        W: Any,
+        lm: LayerMetrics,
+        *,
+        options: AnalysisOptions = DEFAULT_OPTIONS,
+        device: Optional[str] = "cpu",
+    ) -> None:
         """Fill ``lm``'s ``delta_*`` fields for matrix ``name`` whose current value is ``W`` (a host
         array); never raises (a failure is ``delta_status="error"`` with the reason)."""
         try:
@@ -172,13 +182,22 @@ class ReferenceWeights:
             lm.delta_status = "error"
             lm.extra["delta_message"] = f"layer {name!r}: delta from the reference failed: {type(e).__name__}: {e}"
 
-    def _apply(self, name: str, layer_type: str, scale: float, W: Any, lm: LayerMetrics,
-               options: AnalysisOptions, device: Optional[str]) -> None:
+    def _apply(
+        self,
+        name: str,
+        layer_type: str,
+        scale: float,
+        W: Any,
+        lm: LayerMetrics,
+        options: AnalysisOptions,
+        device: Optional[str],
+    ) -> None:
         if name.endswith(LORA_UPDATE_SUFFIX):
             lm.delta_status = "not_comparable"
             lm.extra["delta_message"] = (
                 f"layer {name!r}: a LoRA update is analysed in a compact form with its non-zero singular values, "
-                "whose entries are not comparable between steps; the effective weight's delta is W − W_ref")
+                "whose entries are not comparable between steps; the effective weight's delta is W − W_ref"
+            )
             return
         A = as_numpy(W)
         if is_torch_tensor(A):  # a device tensor or a dtype NumPy cannot view
@@ -199,8 +218,9 @@ class ReferenceWeights:
             return
         if tuple(ref.shape) != tuple(A.shape):
             lm.delta_status = "shape_mismatch"
-            lm.extra["delta_message"] = (f"layer {name!r}: shape {tuple(A.shape)} differs from the reference's "
-                                         f"{tuple(ref.shape)}; no delta")
+            lm.extra["delta_message"] = (
+                f"layer {name!r}: shape {tuple(A.shape)} differs from the reference's {tuple(ref.shape)}; no delta"
+            )
             return
         D = np.subtract(A, ref, dtype=np.result_type(A.dtype, ref.dtype, np.float32))
         d_sq = _sum_sq(D)

@@ -13,6 +13,7 @@ Drawing costs ~0.1-0.7 s of CPU per layer (matplotlib), so figures are drawn
 on a schedule (:class:`EsdSchedule`, in epochs) and only for sinks that want
 them.
 """
+
 from __future__ import annotations
 
 import io
@@ -78,8 +79,13 @@ def esd_figure(lm: LayerMetrics, evals: np.ndarray, fits: dict[str, Any], *, ste
     phase = f", {lm.phase}" if lm.phase else ""
     if lm.status != "ok":
         phase += f", {lm.status.replace('_', ' ')}"
-    return plot_esd(ev, fit=pl if pl is not None and pl.ok else None, mp=mp, fit_powerlaw_if_missing=False,
-                    title=f"{lm.name} ({when}{alpha}{phase})")
+    return plot_esd(
+        ev,
+        fit=pl if pl is not None and pl.ok else None,
+        mp=mp,
+        fit_powerlaw_if_missing=False,
+        title=f"{lm.name} ({when}{alpha}{phase})",
+    )
 
 
 def figure_to_png(fig: Any, dpi: int = 80) -> bytes:

@@ -14,6 +14,7 @@ Rules (what a user sees):
 * A store has one writer at a time: a second live writer of the same folder
   gets :class:`~wwmonitor.runlock.RunLockedError`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ def _now() -> str:
 class RunFolder:
     """The folder ``root/run_id`` of one run and (unless ``use_store=False``) its open :class:`RunStore`."""
 
-    def __init__(self, root: Path, run_name: Optional[str], *, resume: bool, use_store: bool,
-                 store: Optional[RunStore] = None) -> None:
+    def __init__(
+        self, root: Path, run_name: Optional[str], *, resume: bool, use_store: bool, store: Optional[RunStore] = None
+    ) -> None:
         self.root = Path(root)
         self.use_store = use_store or store is not None
         self.store: Optional[RunStore] = None
@@ -90,8 +92,13 @@ class RunFolder:
         n = 2
         while (self.root / f"{rid}-{n}" / DB_NAME).exists():
             n += 1
-        log.warning("wwmonitor: run %r already exists in %s; starting a new run %r "
-                    "(pass resume=True to continue %r)", rid, self.root, f"{rid}-{n}", rid)
+        log.warning(
+            "wwmonitor: run %r already exists in %s; starting a new run %r (pass resume=True to continue %r)",
+            rid,
+            self.root,
+            f"{rid}-{n}",
+            rid,
+        )
         return f"{rid}-{n}"
 
     def open(self, meta: Mapping[str, Any], config: Mapping[str, Any], store: Optional[RunStore] = None) -> None:
@@ -117,12 +124,19 @@ class RunFolder:
             old_cfg = store.get_meta("config", None) or {}
             changed = sorted(k for k in config if k in old_cfg and old_cfg[k] != config[k])
             if changed:
-                log.warning("wwmonitor: resuming run %r with changed configuration keys %s; the new values "
-                            "are stored", self.run_id, changed)
+                log.warning(
+                    "wwmonitor: resuming run %r with changed configuration keys %s; the new values are stored",
+                    self.run_id,
+                    changed,
+                )
             items["config"] = {**old_cfg, **config}
             if self.stored_steps:
-                log.info("wwmonitor: resuming run %r after step %d (%d snapshots stored)", self.run_id,
-                         max(self.stored_steps), len(self.stored_steps))
+                log.info(
+                    "wwmonitor: resuming run %r after step %d (%d snapshots stored)",
+                    self.run_id,
+                    max(self.stored_steps),
+                    len(self.stored_steps),
+                )
         else:
             items.update({"name": self.run_name, "created": _now(), "config": dict(config)})
         store.set_meta(items)
@@ -139,8 +153,9 @@ class RunFolder:
             meta["model_class"] = model_class
         self.store.set_meta({"meta": meta})
 
-    def switch(self, root: Path, run_id: str, run_name: Optional[str], meta: Mapping[str, Any],
-               config: Mapping[str, Any]) -> Optional[RunStore]:
+    def switch(
+        self, root: Path, run_id: str, run_name: Optional[str], meta: Mapping[str, Any], config: Mapping[str, Any]
+    ) -> Optional[RunStore]:
         """Continue run ``root/run_id`` instead (a restored checkpoint). Returns the store it replaces.
 
         The replaced store is closed; if this monitor had created it and it

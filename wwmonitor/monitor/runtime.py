@@ -20,6 +20,7 @@ Three stages, data flowing one way:
 The run folder and store lifecycle (naming, resume, one writer) is
 :mod:`.runfolder`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -37,9 +38,9 @@ import numpy as np
 
 from .._validate import check_interval
 from ..analyze import AnalysisOptions
+from ..describe import coverage_summary
 from ..frameworks import is_torch_module
 from ..layers import MatrixSpec, check_lora, extract_matrices, select
-from ..describe import coverage_summary
 from ..records import Alert, SnapshotResult
 from ..store import RunStore
 from .analyzer import AnalysisWorker, AnalyzeFn, default_analyze
@@ -121,8 +122,10 @@ def _matrix_specs(matrices: Mapping[str, Any]) -> list[MatrixSpec]:
             except Exception as e:  # noqa: BLE001
                 raise TypeError(f"matrices[{name!r}]: not an array ({type(arr).__name__}): {e}") from e
             if arr.dtype == object or arr.ndim < 2:
-                raise TypeError(f"matrices[{name!r}]: expected a 2-D (or 3-D stacked) numeric array, "
-                                f"got {type(matrices[name]).__name__}")
+                raise TypeError(
+                    f"matrices[{name!r}]: expected a 2-D (or 3-D stacked) numeric array, "
+                    f"got {type(matrices[name]).__name__}"
+                )
         specs.append(MatrixSpec(str(name), "matrix", arr))
     return specs
 
@@ -341,17 +344,31 @@ class Monitor:
 
         # --- analyzer -> dispatcher
         self._dispatcher = Dispatcher(
-            ([self.store] if self.store is not None else []) + list(sinks), alerts=alerts,
-            renderer=Renderer(esd_every_n_epochs, esd_layers), on_result=self._on_result, store=self.store,
-            sink_timeout=sink_timeout, faults=self._faults, name=f"wwmonitor-dispatch-{self.run_id}")
+            ([self.store] if self.store is not None else []) + list(sinks),
+            alerts=alerts,
+            renderer=Renderer(esd_every_n_epochs, esd_layers),
+            on_result=self._on_result,
+            store=self.store,
+            sink_timeout=sink_timeout,
+            faults=self._faults,
+            name=f"wwmonitor-dispatch-{self.run_id}",
+        )
         self._dispatcher.resume_after(self._last_step)
         self._pool = BufferPool(self.queue_size)
         self._queue = SnapshotQueue(self.queue_size, policy, self._pool)
         inspector = alerts if getattr(alerts, "needs_weights", False) else None
-        self._worker = AnalysisWorker(self._queue, self._dispatcher.submit, options=self.options,
-                                      analyze_fn=analyze_fn or default_analyze, inspector=inspector,
-                                      faults=self._faults, name=f"wwmonitor-{self.run_id}", blas_threads=blas_threads,
-                                      device=self._device or "cpu", reference=self._reference)
+        self._worker = AnalysisWorker(
+            self._queue,
+            self._dispatcher.submit,
+            options=self.options,
+            analyze_fn=analyze_fn or default_analyze,
+            inspector=inspector,
+            faults=self._faults,
+            name=f"wwmonitor-{self.run_id}",
+            blas_threads=blas_threads,
+            device=self._device or "cpu",
+            reference=self._reference,
+        )
         self._worker.start()
         _LIVE.add(self)
 
@@ -394,11 +411,20 @@ class Monitor:
         def names(ps: Optional[list[Any]]) -> Optional[list[str]]:
             return None if ps is None else [str(getattr(p, "__name__", p)) for p in ps]
 
-        return {"versions": versions(), "platform": __import__("platform").platform(),
-                "monitor": {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
-                            "analysis_device": self.analysis_device,
-                            "queue_size": self.queue_size, "policy": self.policy, "layers": names(self.layers),
-                            "exclude": names(self.exclude), "options": asdict(self.options)}}
+        return {
+            "versions": versions(),
+            "platform": __import__("platform").platform(),
+            "monitor": {
+                "every_n_epochs": self.every_n_epochs,
+                "every_n_steps": self.every_n_steps,
+                "analysis_device": self.analysis_device,
+                "queue_size": self.queue_size,
+                "policy": self.policy,
+                "layers": names(self.layers),
+                "exclude": names(self.exclude),
+                "options": asdict(self.options),
+            },
+        }
 
     @staticmethod
     def _model_class(model: Any) -> Optional[str]:
@@ -434,8 +460,12 @@ class Monitor:
         if matrices is not None or not is_torch_module(model):
             return self._extract(model, matrices), None
         c = self._spec_cache
-        if c is not None and c[0]() is model and _still_owned(model, c[2]) and all(
-                p.data_ptr() == ptr for p, ptr in c[3]):
+        if (
+            c is not None
+            and c[0]() is model
+            and _still_owned(model, c[2])
+            and all(p.data_ptr() == ptr for p, ptr in c[3])
+        ):
             return c[1], c[4]
         specs = self._extract(model, None)
         owners = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
@@ -458,8 +488,9 @@ class Monitor:
     def _already_have(self, step: int) -> bool:
         return step in self._folder.stored_steps or (self._last_step is not None and step <= self._last_step)
 
-    def should_snapshot(self, *, epoch: Optional[int] = None, step: Optional[int] = None,
-                        epoch_end: bool = True) -> bool:
+    def should_snapshot(
+        self, *, epoch: Optional[int] = None, step: Optional[int] = None, epoch_end: bool = True
+    ) -> bool:
         """Whether a call with these arguments falls on a monitoring interval
         (and its step is not already stored)."""
         if step is not None and self._already_have(step):
@@ -472,8 +503,15 @@ class Monitor:
             return (int(epoch) + 1) % self.every_n_epochs == 0
         return False
 
-    def snapshot(self, *, step: int, epoch: Optional[int] = None, model: Any = None,
-                 matrices: Optional[Mapping[str, Any]] = None, epoch_end: bool = True) -> bool:
+    def snapshot(
+        self,
+        *,
+        step: int,
+        epoch: Optional[int] = None,
+        model: Any = None,
+        matrices: Optional[Mapping[str, Any]] = None,
+        epoch_end: bool = True,
+    ) -> bool:
         """Copy the monitored weights and queue them for analysis.
 
         Returns ``True`` when a snapshot was queued, ``False`` when the call
@@ -496,8 +534,11 @@ class Monitor:
             if self._closed:
                 raise RuntimeError(f"Monitor for run {self.run_id!r} is closed")
             if self._already_have(step):
-                where = "is already stored in this resumed run" if step in self._folder.stored_steps else \
-                    f"is not after the last snapshot (step {self._last_step})"
+                where = (
+                    "is already stored in this resumed run"
+                    if step in self._folder.stored_steps
+                    else f"is not after the last snapshot (step {self._last_step})"
+                )
                 self._faults.add("duplicates", f"wwmonitor: snapshot at step {step} not taken: the step {where}")
                 return False
             if not self.should_snapshot(epoch=epoch, step=step, epoch_end=epoch_end):
@@ -513,23 +554,37 @@ class Monitor:
                 try:
                     self._folder.record_layers(self._layer_info, self._model_class(src))
                 except Exception as e:  # noqa: BLE001 - a locked/full store must not stop training
-                    self._faults.add("store_errors", f"wwmonitor: recording the layers of run {self.run_id!r} "
-                                     f"failed ({type(e).__name__}: {e})")
+                    self._faults.add(
+                        "store_errors",
+                        f"wwmonitor: recording the layers of run {self.run_id!r} failed ({type(e).__name__}: {e})",
+                    )
             res = self._queue.reserve(self._worker.alive)
             if res is None:
-                self._faults.once("skip", f"wwmonitor: analysis is behind training; snapshot at step {step} skipped "
-                                  f"(policy={self.policy!r}, queue_size={self.queue_size}); see Monitor.stats")
+                self._faults.once(
+                    "skip",
+                    f"wwmonitor: analysis is behind training; snapshot at step {step} skipped "
+                    f"(policy={self.policy!r}, queue_size={self.queue_size}); see Monitor.stats",
+                )
                 return False
             if res.dropped is not None:
-                self._faults.once("coalesce", f"wwmonitor: analysis is behind training; queued snapshot at step "
-                                  f"{res.dropped.step} replaced by step {step} (policy='latest')")
+                self._faults.once(
+                    "coalesce",
+                    f"wwmonitor: analysis is behind training; queued snapshot at step "
+                    f"{res.dropped.step} replaced by step {step} (policy='latest')",
+                )
             snap = None
             try:
                 entries, ready = copy_matrices(specs, res.buffers, key)
                 if key is None:  # computed weights (LoRA effective ...): the plan must not keep them alive
                     res.buffers.plan = None
-                snap = Snapshot(step=step, epoch=None if epoch is None else int(epoch), time=time.time(),
-                                entries=entries, buffers=res.buffers, ready=ready)
+                snap = Snapshot(
+                    step=step,
+                    epoch=None if epoch is None else int(epoch),
+                    time=time.time(),
+                    entries=entries,
+                    buffers=res.buffers,
+                    ready=ready,
+                )
             finally:
                 self._queue.commit(res, snap)
             self._pool.note_size()
@@ -549,8 +604,9 @@ class Monitor:
             if self._closed:
                 raise RuntimeError(f"Monitor for run {self.run_id!r} is closed")
             if self._already_have(result.step) and result.step in self._folder.stored_steps:
-                self._faults.add("duplicates", f"wwmonitor: result for step {result.step} not written: "
-                                 "the step is already stored")
+                self._faults.add(
+                    "duplicates", f"wwmonitor: result for step {result.step} not written: the step is already stored"
+                )
                 return False
             ok = self._dispatcher.submit(result)
             if ok:
@@ -593,10 +649,17 @@ class Monitor:
         ``buffer_bytes_peak`` (host snapshot buffers now / at most)."""
         out: dict[str, Any] = dict(self._counts)
         out.update(self._faults.snapshot())
-        out.update(skipped=self._queue.skipped, coalesced=self._queue.coalesced, analysed=self._worker.analysed,
-                   errors=self._worker.layer_errors, pending=self._queue.pending, blocked_s=self._queue.blocked_s,
-                   dispatch_pending=self._dispatcher.pending, buffer_bytes=self._pool.total_bytes,
-                   buffer_bytes_peak=self._pool.peak_bytes)
+        out.update(
+            skipped=self._queue.skipped,
+            coalesced=self._queue.coalesced,
+            analysed=self._worker.analysed,
+            errors=self._worker.layer_errors,
+            pending=self._queue.pending,
+            blocked_s=self._queue.blocked_s,
+            dispatch_pending=self._dispatcher.pending,
+            buffer_bytes=self._pool.total_bytes,
+            buffer_bytes_peak=self._pool.peak_bytes,
+        )
         return out
 
     @property
@@ -628,8 +691,12 @@ class Monitor:
         idle = self._queue.wait_idle(timeout, self._worker.alive)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not (idle and self._dispatcher.wait_idle(left)):
-            log.warning("wwmonitor: flush timed out after %s s with %d snapshot(s) and %d result(s) pending",
-                        timeout, self._queue.pending, self._dispatcher.pending)
+            log.warning(
+                "wwmonitor: flush timed out after %s s with %d snapshot(s) and %d result(s) pending",
+                timeout,
+                self._queue.pending,
+                self._dispatcher.pending,
+            )
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Flush (up to ``timeout``, default ``close_timeout``), stop the
@@ -656,15 +723,22 @@ class Monitor:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._worker.thread.join(left if left is None else left + 5.0)
         if dropped:
-            self._faults.add("dropped_on_close", f"wwmonitor: close() timed out after {timeout} s; {len(dropped)} "
-                             f"queued snapshot(s) (steps {[s.step for s in dropped]}) were not analysed", len(dropped))
+            self._faults.add(
+                "dropped_on_close",
+                f"wwmonitor: close() timed out after {timeout} s; {len(dropped)} "
+                f"queued snapshot(s) (steps {[s.step for s in dropped]}) were not analysed",
+                len(dropped),
+            )
         if self._worker.alive():
-            log.warning("wwmonitor: the analysis thread is still inside one layer after close(); it stops "
-                        "after that layer (daemon thread, it will not keep the process alive)")
+            log.warning(
+                "wwmonitor: the analysis thread is still inside one layer after close(); it stops "
+                "after that layer (daemon thread, it will not keep the process alive)"
+            )
         left = None if deadline is None else max(1.0, deadline - time.monotonic())
         if not self._dispatcher.close(left):
-            log.warning("wwmonitor: close() timed out with %d result(s) not written to every sink",
-                        self._dispatcher.pending)
+            log.warning(
+                "wwmonitor: close() timed out with %d result(s) not written to every sink", self._dispatcher.pending
+            )
         self._pool.clear()
 
     def __enter__(self) -> "Monitor":
@@ -679,8 +753,13 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue this run: the run folder, id and
         last snapshotted step."""
-        return {"version": 1, "run_root": str(self._folder.root), "run_id": self.run_id,
-                "run_name": self.run_name, "last_step": self._last_step}
+        return {
+            "version": 1,
+            "run_root": str(self._folder.root),
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "last_step": self._last_step,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the run recorded in ``state`` (from :meth:`state_dict`): a restored checkpoint.

@@ -24,6 +24,7 @@ Design (see ``docs/benchmarks.md`` for the measured cost):
   updates cannot race the copy, while the host thread returns at once.  Only
   the worker blocks, on that event, before it reads the buffers.
 """
+
 from __future__ import annotations
 
 import threading
@@ -193,13 +194,14 @@ _CUDA = _CudaCopier()
 
 @dataclass
 class _Plan:
-    cpu: list[tuple[Any, Any]]                     # (dst, src): synchronous host copies
-    cuda: dict[Any, list[tuple[Any, Any]]]         # device -> (pinned dst, src view)
-    entries: list[tuple[str, str, float, Any]]     # what the worker reads
+    cpu: list[tuple[Any, Any]]  # (dst, src): synchronous host copies
+    cuda: dict[Any, list[tuple[Any, Any]]]  # device -> (pinned dst, src view)
+    entries: list[tuple[str, str, float, Any]]  # what the worker reads
 
 
-def copy_matrices(specs: list[Any], bs: BufferSet, key: Any = None
-                  ) -> tuple[list[tuple[str, str, float, Any]], Optional[Callable[[], None]]]:
+def copy_matrices(
+    specs: list[Any], bs: BufferSet, key: Any = None
+) -> tuple[list[tuple[str, str, float, Any]], Optional[Callable[[], None]]]:
     """Copy each spec's tensor into ``bs`` (host memory); return the entries
     ``(name, type, scale, host_view)`` and a ``ready`` callable (``None`` when
     every copy was synchronous).

@@ -9,6 +9,7 @@
 
 Needs matplotlib and pandas (core dependencies); attributes load lazily.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -27,6 +27,7 @@ Outputs (``write_comparison``): ``index.html`` and its PNG figures, plus
 ``comparison.csv`` (one row per run and layer, final snapshot) and, with a
 validation metric, ``ranking.csv`` (the Spearman correlations).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,23 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Un
 import numpy as np
 
 from ..phases import PHASES
-from .html import (OutputError, Problems, Section, fmt, image_stem, is_missing, nav, page, phase_badge,
-                   prepare_out_dir, render_figure, render_section, select_layers, table, write_text)
+from .html import (
+    OutputError,
+    Problems,
+    Section,
+    fmt,
+    image_stem,
+    is_missing,
+    nav,
+    page,
+    phase_badge,
+    prepare_out_dir,
+    render_figure,
+    render_section,
+    select_layers,
+    table,
+    write_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -72,8 +88,9 @@ COMPARE_METRICS: tuple[str, ...] = ("alpha", "mp_softrank", "stable_rank", "num_
 #: extra columns kept in the comparison table
 TABLE_EXTRA: tuple[str, ...] = ("D", "num_pl_spikes", "log_spectral_norm", "mp_sigma2", "lambda_plus", "rank_loss")
 #: config keys that are never the swept parameter (derived or bookkeeping)
-NOT_SWEPT: frozenset[str] = frozenset({"seed", "run_name", "run_id", "name", "steps_per_epoch", "created", "output",
-                                       "out", "run_dir", "log_dir"})
+NOT_SWEPT: frozenset[str] = frozenset(
+    {"seed", "run_name", "run_id", "name", "steps_per_epoch", "created", "output", "out", "run_dir", "log_dir"}
+)
 #: preferred sweep keys when several differ (first match wins)
 PREFERRED: tuple[str, ...] = ("batch_size", "lr", "learning_rate", "weight_decay", "dropout", "width", "depth")
 #: metrics whose mean over layers is drawn and tabulated per run when runs are compared side by side
@@ -86,8 +103,14 @@ MAX_TIMELINE_ROWS = 80
 #: :func:`wwmonitor.integrations.record_eval_metrics`)
 EVAL_META_KEY = "eval_metrics"
 #: model-level spectral summaries ranked against the validation metric; for each, lower is better (HTSR)
-RANK_SUMMARIES: tuple[str, ...] = ("mean_alpha", "mean_alpha_weighted", "mean_log_norm", "mean_log_spectral_norm",
-                                   "mean_stable_rank", "mean_mp_softrank")
+RANK_SUMMARIES: tuple[str, ...] = (
+    "mean_alpha",
+    "mean_alpha_weighted",
+    "mean_log_norm",
+    "mean_log_spectral_norm",
+    "mean_stable_rank",
+    "mean_mp_softrank",
+)
 #: validation metrics ``val_metric="auto"`` prefers (first found in every ranked run); then any ``val_*``
 PREFERRED_VAL: tuple[str, ...] = ("val_acc", "val_accuracy", "val_loss")
 #: a validation metric whose name contains one of these is better when lower
@@ -134,8 +157,11 @@ def _value_label(v: Any) -> str:
 def differing_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Keys present in every config whose values differ between the runs (:data:`NOT_SWEPT` keys left out)."""
     keys = set().union(*[set(c) for c in configs]) if configs else set()
-    return [k for k in sorted(keys) if k not in NOT_SWEPT and all(k in c for c in configs)
-            and len({_hashable(c.get(k)) for c in configs}) > 1]
+    return [
+        k
+        for k in sorted(keys)
+        if k not in NOT_SWEPT and all(k in c for c in configs) and len({_hashable(c.get(k)) for c in configs}) > 1
+    ]
 
 
 def _config_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -145,8 +171,13 @@ def _config_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in sorted(keys) if len({_hashable(c.get(k, missing)) for c in configs}) > 1]
 
 
-def sweep_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = None, group: Optional[str] = "auto",
-                *, by_run: bool = False) -> tuple[Optional[str], Optional[str]]:
+def sweep_param(
+    configs: Sequence[Mapping[str, Any]],
+    param: Optional[str] = None,
+    group: Optional[str] = "auto",
+    *,
+    by_run: bool = False,
+) -> tuple[Optional[str], Optional[str]]:
     """``(param, group)`` as :func:`detect_param`, or ``(None, None)``: compare the runs side by side by name.
 
     Side by side when ``by_run`` is true, or when no ``param`` is given and
@@ -162,8 +193,9 @@ def sweep_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = Non
     return detect_param(configs, param, group)
 
 
-def detect_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = None,
-                 group: Optional[str] = "auto") -> tuple[str, Optional[str]]:
+def detect_param(
+    configs: Sequence[Mapping[str, Any]], param: Optional[str] = None, group: Optional[str] = "auto"
+) -> tuple[str, Optional[str]]:
     """Return ``(param, group)`` for a set of run configs.
 
     ``param`` given: it must be present in every config.  Otherwise the
@@ -176,8 +208,10 @@ def detect_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = No
     if param is not None:
         missing = [i for i, c in enumerate(configs) if param not in c]
         if missing:
-            raise ValueError(f"compare: --param {param!r} is missing from the config of run(s) {missing}; "
-                             f"config keys: {sorted(keys)}")
+            raise ValueError(
+                f"compare: --param {param!r} is missing from the config of run(s) {missing}; "
+                f"config keys: {sorted(keys)}"
+            )
     else:
         differ = differing_keys(configs)
         if not differ:
@@ -187,13 +221,19 @@ def detect_param(configs: Sequence[Mapping[str, Any]], param: Optional[str] = No
                 "(write_comparison / final_metrics_table do so when no key differs)"
             )
         pref = [k for k in PREFERRED if k in differ]
-        numeric = [k for k in differ if all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
-                                            for c in configs)]
+        numeric = [
+            k
+            for k in differ
+            if all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool) for c in configs)
+        ]
         param = pref[0] if pref else (numeric[0] if numeric else differ[0])
     if group == "auto":
         g = "seed"
-        group = g if (g != param and all(g in c for c in configs)
-                      and len({_hashable(c.get(g)) for c in configs}) > 1) else None
+        group = (
+            g
+            if (g != param and all(g in c for c in configs) and len({_hashable(c.get(g)) for c in configs}) > 1)
+            else None
+        )
     elif group is not None and any(group not in c for c in configs):
         raise ValueError(f"compare: group key {group!r} is missing from some run configs")
     return param, group
@@ -247,14 +287,17 @@ def _sort_by_param(df: "pd.DataFrame", param: str, group: Optional[str]) -> "pd.
         df = df.sort_values(sort, kind="stable", ignore_index=True)
     except TypeError as e:  # mixed types in the parameter: keep the given order, and say so
         types = sorted({type(v).__name__ for v in df[param]})
-        order_note = (f"the values of {param!r} have mixed types ({', '.join(types)}) and cannot be sorted ({e}); "
-                      "the runs are shown in the order given")
+        order_note = (
+            f"the values of {param!r} have mixed types ({', '.join(types)}) and cannot be sorted ({e}); "
+            "the runs are shown in the order given"
+        )
     df.attrs["param"], df.attrs["group"], df.attrs["order_note"] = param, group, order_note
     return df
 
 
-def phase_history(runs: Sequence[Union[PathLike, "Run"]], *, layers: Optional[Sequence[str]] = None,
-                  keys: Sequence[str] = ()) -> "pd.DataFrame":
+def phase_history(
+    runs: Sequence[Union[PathLike, "Run"]], *, layers: Optional[Sequence[str]] = None, keys: Sequence[str] = ()
+) -> "pd.DataFrame":
     """Every layer's phase at every snapshot of every run, from the run stores' per-step phases.
 
     Columns ``run`` (named as in :func:`final_metrics_table`), the config
@@ -266,15 +309,17 @@ def phase_history(runs: Sequence[Union[PathLike, "Run"]], *, layers: Optional[Se
     return _history(list(zip(_unique_names(loaded), loaded)), layers, keys)
 
 
-def _history(named: Sequence[tuple[str, "Run"]], layers: Optional[Sequence[str]],
-             keys: Sequence[str]) -> "pd.DataFrame":
+def _history(
+    named: Sequence[tuple[str, "Run"]], layers: Optional[Sequence[str]], keys: Sequence[str]
+) -> "pd.DataFrame":
     """:func:`phase_history` of runs already loaded and named, in the given order."""
     import pandas as pd
 
     frames = []
     for name, r in named:
-        h = r.layer_status[["step", "layer"]].merge(r.phases[["step", "layer", "phase"]], on=["step", "layer"],
-                                                    how="left")
+        h = r.layer_status[["step", "layer"]].merge(
+            r.phases[["step", "layer", "phase"]], on=["step", "layer"], how="left"
+        )
         h = h.merge(r.snapshots[["step", "epoch"]], on="step", how="inner")
         if layers is not None:
             h = h[h["layer"].isin(list(layers))]
@@ -304,8 +349,16 @@ def phase_changes(history: "pd.DataFrame") -> "pd.DataFrame":
         for step, epoch, ph in zip(h["step"], h["epoch"], h["phase"]):
             ph = None if is_missing(ph) or not ph else str(ph)
             if prev is not _NOTHING and ph != prev:
-                rows.append({"run": run, "layer": layer, "step": int(step),
-                             "epoch": None if is_missing(epoch) else int(epoch), "before": prev, "after": ph})
+                rows.append(
+                    {
+                        "run": run,
+                        "layer": layer,
+                        "step": int(step),
+                        "epoch": None if is_missing(epoch) else int(epoch),
+                        "before": prev,
+                        "after": ph,
+                    }
+                )
             prev = ph
     return pd.DataFrame(rows, columns=["run", "layer", "step", "epoch", "before", "after"])
 
@@ -376,8 +429,11 @@ def spearman_by_group(
     return out
 
 
-def spearman_table_html(rho: Mapping[str, Mapping[str, Mapping[str, float]]],
-                        expected: Optional[Mapping[str, int]] = None, group: str = "seed") -> str:
+def spearman_table_html(
+    rho: Mapping[str, Mapping[str, Mapping[str, float]]],
+    expected: Optional[Mapping[str, int]] = None,
+    group: str = "seed",
+) -> str:
     """HTML table of :func:`spearman_by_group` output; cells with the expected sign are green, others red."""
     metrics: list[str] = []
     for per in rho.values():
@@ -385,8 +441,9 @@ def spearman_table_html(rho: Mapping[str, Mapping[str, Mapping[str, float]]],
             for m in vals:
                 if m not in metrics:
                     metrics.append(m)
-    heads = [group, "layer"] + [m + (f" (expect {'+' if expected[m] > 0 else '−'})" if expected and m in expected else "")
-                                for m in metrics]
+    heads = [group, "layer"] + [
+        m + (f" (expect {'+' if expected[m] > 0 else '−'})" if expected and m in expected else "") for m in metrics
+    ]
     rows = []
     for g, per in rho.items():
         for L, vals in per.items():
@@ -406,6 +463,7 @@ def spearman_table_html(rho: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 # --- ranking runs by their spectra against a validation metric ---------------------------------------------
 
+
 def eval_metrics(run: "Run") -> dict[str, float]:
     """The evaluation metrics ``run`` recorded: its store's :data:`EVAL_META_KEY` entry, then any ``val_*``
     model-level metric of its final snapshot (``layer == "__model__"``) not already there; finite numbers only."""
@@ -420,7 +478,7 @@ def eval_metrics(run: "Run") -> dict[str, float]:
         finally:
             conn.close()
         stored = json.loads(row[0]) if row is not None else {}
-        for k, v in (stored.items() if isinstance(stored, dict) else ()):
+        for k, v in stored.items() if isinstance(stored, dict) else ():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
                 out[str(k)] = float(v)
     if run.steps and len(run.metrics):
@@ -455,8 +513,13 @@ def _choose_val_metric(evals: Sequence[Mapping[str, float]], val_metric: Optiona
     return max(names, key=lambda k: counts[k]) if names else None  # max keeps the first among equal counts
 
 
-def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optional[str] = "auto",
-                  group: Optional[str] = None, names: Optional[Sequence[str]] = None) -> "pd.DataFrame":
+def ranking_frame(
+    runs: Sequence[Union[PathLike, "Run"]],
+    *,
+    val_metric: Optional[str] = "auto",
+    group: Optional[str] = None,
+    names: Optional[Sequence[str]] = None,
+) -> "pd.DataFrame":
     """One row per run that recorded the validation metric: ``run``, ``path``, the ``group`` key (if any),
     the validation metric, the ``step`` and ``epoch`` of the run's final snapshot and each
     :data:`RANK_SUMMARIES` entry there.
@@ -487,14 +550,23 @@ def ranking_frame(runs: Sequence[Union[PathLike, "Run"]], *, val_metric: Optiona
         epoch: Any = last["epoch"].iloc[0] if len(last) else None
         row["epoch"] = None if is_missing(epoch) else int(epoch)
         for m in RANK_SUMMARIES:
-            row[m] = float(last[m].iloc[0]) if m in last.columns and len(last) and not is_missing(last[m].iloc[0]) \
+            row[m] = (
+                float(last[m].iloc[0])
+                if m in last.columns and len(last) and not is_missing(last[m].iloc[0])
                 else float("nan")
+            )
         rows.append(row)
-    cols = ["run", "path"] + ([group] if group else []) + ([val] if val else []) + ["step", "epoch"] \
-        + list(RANK_SUMMARIES)
+    cols = (
+        ["run", "path"] + ([group] if group else []) + ([val] if val else []) + ["step", "epoch"] + list(RANK_SUMMARIES)
+    )
     df = pd.DataFrame(rows, columns=cols)
-    df.attrs.update(val_metric=val, higher_is_better=val_higher_is_better(val) if val else None, group=group,
-                    n_runs=len(loaded), missing=missing)
+    df.attrs.update(
+        val_metric=val,
+        higher_is_better=val_higher_is_better(val) if val else None,
+        group=group,
+        n_runs=len(loaded),
+        missing=missing,
+    )
     return df
 
 
@@ -525,8 +597,9 @@ def ranking_spearman(df: "pd.DataFrame") -> "pd.DataFrame":
             for m in RANK_SUMMARIES:
                 t = d[[val, m]].dropna()
                 x, y = np.asarray(t[m], dtype=float), np.asarray(t[val], dtype=float)
-                rho = (float("nan") if len(t) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0
-                       else float(spearmanr(x, y).statistic))
+                rho = (
+                    float("nan") if len(t) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0 else float(spearmanr(x, y).statistic)
+                )
                 rows.append({"group": label, "metric": m, "n": int(len(t)), "rho": rho})
     return pd.DataFrame(rows, columns=["group", "metric", "n", "rho"])
 
@@ -550,16 +623,34 @@ def ranking_picks(df: "pd.DataFrame") -> "pd.DataFrame":
                 continue
             best_val = d[val].max() if higher else d[val].min()
             b = d[d[val] == best_val].iloc[0]
-            rows.append({"group": label, "metric": "validation", "run": b["run"], "value": float(b[val]),
-                         "val": float(b[val]), "best": True, "gap": 0.0})
+            rows.append(
+                {
+                    "group": label,
+                    "metric": "validation",
+                    "run": b["run"],
+                    "value": float(b[val]),
+                    "val": float(b[val]),
+                    "best": True,
+                    "gap": 0.0,
+                }
+            )
             for m in RANK_SUMMARIES:
                 t = d.dropna(subset=[m])
                 if not len(t):
                     continue
                 p = t.loc[t[m].idxmin()]
                 gap = (best_val - p[val]) if higher else (p[val] - best_val)
-                rows.append({"group": label, "metric": m, "run": p["run"], "value": float(p[m]),
-                             "val": float(p[val]), "best": bool(p[val] == best_val), "gap": float(gap)})
+                rows.append(
+                    {
+                        "group": label,
+                        "metric": m,
+                        "run": p["run"],
+                        "value": float(p[m]),
+                        "val": float(p[val]),
+                        "best": bool(p[val] == best_val),
+                        "gap": float(gap),
+                    }
+                )
     return pd.DataFrame(rows, columns=["group", "metric", "run", "value", "val", "best", "gap"])
 
 
@@ -617,8 +708,10 @@ class _Comparison:
     @property
     def numeric_param(self) -> bool:
         """Whether every value of the swept parameter is a number (then it is plotted and correlated)."""
-        return self.param is not None and all(isinstance(v, (int, float, np.integer, np.floating))
-                                              and not isinstance(v, bool) for v in self.df[self.param])
+        return self.param is not None and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in self.df[self.param]
+        )
 
     @property
     def x_axis(self) -> str:
@@ -630,8 +723,9 @@ class _Comparison:
         if self.by_run:
             return run
         row = self.df[self.df["run"] == run].iloc[0]
-        return f"{self.param}={_value_label(row[self.param])}" + (f", {self.group}={row[self.group]}"
-                                                                  if self.group else "")
+        return f"{self.param}={_value_label(row[self.param])}" + (
+            f", {self.group}={row[self.group]}" if self.group else ""
+        )
 
 
 def write_comparison(
@@ -672,26 +766,51 @@ def write_comparison(
     :class:`~wwmonitor.report.html.OutputError` (a ``ValueError``) naming
     the path when the output cannot be written.
     """
-    cmp = _open_comparison(runs, out_dir, param=param, group=group, layers=layers, esd_layer=esd_layer,
-                           metrics=metrics, dpi=dpi, notes_html=notes_html, by_run=by_run, val_metric=val_metric)
+    cmp = _open_comparison(
+        runs,
+        out_dir,
+        param=param,
+        group=group,
+        layers=layers,
+        esd_layer=esd_layer,
+        metrics=metrics,
+        dpi=dpi,
+        notes_html=notes_html,
+        by_run=by_run,
+        val_metric=val_metric,
+    )
     sections = _sections(cmp)
     bodies = [render_section(cmp, section) for section in sections]
     n_problems = len(cmp.problems)
     what = "side by side" if cmp.by_run else f"swept {escape(cmp.param or '')}"
-    auto_title = ("wwmonitor comparison: " + (cmp.param or (", ".join(cmp.names) if len(cmp.names) <= 4
-                                                            else f"{len(cmp.names)} runs")))
-    html = page(title or auto_title, "\n".join([nav(sections), cmp.problems.summary_html(), *bodies]),
-                subtitle=f"{len(cmp.runs)} runs · {what}"
-                + (f" · {n_problems} problem{'s' if n_problems != 1 else ''}" if n_problems else ""))
+    auto_title = "wwmonitor comparison: " + (
+        cmp.param or (", ".join(cmp.names) if len(cmp.names) <= 4 else f"{len(cmp.names)} runs")
+    )
+    html = page(
+        title or auto_title,
+        "\n".join([nav(sections), cmp.problems.summary_html(), *bodies]),
+        subtitle=f"{len(cmp.runs)} runs · {what}"
+        + (f" · {n_problems} problem{'s' if n_problems != 1 else ''}" if n_problems else ""),
+    )
     if problems is not None:
         problems.extend(cmp.problems.items)
     return write_text(cmp.out / "index.html", html)
 
 
-def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, *, param: Optional[str],
-                     group: Optional[str], layers: Optional[Sequence[str]], esd_layer: Optional[str],
-                     metrics: Sequence[str], dpi: int, notes_html: str, by_run: bool,
-                     val_metric: Optional[str] = "auto") -> _Comparison:
+def _open_comparison(
+    runs: Sequence[Union[PathLike, "Run"]],
+    out_dir: PathLike,
+    *,
+    param: Optional[str],
+    group: Optional[str],
+    layers: Optional[Sequence[str]],
+    esd_layer: Optional[str],
+    metrics: Sequence[str],
+    dpi: int,
+    notes_html: str,
+    by_run: bool,
+    val_metric: Optional[str] = "auto",
+) -> _Comparison:
     """Load the runs, build the final-snapshot table, check the layers, then create the output folder and the CSV."""
     loaded = _load(runs)
     df = final_metrics_table(loaded, param=param, group=group, by_run=by_run)
@@ -705,15 +824,27 @@ def _open_comparison(runs: Sequence[Union[PathLike, "Run"]], out_dir: PathLike, 
     ranking = ranking_frame([r for _, r in named], val_metric=val_metric, group=group, names=[n for n, _ in named])
     if val_metric not in (None, "auto", "none") and not len(ranking):
         known = sorted({k for _, r in named for k in eval_metrics(r)})
-        raise ValueError(f"compare: no run recorded the validation metric {val_metric!r} (recorded: "
-                         f"{', '.join(known) or 'none'})")
+        raise ValueError(
+            f"compare: no run recorded the validation metric {val_metric!r} (recorded: {', '.join(known) or 'none'})"
+        )
     out = prepare_out_dir(out_dir, "comparison")
     _write_csvs(out, df, ranking)
-    return _Comparison(runs=[r for _, r in named], names=[n for n, _ in named], df=df, history=history,
-                       param=param, group=group, layers=lay,
-                       esd_layer=esd_layer if esd_layer is not None else _default_esd_layer(df),
-                       metrics=metrics, out=out, dpi=dpi, notes_html=notes_html, forced_by_run=by_run,
-                       ranking=ranking)
+    return _Comparison(
+        runs=[r for _, r in named],
+        names=[n for n, _ in named],
+        df=df,
+        history=history,
+        param=param,
+        group=group,
+        layers=lay,
+        esd_layer=esd_layer if esd_layer is not None else _default_esd_layer(df),
+        metrics=metrics,
+        out=out,
+        dpi=dpi,
+        notes_html=notes_html,
+        forced_by_run=by_run,
+        ranking=ranking,
+    )
 
 
 def _write_csvs(out: Path, df: "pd.DataFrame", ranking: "pd.DataFrame") -> None:
@@ -762,12 +893,14 @@ def _sections(cmp: _Comparison) -> list[Section]:
     elif cmp.numeric_param:
         out.append(("findings", "Findings", f"Rank correlation with {p}", _section_findings))
     out += _ranking_sections(cmp)
-    out += [("sweep", f"Metrics vs {cmp.param}", f"Metrics against {p}", _section_sweep),
-            ("phase-diagram", "Phase diagram", "Phase diagram", _section_phase_diagram),
-            ("phases-seen", "Phases seen", "Phases seen in this sweep", _section_phases_seen),
-            ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
-            ("esds", "ESDs", "ESDs across the sweep", _section_esds),
-            ("table", "Table", "Table", _section_table)]
+    out += [
+        ("sweep", f"Metrics vs {cmp.param}", f"Metrics against {p}", _section_sweep),
+        ("phase-diagram", "Phase diagram", "Phase diagram", _section_phase_diagram),
+        ("phases-seen", "Phases seen", "Phases seen in this sweep", _section_phases_seen),
+        ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
+        ("esds", "ESDs", "ESDs across the sweep", _section_esds),
+        ("table", "Table", "Table", _section_table),
+    ]
     return out
 
 
@@ -777,25 +910,30 @@ def _run_sections(cmp: _Comparison) -> list[Section]:
     if cmp.notes_html:
         out.append(("findings", "Findings", None, lambda c: c.notes_html))
     out += _ranking_sections(cmp)
-    out += [("curves", "Metric curves", "Metric curves", _section_run_curves),
-            ("final", "Final snapshot", "Final snapshot of each run", _section_run_finals),
-            ("phases", "Phases per run", "Final phase of each layer per run", _section_run_phases),
-            ("phases-seen", "Phases seen", "Phases seen in these runs", _section_phases_seen),
-            ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
-            ("esds", "ESDs", "Final ESDs", _section_esds),
-            ("table", "Table", "Table", _section_table)]
+    out += [
+        ("curves", "Metric curves", "Metric curves", _section_run_curves),
+        ("final", "Final snapshot", "Final snapshot of each run", _section_run_finals),
+        ("phases", "Phases per run", "Final phase of each layer per run", _section_run_phases),
+        ("phases-seen", "Phases seen", "Phases seen in these runs", _section_phases_seen),
+        ("phase-changes", "Phase changes", "When each layer changed phase", _section_phase_changes),
+        ("esds", "ESDs", "Final ESDs", _section_esds),
+        ("table", "Table", "Table", _section_table),
+    ]
     return out
 
 
 # --- the sections (each returns the HTML under its heading) -------------------------------------------------
 
+
 def _section_summary(cmp: _Comparison) -> str:
     """How many runs, the swept parameter and its values, the grouping, the layers."""
     df, param, group = cmp.df, cmp.param, cmp.group
     values = ", ".join(sorted({str(v) for v in df[param]}, key=lambda s: (len(s), s)))
-    html = (f"<p>{len(cmp.runs)} runs, swept parameter <b>{escape(param)}</b> = {escape(values)}"
-            + (f", grouped by <b>{escape(group)}</b> ({df[group].nunique()} values)" if group else "")
-            + f"; layers: {escape(', '.join(cmp.layers))}. Each run contributes its final snapshot.</p>")
+    html = (
+        f"<p>{len(cmp.runs)} runs, swept parameter <b>{escape(param)}</b> = {escape(values)}"
+        + (f", grouped by <b>{escape(group)}</b> ({df[group].nunique()} values)" if group else "")
+        + f"; layers: {escape(', '.join(cmp.layers))}. Each run contributes its final snapshot.</p>"
+    )
     note = df.attrs.get("order_note")
     if note:
         html += f'<p class="note">Note: {escape(note)}.</p>'
@@ -806,8 +944,11 @@ def _section_findings(cmp: _Comparison) -> str:
     """The Spearman rank correlation of each metric with the parameter, per group and layer."""
     rho = spearman_by_group(cmp.df, param=cmp.param, group=cmp.group, metrics=cmp.metrics, layers=cmp.layers)
     if not any(rho.values()):
-        return (f"<p>No rank correlation: it needs at least 3 different values of {escape(cmp.param or '')}"
-                + (f" within a {escape(cmp.group)}" if cmp.group else "") + " and a metric that varies.</p>")
+        return (
+            f"<p>No rank correlation: it needs at least 3 different values of {escape(cmp.param or '')}"
+            + (f" within a {escape(cmp.group)}" if cmp.group else "")
+            + " and a metric that varies.</p>"
+        )
     return spearman_table_html(rho, None, cmp.group or "group")
 
 
@@ -816,8 +957,9 @@ def _ranking_sections(cmp: _Comparison) -> list[Section]:
     if cmp.ranking is None or len(cmp.ranking) < 2:
         return []
     val = escape(str(cmp.ranking.attrs["val_metric"]))
-    return [("ranking", "Ranking by validation", f"Ranking runs without test data: spectra against {val}",
-             _section_ranking)]
+    return [
+        ("ranking", "Ranking by validation", f"Ranking runs without test data: spectra against {val}", _section_ranking)
+    ]
 
 
 def _section_ranking(cmp: _Comparison) -> str:
@@ -828,21 +970,24 @@ def _section_ranking(cmp: _Comparison) -> str:
     shown = [m for m in RANK_SUMMARIES if df[m].notna().any()]
     parts = [
         f"<p>{len(df)} of {df.attrs['n_runs']} runs recorded <b>{escape(val)}</b> ("
-        + ("higher" if higher else "lower") + " is better). Each spectral summary below is the model-level mean "
+        + ("higher" if higher else "lower")
+        + " is better). Each spectral summary below is the model-level mean "
         "over every monitored layer at the run's final snapshot, computed from the weights alone; in the "
         "heavy-tailed self-regularization picture a <i>lower</i> value of each predicts a better model, so a summary "
         f"that ranks the runs like {escape(val)} has a Spearman correlation near <b>{'−1' if higher else '+1'}"
-        "</b> (green) with it.</p>"]
+        "</b> (green) with it.</p>"
+    ]
     ends = sorted({int(e) for e in df["epoch"] if not is_missing(e)})
     if len(ends) > 1:
-        parts.append(f'<p class="note">The runs\' final snapshots are at different epochs ({ends[0]} to {ends[-1]}): '
-                     "runs stopped early (by a scheduler, a pruner or an alert) are ranked by their last snapshot "
-                     "and their last recorded validation value.</p>")
+        parts.append(
+            f'<p class="note">The runs\' final snapshots are at different epochs ({ends[0]} to {ends[-1]}): '
+            "runs stopped early (by a scheduler, a pruner or an alert) are ranked by their last snapshot "
+            "and their last recorded validation value.</p>"
+        )
     missing = df.attrs.get("missing") or []
     if missing:
         more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
-        parts.append(f'<p class="sub">Without {escape(val)} (not ranked): '
-                     f"{escape(', '.join(missing[:12]))}{more}.</p>")
+        parts.append(f'<p class="sub">Without {escape(val)} (not ranked): {escape(", ".join(missing[:12]))}{more}.</p>')
     parts.append(_ranking_rho_table(ranking_spearman(df), shown, -1 if higher else +1))
     parts.append(_ranking_picks_table(cmp, ranking_picks(df), shown, val, higher))
     return "\n".join(parts)
@@ -861,14 +1006,13 @@ def _ranking_rho_table(rho: "pd.DataFrame", shown: Sequence[str], expect: int) -
             else:
                 cells.append(f'<span class="{"good" if r * expect > 0 else "bad"}">{r:+.2f}</span>')
         rows.append([escape(str(label)), fmt(int(d["n"].max()) if len(d) else 0)] + cells)
-    return table(["group", "runs"] + [f"{m} (expect {'−' if expect < 0 else '+'})" for m in shown], rows,
-                 left=(0,)) + (
+    return table(["group", "runs"] + [f"{m} (expect {'−' if expect < 0 else '+'})" for m in shown], rows, left=(0,)) + (
         '<p class="sub">Spearman rank correlation across the runs of each group (a dash: fewer than 3 runs with '
-        'both values, or a constant column); also saved as <a href="ranking.csv">ranking.csv</a>.</p>')
+        'both values, or a constant column); also saved as <a href="ranking.csv">ranking.csv</a>.</p>'
+    )
 
 
-def _ranking_picks_table(cmp: _Comparison, picks: "pd.DataFrame", shown: Sequence[str], val: str,
-                         higher: bool) -> str:
+def _ranking_picks_table(cmp: _Comparison, picks: "pd.DataFrame", shown: Sequence[str], val: str, higher: bool) -> str:
     """The table of :func:`ranking_picks`: the best run by validation and each summary's pick, per group."""
     groups = list(dict.fromkeys(picks["group"]))
     by = {(g, m): rec for g, m, rec in zip(picks["group"], picks["metric"], picks.to_dict("records"))}
@@ -880,14 +1024,22 @@ def _ranking_picks_table(cmp: _Comparison, picks: "pd.DataFrame", shown: Sequenc
             if rec is None:
                 cells.append("–")
                 continue
-            mark = ("" if m == "validation" else ' <span class="good">✓ best</span>' if rec["best"]
-                    else f' <span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>')
-            cells.append(f"{escape(cmp.long_label(str(rec['run'])))}<br><small>{escape(val)} = "
-                         f"{fmt(rec['val'], 4)}{mark}</small>")
+            mark = (
+                ""
+                if m == "validation"
+                else ' <span class="good">✓ best</span>'
+                if rec["best"]
+                else f' <span class="bad">{fmt(-rec["gap"] if higher else rec["gap"], 3)}</span>'
+            )
+            cells.append(
+                f"{escape(cmp.long_label(str(rec['run'])))}<br><small>{escape(val)} = "
+                f"{fmt(rec['val'], 4)}{mark}</small>"
+            )
         rows.append([f"best by {escape(val)}" if m == "validation" else f"lowest {escape(m)}", *cells])
     return table(["pick", *groups], rows, left=tuple(range(len(groups) + 1))) + (
         f'<p class="sub">The run each summary would pick as the best (its lowest value), with that run\'s '
-        f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>")
+        f"{escape(val)} and how far it is from the best run's ({'−' if higher else '+'}: worse).</p>"
+    )
 
 
 def _section_sweep(cmp: _Comparison) -> str:
@@ -897,11 +1049,18 @@ def _section_sweep(cmp: _Comparison) -> str:
     param, group = cmp.param, cmp.group
     if not cmp.numeric_param:
         return f"<p>{escape(param)} is not numeric; see the table below.</p>"
-    cap = (f"Final-snapshot metrics per layer against {escape(param)}"
-           + (" (faint dots: each run; line: mean ± sd over " + escape(group) + ")" if group else "")
-           + ". Green band: 2 ≤ α ≤ 6.")
-    build = lambda: F.plot_sweep(cmp.df, param=param, metrics_to_plot=cmp.metrics, layers=cmp.layers,  # noqa: E731
-                                 group=group)
+    cap = (
+        f"Final-snapshot metrics per layer against {escape(param)}"
+        + (" (faint dots: each run; line: mean ± sd over " + escape(group) + ")" if group else "")
+        + ". Green band: 2 ≤ α ≤ 6."
+    )
+    build = lambda: F.plot_sweep(
+        cmp.df,
+        param=param,
+        metrics_to_plot=cmp.metrics,
+        layers=cmp.layers,  # noqa: E731
+        group=group,
+    )
     return render_figure(cmp.problems, f"the metrics against {param}", build, cmp.out, "sweep.png", cmp.dpi, cap)
 
 
@@ -916,10 +1075,18 @@ def _section_phase_diagram(cmp: _Comparison) -> str:
     cells: dict[str, dict[str, Any]] = {lab: {} for lab in labels}
     for d in df.to_dict("records"):
         cells[labels[runs_order.index(d["run"])]][d["layer"]] = d.get("phase")
-    build = lambda: F.plot_phase_diagram(cells, run_labels=labels, layers=cmp.layers,  # noqa: E731
-                                         xlabel=(param or "run") + (f" · {group}" if group else ""))
-    cap = ("Phase of each layer at the end of each run (columns sorted by " + escape(param or "run")
-           + (f", then {escape(group)}" if group else "") + ").")
+    build = lambda: F.plot_phase_diagram(
+        cells,
+        run_labels=labels,
+        layers=cmp.layers,  # noqa: E731
+        xlabel=(param or "run") + (f" · {group}" if group else ""),
+    )
+    cap = (
+        "Phase of each layer at the end of each run (columns sorted by "
+        + escape(param or "run")
+        + (f", then {escape(group)}" if group else "")
+        + ")."
+    )
     return render_figure(cmp.problems, "the phase diagram", build, cmp.out, "phase_diagram.png", cmp.dpi, cap)
 
 
@@ -935,11 +1102,22 @@ def _section_esds(cmp: _Comparison) -> str:
         sel = sel[sel[group] == g0]
     items, notes = _esd_items(cmp, sel)
     if items:
-        cap = (f"Final ESD of layer {escape(layer)} in each run"
-               + (f" ({escape(group)} = {escape(str(g0))})" if group else "")
-               + ": log-log density, power-law fit (red) and MP bulk density (blue).")
-        notes.append(render_figure(cmp.problems, f"the ESD grid of {layer}", lambda: _esd_grid(items), cmp.out,
-                                   f"esd_grid_{image_stem(layer)}.png", cmp.dpi, cap))
+        cap = (
+            f"Final ESD of layer {escape(layer)} in each run"
+            + (f" ({escape(group)} = {escape(str(g0))})" if group else "")
+            + ": log-log density, power-law fit (red) and MP bulk density (blue)."
+        )
+        notes.append(
+            render_figure(
+                cmp.problems,
+                f"the ESD grid of {layer}",
+                lambda: _esd_grid(items),
+                cmp.out,
+                f"esd_grid_{image_stem(layer)}.png",
+                cmp.dpi,
+                cap,
+            )
+        )
     return "\n".join(notes)
 
 
@@ -972,17 +1150,26 @@ def _section_table(cmp: _Comparison) -> str:
     head = keys + ["layer", "phase"] + cols + (["run"] if not cmp.by_run else [])
     rows = []
     for d in df.to_dict("records"):
-        rows.append([fmt(d[k]) for k in keys] + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
-                    + [fmt(d.get(c)) for c in cols] + ([escape(str(d["run"]))] if not cmp.by_run else []))
+        rows.append(
+            [fmt(d[k]) for k in keys]
+            + [escape(str(d["layer"])), phase_badge(d.get("phase"))]
+            + [fmt(d.get(c)) for c in cols]
+            + ([escape(str(d["run"]))] if not cmp.by_run else [])
+        )
     left = (len(keys), len(keys) + 1) + ((len(head) - 1,) if not cmp.by_run else (0,))
-    wide = table(head, rows, left=left).replace('<table class="data">',
-                                                '<table class="data" style="white-space:nowrap">', 1)
+    wide = table(head, rows, left=left).replace(
+        '<table class="data">', '<table class="data" style="white-space:nowrap">', 1
+    )
     html = f'<div style="overflow-x:auto">{wide}</div>'
-    return html + ('<p class="sub">Also saved as <a href="comparison.csv">comparison.csv</a>. Run folders: '
-                   + escape(", ".join(sorted({str(r.path) for r in cmp.runs}))) + "</p>")
+    return html + (
+        '<p class="sub">Also saved as <a href="comparison.csv">comparison.csv</a>. Run folders: '
+        + escape(", ".join(sorted({str(r.path) for r in cmp.runs})))
+        + "</p>"
+    )
 
 
 # --- runs side by side (no swept parameter) ----------------------------------------------------------------
+
 
 def _section_runs_summary(cmp: _Comparison) -> str:
     """Which runs, why they are compared side by side, how their configs differ, and each run's snapshots."""
@@ -993,19 +1180,29 @@ def _section_runs_summary(cmp: _Comparison) -> str:
     elif not any(configs):
         why = "no run has a config, so there is no swept parameter: they are compared side by side by run name"
     elif diff:
-        why = (f"their configs differ only in {', '.join(diff)}, which is not a swept parameter, so they are "
-               "compared side by side by run name")
+        why = (
+            f"their configs differ only in {', '.join(diff)}, which is not a swept parameter, so they are "
+            "compared side by side by run name"
+        )
     else:
         why = "their configs are identical, so there is no swept parameter: they are compared side by side by run name"
-    html = (f"<p>{len(cmp.runs)} runs; {escape(why)}. Layers: {escape(', '.join(cmp.layers))}. The curves show "
-            "every snapshot, the tables each run's final snapshot.</p>")
+    html = (
+        f"<p>{len(cmp.runs)} runs; {escape(why)}. Layers: {escape(', '.join(cmp.layers))}. The curves show "
+        "every snapshot, the tables each run's final snapshot.</p>"
+    )
     rows = []
     for name, r in zip(cmp.names, cmp.runs):
         first, last = r.snapshots.iloc[0], r.snapshots.iloc[-1]
-        rows.append([escape(name), fmt(len(r.steps)), escape(_when(first["step"], first["epoch"])),
-                     escape(_when(last["step"], last["epoch"]))]
-                    + [escape(json.dumps(r.config[k], default=str)) if k in r.config else "–" for k in diff]
-                    + [f"<code>{escape(str(r.path))}</code>"])
+        rows.append(
+            [
+                escape(name),
+                fmt(len(r.steps)),
+                escape(_when(first["step"], first["epoch"])),
+                escape(_when(last["step"], last["epoch"])),
+            ]
+            + [escape(json.dumps(r.config[k], default=str)) if k in r.config else "–" for k in diff]
+            + [f"<code>{escape(str(r.path))}</code>"]
+        )
     html += table(["run", "snapshots", "first", "last", *diff, "folder"], rows, left=(0, 2, 3, 4 + len(diff)))
     if configs[0] and not diff:
         items = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in sorted(configs[0].items()))
@@ -1022,18 +1219,38 @@ def _section_run_curves(cmp: _Comparison) -> str:
     if not len(frame):
         return "<p>No metrics recorded.</p>"
     x, means = cmp.x_axis, _layer_means(frame)
-    cap = (f"The mean over the compared layers of each metric at each snapshot, one line per run, against the {x}; "
-           "a layer without a value (e.g. no power-law fit) is left out of that mean. Green band: 2 ≤ α ≤ 6.")
-    html = render_figure(cmp.problems, "the curves of the means over layers",
-                         lambda: F.plot_run_curves(means, metrics_to_plot=RUN_METRICS, x=x, runs=cmp.names,
-                                                   prefix="mean "), cmp.out, "curves.png", cmp.dpi, cap)
+    cap = (
+        f"The mean over the compared layers of each metric at each snapshot, one line per run, against the {x}; "
+        "a layer without a value (e.g. no power-law fit) is left out of that mean. Green band: 2 ≤ α ≤ 6."
+    )
+    html = render_figure(
+        cmp.problems,
+        "the curves of the means over layers",
+        lambda: F.plot_run_curves(means, metrics_to_plot=RUN_METRICS, x=x, runs=cmp.names, prefix="mean "),
+        cmp.out,
+        "curves.png",
+        cmp.dpi,
+        cap,
+    )
     shown = cmp.layers[:MAX_CURVE_LAYERS]
-    cap = (f"Each layer's metrics at each snapshot, one line per run (rows: layers), against the {x}"
-           + (f"; the first {len(shown)} of {len(cmp.layers)} layers (choose others with <code>--layers</code>)"
-              if len(shown) < len(cmp.layers) else "") + ".")
-    html += render_figure(cmp.problems, "the per-layer curves",
-                          lambda: F.plot_run_curves(frame, metrics_to_plot=cmp.metrics, x=x, runs=cmp.names,
-                                                    layers=shown), cmp.out, "curves_layers.png", cmp.dpi, cap)
+    cap = (
+        f"Each layer's metrics at each snapshot, one line per run (rows: layers), against the {x}"
+        + (
+            f"; the first {len(shown)} of {len(cmp.layers)} layers (choose others with <code>--layers</code>)"
+            if len(shown) < len(cmp.layers)
+            else ""
+        )
+        + "."
+    )
+    html += render_figure(
+        cmp.problems,
+        "the per-layer curves",
+        lambda: F.plot_run_curves(frame, metrics_to_plot=cmp.metrics, x=x, runs=cmp.names, layers=shown),
+        cmp.out,
+        "curves_layers.png",
+        cmp.dpi,
+        cap,
+    )
     return html
 
 
@@ -1042,8 +1259,10 @@ def _curve_frame(cmp: _Comparison) -> "pd.DataFrame":
     import pandas as pd
 
     wanted = set(RUN_METRICS) | set(cmp.metrics)
-    frames = [r.metrics[r.metrics["layer"].isin(cmp.layers) & r.metrics["metric"].isin(wanted)].assign(run=name)
-              for name, r in zip(cmp.names, cmp.runs)]
+    frames = [
+        r.metrics[r.metrics["layer"].isin(cmp.layers) & r.metrics["metric"].isin(wanted)].assign(run=name)
+        for name, r in zip(cmp.names, cmp.runs)
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -1062,15 +1281,21 @@ def _section_run_finals(cmp: _Comparison) -> str:
         d = cmp.df[cmp.df["run"] == name]
         when = _when(d["step"].iloc[0], d["epoch"].iloc[0]) if len(d) else "–"
         fitted = f"{int(d['alpha'].notna().sum())} of {len(d)}" if "alpha" in d.columns else "–"
-        rows.append([escape(name), escape(when)] + [fmt(d[c].mean()) for c in cols]
-                    + [fitted, _phase_counts_html(d["phase"]), fmt(int((changes["run"] == name).sum())),
-                       fmt(len(r.alerts))])
-    head = ["run", "final snapshot"] + [f"mean {c}" for c in cols] + ["layers with α", "final phases",
-                                                                       "phase changes", "alerts"]
+        rows.append(
+            [escape(name), escape(when)]
+            + [fmt(d[c].mean()) for c in cols]
+            + [fitted, _phase_counts_html(d["phase"]), fmt(int((changes["run"] == name).sum())), fmt(len(r.alerts))]
+        )
+    head = (
+        ["run", "final snapshot"]
+        + [f"mean {c}" for c in cols]
+        + ["layers with α", "final phases", "phase changes", "alerts"]
+    )
     return table(head, rows, left=(0, 1, len(head) - 3)) + (
         '<p class="sub">Means over the compared layers at each run\'s final snapshot; a layer without a value (no '
         "power-law fit: fewer than 50 eigenvalues or a failed fit) is left out of that mean. Final phases: how many "
-        "layers are in each phase. Phase changes and alerts are counted over the whole run.</p>")
+        "layers are in each phase. Phase changes and alerts are counted over the whole run.</p>"
+    )
 
 
 def _phase_counts_html(phases: Iterable[Any]) -> str:
@@ -1079,9 +1304,12 @@ def _phase_counts_html(phases: Iterable[Any]) -> str:
     for p in phases:
         key = None if is_missing(p) or not p else str(p)
         counts[key] = counts.get(key, 0) + 1
-    order = ([p for p in PHASES if p in counts] + [p for p in counts if p is not None and p not in PHASES]
-             + ([None] if None in counts else []))
-    return " ".join(f'{_NOWRAP}{counts[p]}× {phase_badge(p)}</span>' for p in order) or "–"
+    order = (
+        [p for p in PHASES if p in counts]
+        + [p for p in counts if p is not None and p not in PHASES]
+        + ([None] if None in counts else [])
+    )
+    return " ".join(f"{_NOWRAP}{counts[p]}× {phase_badge(p)}</span>" for p in order) or "–"
 
 
 def _section_run_phases(cmp: _Comparison) -> str:
@@ -1089,14 +1317,18 @@ def _section_run_phases(cmp: _Comparison) -> str:
     final = {(d["run"], d["layer"]): d.get("phase") for d in cmp.df.to_dict("records")}
     rows = []
     for L in cmp.layers:
-        rows.append([escape(L)] + [phase_badge(final[(n, L)]) if (n, L) in final else "<small>not in run</small>"
-                                   for n in cmp.names])
+        rows.append(
+            [escape(L)]
+            + [phase_badge(final[(n, L)]) if (n, L) in final else "<small>not in run</small>" for n in cmp.names]
+        )
     return table(["layer", *cmp.names], rows, left=tuple(range(len(cmp.names) + 1))) + (
-        '<p class="sub">The phase of each layer at each run\'s final snapshot (Martin &amp; Mahoney\'s 5+1 phases); '
-        'how each layer got there is under <a href="#phase-changes">Phase changes</a>.</p>')
+        "<p class=\"sub\">The phase of each layer at each run's final snapshot (Martin &amp; Mahoney's 5+1 phases); "
+        'how each layer got there is under <a href="#phase-changes">Phase changes</a>.</p>'
+    )
 
 
 # --- the phases of every run: which were seen, and when each layer changed ---------------------------------
+
 
 def _section_phases_seen(cmp: _Comparison) -> str:
     """Which of the 5+1 phases the runs show, in which layers and runs (or swept values), at the end and during."""
@@ -1110,17 +1342,23 @@ def _section_phases_seen(cmp: _Comparison) -> str:
     never = [p for p, v in during.items() if not v and not final.get(p)]
     badges = lambda ps: " ".join(phase_badge(p) for p in ps) or "none"  # noqa: E731
     who = "these runs show" if cmp.by_run else "this sweep shows"
-    parts = [f"<p>At the final snapshot {who} <b>{len(seen)}</b> of the {len(PHASES)} phases: {badges(seen)}. "
-             f"Seen only earlier in training: {badges(earlier)}. Not seen at any snapshot: {badges(never)}.</p>"]
+    parts = [
+        f"<p>At the final snapshot {who} <b>{len(seen)}</b> of the {len(PHASES)} phases: {badges(seen)}. "
+        f"Seen only earlier in training: {badges(earlier)}. Not seen at any snapshot: {badges(never)}.</p>"
+    ]
     where = "run" if cmp.by_run else f"{escape(cmp.param or '')} value"
     head = ["phase", f"final snapshot (layer: {where}s)", f"any snapshot during training (layer: {where}s)"]
-    rows = [[phase_badge(p), _where_html(cmp, final.get(p, {}), totals), _where_html(cmp, during[p], totals)]
-            for p in during]
+    rows = [
+        [phase_badge(p), _where_html(cmp, final.get(p, {}), totals), _where_html(cmp, during[p], totals)]
+        for p in during
+    ]
     parts.append(table(head, rows, left=(0, 1, 2)))
     ex = next((v for v, n in totals.items() if n > 1), None)
     if ex is not None:
-        parts.append(f'<p class="sub">"{escape(ex)} (1/{totals[ex]} runs)": seen in 1 of the {totals[ex]} runs with '
-                     f"{escape(by)} = {escape(ex)}.</p>")
+        parts.append(
+            f'<p class="sub">"{escape(ex)} (1/{totals[ex]} runs)": seen in 1 of the {totals[ex]} runs with '
+            f"{escape(by)} = {escape(ex)}.</p>"
+        )
     parts.append(_unphased_note(cmp, by))
     return "\n".join(parts)
 
@@ -1136,8 +1374,10 @@ def _where_html(cmp: _Comparison, seen: Mapping[str, Mapping[str, Sequence[str]]
     lines = []
     for L in [*cmp.layers, *[k for k in seen if k not in cmp.layers]]:
         if L in seen:
-            vals = [escape(v) + (f" ({len(rs)}/{totals[v]} runs)" if totals.get(v, 1) > 1 else "")
-                    for v, rs in seen[L].items()]
+            vals = [
+                escape(v) + (f" ({len(rs)}/{totals[v]} runs)" if totals.get(v, 1) > 1 else "")
+                for v, rs in seen[L].items()
+            ]
             lines.append(f"<b>{escape(L)}</b>: {', '.join(vals)}")
     return "<br>".join(lines)
 
@@ -1164,19 +1404,32 @@ def _section_phase_changes(cmp: _Comparison) -> str:
     changes = phase_changes(hist)
     n_pairs = int(hist.groupby(["run", "layer"]).ngroups)
     changed = int(changes.groupby(["run", "layer"]).ngroups) if len(changes) else 0
-    parts = [f"<p>{changed} of {n_pairs} layers (counted per run) changed phase at least once, {len(changes)} "
-             f"change{'s' if len(changes) != 1 else ''} in all"
-             + ("; the others kept one phase from their first to their last snapshot" if changed < n_pairs else "")
-             + ".</p>"]
-    shown = cmp.layers[:max(1, MAX_TIMELINE_ROWS // max(1, len(cmp.names)))]
+    parts = [
+        f"<p>{changed} of {n_pairs} layers (counted per run) changed phase at least once, {len(changes)} "
+        f"change{'s' if len(changes) != 1 else ''} in all"
+        + ("; the others kept one phase from their first to their last snapshot" if changed < n_pairs else "")
+        + ".</p>"
+    ]
+    shown = cmp.layers[: max(1, MAX_TIMELINE_ROWS // max(1, len(cmp.names)))]
     labels = _timeline_labels(cmp)
     sub = hist[hist["layer"].isin(shown)].assign(run=lambda h: h["run"].map(labels))
-    cap = (f"Each bar is one layer of one run over training, coloured by its phase at each snapshot (against the "
-           f"{cmp.x_axis})" + (f"; the first {len(shown)} of {len(cmp.layers)} layers" if len(shown) <
-                               len(cmp.layers) else "") + ". Every layer is in the table below.")
-    parts.append(render_figure(cmp.problems, "the phase timeline", lambda: F.plot_phase_changes(
-        sub, x=cmp.x_axis, runs=[labels[n] for n in cmp.names], layers=shown), cmp.out, "phase_changes.png",
-        cmp.dpi, cap))
+    cap = (
+        f"Each bar is one layer of one run over training, coloured by its phase at each snapshot (against the "
+        f"{cmp.x_axis})"
+        + (f"; the first {len(shown)} of {len(cmp.layers)} layers" if len(shown) < len(cmp.layers) else "")
+        + ". Every layer is in the table below."
+    )
+    parts.append(
+        render_figure(
+            cmp.problems,
+            "the phase timeline",
+            lambda: F.plot_phase_changes(sub, x=cmp.x_axis, runs=[labels[n] for n in cmp.names], layers=shown),
+            cmp.out,
+            "phase_changes.png",
+            cmp.dpi,
+            cap,
+        )
+    )
     parts.append(_changes_table(cmp, changes))
     return "\n".join(parts)
 
@@ -1195,8 +1448,10 @@ def _changes_table(cmp: _Comparison, changes: "pd.DataFrame") -> str:
     rows = []
     for (run, layer), h in cmp.history.groupby(["run", "layer"], sort=False):
         first = h.sort_values("step").iloc[0]
-        seq = (f"{_NOWRAP}{phase_badge(first['phase'])} <small>from {escape(_when(first['step'], first['epoch']))}"
-               "</small></span>")
+        seq = (
+            f"{_NOWRAP}{phase_badge(first['phase'])} <small>from {escape(_when(first['step'], first['epoch']))}"
+            "</small></span>"
+        )
         pair = by_pair.get((run, layer), [])
         for c in pair:
             when = escape(_when(c["step"], c["epoch"]))
@@ -1205,7 +1460,8 @@ def _changes_table(cmp: _Comparison, changes: "pd.DataFrame") -> str:
     head = keys + ["run", "layer", "phases over training", "changes"]
     return table(head, rows, left=tuple(range(len(head) - 1))) + (
         '<p class="sub">Each change is dated by the first snapshot in the new phase (the phases of the snapshots '
-        'in between are not known). A dash (–) is a snapshot where the layer got no phase.</p>')
+        "in between are not known). A dash (–) is a snapshot where the layer got no phase.</p>"
+    )
 
 
 def _esd_grid(items: Sequence[EsdItem], ncols: int = 3) -> Any:
@@ -1220,8 +1476,14 @@ def _esd_grid(items: Sequence[EsdItem], ncols: int = 3) -> Any:
     fig = Figure(figsize=(5.3 * ncols, 3.9 * nrows), dpi=100, layout="constrained")
     axs = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (title, ev, pl, mpf, phase) in zip(axs, items):
-        F.plot_esd(ev, fit=pl, mp=mpf, ax=ax, fit_powerlaw_if_missing=False,
-                   title=f"{title}" + (f" — {phase}" if not is_missing(phase) and phase else ""))
+        F.plot_esd(
+            ev,
+            fit=pl,
+            mp=mpf,
+            ax=ax,
+            fit_powerlaw_if_missing=False,
+            title=f"{title}" + (f" — {phase}" if not is_missing(phase) and phase else ""),
+        )
     for ax in axs[n:]:
         ax.set_visible(False)
     return fig

@@ -27,6 +27,7 @@ Formulas of the overlays (``n`` eigenvalues, ``n_tail`` of them ``>= xmin``):
   ``λ± = σ²(1 ± 1/√Q)²`` and ``f_bulk`` the fraction of eigenvalues in the
   bulk (``MPFit.bulk_fraction · (1 - frac_at_zero)``).
 """
+
 from __future__ import annotations
 
 import math
@@ -148,6 +149,7 @@ def _compact_log_ticks(ax: Axes, axis: str = "x") -> None:
     lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
     a.set_major_formatter(FuncFormatter(_g))
     if lo > 0 and hi > 0 and math.log10(hi / lo) < 1.5:
+
         def minor(v: float, _pos: Any = None) -> str:
             m = round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6)
             return f"{v:g}" if m in (2.0, 3.0, 5.0) else ""
@@ -259,8 +261,9 @@ def plot_esd(
         if mp is not None and np.isfinite(mp.lambda_plus) and mp.lambda_plus > 0:
             xs, ys = _mp_curve(mp, float(x.min()), log=True)
             ok = ys > 0
-            ax.plot(xs[ok], ys[ok], color=_MP_COLOR, lw=2.0,
-                    label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}")
+            ax.plot(
+                xs[ok], ys[ok], color=_MP_COLOR, lw=2.0, label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}"
+            )
         ax.set_ylabel(r"density $\rho(\lambda)$")
         ax.set_ylim(bottom=ymin_pos / 3)
     else:
@@ -327,11 +330,25 @@ def plot_mp_hist(
     spikes = x[x > lam_p + (getattr(mp, "tw_margin", 0.0) or 0.0)] if np.isfinite(lam_p) else x[:0]
     spikes_in = spikes[spikes <= cut]
     if spikes_in.size:
-        ax.plot(spikes_in, np.zeros_like(spikes_in), "|", color=_PL_COLOR, ms=14, mew=1.5,
-                label=f"{spikes.size} spikes above λ+ + TW")
+        ax.plot(
+            spikes_in,
+            np.zeros_like(spikes_in),
+            "|",
+            color=_PL_COLOR,
+            ms=14,
+            mew=1.5,
+            label=f"{spikes.size} spikes above λ+ + TW",
+        )
     if n_out:
-        ax.text(0.98, 0.55, f"{n_out} eigenvalue(s) > {cut:.3g}\nnot shown (max {x.max():.3g})",
-                transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.text(
+            0.98,
+            0.55,
+            f"{n_out} eigenvalue(s) > {cut:.3g}\nnot shown (max {x.max():.3g})",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
     ax.set_xlim(0.0, cut * 1.02)
     ax.set_xlabel(LAMBDA_LABEL)
     ax.set_ylabel(r"density $\rho(\lambda)$")
@@ -363,8 +380,13 @@ def plot_ks_landscape(
     ok = np.isfinite(D)
     fig, ax = _figure_and_axes(ax, figsize)
     ax.plot(xm[ok], D[ok], color=_DATA_COLOR, lw=1.2, label="KS distance D(xmin)")
-    ax.axvline(fit.xmin, color=_PL_COLOR, ls="--", lw=1.5,
-               label=rf"best $x_{{min}}$={fit.xmin:.3g}: D={fit.D:.3f}, $\alpha$={fit.alpha:.2f}, K={fit.n_tail}")
+    ax.axvline(
+        fit.xmin,
+        color=_PL_COLOR,
+        ls="--",
+        lw=1.5,
+        label=rf"best $x_{{min}}$={fit.xmin:.3g}: D={fit.D:.3f}, $\alpha$={fit.alpha:.2f}, K={fit.n_tail}",
+    )
     ax.set_xscale("log")
     _compact_log_ticks(ax, "x")
     ax.set_xlabel(r"candidate $x_{min}$ (same axis as the eigenvalues)")
@@ -403,8 +425,15 @@ def plot_scree(
     fig, ax = _figure_and_axes(ax, figsize)
     pos = desc > EVALS_THRESH
     n_small = int(desc.size - pos.sum())
-    ax.plot(k[pos], desc[pos], ".-", color=_DATA_COLOR, ms=3, lw=1,
-            label="eigenvalue λ_k" + (f" ({n_small} ≤ 1e-5 not shown)" if n_small else ""))
+    ax.plot(
+        k[pos],
+        desc[pos],
+        ".-",
+        color=_DATA_COLOR,
+        ms=3,
+        lw=1,
+        label="eigenvalue λ_k" + (f" ({n_small} ≤ 1e-5 not shown)" if n_small else ""),
+    )
     ax.set_yscale("log")
     if log_k:
         ax.set_xscale("log")
@@ -450,8 +479,15 @@ def plot_esd_panel(
     """
     fig = _new_figure(figsize if mp is not None else (6.0, figsize[1]))
     axs = fig.subplots(1, 2 if mp is not None else 1, squeeze=False)[0]
-    plot_esd(evals, fit=fit, mp=mp, kind="pdf", ax=axs[0], title="log-log density",
-             fit_powerlaw_if_missing=fit_powerlaw_if_missing)
+    plot_esd(
+        evals,
+        fit=fit,
+        mp=mp,
+        kind="pdf",
+        ax=axs[0],
+        title="log-log density",
+        fit_powerlaw_if_missing=fit_powerlaw_if_missing,
+    )
     if mp is not None:
         plot_mp_hist(evals, mp, ax=axs[1], title="linear density, MP bulk")
     sup = title or "ESD"
@@ -603,8 +639,12 @@ def _phase_grid(
     ax.imshow(mat, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=9)
     step = max(1, math.ceil(len(cols) / 30))
-    ax.set_xticks(range(0, len(cols), step), labels=[str(c) for c in cols][::step], fontsize=8,
-                  rotation=0 if len(cols) <= 12 else 60)
+    ax.set_xticks(
+        range(0, len(cols), step),
+        labels=[str(c) for c in cols][::step],
+        fontsize=8,
+        rotation=0 if len(cols) <= 12 else 60,
+    )
     ax.set_xticks(np.arange(-0.5, len(cols), 1), minor=True)
     ax.set_yticks(np.arange(-0.5, len(rows), 1), minor=True)
     ax.grid(which="minor", color="white", lw=1.0)
@@ -644,8 +684,14 @@ def plot_phase_timeline(
     lookup = {(r.layer, r.step): r.phase for r in records}
     lab = {r.step: int(getattr(r, x)) for r in records}
     cells = [[lookup.get((L, s)) for s in steps] for L in lay]
-    return _phase_grid(lay, [lab[s] for s in steps], cells, xlabel=x, ylabel="layer",
-                       title=title or "Phase of each layer at each snapshot")
+    return _phase_grid(
+        lay,
+        [lab[s] for s in steps],
+        cells,
+        xlabel=x,
+        ylabel="layer",
+        title=title or "Phase of each layer at each snapshot",
+    )
 
 
 def plot_phase_diagram(
@@ -661,8 +707,14 @@ def plot_phase_diagram(
     ``table[run_label][layer]`` is the phase of that layer at that run's last snapshot.
     """
     cells = [[table.get(r, {}).get(L) for r in run_labels] for L in layers]
-    return _phase_grid(list(layers), list(run_labels), cells, xlabel=xlabel, ylabel="layer",
-                       title=title or "Phase diagram (final snapshot of each run)")
+    return _phase_grid(
+        list(layers),
+        list(run_labels),
+        cells,
+        xlabel=xlabel,
+        ylabel="layer",
+        title=title or "Phase diagram (final snapshot of each run)",
+    )
 
 
 def plot_sweep(
@@ -705,8 +757,17 @@ def plot_sweep(
             if has_group:
                 ax.plot(s[param], s[m], "o", ms=3, color=cmap[L], alpha=0.35)
             agg = s.groupby(param)[m].agg(["mean", "std", "count"]).reset_index().sort_values(param)
-            ax.errorbar(agg[param], agg["mean"], yerr=agg["std"].fillna(0) if has_group else None,
-                        marker="o", ms=4, lw=1.6, capsize=2, color=cmap[L], label=L)
+            ax.errorbar(
+                agg[param],
+                agg["mean"],
+                yerr=agg["std"].fillna(0) if has_group else None,
+                marker="o",
+                ms=4,
+                lw=1.6,
+                capsize=2,
+                color=cmap[L],
+                label=L,
+            )
         if m == "alpha":
             ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
         if log_x:
@@ -779,8 +840,16 @@ def plot_run_curves(
                 ax.plot(s[x], s["value"], marker="o", ms=3, lw=1.5, color=color, ls=ls, label=r)
                 drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "no value in any run", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=9, color="#57606a")
+            ax.text(
+                0.5,
+                0.5,
+                "no value in any run",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="#57606a",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         elif m == "alpha":
@@ -790,7 +859,7 @@ def plot_run_curves(
         ax.set_xlabel(x, fontsize=9)
         ax.set_title((prefix + _label(m)) if L is None else f"{L}: {_label(m)}", fontsize=10 if L is None else 9)
         ax.grid(True, alpha=0.3)
-    for ax in axs[len(panels):]:
+    for ax in axs[len(panels) :]:
         ax.set_visible(False)
     _figure_legend(fig, axs, title="run")
     if title:
@@ -832,8 +901,10 @@ def plot_phase_changes(
         half = (xs[1] - xs[0]) / 2 if xs.size > 1 else 0.5
         lo = np.concatenate([[xs[0] - half], mids])
         hi = np.concatenate([mids, [xs[-1] + ((xs[-1] - xs[-2]) / 2 if xs.size > 1 else 0.5)]])
-        colors = [PHASE_COLORS.get(str(p), PHASE_COLORS["unknown"]) if isinstance(p, str) else PHASE_COLORS["unknown"]
-                  for p in s["phase"]]
+        colors = [
+            PHASE_COLORS.get(str(p), PHASE_COLORS["unknown"]) if isinstance(p, str) else PHASE_COLORS["unknown"]
+            for p in s["phase"]
+        ]
         ax.broken_barh(list(zip(lo, hi - lo)), (i - 0.4, 0.8), facecolors=colors, edgecolor="white", lw=0.5)
     labels = [f"{r} · {L}" if len(lay) > 1 else str(r) for r, L in rows]
     ax.set_yticks(range(len(rows)), labels=labels, fontsize=8)

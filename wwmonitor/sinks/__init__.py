@@ -9,6 +9,7 @@
 The concrete sinks load lazily, so ``import wwmonitor.sinks`` imports
 neither TensorBoard, wandb nor mlflow.
 """
+
 from __future__ import annotations
 
 from .._lazy import lazy_exports

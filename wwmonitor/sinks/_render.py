@@ -23,6 +23,7 @@ The layer part goes through :func:`sanitize_tag`, the one rule both sinks
 use: ``/`` becomes ``.``, so a Keras ``block1/dense`` stays inside its
 metric's section (``ww.alpha/block1.dense``).
 """
+
 from __future__ import annotations
 
 import io
@@ -209,8 +210,10 @@ def write_each(items: Iterable[tuple[str, _Item]], write: Callable[[str, _Item],
             failed.append(key)
             first = first or e
     if failed:
-        raise RuntimeError(f"{len(failed)} {what} not written ({', '.join(failed[:5])}"
-                           f"{', ...' if len(failed) > 5 else ''}): {type(first).__name__}: {first}")
+        raise RuntimeError(
+            f"{len(failed)} {what} not written ({', '.join(failed[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}): {type(first).__name__}: {first}"
+        )
 
 
 def png_to_rgb(png: bytes) -> np.ndarray:

@@ -12,6 +12,7 @@ safe to use).  An exception raised by ``write`` is counted in
 ``Monitor.stats["sink_errors"]`` and warned about; the sink keeps receiving
 later results and training is never interrupted.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

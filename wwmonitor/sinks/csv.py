@@ -12,6 +12,7 @@ Under Lightning, the callback writes ``wwmonitor_metrics.csv`` into the
 column appears and is not meant to be fed from a second thread; hundreds of
 ``ww.<metric>/<layer>`` columns would also swamp the user's own metrics.
 """
+
 from __future__ import annotations
 
 import csv

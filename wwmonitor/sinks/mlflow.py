@@ -51,6 +51,7 @@ the training thread may log through the same ``MlflowClient`` (Lightning's
 (SQLAlchemy engines and HTTP sessions, both safe to share between threads),
 and the sink keeps no state that the training thread touches.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,7 +115,7 @@ def flatten_params(params: Mapping[str, Any], sep: str = "/") -> dict[str, str]:
 
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _run_id_of(run: Any) -> Optional[str]:
@@ -237,8 +238,18 @@ class MLflowSink:
         data: list[list[Any]] = []
         for lm in result.layers:
             vals = layer_scalars(lm, self.metrics)
-            data.append([int(result.step), result.epoch, lm.name, lm.type, lm.phase or "", lm.status,
-                         lm.phase_reason or lm.message or ""] + [vals.get(m) for m in self.metrics])
+            data.append(
+                [
+                    int(result.step),
+                    result.epoch,
+                    lm.name,
+                    lm.type,
+                    lm.phase or "",
+                    lm.status,
+                    lm.phase_reason or lm.message or "",
+                ]
+                + [vals.get(m) for m in self.metrics]
+            )
         table = {"step": int(result.step), "epoch": result.epoch, "columns": columns, "data": data}
         self.client.log_dict(self.run_id, table, f"{self.artifact_root}/layers/step_{int(result.step)}.json")
 
@@ -252,8 +263,19 @@ class MLflowSink:
             tags[key] = f"step {step} [{a.severity}] {a.message}"[:MAX_TAG_VAL_LENGTH]
         for chunk in _chunks([RunTag(k, v) for k, v in tags.items()], MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)
-        rows = [{"step": a.step, "epoch": a.epoch, "rule": a.rule, "severity": a.severity, "layer": a.layer,
-                 "message": a.message, "value": a.value, "stop_training": a.stop_training} for a in result.alerts]
+        rows = [
+            {
+                "step": a.step,
+                "epoch": a.epoch,
+                "rule": a.rule,
+                "severity": a.severity,
+                "layer": a.layer,
+                "message": a.message,
+                "value": a.value,
+                "stop_training": a.stop_training,
+            }
+            for a in result.alerts
+        ]
         self.client.log_dict(self.run_id, rows, f"{self.artifact_root}/alerts/step_{step}.json")
 
     def _log_images(self, result: SnapshotResult) -> None:

@@ -52,6 +52,7 @@ may log from the training thread.  ``SummaryWriter.add_*`` only put events on
 the ``EventFileWriter``'s internal queue, which is thread-safe, so sharing
 Lightning's writer is safe.  :class:`EventWriter` takes a lock per event.
 """
+
 from __future__ import annotations
 
 import logging
@@ -221,8 +222,9 @@ def layout_summary(prefix: str, metrics: Sequence[str]) -> Any:
 
     layers = [chart(f"{prefix}.{m}", metric_section_regex(prefix, m)) for m in metrics]
     layout = layout_pb2.Layout(category=[layout_pb2.Category(title=f"{prefix}: all layers", chart=layers)])
-    tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()],
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    tensor = tensor_pb2.TensorProto(
+        dtype="DT_STRING", string_val=[layout.SerializeToString()], tensor_shape=tensor_shape_pb2.TensorShapeProto()
+    )
     return _plugin_summary(cs_metadata.CONFIG_SUMMARY_TAG, cs_metadata.PLUGIN_NAME, b"", tensor)
 
 
@@ -332,8 +334,11 @@ class TensorBoardSink:
         try:
             for summ in summaries:
                 if not _add_summary(self.writer, summ):
-                    log.info("wwmonitor: %s not written: %s has no add_summary() or file writer",
-                             what, type(self.writer).__name__)
+                    log.info(
+                        "wwmonitor: %s not written: %s has no add_summary() or file writer",
+                        what,
+                        type(self.writer).__name__,
+                    )
                     return False
         except Exception as e:  # noqa: BLE001 - optional records must not cost the sink
             log.warning("wwmonitor: %s not written to TensorBoard: %s: %s", what, type(e).__name__, e)

@@ -41,6 +41,7 @@ callback on the training thread at its hooks and after the monitor closed,
 creates the ``wandb.Image``/``Table`` objects and calls ``run.log`` /
 ``run.alert``.  So exactly one thread ever calls wandb.
 """
+
 from __future__ import annotations
 
 import collections
@@ -255,4 +256,3 @@ class WandbSink:
             self._finish(final)
         else:
             self._queue.append({"final": final})
-
