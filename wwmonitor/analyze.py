@@ -323,7 +323,7 @@ def _lambda_axis_fits(pl: Any, mp: Any, per_lambda: float) -> dict[str, dict[str
     return out
 
 
-def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0):
+def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0) -> Any:
     if not exponent2:
         return fit_powerlaw(ev_sq, xmax=options.xmax, fix_fingers=options.fix_fingers)
     # rescaled matrix: apply weightwatcher's eigenvalue floor and the xmax cut on the true scale
@@ -358,11 +358,12 @@ def _restore_scale(lm: LayerMetrics, exponent2: int, notes: list[str]) -> None:
         if v is None or v == 0 or not math.isfinite(v):
             continue
         with np.errstate(over="ignore", under="ignore"):
-            r = float(np.ldexp(v, exponent2))
-        if not math.isfinite(r):
+            value = float(np.ldexp(v, exponent2))
+        r: Optional[float] = value
+        if not math.isfinite(value):
             over.append(f)
             r = None
-        elif abs(r) < tiny:
+        elif r is not None and abs(r) < tiny:
             under.append(f)
             r = None
         setattr(lm, f, r)

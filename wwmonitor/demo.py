@@ -557,18 +557,18 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> DemoRes
             title="wwmonitor demo: batch-size sweep of MicroAlexNet on sklearn digits",
             notes_html=demo_notes_html(cfg, results, rho),
         )
+    config_dict = _cfg_dict(cfg)
+    seconds = time.perf_counter() - t0
     summary = {
-        "config": _cfg_dict(cfg),
+        "config": config_dict,
         "runs": results,
         "spearman": rho,
         "val_ranking": ranking,
         "final_metrics": table.to_dict(orient="records"),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-    res = DemoResult(
-        out=out, runs=results, spearman=rho, report=report_path, seconds=summary["seconds"], config=summary["config"]
-    )
+    res = DemoResult(out=out, runs=results, spearman=rho, report=report_path, seconds=seconds, config=config_dict)
     echo(format_spearman(rho))
     echo(format_val_ranking(ranking))
     echo(f"run stores:  {out / 'runs'}")

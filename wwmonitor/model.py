@@ -77,7 +77,7 @@ class ModelReport:
     meta: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def to_pandas(self):  # -> pandas.DataFrame
+    def to_pandas(self) -> Any:  # pandas.DataFrame
         """One row per analysed matrix: name, type, shape, N, M, Q, metrics, phase, warning, status."""
         import pandas as pd
 
@@ -659,7 +659,7 @@ def analyze_model(
     if world > 1:
         from .distributed import gather_objects
 
-        gathered = gather_objects(results)
+        gathered = gather_objects(results) or []
         results = {}
         for part in gathered:
             results.update(part)

@@ -52,6 +52,7 @@ training callbacks use, see :mod:`wwmonitor.callbacks._sharding`).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import threading
@@ -93,7 +94,7 @@ def _dtensor_cls() -> Any:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch < 2.4
         try:
-            from torch.distributed._tensor import DTensor  # type: ignore[no-redef]
+            from torch.distributed._tensor import DTensor
         except ImportError:
             return None
     return DTensor
@@ -481,14 +482,20 @@ class ShardedSpectra:
             if e.route == "local":
                 if e.owner == self.rank:
                     finish.append(
-                        lambda e=e: OwnedMatrix(
-                            e.index, e.name, e.type, e.scale, e.shape, "matrix", data=_local_full(e)
+                        functools.partial(
+                            lambda e: OwnedMatrix(
+                                e.index, e.name, e.type, e.scale, e.shape, "matrix", data=_local_full(e)
+                            ),
+                            e,
                         )
                     )
             elif e.route == "unsupported":
                 if e.owner == self.rank:
                     finish.append(
-                        lambda e=e: OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", reason=e.reason)
+                        functools.partial(
+                            lambda e: OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", reason=e.reason),
+                            e,
+                        )
                     )
             elif e.route == "gather":
                 finish.append(self._gather(e, ops))
@@ -913,7 +920,7 @@ class OwnerAnalysis:
 
     def _analyse(self, step: int, epoch: Optional[int], t: float, owned: list[OwnedMatrix], ready: Any) -> Any:
         from .monitor.analyzer import analyse_snapshot
-        from .monitor.snapshot import Snapshot
+        from .monitor.snapshot import BufferSet, Snapshot
         from .spectral import blas_thread_limit
 
         data = [o.data for o in owned if o.data is not None]
@@ -943,8 +950,8 @@ class OwnerAnalysis:
                 return analyze_owned(om, opts, device)
 
         snap = Snapshot(
-            step=step, epoch=epoch, time=t, entries=[(o.name, o.type, o.scale, o) for o in owned], buffers=None
-        )  # type: ignore[arg-type]
+            step=step, epoch=epoch, time=t, entries=[(o.name, o.type, o.scale, o) for o in owned], buffers=BufferSet()
+        )
         inspector = _OwnedInspector(self.inspector) if self.inspector is not None else None
         with blas_thread_limit(self.blas_threads):
             res = analyse_snapshot(snap, self.options, fn, self.abort, inspector)

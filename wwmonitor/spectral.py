@@ -112,7 +112,7 @@ def to_numpy(W: Any, *, name: str = "W") -> np.ndarray:
     return np.asarray(W)
 
 
-def _torch():
+def _torch() -> Any:
     import torch
 
     return torch
@@ -441,7 +441,7 @@ def auto_device(tensors: Any) -> str:
     torch = _torch()
     for t in tensors:
         dev = getattr(t, "device", None)
-        if _is_torch_tensor(t) and getattr(dev, "type", None) == "cuda" and torch.cuda.is_available():
+        if _is_torch_tensor(t) and dev is not None and dev.type == "cuda" and torch.cuda.is_available():
             return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
     return "cpu"
 
@@ -657,7 +657,7 @@ def blas_thread_limit(n: Optional[int]) -> Iterator[None]:
     intra-op pool) are not changed.
     """
     tpc = _controller() if n is not None else None
-    if tpc is None:
+    if tpc is None or n is None:
         yield
         return
     try:

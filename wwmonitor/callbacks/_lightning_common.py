@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence, Union
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
 from ..distributed import check_strategy
-from ._options import check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
+from ._options import MonitorOptions, check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
 from ._sharding import ShardedSnapshots
 
 log = logging.getLogger("wwmonitor")
@@ -44,13 +44,13 @@ log = logging.getLogger("wwmonitor")
 __all__ = ["WeightWatcherMixin"]
 
 
-def _rank_zero():
+def _rank_zero() -> tuple[Any, Any]:
     from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
     return rank_zero_info, rank_zero_warn
 
 
-class WeightWatcherMixin:
+class WeightWatcherMixin(MonitorOptions):
     """Monitor weight spectra during ``Trainer.fit`` (shared implementation).
 
     Parameters
@@ -151,7 +151,7 @@ class WeightWatcherMixin:
 
     # ------------------------------------------------------------ Lightning API
     @property
-    def state_key(self) -> str:  # type: ignore[override]
+    def state_key(self) -> str:
         if self._state_key:
             return self._state_key
         return self._generate_state_key(  # type: ignore[attr-defined]

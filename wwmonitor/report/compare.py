@@ -928,6 +928,7 @@ def _run_sections(cmp: _Comparison) -> list[Section]:
 def _section_summary(cmp: _Comparison) -> str:
     """How many runs, the swept parameter and its values, the grouping, the layers."""
     df, param, group = cmp.df, cmp.param, cmp.group
+    assert param is not None  # the sweep sections run only with a swept key
     values = ", ".join(sorted({str(v) for v in df[param]}, key=lambda s: (len(s), s)))
     html = (
         f"<p>{len(cmp.runs)} runs, swept parameter <b>{escape(param)}</b> = {escape(values)}"
@@ -942,6 +943,7 @@ def _section_summary(cmp: _Comparison) -> str:
 
 def _section_findings(cmp: _Comparison) -> str:
     """The Spearman rank correlation of each metric with the parameter, per group and layer."""
+    assert cmp.param is not None  # the sweep sections run only with a swept key
     rho = spearman_by_group(cmp.df, param=cmp.param, group=cmp.group, metrics=cmp.metrics, layers=cmp.layers)
     if not any(rho.values()):
         return (
@@ -1047,6 +1049,7 @@ def _section_sweep(cmp: _Comparison) -> str:
     from . import figures as F
 
     param, group = cmp.param, cmp.group
+    assert param is not None  # the sweep sections run only with a swept key
     if not cmp.numeric_param:
         return f"<p>{escape(param)} is not numeric; see the table below.</p>"
     cap = (
@@ -1134,7 +1137,7 @@ def _esd_items(cmp: _Comparison, sel: "pd.DataFrame") -> tuple[list[EsdItem], li
     for d in sel.to_dict("records"):
         label = d["run"] if cmp.by_run else f"{cmp.param} = {_run_label(d, cmp.param, None)}"
         try:
-            f = layer_fits(by_name[d["run"]], cmp.esd_layer, int(d["step"]))
+            f = layer_fits(by_name[d["run"]], str(cmp.esd_layer), int(d["step"]))
         except Exception as e:  # noqa: BLE001 - a missing or unreadable ESD is shown and counted
             notes.append(cmp.problems.note(f"the final ESD of {cmp.esd_layer} in run {d['run']} ({label})", e))
             continue
