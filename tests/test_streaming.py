@@ -157,9 +157,13 @@ def test_each_rank_maps_only_the_tensors_it_analyses(sharded, monkeypatch):
     assert rep.meta["num_matrices"] == len(specs)
 
 
-def test_bf16_is_widened_exactly(tmp_path):
+@pytest.mark.parametrize("ml_dtypes_loaded", [False, True])
+def test_bf16_is_widened_exactly(tmp_path, ml_dtypes_loaded):
     import torch
     from safetensors.torch import save_file
+
+    if ml_dtypes_loaded:  # jax / tensorflow import it; NumPy then knows a "bfloat16" that is not np.floating
+        import ml_dtypes  # noqa: F401
 
     g = torch.Generator().manual_seed(5)
     sd = {

@@ -1327,6 +1327,9 @@ def _is_float(v: Any) -> bool:
     if hasattr(dt, "is_floating_point"):
         return bool(dt.is_floating_point)
     try:
-        return np.issubdtype(np.dtype(dt), np.floating)
+        ok = bool(np.issubdtype(np.dtype(dt), np.floating))
     except TypeError:
-        return "float" in str(dt) or "bfloat" in str(dt)
+        ok = False
+    # bfloat16 / float8 are not NumPy floating subtypes even when ml_dtypes (imported by jax or tensorflow)
+    # registers them with NumPy: judge them by name
+    return ok or "float" in str(dt)
