@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 import wwmonitor  # noqa: E402
 from wwmonitor.analyze import _SCALED_FIELDS  # noqa: E402
 from wwmonitor.layers import extract_matrices  # noqa: E402
-from wwmonitor.sharded import ShardedSpectra, _row_dim, _view_rows, analyze_sharded, sharded_specs  # noqa: E402
+from wwmonitor.sharding import ShardedSpectra, analyze_sharded, sharded_specs  # noqa: E402
+from wwmonitor.sharding.plan import _row_dim, _view_rows  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -79,8 +80,7 @@ SCRIPT = textwrap.dedent(
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     import wwmonitor
-    from wwmonitor import sharded
-    from wwmonitor.callbacks._sharding import ShardedSnapshots
+    from wwmonitor import sharding as sharded
 
     out = {out!r}
     dist.init_process_group("gloo")
@@ -111,9 +111,11 @@ SCRIPT = textwrap.dedent(
     import torch.distributed.distributed_c10d as c10d
     from torch.distributed.tensor import DTensor
 
+    import threading
+
     def spy(fn):
-        def wrapped(*a, **k):
-            if active[0]:
+        def wrapped(*a, **k):  # the training thread's exchange only (the monitor's worker gathers its results)
+            if active[0] and threading.current_thread() is threading.main_thread():
                 calls["all_gather"] += 1
             return fn(*a, **k)
         return wrapped
@@ -167,23 +169,18 @@ SCRIPT = textwrap.dedent(
             json.dump({{"layers": [lm.to_dict() for lm in odd_rep.layers], "rep_ref": ref.to_dict(),
                        "routes": odd_rep.meta["routes"]}}, f, default=str)
 
-    # the callbacks' path: OwnerAnalysis shards, results gathered to rank 0's Monitor (every rank, every snapshot)
-    names = [s.name for s in sharded.sharded_specs(model)]
-    snaps = ShardedSnapshots(names, rank, world, fsdp=True)
-    snaps.open_shard(model, os.path.join(out, "runs"))
-    main = None
-    if rank == 0:
-        main = wwmonitor.Monitor(None, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None)
+    # the plain training loop: Monitor(model) on every rank (FSDP2 strategy), rank 0 files the merged results
+    mon = wwmonitor.Monitor(model, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None)
     for s in (10, 20):
         step()
         full_weights(os.path.join(out, f"w{{s}}.pt"))
-        snaps.snapshot(main, step=s, epoch=None, epoch_end=False)
-    snaps.collect(main)
-    info["callback"] = {{"owned": snaps.shard.layers, "assembled": sorted(snaps.shard.stats.assembled),
-                        "by_name": snaps.shard.stats.received_by_name, "routes": snaps.shard.spectra.routes()}}
-    snaps.close()
-    if main is not None:
-        main.close()
+        mon.snapshot(step=s)
+    mon.close()
+    st = mon.strategy.spectra.stats
+    info["callback"] = {{"owned": mon.strategy.layers, "assembled": sorted(st.assembled),
+                        "by_name": st.received_by_name, "routes": mon.strategy.spectra.routes(),
+                        "kind": mon.strategy.kind, "stats": mon.stats, "results": [r.step for r in mon.results],
+                        "run_id": mon.run_id, "has_store": mon.store is not None}}
     info["all_gather_calls"] = calls["all_gather"]
     with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
         json.dump(info, f)
@@ -262,32 +259,6 @@ def test_plain_model_without_process_group_equals_analyze_model():
     for a, b in zip(rep.layers, ref.layers):
         _close(a.to_dict(), b.to_dict(), a.name)
     assert sp.stats.bytes_received == 0
-
-
-def test_owner_analysis_flow_in_one_process(tmp_path):
-    """ShardedSnapshots(fsdp=True) -> OwnerAnalysis (background thread) -> merged -> Monitor.submit, with one
-    process: each step's stored metrics equal a plain Monitor's."""
-    from wwmonitor.callbacks._sharding import ShardedSnapshots
-
-    model = _block()
-    names = [s.name for s in sharded_specs(model)]
-    snaps = ShardedSnapshots(names, 0, 1, fsdp=True)
-    snaps.open_shard(model, tmp_path, queue_size=2)
-    single = wwmonitor.Monitor(model, tmp_path, run_name="single", every_n_epochs=None)
-    with wwmonitor.Monitor(None, tmp_path, run_name="owner", every_n_epochs=None, layers=names) as main:
-        for s in (1, 2, 3):
-            with torch.no_grad():
-                model.up.weight.mul_(1.5)
-            snaps.snapshot(main, step=s, epoch=None, epoch_end=False)
-            single.snapshot(step=s)
-        snaps.collect(main)
-        snaps.close()
-    single.close()
-    a, b = (wwmonitor.load_run(tmp_path / n).metrics for n in ("owner", "single"))
-    assert sorted(a.step.unique()) == [1, 2, 3]
-    ka, kb = (x.set_index(["step", "layer", "metric"]).value.sort_index() for x in (a, b))
-    assert ka.index.equals(kb.index)
-    np.testing.assert_allclose(ka.to_numpy(), kb.to_numpy(), rtol=1e-12, atol=1e-300)
 
 
 def test_check_strategy_allows_fsdp2_and_refuses_fsdp1_and_deepspeed():
@@ -390,9 +361,20 @@ def test_fsdp2_moves_only_what_the_owner_needs(fsdp_run):
 
 
 @pytest.mark.slow
-def test_fsdp2_callback_path_equals_single_process(fsdp_run):
-    """OwnerAnalysis shards -> gathered to rank 0 -> Monitor.submit: the run store holds, for each step, the
-    metrics of a single-process Monitor over the same weights."""
+def test_fsdp2_monitor_in_a_plain_loop_equals_single_process(fsdp_run):
+    """Monitor(model) on a fully_shard model, every rank, a plain loop: one worker per rank analyses the
+    matrices it owns, rank 0 files the merged results -- for each step the metrics, ESDs and phases of a
+    single-process Monitor over the same weights; the stats are on the Monitor of every rank."""
+    info = [json.loads((fsdp_run / f"rank{r}.json").read_text())["callback"] for r in (0, 1)]
+    assert [i["kind"] for i in info] == ["fsdp2", "fsdp2"]
+    assert info[0]["has_store"] and not info[1]["has_store"]  # only rank 0 writes
+    assert info[0]["run_id"] == info[1]["run_id"] == "fsdp"
+    assert info[0]["results"] == [10, 20] and info[1]["results"] == []
+    for i in info:
+        st = i["stats"]
+        assert st["snapshots_taken"] == 2 and st["analysed"] == 2, st
+        assert st["errors"] == st["worker_errors"] == 0 and st["world_size"] == 2, st
+        assert st["exchange_bytes_received"] == sum(i["by_name"].values())
     run = wwmonitor.load_run(fsdp_run / "runs" / "fsdp")
     m = run.metrics
     assert sorted(m.step.unique()) == [10, 20]

@@ -245,6 +245,21 @@ class Monitor:
         snapshot), or a model, a mapping of name -> array (``state_dict``) or a
         checkpoint path.  Costs one extra host copy of the monitored weights
         and one more ESD per matrix on the analysis thread.
+    distributed:
+        Training on several ranks (:mod:`wwmonitor.sharding`): ``"auto"``
+        (default: FSDP2 when the model's parameters are ``DTensor`` shards of
+        ``torch.distributed.fsdp.fully_shard``, DDP when it is a
+        ``DistributedDataParallel``, else one process), ``"ddp"`` (the weights
+        are replicated on every rank, e.g. the module inside a framework's DDP
+        wrapper), ``"fsdp2"`` or ``"off"`` (every rank its own run).  Under DDP
+        or FSDP2 construct the Monitor and call :meth:`snapshot` on every rank
+        at the same steps: each rank analyses the matrices ``i`` with
+        ``i mod world == rank`` (FSDP2: after one exchange that brings the
+        owner just what it needs), rank 0 merges them and files them to its
+        store, alerts and sinks; other ranks write nothing.  The metrics equal a
+        single-process analysis.  ``policy`` is ``"block"`` there.  FSDP1
+        (``FullyShardedDataParallel``) and DeepSpeed raise
+        :class:`~wwmonitor.distributed.UnsupportedStrategyError`.
 
     Raises
     ------
@@ -285,6 +300,7 @@ class Monitor:
         lora: str = "effective",
         base_model: Any = None,
         announce: bool = True,
+        distributed: str = "auto",
     ) -> None:
         self.every_n_epochs = check_interval("every_n_epochs", every_n_epochs)
         self.every_n_steps = check_interval("every_n_steps", every_n_steps)
@@ -310,6 +326,12 @@ class Monitor:
         self.layers, self.exclude = _patterns(layers), _patterns(exclude)
         self.policy = policy
         self.options = options if options is not None else AnalysisOptions()
+        weights_rules = alerts  # their weight inspection runs wherever the weights are analysed
+        self._strategy = self._choose_strategy(model, distributed, alerts)
+        if self._strategy is not None:  # DDP / FSDP2: rank 0 files the merged results, other ranks write nothing
+            model = self.model = self._strategy.unwrap(model)
+            policy, store, sinks, alerts = self._strategy.adjust(policy=policy, store=store, sinks=sinks, alerts=alerts)
+            self.policy = policy
         self.config = dict(config or {})
         self.close_timeout = close_timeout
         self._lock = threading.RLock()  # serialises snapshot() / run switching
@@ -341,6 +363,10 @@ class Monitor:
         if self._layer_info:
             self._folder.record_layers(self._layer_info, self._model_class(model))
         self._last_step: Optional[int] = max(self._folder.stored_steps) if self._folder.stored_steps else None
+        if self._strategy is not None:  # every rank snapshots the same steps (rank 0's run decides)
+            self._folder.run_id, self._folder.stored_steps, self._last_step = self._strategy.sync_run(
+                self._folder.run_id, self._folder.stored_steps, self._last_step
+            )
 
         # --- analyzer -> dispatcher
         self._dispatcher = Dispatcher(
@@ -356,8 +382,9 @@ class Monitor:
         self._dispatcher.resume_after(self._last_step)
         self._pool = BufferPool(self.queue_size)
         self._queue = SnapshotQueue(self.queue_size, policy, self._pool)
-        inspector = alerts if getattr(alerts, "needs_weights", False) else None
-        self._worker = AnalysisWorker(
+        inspector = weights_rules if getattr(weights_rules, "needs_weights", False) else None
+        make_worker = AnalysisWorker if self._strategy is None else self._strategy.make_worker
+        self._worker = make_worker(
             self._queue,
             self._dispatcher.submit,
             options=self.options,
@@ -371,6 +398,23 @@ class Monitor:
         )
         self._worker.start()
         _LIVE.add(self)
+
+    def _choose_strategy(self, model: Any, distributed: str, alerts: Any) -> Any:
+        from ..sharding import choose_strategy
+
+        return choose_strategy(
+            model,
+            distributed,
+            options=self.options,
+            needs_weights=bool(getattr(alerts, "needs_weights", False)),
+            analysis_device=self.analysis_device,
+        )
+
+    @property
+    def strategy(self) -> Any:
+        """The DDP / FSDP2 snapshot strategy (:mod:`wwmonitor.sharding.strategies`: ``kind``, ``rank``,
+        ``world``, ``layers`` -- the matrices this rank analyses); ``None`` in a single process."""
+        return self._strategy
 
     # ------------------------------------------------------------ run folder
     @property
@@ -435,6 +479,10 @@ class Monitor:
         skipped: list[tuple[str, str]] = []
         if matrices is not None:
             specs = select(_matrix_specs(matrices), layers=self.layers, exclude=self.exclude)
+        elif self._strategy is not None:
+            specs = self._strategy.extract(
+                model, layers=self.layers, exclude=self.exclude, lora=self.lora, skipped=skipped
+            )
         else:
             specs = extract_matrices(model, layers=self.layers, exclude=self.exclude, skipped=skipped, lora=self.lora)
         if specs and not getattr(self, "_coverage", None):  # the first walk: say what is monitored and skipped
@@ -457,7 +505,7 @@ class Monitor:
         ``model.to(...)``, ``.half()`` or a ``param.data = ...`` swap change
         it).  Any change triggers a fresh walk.
         """
-        if matrices is not None or not is_torch_module(model):
+        if matrices is not None or not is_torch_module(model) or getattr(self._strategy, "kind", "") == "fsdp2":
             return self._extract(model, matrices), None
         c = self._spec_cache
         if (
@@ -544,6 +592,10 @@ class Monitor:
             if not self.should_snapshot(epoch=epoch, step=step, epoch_end=epoch_end):
                 return False
             src = model if model is not None else self.model
+            if self._strategy is not None:
+                if matrices is not None:
+                    raise ValueError(f"snapshot: matrices= is not supported under {self._strategy.kind}")
+                src = self._strategy.unwrap(src)
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._specs_for(src, matrices)
@@ -574,7 +626,7 @@ class Monitor:
                 )
             snap = None
             try:
-                entries, ready = copy_matrices(specs, res.buffers, key)
+                entries, ready = self._capture(specs, res.buffers, key)
                 if key is None:  # computed weights (LoRA effective ...): the plan must not keep them alive
                     res.buffers.plan = None
                 snap = Snapshot(
@@ -591,6 +643,18 @@ class Monitor:
             self._last_step = step
             self._counts["snapshots_taken"] += 1
             return True
+
+    def _capture(self, specs: list[MatrixSpec], buffers: Any, key: Any) -> tuple[list[Any], Any]:
+        """Copy the weights of one snapshot (under DDP / FSDP2: this rank's share, see :mod:`wwmonitor.sharding`)."""
+        if self._strategy is None:
+            return copy_matrices(specs, buffers, key)
+        try:
+            return self._strategy.capture(specs, buffers, key)
+        except Exception as e:
+            self._faults.add(
+                "worker_errors", f"wwmonitor: {self._strategy.kind} snapshot failed ({type(e).__name__}: {e})"
+            )
+            raise
 
     def submit(self, result: SnapshotResult) -> bool:
         """Hand a result analysed elsewhere (e.g. gathered from DDP ranks) to alerts, store and sinks.
@@ -660,6 +724,8 @@ class Monitor:
             buffer_bytes=self._pool.total_bytes,
             buffer_bytes_peak=self._pool.peak_bytes,
         )
+        if self._strategy is not None:
+            out.update(self._strategy.stats())
         return out
 
     @property

@@ -1,0 +1,131 @@
+"""The owner rank's analysis of a sharded matrix, and :func:`analyze_sharded` (one call, a report on one rank).
+
+An owned matrix is either assembled (``gather``: analysed like any matrix)
+or the stacked triangular factors ``[R_1; ...; R_p]`` of its row blocks
+(``rfactor``): their singular values are exactly those of ``W``, so the
+eigenvalues of ``WᵀW`` and the SVD recheck of rank-deficient spectra come
+out as in a single-process analysis of the full matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_evals, analyze_matrix
+from ..metrics import LayerMetrics
+from ..spectral import esd_batched_scaled, resolve_device, squared_singular_values_scaled
+from .exchange import ShardedSpectra
+from .plan import OwnedMatrix
+
+__all__ = ["analyze_owned", "analyze_sharded"]
+
+
+def analyze_owned(
+    om: OwnedMatrix, options: AnalysisOptions = DEFAULT_OPTIONS, device: Optional[str] = None
+) -> LayerMetrics:
+    """Metrics of one owned matrix: :func:`wwmonitor.analyze_matrix` for an assembled matrix, the same
+    checks and :func:`~wwmonitor.analyze.analyze_evals` on the singular values of the stacked factors
+    for ``rfactor`` (the eigenvalues of ``WᵀW``, with the SVD recheck) -- equal to a single-process
+    analysis of the full matrix.  ``device`` as :func:`wwmonitor.analyze_matrix`."""
+    name = om.name
+    if om.kind == "matrix":
+        return analyze_matrix(om.data, name, layer_type=om.type, scale=om.scale, options=options, device=device)
+    N, M = om.N, om.M
+    K = om.shape[0] if len(om.shape) == 3 else 1
+    lm = LayerMetrics(name=name, type=om.type, shape=om.shape, N=N, M=M, Q=N / M, num_evals=K * M)
+    if om.reason:
+        lm.status, lm.warning = "error", "error"
+        lm.message = f"layer {name!r}: not analysed under FSDP: {om.reason}"
+        return lm
+    # the same order of checks and the same messages as analyze_matrix
+    if om.nonfinite:
+        lm.status = "non_finite"
+        lm.message = f"layer {name!r}: {om.nonfinite} non-finite weight(s) (NaN/Inf); no spectrum computed"
+        lm.warning = "non-finite"
+        return lm
+    if options.max_evals is not None and K * M > options.max_evals:
+        lm.status = "too_many_evals"
+        lm.message = f"layer {name!r}: {K * M} eigenvalues > max_evals={options.max_evals}; skipped"
+        return lm
+    route = _route_for(om.data, device)
+    if len(om.shape) == 3:
+        ev, e2 = esd_batched_scaled(om.data, name=name, rescale_large=True, device=route)
+        ev_sq = np.sort(ev.ravel())
+    else:
+        ev_sq, e2 = squared_singular_values_scaled(
+            om.data, name=name, low_memory=options.low_memory, rescale_large=True, device=route
+        )
+    return analyze_evals(ev_sq * om.scale, lm, options=options, scale=om.scale, W=None, exponent2=e2 + 2 * om.exponent)
+
+
+def _route_for(data: Any, device: Optional[str]) -> str:
+    """The spectral route for owned ``data`` (a torch tensor) under ``device``."""
+    if device is None or device == "auto":
+        return "torch" if getattr(data.device, "type", "cpu") != "cpu" else "cpu"
+    return device
+
+
+def analyze_sharded(
+    model: Any,
+    *,
+    layers: Optional[Sequence[Any]] = None,
+    exclude: Optional[Sequence[Any]] = None,
+    conv: str = "pool",
+    options: AnalysisOptions = DEFAULT_OPTIONS,
+    route: str = "auto",
+    analysis_device: str = "auto",
+    dst: Optional[int] = 0,
+    spectra: Optional[ShardedSpectra] = None,
+    **option_overrides: Any,
+) -> Any:
+    """Analyse a sharded (FSDP2) model: every rank analyses the matrices it owns, the metrics are gathered to
+    rank ``dst`` (``None``: to every rank).  Returns a :class:`~wwmonitor.model.ModelReport` there (``None``
+    elsewhere); ``meta["transfer"]`` holds this rank's :class:`TransferStats`.  A collective: call it on every
+    rank.  Pass ``spectra`` to reuse a plan (and its byte counters)."""
+    from ..distributed import gather_objects
+    from ..model import ModelReport
+
+    if option_overrides:
+        bad = set(option_overrides) - set(AnalysisOptions.__dataclass_fields__)
+        if bad:
+            raise TypeError(f"analyze_sharded: unknown option(s) {sorted(bad)}")
+        options = AnalysisOptions(**{**options.__dict__, **option_overrides})
+    sp = (
+        spectra
+        if spectra is not None
+        else ShardedSpectra(model, layers=layers, exclude=exclude, conv=conv, options=options, route=route)
+    )
+    owned = sp.exchange()
+    device = resolve_device(analysis_device, (o.data for o in owned if o.data is not None))
+    mine = {}
+    for om in owned:
+        try:
+            mine[om.index] = analyze_owned(om, options, device)
+        except Exception as e:  # noqa: BLE001 - one layer's failure is its status
+            mine[om.index] = LayerMetrics(
+                name=om.name,
+                type=om.type,
+                shape=om.shape,
+                status="error",
+                warning="error",
+                message=f"layer {om.name!r}: {type(e).__name__}: {e}",
+            )
+    parts = gather_objects(mine, dst=dst)
+    if parts is None:
+        return None
+    merged: dict[int, LayerMetrics] = {}
+    for p in parts:
+        merged.update(p)
+    return ModelReport(
+        [merged[i] for i in sorted(merged)],
+        source=type(model).__name__,
+        meta={
+            "num_matrices": len(sp.entries),
+            "world_size": sp.world,
+            "sharded": True,
+            "routes": sp.routes(),
+            "transfer": sp.stats,
+        },
+    )
