@@ -31,9 +31,8 @@ MODEL = textwrap.dedent(
 
     def mlp():
         torch.manual_seed(0)
-        return torch.nn.Sequential(
-            torch.nn.Linear(64, 160), torch.nn.ReLU(), torch.nn.Linear(160, 96), torch.nn.ReLU(), torch.nn.Linear(96, 10)
-        )
+        nn = torch.nn
+        return nn.Sequential(nn.Linear(64, 160), nn.ReLU(), nn.Linear(160, 96), nn.ReLU(), nn.Linear(96, 10))
     """
 )
 
