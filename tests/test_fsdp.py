@@ -470,7 +470,7 @@ PL_SCRIPT = textwrap.dedent(
                              enable_checkpointing=False)
         trainer.fit(Net())
         with open(os.path.join(out, f"rank{{trainer.global_rank}}.json"), "w") as f:
-            json.dump({{"shard": cb.shard_layers, "has_monitor": cb.monitor is not None}}, f)
+            json.dump({{"shard": cb.shard_layers, "has_store": cb.monitor.store is not None}}, f)
         trainer.strategy.barrier()
         os._exit(0)  # as in the torchrun script: skip gloo's (occasionally aborting) teardown, all is written
     """
@@ -488,7 +488,7 @@ def test_lightning_model_parallel_strategy_fsdp2(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert info[0]["shard"] == ["fc1", "out"] and info[1]["shard"] == ["fc2"]
-    assert info[0]["has_monitor"] and not info[1]["has_monitor"]
+    assert info[0]["has_store"] and not info[1]["has_store"]
     run = wwmonitor.load_run(tmp_path / "runs" / "mp")
     steps = [4, 8]  # 256 samples / 2 ranks / batch 32
     assert sorted(run.metrics.step.unique()) == steps

@@ -6,18 +6,20 @@ collective here must be called by *every* rank, in the same order -- calling
 one from rank-zero-only code hangs the job; the helpers are written so that
 the natural call site (all ranks) is the only correct one.
 
-Used by the Lightning callback under DDP (each rank holds the full weights)
-and by ``torchrun --nproc-per-node K -m wwmonitor analyze PATH``
+Used by the Monitor's DDP / FSDP2 snapshot strategies (:mod:`wwmonitor.sharding`:
+each rank analyses its share, rank 0 files the merged results) and by
+``torchrun --nproc-per-node K -m wwmonitor analyze PATH``
 (:func:`wwmonitor.model.analyze_model` shards its matrices).
 
 FSDP and DeepSpeed shard the *parameters* themselves.  FSDP2
 (``torch.distributed.fsdp.fully_shard``: ``DTensor`` parameters, dim-0
 shards; Lightning's ``ModelParallelStrategy``) is analysed by
-:mod:`wwmonitor.sharded` without gathering whole matrices anywhere but on
-their owner rank.  :func:`check_strategy` refuses the strategies that are not
-supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters, Lightning's
-``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a clear message
-instead of hanging or reading partial weights.
+:mod:`wwmonitor.sharding` without gathering whole matrices anywhere but on
+their owner rank.  :func:`check_strategy` refuses the Lightning strategies that
+are not supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters,
+Lightning's ``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a
+clear message instead of hanging or reading partial weights; the Monitor
+refuses such models itself (:func:`wwmonitor.sharding.refuse_unsupported`).
 """
 
 from __future__ import annotations

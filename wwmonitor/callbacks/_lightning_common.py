@@ -15,17 +15,15 @@ Hooks used (and why)
 ``on_train_batch_end`` optional snapshot every ``every_n_steps`` optimizer steps.
 ``on_train_epoch_end`` snapshot every ``every_n_epochs`` epochs, then the stop
                       decision (collective under DDP).
-``on_train_end``      wait for the analysis (DDP: final gather, every rank).
+``on_train_end``      wait for the analysis (every rank).
 ``on_fit_end`` / ``teardown`` / ``on_exception``  close the monitor (idempotent).
 
-Distributed (DDP)
------------------
-Matrix ``i`` (extraction order) is analysed on rank ``i mod world_size`` by
-a shard monitor; at the next snapshot point (and at train end) the results
-are gathered to rank 0 and submitted to its main monitor.  The framework-free
-machinery (shard monitors, gather, merge) is
-:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, shared with the
-Hugging Face ``Trainer`` callback.
+Distributed (DDP, FSDP2 under ``ModelParallelStrategy``)
+--------------------------------------------------------
+Every rank builds a :class:`~wwmonitor.Monitor` of the module
+(:func:`wwmonitor.callbacks._sharding.open_rank_monitor`); its DDP / FSDP2
+snapshot strategy analyses matrix ``i`` on rank ``i mod world_size`` and
+rank 0 files the merged results (store, alert rules, logger sinks).
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ from typing import Any, Optional, Sequence, Union
 from ..alerts import AlertRules
 from ..analyze import AnalysisOptions
 from ..distributed import check_strategy
-from ._options import MonitorOptions, check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
-from ._sharding import ShardedSnapshots
+from ._options import MonitorOptions, check_interval, pump_sinks, stop_reason, store_monitor_options
+from ._sharding import open_rank_monitor, safe_snapshot, shard_layers
 
 log = logging.getLogger("wwmonitor")
 
@@ -136,8 +134,8 @@ class WeightWatcherMixin(MonitorOptions):
         self.every_n_steps = every_n_steps
         self.use_loggers = bool(loggers)
         self._state_key = state_key
-        self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks)
-        self._sharded: Optional[ShardedSnapshots] = None  # snapshot routing, this rank's shard monitor under DDP
+        self.monitor: Any = None  # this rank's monitor (rank 0 writes the store, alerts, sinks)
+        self.errors = 0  # snapshots that raised (logged; training continues)
         self._names: list[str] = []
         self._world = 1
         self._rank = 0
@@ -168,7 +166,7 @@ class WeightWatcherMixin(MonitorOptions):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = dict(state_dict)
-        if self.monitor is not None or self._sharded is not None:
+        if self.monitor is not None:
             self._apply_loaded()
 
     def _apply_loaded(self) -> None:
@@ -187,49 +185,19 @@ class WeightWatcherMixin(MonitorOptions):
             check_strategy(trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        from ..layers import extract_matrices
-        from ..monitor import Monitor
-
         self._close()  # a second fit with the same callback starts cleanly
         self._last_step, self.stopped_by_alert = None, False
-        from ..sharded import is_sharded_model, sharded_specs
-
         self._rank, self._world = int(trainer.global_rank), int(trainer.world_size)
-        fsdp = is_sharded_model(pl_module)  # FSDP2 (ModelParallelStrategy): DTensor parameters, no full weights
-        specs = (sharded_specs if fsdp else extract_matrices)(pl_module, layers=self.layers, exclude=self.exclude)
-        if not specs:
-            raise ValueError(
-                f"WeightWatcherCallback: no analysable layers in {type(pl_module).__name__} "
-                f"(layers={self.layers!r}, exclude={self.exclude!r})"
-            )
-        self._names = [s.name for s in specs]
         config = {**self.config, "world_size": self._world, "callback": type(self).__module__}
-        self._sharded = ShardedSnapshots(
-            self._names, self._rank, self._world, flush_timeout=self.flush_timeout, fsdp=fsdp
-        )
-        self.shard_layers = list(self._sharded.layers)
-        self._sharded.open_shard(
-            pl_module, self.run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size, options=self.options
-        )
         if self._rank == 0:
             self.sinks = self._logger_sinks(trainer) if self.use_loggers else []
             self._wandb_sinks = [s for s in self.sinks if hasattr(s, "pump")]
-            loaded = (self._loaded or {}).get("monitor") or {}
-            run_kw: dict[str, Any] = {"run_name": self.run_name, "resume": self.resume}
-            if loaded.get("run_id"):  # a restored checkpoint: continue its run
-                run_kw = {"run_name": loaded["run_id"], "resume": True}
-            kw = monitor_kwargs(self)
-            kw["layers"] = self._names
-            self.monitor = Monitor(  # under FSDP only results are submitted to it: no model to read
-                None if fsdp else pl_module,
-                loaded.get("run_root") or self.run_dir,
-                every_n_epochs=None,
-                every_n_steps=None,
-                sinks=self.sinks,
-                config=config,
-                **run_kw,
-                **kw,
-            )
+        loaded = (self._loaded or {}).get("monitor") or {}
+        # every rank: under DDP / FSDP2 (ModelParallelStrategy) the Monitor analyses this rank's share
+        self.monitor = open_rank_monitor(
+            self, pl_module, self.run_dir, self._world, sinks=self.sinks, config=config, restored=loaded
+        )
+        self.shard_layers = shard_layers(self.monitor)
         self._apply_loaded()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -248,8 +216,6 @@ class WeightWatcherMixin(MonitorOptions):
         self._stop_decision(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._sharded is not None:
-            self._sharded.collect(self.monitor)  # DDP: the final gather (a no-op without DDP)
         if self.monitor is not None:
             self.monitor.flush(self.flush_timeout)
         self._pump()
@@ -311,8 +277,8 @@ class WeightWatcherMixin(MonitorOptions):
         if self._last_step is not None and step <= self._last_step:
             return  # already snapshotted (resume, or a step snapshot at the epoch's last step)
         self._last_step = step
-        if self._sharded is not None:
-            self._sharded.snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end)
+        if self.monitor is not None:
+            safe_snapshot(self.monitor, self, step=step, epoch=epoch, epoch_end=epoch_end)
 
     def _pump(self) -> None:
         pump_sinks(self._wandb_sinks)
@@ -329,8 +295,6 @@ class WeightWatcherMixin(MonitorOptions):
             rank_zero_info(f"wwmonitor: stopping training at epoch {trainer.current_epoch} on an alert{why}")
 
     def _close(self, timeout: Optional[float] = None) -> None:
-        if self._sharded is not None:
-            self._sharded.close(timeout)
         if self.monitor is not None:
             try:
                 self.monitor.close(timeout)

@@ -12,7 +12,7 @@ Example::
 
 Hooks used (and why)
 --------------------
-``on_train_begin``   refuse FSDP/DeepSpeed (every rank), build the monitor(s);
+``on_train_begin``   refuse FSDP1/DeepSpeed (every rank), build the monitor;
                      when ``trainer.train(resume_from_checkpoint=...)``
                      restored a ``TrainerState`` (``global_step > 0``), read
                      this callback's state from its ``stateful_callbacks`` and
@@ -26,7 +26,7 @@ Hooks used (and why)
                      gradient accumulation); deliver W&B rows; the stop decision.
 ``on_epoch_end``     snapshot every ``every_n_epochs`` epochs; deliver W&B rows;
                      the stop decision (collective under DDP).
-``on_train_end``     the final DDP gather, wait for the analysis, close.
+``on_train_end``     wait for the analysis (every rank), close.
 
 Both snapshot hooks run before the Trainer saves a checkpoint at that step,
 so a checkpoint's state includes the snapshot of its own step.
@@ -44,10 +44,12 @@ options and stays the one in the Trainer.
 
 Distributed
 -----------
-Under DDP (``torchrun`` / ``accelerate launch``) matrix ``i`` is analysed on
-rank ``i mod world_size`` and the results are gathered to rank 0, which alone
-writes (:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, shared with
-the Lightning callback).  FSDP and DeepSpeed are refused at train begin.
+Under DDP (``torchrun`` / ``accelerate launch``) and FSDP2 every rank builds a
+Monitor (:func:`wwmonitor.callbacks._sharding.open_rank_monitor`): matrix ``i``
+is analysed on rank ``i mod world_size``, rank 0 alone writes.  FSDP1 and
+DeepSpeed are refused at train begin, by name.  FSDP2 under the Trainer has
+not run here: on CPU accelerate 1.15 ignores the FSDP plugin (it selects FSDP
+only for GPU-like devices) and trains as DDP, which is what is monitored.
 """
 
 from __future__ import annotations
@@ -77,12 +79,11 @@ from ._options import (
     apply_callback_state,
     callback_state,
     check_interval,
-    open_main_monitor,
     pump_sinks,
     stop_reason,
     store_monitor_options,
 )
-from ._sharding import ShardedSnapshots
+from ._sharding import open_rank_monitor, safe_snapshot, shard_layers
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -198,7 +199,7 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         self.use_loggers = bool(loggers)
         self._state_key = state_key if state_key is not None else _restore_key
         self.monitor: Any = None  # rank 0's main monitor (store, alerts, sinks); kept, closed, after train
-        self._sharded: Optional[ShardedSnapshots] = None
+        self.errors = 0  # snapshots that raised (logged; training continues)
         self._rank, self._world = 0, 1
         self._last_step: Optional[int] = None
         self._handler: Any = None
@@ -259,8 +260,6 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
 
     # ------------------------------------------------------------ Trainer hooks
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        from ..layers import extract_matrices
-
         self._handler, trainer = _trainer_on_stack()
         _check_strategy(args, trainer)  # on every rank, before anything runs
         self._close()  # a second train() with the same callback starts cleanly
@@ -268,27 +267,15 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         if model is None:
             raise ValueError("WeightWatcherCallback: the Trainer passed no model to on_train_begin")
         self._rank, self._world = int(getattr(args, "process_index", 0)), int(getattr(args, "world_size", 1))
-        specs = extract_matrices(model, layers=self.layers, exclude=self.exclude)
-        if not specs:
-            raise ValueError(
-                f"WeightWatcherCallback: no analysable layers in {type(model).__name__} "
-                f"(layers={self.layers!r}, exclude={self.exclude!r})"
-            )
-        names = [s.name for s in specs]
         run_dir = self.run_dir
         if run_dir is None:  # absolute: the checkpoint's state names it, and a resume may run from elsewhere
             run_dir = os.path.abspath(os.path.join(args.output_dir, _RUN_SUBDIR))
         stored = self._stored_state(state) if int(state.global_step) > 0 else None  # resumed from a checkpoint
-        self._sharded = ShardedSnapshots(names, self._rank, self._world, flush_timeout=self.flush_timeout)
-        self.shard_layers = list(self._sharded.layers)
-        self._sharded.open_shard(
-            model, run_dir, alert_rules=self.alert_rules, queue_size=self.queue_size, options=self.options
-        )
         self.run_config = _run_config(self, args, model)
-        if self._rank == 0:
-            self.monitor = open_main_monitor(
-                self, model, run_dir, names, config=self.run_config, restored=(stored or {}).get("monitor")
-            )
+        self.monitor = open_rank_monitor(  # every rank: under DDP / FSDP2 the Monitor analyses this rank's share
+            self, model, run_dir, self._world, config=self.run_config, restored=(stored or {}).get("monitor")
+        )
+        self.shard_layers = shard_layers(self.monitor)
         self._last_step = apply_callback_state(self, stored, self.monitor)
         self._sinks_attached = not (self.use_loggers and self._rank == 0)
 
@@ -314,8 +301,6 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._attach_sinks(args)  # (a train that ran no step)
-        if self._sharded is not None:
-            self._sharded.collect(self.monitor)  # DDP: the final gather (a no-op without DDP)
         if self.monitor is not None:
             self.monitor.flush(self.flush_timeout)
         self._close()
@@ -325,8 +310,8 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         if self._last_step is not None and step <= self._last_step:
             return  # already snapshotted (resume, or a step snapshot at the epoch's last step)
         self._last_step = step
-        if self._sharded is not None:
-            self._sharded.snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end, model=model)
+        if self.monitor is not None:
+            safe_snapshot(self.monitor, self, step=step, epoch=epoch, epoch_end=epoch_end)
 
     def _attach_sinks(self, args: Any) -> None:
         """Rank 0, once per train: a sink for each active reporting integration of the Trainer."""
@@ -371,8 +356,6 @@ class WeightWatcherCallback(TrainerCallback, ExportableState, MonitorOptions):
         self._close(timeout)
 
     def _close(self, timeout: Optional[float] = None) -> None:
-        if self._sharded is not None:
-            self._sharded.close(timeout)
         if self.monitor is not None:
             try:
                 self.monitor.close(timeout)
@@ -432,19 +415,22 @@ def _trainer_on_stack() -> tuple[Any, Any]:
 
 
 def _check_strategy(args: Any, trainer: Any) -> None:
-    """Refuse FSDP and DeepSpeed (each rank holds a shard of every parameter) on every rank, with a message."""
-    hit = None
+    """Refuse FSDP1 and DeepSpeed on every rank, naming them; FSDP2 is monitored (the Monitor's FSDP2 strategy).
+
+    On CPU, accelerate (1.15) never selects FSDP: its FSDP plugin is honoured only on GPU-like devices
+    (``DistributedType.MULTI_GPU`` ...), a CPU run with ``fsdp=...`` trains as DDP and is monitored as DDP."""
+    from ..sharding.detect import DEEPSPEED_MESSAGE, FSDP1_MESSAGE
+
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None):
+        raise UnsupportedStrategyError(f"WeightWatcherCallback: {DEEPSPEED_MESSAGE}")
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(args, "fsdp", None):
-        hit = "FSDP"
-    elif getattr(trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None):
-        hit = "DeepSpeed"
-    if hit is not None:
-        raise UnsupportedStrategyError(
-            f"WeightWatcherCallback: {hit} shards parameters across ranks; reading full weight matrices there "
-            "needs a collective gather that wwmonitor does not do yet. Train with DDP (torchrun / accelerate "
-            "launch without FSDP or DeepSpeed) or a single process, or analyse the saved checkpoint afterwards "
-            "with `wwmonitor analyze` (sharded over ranks with torchrun)."
-        )
+        plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
+        cfg = getattr(args, "fsdp_config", None) or {}
+        version = getattr(plugin, "fsdp_version", None) or cfg.get("version", cfg.get("fsdp_version", 2))
+        if int(version) != 2:
+            raise UnsupportedStrategyError(
+                f"WeightWatcherCallback: {FSDP1_MESSAGE} With the Trainer: fsdp_config={{'version': 2}}."
+            )
 
 
 def _run_config(cb: WeightWatcherCallback, args: Any, model: Any) -> dict[str, Any]:

@@ -332,6 +332,7 @@ class Monitor:
             model = self.model = self._strategy.unwrap(model)
             policy, store, sinks, alerts = self._strategy.adjust(policy=policy, store=store, sinks=sinks, alerts=alerts)
             self.policy = policy
+            self.announce = self.announce and self._strategy.writes  # rank 0 speaks for the run
         self.config = dict(config or {})
         self.close_timeout = close_timeout
         self._lock = threading.RLock()  # serialises snapshot() / run switching

@@ -136,7 +136,7 @@ class Strategy:
         rank must analyse every snapshot, or the gathers would pair different steps); on ranks other than 0
         no store, no sinks and no rule evaluation (rank 0 files the merged results; the rules' weight
         inspection still runs where the weights are analysed)."""
-        if policy != "block":
+        if policy != "block" and self.writes:  # said once, by the rank that speaks for the run
             log.warning(
                 "wwmonitor: under %s every rank analyses every snapshot; policy=%r is replaced by 'block'",
                 self.kind,
