@@ -3,7 +3,7 @@
 Under DDP and FSDP2 (``fully_shard``) the callback builds its
 :class:`~wwmonitor.Monitor` on **every** rank with the model and
 ``distributed=`` set by :func:`monitor_distributed`; the Monitor's snapshot
-strategy (:mod:`wwmonitor.sharding.strategies`) analyses each rank's share of
+strategy (:mod:`wwmonitor.monitor.strategies`) analyses each rank's share of
 the matrices and files the merged results on rank 0 -- one worker, one queue,
 one ``stats`` per rank.  The callback only decides *when* to snapshot, on
 every rank at the same hooks (a snapshot is a collective under FSDP2, and

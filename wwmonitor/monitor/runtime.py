@@ -401,7 +401,7 @@ class Monitor:
         _LIVE.add(self)
 
     def _choose_strategy(self, model: Any, distributed: str, alerts: Any) -> Any:
-        from ..sharding import choose_strategy
+        from .strategies import choose_strategy
 
         return choose_strategy(
             model,
@@ -413,7 +413,7 @@ class Monitor:
 
     @property
     def strategy(self) -> Any:
-        """The DDP / FSDP2 snapshot strategy (:mod:`wwmonitor.sharding.strategies`: ``kind``, ``rank``,
+        """The DDP / FSDP2 snapshot strategy (:mod:`wwmonitor.monitor.strategies`: ``kind``, ``rank``,
         ``world``, ``layers`` -- the matrices this rank analyses); ``None`` in a single process."""
         return self._strategy
 

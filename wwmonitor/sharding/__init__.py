@@ -1,15 +1,16 @@
-"""Monitoring models trained on several ranks: DDP and FSDP2 (``fully_shard``) inside the Monitor.
+"""Reading models trained on several ranks: DTensor (FSDP2 ``fully_shard``) shards, DDP wrappers, refusals.
 
-Modules, data flowing one way:
+Modules, data flowing one way (no monitor, store or output here):
 
 * :mod:`.detect` -- what a model is under (DTensor shards, DDP wrapper,
   FSDP1 / DeepSpeed refused with a message naming them);
 * :mod:`.plan` -- FSDP2: who owns each matrix and which route its data take;
 * :mod:`.exchange` -- FSDP2: the collective that moves the data to the owners;
 * :mod:`.owned` -- the owner's analysis, and :func:`analyze_sharded` (one call);
-* :mod:`.strategies` -- the Monitor's DDP / FSDP2 snapshot strategies;
-* :mod:`.worker` -- the Monitor's worker under a strategy: analyse this rank's
-  share, gather to rank 0, merge.
+
+The Monitor's DDP / FSDP2 snapshot strategies that use them are
+:mod:`wwmonitor.monitor.strategies` and :mod:`wwmonitor.monitor.sharded_worker`
+(this package imports nothing of the monitor).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from .detect import is_sharded_model, refuse_unsupported, sharded_specs, unsuppo
 from .exchange import ShardedSpectra
 from .owned import analyze_owned, analyze_sharded
 from .plan import ROUTES, OwnedMatrix, TransferStats
-from .strategies import DISTRIBUTED, DDPStrategy, FSDP2Strategy, Strategy, choose_strategy
-from .worker import merge_results
 
 __all__ = [
     "is_sharded_model",
@@ -32,10 +31,4 @@ __all__ = [
     "ROUTES",
     "analyze_owned",
     "analyze_sharded",
-    "DISTRIBUTED",
-    "Strategy",
-    "DDPStrategy",
-    "FSDP2Strategy",
-    "choose_strategy",
-    "merge_results",
 ]

@@ -44,7 +44,7 @@ of all ranks (tensor parallel, HSDP) are reported per layer as not supported.
 
 The exchange itself is :mod:`wwmonitor.sharding.exchange`; the owner's
 analysis :mod:`wwmonitor.sharding.owned`; the Monitor's snapshot strategy
-for such models :mod:`wwmonitor.sharding.strategies`.
+for such models :mod:`wwmonitor.monitor.strategies`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ strategy only changes what a snapshot copies and where results go:
     needs of its matrices -- rows, or the other ranks' triangular factors --
     and no rank assembles a matrix it does not own.
 
-Either way the worker (:class:`~wwmonitor.sharding.worker.ShardedWorker`)
+Either way the worker (:class:`~wwmonitor.monitor.sharded_worker.ShardedWorker`)
 gathers each analysed share to rank 0 over the monitor's own gloo process
 group; rank 0 merges them and its dispatcher files one result per step to the
 store, alerts and sinks.  Other ranks write nothing.  The metrics equal a
@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional
 
 from ..distributed import broadcast_object, gather_objects, rank_world
 from ..metrics import LayerMetrics
-from .detect import is_ddp_model, is_sharded_model, refuse_unsupported
-from .worker import ShardedWorker
+from ..sharding.detect import is_ddp_model, is_sharded_model, refuse_unsupported
+from .sharded_worker import ShardedWorker
 
 __all__ = ["DISTRIBUTED", "Strategy", "DDPStrategy", "FSDP2Strategy", "choose_strategy"]
 
@@ -189,7 +189,7 @@ class DDPStrategy(Strategy):
 
     def capture(self, specs: list[Any], buffers: Any, key: Any) -> tuple[list[Any], Any]:
         """Copy this rank's share of ``specs`` into ``buffers`` (:func:`wwmonitor.monitor.snapshot.copy_matrices`)."""
-        from ..monitor.snapshot import copy_matrices
+        from .snapshot import copy_matrices
 
         return copy_matrices([s for s, r in zip(specs, self.owners) if r == self.rank], buffers, key)
 
@@ -212,7 +212,7 @@ class FSDP2Strategy(Strategy):
 
     def extract(self, model: Any, *, layers: Any, exclude: Any, lora: str, skipped: list) -> list[Any]:
         """The plan's specs (``meta`` views: no data).  The first call builds the plan -- a collective."""
-        from .exchange import ShardedSpectra
+        from ..sharding.exchange import ShardedSpectra
 
         if self.spectra is None:
             self.spectra = ShardedSpectra(
@@ -244,7 +244,7 @@ class FSDP2Strategy(Strategy):
         return resolve_device(self.analysis_device, shards + [e.tensor for e in self.spectra.entries])
 
     def make_worker(self, *args: Any, **kwargs: Any) -> ShardedWorker:
-        from ..monitor.analyzer import default_analyze
+        from .analyzer import default_analyze
 
         if kwargs.get("analyze_fn") not in (None, default_analyze):
             raise ValueError("analyze_fn is not supported under FSDP2 (the owner analyses factors, not matrices)")
@@ -269,7 +269,7 @@ class FSDP2Strategy(Strategy):
 def _owned_analyze(device: str) -> Callable[..., LayerMetrics]:
     """The worker's per-matrix analysis of an :class:`~wwmonitor.sharding.plan.OwnedMatrix` on ``device``
     (CUDA data: on the analysis side stream, never the training stream)."""
-    from .owned import analyze_owned
+    from ..sharding.owned import analyze_owned
 
     def fn(om: Any, name: str, typ: str, scale: float, opts: Any) -> LayerMetrics:
         data = om.data
@@ -277,7 +277,7 @@ def _owned_analyze(device: str) -> Callable[..., LayerMetrics]:
             return analyze_owned(om, opts, device)
         import torch
 
-        from ..monitor.analyzer import _side_stream
+        from .analyzer import _side_stream
 
         with torch.cuda.stream(_side_stream(str(data.device))):
             if device == "cpu":

@@ -21,10 +21,10 @@ from typing import Any, Optional
 
 from ..distributed import gather_objects
 from ..metrics import LayerMetrics
-from ..monitor.analyzer import AnalysisWorker
-from ..monitor.snapshot import Snapshot
 from ..records import SnapshotResult
 from ..summary import model_summary
+from .analyzer import AnalysisWorker
+from .snapshot import Snapshot
 
 __all__ = ["ShardedWorker", "merge_results"]
 
