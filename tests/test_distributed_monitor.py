@@ -245,3 +245,15 @@ def test_distributed_argument_is_checked():
         wwmonitor.Monitor(_mlp(), store=False, distributed="zero3")
     with pytest.raises(ValueError, match="no DTensor parameters"):
         wwmonitor.Monitor(_mlp(), store=False, distributed="fsdp2")
+
+
+def test_old_sharded_module_warns_and_reexports():
+    import importlib
+
+    import wwmonitor.sharded as old
+    import wwmonitor.sharding as new
+
+    with pytest.warns(DeprecationWarning, match="wwmonitor.sharding"):
+        old = importlib.reload(old)
+    assert old.analyze_sharded is new.analyze_sharded and old.ShardedSpectra is new.ShardedSpectra
+    assert not hasattr(old, "OwnerAnalysis")  # the second analysis worker is gone: the Monitor has the strategy

@@ -99,19 +99,7 @@ def analyze_sharded(
     )
     owned = sp.exchange()
     device = resolve_device(analysis_device, (o.data for o in owned if o.data is not None))
-    mine = {}
-    for om in owned:
-        try:
-            mine[om.index] = analyze_owned(om, options, device)
-        except Exception as e:  # noqa: BLE001 - one layer's failure is its status
-            mine[om.index] = LayerMetrics(
-                name=om.name,
-                type=om.type,
-                shape=om.shape,
-                status="error",
-                warning="error",
-                message=f"layer {om.name!r}: {type(e).__name__}: {e}",
-            )
+    mine = {om.index: _analyse_or_error(om, options, device) for om in owned}
     parts = gather_objects(mine, dst=dst)
     if parts is None:
         return None
@@ -129,3 +117,18 @@ def analyze_sharded(
             "transfer": sp.stats,
         },
     )
+
+
+def _analyse_or_error(om: OwnedMatrix, options: AnalysisOptions, device: str) -> LayerMetrics:
+    """:func:`analyze_owned`; a failure becomes the layer's ``status="error"`` with the reason."""
+    try:
+        return analyze_owned(om, options, device)
+    except Exception as e:  # noqa: BLE001 - one layer's failure is its status
+        return LayerMetrics(
+            name=om.name,
+            type=om.type,
+            shape=om.shape,
+            status="error",
+            warning="error",
+            message=f"layer {om.name!r}: {type(e).__name__}: {e}",
+        )
