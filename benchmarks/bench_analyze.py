@@ -73,7 +73,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     import wwmonitor
-    from wwmonitor.spectral import usable_cpus
+    from wwmonitor.compute import usable_cpus
 
     from model_zoo import build
 

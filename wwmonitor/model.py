@@ -32,9 +32,9 @@ from typing import Any, Callable, Optional, Sequence
 from ._deprecated import moved
 from .analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_spec
 from .checkpoint import LazyTensor, LazyWeights, open_weights
+from .compute import blas_thread_limit, resolve_device, usable_cpus
 from .layers import MatrixSpec, Pattern, extract_matrices
 from .metrics import LayerMetrics
-from .spectral import blas_thread_limit, resolve_device, usable_cpus
 
 __all__ = ["analyze_model", "ModelReport", "summarize"]
 
