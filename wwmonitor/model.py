@@ -29,9 +29,9 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
+from . import checkpoint
 from ._deprecated import moved
 from .analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_spec
-from .checkpoint import LazyTensor, LazyWeights, open_weights
 from .compute import blas_thread_limit, resolve_device, usable_cpus
 from .layers import MatrixSpec, Pattern, extract_matrices
 from .metrics import LayerMetrics
@@ -171,7 +171,7 @@ def analyze_model(
         raise ValueError("analyze_model: base_model='first' is a Monitor option; give a model, mapping or path")
     source = str(obj) if isinstance(obj, (str, os.PathLike)) else ""
     if source:
-        obj = open_weights(obj)  # safetensors: headers only, tensors are mapped one by one in _analyze_one
+        obj = checkpoint.open_weights(obj)  # safetensors: headers only, tensors are mapped one by one in _analyze_one
     skipped: list[tuple[str, str]] = []
     specs = extract_matrices(obj, layers=layers, exclude=exclude, conv=conv, skipped=skipped, lora=lora)
     if not specs:
@@ -193,7 +193,7 @@ def analyze_model(
 
         results = {i: lm for part in (gather_objects(results) or []) for i, lm in part.items()}
     meta: dict[str, Any] = {"num_matrices": len(specs), "world_size": world}
-    if isinstance(obj, LazyWeights):
+    if isinstance(obj, checkpoint.LazyWeights):
         meta["streamed"] = True
     return ModelReport([results[i] for i in sorted(results)], source=source, meta=meta, skipped=skipped)
 
@@ -282,7 +282,7 @@ def _apply_reference(
     ref.bind([specs[i].name for i in mine])
     for i in mine:
         t = specs[i].tensor
-        w = t.load() if isinstance(t, LazyTensor) else t
+        w = t.load() if isinstance(t, checkpoint.LazyTensor) else t
         ref.apply(specs[i].name, specs[i].type, specs[i].scale, w, results[i], options=options, device=device)
 
 
@@ -346,7 +346,8 @@ def _analyze_concurrently(
 
 def _analyze_one(spec: MatrixSpec, options: AnalysisOptions, device: str = "auto") -> LayerMetrics:
     try:
-        if isinstance(spec.tensor, LazyTensor):  # streamed checkpoint: map this matrix's tensor now, drop it after
+        # streamed checkpoint: map this matrix's tensor now, drop it after
+        if isinstance(spec.tensor, checkpoint.LazyTensor):
             spec = replace(spec, tensor=spec.tensor.load())
         return analyze_spec(spec, options, device)
     except Exception as e:  # never stop halfway through a model: the failure is the layer's status
