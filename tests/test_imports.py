@@ -108,7 +108,7 @@ def test_no_import_time_atexit_hooks():
         "import atexit, importlib, json\n"
         "calls = []\n"
         "def register(f, *a, **k):\n"
-        "    calls.append(f'{getattr(f, \"__module__\", \"?\")}.{getattr(f, \"__qualname__\", repr(f))}')\n"
+        '    calls.append(f\'{getattr(f, "__module__", "?")}.{getattr(f, "__qualname__", repr(f))}\')\n'
         "    return f\n"
         "atexit.register = register\n"
         "for m in ['wwmonitor', 'wwmonitor.model', 'wwmonitor.checkpoint', 'wwmonitor.layers', 'wwmonitor.spectral',\n"
@@ -121,3 +121,35 @@ def test_no_import_time_atexit_hooks():
     assert proc.returncode == 0, proc.stderr
     hooks = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert hooks <= KNOWN_ATEXIT_HOOKS, hooks - KNOWN_ATEXIT_HOOKS
+
+
+#: import circles other helpers are cutting right now (issue 17, "apath": page kit and phase history out of
+#: compare/html), as (module, module): the lead removes the entry after merging; pyproject.toml's
+#: "no import circles in the package" contract ignores the same import
+KNOWN_CYCLES = {("wwmonitor.report.compare", "wwmonitor.report.html")}
+
+
+def import_cycles() -> list[tuple[str, ...]]:
+    """Every module that imports itself back through other modules (imports inside functions included: grimp
+    reads every import statement), as the chain ``(module, ..., module)``; a package importing its own
+    submodules (re-exports) does not count."""
+    import grimp  # installed with import-linter (requirements-dev.txt)
+
+    graph = grimp.build_graph("wwmonitor", cache_dir=None)
+    out = []
+    for mod in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(mod)):
+            if imported == mod or imported.startswith(mod + "."):
+                continue
+            chain = graph.find_shortest_chain(importer=imported, imported=mod)
+            if chain and not any(c.startswith(mod + ".") for c in chain):
+                out.append((mod,) + tuple(chain))
+    return out
+
+
+def test_no_import_cycles():
+    cycles = [c for c in import_cycles() if tuple(sorted(set(c))) not in KNOWN_CYCLES]
+    assert cycles == []
+    # the check itself finds the circles still allowed (so the allowlist cannot go stale unnoticed)
+    found = {tuple(sorted(set(c))) for c in import_cycles()}
+    assert KNOWN_CYCLES <= found, KNOWN_CYCLES - found
