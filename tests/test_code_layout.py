@@ -31,6 +31,9 @@ ALLOWED: dict[str, str] = {
     "wwmonitor/monitor/runtime.py": "being split in issue 17 (one framework-free core)",
     "wwmonitor/callbacks/transformers.py": "being split in issue 17 (one framework-free core)",
     "wwmonitor/store.py": "being split in issue 17 (store persists fits and ESDs)",
+    # no issue-17 helper owns analyze.py: the lead splits these or marks them with a reason
+    "wwmonitor/analyze.py::analyze_matrix": "not assigned in issue 17 (61 lines)",
+    "wwmonitor/analyze.py::analyze_evals": "not assigned in issue 17 (95 lines)",
 }
 #: directories whose functions are owned by work in progress (same reason as above)
 ALLOWED_FUNCTION_DIRS: dict[str, str] = {
@@ -128,6 +131,10 @@ def test_allowlist_has_no_stale_entries():
             stale.append(key)
         elif "::" not in key and len(p.read_text(encoding="utf-8").splitlines()) <= MAX_FILE_LINES:
             stale.append(key)
+        elif "::" in key:
+            lengths = {name: n for name, n, _ in function_lengths(p)}
+            if lengths.get(key.split("::")[1], 0) <= MAX_FUNCTION_LINES:
+                stale.append(key)
     assert stale == []
 
 
