@@ -153,7 +153,14 @@ def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
     assert summary["spearman"]["0"]["net.fc1"]["stable_rank"] == 1.0
     assert res.report == tmp_path.resolve() / "demo" / "report" / "index.html" and res.report.is_file()
     html = res.report.read_text()
-    assert "temperature" in html and "lr / batch size" in html  # the honest explanation is in the report
+    assert "temperature" in html and "lr / batch size" in html  # the background is in the report
+    # and the findings are this run's: each measured trend with its rho, as computed from the run
+    assert "What this sweep measured" in html
+    assert {m: t["verdict"] for m, t in res.trends.items()} == {m: t["verdict"] for m, t in summary["trends"].items()}
+    assert res.trends["stable_rank"]["n"] == 3
+    for t in res.trends.values():
+        if t["verdict"] != "not measurable":
+            assert f"{t['rho']:+.2f} over {t['n']} batch sizes" in html
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(tmp_path / "demo" / "tensorboard" / "bs0008_seed0"), size_guidance={"scalars": 0})

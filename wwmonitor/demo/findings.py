@@ -194,7 +194,8 @@ against the batch size (a trend counts from |&rho;| &ge; {TREND_RHO}):</p>
 <th>val acc (mean)</th></tr></thead><tbody>{_accuracy_rows(cfg, results)}</tbody></table>
 <p><b>Background (not measured by this run).</b> Martin &amp; Mahoney report that smaller batches give more strongly
 correlated, heavier-tailed weight matrices: a lower &alpha;, a lower MP soft rank and stable rank, and more spikes
-above the Marchenko-Pastur bulk. At a constant learning rate the size of the SGD gradient noise scales like
+above the Marchenko-Pastur bulk. At a constant learning rate the size of the SGD gradient noise (its
+"temperature") scales like
 <i>lr / batch size</i>, so the effect is expected to follow lr/batch rather than the batch size as such
 (<code>wwmonitor demo --lr-scaling linear</code> keeps that ratio fixed; docs/demo-results.md records a run where
 the trend then largely went away for batch sizes 8 to 64). The largest batches also take far fewer steps in the
