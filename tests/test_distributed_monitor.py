@@ -251,9 +251,10 @@ def test_old_sharded_module_warns_and_reexports():
     import importlib
 
     import wwmonitor.sharded as old
+    import wwmonitor.sharded_model as one_call
     import wwmonitor.sharding as new
 
     with pytest.warns(DeprecationWarning, match="wwmonitor.sharding"):
         old = importlib.reload(old)
-    assert old.analyze_sharded is new.analyze_sharded and old.ShardedSpectra is new.ShardedSpectra
+    assert old.analyze_sharded is one_call.analyze_sharded and old.ShardedSpectra is new.ShardedSpectra
     assert not hasattr(old, "OwnerAnalysis")  # the second analysis worker is gone: the Monitor has the strategy

@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 import wwmonitor  # noqa: E402
 from wwmonitor.analyze import _SCALED_FIELDS  # noqa: E402
 from wwmonitor.layers import extract_matrices  # noqa: E402
-from wwmonitor.sharding import ShardedSpectra, analyze_sharded, sharded_specs  # noqa: E402
+from wwmonitor.sharded_model import analyze_sharded  # noqa: E402
+from wwmonitor.sharding import ShardedSpectra, sharded_specs  # noqa: E402
 from wwmonitor.sharding.plan import _row_dim, _view_rows  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -81,6 +82,7 @@ SCRIPT = textwrap.dedent(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     import wwmonitor
     from wwmonitor import sharding as sharded
+    from wwmonitor.sharded_model import analyze_sharded
 
     out = {out!r}
     dist.init_process_group("gloo")
@@ -143,7 +145,7 @@ SCRIPT = textwrap.dedent(
     info = {{"rank": rank, "world": world}}
     for route in ("auto", "gather", "rfactor"):
         sp = sharded.ShardedSpectra(model, route=route)
-        rep = sharded.analyze_sharded(model, spectra=sp, dst=0)
+        rep = analyze_sharded(model, spectra=sp, dst=0)
         st = sp.stats
         info[route] = {{"owned": sp.layers, "routes": sp.routes(), "received": st.bytes_received, "sent": st.bytes_sent,
                        "by_name": st.received_by_name, "assembled": sorted(st.assembled),
@@ -162,7 +164,7 @@ SCRIPT = textwrap.dedent(
     full_rep = odd.rep.weight.detach().clone()
     odd.tp.weight = torch.nn.Parameter(distribute_tensor(odd.tp.weight.detach(), mesh, [Shard(1)]))
     odd.rep.weight = torch.nn.Parameter(distribute_tensor(odd.rep.weight.detach(), mesh, [Replicate()]))
-    odd_rep = sharded.analyze_sharded(odd, dst=0)
+    odd_rep = analyze_sharded(odd, dst=0)
     if rank == 0:
         ref = wwmonitor.analyze_matrix(full_rep, "rep", layer_type="Linear")
         with open(os.path.join(out, "odd.json"), "w") as f:

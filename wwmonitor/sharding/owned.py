@@ -1,4 +1,4 @@
-"""The owner rank's analysis of a sharded matrix, and :func:`analyze_sharded` (one call, a report on one rank).
+"""The owner rank's analysis of a sharded matrix (one-call report: :mod:`wwmonitor.sharded_model`).
 
 An owned matrix is either assembled (``gather``: analysed like any matrix)
 or the stacked triangular factors ``[R_1; ...; R_p]`` of its row blocks
@@ -9,17 +9,16 @@ out as in a single-process analysis of the full matrix.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from ..analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_evals, analyze_matrix
 from ..metrics import LayerMetrics
-from ..spectral import esd_batched_scaled, resolve_device, squared_singular_values_scaled
-from .exchange import ShardedSpectra
+from ..spectral import esd_batched_scaled, squared_singular_values_scaled
 from .plan import OwnedMatrix
 
-__all__ = ["analyze_owned", "analyze_sharded"]
+__all__ = ["analyze_owned", "analyze_or_error"]
 
 
 def analyze_owned(
@@ -67,59 +66,7 @@ def _route_for(data: Any, device: Optional[str]) -> str:
     return device
 
 
-def analyze_sharded(
-    model: Any,
-    *,
-    layers: Optional[Sequence[Any]] = None,
-    exclude: Optional[Sequence[Any]] = None,
-    conv: str = "pool",
-    options: AnalysisOptions = DEFAULT_OPTIONS,
-    route: str = "auto",
-    analysis_device: str = "auto",
-    dst: Optional[int] = 0,
-    spectra: Optional[ShardedSpectra] = None,
-    **option_overrides: Any,
-) -> Any:
-    """Analyse a sharded (FSDP2) model: every rank analyses the matrices it owns, the metrics are gathered to
-    rank ``dst`` (``None``: to every rank).  Returns a :class:`~wwmonitor.model.ModelReport` there (``None``
-    elsewhere); ``meta["transfer"]`` holds this rank's :class:`TransferStats`.  A collective: call it on every
-    rank.  Pass ``spectra`` to reuse a plan (and its byte counters)."""
-    from ..distributed import gather_objects
-    from ..model import ModelReport
-
-    if option_overrides:
-        bad = set(option_overrides) - set(AnalysisOptions.__dataclass_fields__)
-        if bad:
-            raise TypeError(f"analyze_sharded: unknown option(s) {sorted(bad)}")
-        options = AnalysisOptions(**{**options.__dict__, **option_overrides})
-    sp = (
-        spectra
-        if spectra is not None
-        else ShardedSpectra(model, layers=layers, exclude=exclude, conv=conv, options=options, route=route)
-    )
-    owned = sp.exchange()
-    device = resolve_device(analysis_device, (o.data for o in owned if o.data is not None))
-    mine = {om.index: _analyse_or_error(om, options, device) for om in owned}
-    parts = gather_objects(mine, dst=dst)
-    if parts is None:
-        return None
-    merged: dict[int, LayerMetrics] = {}
-    for p in parts:
-        merged.update(p)
-    return ModelReport(
-        [merged[i] for i in sorted(merged)],
-        source=type(model).__name__,
-        meta={
-            "num_matrices": len(sp.entries),
-            "world_size": sp.world,
-            "sharded": True,
-            "routes": sp.routes(),
-            "transfer": sp.stats,
-        },
-    )
-
-
-def _analyse_or_error(om: OwnedMatrix, options: AnalysisOptions, device: str) -> LayerMetrics:
+def analyze_or_error(om: OwnedMatrix, options: AnalysisOptions, device: str) -> LayerMetrics:
     """:func:`analyze_owned`; a failure becomes the layer's ``status="error"`` with the reason."""
     try:
         return analyze_owned(om, options, device)
