@@ -334,7 +334,8 @@ def rcw_lowrank_small(rng):
 
 def rcw_gate_collapse(rng):
     """Collapsed gate-like layer: N = g H (g in {3, 4}, GRU/LSTM stacked gates), M = H ~ logU(16, 256);
-    k = max(1, min(12, M/8)) singular values s_k = exp(-k / tau), tau ~ U(0.3, 3) (a few directions, smoothly decaying), on top of a bulk
+    k = max(1, min(12, M/8)) singular values s_k = exp(-k / tau), tau ~ U(0.3, 3) (a few directions, smoothly decaying),
+    on top of a bulk
     of iid noise shrunk to eps ~ logU(1e-5, 1e-3) of s_0 (MP soft rank about eps^2 * Q-dependent factor)."""
     h = int(round(_logu(rng, 16, 256)))
     n, m = int(rng.choice((3, 4))) * h, h
