@@ -156,6 +156,10 @@ SCRIPT = textwrap.dedent(
         else:
             assert rep is None
 
+    # the factors carry each piece's largest |entries|: the owner's entry tail index (phase rule 4c)
+    owned = sharded.ShardedSpectra(model).exchange()
+    info["entry_tail"] = {{o.name: o.entry_tail for o in owned if o.kind == "rfactor"}}
+
     # DTensor layouts that are not FSDP2's: tensor parallel (Shard(1)) is reported per layer, Replicate is analysed
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     torch.manual_seed(5)
@@ -399,6 +403,24 @@ def test_fsdp2_monitor_in_a_plain_loop_equals_single_process(fsdp_run):
             np.testing.assert_allclose(run.esd(layer, s), single.esd(layer, s), rtol=1e-6, atol=1e-12)
         pa, pb = (x[x.step == s].set_index("layer").phase for x in (run.phases, single.phases))
         assert pa.sort_index().equals(pb.sort_index())
+
+
+@pytest.mark.slow
+def test_fsdp2_factors_carry_the_entry_tail_index(fsdp_run):
+    """The owner of a matrix sent as triangular factors never sees its entries; the pieces' largest |W_ij|
+    travel with the factors, so the owner's entry tail index (phase rule 4c) is the single-process one."""
+    from wwmonitor.phases import entry_tail_index
+
+    model = _block()
+    model.load_state_dict(torch.load(fsdp_run / "full.pt", weights_only=True))
+    specs = {s.name: s for s in extract_matrices(model)}
+    got: dict = {}
+    for r in (0, 1):
+        got.update(json.loads((fsdp_run / f"rank{r}.json").read_text())["entry_tail"])
+    assert set(got) == {"emb", "head", "up", "low", "conv"}  # every rfactor matrix, on its owner
+    for name, value in got.items():
+        want = entry_tail_index(specs[name].tensor.detach().numpy())
+        assert value is not None and value == pytest.approx(want, rel=1e-12), (name, value, want)
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from .plan import OwnedMatrix, ShardPlan, _Entry, _rfactor_words
 
 __all__ = ["ShardedSpectra"]
@@ -142,7 +144,7 @@ class ShardedSpectra(ShardPlan):
         me = e.ranks.index(self.rank)
         mine = self._local_factor(e, local, me, counts_only=e.route == "skip")
         sizes = {
-            j: 2 + (0 if e.route == "skip" else K * _rfactor_words(min(n, M), M))
+            j: 2 + (0 if e.route == "skip" else K * _rfactor_words(min(n, M), M) + self.tail_values(e, n))
             for j, n in self._piece_rows(e)
             if n > 0
         }
@@ -167,12 +169,14 @@ class ShardedSpectra(ShardPlan):
                 return OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", nonfinite=bad)
             exps = {j: int(p[0].item()) for j, p in payloads.items()}
             top = max(exps.values())
-            blocks = []
+            blocks, tails = [], []
             for j in sorted(payloads):
                 k = min(dict(self._piece_rows(e))[j], M)
+                words = K * _rfactor_words(k, M)
                 R = torch.zeros((K, k, M), dtype=torch.float64, device=dev)
                 iu = torch.triu_indices(k, M, device=dev)
-                R[:, iu[0], iu[1]] = payloads[j][2:].view(K, -1)
+                R[:, iu[0], iu[1]] = payloads[j][2 : 2 + words].view(K, -1)
+                tails.append(payloads[j][2 + words :])
                 if exps[j] != top:
                     R = torch.ldexp(R, torch.tensor(float(exps[j] - top), dtype=torch.float64, device=dev))
                 blocks.append(R)
@@ -186,6 +190,7 @@ class ShardedSpectra(ShardPlan):
                 "rfactor",
                 data=stacked if e.stack else stacked[0],
                 exponent=top,
+                entry_tail=_entry_tail(tails, e),
             )
 
         return done
@@ -218,11 +223,14 @@ class ShardedSpectra(ShardPlan):
         X = (piece if sdim == 1 else piece.transpose(1, 2)).to(torch.float64)  # (K, n, M): rows along the shards
         k = min(X.shape[1], M)
         words = _rfactor_words(k, M)
-        out = torch.zeros(2 + K * words, dtype=torch.float64, device=local.device)
+        t = self.tail_values(e, i1 - i0)
+        out = torch.zeros(2 + K * words + t, dtype=torch.float64, device=local.device)
         bad = int((~torch.isfinite(X)).sum().item())
         if bad:
             out[1] = float(bad)
             return out
+        if t:  # the piece's largest |entries|, before any rescaling (the owner's entry tail index)
+            out[2 + K * words :] = torch.topk(X.abs().flatten(), t).values
         amax = float(X.abs().max().item())
         ex = 0
         if amax > 2.0**_SCALE_LIMIT or 0.0 < amax < 2.0**-_SCALE_LIMIT:
@@ -231,8 +239,21 @@ class ShardedSpectra(ShardPlan):
         R = torch.linalg.qr(X, mode="r").R[:, :k, :]
         iu = torch.triu_indices(k, M, device=X.device)
         out[0] = float(ex)
-        out[2:] = R[:, iu[0], iu[1]].reshape(-1)
+        out[2 : 2 + K * words] = R[:, iu[0], iu[1]].reshape(-1)
         return out
+
+
+def _entry_tail(tails: list[Any], e: _Entry) -> Optional[float]:
+    """The matrix's entry tail index from its pieces' largest ``|W_ij|`` (their union holds the matrix's
+    ``entry_tail_count + 1`` largest); ``None`` when none travelled (phases off, or too few entries)."""
+    from ..phases import entry_tail_count, hill_tail_index
+
+    vals = [t.double().cpu().numpy() for t in tails if t.numel()]
+    if not vals:
+        return None
+    k = entry_tail_count(int(math.prod(e.shape)))
+    top = np.sort(np.concatenate(vals))[-(k + 1) :]
+    return hill_tail_index(top)
 
 
 def _contiguous_local(p: Any) -> Any:

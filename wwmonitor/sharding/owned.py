@@ -56,7 +56,15 @@ def analyze_owned(
         ev_sq, e2 = squared_singular_values_scaled(
             om.data, name=name, low_memory=options.low_memory, rescale_large=True, device=route
         )
-    return analyze_evals(ev_sq * om.scale, lm, options=options, scale=om.scale, W=None, exponent2=e2 + 2 * om.exponent)
+    return analyze_evals(
+        ev_sq * om.scale,
+        lm,
+        options=options,
+        scale=om.scale,
+        W=None,
+        exponent2=e2 + 2 * om.exponent,
+        entry_tail=om.entry_tail,
+    )
 
 
 def _route_for(data: Any, device: Optional[str]) -> str:

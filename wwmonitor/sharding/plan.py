@@ -136,6 +136,8 @@ class OwnedMatrix:
     exponent: int = 0
     nonfinite: int = 0
     reason: str = ""
+    #: ``rfactor``: the tail index of the matrix entries (phase rule 4c), from the pieces' largest ``|W_ij|``
+    entry_tail: Optional[float] = None
 
     @property
     def N(self) -> int:
@@ -318,7 +320,7 @@ class ShardPlan:
         long_side = d >= len(shape) - 2 and shape[d] >= shape[other]
         if long_side and not (needs_weights or self.options.localization):
             e.bytes_rfactor = sum(
-                8 * (2 + K * _rfactor_words(min(n, M), M))
+                8 * (2 + K * _rfactor_words(min(n, M), M) + self.tail_values(e, n))
                 for j, n in self._piece_rows(e)
                 if e.ranks[j] != e.owner and n > 0
             )
@@ -350,6 +352,19 @@ class ShardPlan:
         if p.ndim < 2:
             return "a sharded parameter with fewer than 2 dimensions"
         return ""
+
+    def tail_values(self, e: _Entry, n: int) -> int:
+        """How many of a piece's largest ``|W_ij|`` travel with its factors (``rfactor``), for the entry tail
+        index of phase rule 4c (:func:`wwmonitor.phases.entry_tail_index`, computed on the owner from the
+        union of the pieces' largest entries, which holds the matrix's largest): ``entry_tail_count + 1``, at
+        most the piece's ``K·n·M`` entries; 0 when the phases are off or the matrix is too small."""
+        from ..phases import entry_tail_count
+
+        if not (self.options.phases and self.options.mp_fit):
+            return 0
+        K = e.shape[0] if e.stack else 1
+        k = entry_tail_count(int(math.prod(e.shape)))
+        return 0 if k == 0 else min(k + 1, K * n * e.NM[1])
 
     def _piece_rows(self, e: _Entry) -> list[tuple[int, int]]:
         """(shard j, how many indices of the spec's row dim it holds)."""
