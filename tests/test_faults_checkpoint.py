@@ -145,3 +145,11 @@ def test_unreadable_index_is_an_error_naming_it(tmp_path):
     for reader in (load_weights, open_weights):
         with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: not a valid shard index"):
             reader(folder)
+
+
+def test_sharded_bin_folder_is_refused_naming_what_to_use(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "pytorch_model-1.bin"}}))
+    with pytest.raises(ValueError, match=r"sharded pytorch_model-\*\.bin checkpoints are not supported.*safetensors"):
+        load_weights(folder)

@@ -40,6 +40,11 @@ def load_weights(path: os.PathLike | str) -> Any:
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
             if (p / name).exists():
                 return _load_torch(p / name)
+        if (p / "pytorch_model.bin.index.json").is_file():
+            raise ValueError(
+                f"{p}: sharded pytorch_model-*.bin checkpoints are not supported; save the model as safetensors "
+                "(model.save_pretrained(folder, safe_serialization=True)) and analyse that folder"
+            )
         raise ValueError(f"{p}: folder holds no *.safetensors or pytorch_model.bin weights")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":

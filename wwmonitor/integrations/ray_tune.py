@@ -133,7 +133,7 @@ def trial_run_dir(subdir: str = "wwmonitor") -> Path:
 def _trial_name() -> str:
     name = tune.get_context().get_trial_name()
     if not name:
-        raise RuntimeError("not inside a Ray Tune trial; pass run_name= explicitly")
+        raise RuntimeError("ray_tune.trial_monitor: not inside a Ray Tune trial; pass run_name= explicitly")
     return str(name)
 
 
