@@ -163,37 +163,43 @@ class ShardedSpectra(ShardPlan):
                 ops.append(dist.P2POp(dist.irecv, payloads[j], r))
                 self._count(e, sizes[j] * 8, received=True)
 
-        def done() -> OwnedMatrix:
-            bad = int(sum(float(p[1].item()) for p in payloads.values()))
-            if e.route == "skip" or bad:
-                return OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", nonfinite=bad)
-            exps = {j: int(p[0].item()) for j, p in payloads.items()}
-            top = max(exps.values())
-            blocks, tails = [], []
-            for j in sorted(payloads):
-                k = min(dict(self._piece_rows(e))[j], M)
-                words = K * _rfactor_words(k, M)
-                R = torch.zeros((K, k, M), dtype=torch.float64, device=dev)
-                iu = torch.triu_indices(k, M, device=dev)
-                R[:, iu[0], iu[1]] = payloads[j][2 : 2 + words].view(K, -1)
-                tails.append(payloads[j][2 + words :])
-                if exps[j] != top:
-                    R = torch.ldexp(R, torch.tensor(float(exps[j] - top), dtype=torch.float64, device=dev))
-                blocks.append(R)
-            stacked = torch.cat(blocks, dim=1)
-            return OwnedMatrix(
-                e.index,
-                e.name,
-                e.type,
-                e.scale,
-                e.shape,
-                "rfactor",
-                data=stacked if e.stack else stacked[0],
-                exponent=top,
-                entry_tail=_entry_tail(tails, e),
-            )
+        return functools.partial(self._stack_factors, e, payloads, dev)
 
-        return done
+    def _stack_factors(self, e: _Entry, payloads: dict[int, Any], dev: Any) -> OwnedMatrix:
+        """The owner's view of an ``rfactor`` matrix once the payloads arrived: the stacked factors at one
+        exponent and the entry tail index (or just the non-finite count; ``skip``: the counts only)."""
+        import torch
+
+        N, M = e.NM
+        K = e.shape[0] if e.stack else 1
+        bad = int(sum(float(p[1].item()) for p in payloads.values()))
+        if e.route == "skip" or bad:
+            return OwnedMatrix(e.index, e.name, e.type, e.scale, e.shape, "status", nonfinite=bad)
+        exps = {j: int(p[0].item()) for j, p in payloads.items()}
+        top = max(exps.values())
+        blocks, tails = [], []
+        for j in sorted(payloads):
+            k = min(dict(self._piece_rows(e))[j], M)
+            words = K * _rfactor_words(k, M)
+            R = torch.zeros((K, k, M), dtype=torch.float64, device=dev)
+            iu = torch.triu_indices(k, M, device=dev)
+            R[:, iu[0], iu[1]] = payloads[j][2 : 2 + words].view(K, -1)
+            tails.append(payloads[j][2 + words :])
+            if exps[j] != top:
+                R = torch.ldexp(R, torch.tensor(float(exps[j] - top), dtype=torch.float64, device=dev))
+            blocks.append(R)
+        stacked = torch.cat(blocks, dim=1)
+        return OwnedMatrix(
+            e.index,
+            e.name,
+            e.type,
+            e.scale,
+            e.shape,
+            "rfactor",
+            data=stacked if e.stack else stacked[0],
+            exponent=top,
+            entry_tail=_entry_tail(tails, e),
+        )
 
     def _local_factor(self, e: _Entry, local: Any, j: int, counts_only: bool = False) -> Any:
         """``[exponent, non-finite count, packed R]`` (float64) of this shard's rows of the matrix
