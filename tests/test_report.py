@@ -319,11 +319,11 @@ def _store_run(
     st.set_meta({"name": name, "run_id": name, "config": config or {}})
     st.set_layers([(L, "Linear", shape) for L, (_, shape) in layers.items()])
     for i, step in enumerate(steps):
-        lms, esds = [], {}
+        lms, esds, fits = [], {}, {}
         for L, (kind, shape) in layers.items():
             W = rng.standard_t(2.5, shape) if kind == "heavy" else rng.standard_normal(shape)
             lm = analyze_matrix(W, L, layer_type="Linear", keep_esd=True)
-            esds[L] = lm.extra.pop("esd")
+            esds[L], fits[L] = lm.esd, lm.fits
             lms.append(lm)
         alphas = [lm.alpha for lm in lms if lm.alpha is not None]
         st.write(
@@ -333,6 +333,7 @@ def _store_run(
                 time=time.time(),
                 layers=lms,
                 esds=esds,
+                fits=fits,
                 summary={"mean_alpha": float(np.mean(alphas)) if alphas else float("nan")},
             )
         )

@@ -40,7 +40,8 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
             "tiny": rng.standard_normal((20, 10)).astype(np.float32),
         }
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
-        esds = {lm.name: lm.extra.pop("esd") for lm in layers}
+        esds = {lm.name: lm.esd for lm in layers}
+        fits = {lm.name: lm.fits for lm in layers if lm.fits}
         alerts = (
             [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")]
             if e == 1
@@ -53,6 +54,7 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
                 time=time.time(),
                 layers=layers,
                 esds=esds,
+                fits=fits,
                 summary=_summary(layers),
                 alerts=alerts,
             )
