@@ -374,22 +374,30 @@ def test_report_writers_are_split_into_small_section_functions():
     import ast
     import inspect
 
-    from wwmonitor.report import compare as C
+    import importlib
+    import pkgutil
+
+    import wwmonitor.report
     from wwmonitor.report import html as H
 
-    too_long, undocumented = [], []
-    for mod in (H, C):
-        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+    too_long, undocumented, big = [], [], []
+    for info in pkgutil.iter_modules(wwmonitor.report.__path__):
+        mod = importlib.import_module(f"wwmonitor.report.{info.name}")
+        src = inspect.getsource(mod)
+        if src.count("\n") > 500:
+            big.append(f"{mod.__name__}: {src.count(chr(10))} lines")
+        # 45 lines of code as laid out by `ruff format` (one argument per line in long calls; the old
+        # write_report body was 183 lines, write_comparison 103); a plotting function draws one figure: 60
+        limit = 60 if info.name.startswith("figure") else 45
+        for node in ast.walk(ast.parse(src)):
             if isinstance(node, ast.FunctionDef):
                 body = node.body[1:] if ast.get_docstring(node) else node.body
                 n_lines = node.end_lineno - body[0].lineno + 1
-                # 45 lines as laid out by `ruff format` (one argument per line in long calls); the old
-                # write_report body was 183 lines, write_comparison 103
-                if n_lines > 45:
+                if n_lines > limit:
                     too_long.append(f"{mod.__name__}.{node.name}: {n_lines} lines of code")
-                if not ast.get_docstring(node):
+                if not ast.get_docstring(node) and info.name not in ("figures", "figures_runs", "figure_style"):
                     undocumented.append(f"{mod.__name__}.{node.name}")
-    assert not too_long and not undocumented, (too_long, undocumented)
+    assert not too_long and not undocumented and not big, (too_long, undocumented, big)
     # one builder per section, in page order, each named after its section
     run_sections = [(anchor, fn.__name__) for anchor, _, _, fn in H._sections(_FakeReport())]
     assert [a for a, _ in run_sections] == [
