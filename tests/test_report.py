@@ -372,9 +372,8 @@ def _one_error_line(err: str) -> str:
 def test_report_writers_are_split_into_small_section_functions():
     """write_report / write_comparison build the page from one small function per section (no 100+ line bodies)."""
     import ast
-    import inspect
-
     import importlib
+    import inspect
     import pkgutil
 
     import wwmonitor.report
