@@ -147,6 +147,43 @@ def _pl_label(fit: PowerLawFit) -> str:
     )
 
 
+def _draw_pdf(
+    ax: Axes, x: np.ndarray, fit: Optional[PowerLawFit], mp: Optional["MPFit"], bins: Optional[int], label: str
+) -> None:
+    """:func:`plot_esd`'s density panel: log-binned ESD, power-law density from ``xmin``, MP density."""
+    n = x.size
+    edges = _log_bins(x, bins or _auto_bins(n))
+    counts, _ = np.histogram(x, bins=edges)
+    dens = counts / (n * np.diff(edges))
+    ax.stairs(dens, edges, fill=True, color=_DATA_COLOR, alpha=0.35, label=label)
+    ax.stairs(dens, edges, color=_DATA_COLOR, lw=0.8)
+    ymin_pos = dens[dens > 0].min() if (dens > 0).any() else 1e-3
+    if fit is not None and fit.ok:
+        xs = np.logspace(math.log10(fit.xmin), math.log10(max(fit.xmax, x.max())), 100)
+        frac = fit.n_tail / n
+        ys = frac * (fit.alpha - 1.0) / fit.xmin * (xs / fit.xmin) ** (-fit.alpha)
+        ax.plot(xs, ys, color=_PL_COLOR, lw=2.2, ls="--", label=_pl_label(fit))
+    if mp is not None and np.isfinite(mp.lambda_plus) and mp.lambda_plus > 0:
+        xs, ys = _mp_curve(mp, float(x.min()), log=True)
+        ok = ys > 0
+        ax.plot(xs[ok], ys[ok], color=_MP_COLOR, lw=2.0, label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}")
+    ax.set_ylabel(r"density $\rho(\lambda)$")
+    ax.set_ylim(bottom=ymin_pos / 3)
+
+
+def _draw_ccdf(ax: Axes, x: np.ndarray, fit: Optional[PowerLawFit], label: str) -> None:
+    """:func:`plot_esd`'s CCDF panel: empirical ``P(Λ >= λ)`` and the power-law CCDF from ``xmin``."""
+    n = x.size
+    ccdf = 1.0 - np.arange(n) / n  # P(Λ >= x_i) for the sorted x
+    ax.step(x, ccdf, where="post", color=_DATA_COLOR, lw=1.5, label=label)
+    if fit is not None and fit.ok:
+        xs = np.logspace(math.log10(fit.xmin), math.log10(max(fit.xmax, x.max())), 100)
+        ys = (fit.n_tail / n) * (xs / fit.xmin) ** (1.0 - fit.alpha)
+        ax.plot(xs, ys, color=_PL_COLOR, lw=2.2, ls="--", label=_pl_label(fit))
+    ax.set_ylabel(r"CCDF $P(\Lambda \geq \lambda)$")
+    ax.set_ylim(bottom=0.5 / n, top=1.5)
+
+
 def plot_esd(
     evals: Any,
     *,
@@ -200,34 +237,9 @@ def plot_esd(
     n = x.size
     extra = f" ({n_dropped} ≤1e-5 not shown)" if n_dropped else ""
     if kind == "pdf":
-        edges = _log_bins(x, bins or _auto_bins(n))
-        counts, _ = np.histogram(x, bins=edges)
-        dens = counts / (n * np.diff(edges))
-        ax.stairs(dens, edges, fill=True, color=_DATA_COLOR, alpha=0.35, label=f"ESD, {n} eigenvalues{extra}")
-        ax.stairs(dens, edges, color=_DATA_COLOR, lw=0.8)
-        ymin_pos = dens[dens > 0].min() if (dens > 0).any() else 1e-3
-        if fit is not None and fit.ok:
-            xs = np.logspace(math.log10(fit.xmin), math.log10(max(fit.xmax, x.max())), 100)
-            frac = fit.n_tail / n
-            ys = frac * (fit.alpha - 1.0) / fit.xmin * (xs / fit.xmin) ** (-fit.alpha)
-            ax.plot(xs, ys, color=_PL_COLOR, lw=2.2, ls="--", label=_pl_label(fit))
-        if mp is not None and np.isfinite(mp.lambda_plus) and mp.lambda_plus > 0:
-            xs, ys = _mp_curve(mp, float(x.min()), log=True)
-            ok = ys > 0
-            ax.plot(
-                xs[ok], ys[ok], color=_MP_COLOR, lw=2.0, label=rf"MP density, $\sigma^2$={mp.sigma2:.3g}, Q={mp.Q:.3g}"
-            )
-        ax.set_ylabel(r"density $\rho(\lambda)$")
-        ax.set_ylim(bottom=ymin_pos / 3)
+        _draw_pdf(ax, x, fit, mp, bins, f"ESD, {n} eigenvalues{extra}")
     else:
-        ccdf = 1.0 - np.arange(n) / n  # P(Λ >= x_i) for the sorted x
-        ax.step(x, ccdf, where="post", color=_DATA_COLOR, lw=1.5, label=f"empirical CCDF, {n} eigenvalues{extra}")
-        if fit is not None and fit.ok:
-            xs = np.logspace(math.log10(fit.xmin), math.log10(max(fit.xmax, x.max())), 100)
-            ys = (fit.n_tail / n) * (xs / fit.xmin) ** (1.0 - fit.alpha)
-            ax.plot(xs, ys, color=_PL_COLOR, lw=2.2, ls="--", label=_pl_label(fit))
-        ax.set_ylabel(r"CCDF $P(\Lambda \geq \lambda)$")
-        ax.set_ylim(bottom=0.5 / n, top=1.5)
+        _draw_ccdf(ax, x, fit, f"empirical CCDF, {n} eigenvalues{extra}")
     if fit is not None and fit.ok:
         ax.axvline(fit.xmin, color=_PL_COLOR, lw=1.0, ls=":", alpha=0.9)
     if mp is not None and np.isfinite(mp.lambda_plus) and mp.lambda_plus > 0:

@@ -323,6 +323,36 @@ def _run_styles(runs: Sequence[str]) -> dict[str, tuple[Any, str]]:
     return {r: (cm(i % 10), _RUN_STYLES[(i // 10) % len(_RUN_STYLES)]) for i, r in enumerate(runs)}
 
 
+def _draw_runs(ax: Axes, sub: "pd.DataFrame", x: str, metric: str, run_list: Sequence[str], styles: Mapping) -> None:
+    """One panel of :func:`plot_run_curves`: a line per run (or a note when no run has a value)."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = 0
+    for r in run_list:
+        s = sub[sub["run"] == r].dropna(subset=["value"]).sort_values(x)
+        if not s.empty:
+            color, ls = styles[r]
+            ax.plot(s[x], s["value"], marker="o", ms=3, lw=1.5, color=color, ls=ls, label=r)
+            drawn += 1
+    if not drawn:
+        ax.text(
+            0.5,
+            0.5,
+            "no value in any run",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="#57606a",
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    if metric == "alpha":
+        ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_run_curves(
     df: "pd.DataFrame",
     *,
@@ -343,8 +373,6 @@ def plot_run_curves(
     title).  With ``layers``: a grid, one row per layer and one column per
     metric.  Alpha panels shade the ``[2, 6]`` band.
     """
-    from matplotlib.ticker import MaxNLocator
-
     df = _require_columns(df, ("run", "metric", "value", x) + (("layer",) if layers is not None else ()), "curves")
     x = _x_column(df, x)
     present = [m for m in metrics_to_plot if m in set(df["metric"]) and df[df["metric"] == m]["value"].notna().any()]
@@ -360,30 +388,7 @@ def plot_run_curves(
     styles = _run_styles(run_list)
     for ax, (L, m) in zip(axs, panels):
         sub = df[df["metric"] == m] if L is None else df[(df["metric"] == m) & (df["layer"] == L)]
-        drawn = 0
-        for r in run_list:
-            s = sub[sub["run"] == r].dropna(subset=["value"]).sort_values(x)
-            if not s.empty:
-                color, ls = styles[r]
-                ax.plot(s[x], s["value"], marker="o", ms=3, lw=1.5, color=color, ls=ls, label=r)
-                drawn += 1
-        if not drawn:
-            ax.text(
-                0.5,
-                0.5,
-                "no value in any run",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="#57606a",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-        elif m == "alpha":
-            ax.axhspan(2, 6, color="#2ca02c", alpha=0.07)
-        if drawn:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _draw_runs(ax, sub, x, m, run_list, styles)
         ax.set_xlabel(x, fontsize=9)
         ax.set_title((prefix + _label(m)) if L is None else f"{L}: {_label(m)}", fontsize=10 if L is None else 9)
         ax.grid(True, alpha=0.3)
