@@ -72,7 +72,7 @@ def main() -> None:
     # every call snapshots (both intervals None); effective weights + rank-4 updates; deltas from step 0
     with wwmonitor.Monitor(
         model,
-        run_dir=f"{args.out}/runs",
+        root=f"{args.out}/runs",
         run_name="lora-gpt2",
         every_n_epochs=None,
         lora="effective+update",
