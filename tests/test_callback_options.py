@@ -1,4 +1,4 @@
-"""The options every entry point shares (MonitorOptions), the one schedule rule, the session core; fast, no framework."""
+"""Options every entry point shares (MonitorOptions), the one schedule rule, the session core; no framework."""
 
 from __future__ import annotations
 

@@ -151,11 +151,21 @@ class CallbackSession:
             every_n_steps=None,
             alerts=self.alert_rules,
             stop_on=(),
-            sinks=[*self.opts.sinks, *self.sinks],
+            sinks=[*self.opts.sinks, *self.sinks, *self._mapped_sinks(config)],
+            loggers=False,  # built here, W&B delivered from the training thread (pump)
             config={**(config or {}), **self.opts.config},
             **kw,
         )
         return Monitor(model, settings=settings)
+
+    def _mapped_sinks(self, config: Optional[Mapping[str, Any]]) -> list[Any]:
+        """The sinks of a ``loggers={kind: target}`` mapping (W&B deferred: pumped on the training thread)."""
+        from ..monitor.loggers import build_logger_sinks
+
+        if not isinstance(self.opts.loggers, Mapping):
+            return []
+        hparams = {**(config or {}), **self.opts.config}
+        return build_logger_sinks(self.opts.loggers, self.opts.metrics, hparams, deliver="deferred")
 
     def add_sinks(self, sinks: Sequence[Any]) -> None:
         """Attach logger sinks found after :meth:`open` (rank 0; a failure is logged, training goes on)."""

@@ -31,16 +31,17 @@ def tensorboard_sink(target: Any, metrics: Metrics, hparams: Mapping[str, Any], 
     return TensorBoardSink(target, metrics=metrics, hparams=dict(hparams), **kw)
 
 
-def wandb_sink(run: Any, metrics: Metrics, hparams: Mapping[str, Any]) -> Any:
+def wandb_sink(run: Any, metrics: Metrics, hparams: Mapping[str, Any], deliver: str = "deferred") -> Any:
     """A W&B sink for ``run`` (``True``: the active ``wandb.run``, else ``wandb.init()``), rows keyed by
-    :data:`WANDB_STEP_METRIC`, delivered from the training thread (``pump``)."""
+    :data:`WANDB_STEP_METRIC`; ``deliver="deferred"`` (callbacks): logged from the training thread by
+    ``pump``; ``"direct"`` (a plain ``Monitor``): logged by the sink's own thread."""
     from ..sinks.wandb import WandbSink
 
     if run is True:
         import wandb
 
         run = wandb.run if wandb.run is not None else wandb.init()
-    return WandbSink(run, step_metric=WANDB_STEP_METRIC, metrics=metrics, deliver="deferred", hparams=dict(hparams))
+    return WandbSink(run, step_metric=WANDB_STEP_METRIC, metrics=metrics, deliver=deliver, hparams=dict(hparams))
 
 
 def csv_sink(path: Any, metrics: Metrics = "all") -> Any:
@@ -57,8 +58,13 @@ def mlflow_sink(run_id: Any, metrics: Metrics, params: Mapping[str, Any], client
     return MLflowSink(None if run_id is True else run_id, client=client, metrics=metrics, params=dict(params))
 
 
-def build_logger_sinks(loggers: Mapping[str, Any], metrics: Metrics, hparams: Mapping[str, Any]) -> list[Any]:
+def build_logger_sinks(
+    loggers: Mapping[str, Any], metrics: Metrics, hparams: Mapping[str, Any], *, deliver: str = "direct"
+) -> list[Any]:
     """Sinks for ``{"tensorboard": log_dir, "wandb": True | run, "csv": path, "mlflow": run_id}``.
+
+    ``deliver``: how the W&B sink logs (``"direct"``: its own thread, for a plain ``Monitor``, where
+    no other thread uses the run; ``"deferred"``: the callbacks' training thread, :meth:`pump`).
 
     A ``None`` or ``False`` target is skipped.  An error building one is raised
     with the kind named (a misconfigured logger should fail at train start,
@@ -72,7 +78,7 @@ def build_logger_sinks(loggers: Mapping[str, Any], metrics: Metrics, hparams: Ma
             if kind == "tensorboard":
                 out.append(tensorboard_sink(target, metrics, hparams))
             elif kind == "wandb":
-                out.append(wandb_sink(target, metrics, hparams))
+                out.append(wandb_sink(target, metrics, hparams, deliver))
             elif kind == "csv":
                 out.append(csv_sink(target))
             elif kind == "mlflow":
