@@ -485,3 +485,21 @@ def test_example_transformers_trainer(tmp_path):
     run = wwmonitor.load_run(tmp_path / "ex" / "wwmonitor-runs" / "tiny-bert")
     assert run.steps == [32, 64]
     assert len(glob.glob(str(tmp_path / "ex" / "runs" / "*" / "events.out.tfevents.*"))) == 2  # Trainer's + ours
+
+
+@pytest.mark.slow
+def test_example_lora_finetune_under_the_trainer_callback(tmp_path):
+    """lora= and base_model= pass through the Trainer callback: the LoRA example's --trainer path."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    example = Path(__file__).parent.parent / "examples" / "lora_finetune.py"
+    cmd = [sys.executable, str(example), "--out", "ex", "--epochs", "2", "--steps-per-epoch", "2", "--trainer"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    run = wwmonitor.load_run(tmp_path / "ex" / "runs" / "lora-gpt2")
+    assert run.steps == [2, 4]  # 32 samples / batch 16: 2 optimizer steps per epoch
+    m = run.metrics
+    rel = m[(m.metric == "delta_rel_norm") & m.layer.str.endswith("h.0.attn.c_attn.q")]
+    assert list(rel.step) == [2, 4] and (rel.value > 0).all()  # base_model: the weights before training
+    st = run.layer_status
+    upd = st[st.layer.str.endswith(".lora_update")]
+    assert len(upd) and (upd.status == "too_few_evals").all()  # lora="effective+update": the rank-4 updates

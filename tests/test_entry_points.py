@@ -110,7 +110,7 @@ def record(run_dir: Any, tb_dir: Path, run: FakeRun) -> dict[str, Any]:
             [int(s), int(e), str(lyr), str(k), float(v)]
             for s, e, lyr, k, v in m[["step", "epoch", "layer", "metric", "value"]].itertuples(index=False)
         ],
-        "alerts": sorted((int(a.step), str(a.rule), str(a.layer)) for a in r.alerts.itertuples()),
+        "alerts": sorted([int(a.step), str(a.rule), str(a.layer)] for a in r.alerts.itertuples()),
         "tb": tb,
         "wandb": run.record(),
     }

@@ -56,8 +56,8 @@ class CallbackSession:
         self, owner: str, every_n_epochs: Optional[int], every_n_steps: Optional[int], options: Mapping[str, Any]
     ) -> None:
         self.owner = owner
-        self.opts = MonitorOptions.from_kwargs(
-            owner, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, **dict(options)
+        self.opts = MonitorOptions.from_kwargs(  # depth 1: the callback's __init__ -> here
+            owner, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, depth=1, **dict(options)
         )
         self.schedule = Schedule(self.opts.every_n_epochs, self.opts.every_n_steps)
         if self.schedule.never:

@@ -203,11 +203,14 @@ class MonitorOptions:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_kwargs(cls, owner: str, base: Optional["MonitorOptions"] = None, **kwargs: Any) -> "MonitorOptions":
+    def from_kwargs(
+        cls, owner: str, base: Optional["MonitorOptions"] = None, *, depth: int = 0, **kwargs: Any
+    ) -> "MonitorOptions":
         """Options from keyword arguments (over ``base`` when given); old names warn
         (``DeprecationWarning``) and map to new ones; an unknown name is a ``TypeError`` naming it and
-        ``owner`` (with the closest known name)."""
-        kw = _renamed(owner, kwargs)
+        ``owner`` (with the closest known name).  ``depth``: how many frames lie between the user's call
+        and this one (beyond the first), so that the warning points at the user's line."""
+        kw = _renamed(owner, kwargs, 4 + depth)
         return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
 
     def replace(self, **changes: Any) -> "MonitorOptions":
@@ -264,14 +267,16 @@ class MonitorKwargs(OptionKwargs, total=False):
     root: Optional[Union[str, os.PathLike]]
 
 
-def _renamed(owner: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _renamed(owner: str, kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
     """``kwargs`` with deprecated names mapped (and warned about); unknown names refused."""
     out = dict(kwargs)
     for old, new in DEPRECATED_NAMES.items():
         if old in out:
             if new in out:
                 raise TypeError(f"{owner}: pass {new}= only ({old}= is its old name)")
-            warnings.warn(f"{owner}: {old}= is deprecated; use {new}= (same meaning)", DeprecationWarning, stacklevel=4)
+            warnings.warn(
+                f"{owner}: {old}= is deprecated; use {new}= (same meaning)", DeprecationWarning, stacklevel=stacklevel
+            )
             out[new] = out.pop(old)
     known = MonitorOptions.names()
     for k in out:
