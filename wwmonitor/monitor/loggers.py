@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .options import WANDB_STEP_METRIC
+from .options import LOGGER_KINDS, WANDB_STEP_METRIC
 
 __all__ = ["LOGGER_KINDS", "build_logger_sinks", "tensorboard_sink", "wandb_sink", "csv_sink", "mlflow_sink"]
-
-#: the kinds a ``loggers`` mapping may name
-LOGGER_KINDS = ("tensorboard", "wandb", "csv", "mlflow")
 
 Metrics = Union[str, Sequence[str]]
 

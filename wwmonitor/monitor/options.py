@@ -41,6 +41,9 @@ __all__ = ["MonitorOptions", "MonitorKwargs", "OptionKwargs", "WANDB_STEP_METRIC
 #: the W&B step key every entry point logs its rows against (``define_metric(step_metric=...)``)
 WANDB_STEP_METRIC = "ww/step"
 
+#: the kinds a ``loggers`` mapping may name (:func:`wwmonitor.monitor.loggers.build_logger_sinks`)
+LOGGER_KINDS = ("tensorboard", "wandb", "csv", "mlflow")
+
 #: old argument name -> new one (accepted with a ``DeprecationWarning``)
 DEPRECATED_NAMES = {"run_dir": "root", "close_timeout": "flush_timeout"}
 
@@ -190,8 +193,6 @@ class MonitorOptions:
             kind = type(self.loggers).__name__
             raise TypeError(f"loggers must be True, False or a mapping kind -> target, got {kind}")
         if isinstance(self.loggers, Mapping):
-            from .loggers import LOGGER_KINDS
-
             bad = [k for k in self.loggers if k not in LOGGER_KINDS]
             if bad:
                 raise ValueError(f"loggers: unknown kind(s) {bad}; known: {list(LOGGER_KINDS)}")
