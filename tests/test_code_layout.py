@@ -28,8 +28,6 @@ ALLOWED: dict[str, str] = {
     "wwmonitor/report/compare.py": "being split in issue 17 (compare/html page kit and phase history)",
     "wwmonitor/report/html.py": "being split in issue 17 (compare/html page kit and phase history)",
     "wwmonitor/report/figures.py": "being split in issue 17 (report/*)",
-    "wwmonitor/monitor/runtime.py": "being split in issue 17 (one framework-free core)",
-    "wwmonitor/callbacks/transformers.py": "being split in issue 17 (one framework-free core)",
     "wwmonitor/store.py": "being split in issue 17 (store persists fits and ESDs)",
     # no issue-17 helper owns analyze.py: the lead splits these or marks them with a reason
     "wwmonitor/analyze.py::analyze_matrix": "not assigned in issue 17 (61 lines)",

@@ -31,7 +31,6 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
@@ -49,7 +48,8 @@ from .loggers import build_logger_sinks
 from .options import MonitorOptions
 from .reference import ReferenceWeights
 from .render import Renderer
-from .runfolder import RunFolder, versions
+from .runfolder import RunFolder
+from .runstate import RunFolderAccess
 from .schedule import Schedule
 from .selection import Selection
 from .snapshot import Snapshot, copy_matrices
@@ -81,7 +81,7 @@ def _auto_device(specs: Sequence[MatrixSpec]) -> str:
     return auto_device(sp.tensor for sp in specs)
 
 
-class Monitor:
+class Monitor(RunFolderAccess):
     """Watch a model's weight spectra while it trains, without blocking it.
 
     Example::
@@ -250,67 +250,6 @@ class Monitor:
         """Old name of :attr:`flush_timeout`."""
         return self.settings.flush_timeout
 
-    # ------------------------------------------------------------ run folder
-    @property
-    def run_id(self) -> str:
-        """This run's id (its folder name)."""
-        return self._folder.run_id
-
-    @property
-    def run_name(self) -> str:
-        return self._folder.run_name
-
-    @property
-    def run_dir(self) -> Path:
-        """This run's own folder, ``root/<run_id>`` (what ``wwmonitor report RUN_DIR`` and
-        :func:`wwmonitor.load_run` read)."""
-        return self._folder.path
-
-    @property
-    def root(self) -> Path:
-        """The folder that holds the runs (this run's folder is ``root/<run_id>``)."""
-        return self._folder.root
-
-    @property
-    def store(self) -> Optional[RunStore]:
-        """The run store (``None`` with ``store=False``)."""
-        return self._folder.store
-
-    @property
-    def coverage(self) -> str:
-        """The one-line summary logged at start: matrices monitored, layer types, weights skipped and why."""
-        return self._selection.coverage
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """``(weight name, reason)`` for every weight of the model that is not analysed."""
-        return list(self._selection.skipped)
-
-    @property
-    def resumed(self) -> bool:
-        """Whether this monitor continues a run that already existed."""
-        return self._folder.resumed
-
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "versions": versions(),
-            "platform": __import__("platform").platform(),
-            "monitor": {
-                "every_n_epochs": self.every_n_epochs,
-                "every_n_steps": self.every_n_steps,
-                "analysis_device": self.analysis_device,
-                "queue_size": self.queue_size,
-                "policy": self.policy,
-                "layers": self._selection.names(self.layers),
-                "exclude": self._selection.names(self.exclude),
-                "options": asdict(self.options),
-            },
-        }
-
-    @staticmethod
-    def _model_class(model: Any) -> Optional[str]:
-        return None if model is None else f"{type(model).__module__}.{type(model).__qualname__}"
-
     # ------------------------------------------------------------ triggering
     def _already_have(self, step: int) -> bool:
         return self._status.is_stored(step) or (self._last_step is not None and step <= self._last_step)
@@ -368,17 +307,7 @@ class Monitor:
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._selection.specs_for(src, matrices)
-            if self._device is None:  # "auto" without a model at construction: decided by the first snapshot
-                self._device = self._worker.device = _auto_device(specs)
-            if not self._layer_info:  # model first seen here
-                self._layer_info = [(s.name, s.type, s.shape) for s in specs]
-                try:
-                    self._folder.record_layers(self._layer_info, self._model_class(src))
-                except Exception as e:  # noqa: BLE001 - a locked/full store must not stop training
-                    self._faults.add(
-                        "store_errors",
-                        f"wwmonitor: recording the layers of run {self.run_id!r} failed ({type(e).__name__}: {e})",
-                    )
+            self._first_seen(src, specs)
             res = self._queue.reserve(self._worker.alive)
             if res is None:
                 self._faults.once(
@@ -412,6 +341,20 @@ class Monitor:
             self._last_step = step
             self._counts["snapshots_taken"] += 1
             return True
+
+    def _first_seen(self, src: Any, specs: Sequence[MatrixSpec]) -> None:
+        """The first snapshot of a monitor built without a model: decide ``"auto"``, record the layers."""
+        if self._device is None:  # "auto" without a model at construction: decided by the first snapshot
+            self._device = self._worker.device = _auto_device(specs)
+        if not self._layer_info:  # model first seen here
+            self._layer_info = [(s.name, s.type, s.shape) for s in specs]
+            try:
+                self._folder.record_layers(self._layer_info, self._model_class(src))
+            except Exception as e:  # noqa: BLE001 - a locked/full store must not stop training
+                self._faults.add(
+                    "store_errors",
+                    f"wwmonitor: recording the layers of run {self.run_id!r} failed ({type(e).__name__}: {e})",
+                )
 
     def submit(self, result: SnapshotResult) -> bool:
         """Hand a result analysed elsewhere (e.g. gathered from DDP ranks) to alerts, store and sinks.
@@ -523,45 +466,6 @@ class Monitor:
         # Ctrl-C: do not keep the user waiting for the whole backlog
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         self.close(timeout=min(5.0, self.flush_timeout or 5.0) if interrupted else None)
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to continue this run: the run folder, id and
-        last snapshotted step."""
-        return {
-            "version": 1,
-            "run_root": str(self._folder.root),
-            "run_id": self.run_id,
-            "run_name": self.run_name,
-            "last_step": self._last_step,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the run recorded in ``state`` (from :meth:`state_dict`): a restored checkpoint.
-
-        If this monitor had started a different, still empty run, that run's
-        folder is removed and the monitor switches to the checkpoint's run;
-        snapshots with steps at or below the stored ``last_step`` are not taken again.
-        """
-        rid = str(state["run_id"])
-        root = Path(state.get("run_root") or self._folder.root)
-        last = state.get("last_step")
-        with self._lock:
-            if rid != self.run_id or root != self._folder.root:
-                self.flush()
-                old = self._folder.store
-                self._folder.switch(root, rid, state.get("run_name"), self._meta(), self.config)
-                if old is not None and self._folder.store is not None:
-                    self._dispatcher.replace_sink(old, self._folder.store)
-                if self._layer_info:
-                    self._folder.record_layers(self._layer_info, self._model_class(self.model))
-                self._status.reset_stored(self._folder.stored_steps)
-                if self._folder.stored_steps:
-                    top = max(self._folder.stored_steps)
-                    self._last_step = top if self._last_step is None else max(top, self._last_step)
-            if last is not None:
-                self._last_step = max(int(last), self._last_step if self._last_step is not None else int(last))
-            self._dispatcher.resume_after(self._last_step)
 
     def __repr__(self) -> str:
         return f"Monitor(run_id={self.run_id!r}, run_dir={str(self.run_dir)!r}, policy={self.policy!r})"
