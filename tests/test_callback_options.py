@@ -143,3 +143,22 @@ def test_stop_reason_and_pump() -> None:
     sinks = [Sink(True), Sink(False)]
     pump_sinks(sinks)  # the failing one is logged, the next one still pumped
     assert [s.pumped for s in sinks] == [1, 1]
+
+
+def test_keras_old_spelling_maps_to_loggers_with_a_warning() -> None:
+    from wwmonitor.callbacks._options import legacy_keras_loggers
+
+    opts: dict = {"wandb": False, "csv": "out/csv"}
+    with pytest.warns(DeprecationWarning, match="loggers="):
+        n = legacy_keras_loggers("logs", opts)  # the old first positional argument: a log dir
+    assert n == 1 and opts == {"loggers": {"tensorboard": "logs", "csv": "out/csv"}}
+    opts = {"wandb": False}
+    with pytest.warns(DeprecationWarning):
+        assert legacy_keras_loggers(2, opts) == 2
+    assert opts == {"loggers": False}
+    with pytest.raises(TypeError, match="not both"):
+        legacy_keras_loggers(1, {"log_dir": "a", "loggers": {"csv": "b"}})
+    new: dict = {"loggers": {"tensorboard": "logs"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert legacy_keras_loggers(3, new) == 3 and new == {"loggers": {"tensorboard": "logs"}}

@@ -11,6 +11,7 @@ training.  Framework-free.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any, Iterable, Optional
 
@@ -18,7 +19,7 @@ from .._validate import check_interval
 from ..monitor.options import DEPRECATED_NAMES, MonitorOptions
 from ._session import CallbackSession
 
-__all__ = ["SessionAttributes", "check_interval", "stop_reason", "pump_sinks"]
+__all__ = ["SessionAttributes", "check_interval", "stop_reason", "pump_sinks", "legacy_keras_loggers"]
 
 log = logging.getLogger("wwmonitor")
 
@@ -107,3 +108,26 @@ def pump_sinks(sinks: Iterable[Any]) -> None:
             s.pump()
         except Exception as e:
             log.warning("wwmonitor: W&B logging failed: %r", e)
+
+
+_OLD_LOGGER_ARGS = {"log_dir": "tensorboard", "wandb": "wandb", "csv": "csv"}
+
+
+def legacy_keras_loggers(every_n_epochs: Any, options: dict[str, Any]) -> Any:
+    """The pre-0.5 spelling mapped (with a ``DeprecationWarning``): a log dir as the first positional
+    argument, ``log_dir=``/``wandb=``/``csv=`` keywords -> ``loggers={...}``.  Returns ``every_n_epochs``."""
+    if isinstance(every_n_epochs, (str, os.PathLike)):
+        options["log_dir"], every_n_epochs = every_n_epochs, options.pop("_every_n_epochs", 1)
+    old = {k: options.pop(k) for k in list(options) if k in _OLD_LOGGER_ARGS}
+    if old:
+        if isinstance(options.get("loggers"), dict):
+            raise TypeError("WeightWatcherCallback (Keras): pass loggers={...} or log_dir=/wandb=/csv=, not both")
+        warnings.warn(
+            f"WeightWatcherCallback (Keras): {', '.join(f'{k}=' for k in old)} deprecated; use "
+            "loggers={'tensorboard': log_dir, 'wandb': run, 'csv': path} (every_n_epochs is now the first argument)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        loggers = {_OLD_LOGGER_ARGS[k]: v for k, v in old.items() if v is not None and v is not False}
+        options["loggers"] = loggers or False
+    return every_n_epochs

@@ -85,36 +85,12 @@ try:
 except ImportError as _e:
     raise _import_error(_e) from _e
 
-import warnings
-
-from ._options import SessionAttributes
+from ._options import SessionAttributes, legacy_keras_loggers
 from ._session import CallbackSession
 
 __all__ = ["WeightWatcherCallback"]
 
 log = logging.getLogger("wwmonitor")
-
-_OLD_LOGGER_ARGS = {"log_dir": "tensorboard", "wandb": "wandb", "csv": "csv"}
-
-
-def _legacy_loggers(every_n_epochs: Any, options: dict[str, Any]) -> Any:
-    """The pre-0.5 spelling mapped (with a ``DeprecationWarning``): a log dir as the first positional
-    argument, ``log_dir=``/``wandb=``/``csv=`` keywords -> ``loggers={...}``.  Returns ``every_n_epochs``."""
-    if isinstance(every_n_epochs, (str, os.PathLike)):
-        options["log_dir"], every_n_epochs = every_n_epochs, options.pop("_every_n_epochs", 1)
-    old = {k: options.pop(k) for k in list(options) if k in _OLD_LOGGER_ARGS}
-    if old:
-        if isinstance(options.get("loggers"), dict):
-            raise TypeError("WeightWatcherCallback (Keras): pass loggers={...} or log_dir=/wandb=/csv=, not both")
-        warnings.warn(
-            f"WeightWatcherCallback (Keras): {', '.join(f'{k}=' for k in old)} deprecated; use "
-            "loggers={'tensorboard': log_dir, 'wandb': run, 'csv': path} (every_n_epochs is now the first argument)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        loggers = {_OLD_LOGGER_ARGS[k]: v for k, v in old.items() if v is not None and v is not False}
-        options["loggers"] = loggers or False
-    return every_n_epochs
 
 
 class WeightWatcherCallback(SessionAttributes, keras.callbacks.Callback):
@@ -141,7 +117,7 @@ class WeightWatcherCallback(SessionAttributes, keras.callbacks.Callback):
 
     def __init__(self, every_n_epochs: Optional[int] = 1, every_n_steps: Optional[int] = None, **options: Any) -> None:
         super().__init__()
-        every_n_epochs = _legacy_loggers(every_n_epochs, options)
+        every_n_epochs = legacy_keras_loggers(every_n_epochs, options)
         self.session = CallbackSession("WeightWatcherCallback (Keras)", every_n_epochs, every_n_steps, options)
         if every_n_steps is not None:
             # an instance attribute, not a class method: without every_n_steps Keras still sees the default hook
