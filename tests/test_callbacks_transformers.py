@@ -252,7 +252,7 @@ def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
     trainer = train(gpt2(), args, [cb], data=Tokens(lm=True))
     assert trainer.state.global_step == 24
     steps = [5, 10, 15, 20]
-    ea = tb_accumulator(_integration(trainer, "TensorBoardCallback").logging_dir)
+    ea = tb_accumulator(str(tmp_path / "out" / "runs" / "wwmonitor-gpt2"))  # the callback's own TensorBoard run
     # GPT-2's Conv1D layers, the fused c_attn split into q, k, v
     for layer in (
         "transformer.wte",
