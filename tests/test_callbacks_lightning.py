@@ -67,9 +67,7 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     import wandb
 
     pl, loggers, Callback = _pkg(pkg)
-    cb = Callback(
-        every_n_epochs=1, root=str(tmp_path / "runs"), run_name="fit", alerts="default", esd_every_n_epochs=1
-    )
+    cb = Callback(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="fit", alerts="default", esd_every_n_epochs=1)
     tb = loggers.TensorBoardLogger(str(tmp_path / "tb"), name="tb")
     wb = loggers.WandbLogger(project="wwmonitor-test", save_dir=str(tmp_path), offline=True)
     csv = loggers.CSVLogger(str(tmp_path / "csv"), name="csv")
