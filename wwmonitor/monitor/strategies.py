@@ -34,14 +34,12 @@ from typing import Any, Callable, Optional
 from ..distributed import broadcast_object, gather_objects, rank_world
 from ..metrics import LayerMetrics
 from ..sharding.detect import is_ddp_model, is_sharded_model, refuse_unsupported
+from .options import DISTRIBUTED
 from .sharded_worker import ShardedWorker
 
-__all__ = ["DISTRIBUTED", "Strategy", "DDPStrategy", "FSDP2Strategy", "choose_strategy"]
+__all__ = ["DISTRIBUTED", "Strategy", "DDPStrategy", "FSDP2Strategy", "choose_strategy", "apply_strategy"]
 
 log = logging.getLogger("wwmonitor")
-
-#: ``Monitor(distributed=...)`` values
-DISTRIBUTED = ("auto", "ddp", "fsdp2", "off")
 
 
 def choose_strategy(
@@ -81,6 +79,36 @@ def choose_strategy(
     if distributed == "ddp" or is_ddp_model(model):
         return DDPStrategy(timeout_s=timeout_s)
     return None
+
+
+def apply_strategy(
+    model: Any, opts: Any, alerts: Any, *, analysis_device: str
+) -> tuple[Optional["Strategy"], Any, Any, Any]:
+    """The Monitor's strategy for ``model`` under ``opts.distributed`` (:func:`choose_strategy`), and what
+    it changes: ``(strategy, opts, model, dispatch_alerts)``.  Without a strategy everything comes back
+    as given.  With one the model is unwrapped (DDP), the policy is ``"block"``, and on ranks other than
+    0 there is no store, no sink, no logger, no coverage line and no rule evaluation (``dispatch_alerts``
+    ``None``; the rules' weight inspection still runs where the weights are analysed)."""
+    strategy = choose_strategy(
+        model,
+        opts.distributed,
+        options=opts.options,
+        needs_weights=bool(getattr(alerts, "needs_weights", False)),
+        analysis_device=analysis_device,
+    )
+    if strategy is None:
+        return None, opts, model, alerts
+    policy, store, sinks, dispatch = strategy.adjust(
+        policy=opts.policy, store=opts.store, sinks=opts.sinks, alerts=alerts
+    )
+    opts = opts.replace(
+        policy=policy,
+        store=store,
+        sinks=list(sinks),
+        loggers=opts.loggers if strategy.writes else False,
+        announce=opts.announce and strategy.writes,  # rank 0 speaks for the run
+    )
+    return strategy, opts, strategy.unwrap(model), dispatch
 
 
 def _monitor_group(world: int, timeout_s: float) -> Any:
@@ -160,6 +188,24 @@ class Strategy:
             return run_id, stored, last
         got = broadcast_object((run_id, set(stored), last), src=0, group=self.group)
         return str(got[0]), set(got[1]), got[2]
+
+    def source(self, model: Any, matrices: Any) -> Any:
+        """The model a snapshot reads (DDP: unwrapped); ``matrices=`` is refused (every rank walks the model)."""
+        if matrices is not None:
+            raise ValueError(f"snapshot: matrices= is not supported under {self.kind}")
+        return self.unwrap(model)
+
+    def capture(self, specs: list[Any], buffers: Any, key: Any) -> tuple[list[Any], Any]:
+        """This rank's share of one snapshot (each strategy defines it)."""
+        raise NotImplementedError(f"{type(self).__name__}.capture")
+
+    def counted_capture(self, specs: list[Any], buffers: Any, key: Any, faults: Any) -> tuple[list[Any], Any]:
+        """:meth:`capture`; a failure is counted in ``faults`` (``worker_errors``) and raised."""
+        try:
+            return self.capture(specs, buffers, key)
+        except Exception as e:
+            faults.add("worker_errors", f"wwmonitor: {self.kind} snapshot failed ({type(e).__name__}: {e})")
+            raise
 
     def make_worker(self, *args: Any, **kwargs: Any) -> ShardedWorker:
         """The Monitor's analysis worker (same arguments as ``AnalysisWorker``)."""
@@ -295,11 +341,14 @@ class _OwnedInspector:
     def __init__(self, rules: Any) -> None:
         self.rules = rules
 
-    def inspect_weights(self, name: str, om: Any, lm: LayerMetrics) -> None:
+    def inspect_weights(self, name: str, om: Any, lm: LayerMetrics) -> Any:
+        """The rules' failures (rule id -> exception), like ``AlertRules.inspect_weights``; ``None`` when the
+        owner holds factors, not the matrix (no weights to inspect)."""
         from ..spectral import to_numpy
 
         if om.kind == "matrix":
-            self.rules.inspect_weights(name, to_numpy(om.data), lm)
+            return self.rules.inspect_weights(name, to_numpy(om.data), lm)
+        return None
 
 
 def _ready(owned: list[Any]) -> Optional[Callable[[], None]]:
