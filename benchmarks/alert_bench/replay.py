@@ -1,0 +1,119 @@
+"""Re-evaluate the *current* default alert rules on recorded runs, without re-training.
+
+Two modes:
+
+* ``"reanalyse"`` (default): every recorded snapshot's matrices go through the monitor's own analysis stage
+  (:func:`wwmonitor.monitor.analyzer.analyse_snapshot`, the current analysis code and phase classifier) with the
+  rules as the weight inspector when they need the weights (``needs_weights``: e.g. ``correlation_trap`` reads
+  the very matrix the live monitor would have handed it), then through what the dispatcher does with a result
+  (``rules.evaluate(result, on_error)`` and the monitor's ``non_finite`` alerts), in step order.  This is the
+  live monitor's path minus the threads and the sinks; ``tests/test_alert_bench.py`` checks that it gives the
+  same alerts as the live monitor on a recorded run.
+* ``"results"`` (fast): the recorded :class:`~wwmonitor.records.SnapshotResult` objects (the analysis as it was
+  at record time) go straight to the rules; rules that need the weights still get ``inspect_weights`` on the
+  recorded matrices.  Use it only while the analysis and the phases are unchanged since recording.
+
+A rule that raises is counted in ``rule_errors`` of the replayed run (the table shows them), as in the monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+MODES = ("reanalyse", "results")
+
+
+@dataclass
+class Replayed:
+    """One recorded run and the alerts the current rules give on it."""
+
+    meta: dict[str, Any]
+    alerts: list[Any]  # wwmonitor.records.Alert
+    rule_errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "meta.json").read_text())
+
+
+def recorded_runs(cache: Path, families: Optional[list[str]] = None) -> list[Path]:
+    """Folders of the recorded runs under ``cache`` (optionally of ``families`` only), sorted."""
+    out = []
+    for meta in sorted(cache.glob("*/*/seed*/meta.json")):
+        if families is None or meta.parent.parent.parent.name in families:
+            out.append(meta.parent)
+    return out
+
+
+def _matrices(path: Path, k: int, meta: dict[str, Any]) -> list[tuple[str, str, float, np.ndarray]]:
+    with np.load(path / f"snap_{k:03d}.npz") as z:
+        return [(name, typ, float(scale), z[f"a{i}"]) for i, (name, typ, scale, _shape) in enumerate(meta["entries"])]
+
+
+def replay_run(path: Path, rules: Any = None, mode: str = "reanalyse",
+               options: Any = None) -> Replayed:
+    """The alerts of ``rules`` (default: ``AlertRules(log_alerts=False)``, the default rules) on one recorded run."""
+    import time
+
+    from wwmonitor.alerts import AlertRules
+    from wwmonitor.analyze import AnalysisOptions
+    from wwmonitor.monitor.analyzer import analyse_snapshot
+    from wwmonitor.monitor.dispatcher import nonfinite_alerts
+    from wwmonitor.monitor.snapshot import BufferSet, Snapshot
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    t0 = time.perf_counter()
+    meta = load_meta(path)
+    rules = rules if rules is not None else AlertRules(log_alerts=False)
+    options = options if options is not None else AnalysisOptions()  # the Monitor's default
+    inspector = rules if getattr(rules, "needs_weights", False) else None
+    errors: dict[str, int] = {}
+
+    def on_error(where: str, what: str, exc: BaseException) -> None:
+        errors[where] = errors.get(where, 0) + 1
+
+    recorded = None
+    if mode == "results":
+        with open(path / "results.pkl", "rb") as f:
+            recorded = pickle.load(f)
+    active: set[str] = set()
+    alerts: list[Any] = []
+    for k, step in enumerate(meta["steps"]):
+        mats = _matrices(path, k, meta)
+        if recorded is None:
+            snap = Snapshot(step=step, epoch=k, time=0.0, entries=mats, buffers=BufferSet())
+            res = analyse_snapshot(snap, options, inspector=inspector, on_error=on_error)
+        else:
+            res = recorded[k]
+            res.alerts = []
+            if inspector is not None:
+                by_name = {m[0]: m[3] for m in mats}
+                for lm in res.layers:
+                    if lm.status == "ok":
+                        inspector.inspect_weights(lm.name, by_name[lm.name], lm)
+        fired = rules.evaluate(res, on_error=on_error)
+        res.alerts.extend(fired or [])
+        res.alerts.extend(nonfinite_alerts(res, active))
+        alerts.extend(res.alerts)
+    for k, v in getattr(rules, "rule_errors", {}).items():
+        errors.setdefault(f"alert:{k}", v)
+    return Replayed(meta, alerts, errors, time.perf_counter() - t0)
+
+
+def replay(cache: Path, families: Optional[list[str]] = None, mode: str = "reanalyse",
+           rules_factory: Optional[Callable[[], Any]] = None, seeds: Optional[list[int]] = None) -> list[Replayed]:
+    """Replay every recorded run of ``families`` (and ``seeds``) with fresh rules from ``rules_factory``."""
+    out = []
+    for path in recorded_runs(cache, families):
+        if seeds is not None and int(path.name[4:]) not in seeds:
+            continue
+        out.append(replay_run(path, rules_factory() if rules_factory else None, mode))
+    return out
