@@ -26,8 +26,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .split import SPLITS
     from .table import docs_block, make_row, markdown, summary, write_docs
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.alert_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.alert_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("command", nargs="?", default="table", choices=("record", "table"))
     ap.add_argument("--split", default="all", choices=tuple(SPLITS))
     ap.add_argument("--families", nargs="+", choices=sorted(FAMILIES), help="instead of --split")
@@ -48,14 +51,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"nothing recorded for {families} in {cache}; run `record` first", file=sys.stderr)
         return 1
     reps = replay(cache, families, args.mode, seeds=seeds)
-    rows = sorted((make_row(r, cache) for r in reps),
-                  key=lambda r: (families.index(r.family), list(FAMILIES[r.family].settings).index(r.setting), r.seed))
+    rows = sorted(
+        (make_row(r, cache) for r in reps),
+        key=lambda r: (families.index(r.family), list(FAMILIES[r.family].settings).index(r.setting), r.seed),
+    )
     print(markdown(rows))
     print()
     print(summary(rows))
     replay_s = sum(r.seconds for r in reps)
-    print(f"\n({len(rows)} runs; recorded in {sum(r.seconds for r in rows):.0f} s of wall time; replay ({args.mode}) "
-          f"{replay_s:.1f} s; this command {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\n({len(rows)} runs; recorded in {sum(r.seconds for r in rows):.0f} s of wall time; replay ({args.mode}) "
+        f"{replay_s:.1f} s; this command {time.perf_counter() - t0:.0f} s)"
+    )
     if args.write_docs:
         cmd = "python -m benchmarks.alert_bench " + " ".join(argv if argv is not None else sys.argv[1:])
         docs = Path(__file__).resolve().parents[2] / "docs" / "alerts.md"

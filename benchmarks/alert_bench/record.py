@@ -20,6 +20,7 @@ can run the *current* analysis (phases included) and every rule that reads the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -87,10 +88,9 @@ def _initial_matrices(model: Any, kwargs: dict[str, Any]) -> dict[str, np.ndarra
     return out
 
 
-def train_and_record(family: Family, setting: str, seed: int, cache: Path) -> dict[str, Any]:
-    """Train ``family``/``setting``/``seed`` under a monitor with the default alert rules; write the cache entry.
-
-    Returns the ``meta`` dict written to ``meta.json``.
+def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules: Any = None) -> dict[str, Any]:
+    """Train ``family``/``setting``/``seed`` under a monitor with the default alert rules (or ``rules``); write the
+    cache entry.  Returns the ``meta`` dict written to ``meta.json``.
     """
     import torch
 
@@ -109,10 +109,21 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path) -> di
     ranks: list[dict[str, list[float]]] = []
     steps: list[int] = []
     diverged = False
-    with tempfile.TemporaryDirectory() as tmp, wwmonitor.Monitor(
-        task.model, tmp, store=False, alerts=AlertRules(log_alerts=False), analyze_fn=rec,
-        history=family.epochs + 1, esd_every_n_epochs=0, policy="block", announce=False, **task.monitor_kwargs,
-    ) as mon:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        wwmonitor.Monitor(
+            task.model,
+            tmp,
+            store=False,
+            alerts=rules if rules is not None else AlertRules(log_alerts=False),
+            analyze_fn=rec,
+            history=family.epochs + 1,
+            esd_every_n_epochs=0,
+            policy="block",
+            announce=False,
+            **task.monitor_kwargs,
+        ) as mon,
+    ):
         for epoch in range(family.epochs):
             step = task.train_epoch()
             v = task.val_loss()
@@ -164,7 +175,7 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path) -> di
         "diverged": diverged,
         "steps": steps,
         "entries": [[c[0], c[1], c[2], list(c[3].shape)] for c in rec.calls[:per]],
-        "alerts": [a.__dict__ for a in alerts],
+        "alerts": [dataclasses.asdict(a) for a in alerts],
         "monitor_stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -174,8 +185,9 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path) -> di
     return meta
 
 
-def record(families: list[str], seeds: list[int], cache: Path, settings: Optional[list[str]] = None,
-           log: Any = print) -> list[dict[str, Any]]:
+def record(
+    families: list[str], seeds: list[int], cache: Path, settings: Optional[list[str]] = None, log: Any = print
+) -> list[dict[str, Any]]:
     """Record every (family, setting, seed); returns the metas."""
     import torch
 

@@ -37,6 +37,8 @@ class Replayed:
     alerts: list[Any]  # wwmonitor.records.Alert
     rule_errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the replayed SnapshotResults (only with ``keep_results=True``)
+    results: list[Any] = field(default_factory=list)
 
 
 def load_meta(path: Path) -> dict[str, Any]:
@@ -57,8 +59,9 @@ def _matrices(path: Path, k: int, meta: dict[str, Any]) -> list[tuple[str, str, 
         return [(name, typ, float(scale), z[f"a{i}"]) for i, (name, typ, scale, _shape) in enumerate(meta["entries"])]
 
 
-def replay_run(path: Path, rules: Any = None, mode: str = "reanalyse",
-               options: Any = None) -> Replayed:
+def replay_run(
+    path: Path, rules: Any = None, mode: str = "reanalyse", options: Any = None, keep_results: bool = False
+) -> Replayed:
     """The alerts of ``rules`` (default: ``AlertRules(log_alerts=False)``, the default rules) on one recorded run."""
     import time
 
@@ -86,6 +89,7 @@ def replay_run(path: Path, rules: Any = None, mode: str = "reanalyse",
             recorded = pickle.load(f)
     active: set[str] = set()
     alerts: list[Any] = []
+    kept: list[Any] = []
     for k, step in enumerate(meta["steps"]):
         mats = _matrices(path, k, meta)
         if recorded is None:
@@ -103,13 +107,20 @@ def replay_run(path: Path, rules: Any = None, mode: str = "reanalyse",
         res.alerts.extend(fired or [])
         res.alerts.extend(nonfinite_alerts(res, active))
         alerts.extend(res.alerts)
+        if keep_results:
+            kept.append(res)
     for k, v in getattr(rules, "rule_errors", {}).items():
         errors.setdefault(f"alert:{k}", v)
-    return Replayed(meta, alerts, errors, time.perf_counter() - t0)
+    return Replayed(meta, alerts, errors, time.perf_counter() - t0, kept)
 
 
-def replay(cache: Path, families: Optional[list[str]] = None, mode: str = "reanalyse",
-           rules_factory: Optional[Callable[[], Any]] = None, seeds: Optional[list[int]] = None) -> list[Replayed]:
+def replay(
+    cache: Path,
+    families: Optional[list[str]] = None,
+    mode: str = "reanalyse",
+    rules_factory: Optional[Callable[[], Any]] = None,
+    seeds: Optional[list[int]] = None,
+) -> list[Replayed]:
     """Replay every recorded run of ``families`` (and ``seeds``) with fresh rules from ``rules_factory``."""
     out = []
     for path in recorded_runs(cache, families):

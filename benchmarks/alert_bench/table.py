@@ -68,9 +68,19 @@ def make_row(rep: Replayed, cache: Path) -> Row:
     first = min((a.epoch for a in severe), default=None)
     counts = Counter(a.rule for a in severe)
     return Row(
-        m["family"], m["setting"], int(m["seed"]), m.get("intent", ""), v.label, v.why, bool(severe), first,
-        v.best_epoch, v.last_epoch, ", ".join(f"{r} x{n}" for r, n in sorted(counts.items())) or "-",
-        float(m["seconds"]), sum(rep.rule_errors.values()),
+        m["family"],
+        m["setting"],
+        int(m["seed"]),
+        m.get("intent", ""),
+        v.label,
+        v.why,
+        bool(severe),
+        first,
+        v.best_epoch,
+        v.last_epoch,
+        ", ".join(f"{r} x{n}" for r, n in sorted(counts.items())) or "-",
+        float(m["seconds"]),
+        sum(rep.rule_errors.values()),
     )
 
 
@@ -141,15 +151,40 @@ def met(b: dict[str, Any]) -> bool:
 
 
 def markdown(rows: list[Row]) -> str:
-    head = ["split", "family", "setting", "seed", "label (criterion)", "warned", "first warning epoch",
-            "best-val epoch", "last epoch", "rules fired (warning+)", "s"]
+    head = [
+        "split",
+        "family",
+        "setting",
+        "seed",
+        "label (criterion)",
+        "warned",
+        "first warning epoch",
+        "best-val epoch",
+        "last epoch",
+        "rules fired (warning+)",
+        "s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([
-            split_of(r.family), r.family, r.setting, str(r.seed), r.label, "yes" if r.warned else "no",
-            "-" if r.first_epoch is None else str(r.first_epoch), str(r.best_epoch), str(r.last_epoch),
-            r.rules, f"{r.seconds:.0f}",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    split_of(r.family),
+                    r.family,
+                    r.setting,
+                    str(r.seed),
+                    r.label,
+                    "yes" if r.warned else "no",
+                    "-" if r.first_epoch is None else str(r.first_epoch),
+                    str(r.best_epoch),
+                    str(r.last_epoch),
+                    r.rules,
+                    f"{r.seconds:.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -169,14 +204,16 @@ def summary(rows: list[Row]) -> str:
 def docs_block(rows: list[Row], mode: str, command: str) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return "\n".join([
-        f"Generated {now} by `{command}` (replay mode `{mode}`; load average {load} on "
-        f"{os.cpu_count()} CPUs at the time of writing; run seconds are the recording's wall time).",
-        "",
-        summary(rows),
-        "",
-        markdown(rows),
-    ])
+    return "\n".join(
+        [
+            f"Generated {now} by `{command}` (replay mode `{mode}`; load average {load} on "
+            f"{os.cpu_count()} CPUs at the time of writing; run seconds are the recording's wall time).",
+            "",
+            summary(rows),
+            "",
+            markdown(rows),
+        ]
+    )
 
 
 def write_docs(block: str, path: Path) -> None:

@@ -1,10 +1,11 @@
 """Attention family ``attn_modadd``: a one-layer transformer on modular addition, grokking-style training.
 
 Task: ``(a + b) mod P`` with ``P = 23``; the sequence is ``[a, b, =]`` and the answer is read at ``=``.  A fixed
-random share of the ``P²`` pairs trains (full batch; 80%, 50% in ``grok_long``), the rest validates.  Model: token and position
-embeddings (width 64), one pre-norm block of ``nn.MultiheadAttention`` (4 heads) and a 64-256-64 ReLU MLP,
-LayerNorm, unembedding 64 -> P.  AdamW, many full-batch steps per epoch: the long training of grokking
-(memorise first, generalise later under weight decay).
+random share of the ``P²`` pairs trains (full batch; 80%, 50% in ``grok_long``), the rest validates.  Model:
+token and position embeddings (width 64), one pre-norm block of ``nn.MultiheadAttention`` (4 heads) and a
+64-256-64 ReLU MLP, LayerNorm, unembedding 64 -> P.  AdamW (betas 0.9, 0.98), 25 full-batch steps per epoch
+(50 in ``grok_long``, with half the pairs held out): the long weight-decayed training of grokking experiments
+(memorise first, generalise later).
 """
 
 from __future__ import annotations
@@ -56,8 +57,14 @@ def make(s: dict[str, Any], seed: int) -> TorchTask:
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["wd"], betas=(0.9, 0.98))
     tracked = ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.0.weight", "mlp.2.weight"]
     return TorchTask(
-        model, opt, torch.nn.functional.cross_entropy, (x[tr], y[tr], x[va], y[va]),
-        batch=n, seed=seed, tracked_params=tracked, steps_per_epoch=s.get("steps", 25),
+        model,
+        opt,
+        torch.nn.functional.cross_entropy,
+        (x[tr], y[tr], x[va], y[va]),
+        batch=n,
+        seed=seed,
+        tracked_params=tracked,
+        steps_per_epoch=s.get("steps", 25),
     )
 
 
@@ -66,13 +73,19 @@ ATTN_MODADD = Family(
     kind="attention: 1-layer transformer, modular addition, grokking-style long training",
     epochs=16,
     settings={
-        "ref": {"lr": 5e-3, "wd": 1.0},
+        "ref": {"lr": 3e-3, "wd": 1.0},
         "grok_long": {"lr": 3e-3, "wd": 1.0, "train_fraction": 0.5, "steps": 50},
-        "no_wd": {"lr": 5e-3, "wd": 0.0},
-        "wd_strong": {"lr": 5e-3, "wd": 30.0},
+        "no_wd": {"lr": 3e-3, "wd": 0.0},
+        "wd_strong": {"lr": 3e-3, "wd": 30.0},
         "lr_huge": {"lr": 0.2, "wd": 1.0},
     },
     reference="ref",
     make=make,
-    intent={"ref": "healthy", "grok_long": "healthy", "no_wd": "healthy", "wd_strong": "collapse", "lr_huge": "collapse"},
+    intent={
+        "ref": "healthy",
+        "grok_long": "healthy",
+        "no_wd": "healthy",
+        "wd_strong": "collapse",
+        "lr_huge": "collapse",
+    },
 )

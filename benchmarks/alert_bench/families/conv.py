@@ -48,14 +48,28 @@ def make(s: dict[str, Any], seed: int) -> TorchTask:
     x, yt = torch.from_numpy(X), torch.from_numpy(y)
     ytr = noisy_labels(yt[:600], s.get("label_noise", 0.0), 5, seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(1024, 64), nn.ReLU(), nn.Linear(64, 5),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(1024, 64),
+        nn.ReLU(),
+        nn.Linear(64, 5),
     )
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9, weight_decay=s.get("wd", 0.0))
     return TorchTask(
-        model, opt, torch.nn.functional.cross_entropy, (x[:600], ytr, x[600:], yt[600:]),
-        batch=32, seed=seed, tracked_params=["4.weight", "9.weight"],
+        model,
+        opt,
+        torch.nn.functional.cross_entropy,
+        (x[:600], ytr, x[600:], yt[600:]),
+        batch=32,
+        seed=seed,
+        tracked_params=["4.weight", "9.weight"],
     )
 
 

@@ -81,12 +81,20 @@ def make(s: dict[str, Any], seed: int) -> TorchTask:
     model = Clf()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s.get("wd", 0.0))
-    tracked = [f"bert.encoder.layer.{i}.{m}.weight" for i in range(LAYERS) for m in (
-        "attention.self.query", "attention.self.value", "intermediate.dense", "output.dense")]
+    tracked = [
+        f"bert.encoder.layer.{i}.{m}.weight"
+        for i in range(LAYERS)
+        for m in ("attention.self.query", "attention.self.value", "intermediate.dense", "output.dense")
+    ]
     return TorchTask(
-        model, opt, nn.functional.cross_entropy,
+        model,
+        opt,
+        nn.functional.cross_entropy,
         (encode(tr_x), torch.from_numpy(tr_y), encode(va_x), torch.from_numpy(va_y)),
-        batch=32, seed=seed, tracked_params=tracked, monitor_kwargs={"exclude": ["bert.embeddings.*"]},
+        batch=32,
+        seed=seed,
+        tracked_params=tracked,
+        monitor_kwargs={"exclude": ["bert.embeddings.*"]},
     )
 
 

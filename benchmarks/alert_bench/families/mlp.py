@@ -13,7 +13,12 @@ def _split(X: np.ndarray, y: np.ndarray, n_train: int) -> tuple[Any, Any, Any, A
     import torch
 
     X = ((X - X[:n_train].mean(0)) / X[:n_train].std(0)).astype(np.float32)
-    return torch.from_numpy(X[:n_train]), torch.from_numpy(y[:n_train]), torch.from_numpy(X[n_train:]), torch.from_numpy(y[n_train:])
+    return (
+        torch.from_numpy(X[:n_train]),
+        torch.from_numpy(y[:n_train]),
+        torch.from_numpy(X[n_train:]),
+        torch.from_numpy(y[n_train:]),
+    )
 
 
 def _optim(model: Any, s: dict[str, Any]) -> Any:
@@ -32,8 +37,14 @@ def make_cls(s: dict[str, Any], seed: int) -> TorchTask:
     from sklearn.datasets import make_classification
 
     X, y = make_classification(
-        n_samples=1200, n_features=40, n_informative=12, n_redundant=8, n_classes=6, n_clusters_per_class=2,
-        class_sep=1.2, random_state=100 + seed,
+        n_samples=1200,
+        n_features=40,
+        n_informative=12,
+        n_redundant=8,
+        n_classes=6,
+        n_clusters_per_class=2,
+        class_sep=1.2,
+        random_state=100 + seed,
     )
     xtr, ytr, xva, yva = _split(X, y.astype(np.int64), 800)
     ytr = noisy_labels(ytr, s.get("label_noise", 0.0), 6, seed)
@@ -41,8 +52,13 @@ def make_cls(s: dict[str, Any], seed: int) -> TorchTask:
         torch.nn.Linear(40, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 6)
     )
     return TorchTask(
-        model, _optim(model, s), torch.nn.functional.cross_entropy, (xtr, ytr, xva, yva),
-        batch=32, seed=seed, tracked_params=["0.weight", "2.weight"],
+        model,
+        _optim(model, s),
+        torch.nn.functional.cross_entropy,
+        (xtr, ytr, xva, yva),
+        batch=32,
+        seed=seed,
+        tracked_params=["0.weight", "2.weight"],
     )
 
 
@@ -59,7 +75,13 @@ MLP_CLS = Family(
     },
     reference="ref",
     make=make_cls,
-    intent={"ref": "healthy", "label_noise": "healthy", "wd_1e-3": "healthy", "wd_strong": "collapse", "lr_huge": "collapse"},
+    intent={
+        "ref": "healthy",
+        "label_noise": "healthy",
+        "wd_1e-3": "healthy",
+        "wd_strong": "collapse",
+        "lr_huge": "collapse",
+    },
 )
 
 
@@ -77,8 +99,13 @@ def make_reg(s: dict[str, Any], seed: int) -> TorchTask:
         torch.nn.Linear(30, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, 1)
     )
     return TorchTask(
-        model, _optim(model, s), torch.nn.functional.mse_loss, (xtr, ytr, xva, yva),
-        batch=32, seed=seed, tracked_params=["0.weight", "2.weight"],
+        model,
+        _optim(model, s),
+        torch.nn.functional.mse_loss,
+        (xtr, ytr, xva, yva),
+        batch=32,
+        seed=seed,
+        tracked_params=["0.weight", "2.weight"],
     )
 
 
@@ -96,6 +123,12 @@ MLP_REG = Family(
     },
     reference="ref",
     make=make_reg,
-    intent={"ref": "healthy", "noisy_target": "healthy", "lr_small": "healthy", "wd_30": "collapse", "wd_strong": "collapse",
-            "lr_huge": "collapse"},
+    intent={
+        "ref": "healthy",
+        "noisy_target": "healthy",
+        "lr_small": "healthy",
+        "wd_30": "collapse",
+        "wd_strong": "collapse",
+        "lr_huge": "collapse",
+    },
 )

@@ -58,8 +58,13 @@ def make_gru(s: dict[str, Any], seed: int) -> TorchTask:
     ytr = noisy_labels(y[:600], s.get("label_noise", 0.0), 4, seed)
     model = _RNNClassifier.build("gru", 8, 64, 4)
     return TorchTask(
-        model, _optim(model, s), torch.nn.functional.cross_entropy, (x[:600], ytr, x[600:], y[600:]),
-        batch=50, seed=seed, tracked_params=["rnn.weight_ih_l0", "rnn.weight_hh_l0"],
+        model,
+        _optim(model, s),
+        torch.nn.functional.cross_entropy,
+        (x[:600], ytr, x[600:], y[600:]),
+        batch=50,
+        seed=seed,
+        tracked_params=["rnn.weight_ih_l0", "rnn.weight_hh_l0"],
     )
 
 
@@ -95,8 +100,13 @@ def make_lstm(s: dict[str, Any], seed: int) -> TorchTask:
     x, y = _drift_data(seed, 900)
     model = _RNNClassifier.build("lstm", 6, 64, 6)
     return TorchTask(
-        model, _optim(model, s), torch.nn.functional.cross_entropy, (x[:600], y[:600], x[600:], y[600:]),
-        batch=50, seed=seed, tracked_params=["rnn.weight_ih_l0", "rnn.weight_hh_l0"],
+        model,
+        _optim(model, s),
+        torch.nn.functional.cross_entropy,
+        (x[:600], y[:600], x[600:], y[600:]),
+        batch=50,
+        seed=seed,
+        tracked_params=["rnn.weight_ih_l0", "rnn.weight_hh_l0"],
     )
 
 
