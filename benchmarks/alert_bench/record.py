@@ -88,10 +88,27 @@ def _initial_matrices(model: Any, kwargs: dict[str, Any]) -> dict[str, np.ndarra
     return out
 
 
-def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules: Any = None) -> dict[str, Any]:
-    """Train ``family``/``setting``/``seed`` under a monitor with the default alert rules (or ``rules``); write the
-    cache entry.  Returns the ``meta`` dict written to ``meta.json``.
-    """
+@dataclasses.dataclass
+class _Trained:
+    """What one monitored training run produced (before it is written to the cache)."""
+
+    val0: float
+    ranks0: dict[str, list[float]]
+    val: list[Optional[float]]
+    ranks: list[dict[str, list[float]]]
+    steps: list[int]
+    diverged: bool
+    init: dict[str, np.ndarray]
+    calls: list[tuple[str, str, float, np.ndarray]]
+    results: list[Any]
+    alerts: list[Any]
+    stats: dict[str, Any]
+    seconds: float
+    cpu_seconds: float
+
+
+def _train_monitored(family: Family, setting: str, seed: int, rules: Any) -> _Trained:
+    """Train one run with a snapshot after every epoch; the criterion's inputs are taken alongside."""
     import torch
 
     import wwmonitor
@@ -99,9 +116,8 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    hp = family.settings[setting]
-    t0 = time.perf_counter()
-    task = family.make(hp, seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    task = family.make(family.settings[setting], seed)
     init = _initial_matrices(task.model, task.monitor_kwargs)
     val0, ranks0 = task.val_loss(), _ranks(task)
     rec = Recorder()
@@ -134,25 +150,44 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules
             steps.append(step)
             mon.snapshot(step=step, epoch=epoch)
         mon.flush()
-        results = list(mon.results)
-        alerts = list(mon.alerts_fired)
-        stats = dict(mon.stats)
-    seconds = time.perf_counter() - t0
+        results, alerts, stats = list(mon.results), list(mon.alerts_fired), dict(mon.stats)
+    return _Trained(
+        val0,
+        ranks0,
+        val,
+        ranks,
+        steps,
+        diverged,
+        init,
+        rec.calls,
+        results,
+        alerts,
+        stats,
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+    )
+
+
+def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules: Any = None) -> dict[str, Any]:
+    """Train ``family``/``setting``/``seed`` under a monitor with the default alert rules (or ``rules``); write the
+    cache entry.  Returns the ``meta`` dict written to ``meta.json``.
+    """
+    tr = _train_monitored(family, setting, seed, rules)
+    what = f"{family.name}/{setting}/seed{seed}"
+    results = tr.results
     if len(results) != family.epochs:
-        raise RuntimeError(f"{family.name}/{setting}/seed{seed}: {len(results)} results for {family.epochs} snapshots")
-    per = len(rec.calls) // len(results)
+        raise RuntimeError(f"{what}: {len(results)} results for {family.epochs} snapshots")
     names = [lm.name for lm in results[0].layers]
-    if per * len(results) != len(rec.calls) or [c[0] for c in rec.calls[:per]] != names:
-        raise RuntimeError(f"{family.name}/{setting}/seed{seed}: recorded matrices do not match the results")
+    per = len(names)
+    chunks = [tr.calls[k * per : (k + 1) * per] for k in range(len(results))]
+    if per * len(results) != len(tr.calls) or any([c[0] for c in ch] != names for ch in chunks):
+        raise RuntimeError(f"{what}: the recorded matrices do not match the monitor's results")
     out = run_dir(cache, family.name, setting, seed)
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
-    np.savez(tmp_out / "init.npz", **{f"a{i}": init[n] for i, n in enumerate(names) if n in init})
-    for k in range(len(results)):
-        chunk = rec.calls[k * per : (k + 1) * per]
-        if [c[0] for c in chunk] != names:
-            raise RuntimeError(f"{family.name}/{setting}/seed{seed}: snapshot {k} analysed other matrices")
+    np.savez(tmp_out / "init.npz", **{f"a{i}": tr.init[n] for i, n in enumerate(names) if n in tr.init})
+    for k, chunk in enumerate(chunks):
         np.savez(tmp_out / f"snap_{k:03d}.npz", **{f"a{i}": c[3] for i, c in enumerate(chunk)})
     for r in results:
         r.figures.clear()
@@ -163,20 +198,21 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules
         "family": family.name,
         "setting": setting,
         "seed": seed,
-        "hyper": hp,
+        "hyper": family.settings[setting],
         "reference": family.reference,
         "intent": family.intent.get(setting, ""),
         "epochs": family.epochs,
-        "seconds": seconds,
-        "val0": val0 if math.isfinite(val0) else None,
-        "val": val,
-        "ranks0": ranks0,
-        "ranks": ranks,
-        "diverged": diverged,
-        "steps": steps,
-        "entries": [[c[0], c[1], c[2], list(c[3].shape)] for c in rec.calls[:per]],
-        "alerts": [dataclasses.asdict(a) for a in alerts],
-        "monitor_stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+        "seconds": tr.seconds,
+        "cpu_seconds": tr.cpu_seconds,
+        "val0": tr.val0 if math.isfinite(tr.val0) else None,
+        "val": tr.val,
+        "ranks0": tr.ranks0,
+        "ranks": tr.ranks,
+        "diverged": tr.diverged,
+        "steps": tr.steps,
+        "entries": [[c[0], c[1], c[2], list(c[3].shape)] for c in chunks[0]],
+        "alerts": [dataclasses.asdict(a) for a in tr.alerts],
+        "monitor_stats": {k: v for k, v in tr.stats.items() if isinstance(v, (int, float, str))},
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (tmp_out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -201,6 +237,6 @@ def record(
                 continue
             for seed in seeds:
                 meta = train_and_record(family, setting, seed, cache)
-                log(f"recorded {fam}/{setting}/seed{seed}: {meta['seconds']:.1f} s")
+                log(f"recorded {fam}/{setting}/seed{seed}: {meta['seconds']:.1f} s ({meta['cpu_seconds']:.1f} s CPU)")
                 metas.append(meta)
     return metas

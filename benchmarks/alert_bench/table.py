@@ -49,6 +49,7 @@ class Row:
     rules: str
     seconds: float
     errors: int
+    cpu_seconds: Optional[float] = None
 
     @property
     def before_last(self) -> bool:
@@ -81,6 +82,7 @@ def make_row(rep: Replayed, cache: Path) -> Row:
         ", ".join(f"{r} x{n}" for r, n in sorted(counts.items())) or "-",
         float(m["seconds"]),
         sum(rep.rule_errors.values()),
+        m.get("cpu_seconds"),
     )
 
 
@@ -162,7 +164,8 @@ def markdown(rows: list[Row]) -> str:
         "best-val epoch",
         "last epoch",
         "rules fired (warning+)",
-        "s",
+        "wall s",
+        "CPU s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -181,6 +184,7 @@ def markdown(rows: list[Row]) -> str:
                     str(r.last_epoch),
                     r.rules,
                     f"{r.seconds:.0f}",
+                    "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.0f}",
                 ]
             )
             + " |"
@@ -207,7 +211,8 @@ def docs_block(rows: list[Row], mode: str, command: str) -> str:
     return "\n".join(
         [
             f"Generated {now} by `{command}` (replay mode `{mode}`; load average {load} on "
-            f"{os.cpu_count()} CPUs at the time of writing; run seconds are the recording's wall time).",
+            f"{os.cpu_count()} CPUs at the time of writing; `wall s` and `CPU s`: recording one run, training and "
+            "monitor together).",
             "",
             summary(rows),
             "",
