@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +104,22 @@ def test_cache_refuses_the_repository(tmp_path, monkeypatch):
 
 def test_write_docs_replaces_only_the_block(tmp_path):
     doc = tmp_path / "alerts.md"
-    doc.write_text(f"head\n{table.BEGIN}\nold\n{table.END}\ntail\n")
+    doc.write_text("head\n<!-- bench:alert-bench:begin -->\nold\n<!-- bench:alert-bench:end -->\ntail\n")
     table.write_docs("new table", doc)
-    assert doc.read_text() == f"head\n{table.BEGIN}\nnew table\n{table.END}\ntail\n"
+    assert (
+        doc.read_text() == "head\n<!-- bench:alert-bench:begin -->\nnew table\n<!-- bench:alert-bench:end -->\ntail\n"
+    )
     doc.write_text("no markers")
-    with pytest.raises(ValueError, match="expected exactly one"):
+    with pytest.raises(ValueError, match="alert-bench"):
         table.write_docs("x", doc)
+
+
+def test_docs_block_exists_once_and_cites_no_machine_path():
+    from benchmarks import docs_blocks
+
+    text = (ROOT / table.DOC).read_text()
+    docs_blocks.read_block(text, table.BLOCK)
+    assert not re.findall(r"(?<![\w.])/(?:work|tmp|home|root|mnt|Users)/\S+", text)
 
 
 def test_budget_and_verdict_sentences():

@@ -1,9 +1,11 @@
 """``python -m benchmarks.alert_bench [record|table] [--split tune|heldout|all] [--families ...] [--seeds N]
-[--mode reanalyse|results] [--cache DIR] [--write-docs]``
+[--mode reanalyse|results] [--cache DIR] [--write-docs [--force]]``
 
 ``record`` trains and records the runs (into the cache), then prints the table; ``table`` replays the recorded
 runs with the current default rules and prints the table (no training).  ``--write-docs`` writes the table into
-docs/alerts.md between its alert-bench markers.  Exit status 0 either way: the budget is a measurement.
+docs/alerts.md between its ``bench:alert-bench`` markers (benchmarks/docs_blocks.py), stamped with the load at the
+start and the end; like ``python -m benchmarks --write-docs`` it refuses (exit status 3) when the load is above the
+CPU count unless ``--force``.  Otherwise exit status 0 whatever the budget: the budget is a measurement.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Optional, Sequence
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    from benchmarks import docs_blocks
+
     from .families import FAMILIES
     from .record import cache_dir, record
     from .replay import MODES, recorded_runs, replay
     from .split import SPLITS
-    from .table import docs_block, make_row, markdown, summary, write_docs
+    from .table import DOC, docs_block, make_row, markdown, summary, write_docs
 
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.alert_bench",
@@ -39,12 +43,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--mode", default="reanalyse", choices=MODES, help="replay mode (see replay.py)")
     ap.add_argument("--cache", help="cache folder (default $WWM_ALERT_BENCH_CACHE or /work/alert_bench_cache)")
     ap.add_argument("--write-docs", action="store_true", help="write the table into docs/alerts.md")
+    ap.add_argument("--force", action="store_true", help="write the docs even when the load is above the CPU count")
     args = ap.parse_args(argv)
     families = list(args.families or SPLITS[args.split])
     seeds = list(range(args.seeds))
     cache = cache_dir(args.cache)
     logging.getLogger("wwmonitor").setLevel(logging.ERROR)
     t0 = time.perf_counter()
+    load_start = docs_blocks.load_average()
     if args.command == "record":
         record(families, seeds, cache, args.settings, log=lambda s: print(s, file=sys.stderr, flush=True))
     if not recorded_runs(cache, families):
@@ -64,9 +70,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{replay_s:.1f} s; this command {time.perf_counter() - t0:.0f} s)"
     )
     if args.write_docs:
+        load_end = docs_blocks.load_average()
+        busy = docs_blocks.too_busy([load_start, load_end], docs_blocks.cpu_count())
+        if busy and not args.force:
+            print(f"not writing the docs: {busy} (use --force to write anyway; the stamp records it)", file=sys.stderr)
+            return 3
         cmd = "python -m benchmarks.alert_bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        docs = Path(__file__).resolve().parents[2] / "docs" / "alerts.md"
-        write_docs(docs_block(rows, args.mode, cmd.strip()), docs)
+        docs = Path(__file__).resolve().parents[2] / DOC
+        write_docs(docs_block(rows, args.mode, docs_blocks.stamp(cmd.strip(), load_start, load_end)), docs)
         print(f"wrote the table into {docs}")
     return 0
 

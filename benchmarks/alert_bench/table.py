@@ -14,9 +14,6 @@ from the counts, never typed.
 
 from __future__ import annotations
 
-import datetime
-import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,7 +25,8 @@ from .replay import Replayed, load_meta
 from .split import SPLITS
 
 SEVERE = ("warning", "error")
-BEGIN, END = "<!-- alert-bench:begin -->", "<!-- alert-bench:end -->"
+#: the marker block this table is written into (benchmarks/docs_blocks.py), and its file
+BLOCK, DOC = "alert-bench", "docs/alerts.md"
 #: the budget's goals
 MAX_FALSE_ALARM = Fraction(1, 20)
 MIN_EARLY = Fraction(3, 4)
@@ -152,7 +150,7 @@ def met(b: dict[str, Any]) -> bool:
     )
 
 
-def markdown(rows: list[Row]) -> str:
+def markdown(rows: list[Row], wall: bool = True) -> str:
     head = [
         "split",
         "family",
@@ -164,7 +162,7 @@ def markdown(rows: list[Row]) -> str:
         "best-val epoch",
         "last epoch",
         "rules fired (warning+)",
-        "wall s",
+        *(["wall s"] if wall else []),
         "CPU s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -183,7 +181,7 @@ def markdown(rows: list[Row]) -> str:
                     str(r.best_epoch),
                     str(r.last_epoch),
                     r.rules,
-                    f"{r.seconds:.0f}",
+                    *([f"{r.seconds:.0f}"] if wall else []),
                     "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.0f}",
                 ]
             )
@@ -205,25 +203,25 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(out).rstrip()
 
 
-def docs_block(rows: list[Row], mode: str, command: str) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+def docs_block(rows: list[Row], mode: str, stamp: str) -> str:
+    """The body of the docs block: the stamp, the budget per split and the table (CPU seconds only: wall seconds
+    on a shared machine measure the other jobs as much as the run)."""
     return "\n".join(
         [
-            f"Generated {now} by `{command}` (replay mode `{mode}`; load average {load} on "
-            f"{os.cpu_count()} CPUs at the time of writing; `wall s` and `CPU s`: recording one run, training and "
-            "monitor together).",
+            stamp,
+            "",
+            f"Replay mode `{mode}`: the current default rules on the recorded runs. `CPU s`: CPU seconds of "
+            "recording the run (training, criterion and monitor; the first run of a process includes its imports).",
             "",
             summary(rows),
             "",
-            markdown(rows),
+            markdown(rows, wall=False),
         ]
     )
 
 
-def write_docs(block: str, path: Path) -> None:
-    text = path.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"{path}: expected exactly one {BEGIN} and one {END}")
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
-    path.write_text(new)
+def write_docs(body: str, path: Path) -> None:
+    """Replace the alert-bench block of the Markdown file ``path`` with ``body``."""
+    from benchmarks import docs_blocks
+
+    docs_blocks.write_block(path, BLOCK, body)
