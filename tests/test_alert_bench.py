@@ -20,7 +20,7 @@ import pytest
 from benchmarks.alert_bench import criterion, table
 from benchmarks.alert_bench.families import FAMILIES
 from benchmarks.alert_bench.record import cache_dir, run_dir, train_and_record
-from benchmarks.alert_bench.replay import replay_run
+from benchmarks.alert_bench.replay import replay, replay_run
 from benchmarks.alert_bench.split import HELDOUT, SPLITS, TUNE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +174,26 @@ def test_replay_gives_the_live_alerts(slice_cache, mode):
         live = [(a["step"], a["rule"], a["layer"], a["severity"]) for a in rep.meta["alerts"]]
         assert [(a.step, a.rule, a.layer, a.severity) for a in rep.alerts] == live, (fam, setting)
         assert not rep.rule_errors
+
+
+@pytest.mark.slow
+def test_refresh_rewrites_the_results_with_the_current_analysis(slice_cache):
+    """After ``refresh`` the fast mode replays the current analysis: here the recorded and current analyses are
+    the same code, so the rewritten results must give the same layers' metrics and the same alerts."""
+    import pickle
+
+    path = run_dir(slice_cache, "mlp_cls", "lr_huge", 0)
+    with open(path / "results.pkl", "rb") as f:
+        before = [[(lm.name, lm.alpha, lm.phase) for lm in r.layers] for r in pickle.load(f)]
+    (rep,) = replay(slice_cache, ["mlp_cls"], seeds=[0], refresh=True, settings_filter=["lr_huge"])
+    with open(path / "results.pkl", "rb") as f:
+        after = pickle.load(f)
+    assert [[(lm.name, lm.alpha, lm.phase) for lm in r.layers] for r in after] == before
+    assert all(not r.alerts for r in after) and not (path / "results.pkl.tmp").exists()
+    fast = replay_run(path, mode="results")
+    assert [(a.step, a.rule, a.layer) for a in fast.alerts] == [(a.step, a.rule, a.layer) for a in rep.alerts]
+    with pytest.raises(ValueError, match="refresh needs"):
+        replay(slice_cache, ["mlp_cls"], mode="results", refresh=True)
 
 
 @pytest.mark.slow

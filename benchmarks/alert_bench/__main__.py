@@ -1,11 +1,13 @@
-"""``python -m benchmarks.alert_bench [record|table] [--split tune|heldout|all] [--families ...] [--seeds N]
+"""``python -m benchmarks.alert_bench [record|table|refresh] [--split tune|heldout|all] [--families ...] [--seeds N]
 [--mode reanalyse|results] [--cache DIR] [--write-docs [--force]]``
 
 ``record`` trains and records the runs (into the cache), then prints the table; ``table`` replays the recorded
-runs with the current default rules and prints the table (no training).  ``--write-docs`` writes the table into
-docs/alerts.md between its ``bench:alert-bench`` markers (benchmarks/docs_blocks.py), stamped with the load at the
-start and the end; like ``python -m benchmarks --write-docs`` it refuses (exit status 3) when the load is above the
-CPU count unless ``--force``.  Otherwise exit status 0 whatever the budget: the budget is a measurement.
+runs with the current default rules and prints the table (no training); ``refresh`` re-analyses the recorded runs
+with the current analysis code, rewrites their ``results.pkl`` (for ``--mode results``) and prints the table.
+``--write-docs`` writes the table into docs/alerts.md between its ``bench:alert-bench`` markers
+(benchmarks/docs_blocks.py), stamped with the load at the start and the end; like ``python -m benchmarks
+--write-docs`` it refuses (exit status 3) when the load is above the CPU count unless ``--force``.  Otherwise the
+exit status is 0 whatever the budget: the budget is a measurement.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("command", nargs="?", default="table", choices=("record", "table"))
+    ap.add_argument("command", nargs="?", default="table", choices=("record", "table", "refresh"))
     ap.add_argument("--split", default="all", choices=tuple(SPLITS))
     ap.add_argument("--families", nargs="+", choices=sorted(FAMILIES), help="instead of --split")
     ap.add_argument("--settings", nargs="+", help="record only these settings (the reference is always needed)")
@@ -56,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not recorded_runs(cache, families):
         print(f"nothing recorded for {families} in {cache}; run `record` first", file=sys.stderr)
         return 1
-    reps = replay(cache, families, args.mode, seeds=seeds)
+    refresh = args.command == "refresh"
+    reps = replay(cache, families, "reanalyse" if refresh else args.mode, seeds=seeds, refresh=refresh)
     rows = sorted(
         (make_row(r, cache) for r in reps),
         key=lambda r: (families.index(r.family), list(FAMILIES[r.family].settings).index(r.setting), r.seed),

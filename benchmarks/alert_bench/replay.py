@@ -13,12 +13,17 @@ Two modes:
   at record time) go straight to the rules; rules that need the weights still get ``inspect_weights`` on the
   recorded matrices.  Use it only while the analysis and the phases are unchanged since recording.
 
+After a change of the analysis or the phases, ``python -m benchmarks.alert_bench refresh`` re-analyses every
+recorded run once and rewrites its ``results.pkl`` (:func:`refresh_results`), so that ``"results"`` is right
+(and fast) again.
+
 A rule that raises is counted in ``rule_errors`` of the replayed run (the table shows them), as in the monitor.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +125,37 @@ def replay(
     mode: str = "reanalyse",
     rules_factory: Optional[Callable[[], Any]] = None,
     seeds: Optional[list[int]] = None,
+    refresh: bool = False,
+    settings_filter: Optional[list[str]] = None,
 ) -> list[Replayed]:
-    """Replay every recorded run of ``families`` (and ``seeds``) with fresh rules from ``rules_factory``."""
+    """Replay every recorded run of ``families`` (and ``seeds``, ``settings_filter``) with fresh rules from
+    ``rules_factory``.
+
+    ``refresh`` (with ``mode="reanalyse"``): also rewrite each run's ``results.pkl`` with the results of the
+    current analysis (:func:`refresh_results`).
+    """
+    if refresh and mode != "reanalyse":
+        raise ValueError("refresh needs mode='reanalyse'")
     out = []
     for path in recorded_runs(cache, families):
         if seeds is not None and int(path.name[4:]) not in seeds:
             continue
-        out.append(replay_run(path, rules_factory() if rules_factory else None, mode))
+        if settings_filter is not None and path.parent.name not in settings_filter:
+            continue
+        rep = replay_run(path, rules_factory() if rules_factory else None, mode, keep_results=refresh)
+        if refresh:
+            refresh_results(path, rep.results)
+            rep.results = []
+        out.append(rep)
     return out
+
+
+def refresh_results(path: Path, results: list[Any]) -> None:
+    """Replace ``path/results.pkl`` by ``results`` (alerts removed), atomically (a reader never sees half a file)."""
+    for r in results:
+        r.alerts = []
+        r.figures.clear()
+    tmp = path / "results.pkl.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(results, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path / "results.pkl")

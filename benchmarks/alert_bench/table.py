@@ -211,7 +211,8 @@ def docs_block(rows: list[Row], mode: str, stamp: str) -> str:
             stamp,
             "",
             f"Replay mode `{mode}`: the current default rules on the recorded runs. `CPU s`: CPU seconds of "
-            "recording the run (training, criterion and monitor; the first run of a process includes its imports).",
+            "recording the run (training, criterion and monitor; the first run of a process includes its imports; "
+            "`-`: recorded before the bench kept CPU time).",
             "",
             summary(rows),
             "",
