@@ -26,7 +26,7 @@ from wwmonitor.records import SnapshotResult
 
 def _result(step: int, mats: dict[str, np.ndarray], epoch: int | None = None) -> SnapshotResult:
     layers = [wwmonitor.analyze_matrix(W, name, keep_esd=True) for name, W in mats.items()]
-    esds = {lm.name: lm.extra.pop("esd") for lm in layers if "esd" in lm.extra}
+    esds = {lm.name: lm.esd for lm in layers if lm.esd is not None}
     return SnapshotResult(step=step, epoch=epoch, time=time.time(), layers=layers, esds=esds)
 
 
@@ -385,7 +385,7 @@ def test_correlation_traps():
     assert correlation_traps(W)["num_traps"] >= 2
     lm = wwmonitor.analyze_matrix(W, "trap")
     rules = AlertRules(rules=["correlation_trap"])
-    rules.inspect_weights("trap", W, lm)
+    assert rules.inspect_weights("trap", W, lm) == {}
     a = rules.evaluate(SnapshotResult(step=0, epoch=0, time=0.0, layers=[lm]))
     assert [x.rule for x in a] == ["correlation_trap"]
     assert a[0].message == "layer 'trap' at step 0 (epoch 0): 2 correlation trap(s) survive element randomisation"
@@ -413,29 +413,27 @@ def test_rules_say_they_need_weights_and_the_analyser_fills_them_in():
     t = threading.Thread(target=analyser)
     t.start()
     t.join()
-    assert [lm.extra.get("num_traps") for lm in layers] == [1, 0]
+    assert [lm.num_traps for lm in layers] == [1, 0]
     fired = rules.evaluate(SnapshotResult(step=1, epoch=None, time=0.0, layers=layers))
     assert [(a.rule, a.layer) for a in fired] == [("correlation_trap", "trap")]
     lm = wwmonitor.analyze_matrix(W, "trap")
     AlertRules().inspect_weights("trap", W, lm)  # no rule needs weights: nothing computed
-    assert "num_traps" not in lm.extra
+    assert lm.num_traps is None
 
 
-def test_a_failed_weight_inspection_travels_with_the_layer_and_is_reported_by_evaluate():
+def test_a_failed_weight_inspection_travels_in_the_result_and_is_reported_by_evaluate():
     rules = AlertRules(rules=["correlation_trap"])
     lm = LayerMetrics(name="odd", N=5, M=1, status="ok")
-    rules.inspect_weights("odd", np.ones(5), lm)  # 1-D: the trap count fails; must not raise
-    assert "num_traps" not in lm.extra  # the failure travels with the layer to evaluate()
+    failed = rules.inspect_weights("odd", np.ones(5), lm)  # 1-D: the trap count fails; must not raise
+    assert lm.num_traps is None and list(failed) == ["correlation_trap"]
     errors = []
-    fired = rules.evaluate(
-        SnapshotResult(step=3, epoch=None, time=0.0, layers=[lm]),
-        on_error=lambda where, what, exc: errors.append((where, what, exc)),
-    )
+    res = SnapshotResult(step=3, epoch=None, time=0.0, layers=[lm], inspect_errors={"odd": failed})
+    fired = rules.evaluate(res, on_error=lambda where, what, exc: errors.append((where, what, exc)))
     assert fired == []
     assert [(w, "step 3" in what and "'odd'" in what, type(e)) for w, what, e in errors] == [
         ("alert:correlation_trap", True, ValueError)
     ]
-    assert lm.extra == {}  # reported once and removed: the sinks never see it
+    assert lm.extra == {} and res.inspect_errors == {}  # reported once and removed: the sinks never see it
     assert rules.rule_errors == {"correlation_trap": 1}
 
 

@@ -353,7 +353,7 @@ def test_conv_snapshot_matches_direct_analysis(tmp_path):
         spec.tensor, "0", scale=spec.scale, options=AnalysisOptions(mp_fit=False, phases=False, keep_esd=True)
     )
     got = mon.results[0]
-    np.testing.assert_array_equal(got.esds["0"], ref.extra["esd"])
+    np.testing.assert_array_equal(got.esds["0"], ref.esd)
     assert got.layers[0].alpha == ref.alpha
 
 
@@ -715,7 +715,7 @@ def test_correlation_trap_rule_fires_without_any_wiring(tmp_path):
     with Monitor(None, tmp_path, options=FAST, alerts=rules, every_n_epochs=None) as mon:
         mon.snapshot(step=0, matrices={"fc1": W, "clean": rng.standard_normal((200, 100))})
     lms = {lm.name: lm for lm in mon.results[0].layers}
-    assert lms["fc1"].extra["num_traps"] == 2 and lms["clean"].extra["num_traps"] == 0
+    assert lms["fc1"].num_traps == 2 and lms["clean"].num_traps == 0
     fired = [(a.rule, a.layer) for a in mon.alerts_fired]
     assert fired == [("correlation_trap", "fc1")]
 

@@ -227,7 +227,7 @@ def test_settings_are_checked_when_assigned_and_used():
 # ------------------------------------------------------------------------------------ real spectra, analysed
 def _analysed(step: int, W: np.ndarray) -> SnapshotResult:
     lm = wwmonitor.analyze_matrix(W, "fc", keep_esd=True)
-    esds = {"fc": lm.extra.pop("esd")}
+    esds = {"fc": lm.esd}
     return SnapshotResult(step=step, epoch=step, time=0.0, layers=[lm], esds=esds)
 
 

@@ -62,7 +62,7 @@ Rules (ids in parentheses; all per layer; one object each in :mod:`.rules`)
     edge ``λ+ + TW`` (weightwatcher's "randomize" diagnostic; large single
     entries survive the shuffle, true correlations do not).  Computed by
     :func:`correlation_traps` in :meth:`AlertRules.inspect_weights` into
-    ``LayerMetrics.extra["num_traps"]``, which the rule reads.
+    ``LayerMetrics.num_traps``, which the rule reads.
 
 Hysteresis: a stateful rule fires on the transition inactive -> active and
 cannot fire again for that layer until its clear condition holds, so a

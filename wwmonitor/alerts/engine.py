@@ -30,8 +30,6 @@ _LEGACY_FIELDS = ("low_count", "prev_alpha", "phase", "cand_phase", "cand_count"
 assert set(_LEGACY_FIELDS) <= set(_FIELDS)
 #: the constructor's arguments; assigning one of them later re-checks it and rebuilds the rules
 _SETTINGS = ("rules", "stop_on", *DEFAULTS, "warn", "log_alerts", "on_alert")
-#: ``lm.extra`` key carrying the failures of :meth:`AlertRules.inspect_weights` (rule id -> exception) to evaluate()
-INSPECT_ERRORS = "alert_errors"
 
 
 class AlertRules:
@@ -208,17 +206,18 @@ class AlertRules:
         return any(r.needs_weights for r in self._rules)
 
     # ------------------------------------------------------------ analyser
-    def inspect_weights(self, name: str, W: np.ndarray, lm: LayerMetrics) -> None:
-        """Let every enabled rule that needs the weights read ``W`` (layer ``name``) into ``lm.extra``.
+    def inspect_weights(self, name: str, W: np.ndarray, lm: LayerMetrics) -> dict[str, BaseException]:
+        """Let every enabled rule that needs the weights read ``W`` (layer ``name``) into ``lm``.
 
         Called by the analyser, on its thread, for every analysed matrix when
-        :attr:`needs_weights` is true (e.g. ``correlation_trap`` stores
-        ``lm.extra["num_traps"]``).  Keeps no state, so it is safe on any thread.
-        Never raises: a rule's failure travels with the layer, in
-        ``lm.extra["alert_errors"]`` (rule id -> exception), and :meth:`evaluate`
-        reports it (and removes the entry) like a failure of that rule on that
+        :attr:`needs_weights` is true (e.g. ``correlation_trap`` sets
+        ``lm.num_traps``).  Keeps no state, so it is safe on any thread.
+        Never raises: returns the rules that failed (rule id -> exception); the
+        analyser puts them in ``SnapshotResult.inspect_errors`` and
+        :meth:`evaluate` reports each like a failure of that rule on that
         layer.  Does nothing when no rule needs weights.
         """
+        failed: dict[str, BaseException] = {}
         for rule in self._rules:
             if not rule.needs_weights:
                 continue
@@ -227,7 +226,8 @@ class AlertRules:
             except Exception as exc:  # noqa: BLE001 - reported by evaluate(), never lost
                 log.debug("alert rule %s: inspect_weights failed on layer %r", rule.id, name, exc_info=exc)
                 exc.__traceback__ = None  # do not keep the analyser's frames (and the weights) alive
-                lm.extra.setdefault(INSPECT_ERRORS, {})[rule.id] = exc
+                failed[rule.id] = exc
+        return failed
 
     # ---------------------------------------------------------- dispatcher
     def evaluate(self, result: SnapshotResult, on_error: Optional[OnError] = None) -> list[Alert]:
@@ -245,7 +245,7 @@ class AlertRules:
         for lm in result.layers:
             what = f"step {result.step}, layer {getattr(lm, 'name', '?')!r}"
             try:
-                failed = self._report_inspect_errors(lm, what, on_error)
+                failed = self._report_inspect_errors(result.inspect_errors.pop(lm.name, None), what, on_error)
                 st = self._state.get(lm.name)
                 if st is None:
                     st = self._state[lm.name] = LayerState({k: d for k, (d, _) in _FIELDS.items()})
@@ -271,8 +271,9 @@ class AlertRules:
 
     __call__ = evaluate
 
-    def _report_inspect_errors(self, lm: LayerMetrics, what: str, on_error: Optional[OnError]) -> set[str]:
-        errors = lm.extra.pop(INSPECT_ERRORS, None) if isinstance(lm.extra, dict) else None
+    def _report_inspect_errors(
+        self, errors: Optional[dict[str, BaseException]], what: str, on_error: Optional[OnError]
+    ) -> set[str]:
         if not errors:
             return set()
         for rule_id, exc in errors.items():

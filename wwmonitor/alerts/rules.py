@@ -338,7 +338,7 @@ class PhaseChange(Rule):
 
 
 class CorrelationTrap(Rule):
-    """``>= trap_threshold`` correlation traps; reads ``lm.extra["num_traps"]`` written by :meth:`inspect`."""
+    """``>= trap_threshold`` correlation traps; reads ``lm.num_traps`` written by :meth:`inspect`."""
 
     id, severity, needs_weights = "correlation_trap", "warning", True
 
@@ -348,10 +348,10 @@ class CorrelationTrap(Rule):
 
     def inspect(self, name: str, W: np.ndarray, lm: LayerMetrics) -> None:
         if lm.status == "ok":
-            lm.extra["num_traps"] = correlation_traps(W, name=name)["num_traps"]
+            lm.num_traps = correlation_traps(W, name=name)["num_traps"]
 
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        n = ctx.lm.extra.get("num_traps")
+        n = ctx.lm.num_traps
         if n is None:
             if ctx.lm.status == "ok" and not self._told:  # a wiring bug upstream: say so, once
                 self._told = True

@@ -4,7 +4,9 @@
 ``pytorch_model.bin``), a torch checkpoint (``.pt/.pth/.bin/.ckpt``, loaded with ``weights_only=True``), an
 ``.npz`` (``allow_pickle=False``) or a ``.keras`` model.  Nothing is ever unpickled with arbitrary code
 execution.  A file that cannot be read as its format (truncated, corrupt, an ``.npz`` holding object arrays that
-would need pickle) raises ``ValueError`` naming the file and the problem.
+would need pickle) raises ``ValueError`` naming the file and the problem.  A folder whose
+``model.safetensors.index.json`` names a shard that is missing is refused naming the shard, and a PEFT adapter
+folder (``adapter_config.json``) is refused with what to analyse instead (:mod:`.folder`).
 
 Streaming (:mod:`.lazy`): :func:`open_weights` on a ``.safetensors`` file or a folder of shards reads only the
 headers (names, shapes, dtypes, offsets) and returns a :class:`LazyWeights` of :class:`LazyTensor`; each tensor is

@@ -226,6 +226,10 @@ class LazyWeights(Mapping):
                         f"{source or f}: tensor {t.key!r} is in two shards, {origin[t.key].name} and {f.name}"
                     )
                 entries[t.key], origin[t.key] = t, f
+        if source is not None and source.is_dir():
+            from .folder import check_index
+
+            check_index(source, origin)
         return cls(entries, files, source or Path(files[0]))
 
 
@@ -271,8 +275,13 @@ def open_weights(path: os.PathLike | str) -> Any:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
+    from .folder import refuse_adapter
+
+    refuse_adapter(p)  # a PEFT adapter's factors are not a model's weights
     if p.is_dir():
-        shards = sorted(p.glob("*.safetensors"))
+        from .folder import safetensors_shards
+
+        shards = safetensors_shards(p)  # checked against the shard index
         if shards:
             return LazyWeights.from_files(shards, p)
     elif p.suffix.lower() == ".safetensors":

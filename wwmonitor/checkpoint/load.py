@@ -20,8 +20,13 @@ def load_weights(path: os.PathLike | str) -> Any:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
+    from .folder import refuse_adapter
+
+    refuse_adapter(p)  # a PEFT adapter's factors are not a model's weights
     if p.is_dir():
-        shards = sorted(p.glob("*.safetensors"))
+        from .folder import check_index, safetensors_shards
+
+        shards = safetensors_shards(p)  # checked against the shard index
         if shards:
             out: dict[str, Any] = {}
             origin: dict[str, Path] = {}
@@ -30,10 +35,16 @@ def load_weights(path: os.PathLike | str) -> Any:
                     if k in out:  # never let one shard silently replace another's tensor
                         raise ValueError(f"{p}: tensor {k!r} is in two shards, {origin[k].name} and {s.name}")
                     out[k], origin[k] = v, s
+            check_index(p, origin)
             return out
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
             if (p / name).exists():
                 return _load_torch(p / name)
+        if (p / "pytorch_model.bin.index.json").is_file():
+            raise ValueError(
+                f"{p}: sharded pytorch_model-*.bin checkpoints are not supported; save the model as safetensors "
+                "(model.save_pretrained(folder, safe_serialization=True)) and analyse that folder"
+            )
         raise ValueError(f"{p}: folder holds no *.safetensors or pytorch_model.bin weights")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":

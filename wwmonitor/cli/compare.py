@@ -5,9 +5,11 @@ page is the sweep report; without one (identical configs, no configs, only
 the seed differs) or with ``--by-run`` the runs are compared side by side by
 name: curves overlaid, one final-snapshot row per run, phases per run.
 
-A run store that cannot be read, runs that cannot be compared, or an output
-folder that cannot be written is one line on stderr naming it, exit status
-2; figures that could not be drawn are listed on stderr (and at the top of
+A run store that cannot be read, an Optuna storage that cannot be read (a
+damaged page, a schema this Optuna does not know), runs that cannot be
+compared, or an output folder that cannot be written is one line on stderr
+naming it, exit status 2 (never a traceback); trials left out are listed, one
+line each, before it; figures that could not be drawn are listed on stderr (and at the top of
 the page) after the comparison is written.
 """
 
@@ -88,9 +90,11 @@ def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     notes: list[str] = []
     try:
-        dirs = expand_run_dirs(args.run_dirs, notes)
-        for note in notes:
-            print(f"wwmonitor compare: left out: {note}", file=sys.stderr)
+        try:
+            dirs = expand_run_dirs(args.run_dirs, notes)
+        finally:  # also when no run was found: the trials left out say why
+            for note in notes:
+                print(f"wwmonitor compare: left out: {note}", file=sys.stderr)
         if len(dirs) < 2:
             return fail("compare", "need at least two runs to compare")
         if args.by_run and args.param is not None:

@@ -9,7 +9,8 @@ current directory is importable.  The table has one row per weight tensor of
 write it (``-`` for stdout).  Nothing is analysed, so this is quick.
 
 Bad input -- a missing or unreadable checkpoint, a module or attribute that
-cannot be imported, a factory that raises, an object that is not a model, a
+cannot be imported, a module or factory that calls ``sys.exit`` (named with its file), a factory
+that raises, an object that is not a model, a
 ``--json``/``--csv`` target that cannot be written -- is one line
 ``wwmonitor describe: <reason>`` on stderr and exit status 2.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -100,6 +102,12 @@ def resolve_target(target: str) -> Any:
         obj: Any = importlib.import_module(modname)
     except ImportError as e:
         raise ImportError(f"cannot import module {modname!r} ({type(e).__name__}: {e})") from e
+    except SystemExit as e:  # not an Exception: without this, describe would end with no table and no error
+        raise ValueError(
+            f"importing module {modname!r} ({_module_file(modname)}) called sys.exit({e.code!r}); "
+            "guard the script's top-level code with `if __name__ == '__main__':` so that importing it "
+            "only defines the model"
+        ) from e
     except Exception as e:  # noqa: BLE001 - an error while importing the user's module
         raise ValueError(f"importing module {modname!r} failed: {type(e).__name__}: {e}") from e
     for part in attr.split("."):
@@ -111,9 +119,22 @@ def resolve_target(target: str) -> Any:
             raise TypeError(f"{modname}:{attr} is not callable (drop the '()')")
         try:
             obj = obj()
+        except SystemExit as e:  # not an Exception: see the import above
+            raise ValueError(
+                f"{modname}:{attr}() ({_module_file(modname)}) called sys.exit({e.code!r}) instead of returning a model"
+            ) from e
         except Exception as e:  # noqa: BLE001 - the user's factory failed
             raise ValueError(f"{modname}:{attr}() raised {type(e).__name__}: {e}") from e
     return obj
+
+
+def _module_file(modname: str) -> str:
+    """The file ``modname`` is imported from, or ``"file unknown"``."""
+    try:
+        spec = importlib.util.find_spec(modname)
+    except (Exception, SystemExit):  # noqa: BLE001 - a parent package that fails to import: no file to name
+        spec = None
+    return str(spec.origin) if spec is not None and spec.origin else "file unknown"
 
 
 def _fmt_shape(shape: Any) -> str:

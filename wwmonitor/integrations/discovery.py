@@ -83,8 +83,10 @@ def _has_tables(db: Path, tables: set[str]) -> bool:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             conn.close()
-    except (OSError, sqlite3.Error):
+    except OSError:
         return False
+    except sqlite3.Error as e:  # an SQLite file whose schema cannot be read: say so rather than pass it over
+        raise ValueError(f"{db}: an SQLite file whose tables cannot be read ({type(e).__name__}: {e})") from e
     return tables <= names
 
 
@@ -175,6 +177,8 @@ def _load(folder: Path, params: Mapping[str, Any], notes: list[str], what: str) 
 
 
 def _from_optuna(db: Path, notes: list[str]) -> list["Run"]:
+    """The monitored trials of every study in the Optuna storage ``db``; a storage that cannot be read (a
+    corrupt page, a schema this Optuna does not know) is a one-line ``ValueError`` naming ``db``."""
     try:
         import optuna
     except ImportError as e:
@@ -182,27 +186,51 @@ def _from_optuna(db: Path, notes: list[str]) -> list["Run"]:
             f'{str(db)!r} is an Optuna storage; reading it needs optuna ({e}): pip install "wwmonitor[optuna]"'
         ) from e
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
-    runs: list[Run] = []
+    storage: Any = None
     try:
-        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            for t in study.get_trials(deepcopy=False):
-                what = f"study {summary.study_name!r} trial {t.number}"
-                attr = t.user_attrs.get(RUN_DIR_ATTR)
-                if not attr:
-                    notes.append(f"{what}: no {RUN_DIR_ATTR!r} user attribute (not monitored)")
-                    continue
-                folder = _resolve_moved(Path(str(attr)), db.parent)
-                run = _load(folder, t.params, notes, what)
-                if run is not None:
-                    runs.append(run)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", skip_table_creation=True)
+        trials = _optuna_trials(optuna, storage)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - sqlalchemy / sqlite3 / Optuna errors: a damaged or foreign storage
+        raise ValueError(
+            f"{db}: cannot be read as an Optuna storage ({_root_reason(e)}); a damaged file, or one written by "
+            f"another Optuna version (this is optuna {optuna.__version__}; `optuna storage upgrade` upgrades "
+            "an older one)"
+        ) from e
     finally:
-        storage.remove_session()
-        engine = getattr(storage, "engine", None)
-        if engine is not None:
-            engine.dispose()
+        if storage is not None:
+            storage.remove_session()
+            engine = getattr(storage, "engine", None)
+            if engine is not None:
+                engine.dispose()
+    runs: list[Run] = []
+    for what, attr, params in trials:
+        if not attr:
+            notes.append(f"{what}: no {RUN_DIR_ATTR!r} user attribute (not monitored)")
+            continue
+        run = _load(_resolve_moved(Path(str(attr)), db.parent), params, notes, what)
+        if run is not None:
+            runs.append(run)
     return runs
+
+
+def _optuna_trials(optuna: Any, storage: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``(description, run folder attribute or None, params)`` of every trial of every study in ``storage``."""
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False):
+            out.append((f"study {summary.study_name!r} trial {t.number}", t.user_attrs.get(RUN_DIR_ATTR), t.params))
+    return out
+
+
+def _root_reason(e: BaseException) -> str:
+    """``Type: message`` of the innermost cause of ``e``, on one line (without SQLAlchemy's SQL and links)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(getattr(e, "orig", None) or e).split("\n")[0]
+    return f"{type(getattr(e, 'orig', None) or e).__name__}: {' '.join(text.split())}"
 
 
 def _resolve_moved(folder: Path, root: Path) -> Path:

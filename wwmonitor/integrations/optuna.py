@@ -56,7 +56,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import optuna
 
-from ._common import PREFIX, lower_is_better, metric_key, record_eval_metrics, ww_metrics
+from ._common import PREFIX, _is_monitor, lower_is_better, metric_key, record_eval_metrics, ww_metrics
 from .discovery import RUN_DIR_ATTR, discover_runs
 
 # SpectralPruningCallback is built on first use by the module's __getattr__ (it needs lightning)
@@ -79,6 +79,37 @@ def trial_run_name(trial: "optuna.trial.BaseTrial") -> str:
     return f"{name}-trial{int(trial.number):04d}"
 
 
+def _check_trial(trial: Any, who: str) -> None:
+    """``TypeError`` unless ``trial`` is a running Optuna trial (it reports, prunes and takes user attributes);
+    ``ValueError`` when it has already finished."""
+    needed = ("number", "params", "report", "should_prune", "set_user_attr")
+    if not all(hasattr(trial, a) for a in needed):
+        got = "None" if trial is None else type(trial).__name__
+        hint = " (a Study: pass the trial your objective receives)" if isinstance(trial, optuna.Study) else ""
+        raise TypeError(
+            f"{who}: trial must be an optuna Trial (the argument of the objective function, or study.ask()), "
+            f"got {got}{hint}"
+        )
+    state = _finished_state(trial)
+    if state is not None:
+        raise ValueError(
+            f"{who}: trial {trial.number} has already finished (state {state}) and can take no more reports; "
+            "call it inside the objective while the trial runs (or after study.ask(), before study.tell())"
+        )
+
+
+def _finished_state(trial: Any) -> Optional[str]:
+    """The state's name when ``trial`` has finished, else ``None`` (also when it cannot be told)."""
+    state = getattr(trial, "state", None)  # FrozenTrial
+    if state is None:
+        storage, tid = getattr(trial, "storage", None), getattr(trial, "_trial_id", None)
+        try:
+            state = storage.get_trial(tid).state if storage is not None and tid is not None else None
+        except Exception:  # noqa: BLE001 - an unknown trial type: setting the user attribute will tell
+            return None
+    return state.name if isinstance(state, optuna.trial.TrialState) and state.is_finished() else None
+
+
 def _mark(trial: Any, monitor: Any) -> None:
     """Set the trial's :data:`RUN_DIR_ATTR` user attribute to the monitor's run folder (absolute)."""
     trial.set_user_attr(RUN_DIR_ATTR, str(Path(monitor.run_dir).resolve()))
@@ -99,12 +130,21 @@ def trial_monitor(
     (``trial.params``; suggest them before calling this), merged under a ``config`` given.  Put
     ``run_dir`` under the folder of the study's SQLite storage so that ``wwmonitor compare`` on that folder
     also finds moved sweeps.  Other arguments go to ``Monitor``.
+
+    ``trial`` that is not an Optuna trial is a ``TypeError``; a trial that has already finished is a
+    ``ValueError``, raised before any monitor is created.  Should recording the run folder in the trial
+    fail anyway, the monitor is closed before the error propagates (no threads or run lock left behind).
     """
     from ..monitor import Monitor
 
+    _check_trial(trial, "trial_monitor")
     cfg = {**dict(trial.params), **dict(config or {})}
     mon = Monitor(model, run_dir, run_name=run_name or trial_run_name(trial), config=cfg, **monitor_kwargs)
-    _mark(trial, mon)
+    try:
+        _mark(trial, mon)
+    except BaseException:
+        mon.close()
+        raise
     return mon
 
 
@@ -128,7 +168,8 @@ class SpectralPruning:
     (``"mean_alpha"``, ``"mean_stable_rank"``, ``"phase_count/heavy-tailed"`` ...).  ``negate``: see the
     module doc (``None``: negate the lower-is-better summaries in a maximizing study).  ``record_eval``
     stores the ``eval_metrics`` given to :meth:`step` in the run store (``wwmonitor compare`` ranks the
-    runs' spectra against their ``val_*`` entries).
+    runs' spectra against their ``val_*`` entries).  A ``trial`` that is not a running Optuna trial or a
+    ``monitor`` that is not a :class:`wwmonitor.Monitor` is refused at once (``TypeError``/``ValueError``).
     """
 
     def __init__(
@@ -141,6 +182,12 @@ class SpectralPruning:
         flush_timeout: Optional[float] = 120.0,
         record_eval: bool = True,
     ) -> None:
+        _check_trial(trial, "SpectralPruning")
+        if not _is_monitor(monitor):
+            raise TypeError(
+                "SpectralPruning: monitor must be a wwmonitor.Monitor (e.g. from trial_monitor(trial, model)), "
+                f"got {'None' if monitor is None else type(monitor).__name__}"
+            )
         self.trial = trial
         self.monitor = monitor
         self.metric = metric_key(metric)

@@ -133,7 +133,7 @@ def trial_run_dir(subdir: str = "wwmonitor") -> Path:
 def _trial_name() -> str:
     name = tune.get_context().get_trial_name()
     if not name:
-        raise RuntimeError("not inside a Ray Tune trial; pass run_name= explicitly")
+        raise RuntimeError("ray_tune.trial_monitor: not inside a Ray Tune trial; pass run_name= explicitly")
     return str(name)
 
 
@@ -231,7 +231,10 @@ class TuneReportSink:
         self._queue: collections.deque[dict[str, float]] = collections.deque()
         self._alerts: list[Any] = []
         self._lock = threading.Lock()
+        #: snapshots reported so far
         self.reported = 0
+        #: calls of :meth:`pump` outside a Tune trial (nothing reported; the rows stay queued)
+        self.pumps_outside_trial = 0
 
     def write(self, result: Any) -> None:
         """Queue one snapshot's flat metrics (the monitor's thread: nothing is reported here)."""
@@ -251,12 +254,23 @@ class TuneReportSink:
         """Report every queued snapshot (call from the trial's training thread); returns how many.
 
         With ``monitor`` the monitor is flushed first (up to ``timeout`` s), so the snapshot just taken is
-        among them.
+        among them.  Outside a Tune trial (and without ``report_fn``) ``tune.report`` would drop the rows:
+        nothing is reported, the rows stay queued (:attr:`pending`), the call is counted in
+        :attr:`pumps_outside_trial`, a warning is logged (first time) and the result is 0.
         """
         if monitor is not None:
             mon = getattr(monitor, "monitor", monitor)
             if mon is not None:
                 mon.flush(timeout)
+        if self.report_fn is None and not _in_trial():
+            self.pumps_outside_trial += 1
+            if self.pumps_outside_trial == 1:
+                log.warning(
+                    "wwmonitor: TuneReportSink.pump() called outside a Ray Tune trial: nothing reported, "
+                    "%d snapshot(s) kept queued; run the loop under tune.Tuner, or give report_fn=",
+                    self.pending,
+                )
+            return 0
         n = 0
         fn = self.report_fn or tune.report
         while True:
