@@ -210,12 +210,12 @@ def test_replay_judges_rules_that_need_the_weights(slice_cache, tmp_path):
     meta = train_and_record(FAMILIES["mlp_cls"], "lr_huge", 0, tmp_path, rules=rules())
     path = run_dir(tmp_path, "mlp_cls", "lr_huge", 0)
     with open(path / "results.pkl", "rb") as f:
-        live_traps = [[lm.extra.get("num_traps") for lm in r.layers] for r in pickle.load(f)]
+        live_traps = [[lm.num_traps for lm in r.layers] for r in pickle.load(f)]
     assert any(t is not None for snap in live_traps for t in snap)
     live = [(a["step"], a["rule"], a["layer"]) for a in meta["alerts"]]
     for mode in ("reanalyse", "results"):
         rep = replay_run(path, rules=rules(), mode=mode, keep_results=True)
-        assert [[lm.extra.get("num_traps") for lm in r.layers] for r in rep.results] == live_traps, mode
+        assert [[lm.num_traps for lm in r.layers] for r in rep.results] == live_traps, mode
         assert [(a.step, a.rule, a.layer) for a in rep.alerts] == live, mode
 
 
