@@ -197,6 +197,21 @@ def test_refresh_rewrites_the_results_with_the_current_analysis(slice_cache):
 
 
 @pytest.mark.slow
+def test_results_mode_refuses_results_of_other_analysis_code(slice_cache, tmp_path):
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(run_dir(slice_cache, "mlp_cls", "ref", 0), path)
+    (path / "results.fingerprint").write_text("0" * 64 + "\n")
+    with pytest.raises(ValueError, match="other analysis code"):
+        replay_run(path, mode="results")
+    (path / "results.fingerprint").unlink()
+    with pytest.raises(ValueError, match="no fingerprint"):
+        replay_run(path, mode="results")
+    assert replay_run(path).meta["setting"] == "ref"  # reanalyse needs no fingerprint
+
+
+@pytest.mark.slow
 def test_replay_judges_rules_that_need_the_weights(slice_cache, tmp_path):
     """correlation_trap reads the raw matrices: a live run with it and its replays agree, traps and all."""
     import pickle

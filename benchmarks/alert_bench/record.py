@@ -11,6 +11,7 @@ Cache layout (``cache_dir()``: ``$WWM_ALERT_BENCH_CACHE`` or ``/work/alert_bench
         snap_000.npz ... the matrices the monitor analysed at each snapshot (``a0``, ``a1``, ... in
                          ``entries`` order), copied inside the analysis call itself
         results.pkl      the monitor's SnapshotResult list (figures dropped), for the fast replay
+        results.fingerprint  the analysis code that wrote results.pkl (see replay.analysis_fingerprint)
 
 The matrices are recorded by wrapping the monitor's per-matrix analysis (``Monitor(analyze_fn=...)``): the
 recorder copies exactly the host copy the analyser reads, then runs the default analysis on it.  So a replay
@@ -38,6 +39,7 @@ import numpy as np
 from .criterion import rank_stats
 from .families import FAMILIES
 from .families.base import Family
+from .replay import FINGERPRINT, analysis_fingerprint
 
 #: default cache folder (outside the repository)
 DEFAULT_CACHE = "/work/alert_bench_cache"
@@ -193,6 +195,7 @@ def train_and_record(family: Family, setting: str, seed: int, cache: Path, rules
         r.figures.clear()
     with open(tmp_out / "results.pkl", "wb") as f:
         pickle.dump(results, f, protocol=pickle.HIGHEST_PROTOCOL)
+    (tmp_out / FINGERPRINT).write_text(analysis_fingerprint() + "\n")
     meta = {
         "format": FORMAT,
         "family": family.name,

@@ -17,6 +17,11 @@ After a change of the analysis or the phases, ``python -m benchmarks.alert_bench
 recorded run once and rewrites its ``results.pkl`` (:func:`refresh_results`), so that ``"results"`` is right
 (and fast) again.
 
+``results.pkl`` is written together with ``results.fingerprint``, a hash of the wwmonitor sources outside
+``wwmonitor/alerts`` (:func:`analysis_fingerprint`); ``"results"`` refuses a run whose fingerprint differs from
+the current code's (the pickled results would be another analysis, or not even load into the current classes):
+``refresh`` first, or replay with ``"reanalyse"``.  Changing only the alert rules keeps the fingerprint.
+
 A rule that raises is counted in ``rule_errors`` of the replayed run (the table shows them), as in the monitor.
 """
 
@@ -44,6 +49,37 @@ class Replayed:
     seconds: float = 0.0
     #: the replayed SnapshotResults (only with ``keep_results=True``)
     results: list[Any] = field(default_factory=list)
+
+
+FINGERPRINT = "results.fingerprint"
+
+
+def analysis_fingerprint() -> str:
+    """SHA-256 over the wwmonitor sources outside ``wwmonitor/alerts`` (paths and contents)."""
+    import hashlib
+
+    import wwmonitor
+
+    root = Path(wwmonitor.__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith("alerts/"):
+            continue
+        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def check_fingerprint(path: Path) -> None:
+    """``ValueError`` unless ``path/results.pkl`` was written by the current analysis code."""
+    f = path / FINGERPRINT
+    have = f.read_text().strip() if f.exists() else None
+    if have != analysis_fingerprint():
+        why = "has no fingerprint" if have is None else "was written by other analysis code"
+        raise ValueError(
+            f"{path}/results.pkl {why}: run `python -m benchmarks.alert_bench refresh` with the current code first, "
+            "or replay with mode 'reanalyse'"
+        )
 
 
 def load_meta(path: Path) -> dict[str, Any]:
@@ -90,6 +126,7 @@ def replay_run(
 
     recorded = None
     if mode == "results":
+        check_fingerprint(path)
         with open(path / "results.pkl", "rb") as f:
             recorded = pickle.load(f)
     active: set[str] = set()
@@ -159,3 +196,4 @@ def refresh_results(path: Path, results: list[Any]) -> None:
     with open(tmp, "wb") as f:
         pickle.dump(results, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path / "results.pkl")
+    (path / FINGERPRINT).write_text(analysis_fingerprint() + "\n")
