@@ -119,10 +119,14 @@ class AlertRules:
         trap_threshold: int = DEFAULTS["trap_threshold"],
         overreg_sr_ratio: float = DEFAULTS["overreg_sr_ratio"],
         overreg_softrank_ratio: float = DEFAULTS["overreg_softrank_ratio"],
-        overreg_norm_ratio: float = DEFAULTS["overreg_norm_ratio"],
+        overreg_bulk_ratio: float = DEFAULTS["overreg_bulk_ratio"],
         overreg_ref_snapshots: int = DEFAULTS["overreg_ref_snapshots"],
         overreg_patience: int = DEFAULTS["overreg_patience"],
         overreg_hysteresis: float = DEFAULTS["overreg_hysteresis"],
+        alpha_min_evals: int = DEFAULTS["alpha_min_evals"],
+        alpha_min_tail: int = DEFAULTS["alpha_min_tail"],
+        collapse_min_evals: int = DEFAULTS["collapse_min_evals"],
+        overreg_min_evals: int = DEFAULTS["overreg_min_evals"],
         stop_on: Iterable[str] = (),
         warn: bool = False,
         log_alerts: bool = True,
@@ -144,10 +148,14 @@ class AlertRules:
                 trap_threshold=trap_threshold,
                 overreg_sr_ratio=overreg_sr_ratio,
                 overreg_softrank_ratio=overreg_softrank_ratio,
-                overreg_norm_ratio=overreg_norm_ratio,
+                overreg_bulk_ratio=overreg_bulk_ratio,
                 overreg_ref_snapshots=overreg_ref_snapshots,
                 overreg_patience=overreg_patience,
                 overreg_hysteresis=overreg_hysteresis,
+                alpha_min_evals=alpha_min_evals,
+                alpha_min_tail=alpha_min_tail,
+                collapse_min_evals=collapse_min_evals,
+                overreg_min_evals=overreg_min_evals,
                 stop_on=stop_on,
                 warn=warn,
                 log_alerts=log_alerts,
@@ -179,10 +187,14 @@ class AlertRules:
     trap_threshold: int
     overreg_sr_ratio: float
     overreg_softrank_ratio: float
-    overreg_norm_ratio: float
+    overreg_bulk_ratio: float
     overreg_ref_snapshots: int
     overreg_patience: int
     overreg_hysteresis: float
+    alpha_min_evals: int
+    alpha_min_tail: int
+    collapse_min_evals: int
+    overreg_min_evals: int
     # set by _configure (through __dict__, past __setattr__)
     _settings: dict[str, Any]
     _rules: tuple[Rule, ...]
