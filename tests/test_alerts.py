@@ -107,6 +107,28 @@ def test_rank_collapse_says_nothing_below_its_minimum_layer_size():
     ]
 
 
+def test_rank_collapse_catches_a_layer_on_one_direction_from_its_first_snapshots():
+    # issue 16: a learning rate or weight decay far too large collapses a layer inside the first epoch; with no
+    # history to compare with, a stable rank <= 2 and an MP soft rank <= 0.01 at one of its first 3 snapshots fire
+    def snap(step: int, sr: float, soft: float) -> SnapshotResult:
+        return _fake(step, num_evals=64, stable_rank=sr, mp_softrank=soft)
+
+    rules = AlertRules(rules=["rank_collapse"])
+    fired = rules.evaluate(snap(0, 1.3, 0.002))
+    assert [a.rule for a in fired] == ["rank_collapse"]
+    assert "rank collapse within the first snapshots: stable rank 1.3 <= 2 and MP soft rank 0.002 <= 0.01" in (
+        fired[0].message
+    )
+    assert rules.evaluate(snap(1, 1.2, 0.001)) == []  # still collapsed: no repeat
+    # a layer that reaches rank ~1 late, from a healthy start, is not this clause's (a query matrix whose input is
+    # one-dimensional ends there in healthy training; over_regularization compares such a layer with its history)
+    late = AlertRules(rules=["rank_collapse"])
+    seq = [(2.1, 0.07), (1.9, 0.06), (1.8, 0.05), (1.5, 0.01), (1.1, 0.002), (1.0, 0.001)]
+    assert [s for s, (sr, so) in enumerate(seq) if late.evaluate(snap(s, sr, so))] == []
+    # a layer with a few large spikes but a visible bulk is not concentrated
+    assert AlertRules(rules=["rank_collapse"]).evaluate(snap(0, 1.8, 0.05)) == []
+
+
 def test_alpha_low_needs_patience_and_hysteresis():
     rules = AlertRules(alpha_low_patience=3, hysteresis=0.2, rules=["alpha_low"])
     alphas = [1.8, 1.9, 1.7, 1.95, 2.1, 1.9, 2.3, 1.8, 1.8, 1.8]

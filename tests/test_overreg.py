@@ -111,6 +111,15 @@ def test_a_collapse_to_one_direction_that_keeps_its_norm_fires():
     assert _fired(_rules(), seq) == [5]
 
 
+def test_a_layer_decaying_toward_zero_fires_although_its_ranks_do_not_move():
+    # weight decay far above the gradient shrinks the whole (random) matrix: stable and soft rank stay put
+    seq = [(60.0, 0.9, 1.0), (62.0, 0.95, 0.08), (63.0, 0.98, 6e-3), (64.0, 1.0, 5e-4), (64.0, 1.0, 4e-5)]
+    rules = _rules()
+    assert _fired(rules, seq) == [4]  # below 1e-3 of the first ||W||² at snapshots 3 and 4: patience 2
+    assert "||W||_F^2 at 4e-05 of its first value (the layer decays toward zero)" in rules.fired[0].message
+    assert _fired(_rules(), [(60.0, 0.9, 1.0)] + [(60.0, 0.9, 0.002)] * 4) == []  # 2e-3: not yet
+
+
 def test_layers_below_the_minimum_size_are_skipped():
     collapse = [(20.0, 1.0, 1.0)] + [(1.5, 0.05, 0.2)] * 4
     rules = AlertRules(rules=["over_regularization"])
@@ -238,6 +247,10 @@ _BAD = [
     ({"alpha_min_evals": -1}, ValueError, "alpha_min_evals"),
     ({"alpha_min_tail": 2.5}, ValueError, "alpha_min_tail"),
     ({"collapse_min_evals": 0}, ValueError, "collapse_min_evals"),
+    ({"collapse_sr": -1.0}, ValueError, "collapse_sr"),
+    ({"collapse_softrank": NAN}, ValueError, "collapse_softrank"),
+    ({"collapse_early": -1}, ValueError, "collapse_early"),
+    ({"overreg_vanish_ratio": -1e-3}, ValueError, "overreg_vanish_ratio"),
     ({"overreg_hysteresis": NAN}, ValueError, "overreg_hysteresis"),
     ({"overreg_hysteresis": -0.1}, ValueError, "overreg_hysteresis"),
     ({"overreg_hysteresis": 4.0}, ValueError, "overreg_hysteresis"),  # 0.22 * 5 > 1: could only clear above the ref

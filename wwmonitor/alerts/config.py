@@ -41,6 +41,9 @@ DEFAULT_RULES: tuple[str, ...] = tuple(r for r in RULES if r != "correlation_tra
 DEFAULTS: dict[str, Any] = {
     "collapse_tol": 1e-4,
     "collapse_fraction": 0.10,
+    "collapse_sr": 2.0,
+    "collapse_softrank": 0.01,
+    "collapse_early": 3,
     "alpha_low": 2.0,
     "alpha_low_patience": 3,
     "alpha_high": 6.0,
@@ -62,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "overreg_ref_snapshots": 3,
     "overreg_patience": 2,
     "overreg_hysteresis": 0.25,
+    "overreg_vanish_ratio": 1e-3,
 }
 
 
@@ -126,6 +130,10 @@ def check_config(
         raise ValueError(f"collapse_tol must be in (0, 1), got {p['collapse_tol']}")
     if not 0 < out["collapse_fraction"] <= 1:
         raise ValueError(f"collapse_fraction must be in (0, 1], got {p['collapse_fraction']}")
+    for name in ("collapse_sr", "collapse_softrank", "overreg_vanish_ratio"):
+        out[name] = _real(name, p[name])
+        if out[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {p[name]}")
     if out["alpha_low"] >= out["alpha_high"]:
         raise ValueError(f"alpha_low ({p['alpha_low']}) must be below alpha_high ({p['alpha_high']})")
     if out["alpha_jump"] <= 0:
@@ -150,7 +158,7 @@ def check_config(
         )
     for name in ("alpha_low_patience", "phase_patience", "overreg_ref_snapshots", "overreg_patience"):
         out[name] = _count(name, p[name], 1)
-    for name in ("warmup", "cooldown", "trap_threshold", "alpha_min_evals", "alpha_min_tail"):
+    for name in ("warmup", "cooldown", "trap_threshold", "alpha_min_evals", "alpha_min_tail", "collapse_early"):
         out[name] = _count(name, p[name], 0)
     for name in ("collapse_min_evals", "overreg_min_evals"):
         out[name] = _count(name, p[name], 1)
@@ -167,7 +175,14 @@ def build_rules(cfg: dict[str, Any]) -> tuple[Rule, ...]:
     """The enabled rule objects, in evaluation order, from checked settings."""
     make = {
         "non_finite": lambda: NonFinite(),
-        "rank_collapse": lambda: RankCollapse(cfg["collapse_tol"], cfg["collapse_fraction"], cfg["collapse_min_evals"]),
+        "rank_collapse": lambda: RankCollapse(
+            cfg["collapse_tol"],
+            cfg["collapse_fraction"],
+            cfg["collapse_min_evals"],
+            cfg["collapse_sr"],
+            cfg["collapse_softrank"],
+            cfg["collapse_early"],
+        ),
         "over_regularization": lambda: OverRegularization(
             cfg["overreg_sr_ratio"],
             cfg["overreg_softrank_ratio"],
@@ -176,6 +191,7 @@ def build_rules(cfg: dict[str, Any]) -> tuple[Rule, ...]:
             cfg["overreg_patience"],
             cfg["overreg_hysteresis"],
             cfg["overreg_min_evals"],
+            cfg["overreg_vanish_ratio"],
         ),
         "alpha_low": lambda: AlphaLow(
             cfg["alpha_low"],

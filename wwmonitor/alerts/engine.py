@@ -126,6 +126,10 @@ class AlertRules:
         alpha_min_evals: int = DEFAULTS["alpha_min_evals"],
         alpha_min_tail: int = DEFAULTS["alpha_min_tail"],
         collapse_min_evals: int = DEFAULTS["collapse_min_evals"],
+        collapse_sr: float = DEFAULTS["collapse_sr"],
+        collapse_softrank: float = DEFAULTS["collapse_softrank"],
+        collapse_early: int = DEFAULTS["collapse_early"],
+        overreg_vanish_ratio: float = DEFAULTS["overreg_vanish_ratio"],
         overreg_min_evals: int = DEFAULTS["overreg_min_evals"],
         stop_on: Iterable[str] = (),
         warn: bool = False,
@@ -155,6 +159,10 @@ class AlertRules:
                 alpha_min_evals=alpha_min_evals,
                 alpha_min_tail=alpha_min_tail,
                 collapse_min_evals=collapse_min_evals,
+                collapse_sr=collapse_sr,
+                collapse_softrank=collapse_softrank,
+                collapse_early=collapse_early,
+                overreg_vanish_ratio=overreg_vanish_ratio,
                 overreg_min_evals=overreg_min_evals,
                 stop_on=stop_on,
                 warn=warn,
@@ -194,6 +202,10 @@ class AlertRules:
     alpha_min_evals: int
     alpha_min_tail: int
     collapse_min_evals: int
+    collapse_sr: float
+    collapse_softrank: float
+    collapse_early: int
+    overreg_vanish_ratio: float
     overreg_min_evals: int
     # set by _configure (through __dict__, past __setattr__)
     _settings: dict[str, Any]

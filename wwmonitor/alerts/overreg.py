@@ -24,6 +24,13 @@ def _finite(v: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
+def _ratio(log_now: Optional[float], log_ref: Optional[float]) -> Optional[float]:
+    """``10^(log_now - log_ref)``, clipped to ``[1e-300, 1e300]``; ``None`` if either is missing."""
+    if log_now is None or log_ref is None:
+        return None
+    return 10.0 ** max(min(log_now - log_ref, 300.0), -300.0)
+
+
 def bulk_mass(log_norm: Optional[float], log_spectral_norm: Optional[float]) -> Optional[float]:
     """``log10(Σλ - λ_max)`` on the σ² axis: the squared Frobenius norm outside the top direction.
 
@@ -53,8 +60,12 @@ class OverRegularization(Rule):
       (the norm growing 5x and settling at 77% of its peak) cannot lower it, and learning -- a few
       directions growing over an intact bulk -- keeps it near or above 1.
 
-    Condition: ``r_sr < sr_ratio and r_bulk < bulk_ratio and (r_soft < softrank_ratio or no MP fit)``, for
-    ``patience`` consecutive snapshots.  The count resets and the alert clears once
+    * ``r_norm = ||W||_F² / ||W||_F²_0`` against the first snapshot.
+
+    Condition (*squeezed*): ``r_sr < sr_ratio and r_bulk < bulk_ratio and (r_soft < softrank_ratio or no MP
+    fit)``, or (*vanishing*) ``r_norm < vanish_ratio``: weight decay wins over the gradient and the whole layer
+    decays toward zero, keeping its (random) shape, so that its ranks do not move.  Either for ``patience``
+    consecutive snapshots.  The count resets and the alert clears once
     ``r_sr >= sr_ratio·(1 + hysteresis)``.  Minimum layer: ``min_evals`` eigenvalues with status ``ok``
     (or ``fit_failed``) and a stable rank; smaller layers, or layers without a spectrum, are skipped.
     """
@@ -65,6 +76,7 @@ class OverRegularization(Rule):
         "overreg_sr_ref": (None, _opt_float),
         "overreg_softrank_ref": (None, _opt_float),
         "overreg_log_bulk_ref": (None, _opt_float),
+        "overreg_log_norm_first": (None, _opt_float),
         "overreg_count": (0, int),
     }
     #: statuses without a usable spectrum for this rule
@@ -79,6 +91,7 @@ class OverRegularization(Rule):
         patience: int,
         hysteresis: float,
         min_evals: int,
+        vanish_ratio: float,
     ) -> None:
         self.sr_ratio = sr_ratio
         self.softrank_ratio = softrank_ratio
@@ -87,6 +100,7 @@ class OverRegularization(Rule):
         self.patience = patience
         self.hysteresis = hysteresis
         self.min_evals = min_evals
+        self.vanish_ratio = vanish_ratio
 
     @staticmethod
     def _max(old: Optional[float], new: Optional[float]) -> Optional[float]:
@@ -94,9 +108,12 @@ class OverRegularization(Rule):
             return old
         return new if old is None else max(old, new)
 
-    def _update_refs(self, f: dict[str, Any], sr: float, soft: Optional[float], log_bulk: Optional[float]) -> None:
+    def _update_refs(
+        self, f: dict[str, Any], sr: float, soft: Optional[float], log_bulk: Optional[float], log_norm: Optional[float]
+    ) -> None:
         if f["overreg_ref_count"] == 0:
             f["overreg_log_bulk_ref"] = log_bulk
+            f["overreg_log_norm_first"] = log_norm
         if f["overreg_ref_count"] < self.ref_snapshots:
             f["overreg_ref_count"] += 1
             f["overreg_sr_ref"] = self._max(f["overreg_sr_ref"], sr)
@@ -109,24 +126,29 @@ class OverRegularization(Rule):
         if lm.status in self._SKIP or sr is None or sr <= 0 or n < self.min_evals:
             return None
         soft = _finite(lm.mp_softrank)
-        log_bulk = bulk_mass(_finite(lm.log_norm), _finite(lm.log_spectral_norm))
+        log_norm = _finite(lm.log_norm)
+        log_bulk = bulk_mass(log_norm, _finite(lm.log_spectral_norm))
         if f["overreg_sr_ref"] is None:
-            self._update_refs(f, sr, soft, log_bulk)
+            self._update_refs(f, sr, soft, log_bulk, log_norm)
             return None
         sr_ref, soft_ref, bulk_ref = f["overreg_sr_ref"], f["overreg_softrank_ref"], f["overreg_log_bulk_ref"]
-        self._update_refs(f, sr, soft, log_bulk)
+        norm_first = f["overreg_log_norm_first"]
+        self._update_refs(f, sr, soft, log_bulk, log_norm)
         r_sr = sr / sr_ref
         r_soft = soft / soft_ref if soft is not None and soft_ref else None
         if log_bulk is None:  # one direction carries all the mass: the bulk is gone
             r_bulk: Optional[float] = 0.0 if bulk_ref is not None else None
         else:
-            r_bulk = 10.0 ** max(min(log_bulk - bulk_ref, 300.0), -300.0) if bulk_ref is not None else None
-        low = (
+            r_bulk = _ratio(log_bulk, bulk_ref)
+        squeezed = (
             r_sr < self.sr_ratio
             and (r_soft is None or r_soft < self.softrank_ratio)
             and (r_bulk is None or r_bulk < self.bulk_ratio)
         )
-        back = r_sr >= self.sr_ratio * (1.0 + self.hysteresis)
+        r_norm = _ratio(log_norm, norm_first)
+        vanishing = r_norm is not None and r_norm < self.vanish_ratio
+        low = squeezed or vanishing
+        back = r_sr >= self.sr_ratio * (1.0 + self.hysteresis) and not vanishing
         if low:
             f["overreg_count"] += 1
         elif back:
@@ -138,6 +160,8 @@ class OverRegularization(Rule):
             parts.append(f"MP soft rank {soft:.3g} = {r_soft:.0%} of its early {soft_ref:.3g}")
         if r_bulk is not None:
             parts.append(f"mass outside the top direction at {r_bulk:.0%} of its first value")
+        if vanishing:
+            parts.append(f"||W||_F^2 at {r_norm:.2g} of its first value (the layer decays toward zero)")
         return Firing(
             f"{ctx.where}: bulk squeezed toward zero (over-regularisation) for {f['overreg_count']} snapshots: "
             + ", ".join(parts),

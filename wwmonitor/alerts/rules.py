@@ -75,38 +75,73 @@ class NonFinite(Rule):
         return None
 
 
+def _finite(v: Any) -> Optional[float]:
+    if v is None:
+        return None
+    x = float(v)
+    return x if np.isfinite(x) else None
+
+
 class RankCollapse(Rule):
-    """Collapsed fraction ``>= collapse_fraction`` (or an all-zero matrix); clears below half of it.
+    """Onset of rank collapse: eigenvalues numerically zero, or the layer on one or two directions from the start.
 
-    Keyed on eigenvalues that are numerically zero (``σ < collapse_tol·σ_max``)
-    and the rank loss, not on the phase label: one snapshot's "rank-collapse"
-    phase can also mean a few very large spikes over an intact bulk (see
-    docs/phases.md), which is healthy learning.  A bulk being squeezed toward
-    zero over training is the ``over_regularization`` rule's, which compares
-    the layer with its own history.
+    Fires when (a) the collapsed fraction ``f0 >= collapse_fraction`` (eigenvalues with ``σ < collapse_tol·σ_max``
+    and the rank loss; see :func:`collapsed_fraction`), or all weights are zero; or (b) at one of the layer's
+    first ``early`` snapshots, the layer is already concentrated: ``stable_rank <= sr_max`` and MP soft rank
+    ``λ+/λ_max <= softrank_max``.  Clause (b) covers a collapse inside the first epoch (too large a learning rate
+    or weight decay), before ``over_regularization`` has any history to compare with; later in training a layer
+    may legitimately end near rank 1 (a query matrix whose input is one-dimensional), and a collapse from a
+    healthy start is ``over_regularization``'s, which compares the layer with its own history.  Clears when
+    ``f0 < collapse_fraction / 2`` and the layer is not concentrated.
 
-    Minimum layer: ``min_evals`` eigenvalues (``lm.num_evals``, else ``lm.M``):
-    below it one zero eigenvalue would already be 10% or more of the layer.
+    Keyed on the spectrum, not on the phase label: one snapshot's "rank-collapse" phase can also mean a few very
+    large spikes over an intact bulk (see docs/phases.md), which is healthy learning.
+
+    Minimum layer: ``min_evals`` eigenvalues (``lm.num_evals``, else ``lm.M``): below it one zero eigenvalue would
+    already be 10% or more of the layer.
     """
 
     id, severity = "rank_collapse", "warning"
 
-    def __init__(self, collapse_tol: float, collapse_fraction: float, min_evals: int) -> None:
+    def __init__(
+        self,
+        collapse_tol: float,
+        collapse_fraction: float,
+        min_evals: int,
+        sr_max: float,
+        softrank_max: float,
+        early: int,
+    ) -> None:
         self.collapse_tol = collapse_tol
         self.collapse_fraction = collapse_fraction
         self.min_evals = min_evals
+        self.sr_max = sr_max
+        self.softrank_max = softrank_max
+        self.early = early
+
+    def _concentrated(self, lm: LayerMetrics) -> bool:
+        sr, soft = _finite(lm.stable_rank), _finite(lm.mp_softrank)
+        return sr is not None and soft is not None and sr <= self.sr_max and soft <= self.softrank_max
 
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
         lm = ctx.lm
         if int(lm.num_evals or lm.M or 0) < self.min_evals:
             return None
         frac = collapsed_fraction(lm, ctx.esd, self.collapse_tol)
-        is_phase = lm.status == "zero_matrix"
-        cond = is_phase or (frac is not None and frac >= self.collapse_fraction)
-        clear = not is_phase and (frac is None or frac < self.collapse_fraction / 2)
+        zero = lm.status == "zero_matrix"
+        early = st.seen <= self.early and self._concentrated(lm)
+        cond = zero or early or (frac is not None and frac >= self.collapse_fraction)
+        clear = not zero and not self._concentrated(lm) and (frac is None or frac < self.collapse_fraction / 2)
         if not st.edge(self.id, cond, clear):
             return None
         pct = f"{frac:.0%}" if frac is not None else "n/a"
+        if early and not zero and (frac is None or frac < self.collapse_fraction):
+            return Firing(
+                f"{ctx.where}: rank collapse within the first snapshots: stable rank {lm.stable_rank:.3g} <= "
+                f"{self.sr_max:g} and MP soft rank {lm.mp_softrank:.2g} <= {self.softrank_max:g} at snapshot "
+                f"{st.seen} of the layer ({pct} of eigenvalues numerically zero); phase {lm.phase}",
+                frac,
+            )
         return Firing(
             f"{ctx.where}: rank collapse onset, {pct} of eigenvalues numerically zero "
             f"(sigma < {self.collapse_tol:g} sigma_max); phase {lm.phase}",
