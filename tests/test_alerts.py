@@ -183,6 +183,18 @@ def test_alpha_jump_needs_a_significant_and_lasting_step():
     assert [s for s, a in enumerate(steps) if sure.evaluate(_fake(s, alpha=a, sigma=0.1))] == [5]
 
 
+def test_alpha_jump_ignores_a_learning_layer_descending_from_random():
+    # alert bench, conv_bn/ref (tuning split): a conv layer's alpha falls from its random-start 13 to 2.6 over five
+    # epochs; the median of (12.4, 4.4, 3.9) is 4.4 and 2.65 is three standard errors below it, but the reference
+    # window holds an under-trained alpha, and the fall is a descent, not a step
+    rules = AlertRules(warmup=3, rules=["alpha_jump"])
+    fits = [(13.5, 3.5), (12.4, 3.8), (4.4, 0.55), (3.9, 0.44), (2.65, 0.17), (2.65, 0.18), (2.6, 0.17), (2.6, 0.17)]
+    assert [s for s, (a, sg) in enumerate(fits) if rules.evaluate(_fake(s, alpha=a, sigma=sg))] == []
+    trend = AlertRules(warmup=0, rules=["alpha_jump"])
+    steady = [4.9, 4.4, 3.9, 3.4, 2.9, 2.4, 2.2, 2.2]
+    assert [s for s, a in enumerate(steady) if trend.evaluate(_fake(s, alpha=a, sigma=0.05))] == []
+
+
 @pytest.mark.parametrize("rule", ["alpha_low", "alpha_jump"])
 def test_alpha_rules_say_nothing_on_small_layers_or_short_tails(rule):
     # issue 16: layers of ~64 eigenvalues where a few learned spikes give alpha 1.4-2.0

@@ -148,11 +148,13 @@ class AlphaJump(Rule):
 
     The reference is the median alpha (and the median standard error ``sigma_ref``) of the ``window`` usable
     snapshots before the previous one.  It fires when *both* the previous and the current alpha lie on the
-    same side of the reference by ``|alpha - ref| >= max(alpha_jump, JUMP_Z·sqrt(sigma² + sigma_ref²))``, all
-    three within ``[alpha_low, alpha_high]``, after ``warmup`` snapshots; then the layer is quiet for
+    same side of the reference by ``|alpha - ref| >= max(alpha_jump, JUMP_Z·sqrt(sigma² + sigma_ref²))``, the
+    previous one also that far from the snapshot just before it (a step, not a steady trend), with every alpha
+    involved within ``[alpha_low, alpha_high]``, after ``warmup`` snapshots; then the layer is quiet for
     ``cooldown`` snapshots.  A single snapshot's fit flipping between two tail choices, a move out of the
-    over-trained range (1.5 -> 3.1, issue 16) or a drop from an under-trained alpha (12 -> 4: the layer
-    starting to learn) are not jumps; ``alpha_low``/``alpha_high`` report the ranges outside.
+    over-trained range (1.5 -> 3.1, issue 16), a drop from an under-trained alpha (12 -> 4: the layer
+    starting to learn) or a steady descent of a learning layer (4.4, 3.9, 3.4, 2.9) are not jumps;
+    ``alpha_low``/``alpha_high`` report the ranges outside.
     """
 
     id, severity = "alpha_jump", "warning"
@@ -201,9 +203,15 @@ class AlphaJump(Rule):
         ref_part, (prev, s_prev) = hist[-(self.window + 1) : -1], hist[-1]
         ref = _median([a for a, _ in ref_part])
         s_ref = _median([s for _, s in ref_part])
-        inside = all(self.alpha_low <= x <= self.alpha_high for x in (ref, prev, fit.alpha))
+        before, s_before = ref_part[-1]
+        inside = all(self.alpha_low <= x <= self.alpha_high for x in [a for a, _ in ref_part] + [prev, fit.alpha])
         step = self._significant(fit.alpha, fit.sigma, ref, s_ref)
-        if not inside or step == 0 or self._significant(prev, s_prev, ref, s_ref) != step:
+        if (
+            not inside
+            or step == 0
+            or self._significant(prev, s_prev, ref, s_ref) != step
+            or self._significant(prev, s_prev, before, s_before) != step  # a step, not a steady trend
+        ):
             return None
         f["cooldown"] = self.cooldown
         return Firing(
