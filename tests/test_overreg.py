@@ -360,8 +360,4 @@ def test_weight_decay_collapse_warns_early_and_the_healthy_twin_stays_quiet():
     assert np.mean(sick.val_acc[-5:]) < np.mean(well.val_acc[-5:]) - 0.01  # ... and it costs accuracy
 
     loud = [(a.epoch, a.rule, a.layer) for a in well.alerts if a.severity in severe]
-    # the over-regularisation family is silent on the healthy twin
-    assert [x for x in loud if x[1] in ("over_regularization", "rank_collapse", "alpha_low")] == []
-    # known, documented in docs/alerts.md: alpha_high / alpha_jump on the barely trained input layer "0"
-    # (64 eigenvalues, alpha 9-16 after 3 epochs); no other rule warns, and no other layer
-    assert [x for x in loud if not (x[1] in ("alpha_high", "alpha_jump") and x[2] == "0")] == []
+    assert loud == []  # the healthy twin gets no warning from any rule (issue 16's budget)
