@@ -134,7 +134,7 @@ def _measure(args: list[str], timeout: float = 1800) -> dict[str, Any]:
 
 #: the path ``wwmonitor analyze`` took before streaming: every shard loaded into one dict (safetensors.torch)
 _WHOLE = (
-    "import sys; from wwmonitor.model import analyze_model, load_weights; "
+    "import sys; from wwmonitor.checkpoint import load_weights; from wwmonitor.model import analyze_model; "
     "rep = analyze_model(load_weights(sys.argv[1]), progress=False); print(len(rep.layers))"
 )
 

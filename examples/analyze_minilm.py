@@ -34,7 +34,7 @@ def random_copy(folder: Path):
     return BertModel(BertConfig.from_json_file(str(folder / "config.json")))
 
 
-def describe(label: str, rep: "wwmonitor.ModelReport") -> dict[str, float]:
+def describe(label: str, rep: "wwmonitor.model.ModelReport") -> dict[str, float]:
     df = rep.to_pandas()
     a = df.loc[df["status"] == "ok", "alpha"].astype(float)
     row = {

@@ -92,7 +92,7 @@ def test_demo_leaves_global_warning_filters_and_logger_levels_alone(tmp_path):
 
 
 def test_epoch_ticker_reports_a_broken_progress_pipe_once():
-    from wwmonitor.demo import _EpochTicker
+    from wwmonitor.demo.training import _EpochTicker
 
     class Broken:
         def put(self, n):
@@ -108,7 +108,7 @@ def test_epoch_ticker_reports_a_broken_progress_pipe_once():
 def test_drain_sums_the_queue_and_surfaces_a_broken_queue():
     import queue
 
-    from wwmonitor.demo import _drain
+    from wwmonitor.demo.sweep import _drain
 
     class Bar:
         n = 0
@@ -153,7 +153,14 @@ def test_reduced_demo_shows_the_batch_size_trend(tmp_path):
     assert summary["spearman"]["0"]["net.fc1"]["stable_rank"] == 1.0
     assert res.report == tmp_path.resolve() / "demo" / "report" / "index.html" and res.report.is_file()
     html = res.report.read_text()
-    assert "temperature" in html and "lr / batch size" in html  # the honest explanation is in the report
+    assert "temperature" in html and "lr / batch size" in html  # the background is in the report
+    # and the findings are this run's: each measured trend with its rho, as computed from the run
+    assert "What this sweep measured" in html
+    assert {m: t["verdict"] for m, t in res.trends.items()} == {m: t["verdict"] for m, t in summary["trends"].items()}
+    assert res.trends["stable_rank"]["n"] == 3
+    for t in res.trends.values():
+        if t["verdict"] != "not measurable":
+            assert f"{t['rho']:+.2f} over {t['n']} batch sizes" in html
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(tmp_path / "demo" / "tensorboard" / "bs0008_seed0"), size_guidance={"scalars": 0})
@@ -254,3 +261,54 @@ def test_example_lsa_powerlaw_rank(tmp_path):
     assert k_elbow == k_elbow_ref
     assert k_elbow < k_pl  # the elbow keeps fewer components than the power-law tail
     assert (tmp_path / "lsa" / "lsa_rank.png").is_file()
+
+
+def _sweep_table(alpha_by_bs, layers=("net.fc1", "net.fc2"), seeds=(0, 1)):
+    """A final-metrics table as the sweep makes it: one row per (run, layer)."""
+    import pandas as pd
+
+    rows = []
+    for bs, a in alpha_by_bs.items():
+        for s in seeds:
+            for i, layer in enumerate(layers):
+                rows.append(
+                    {
+                        "batch_size": bs,
+                        "seed": s,
+                        "layer": layer,
+                        "alpha": a + 0.01 * i,
+                        "stable_rank": 10.0,
+                        "mp_softrank": 0.1 * bs,
+                        "num_spikes": 100 - bs,
+                    }
+                )
+        rows.append({"batch_size": bs, "seed": 0, "layer": "net.fc3", "alpha": 99.0 - bs})  # not a reported layer
+    return pd.DataFrame(rows)
+
+
+def test_demo_prose_states_what_the_run_measured():
+    """The report's findings are computed from the run: the trend present, absent or reversed, with its rho."""
+    from wwmonitor.demo import DemoConfig, demo_notes_html, format_trends, measure_trends
+
+    present = measure_trends(_sweep_table({2: 2.5, 8: 3.0, 32: 3.7, 128: 4.6}))
+    assert present["alpha"]["verdict"] == "present" and present["alpha"]["rho"] == pytest.approx(1.0)
+    assert present["alpha"]["n"] == 4 and present["alpha"]["first"] == pytest.approx(2.505)
+    assert present["mp_softrank"]["verdict"] == "present" and present["num_spikes"]["verdict"] == "present"
+    assert present["stable_rank"]["verdict"] == "not measurable"  # constant
+    flat = measure_trends(_sweep_table({2: 3.0, 8: 3.2, 32: 2.9, 128: 3.1}))
+    assert flat["alpha"]["verdict"] == "absent"
+    reversed_ = measure_trends(_sweep_table({2: 5.0, 8: 4.0, 32: 3.0, 128: 2.0}))
+    assert reversed_["alpha"]["verdict"] == "reversed" and reversed_["alpha"]["rho"] == pytest.approx(-1.0)
+    two = measure_trends(_sweep_table({2: 2.0, 8: 3.0}))
+    assert two["alpha"]["verdict"] == "not measurable"
+
+    cfg = DemoConfig(out="unused", batch_sizes=(2, 8, 32, 128), seeds=(0, 1), epochs=2)
+    runs = [{"batch_size": b, "steps": 1, "train_acc": 0.9, "val_acc": 0.8} for b in (2, 8, 32, 128)]
+    html_present = demo_notes_html(cfg, runs, {}, present)
+    assert "This run reproduces the finding of Martin &amp; Mahoney" in html_present
+    assert "+1.00 over 4 batch sizes" in html_present
+    html_flat = demo_notes_html(cfg, runs, {}, flat)
+    assert "This run does not show the finding" in html_flat and "no trend in this run" in html_flat
+    assert "reproduces" not in html_flat
+    assert "reversed in this run" in demo_notes_html(cfg, runs, {}, reversed_)
+    assert "alpha: no trend in this run" in format_trends(flat)

@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 
 import wwmonitor
+from wwmonitor.checkpoint import load_weights
 from wwmonitor.layers import extract_matrices
-from wwmonitor.model import analyze_model, load_weights
+from wwmonitor.model import analyze_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_zoo import build  # noqa: E402

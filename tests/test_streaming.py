@@ -1,7 +1,7 @@
 """Streaming checkpoint analysis: a safetensors file or folder of shards is read one tensor at a time.
 
 ``analyze_model(path)`` reads the shards' headers, then each analysis thread memory-maps the tensor of the
-matrix it analyses and drops it afterwards (``wwmonitor.model.LazyTensor``), so at most ``workers`` tensors are
+matrix it analyses and drops it afterwards (``wwmonitor.checkpoint.LazyTensor``), so at most ``workers`` tensors are
 resident at once and each torchrun rank maps only its own tensors.  The results, the skipped entries and the
 errors are those of the whole-checkpoint path (``load_weights``).
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import wwmonitor.model as wm
-from wwmonitor.model import LazyTensor, LazyWeights, analyze_model, iter_weights, load_weights, open_weights
+import wwmonitor.checkpoint.lazy as wm
+from wwmonitor.checkpoint import LazyTensor, LazyWeights, iter_weights, load_weights, open_weights
+from wwmonitor.model import analyze_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -70,7 +71,8 @@ def sharded(tmp_path_factory) -> Path:
 
 
 class _Tracker:
-    """Wraps ``wwmonitor.model._map_tensor``: counts the mapped tensors alive (until every view is dropped)."""
+    """Wraps ``wwmonitor.checkpoint.lazy._map_tensor``: counts the mapped tensors alive (until every view is
+    dropped)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.lock = threading.Lock()
@@ -144,10 +146,11 @@ def test_one_tensor_per_analysis_thread_at_a_time(sharded, monkeypatch, workers)
 
 def test_each_rank_maps_only_the_tensors_it_analyses(sharded, monkeypatch):
     import wwmonitor.distributed as wd
+    import wwmonitor.model as model_mod
     from wwmonitor.layers import extract_matrices
 
     t = _Tracker(monkeypatch)
-    monkeypatch.setattr(wm, "_dist_rank_world", lambda distributed: (1, 2))
+    monkeypatch.setattr(model_mod, "_dist_rank_world", lambda distributed: (1, 2))
     monkeypatch.setattr(wd, "gather_objects", lambda obj, dst=None: [obj])
     rep = analyze_model(sharded, distributed=True, workers=1)
     specs = extract_matrices(open_weights(sharded))

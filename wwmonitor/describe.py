@@ -55,7 +55,7 @@ def describe(model_or_path: Any, *, conv: str = "pool", lora: str = "effective")
     source = ""
     obj = model_or_path
     if isinstance(obj, (str, os.PathLike)):
-        from .model import load_weights
+        from .checkpoint import load_weights
 
         source = str(obj)
         obj = load_weights(obj)

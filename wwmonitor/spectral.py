@@ -43,6 +43,9 @@ Speed notes (measured, ``benchmarks/bench_esd.py`` and docs/benchmarks.md):
   :func:`blas_thread_limit` is the switch; :func:`wwmonitor.analyze_model`
   uses it with its thread pool.
 
+Modules: input checks live in :mod:`wwmonitor.inputs`, the analysis device
+and BLAS thread limit in :mod:`wwmonitor.compute` (both re-exported here).
+
 Inputs that are not dense real matrices are refused with a ``TypeError``
 naming the matrix: complex matrices (the imaginary part is never dropped),
 sparse matrices and tensors (``scipy.sparse``, torch sparse layouts; densify
@@ -63,139 +66,44 @@ max |W|``, no overflow) never take this route.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import re
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from .compute import (
+    DEVICES,
+    auto_device,
+    blas_thread_limit,
+    check_device,
+    resolve_device,
+    to_analysis_tensor,
+    usable_cpus,
+    uses_torch_route,
+)
 from .frameworks import is_torch_tensor as _is_torch_tensor
+from .inputs import _check_matrix, _raise_input_problem, _torch, input_problem, to_numpy
+from .inputs import _dtype_problem as _dtype_problem  # re-exported: wwmonitor.analyze imports it from here
 
 __all__ = [
     "esd",
     "esd_batched",
     "squared_singular_values",
     "to_numpy",
+    # re-exported from wwmonitor.compute / wwmonitor.inputs (where they are defined), used with the ESD functions
     "blas_thread_limit",
     "usable_cpus",
     "DEVICES",
     "check_device",
+    "resolve_device",
+    "auto_device",
+    "uses_torch_route",
+    "to_analysis_tensor",
+    "input_problem",
 ]
 
 log = logging.getLogger("wwmonitor")
-
-
-def to_numpy(W: Any, *, name: str = "W") -> np.ndarray:
-    """Return ``W`` as a NumPy array (torch tensors are detached and moved to host).
-
-    Raises ``TypeError`` naming ``name`` for inputs that cannot be converted
-    without losing or inventing values: sparse matrices/tensors, quantized
-    tensors and masked arrays with masked entries (see :func:`input_problem`).
-    """
-    problem = _container_problem(W)
-    if problem:
-        raise TypeError(f"{name}: {problem}")
-    if _is_torch_tensor(W):
-        t = W.detach()
-        if t.dtype.is_floating_point and t.dtype not in (_torch().float32, _torch().float64):
-            t = t.float()
-        return t.cpu().numpy()
-    if (
-        hasattr(W, "numpy")
-        and not isinstance(W, np.ndarray)
-        and type(W).__module__.startswith(("tensorflow", "jax", "jaxlib"))
-    ):
-        return np.asarray(W)
-    return np.asarray(W)
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def _container_problem(W: Any) -> Optional[str]:
-    """Why ``W`` cannot be turned into a dense array without losing or inventing
-    values (sparse, quantized, masked), or ``None``."""
-    mod = type(W).__module__
-    if mod.startswith("scipy.sparse") and hasattr(W, "tocsr"):
-        return (
-            f"sparse matrix (scipy.sparse {type(W).__name__}) is not supported: "
-            "densify it with W.toarray() if it fits in memory"
-        )
-    if isinstance(W, np.ma.MaskedArray):
-        n = int(np.ma.count_masked(W))
-        if n:
-            return (
-                f"masked array with {n} masked entr{'y' if n == 1 else 'ies'} is not supported: "
-                "the values behind the mask would be analysed; use W.filled(...) or drop them"
-            )
-    if _is_torch_tensor(W):
-        torch = _torch()
-        layout = getattr(W, "layout", torch.strided)
-        if layout != torch.strided:
-            return (
-                f"sparse tensor (layout {layout}) is not supported: densify it with W.to_dense() if it fits in memory"
-            )
-        if getattr(W, "is_quantized", False):
-            return f"quantized tensor (dtype {W.dtype}) is not supported: pass W.dequantize()"
-    return None
-
-
-def _dtype_problem(dtype: Any, what: str = "matrix") -> Optional[str]:
-    """Why an array of ``dtype`` (NumPy or torch) is not a real numeric ``what``, or ``None``."""
-    if dtype is None:
-        return None
-    if "complex" in str(dtype):
-        return (
-            f"complex-valued {what} (dtype {dtype}) is not supported: "
-            "wwmonitor analyses real weights only (it will not drop the imaginary part)"
-        )
-    if hasattr(dtype, "is_floating_point"):  # torch.dtype (complex handled above)
-        if dtype == _torch().bool:
-            return f"expected a real numeric {what}, got dtype {dtype}"
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        return None  # an unknown array library's dtype: checked again after conversion
-    if not np.issubdtype(dt, np.number):
-        return f"expected a real numeric {what}, got dtype {dt}"
-    return None
-
-
-def input_problem(W: Any, what: str = "matrix") -> Optional[str]:
-    """Why ``W`` cannot be analysed as a dense real ``what`` ("matrix" or "stack"),
-    or ``None``: sparse / quantized / masked containers, complex or non-numeric dtypes.
-
-    Callers prefix the layer name; :func:`wwmonitor.analyze_matrix` and the
-    ESD functions raise ``TypeError`` with it.
-    """
-    return _container_problem(W) or _dtype_problem(getattr(W, "dtype", None), what)
-
-
-def _check_matrix(W: np.ndarray, name: str, *, ndim: int = 2) -> None:
-    """Raise naming ``name`` unless ``W`` is a non-empty real numeric array of ``ndim`` dimensions
-    (2: a matrix; 3: a stack of matrices ``(K, a, b)``)."""
-    what = "matrix" if ndim == 2 else "stack"
-    problem = _dtype_problem(W.dtype, what)
-    if problem:
-        raise TypeError(f"{name}: {problem}")
-    if W.ndim != ndim:
-        expected = "a 2-D matrix" if ndim == 2 else "a stack of matrices (K, a, b)"
-        raise ValueError(f"{name}: expected {expected}, got an array of shape {tuple(W.shape)}")
-    if min(W.shape) == 0:
-        raise ValueError(f"{name}: {what} has an empty dimension, shape {tuple(W.shape)}")
-
-
-def _raise_input_problem(W: Any, name: str, what: str) -> None:
-    problem = input_problem(W, what)
-    if problem:
-        raise TypeError(f"{name}: {problem}")
 
 
 def squared_singular_values(
@@ -416,80 +324,6 @@ def _gram64_lower(A: np.ndarray) -> np.ndarray:
     return G
 
 
-#: ``device=`` values of the ESD functions and :func:`wwmonitor.analyze_matrix`
-#: (``"cuda:1"`` etc. are accepted too).  ``"torch"`` is the torch route on the
-#: tensor's own device, CPU tensors included (used to test the accelerator code on CPU).
-DEVICES = ("auto", "cpu", "cuda", "torch")
-
-
-def check_device(device: Optional[str], what: str = "device") -> str:
-    """Normalise an analysis device (``None`` -> ``"auto"``); ``ValueError`` naming ``what`` otherwise."""
-    if device is None:
-        return "auto"
-    if not isinstance(device, str) or not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
-        raise ValueError(f"{what} must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
-    return device
-
-
-def auto_device(tensors: Any) -> str:
-    """``device="auto"`` for a whole model: ``"cuda:N"`` -- the device of the first torch tensor held
-    on CUDA -- when CUDA is available, else ``"cpu"`` (NumPy arrays, CPU tensors, Keras/TF/JAX arrays)."""
-    import sys
-
-    if "torch" not in sys.modules:
-        return "cpu"
-    torch = _torch()
-    for t in tensors:
-        dev = getattr(t, "device", None)
-        if _is_torch_tensor(t) and dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-            return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
-    return "cpu"
-
-
-def resolve_device(device: Optional[str], tensors: Any = (), what: str = "analysis_device") -> str:
-    """Validate ``device`` (``ValueError`` naming ``what``: an unknown value, or CUDA asked for but not
-    available) and resolve ``"auto"`` with :func:`auto_device` over ``tensors``."""
-    device = check_device(device, what)
-    if device == "auto":
-        return auto_device(tensors)
-    if device.startswith("cuda"):
-        torch = _torch()
-        if not torch.cuda.is_available():
-            raise ValueError(f"{what}={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-        if device != "cuda" and torch.device(device).index >= torch.cuda.device_count():
-            raise ValueError(f"{what}={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def uses_torch_route(W: Any, device: Optional[str]) -> bool:
-    """Whether ``W`` is analysed by the torch route under ``device`` (see :data:`DEVICES`):
-    ``"auto"`` -- torch tensors on an accelerator; ``"cpu"`` -- never; ``"torch"``/``"cuda"`` -- always."""
-    device = check_device(device)
-    if device == "cpu":
-        return False
-    if device == "auto":
-        return _is_torch_tensor(W) and getattr(getattr(W, "device", None), "type", "cpu") != "cpu"
-    return True
-
-
-def to_analysis_tensor(W: Any, device: Optional[str], *, name: str = "W") -> Any:
-    """``W`` as a torch tensor where the torch route runs it: ``"torch"`` -- its own device
-    (NumPy arrays become CPU tensors, zero-copy); ``"cuda[:N]"`` -- that CUDA device
-    (``RuntimeError`` when CUDA is not available); ``"auto"`` -- unchanged."""
-    torch = _torch()
-    device = check_device(device)
-    problem = _container_problem(W)
-    if problem:
-        raise TypeError(f"{name}: {problem}")
-    t = W.detach() if _is_torch_tensor(W) else torch.as_tensor(to_numpy(W, name=name))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"{name}: analysis device {device!r} requested but CUDA is not available")
-        if t.device.type != "cuda" or (device != "cuda" and t.device != torch.device(device)):
-            t = t.to(device if device != "cuda" else "cuda", non_blocking=False)
-    return t
-
-
 def _squared_sv_torch(W: Any, *, name: str, rescale_large: bool = False, stack: bool = False) -> tuple[np.ndarray, int]:
     """Torch route: ``(ev, e2)`` as :func:`squared_singular_values_scaled`, on the tensor's device
     (``stack``: a ``(K, a, b)`` stack, eigenvalues ``(K, M)``).
@@ -610,68 +444,3 @@ def esd_batched_scaled(
     A = to_numpy(Ws, name=name)
     _check_matrix(A, name, ndim=3)
     return _evals_scaled(A, name, low_memory=False, rescale_large=rescale_large, stack=True)
-
-
-# ------------------------------------------------------------ BLAS threads ----
-def usable_cpus() -> int:
-    """CPUs this process may run on (``sched_getaffinity``, else ``os.cpu_count()``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def _controller() -> Any:
-    """A fresh ``ThreadpoolController`` (about 1 ms; sees libraries loaded
-    since the last call), or ``None`` without ``threadpoolctl``."""
-    try:
-        from threadpoolctl import ThreadpoolController
-
-        return ThreadpoolController()
-    except Exception as e:  # noqa: BLE001 - threadpoolctl missing or broken: no limit, but say so
-        _warn_once(
-            f"wwmonitor: cannot inspect the BLAS libraries (threadpoolctl: {type(e).__name__}: {e}); "
-            "BLAS threads are not limited"
-        )
-        return None
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(msg: str) -> None:
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        log.warning(msg)
-
-
-@contextlib.contextmanager
-def blas_thread_limit(n: Optional[int]) -> Iterator[None]:
-    """Limit the BLAS/LAPACK libraries (OpenBLAS, MKL, BLIS) to ``n`` threads
-    inside the ``with`` block, then restore the previous setting.
-
-    The limit is process-wide (a BLAS library has one thread count) and only
-    ever lowers a library's current thread count, never raises it (a user's
-    ``OPENBLAS_NUM_THREADS=1`` stays in force).  ``n=None`` or a missing
-    ``threadpoolctl`` leaves BLAS untouched.  OpenMP runtimes (torch's
-    intra-op pool) are not changed.
-    """
-    tpc = _controller() if n is not None else None
-    if tpc is None or n is None:
-        yield
-        return
-    try:
-        blas = tpc.select(user_api="blas")
-        current = [int(lib.num_threads) for lib in blas.lib_controllers]
-    except Exception as e:  # noqa: BLE001 - a broken library probe must not stop the analysis
-        _warn_once(
-            f"wwmonitor: cannot read the BLAS thread counts (threadpoolctl: {type(e).__name__}: {e}); "
-            "BLAS threads are not limited"
-        )
-        yield
-        return
-    if not current or min(max(1, int(n)), max(current)) >= max(current):
-        yield
-        return
-    with blas.limit(limits=max(1, int(n))):
-        yield

@@ -77,8 +77,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from wwmonitor.analyze import AnalysisOptions
     from wwmonitor.model import analyze_model
 
@@ -93,15 +91,14 @@ def run(args: argparse.Namespace) -> int:
         progress = False
     elif getattr(args, "progress", False):
         progress = True
+    low_memory = bool(getattr(args, "low_memory", False))
     try:
         rep = analyze_model(
             args.path,
             layers=args.layers,
             exclude=args.exclude,
             conv=args.conv,
-            options=AnalysisOptions(
-                min_evals=args.min_evals, max_evals=args.max_evals, low_memory=bool(getattr(args, "low_memory", False))
-            ),
+            options=AnalysisOptions(min_evals=args.min_evals, max_evals=args.max_evals, low_memory=low_memory),
             progress=progress,
             distributed=world > 1,
         )
@@ -112,9 +109,15 @@ def run(args: argparse.Namespace) -> int:
     if rank != 0:
         _finish_distributed(world)
         return 0
+    code = _emit(args, rep)
+    _finish_distributed(world)
+    return code
+
+
+def _emit(args: argparse.Namespace, rep: Any) -> int:
+    """Rank 0's output: the ``--json``/``--csv`` files, and the table (unless one of them is stdout)."""
     df = rep.to_pandas()
     summary = rep.summary()
-    skipped_lines = _skipped_lines(rep.skipped)
     try:
         if args.json_out:
             payload = {
@@ -127,30 +130,36 @@ def run(args: argparse.Namespace) -> int:
         if args.csv_out:
             _write(args.csv_out, df.to_csv(index=False))
     except OSError as e:
-        _finish_distributed(world)
         return _error(f"cannot write {e.filename or 'the output'}: {e.strerror or e}")
     if args.json_out == "-" or args.csv_out == "-":
-        for line in skipped_lines:  # stdout holds the table: the list goes to stderr
+        for line in _skipped_lines(rep.skipped):  # stdout holds the table: the list goes to stderr
             print(line, file=sys.stderr)
     else:
-        cols = [c for c in DEFAULT_COLUMNS if c in df.columns]
-        with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
-            print(df[cols].to_string(index=False))
-        ok = summary["num_ok"]
-        print(
-            f"\n{summary['num_layers']} matrices ({ok} fitted); mean alpha {_fmt(summary.get('mean_alpha'))}, "
-            f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, mean log_norm {_fmt(summary.get('mean_log_norm'))}; "  # noqa: E501
-            f"phases {summary['phase_counts']}"
-        )
-        for line in skipped_lines:
-            print(line)
-        bad = df[df["status"] != "ok"]
-        if len(bad):
-            print(f"{len(bad)} matrices not fitted:")
-            for _, row in bad.iterrows():
-                print(f"  {row['name']}: {row['status']}: {row['message']}")
-    _finish_distributed(world)
+        _print_table(df, summary, rep.skipped)
     return 0
+
+
+def _print_table(df: Any, summary: dict[str, Any], skipped: Any) -> None:
+    """The per-matrix table, the model summary, the skipped entries and the matrices not fitted, on stdout."""
+    import pandas as pd
+
+    cols = [c for c in DEFAULT_COLUMNS if c in df.columns]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
+        print(df[cols].to_string(index=False))
+    print(
+        f"\n{summary['num_layers']} matrices ({summary['num_ok']} fitted); "
+        f"mean alpha {_fmt(summary.get('mean_alpha'))}, "
+        f"mean alpha_weighted {_fmt(summary.get('mean_alpha_weighted'))}, "
+        f"mean log_norm {_fmt(summary.get('mean_log_norm'))}; "
+        f"phases {summary['phase_counts']}"
+    )
+    for line in _skipped_lines(skipped):
+        print(line)
+    bad = df[df["status"] != "ok"]
+    if len(bad):
+        print(f"{len(bad)} matrices not fitted:")
+        for _, row in bad.iterrows():
+            print(f"  {row['name']}: {row['status']}: {row['message']}")
 
 
 def _fmt(v: Any) -> str:

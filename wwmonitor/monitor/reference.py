@@ -108,7 +108,7 @@ class ReferenceWeights:
         if source is None:
             raise ValueError("base_model: expected 'first', a model, a mapping of name -> array or a path, got None")
         if isinstance(source, (str, os.PathLike)):
-            from ..model import open_weights
+            from ..checkpoint import open_weights
 
             source = open_weights(source)
         try:
