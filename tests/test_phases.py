@@ -22,11 +22,24 @@ import pytest
 
 import wwmonitor
 from wwmonitor.mp import fit_mp
-from wwmonitor.phases import PHASES, PhaseResult, classify_phase, phase_features
+from wwmonitor.phases import (
+    MIN_PHASE_EVALS,
+    PHASE_LABELS,
+    PHASES,
+    UNDETERMINED,
+    PhaseResult,
+    classify_phase,
+    entry_tail_index,
+    phase_features,
+)
 from wwmonitor.powerlaw import fit_powerlaw
 from wwmonitor.synthetic import PHASE_GENERATORS, bbp_threshold, spiked
 
 sys.path.insert(0, str(Path(__file__).parent))
+from phase_families_wide import HELD_OUT_SEEDS as WIDE_HELD_OUT_SEEDS  # noqa: E402
+from phase_families_wide import LABELS as WIDE_LABELS  # noqa: E402
+from phase_families_wide import wide_suite  # noqa: E402
+
 from phase_families import suite as family_suite  # noqa: E402
 
 # BLAS threads fight each other on a loaded 2-core machine; one thread is much faster
@@ -76,16 +89,26 @@ def format_confusion(C: np.ndarray) -> str:
     return "\n".join(rows)
 
 
-@functools.lru_cache(maxsize=4)
-def family_confusion(split: str = "held_out", n_per_family: int = HELD_OUT_N, seed: int = HELD_OUT_SEED):
-    """Confusion matrix of the classifier (full analyze_matrix path) on tests/phase_families.py."""
+#: issue 16: iid entries with tail index 2 < mu < 4 are heavy-tailed (seeds' table); the first suite's
+#: Gaussian + sparse Pareto(mu 2-3.5) family was written as bulk-decay.  Tests count it as heavy-tailed and
+#: docs/phases.md §4.3 reports both readings.
+ISSUE16_RELABEL = {"bd_gaussian_plus_sparse_heavy": "heavy-tailed"}
+
+
+@functools.lru_cache(maxsize=8)
+def family_confusion(
+    split: str = "held_out", n_per_family: int = HELD_OUT_N, seed: int = HELD_OUT_SEED, issue16: bool = True
+):
+    """Confusion matrix of the classifier (full analyze_matrix path) on tests/phase_families.py
+    (``issue16``: with the labels of ISSUE16_RELABEL)."""
     C = np.zeros((len(PHASES), len(PHASES)), dtype=int)
     misses = []
     for phase, family, W in family_suite(split, n_per_family, seed):
+        truth = ISSUE16_RELABEL.get(family, phase) if issue16 else phase
         got = _classify(W)
-        C[PHASES.index(phase), PHASES.index(got)] += 1
-        if got != phase:
-            misses.append((phase, got, family, W.shape))
+        C[PHASES.index(truth), PHASES.index(got)] += 1
+        if got != truth:
+            misses.append((truth, got, family, W.shape))
     return C, tuple(misses)
 
 
@@ -96,8 +119,8 @@ CLEAN_N = 20
 
 
 def test_phase_accuracy_on_independent_held_out_families(capsys) -> None:
-    """The issue's target on the held-out families of tests/phase_families.py (not tuned on):
-    >= 95% overall and every class >= 85%, on 720 matrices from the two clean seeds."""
+    """Issue 9's target on the held-out families of tests/phase_families.py (not tuned on):
+    >= 95% overall and every class >= 85%, on 720 matrices from the two clean seeds (issue-16 labels)."""
     C = sum(family_confusion("held_out", CLEAN_N, seed)[0] for seed in CLEAN_SEEDS)
     with capsys.disabled():
         print("\n" + format_confusion(C))
@@ -117,6 +140,39 @@ def test_phase_accuracy_on_a_small_held_out_sample_stays_at_its_measured_floor(c
     per_class = np.diag(C) / C.sum(axis=1)
     assert np.trace(C) / C.sum() >= 0.93, format_confusion(C)
     assert per_class.min() >= 0.75, format_confusion(C)
+
+
+#: CI slice of the wide suite (tests/phase_families_wide.py, written before the issue-16 rules): its first
+#: held-out seed, WIDE_CI_N matrices per held-out family (13 families, 7 labels); docs/phases.md §4.3 has the
+#: full measurement (40 per family, both held-out seeds) written by tests/phase_eval.py
+WIDE_CI_N = 8
+
+
+@functools.lru_cache(maxsize=1)
+def wide_confusion() -> tuple[np.ndarray, tuple]:
+    """Confusion matrix (full analyze_matrix path) of the CI slice of the wide suite, labels WIDE_LABELS."""
+    C = np.zeros((len(WIDE_LABELS), len(WIDE_LABELS)), dtype=int)
+    misses = []
+    for truth, family, W in wide_suite("held_out", WIDE_CI_N, WIDE_HELD_OUT_SEEDS[0]):
+        got = wwmonitor.analyze_matrix(W).phase
+        C[WIDE_LABELS.index(truth), WIDE_LABELS.index(got)] += 1
+        if got != truth:
+            misses.append((truth, got, family, W.shape))
+    return C, tuple(misses)
+
+
+def test_phase_accuracy_on_the_wide_held_out_families_stays_at_its_measured_floor(capsys) -> None:
+    """Held-out families and seeds of the wide suite that no rule was tuned on, 104 matrices, 'undetermined'
+    included: measured 96.2% (100/104), bulk-decay and heavy-tailed 14/16; asserted >= 95% and every label
+    >= 80% (one more miss passes, two fail)."""
+    C, misses = wide_confusion()
+    with capsys.disabled():
+        for m in misses:
+            print("  miss:", m)
+    assert C.sum() == 13 * WIDE_CI_N
+    per_class = np.diag(C) / C.sum(axis=1)
+    assert np.trace(C) / C.sum() >= 0.95, (misses, per_class)
+    assert per_class.min() >= 0.80, (misses, per_class)
 
 
 def test_phase_accuracy_on_synthetic_generators(capsys) -> None:
@@ -258,11 +314,17 @@ def test_very_heavy_tails_are_not_rank_collapse() -> None:
     """A Cauchy matrix puts 40% of its eigenvalues below 1e-8 λ_max (frac_at_zero, the old collapse
     rule) without a gap in its spectrum: heavy-tailed, not rank-collapse."""
     rng = np.random.default_rng(10)
-    lam, N, M, mp, pl = _fits(rng.standard_cauchy((600, 300)))
+    W = rng.standard_cauchy((600, 300))
+    lam, N, M, mp, pl = _fits(W)
     assert mp.frac_at_zero >= 0.3
-    r = classify_phase(lam, N=N, M=M, mp=mp, pl=pl)
+    tail = entry_tail_index(W)
+    assert 0.7 < tail < 1.4  # Cauchy: tail index 1
+    r = classify_phase(lam, N=N, M=M, mp=mp, pl=pl, entry_tail=tail)
     assert r.phase == "heavy-tailed", r.reason
-    assert phase_features(lam, mp, pl)["collapse_gap"] < 100
+    assert wwmonitor.analyze_matrix(W).phase == "heavy-tailed"
+    # this draw has one entry ~110x larger than all others: by the eigenvalues alone it is a rank-1 matrix
+    # plus a bulk 1e4 below it (rule 1b); only the entries' infinite variance tells the two apart
+    assert classify_phase(lam, N=N, M=M, mp=mp, pl=pl).phase == "rank-collapse"
 
 
 def test_edge_fluctuation_is_random_like_not_bleeding_out() -> None:
@@ -287,11 +349,71 @@ def test_bad_input() -> None:
         classify_phase(np.array([1.0, np.inf]), N=N, M=M, mp=mp, pl=pl)
 
 
-def test_too_few_eigenvalues_is_flagged_in_reason() -> None:
+def test_too_few_eigenvalues_is_undetermined() -> None:
     rng = np.random.default_rng(11)
     m = wwmonitor.analyze_matrix(rng.standard_normal((400, 3)))
     assert m.status == "too_few_evals"
-    assert m.phase == "random-like"  # a Gaussian matrix: its 3 eigenvalues sit inside the MP bulk
-    assert "too few eigenvalues for an MP fit" in m.phase_reason
-    assert "only 3 eigenvalues, phase unreliable" in m.phase_reason
+    assert m.phase == UNDETERMINED
+    assert "only 3 eigenvalues (< 32): too few for a reliable phase" in m.phase_reason
     assert m.mp_ks is None  # NaN KS became None, never a silent NaN
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_undetermined_below_the_minimum_size_whatever_the_spectrum(seed: int) -> None:
+    """9-10 class heads and other layers under 32 eigenvalues get no coloured label, spikes or not;
+    at 32 eigenvalues the 5+1 labels start."""
+    rng = np.random.default_rng([seed, 16])
+    for M in (9, 10, 20, MIN_PHASE_EVALS - 1):
+        N = int(rng.integers(M, 40 * M))
+        d = np.array([6.0]) * bbp_threshold(N / M)
+        for W in (rng.standard_normal((N, M)), spiked(N, M, d, rng), rng.standard_t(2.2, (N, M))):
+            m = wwmonitor.analyze_matrix(W if seed % 2 else W.T)
+            assert m.phase == UNDETERMINED, (M, m.phase, m.phase_reason)
+            assert f"only {M} eigenvalues" in m.phase_reason
+    assert _classify(rng.standard_normal((4 * MIN_PHASE_EVALS, MIN_PHASE_EVALS))) == "random-like"
+    assert UNDETERMINED in PHASE_LABELS and UNDETERMINED not in PHASES
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("shape", [(8, 8), (10, 40), (64, 64), (300, 120)])
+def test_rank_one_plus_tiny_noise_is_rank_collapse_at_any_size(shape, seed: int) -> None:
+    """Issue 16: a 64 x 64 rank-1 matrix + 1e-6 noise read random-like ("too few eigenvalues for an MP fit")."""
+    rng = np.random.default_rng([seed, *shape])
+    N, M = shape
+    for eps in (1e-8, 1e-6, 1e-4):
+        W = np.outer(rng.standard_normal(N), rng.standard_normal(M)) + eps * rng.standard_normal((N, M))
+        m = wwmonitor.analyze_matrix(W)
+        assert m.phase == "rank-collapse", (shape, eps, m.phase_reason)
+
+
+def test_collapsed_gate_with_tiny_soft_rank_is_rank_collapse() -> None:
+    """A 4H x H gate with a few decaying directions over a bulk ~1e-3 below (MP soft rank ~1e-6): rank-collapse."""
+    rng = np.random.default_rng(17)
+    for H in (24, 48, 128):
+        U, V = np.linalg.qr(rng.standard_normal((4 * H, 4)))[0], np.linalg.qr(rng.standard_normal((H, 4)))[0]
+        W = (U * np.array([1.0, 0.5, 0.2, 0.08])) @ V.T + 1e-3 * rng.standard_normal((4 * H, H)) / math.sqrt(4 * H)
+        m = wwmonitor.analyze_matrix(W)
+        assert m.mp_softrank is not None and m.mp_softrank < 1e-4
+        assert m.phase == "rank-collapse", (H, m.phase_reason)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_separated_spikes_are_bulk_plus_spikes(seed: int) -> None:
+    """Issue 16: one spike 50% or more above λ+ read bleeding-out, a ladder of separated spikes bulk-decay."""
+    rng = np.random.default_rng([seed, 1])
+    for N, M in ((200, 64), (600, 300), (1500, 250)):
+        Q = N / M
+        one = spiked(N, M, np.array([_strength_for_ratio(rng.uniform(1.6, 2.2), Q)]), rng)
+        ladder = spiked(N, M, np.array([_strength_for_ratio(r, Q) for r in (1.6, 2.5, 3.8, 5.7)]), rng)
+        near = spiked(N, M, np.array([_strength_for_ratio(1.25, Q)]), rng)
+        for W, want in ((one, "bulk+spikes"), (ladder, "bulk+spikes"), (near, "bleeding-out")):
+            m = wwmonitor.analyze_matrix(W)
+            assert m.phase == want, (N, M, m.phase_reason)
+
+
+def _strength_for_ratio(ratio: float, Q: float) -> float:
+    """Spike strength d of wwmonitor.synthetic.spiked whose outlier sits at ``ratio`` λ+ (asymptotically):
+    (1 + d²)(1/Q + d²)/d² = ratio (1 + 1/√Q)², solved for d²."""
+    big = ratio * (1.0 + Q**-0.5) ** 2
+    b = 1.0 + 1.0 / Q - big
+    return math.sqrt((-b + math.sqrt(b * b - 4.0 / Q)) / 2.0)

@@ -181,7 +181,25 @@ def analyze_matrix(
     W_loc = None
     if options.localization and len(shape) == 2:
         W_loc = A if e2 == 0 else np.ldexp(np.asarray(to_numpy(A), dtype=np.float64), -(e2 // 2))
-    return analyze_evals(ev_sq * scale, lm, options=options, scale=scale, W=W_loc, exponent2=e2)
+    tail = _entry_tail(A) if options.phases and options.mp_fit else None
+    return analyze_evals(ev_sq * scale, lm, options=options, scale=scale, W=W_loc, exponent2=e2, entry_tail=tail)
+
+
+def _entry_tail(A: Any) -> Optional[float]:
+    """Tail index of the entries of ``A`` (NumPy or torch, on its own device) for phase rule 4c
+    (:func:`wwmonitor.phases.entry_tail_index`); scale free."""
+    from .phases import entry_tail_count, entry_tail_index, hill_tail_index
+
+    if isinstance(A, np.ndarray):
+        return entry_tail_index(A)
+    import torch
+
+    flat = A.detach().abs().flatten()
+    k = entry_tail_count(int(flat.numel()))
+    if k == 0:
+        return None
+    top = torch.topk(flat if flat.dtype in (torch.float32, torch.float64) else flat.float(), k + 1).values
+    return hill_tail_index(top.double().cpu().numpy())
 
 
 def analyze_spec(spec: Any, options: AnalysisOptions = DEFAULT_OPTIONS, device: Optional[str] = None) -> LayerMetrics:
@@ -208,6 +226,7 @@ def analyze_evals(
     scale: float = 1.0,
     W: Optional[np.ndarray] = None,
     exponent2: int = 0,
+    entry_tail: Optional[float] = None,
 ) -> LayerMetrics:
     """Fill ``lm`` from eigenvalues ``ev_sq`` of ``WᵀW`` (σ² axis, ascending,
     already multiplied by ``scale``).
@@ -215,7 +234,8 @@ def analyze_evals(
     ``lm`` must carry ``name``, ``N``, ``M`` and ``num_evals``.
     ``exponent2``: the true eigenvalues are ``ev_sq · 2**exponent2`` (matrices
     at extreme scale, see :func:`analyze_matrix`); ``W`` is then the rescaled
-    matrix.
+    matrix.  ``entry_tail``: the tail index of the matrix entries for the
+    phase rules (``None``: not known, e.g. sharded matrices).
     """
     name, N = lm.name, lm.N
     ev_sq = np.sort(np.asarray(ev_sq, dtype=np.float64))
@@ -283,7 +303,7 @@ def analyze_evals(
         from .phases import classify_phase
 
         # The phase rules are scale-free in alpha / n_tail; pass the λ-axis fit.
-        ph = classify_phase(lam, N=N, M=lm.M, mp=mp, pl=pl, rank_loss=lm.rank_loss)
+        ph = classify_phase(lam, N=N, M=lm.M, mp=mp, pl=pl, rank_loss=lm.rank_loss, entry_tail=entry_tail)
         lm.phase, lm.phase_reason = ph.phase, ph.reason
     if options.keep_esd and not exponent2:
         lm.extra["fits"] = _lambda_axis_fits(pl, mp, N * scale)

@@ -1,52 +1,54 @@
-"""The "5+1 phases" of training (Martin & Mahoney, arXiv:1810.01075).
+"""The "5+1 phases" of training (Martin & Mahoney, arXiv:1810.01075), and ``undetermined``.
 
 Each ESD (λ axis, eigenvalues of ``X = WᵀW/N``) is assigned one of
-:data:`PHASES` from the Marchenko-Pastur fit (:func:`wwmonitor.mp.fit_mp`).
+:data:`PHASE_LABELS`: one of the 5+1 :data:`PHASES`, from the Marchenko-Pastur
+fit (:func:`wwmonitor.mp.fit_mp`), or :data:`UNDETERMINED` for a layer with
+fewer than :data:`MIN_PHASE_EVALS` (32) eigenvalues that is not rank-collapsed.
 The rules follow the operational definitions of the seeds' table
-("RMT-based 5+1 Phases of Training") and are written out, with their sources
-and the validation, in ``docs/phases.md``.
+("RMT-based 5+1 Phases of Training") and are written out, with their sources,
+the reason for the minimum size and the validation, in ``docs/phases.md``.
 
 Notation: ``n`` eigenvalues, ``edge = λ+ + TW`` (MP edge plus Tracy-Widom
 margin), ``ratio = λ_max/λ+`` (the reach of the tail), ``n_spikes`` the
-eigenvalues above ``edge``.  The **continuum** is the run of eigenvalues
-that leaves the bulk without a gap: starting at λ+ and going up through the
-eigenvalues above the edge, each one at most ``CHAIN_GAP`` (1.5) times the
-previous one; ``n_cont`` is its length and ``reach`` its top (in units of λ+).
-Rules, first match wins:
+eigenvalues above ``edge``, ``lowest`` the smallest of them over λ+.  The
+**continuum** is the run of eigenvalues that leaves the bulk without a gap:
+it starts next to the bulk (``lowest <= CONT_START`` = 1.4) and goes up
+through the eigenvalues above the edge, each one at most ``CHAIN_GAP`` (1.5)
+times the previous one; ``n_cont`` is its length and ``reach`` its top (in
+units of λ+).  Rules, first match wins:
 
 1. ``rank-collapse`` ("ESD has a large-mass spike at λ = 0; W very
-   rank-deficient; over-regularization"):
+   rank-deficient; over-regularization"), at any size:
 
    a. ``rank_loss / M >= COLLAPSE_FRAC`` (10%), or
    b. a gap: at least ``GAP_MASS`` (10%) of the eigenvalues lie ``COLLAPSE_GAP``
-      (1000) times or more below the next one, with at least 2 above the gap
-      (exact zeros, dead units, low rank plus tiny noise), or
-   c. a negligible bulk: ``λ+ <= λ_max / NEGLIGIBLE_RATIO`` (MP soft rank
-      <= 1%) and at most ``max(2, 1% n)`` eigenvalues between the edge and
-      ``sqrt(λ+ λ_max)``: a few spikes over a bulk squeezed toward zero
-      (weight decay); ``W`` is numerically low-rank at 10% of ``σ_max``.
-2. ``random-like``: ``n_spikes == 0`` -- the ESD ends at the MP edge.
-3. ``heavy-tailed`` ("ESD better described by heavy-tailed RMT; no good λ+;
-   λ_max ≫ λ+"): the MP bulk holds fewer than ``HT_BULK_FRACTION`` (60%) of
-   the non-zero eigenvalues, or a continuum (``n_cont >= 3``) leaves the edge
-   and the tail reaches ``ratio >= HT_RATIO`` (15).
-4. ``bleeding-out`` ("random-like except eigenmass just above λ+; λ_max and
-   λ+ separate"): ``BLEED_MIN_RATIO <= ratio < SPIKE_RATIO`` (1.08 ... 1.9);
-   below 1.08 the eigenvalues past the TW margin are an edge fluctuation
-   (``random-like``), and a massive continuum (``n_cont >= max(8, 4% n)``)
-   is ``bulk-decay``.
-5. ``bulk-decay`` ("less random-like; heavy-tailed eigenmass above λ+; some
-   spikes; edge above λ+ not concave"): a continuum (``n_cont >= 3``) with
-   ``SPIKE_RATIO <= ratio < HT_RATIO``.
-6. ``bulk+spikes`` ("random-like plus >= 1 spikes well above λ+"): the rest --
-   ``ratio >= SPIKE_RATIO`` and the spikes are isolated, not a continuum.
+      (1000) times or more below the next one (``COLLAPSE_GAP_SINGLE`` = 1e4
+      when a single eigenvalue is above the gap: rank 1 plus tiny noise), or
+   c. (``n >= 32``, it needs an MP fit) a negligible bulk: ``λ+ <= λ_max /
+      NEGLIGIBLE_RATIO`` (MP soft rank <= 1%) and either at most
+      ``max(2, 1% n)`` eigenvalues between the edge and ``sqrt(λ+ λ_max)``, or
+      no continuum and at least ``COLLAPSE_BULK_FRACTION`` (75%) of the
+      eigenvalues in the bulk: a few directions over a bulk squeezed toward zero.
+2. ``undetermined``: ``n < MIN_PHASE_EVALS`` (32).
+3. ``random-like``: ``n_spikes == 0`` -- the ESD ends at the MP edge.
+4. ``heavy-tailed`` ("no good λ+; λ_max ≫ λ+"): the MP bulk holds fewer than
+   ``HT_BULK_FRACTION`` (50%) of the non-zero eigenvalues, or a continuum
+   (``n_cont >= 3``) reaches ``ratio >= HT_RATIO`` (15).
+5. ``bulk+spikes`` ("≥ 1 spikes well above λ+"), separated spikes: no
+   continuum and ``lowest >= SEPARATED_RATIO`` (1.45).
+6. ``bleeding-out`` ("eigenmass just above λ+; λ_max and λ+ separate"):
+   ``BLEED_MIN_RATIO <= ratio < SPIKE_RATIO`` (1.08 ... 1.9); below 1.08 the
+   eigenvalues past the TW margin are an edge fluctuation (``random-like``),
+   and a massive continuum (``n_cont >= max(8, 4% n)``) is ``bulk-decay``.
+7. ``bulk-decay`` ("heavy-tailed eigenmass above λ+; edge above λ+ not
+   concave"): a continuum with ``SPIKE_RATIO <= ratio < HT_RATIO``.
+8. ``bulk+spikes``: the rest -- ``ratio >= SPIKE_RATIO``, no continuum.
 
 The power-law ``alpha`` is quoted in the reason strings but not used in a
-decision: on the tuning data it does not separate bulk-decay continua from
-heavy tails (5th-95th percentiles 1.7-5.2 against 1.4-4.6).  Thresholds
-were chosen on the "tune" split of ``tests/phase_families.py`` and on
-:mod:`wwmonitor.synthetic`; the held-out split is reported in
-``docs/phases.md``.
+decision (docs/phases.md §2).  Thresholds were chosen on the "tune" splits of
+``tests/phase_families.py`` and ``tests/phase_families_wide.py`` and on
+:mod:`wwmonitor.synthetic`; the held-out splits are reported in
+``docs/phases.md`` (tables written by ``tests/phase_eval.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,15 @@ import numpy as np
 from .mp import MPFit, mp_cdf
 from .powerlaw import PowerLawFit
 
-__all__ = ["PHASES", "PhaseResult", "classify_phase", "phase_features"]
+__all__ = [
+    "MIN_PHASE_EVALS",
+    "PHASES",
+    "PHASE_LABELS",
+    "UNDETERMINED",
+    "PhaseResult",
+    "classify_phase",
+    "phase_features",
+]
 
 PHASES: tuple[str, ...] = (
     "random-like",
@@ -70,6 +80,10 @@ PHASES: tuple[str, ...] = (
     "heavy-tailed",
     "rank-collapse",
 )
+#: the label of a layer too small for one of the 5+1 phases (fewer than MIN_PHASE_EVALS eigenvalues, no collapse)
+UNDETERMINED = "undetermined"
+#: every label classify_phase can return: the 5+1 phases, then UNDETERMINED
+PHASE_LABELS: tuple[str, ...] = PHASES + (UNDETERMINED,)
 
 #: rank collapse: rank_loss / M at least this
 COLLAPSE_FRAC = 0.10
@@ -90,9 +104,15 @@ BLEED_MIN_RATIO = 1.08
 #: below the next eigenvalue, with at least GAP_MIN_ABOVE eigenvalues above the gap
 COLLAPSE_GAP = 1e3
 GAP_MASS = 0.10
-GAP_MIN_ABOVE = 2
+GAP_MIN_ABOVE = 1
+#: ... and a factor COLLAPSE_GAP_SINGLE (σ_max 100x the next singular value) when only one eigenvalue is above it
+COLLAPSE_GAP_SINGLE = 1e4
+#: ... unless the entries have an infinite variance (tail index below 2): then it is one giant entry
+INFINITE_VARIANCE_MU = 2.0
 #: a continuum: consecutive eigenvalues (from λ+ upwards) at most this factor apart ...
 CHAIN_GAP = 1.5
+#: ... starting next to the bulk: the lowest eigenvalue above the edge at most CONT_START · λ+
+CONT_START = 1.4
 #: ... and at least this many of them (and this fraction of n)
 CONT_MIN_COUNT = 3
 CONT_FRAC = 0.0
@@ -102,12 +122,24 @@ MASS_FRAC = 0.04
 #: heavy-tailed: a continuum whose tail reaches HT_RATIO · λ+ ...
 HT_RATIO = 15.0
 #: ... or no good λ+: fewer than this fraction of the non-zero eigenvalues in the MP bulk
-HT_BULK_FRACTION = 0.6
+HT_BULK_FRACTION = 0.5
 #: reason strings say "bulk fits MP" when KS <= max(KS_GOOD_MIN, KS_GOOD_SCALE/sqrt(n_bulk))
 KS_GOOD_MIN = 0.03
 KS_GOOD_SCALE = 2.0
-#: below this many eigenvalues the reason string warns that the phase is unreliable
-MIN_EVALS = 20
+#: heavy-tailed entries (rule 4c): a Hill estimate of the tail index of |W_ij| below ENTRY_HT_MU (the seeds'
+#: boundary of the heavy-tailed classes, μ < 4), from the ENTRY_TAIL_FRAC largest entries (at least ENTRY_TAIL_MIN),
+#: together with a continuum that reaches ENTRY_HT_RATIO · λ+
+ENTRY_HT_MU = 4.0
+ENTRY_TAIL_FRAC = 1e-3
+ENTRY_TAIL_MIN = 30
+ENTRY_TAIL_MIN_SIZE = 1500
+ENTRY_HT_RATIO = 1.5
+#: below this many eigenvalues a layer that is not rank-collapsed is UNDETERMINED (docs/phases.md §2.1)
+MIN_PHASE_EVALS = 32
+#: rank collapse by a negligible bulk without a sparse middle: no continuum and at least this bulk fraction
+COLLAPSE_BULK_FRACTION = 0.75
+#: isolated outliers (no continuum) whose lowest is at least this many λ+ are bulk+spikes ("well above λ+")
+SEPARATED_RATIO = 1.45
 
 
 @dataclass(frozen=True)
@@ -126,8 +158,9 @@ def classify_phase(
     mp: MPFit,
     pl: Optional[PowerLawFit],
     rank_loss: Optional[int] = None,
+    entry_tail: Optional[float] = None,
 ) -> PhaseResult:
-    """Classify one ESD into the 5+1 phases.
+    """Classify one ESD into the 5+1 phases, or :data:`UNDETERMINED` for a small layer.
 
     Parameters
     ----------
@@ -143,6 +176,9 @@ def classify_phase(
     rank_loss:
         ``M - matrix_rank`` if known (pooled slices: ignored if larger than
         the number of eigenvalues).
+    entry_tail:
+        Tail index of the matrix entries (:func:`entry_tail_index`), if the
+        matrix is at hand; ``None`` leaves rule 4c out.
     """
     x = np.asarray(evals, dtype=np.float64).ravel()
     n = x.size
@@ -150,101 +186,154 @@ def classify_phase(
         raise ValueError("classify_phase: no eigenvalues given")
     if not np.isfinite(x).all():
         raise ValueError("classify_phase: eigenvalues contain NaN or Inf")
-    lmax = float(x.max())
-    if lmax <= 0:
+    if float(x.max()) <= 0:
         return PhaseResult("rank-collapse", "all eigenvalues are zero")
-
     f = phase_features(x, mp, pl)
-    few = f"; only {n} eigenvalues, phase unreliable" if n < MIN_EVALS else ""
-
-    # 1a. rank loss
-    if rank_loss is not None and M > 0 and n == M and rank_loss / M >= COLLAPSE_FRAC:
+    collapsed = _rank_collapse(f, n, M, mp, rank_loss, entry_tail)
+    if collapsed is not None:
+        return collapsed
+    if n < MIN_PHASE_EVALS:
         return PhaseResult(
-            "rank-collapse", f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss){few}"
+            UNDETERMINED,
+            f"only {n} eigenvalues (< {MIN_PHASE_EVALS}): too few for a reliable phase "
+            f"(the Tracy-Widom margin is {mp.tw_margin / mp.lambda_plus:.0%} of λ+ and the MP fit cannot be "
+            f"told from other shapes); not rank-collapsed, λ_max {f['ratio']:.3g}× λ+",
         )
+    return _full_rank_phase(f, n, mp, pl, entry_tail)
 
-    ratio, ks, nsp = f["ratio"], mp.ks, int(f["n_spikes"])
-    alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
-    a_txt = f", alpha {alpha:.2f}" if alpha is not None else ""
-    if not math.isfinite(ks):
-        fit_txt = "too few eigenvalues for an MP fit"
-    elif ks <= max(KS_GOOD_MIN, KS_GOOD_SCALE / math.sqrt(max(1.0, mp.bulk_fraction * n))):
-        fit_txt = f"bulk fits MP (KS {ks:.2f})"
-    else:
-        fit_txt = f"bulk deviates from MP (KS {ks:.2f})"
-    s_ = "s" if nsp != 1 else ""
 
-    # 1b. a large mass far below everything else (a gap of COLLAPSE_GAP in the sorted spectrum)
-    if f["collapse_gap"] >= COLLAPSE_GAP:
+def _rank_collapse(
+    f: dict[str, float], n: int, M: int, mp: MPFit, rank_loss: Optional[int], entry_tail: Optional[float]
+) -> Optional[PhaseResult]:
+    """Rules 1a-1c (any number of eigenvalues): rank-collapse, or None."""
+    if rank_loss is not None and M > 0 and n == M and rank_loss / M >= COLLAPSE_FRAC:
+        return PhaseResult("rank-collapse", f"{rank_loss / M:.0%} of eigenvalues are (numerically) zero (rank loss)")
+    above_gap = n - int(round(f["gap_mass"] * n))
+    # one eigenvalue far above the rest is also what one giant entry of an infinite-variance matrix gives
+    single_ok = entry_tail is None or not entry_tail < INFINITE_VARIANCE_MU
+    if f["collapse_gap"] >= (COLLAPSE_GAP if above_gap >= 2 else (COLLAPSE_GAP_SINGLE if single_ok else math.inf)):
         k = int(round(f["gap_mass"] * n))
         return PhaseResult(
             "rank-collapse",
             f"{f['gap_mass']:.0%} of eigenvalues lie {f['collapse_gap']:.2g}× or more below the other {n - k} "
             f"(MP predicts {f['zero_mp']:.0%} at λ ≤ {f['zero_level']:.2g}, found {f['zero_obs']:.0%}): "
-            f"large-mass spike at zero{few}",
+            "large-mass spike at zero",
         )
+    ratio, nsp = f["ratio"], int(f["n_spikes"])
+    if n < MIN_PHASE_EVALS or ratio < NEGLIGIBLE_RATIO or nsp == 0:  # 1c needs an MP fit
+        return None
+    sparse_mid = f["n_mid"] <= max(SPARSE_MID_COUNT, SPARSE_MID_FRAC * n)
+    detached = f["n_continuum"] < CONT_MIN_COUNT and mp.bulk_fraction >= COLLAPSE_BULK_FRACTION
+    if not (sparse_mid or detached):
+        return None
+    s_ = "s" if nsp != 1 else ""
+    how = (
+        f"{int(f['n_mid'])} eigenvalue{'s' if f['n_mid'] != 1 else ''} in between"
+        if sparse_mid
+        else f"none joining the bulk edge, {mp.bulk_fraction:.0%} of eigenvalues in the bulk"
+    )
+    return PhaseResult(
+        "rank-collapse",
+        f"MP bulk negligible: λ+ is {1.0 / ratio:.2g} of λ_max, {nsp} eigenvalue{s_} far above it with {how}: "
+        "W is numerically low-rank",
+    )
 
-    # 2. random-like
+
+def _fit_text(mp: MPFit, n: int) -> str:
+    if not math.isfinite(mp.ks):
+        return "too few eigenvalues for an MP fit"
+    if mp.ks <= max(KS_GOOD_MIN, KS_GOOD_SCALE / math.sqrt(max(1.0, mp.bulk_fraction * n))):
+        return f"bulk fits MP (KS {mp.ks:.2f})"
+    return f"bulk deviates from MP (KS {mp.ks:.2f})"
+
+
+def _full_rank_phase(  # noqa: C901 -- one branch per rule of the table in docs/phases.md
+    f: dict[str, float], n: int, mp: MPFit, pl: Optional[PowerLawFit], entry_tail: Optional[float]
+) -> PhaseResult:
+    """Rules 2-6 for a layer with at least MIN_PHASE_EVALS eigenvalues that is not rank-collapsed."""
+    ratio, nsp = f["ratio"], int(f["n_spikes"])
+    alpha = pl.alpha if (pl is not None and pl.ok and math.isfinite(pl.alpha)) else None
+    a_txt = f", alpha {alpha:.2f}" if alpha is not None else ""
+    fit_txt = _fit_text(mp, n)
+    s_ = "s" if nsp != 1 else ""
     if nsp == 0:
-        return PhaseResult(
-            "random-like",
-            f"no eigenvalue above λ+ + TW, λ_max {ratio:.2f}× λ+, {fit_txt}{few}",
-        )
-
-    # 1c. negligible bulk: a few spikes far above a bulk squeezed toward zero
+        return PhaseResult("random-like", f"no eigenvalue above λ+ + TW, λ_max {ratio:.2f}× λ+, {fit_txt}")
     n_cont, reach = int(f["n_continuum"]), f["continuum_reach"]
-    if ratio >= NEGLIGIBLE_RATIO and f["n_mid"] <= max(SPARSE_MID_COUNT, SPARSE_MID_FRAC * n):
-        return PhaseResult(
-            "rank-collapse",
-            f"MP bulk negligible: λ+ is {1.0 / ratio:.2%} of λ_max, {nsp} spike{s_} far above it with "
-            f"{int(f['n_mid'])} eigenvalue{'s' if f['n_mid'] != 1 else ''} in between: W is numerically "
-            f"low-rank, {fit_txt}{few}",
-        )
-
     cont = n_cont >= max(CONT_MIN_COUNT, CONT_FRAC * n)
     cont_txt = f"{n_cont} eigenvalue{'s' if n_cont != 1 else ''} leave the edge without a gap, up to {reach:.2g}× λ+"
-    # 3. heavy-tailed: no good λ+, or λ_max ≫ λ+ at the end of a continuum
     if mp.bulk_fraction < HT_BULK_FRACTION:
         return PhaseResult(
             "heavy-tailed",
             f"no good λ+: only {mp.bulk_fraction:.0%} of eigenvalues in the MP bulk, {nsp} above λ+ + TW, "
-            f"λ_max {ratio:.3g}× λ+{a_txt}, {fit_txt}{few}",
+            f"λ_max {ratio:.3g}× λ+{a_txt}, {fit_txt}",
         )
     if cont and ratio >= HT_RATIO:
         return PhaseResult(
             "heavy-tailed",
-            f"λ_max {ratio:.3g}× λ+ (≫ λ+) at the end of a tail of {nsp} eigenvalues; "
-            f"{cont_txt}{a_txt}, {fit_txt}{few}",
+            f"λ_max {ratio:.3g}× λ+ (≫ λ+) at the end of a tail of {nsp} eigenvalues; {cont_txt}{a_txt}, {fit_txt}",
         )
-    # 4. bleeding-out: everything just above the edge
+    if cont and ratio >= ENTRY_HT_RATIO and entry_tail is not None and entry_tail < ENTRY_HT_MU:
+        return PhaseResult(
+            "heavy-tailed",
+            f"heavy-tailed entries (tail index μ ≈ {entry_tail:.2f} < {ENTRY_HT_MU:g}) and {cont_txt}, "
+            f"λ_max {ratio:.3g}× λ+{a_txt}, {fit_txt}",
+        )
+    lowest = f["lowest_spike"]
+    if not cont and lowest >= SEPARATED_RATIO:
+        return PhaseResult(
+            "bulk+spikes",
+            f"{nsp} spike{s_} above λ+ + TW, largest {ratio:.1f}× λ+, lowest {lowest:.2f}× λ+ (≥ {SEPARATED_RATIO}): "
+            f"separated from the bulk (no continuum), {fit_txt}",
+        )
     if ratio < SPIKE_RATIO:
         if n_cont >= max(MASS_MIN_COUNT, MASS_FRAC * n):
             return PhaseResult(
-                "bulk-decay",
-                f"{cont_txt} ({n_cont / n:.0%} of the eigenmass), λ_max {ratio:.2f}× λ+{a_txt}, {fit_txt}{few}",
+                "bulk-decay", f"{cont_txt} ({n_cont / n:.0%} of the eigenmass), λ_max {ratio:.2f}× λ+{a_txt}, {fit_txt}"
             )
         if ratio < BLEED_MIN_RATIO:
             return PhaseResult(
                 "random-like",
                 f"{nsp} eigenvalue{s_} past λ+ + TW but λ_max only {ratio:.2f}× λ+ (< {BLEED_MIN_RATIO}): "
-                f"edge fluctuation, {fit_txt}{few}",
+                f"edge fluctuation, {fit_txt}",
             )
         return PhaseResult(
-            "bleeding-out",
-            f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+, {fit_txt}{few}",
+            "bleeding-out", f"{nsp} eigenvalue{s_} just above λ+ + TW, largest {ratio:.2f}× λ+, {fit_txt}"
         )
-    # 5. bulk-decay: a decaying continuum with a bounded reach
     if cont:
-        return PhaseResult(
-            "bulk-decay",
-            f"{cont_txt}, λ_max {ratio:.1f}× λ+ ({nsp} above λ+ + TW){a_txt}, {fit_txt}{few}",
-        )
-    # 6. bulk+spikes: isolated spikes well above the bulk
+        return PhaseResult("bulk-decay", f"{cont_txt}, λ_max {ratio:.1f}× λ+ ({nsp} above λ+ + TW){a_txt}, {fit_txt}")
     return PhaseResult(
         "bulk+spikes",
         f"{nsp} spike{s_} above λ+ + TW, largest {ratio:.1f}× λ+, isolated (no continuum: "
-        f"{n_cont} join the edge without a gap), {fit_txt}{few}",
+        f"{n_cont} join the edge without a gap), {fit_txt}",
     )
+
+
+def entry_tail_count(size: int) -> int:
+    """How many of the largest ``|W_ij|`` the entry tail index uses: ``max(30, size / 1000)``, so at most 2%
+    of the entries; 0 (no estimate) for fewer than ``ENTRY_TAIL_MIN_SIZE`` (1500) entries."""
+    return max(ENTRY_TAIL_MIN, int(size * ENTRY_TAIL_FRAC)) if size >= ENTRY_TAIL_MIN_SIZE else 0
+
+
+def hill_tail_index(top: np.ndarray) -> float:
+    """Hill estimate ``μ̂ = k / Σ_{i<k} ln(x_(i) / x_(k))`` from the ``k + 1`` largest values ``x_(0) >= ... >= x_(k)``
+    (any order).  NaN when ``x_(k) <= 0``; inf when they are all equal."""
+    t = np.sort(np.asarray(top, dtype=np.float64).ravel())[::-1]
+    k = t.size - 1
+    if k < 1 or not t[k] > 0:
+        return math.nan
+    s = float(np.sum(np.log(t[:k] / t[k])))
+    return k / s if s > 0 else math.inf
+
+
+def entry_tail_index(W: np.ndarray) -> float:
+    """Tail index ``μ`` of the entries of ``W`` (all slices of a stack): :func:`hill_tail_index` of the
+    :func:`entry_tail_count` + 1 largest ``|W_ij|``.  iid entries with ``P(|w| > x) ~ x^-μ`` give about ``μ``;
+    Gaussian entries 7-16 at these tail fractions.  NaN for fewer than 1500 entries.  Scale free."""
+    a = np.abs(np.asarray(W)).ravel()
+    k = entry_tail_count(a.size)
+    if k == 0:
+        return math.nan
+    return hill_tail_index(np.partition(a, a.size - k - 1)[a.size - k - 1 :])
 
 
 def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = None) -> dict[str, float]:
@@ -275,6 +364,8 @@ def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = Non
         steps = above / np.concatenate(([lp], above[:-1]))
         breaks = np.flatnonzero(steps > CHAIN_GAP)
         n_cont = int(breaks[0]) if breaks.size else n_sp
+        if above[0] > CONT_START * lp:
+            n_cont = 0
         reach = float(above[n_cont - 1] / lp) if n_cont else 1.0
     else:
         n_cont, reach = 0, 1.0

@@ -79,6 +79,8 @@ PHASE_COLORS: dict[str, str] = {
     "bulk-decay": "#fdae6b",
     "heavy-tailed": "#e6550d",
     "rank-collapse": "#54278f",
+    # a layer too small for a label (wwmonitor.phases.UNDETERMINED): grey like "unknown", never a phase colour
+    "undetermined": "#d9d9d9",
     "unknown": "#d9d9d9",
 }
 
