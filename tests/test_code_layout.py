@@ -25,8 +25,6 @@ ALLOWED: dict[str, str] = {
     # being split in issue 17 (helpers "sharding", "apath", "core" work on these right now): the lead removes
     # each entry once that split is merged
     "wwmonitor/sharded.py": "being split in issue 17 (sharded.py -> snapshot strategies)",
-    "wwmonitor/monitor/runtime.py": "being split in issue 17 (one framework-free core)",
-    "wwmonitor/callbacks/transformers.py": "being split in issue 17 (one framework-free core)",
     # no issue-17 helper owns analyze.py: the lead splits these or marks them with a reason
     "wwmonitor/analyze.py::analyze_matrix": "not assigned in issue 17 (61 lines)",
     "wwmonitor/analyze.py::analyze_evals": "not assigned in issue 17 (95 lines)",
