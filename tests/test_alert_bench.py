@@ -250,14 +250,11 @@ def test_slice_labels_follow_the_criterion(slice_rows):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the default rules before issue 16's rework: alpha_low warns on the healthy gru_seq reference run and "
-    "nothing warns on mlp_cls wd_strong, which collapses within its first snapshots; strict: remove this marker "
-    "once the reworked rules meet the budget here",
-)
 def test_budget_on_the_slice(slice_rows):
-    """Issue 16's budget on the slice: every healthy run silent, every collapsing run warned before its last epoch."""
+    """Issue 16's budget on the slice: every healthy run silent, every collapsing run warned before its last epoch.
+
+    It failed on the default rules before issue 16's rework (alpha_low on the healthy gru_seq reference, nothing
+    on mlp_cls wd_strong, which collapses within its first snapshots)."""
     rows = slice_rows
     healthy = [r for r in rows if r.label == "healthy"]
     collapsing = [r for r in rows if r.label == "collapsing"]
