@@ -55,7 +55,7 @@ def picture(phase: str, out: Path) -> str:
     rng = np.random.default_rng([SEED, PHASES.index(phase)])
     W = PHASE_GENERATORS[phase](N, M, rng, **EXAMPLES[phase]).astype(np.float64)
     m = wwmonitor.analyze_matrix(W, keep_esd=True)
-    lam = np.sort(np.asarray(m.extra["esd"], dtype=np.float64))
+    lam = np.sort(np.asarray(m.esd, dtype=np.float64))
     s2, Q = m.mp_sigma2, m.Q
     lp, lm, edge = m.lambda_plus, m.lambda_minus, m.lambda_plus + m.tw_margin
     lmax = float(lam[-1])

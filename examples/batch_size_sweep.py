@@ -33,7 +33,7 @@ def train(batch_size: int, lr: float, epochs: int, run_root: str) -> str:
     step = 0
     with wwmonitor.Monitor(
         model,
-        run_dir=run_root,
+        root=run_root,
         run_name=f"bs{batch_size:04d}",
         resume=False,
         alerts=None,

@@ -43,8 +43,8 @@ def main() -> None:
         metrics=["accuracy"],
     )
     ww = WeightWatcherCallback(
-        log_dir=f"{args.out}/tb/keras-mlp",
-        run_dir=f"{args.out}/runs",
+        loggers={"tensorboard": f"{args.out}/tb/keras-mlp"},
+        root=f"{args.out}/runs",
         run_name="keras-mlp",
         config={"batch_size": 16, "lr": 0.05, "backend": keras.backend.backend()},
     )

@@ -58,7 +58,7 @@ def main() -> None:
     )
     ww = WeightWatcherCallback(
         every_n_epochs=1,
-        run_dir=f"{args.out}/runs",
+        root=f"{args.out}/runs",
         run_name="lightning-mlp",
         alerts="default",
         config={"batch_size": 16, "lr": 0.05},

@@ -84,7 +84,7 @@ def objective(trial: Any, *, out: Path, epochs: int, lr: float, batch_sizes: lis
     cb = SpectralPruningCallback(
         trial,
         metric="mean_alpha",
-        run_dir=str(out / "runs"),
+        root=str(out / "runs"),
         esd_every_n_epochs=0,
         alerts=None,
         config={"seed": seed, "lr": lr, "epochs": epochs},

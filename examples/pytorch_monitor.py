@@ -43,7 +43,7 @@ def main() -> None:
     step = 0
     with wwmonitor.Monitor(
         model,
-        run_dir=f"{args.out}/runs",
+        root=f"{args.out}/runs",
         run_name="pytorch-mlp",
         resume=False,
         config={"batch_size": args.batch_size, "lr": 0.05, "example": "pytorch_monitor"},

@@ -58,8 +58,9 @@ SCRIPT = textwrap.dedent(
 
     model = build()
     run = wandb.init(project="wwmonitor-keras", dir=out, mode="offline")
-    cb = WeightWatcherCallback(log_dir=os.path.join(out, "tb"), wandb=True, csv=os.path.join(out, "csv"),
-                               run_dir=os.path.join(out, "runs"), run_name="keras", alerts="default",
+    cb = WeightWatcherCallback(loggers={{"tensorboard": os.path.join(out, "tb"), "wandb": True,
+                                        "csv": os.path.join(out, "csv")}},
+                               root=os.path.join(out, "runs"), run_name="keras", alerts="default",
                                esd_every_n_epochs=1)
     async_with = keras.callbacks.CallbackList([cb], model=model)._async_train
     async_without = keras.callbacks.CallbackList([], model=model)._async_train
@@ -80,7 +81,7 @@ SCRIPT = textwrap.dedent(
 
     # stop_training through an alert: random-init layers are under-trained (alpha > 6) at once
     model2 = build()
-    cb2 = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
+    cb2 = WeightWatcherCallback(root=os.path.join(out, "runs"), run_name="stop",
                                 alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0,
                                                   warn=False),
                                 stop_on=["alpha_high"])
@@ -229,7 +230,7 @@ TF_SCRIPT = textwrap.dedent(
                     model = build(jit_compile)
             else:
                 model = build(jit_compile)
-            cb = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name=name, **cb_kwargs)
+            cb = WeightWatcherCallback(root=os.path.join(out, "runs"), run_name=name, **cb_kwargs)
             rec = Steps()
             model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, callbacks=[cb, rec], verbose=0)
             specs = extract_matrices(model)
@@ -259,6 +260,7 @@ TF_SCRIPT = textwrap.dedent(
         }}
 
     res = {{"backend": keras.backend.backend(), "import_seconds": time.perf_counter() - t0}}
+    # the pre-0.5 spelling (log_dir=, csv=) still works, with a DeprecationWarning
     model, cb, res["graph"] = case("graph", log_dir=os.path.join(out, "tb"), csv=os.path.join(out, "csv"),
                                    alerts="default", esd_every_n_epochs=2)  # one set of ESD images
     ea = tb_accumulator(os.path.join(out, "tb"))
@@ -276,7 +278,7 @@ TF_SCRIPT = textwrap.dedent(
     t = time.perf_counter()
     keras.utils.set_random_seed(0)
     model = build()
-    cb = WeightWatcherCallback(run_dir=os.path.join(out, "runs"), run_name="stop",
+    cb = WeightWatcherCallback(root=os.path.join(out, "runs"), run_name="stop",
                                alerts=AlertRules(rules=["alpha_high"], alpha_high=3.0, hysteresis=0.5, warmup=0,
                                                  warn=False),
                                stop_on=["alpha_high"])

@@ -67,9 +67,7 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     import wandb
 
     pl, loggers, Callback = _pkg(pkg)
-    cb = Callback(
-        every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="fit", alerts="default", esd_every_n_epochs=1
-    )
+    cb = Callback(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="fit", alerts="default", esd_every_n_epochs=1)
     tb = loggers.TensorBoardLogger(str(tmp_path / "tb"), name="tb")
     wb = loggers.WandbLogger(project="wwmonitor-test", save_dir=str(tmp_path), offline=True)
     csv = loggers.CSVLogger(str(tmp_path / "csv"), name="csv")
@@ -108,10 +106,10 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
     while True:
         rows, _ = wandb_history(runs[0])
         ww_rows = [r for r in rows if "ww.alpha/fc1" in r]
-        if [int(r["trainer/global_step"]) for r in ww_rows] == STEPS or time.monotonic() > deadline:
+        if [int(r["ww/step"]) for r in ww_rows] == STEPS or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-    assert [int(r["trainer/global_step"]) for r in ww_rows] == STEPS
+    assert [int(r["ww/step"]) for r in ww_rows] == STEPS
     assert all("ww.esd/fc1/path" in r and "ww/layers/path" in r for r in ww_rows)
     assert any("train_loss" in r for r in rows)
 
@@ -136,7 +134,7 @@ def test_fit_with_tensorboard_wandb_csv(pkg, tmp_path):
 
 def test_no_logger_and_step_snapshots(tmp_path):
     pl, _, Callback = _pkg("lightning")
-    cb = Callback(every_n_epochs=None, every_n_steps=10, run_dir=str(tmp_path / "runs"), run_name="steps")
+    cb = Callback(every_n_epochs=None, every_n_steps=10, root=str(tmp_path / "runs"), run_name="steps")
     trainer = _trainer(pl, tmp_path, max_epochs=2, logger=False, callbacks=[cb])
     trainer.fit(make_module("lightning"))
     run = wwmonitor.load_run(cb.monitor.run_dir)
@@ -149,7 +147,7 @@ def test_resume_from_mid_run_checkpoint_continues_the_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt_dir = tmp_path / "ckpt"
-    kw = dict(every_n_epochs=1, run_dir=str(tmp_path / "runs"), alerts="default")
+    kw = dict(every_n_epochs=1, root=str(tmp_path / "runs"), alerts="default")
     mc = ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     cb1 = Callback(**kw)
     t1 = _trainer(pl, tmp_path, max_epochs=3, logger=False, callbacks=[cb1, mc], enable_checkpointing=True)
@@ -174,7 +172,7 @@ def test_fresh_fit_with_the_same_run_name_starts_a_new_run(tmp_path):
     from _logcheck import logs
 
     pl, loggers, Callback = _pkg("lightning")
-    kw = dict(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="exp", alerts=None)
+    kw = dict(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="exp", alerts=None)
     cb1 = Callback(**kw)
     _trainer(pl, tmp_path, max_epochs=1, logger=False, callbacks=[cb1]).fit(make_module("lightning"))
     cb2 = Callback(**kw)
@@ -222,7 +220,7 @@ def test_over_regularized_run_fires_rank_collapse_and_stops(tmp_path):
     pl, _, Callback = _pkg("lightning")
     cb = Callback(
         every_n_epochs=1,
-        run_dir=str(tmp_path / "runs"),
+        root=str(tmp_path / "runs"),
         run_name="overreg",
         alerts={"warn": False},
         stop_on=["rank_collapse"],
@@ -241,7 +239,7 @@ def test_healthy_run_fires_no_warning(tmp_path):
     pl, _, Callback = _pkg("lightning")
     cb = Callback(
         every_n_epochs=1,
-        run_dir=str(tmp_path / "runs"),
+        root=str(tmp_path / "runs"),
         run_name="healthy",
         alerts="default",
         stop_on=["rank_collapse"],
@@ -265,7 +263,7 @@ def test_non_finite_weights_alert_and_stop(tmp_path):
                     pl_module.fc2.weight[0, 0] = float("nan")
 
     cb = Callback(
-        every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="nan", alerts={"warn": False}, stop_on=["non_finite"]
+        every_n_epochs=1, root=str(tmp_path / "runs"), run_name="nan", alerts={"warn": False}, stop_on=["non_finite"]
     )
     trainer = _trainer(pl, tmp_path, max_epochs=8, logger=False, callbacks=[PoisonFc2(), cb])
     trainer.fit(make_module("lightning"))  # must not raise

@@ -158,13 +158,13 @@ def test_options_state_keys_and_refused_strategies(tmp_path):
 
 
 def test_mlflow_without_an_mlflow_sink_is_one_log_note(monkeypatch, tmp_path):
-    from wwmonitor.callbacks import transformers as hf
+    from wwmonitor.callbacks import _hf_support
 
     monkeypatch.setitem(sys.modules, "wwmonitor.sinks.mlflow", None)  # the module is absent: ImportError
     cb = _callback()()
     args = types.SimpleNamespace(report_to=["mlflow"], output_dir=str(tmp_path), world_size=1)
     with logs(r"no MLflow sink", level=20):
-        assert hf._integration_sinks(cb, args, None) == []
+        assert _hf_support.integration_sinks(args, "run", cb.settings.metrics, {}) == []
 
 
 # ------------------------------------------------------------------ end to end
@@ -180,8 +180,8 @@ def test_bert_reports_to_tensorboard_and_wandb(tmp_path):
     assert cb.monitor.run_dir == tmp_path / "out" / "wwmonitor-runs" / "bert"
     assert [type(s).__name__ for s in cb.sinks] == ["TensorBoardSink", "WandbSink"]
 
-    # --- TensorBoard: the integration's log dir, next to the Trainer's own scalars
-    ea = tb_accumulator(_integration(trainer, "TensorBoardCallback").logging_dir)
+    # --- TensorBoard: a run of its own, runs/wwmonitor-<run_id>, next to the Trainer's runs/<date_host>
+    ea = tb_accumulator(str(tmp_path / "out" / "runs" / "wwmonitor-bert"))
     tags = ea.Tags()
     for layer in (QUERY0, "bert.encoder.layer.1.output.dense", "bert.embeddings.word_embeddings"):
         for metric in ("alpha", "stable_rank", "log_norm"):
@@ -190,14 +190,15 @@ def test_bert_reports_to_tensorboard_and_wandb(tmp_path):
     assert layer_tag("ww", "alpha", "classifier") not in tags["scalars"]  # 2 eigenvalues: no alpha, no sentinel
     assert [e.step for e in ea.Scalars(layer_tag("ww", "log_norm", "classifier"))] == steps
     assert [i.step for i in ea.Images(image_tag("ww", QUERY0))] == [8]  # esd_every_n_epochs=5: first snapshot
-    assert "train/loss" in tags["scalars"]
+    own = tb_accumulator(_integration(trainer, "TensorBoardCallback").logging_dir)
+    assert "train/loss" in own.Tags()["scalars"]  # the Trainer's own scalars, beside ours under runs/
 
     # --- W&B offline run: one row per snapshot keyed by the Trainer's step key
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert len(runs) == 1
     rows, _ = wandb_history(runs[0])
     ww_rows = [r for r in rows if layer_tag("ww", "alpha", QUERY0) in r]
-    assert [int(r["train/global_step"]) for r in ww_rows] == steps
+    assert [int(r["ww/step"]) for r in ww_rows] == steps
     assert any("train/loss" in r for r in rows)
 
     # --- run store: every snapshot once, the same numbers as TensorBoard
@@ -239,7 +240,7 @@ def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
     cb = _callback()(
         every_n_epochs=None,
         every_n_steps=5,
-        run_dir=str(tmp_path / "runs"),
+        root=str(tmp_path / "runs"),
         run_name="gpt2",
         alerts=None,
         esd_every_n_epochs=0,
@@ -251,7 +252,7 @@ def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
     trainer = train(gpt2(), args, [cb], data=Tokens(lm=True))
     assert trainer.state.global_step == 24
     steps = [5, 10, 15, 20]
-    ea = tb_accumulator(_integration(trainer, "TensorBoardCallback").logging_dir)
+    ea = tb_accumulator(str(tmp_path / "out" / "runs" / "wwmonitor-gpt2"))  # the callback's own TensorBoard run
     # GPT-2's Conv1D layers, the fused c_attn split into q, k, v
     for layer in (
         "transformer.wte",
@@ -295,7 +296,8 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_run(tmp_path):
     assert sorted(m.step.unique()) == [8, 16, 24, 32]
     assert not m.duplicated(["step", "layer", "metric"]).any()
 
-    # with the Trainer's own callback restore on, the callback passed in stays the one that runs
+    # with the Trainer's own callback restore on, the Trainer replaces the callback passed in by one built
+    # from its JSON-able options (documented); that one continues the same run
     cb3 = Callback(**kw)
     t3 = train(
         bert(),
@@ -303,8 +305,10 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_run(tmp_path):
         [cb3],
         resume_from_checkpoint=str(out / "checkpoint-32"),
     )
-    assert any(c is cb3 for c in t3.callback_handler.callbacks)
-    assert sum(type(c).__name__ == "WeightWatcherCallback" for c in t3.callback_handler.callbacks) == 1
+    live = [c for c in t3.callback_handler.callbacks if type(c).__name__ == "WeightWatcherCallback"]
+    assert len(live) == 1
+    cb3 = live[0]
+    assert cb3.settings.alerts == "default" and cb3.every_n_epochs == 1 and cb3.esd_every_n_epochs == 0
     assert cb3.monitor.run_id == run_id
     m = wwmonitor.load_run(cb3.monitor.run_dir).metrics
     assert sorted(m.step.unique()) == [8, 16, 24, 32, 40]
@@ -314,7 +318,7 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_run(tmp_path):
 @pytest.mark.slow
 def test_fresh_train_with_a_used_run_name_starts_a_new_run(tmp_path):
     Callback = _callback()
-    kw = dict(every_n_epochs=1, run_dir=str(tmp_path / "runs"), run_name="exp", alerts=None, esd_every_n_epochs=0)
+    kw = dict(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="exp", alerts=None, esd_every_n_epochs=0)
     cb1 = Callback(**kw)
     train(bert(), training_args(tmp_path / "out", num_train_epochs=1), [cb1])
     cb2 = Callback(**kw)
@@ -338,7 +342,7 @@ def test_non_finite_weights_fire_an_alert_that_stops_training(tmp_path):
     cb = _callback()(
         every_n_epochs=1,
         every_n_steps=3,
-        run_dir=str(tmp_path / "runs"),
+        root=str(tmp_path / "runs"),
         run_name="nan",
         alerts="default",
         stop_on=["non_finite"],
@@ -382,7 +386,7 @@ DDP_SCRIPT = textwrap.dedent(
                 torch.save(model.state_dict(), os.path.join(out, f"w{{state.global_step}}.pt"))
 
 
-    cb = WeightWatcherCallback(every_n_epochs=1, run_dir=os.path.join(out, "runs"), run_name="ddp",
+    cb = WeightWatcherCallback(every_n_epochs=1, root=os.path.join(out, "runs"), run_name="ddp",
                                esd_every_n_epochs=0,
                                # a threshold most layers exceed: alert output (log lines) on rank 0
                                alerts={{"rules": ["alpha_high"], "alpha_high": 2.5, "warmup": 0}})
@@ -456,7 +460,7 @@ def test_ddp_two_ranks_equals_single_process_analysis(tmp_path):
     assert len(set(np.round(norms, 9))) == 3  # the steps really differ
 
     # TensorBoard written on rank 0 only, every step once
-    ev = glob.glob(str(tmp_path / "hf" / "runs" / "*" / "events.out.tfevents.*"))
+    ev = glob.glob(str(tmp_path / "hf" / "runs" / "wwmonitor-*" / "events.out.tfevents.*"))
     assert len({os.path.dirname(p) for p in ev}) == 1
     ea = tb_accumulator(os.path.dirname(ev[0]))
     assert [e.step for e in ea.Scalars(layer_tag("ww", "alpha", QUERY0))] == steps
@@ -481,3 +485,21 @@ def test_example_transformers_trainer(tmp_path):
     run = wwmonitor.load_run(tmp_path / "ex" / "wwmonitor-runs" / "tiny-bert")
     assert run.steps == [32, 64]
     assert len(glob.glob(str(tmp_path / "ex" / "runs" / "*" / "events.out.tfevents.*"))) == 2  # Trainer's + ours
+
+
+@pytest.mark.slow
+def test_example_lora_finetune_under_the_trainer_callback(tmp_path):
+    """lora= and base_model= pass through the Trainer callback: the LoRA example's --trainer path."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    example = Path(__file__).parent.parent / "examples" / "lora_finetune.py"
+    cmd = [sys.executable, str(example), "--out", "ex", "--epochs", "2", "--steps-per-epoch", "2", "--trainer"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    run = wwmonitor.load_run(tmp_path / "ex" / "runs" / "lora-gpt2")
+    assert run.steps == [2, 4]  # 32 samples / batch 16: 2 optimizer steps per epoch
+    m = run.metrics
+    rel = m[(m.metric == "delta_rel_norm") & m.layer.str.endswith("h.0.attn.c_attn.q")]
+    assert list(rel.step) == [2, 4] and (rel.value > 0).all()  # base_model: the weights before training
+    st = run.layer_status
+    upd = st[st.layer.str.endswith(".lora_update")]
+    assert len(upd) and (upd.status == "too_few_evals").all()  # lora="effective+update": the rank-4 updates

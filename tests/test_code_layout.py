@@ -25,12 +25,6 @@ ALLOWED: dict[str, str] = {
     # being split in issue 17 (helpers "sharding", "apath", "core" work on these right now): the lead removes
     # each entry once that split is merged
     "wwmonitor/sharded.py": "being split in issue 17 (sharded.py -> snapshot strategies)",
-    "wwmonitor/report/compare.py": "being split in issue 17 (compare/html page kit and phase history)",
-    "wwmonitor/report/html.py": "being split in issue 17 (compare/html page kit and phase history)",
-    "wwmonitor/report/figures.py": "being split in issue 17 (report/*)",
-    "wwmonitor/monitor/runtime.py": "being split in issue 17 (one framework-free core)",
-    "wwmonitor/callbacks/transformers.py": "being split in issue 17 (one framework-free core)",
-    "wwmonitor/store.py": "being split in issue 17 (store persists fits and ESDs)",
     # no issue-17 helper owns analyze.py: the lead splits these or marks them with a reason
     "wwmonitor/analyze.py::analyze_matrix": "not assigned in issue 17 (61 lines)",
     "wwmonitor/analyze.py::analyze_evals": "not assigned in issue 17 (95 lines)",
@@ -39,14 +33,10 @@ ALLOWED: dict[str, str] = {
 ALLOWED_FUNCTION_DIRS: dict[str, str] = {
     "wwmonitor/sharded.py": "being split in issue 17",
     "wwmonitor/distributed.py": "being split in issue 17",
-    "wwmonitor/report/": "being split in issue 17",
     "wwmonitor/monitor/": "being split in issue 17",
     "wwmonitor/callbacks/": "being split in issue 17",
     "wwmonitor/integrations/": "being split in issue 17",
-    "wwmonitor/sinks/": "being split in issue 17",
     "wwmonitor/alerts/": "being split in issue 17",
-    "wwmonitor/store.py": "being split in issue 17",
-    "wwmonitor/records.py": "being split in issue 17",
     "wwmonitor/phases.py": "being split in issue 17",
 }
 

@@ -103,7 +103,7 @@ def test_delta_from_the_first_snapshot(tmp_path):
     assert [r.step for r in results] == [0, 1, 2]
     for lm in results[0].layers:  # the reference step: exactly zero, and no spectrum of a zero matrix
         assert lm.delta_rel_norm == 0.0
-        assert lm.delta_status == "zero_matrix" and "equals the reference" in lm.extra["delta_message"]
+        assert lm.delta_status == "zero_matrix" and "equals the reference" in lm.delta_message
         assert all(getattr(lm, f) is None for f in DELTA_SPECTRAL)
         assert lm.status == ("too_few_evals" if lm.name == "4" else "ok")  # the layer's own analysis as ever
     for r, W in zip(results[1:], saved[1:]):
@@ -115,14 +115,14 @@ def test_delta_from_the_first_snapshot(tmp_path):
         assert layers["0"].delta_alpha is not None and layers["0"].delta_status == "ok"
         small = layers["4"]  # 4 eigenvalues: norms, but no alpha -- a status, not a sentinel
         assert small.delta_status == "too_few_evals" and small.delta_alpha is None
-        assert small.delta_stable_rank is not None and "min_evals" in small.extra["delta_message"]
+        assert small.delta_stable_rank is not None and "min_evals" in small.delta_message
     assert by_name(results[2])["0"].delta_rel_norm > by_name(results[1])["0"].delta_rel_norm  # moving away
 
 
 def test_no_base_model_no_deltas(tmp_path):
     _, results, _, run_dir = run_training(tmp_path, steps=2)
     for lm in results[-1].layers:
-        assert lm.delta_status == "" and "delta_message" not in lm.extra
+        assert lm.delta_status == "" and lm.delta_message == ""
         assert lm.delta_rel_norm is None and all(getattr(lm, f) is None for f in DELTA_SPECTRAL)
     assert not wwmonitor.load_run(run_dir).metrics.metric.str.startswith("delta_").any()
 
@@ -237,7 +237,7 @@ def test_reference_names_shapes_and_memory():
     assert lm.delta_rel_norm == pytest.approx(0.5) and lm.delta_status == "too_few_evals"
     assert lm.delta_stable_rank == pytest.approx(1.0)  # a constant delta has rank 1
     lm = delta("module.2", np.ones((8, 4), np.float32))
-    assert lm.delta_status == "shape_mismatch" and lm.delta_rel_norm is None and "(8, 4)" in lm.extra["delta_message"]
+    assert lm.delta_status == "shape_mismatch" and lm.delta_rel_norm is None and "(8, 4)" in lm.delta_message
     lm = delta("other", np.ones((2, 2), np.float32))
     assert lm.delta_status == "no_reference" and lm.delta_rel_norm is None
     lm = delta("zero", np.ones((3, 4), np.float32))  # ‖W_ref‖ = 0: no relative norm, the spectrum still

@@ -284,7 +284,7 @@ def test_report_marks_ideal_layers_in_the_final_table(tmp_path):
     lms, esds = [], {}
     for name in ("ideal_fc", "plain_fc"):
         lm = wwmonitor.analyze_matrix(rng.standard_t(2.5, (300, 150)), name, layer_type="Linear", keep_esd=True)
-        esds[name] = lm.extra.pop("esd")
+        esds[name] = lm.esd
         lms.append(lm)
     # set the values the marker reads (the rule is tested above; here: that the table shows it)
     lms[0].alpha, lms[0].num_pl_spikes, lms[0].ERG_gap = 2.1, 40, -2

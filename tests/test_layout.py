@@ -51,7 +51,7 @@ def _results(n: int = 3) -> list[SnapshotResult]:
             LAYERS[2]: rng.standard_t(3.0, (240, 100)),
         }
         layers = [wwmonitor.analyze_matrix(W.astype(np.float32), k, keep_esd=True) for k, W in mats.items()]
-        esds = {lm.name: lm.extra.pop("esd") for lm in layers}
+        esds = {lm.name: lm.esd for lm in layers}
         out.append(
             SnapshotResult(
                 step=10 * e, epoch=e, time=time.time(), layers=layers, esds=esds, summary=model_summary(layers)

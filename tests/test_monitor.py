@@ -353,7 +353,7 @@ def test_conv_snapshot_matches_direct_analysis(tmp_path):
         spec.tensor, "0", scale=spec.scale, options=AnalysisOptions(mp_fit=False, phases=False, keep_esd=True)
     )
     got = mon.results[0]
-    np.testing.assert_array_equal(got.esds["0"], ref.extra["esd"])
+    np.testing.assert_array_equal(got.esds["0"], ref.esd)
     assert got.layers[0].alpha == ref.alpha
 
 
@@ -715,7 +715,7 @@ def test_correlation_trap_rule_fires_without_any_wiring(tmp_path):
     with Monitor(None, tmp_path, options=FAST, alerts=rules, every_n_epochs=None) as mon:
         mon.snapshot(step=0, matrices={"fc1": W, "clean": rng.standard_normal((200, 100))})
     lms = {lm.name: lm for lm in mon.results[0].layers}
-    assert lms["fc1"].extra["num_traps"] == 2 and lms["clean"].extra["num_traps"] == 0
+    assert lms["fc1"].num_traps == 2 and lms["clean"].num_traps == 0
     fired = [(a.rule, a.layer) for a in mon.alerts_fired]
     assert fired == [("correlation_trap", "fc1")]
 
@@ -746,3 +746,57 @@ def test_start_line_names_what_is_monitored_and_skipped(tmp_path):
     assert {"1.weight", "0.bias", "2.bias", "1.bias"} <= set(skipped), skipped
     assert all(reason for reason in skipped.values())
     assert mon.coverage.startswith("wwmonitor: monitoring 2 matrices")
+
+
+UNCLOSED = """
+import sys, time, numpy as np
+sys.path.insert(0, {repo!r})
+from wwmonitor.analyze import AnalysisOptions
+from wwmonitor.monitor import Monitor
+
+def slow(W, name, typ, scale, options):
+    from wwmonitor.monitor.analyzer import default_analyze
+    time.sleep(0.3)  # still queued when the script ends
+    return default_analyze(W, name, typ, scale, options)
+
+rng = np.random.default_rng(0)
+mon = Monitor(None, {root!r}, run_name="forgot", every_n_epochs=None, analyze_fn=slow, alerts=None,
+              options=AnalysisOptions(mp_fit=False, phases=False))
+for step in (1, 2, 3):
+    mon.snapshot(step=step, matrices={{"w": rng.standard_normal((50, 30))}})
+print("queued", mon.stats["pending"], flush=True)
+# no mon.close(): the interpreter exits with snapshots still queued
+"""
+
+
+def test_unclosed_monitor_flushes_at_exit_and_says_so(tmp_path):
+    """No atexit hook at import: each monitor's weakref.finalize flushes it at exit, with a warning."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = UNCLOSED.format(repo=repo, root=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "queued" in r.stdout and int(r.stdout.split()[-1]) >= 1  # work was pending at exit
+    assert "run 'forgot' was not closed" in r.stderr and "flushing" in r.stderr
+    assert load_run(tmp_path / "forgot").steps == [1, 2, 3]  # nothing lost
+
+
+def test_no_import_time_exit_hook_or_live_set():
+    import wwmonitor.monitor.runtime as rt
+
+    assert not hasattr(rt, "_LIVE") and not hasattr(rt, "_close_live_monitors")
+
+
+def test_root_alerts_default_and_old_spellings(tmp_path):
+    with pytest.warns(DeprecationWarning, match="run_dir="):
+        old = Monitor(mlp(), run_dir=tmp_path, run_name="old", close_timeout=7.0, options=FAST)
+    old.close()
+    assert old.root == tmp_path and old.run_dir == tmp_path / "old" and old.flush_timeout == 7.0
+    with Monitor(mlp(), root=tmp_path, run_name="new", alerts="default", stop_on=["non_finite"], options=FAST) as mon:
+        assert type(mon.alert_rules).__name__ == "AlertRules" and mon.alert_rules.stop_on == ("non_finite",)
+    assert mon.run_dir == tmp_path / "new"
+    with pytest.raises(TypeError, match="did you mean every_n_steps"):
+        Monitor(mlp(), tmp_path, every_n_step=2)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,8 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
             "tiny": rng.standard_normal((20, 10)).astype(np.float32),
         }
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
-        esds = {lm.name: lm.extra.pop("esd") for lm in layers}
+        esds = {lm.name: lm.esd for lm in layers}
+        fits = {lm.name: lm.fits for lm in layers if lm.fits}
         alerts = (
             [Alert(step=10 * e, epoch=e, rule="alpha_low", severity="warning", message="m", layer="enc.fc2")]
             if e == 1
@@ -53,6 +55,7 @@ def _results(n: int = 3, esd_every: int = 1) -> list[SnapshotResult]:
                 time=time.time(),
                 layers=layers,
                 esds=esds,
+                fits=fits,
                 summary=_summary(layers),
                 alerts=alerts,
             )
@@ -173,3 +176,77 @@ def test_sinks_only_write_figures_they_are_given(tmp_path):
     sink.close()
     assert tb_accumulator(str(tmp_path)).Tags()["images"] == []
     assert TensorBoardSink(EventWriter(tmp_path / "b"), images=False, close_writer=True).wants_figures is False
+
+
+class _HangingRun:
+    """A wandb-run stand-in whose ``log`` blocks until released; records the calling threads."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.log_threads: list[str] = []
+        self.config = types.SimpleNamespace(update=lambda *a, **k: None)
+        self.summary: dict = {}
+
+    def define_metric(self, *a, **k) -> None:
+        pass
+
+    def log(self, row: dict) -> None:
+        import threading
+
+        self.log_threads.append(threading.current_thread().name)
+        self.release.wait(30)
+
+    def alert(self, **k) -> None:
+        pass
+
+
+def test_wandb_deferred_pump_has_a_deadline_and_drops_a_hanging_sink(caplog):
+    """Deferred mode: wandb is called off the calling (training) thread, and a pump waits at most sink_timeout."""
+    import threading
+    import time
+
+    import wandb  # noqa: F401 - imported here, so the deadline below times the log call, not the import
+
+    from wwmonitor.sinks.wandb import WandbSink
+
+    run = _HangingRun()
+    sink = WandbSink(run, deliver="deferred", images=False, table=False, alerts=False, sink_timeout=0.3)
+    res = _results(3)
+    sink.write(res[0])
+    sink.write(res[1])
+    t0 = time.perf_counter()
+    with caplog.at_level("WARNING", logger="wwmonitor"):
+        assert sink.pump() == 0
+    waited = time.perf_counter() - t0
+    assert 0.25 < waited < 5.0, waited  # returned at the deadline, not when wandb returned
+    assert run.log_threads == ["wwmonitor-wandb-pump"] and threading.current_thread().name not in run.log_threads
+    assert "sink_timeout=0.3" in sink.dropped and "W&B sink is dropped" in caplog.text
+    assert sink.rows_dropped == 1 and sink.pending == 0  # the row behind the hanging one is discarded, counted
+    sink.write(res[2])  # a dropped sink queues nothing more
+    assert sink.pump() == 0 and sink.rows_dropped == 2 and sink.pending == 0
+    run.release.set()
+    assert run.log_threads == ["wwmonitor-wandb-pump"]  # no further call into the hung client
+
+
+def test_wandb_deferred_pump_within_deadline_logs_and_reraises_errors():
+    from wwmonitor.sinks.wandb import WandbSink
+
+    run = _HangingRun()
+    run.release.set()
+    sink = WandbSink(run, deliver="deferred", images=False, table=False, alerts=False, sink_timeout=30)
+    for r in _results(2):
+        sink.write(r)
+    assert sink.pump() == 2 and sink.rows_logged == 2 and not sink.dropped
+    assert run.log_threads == ["wwmonitor-wandb-pump"] * 2
+
+    def broken(row: dict) -> None:
+        raise RuntimeError("wandb down")
+
+    run.log = broken
+    sink.write(_results(1)[0])
+    with pytest.raises(RuntimeError, match="wandb down"):
+        sink.pump()
+    with pytest.raises(ValueError, match="sink_timeout"):
+        WandbSink(run, deliver="deferred", sink_timeout=0)

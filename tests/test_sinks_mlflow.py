@@ -62,7 +62,8 @@ def _results(n: int = 3) -> list[SnapshotResult]:
             "tiny": rng.standard_normal((20, 10)).astype(np.float32),
         }
         layers = [wwmonitor.analyze_matrix(W, k, keep_esd=True) for k, W in mats.items()]
-        esds = {lm.name: lm.extra.pop("esd") for lm in layers}
+        esds = {lm.name: lm.esd for lm in layers}
+        fits = {lm.name: lm.fits for lm in layers if lm.fits}
         alphas = [lm.alpha for lm in layers if lm.alpha is not None]
         alerts = (
             [
@@ -87,6 +88,7 @@ def _results(n: int = 3) -> list[SnapshotResult]:
                 time=1.7e9 + e,
                 layers=layers,
                 esds=esds,
+                fits=fits,
                 summary={"mean_alpha": float(np.mean(alphas))},
                 alerts=alerts,
             )

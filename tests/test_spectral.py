@@ -466,8 +466,8 @@ def test_torch_route_every_metric_equals_the_numpy_route(case):
     W = _cases()[case]
     a = wwmonitor.analyze_matrix(torch.from_numpy(W), case, device="torch", keep_esd=True)
     b = wwmonitor.analyze_matrix(W, case, device="cpu", keep_esd=True)
-    esd_a, esd_b = a.extra.pop("esd", None), b.extra.pop("esd", None)
-    fits_a, fits_b = a.extra.pop("fits", None), b.extra.pop("fits", None)
+    esd_a, esd_b = a.esd, b.esd
+    fits_a, fits_b = a.fits, b.fits
     _same_metrics(a, b, case)
     assert (esd_a is None) == (esd_b is None) and (fits_a is None) == (fits_b is None)
     if esd_b is not None:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .frameworks import is_torch_tensor
-from .metrics import LayerMetrics, detx_constraint, norm_metrics
+from .metrics import Fits, LayerMetrics, detx_constraint, norm_metrics
 from .powerlaw import EVALS_THRESH, fit_powerlaw
 from .spectral import (
     _dtype_problem,
@@ -61,7 +61,8 @@ class AnalysisOptions:
     localization:
         Also compute eigenvector localization metrics (needs eigenvectors; slower).
     keep_esd:
-        Attach the λ-axis ESD to the result (``extra["esd"]``), used by the monitor.
+        Attach the λ-axis ESD and the fitted models to the result (``LayerMetrics.esd`` /
+        ``LayerMetrics.fits``), used by the monitor.
     low_memory:
         Use the in-place eigen route (Gram by BLAS ``dsyrk`` blocks, ``dsyevd``
         overwriting it; see :func:`wwmonitor.spectral.squared_singular_values`):
@@ -243,11 +244,11 @@ def analyze_evals(
     notes: list[str] = []
     if options.keep_esd:
         if not exponent2:
-            lm.extra["esd"] = lam.astype(np.float32)
+            lm.esd = lam.astype(np.float32)
         else:
             kept = _esd_float32(lam, exponent2)
             if kept is not None:
-                lm.extra["esd"] = kept
+                lm.esd = kept
             else:
                 notes.append("ESD not kept: its eigenvalues are outside the float32 range of the stored ESDs")
     if ev_sq.size == 0 or ev_sq[-1] <= 0:
@@ -306,7 +307,7 @@ def analyze_evals(
         ph = classify_phase(lam, N=N, M=lm.M, mp=mp, pl=pl, rank_loss=lm.rank_loss, entry_tail=entry_tail)
         lm.phase, lm.phase_reason = ph.phase, ph.reason
     if options.keep_esd and not exponent2:
-        lm.extra["fits"] = _lambda_axis_fits(pl, mp, N * scale)
+        lm.fits = _lambda_axis_fits(pl, mp, N * scale, _fitted_sample(ev_sq, options, pl))
     if options.localization and W is not None:
         from .localization import localization_metrics
 
@@ -325,22 +326,63 @@ def analyze_evals(
     return lm
 
 
-def _lambda_axis_fits(pl: Any, mp: Any, per_lambda: float) -> dict[str, dict[str, Any]]:
+def _lambda_axis_fits(pl: Any, mp: Any, per_lambda: float, x: Optional[np.ndarray]) -> Fits:
     """The fitted models on the λ axis of the kept ESD, as plain dicts (figures and reports draw them).
 
     The power-law fit is made on the σ² axis, ``λ = σ²/(N·scale)``: ``xmin``
     and ``xmax`` are divided by ``N·scale``; ``alpha``, ``D``, ``sigma`` and the
     counts are scale-free (the MLE and the KS distance are invariant under a
-    common rescaling).  The MP fit is already on the λ axis.
+    common rescaling).  The MP fit is already on the λ axis.  ``x``: the sorted
+    σ² eigenvalues the power-law fit used (see :func:`_fitted_sample`); the KS
+    landscape is sampled from it (:func:`_sampled_landscape`).
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: Fits = {}
     if pl is not None and pl.ok:
         d = {k: v for k, v in dataclasses.asdict(pl).items() if k != "ks_landscape"}
         d["xmin"], d["xmax"] = pl.xmin / per_lambda, pl.xmax / per_lambda
+        land = _sampled_landscape(x, pl) if x is not None and pl.method == "standard" else None
+        d["ks_landscape"] = None if land is None else [(land[0] / per_lambda).tolist(), land[1].tolist()]
         out["powerlaw"] = d
     if mp is not None:
         out["mp"] = dataclasses.asdict(mp)
     return out
+
+
+#: candidates of the stored KS landscape (log-spaced over the candidate xmins, plus the chosen one)
+LANDSCAPE_POINTS = 64
+
+
+def _fitted_sample(ev_sq: np.ndarray, options: AnalysisOptions, pl: Any) -> Optional[np.ndarray]:
+    """The sorted σ² eigenvalues the power-law fit scanned: above the 1e-5 floor, below ``xmax``,
+    without the clipped fingers (``None`` without a fit)."""
+    if pl is None or not pl.ok:
+        return None
+    x = np.sort(ev_sq[ev_sq > EVALS_THRESH])
+    if options.xmax is not None:
+        x = x[x <= float(options.xmax)]
+    return x[: x.size - int(pl.n_clipped)] if pl.n_clipped else x
+
+
+def _sampled_landscape(x: np.ndarray, pl: Any) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """KS distance ``D(xmin)`` of the standard scan at up to :data:`LANDSCAPE_POINTS` candidates.
+
+    The candidates are ``x[i]`` for indices log-spaced over ``0..n-2`` (the
+    scan's candidates) plus the chosen ``xmin``; each ``D`` is the scan's own
+    formula (:func:`wwmonitor.fit._common._ww_alpha_D`, ``O(n)`` per candidate),
+    so the curve's minimum is the fit.  The report draws this instead of
+    re-running the full ``O(n²)`` scan on the stored ESD.
+    """
+    from .fit._common import _ww_alpha_D
+
+    n = x.size
+    if n < 3:
+        return None
+    idx = np.unique(np.concatenate([np.geomspace(1, n - 1, LANDSCAPE_POINTS).astype(np.int64) - 1, [0]]))
+    chosen = int(np.searchsorted(x, pl.xmin, side="left"))  # xmin is x[i] exactly
+    idx = np.unique(np.concatenate([idx[idx <= n - 2], [min(chosen, n - 2)]]))
+    logx = np.log(x)
+    Ds = np.array([_ww_alpha_D(x, logx, int(i))[1] for i in idx])
+    return x[idx].copy(), Ds
 
 
 def _fit(ev_sq: np.ndarray, options: AnalysisOptions, exponent2: int = 0) -> Any:

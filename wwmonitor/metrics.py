@@ -33,12 +33,18 @@ Formulas (``ev`` = eigenvalues on the σ² axis, ``ev_max`` the largest):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["LayerMetrics", "norm_metrics", "matrix_rank", "spectral_entropy", "detx_constraint", "METRIC_NAMES"]
+#: fitted models of one layer on the λ axis, as plain dicts: ``{"powerlaw": {...}, "mp": {...}}`` (the
+#: fields of :class:`~wwmonitor.powerlaw.PowerLawFit` with ``ks_landscape`` as ``[xmins, Ds]`` lists
+#: sampled at up to 64 candidates, and of :class:`~wwmonitor.mp.MPFit`); a key is absent when that fit
+#: did not run or failed
+Fits = dict[str, dict[str, Any]]
+
+__all__ = ["LayerMetrics", "Fits", "norm_metrics", "matrix_rank", "spectral_entropy", "detx_constraint", "METRIC_NAMES"]
 
 
 @dataclass
@@ -107,17 +113,32 @@ class LayerMetrics:
     delta_log_spectral_norm: Optional[float] = None
     delta_log_norm: Optional[float] = None
     #: status of the delta's analysis ("" without a reference; "ok", "zero_matrix", "too_few_evals",
-    #: "no_reference", "shape_mismatch", ...), its reason in ``extra["delta_message"]``
+    #: "no_reference", "shape_mismatch", ...), its reason in ``delta_message``
     delta_status: str = ""
+    #: why the delta could not be analysed ("" when ``delta_status`` is "" or "ok")
+    delta_message: str = ""
+    # --- alert rules that read the weights (filled on the analyser thread) ---------------------
+    #: correlation traps (``wwmonitor.alerts.correlation_traps``); ``None``: not computed
+    num_traps: Optional[int] = None
     # --- warnings / status -------------------------------------------------
     warning: str = ""
     status: str = "ok"
     message: str = ""
+    #: optional extra metrics (eigenvector localization of ``analyze_model(localization=True)``)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the λ-axis ESD (eigenvalues of ``X = WᵀW/N``, float32, ascending) when ``keep_esd``; the monitor's
+    #: analyzer moves it to :attr:`wwmonitor.records.SnapshotResult.esds` (not part of :meth:`to_dict`)
+    esd: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    #: the fitted models on the λ axis (:data:`Fits`) when ``keep_esd``; moved to
+    #: :attr:`wwmonitor.records.SnapshotResult.fits` by the analyzer (not part of :meth:`to_dict`)
+    fits: Optional["Fits"] = field(default=None, repr=False, compare=False)
 
     def to_dict(self, flat: bool = True) -> dict[str, Any]:
-        """Plain dict; with ``flat`` the ``extra`` entries are merged in."""
-        d = asdict(self)
+        """Plain dict of the metrics (without :attr:`esd` and :attr:`fits`); with ``flat`` the
+        ``extra`` entries are merged in."""
+        d = asdict(replace(self, esd=None, fits=None))
+        d.pop("esd")
+        d.pop("fits")
         d["shape"] = "x".join(str(s) for s in self.shape)
         extra = d.pop("extra")
         if flat:
@@ -153,10 +174,13 @@ _NON_METRIC = {
     "status",
     "message",
     "delta_status",
+    "delta_message",
 }
 
 #: numeric metric names of :class:`LayerMetrics` (excluding identity fields)
-METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LayerMetrics) if f.name not in _NON_METRIC | {"extra"})
+METRIC_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(LayerMetrics) if f.name not in _NON_METRIC | {"extra", "esd", "fits"}
+)
 
 
 def matrix_rank(ev: np.ndarray, shape: tuple[int, int]) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .metrics import LayerMetrics
+from .metrics import Fits, LayerMetrics
 
 __all__ = ["Alert", "SnapshotResult", "MODEL_LAYER"]
 
@@ -59,6 +59,9 @@ class SnapshotResult:
     before any sink sees the result.  ``errors`` maps layer -> why its
     analysis failed; ``figure_errors`` maps layer -> why its figure could not
     be drawn (that layer has no figure; everything else is kept).
+    ``inspect_errors`` maps layer -> {rule id -> exception} for alert rules
+    whose weight inspection failed on the analyser thread; the alert engine
+    reports each one (``stats["alert_errors"]``) when it evaluates the result.
     """
 
     step: int
@@ -66,10 +69,11 @@ class SnapshotResult:
     time: float
     layers: list[LayerMetrics]
     esds: dict[str, np.ndarray] = field(default_factory=dict)
-    fits: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    fits: dict[str, Fits] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)
     figure_errors: dict[str, str] = field(default_factory=dict)
+    inspect_errors: dict[str, dict[str, BaseException]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)

@@ -968,11 +968,12 @@ class _OwnedInspector:
     def __init__(self, rules: Any) -> None:
         self.rules = rules
 
-    def inspect_weights(self, name: str, om: Any, lm: LayerMetrics) -> None:
+    def inspect_weights(self, name: str, om: Any, lm: LayerMetrics) -> Any:
         from .spectral import to_numpy
 
         if om.kind == "matrix":
-            self.rules.inspect_weights(name, to_numpy(om.data), lm)
+            return self.rules.inspect_weights(name, to_numpy(om.data), lm)
+        return None
 
 
 def _stream_marker(owned: list[OwnedMatrix]) -> Any:

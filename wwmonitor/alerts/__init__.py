@@ -17,42 +17,52 @@ analyser calls :meth:`AlertRules.inspect_weights` on every analysed matrix.
 Rules (ids in parentheses; all per layer; one object each in :mod:`.rules`)
 ---------------------------------------------------------------------------
 ``rank_collapse``
-    Onset of rank collapse (over-regularisation).  The *collapsed fraction* is
+    Onset of rank collapse.  The *collapsed fraction* is
     ``f0 = max(#{σ_i < collapse_tol · σ_max} / n, rank_loss / n)`` where
     ``σ_i² = N·λ_i`` are the squared singular values (eigenvalues of ``WᵀW``),
     read from the snapshot's λ-axis ESD (the ratio is axis-free), and ``n`` the
     number of eigenvalues they were counted over (``M``; ``K·M`` for a pooled
     conv layer of ``K`` kernel positions).  Fires when
-    ``f0 >= collapse_fraction`` or the layer's phase is ``"rank-collapse"``
-    (or all weights are zero); clears when ``f0 < collapse_fraction / 2`` and
-    the phase is no longer rank-collapse.  Defaults (``1e-4``, ``0.10``)
-    match the phase classifier in :mod:`wwmonitor.phases`.
+    ``f0 >= collapse_fraction`` (or all weights are zero), or when at one of
+    the layer's first ``collapse_early`` snapshots its stable rank is at most
+    ``collapse_sr`` and its MP soft rank at most ``collapse_softrank`` (a
+    collapse inside the first epoch); clears when ``f0 < collapse_fraction / 2``
+    and the layer is not that concentrated.  Not keyed on the phase label.
+    Needs ``n >= collapse_min_evals``.
 ``over_regularization``
     The bulk is squeezed toward zero long before singular values are
-    numerically zero: against the layer's early values (the largest over its
-    first ``overreg_ref_snapshots`` snapshots, kept in the state), its stable
-    rank ``Σλ/λ_max`` is below ``overreg_sr_ratio`` (0.22), its MP soft rank
-    ``λ+/λ_max`` below ``overreg_softrank_ratio`` (0.25) and its squared
-    Frobenius norm below ``overreg_norm_ratio`` (0.8) for ``overreg_patience``
-    (2) consecutive snapshots; clears once the stable rank is back above
-    ``overreg_sr_ratio · (1 + overreg_hysteresis)`` of its early value.
+    numerically zero: from the layer's second snapshot on, its stable rank
+    ``Σλ/λ_max`` is below ``overreg_sr_ratio`` (0.22) and its MP soft rank
+    ``λ+/λ_max`` below ``overreg_softrank_ratio`` (0.25) of their early values
+    (the largest over its first ``overreg_ref_snapshots`` snapshots before this
+    one), and its mass outside the top direction ``Σλ - λ_max`` below
+    ``overreg_bulk_ratio`` (0.8) of its first snapshot's; or the layer vanishes
+    (``||W||_F²`` below ``overreg_vanish_ratio`` (1e-3) of its first value); for
+    ``overreg_patience`` (2) consecutive snapshots.  Clears once the stable
+    rank is back above ``overreg_sr_ratio · (1 + overreg_hysteresis)`` of its
+    early value.  Needs ``n >= overreg_min_evals``.
 ``alpha_low``
-    ``alpha < alpha_low`` (default 2, weightwatcher's "over-trained") for
+    ``alpha + 2·sigma < alpha_low`` (default 2, weightwatcher's
+    "over-trained"; ``sigma`` the fit's standard error) for
     ``alpha_low_patience`` consecutive snapshots; clears once
-    ``alpha >= alpha_low + hysteresis``.
+    ``alpha >= alpha_low + hysteresis``.  Needs ``n >= alpha_min_evals`` and a
+    fitted tail of ``alpha_min_tail``.
 ``alpha_high``
-    ``alpha > alpha_high`` (default 6, "under-trained") once the layer has
-    been seen in ``warmup`` snapshots; clears once
+    ``alpha - 2·sigma > alpha_high`` (default 6, "under-trained") once the
+    layer has been seen in ``warmup`` snapshots; clears once
     ``alpha <= alpha_high - hysteresis``.
 ``phase_change``
     The layer's phase differs from its last confirmed phase for
     ``phase_patience`` consecutive snapshots (severity ``info``: phase changes
     are normal in healthy training; they are logged, never warned about).
 ``alpha_jump``
-    ``|alpha_t - alpha_{t-1}| >= alpha_jump`` between consecutive snapshots,
-    after ``warmup`` snapshots, with at least one of the two alphas
-    ``<= alpha_high`` (alphas of random-like layers are noisy and carry no
-    signal).  After firing, the layer is quiet for ``cooldown`` snapshots.
+    A significant, lasting step: the previous and the current alpha both
+    differ from the median of the 3 usable snapshots before the previous one
+    (and the previous one from the snapshot just before it), in the same
+    direction, by ``>= max(alpha_jump, 3·sqrt(sigma² + sigma_ref²))``, every
+    alpha involved inside ``[alpha_low, alpha_high]``, after ``warmup``
+    snapshots.  After firing, the layer is quiet for ``cooldown`` snapshots.
+    Minimum layer as ``alpha_low``.
 ``non_finite``
     The layer's weights contain NaN/Inf (``status == "non_finite"``);
     severity ``error``; clears when the weights are finite again.  A
@@ -62,7 +72,7 @@ Rules (ids in parentheses; all per layer; one object each in :mod:`.rules`)
     edge ``λ+ + TW`` (weightwatcher's "randomize" diagnostic; large single
     entries survive the shuffle, true correlations do not).  Computed by
     :func:`correlation_traps` in :meth:`AlertRules.inspect_weights` into
-    ``LayerMetrics.extra["num_traps"]``, which the rule reads.
+    ``LayerMetrics.num_traps``, which the rule reads.
 
 Hysteresis: a stateful rule fires on the transition inactive -> active and
 cannot fire again for that layer until its clear condition holds, so a

@@ -95,7 +95,7 @@ class Rule:
         raise NotImplementedError
 
     def inspect(self, name: str, W: np.ndarray, lm: LayerMetrics) -> None:
-        """Compute what the rule needs from the weights into ``lm.extra`` (analyser thread; keep no state)."""
+        """Compute what the rule needs from the weights into ``lm`` (``lm.num_traps``; analyser thread; no state)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

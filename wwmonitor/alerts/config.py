@@ -41,6 +41,9 @@ DEFAULT_RULES: tuple[str, ...] = tuple(r for r in RULES if r != "correlation_tra
 DEFAULTS: dict[str, Any] = {
     "collapse_tol": 1e-4,
     "collapse_fraction": 0.10,
+    "collapse_sr": 2.0,
+    "collapse_softrank": 0.01,
+    "collapse_early": 3,
     "alpha_low": 2.0,
     "alpha_low_patience": 3,
     "alpha_high": 6.0,
@@ -50,13 +53,19 @@ DEFAULTS: dict[str, Any] = {
     "hysteresis": 0.2,
     "phase_patience": 1,
     "trap_threshold": 1,
+    # minimum layer sizes (eigenvalues; fitted tail) below which a rule says nothing (docs/alerts.md)
+    "alpha_min_evals": 100,
+    "alpha_min_tail": 10,
+    "collapse_min_evals": 16,
+    "overreg_min_evals": 50,
     # over_regularization (thresholds measured on benchmarks/overreg_panel.py; see docs/alerts.md)
     "overreg_sr_ratio": 0.22,
     "overreg_softrank_ratio": 0.25,
-    "overreg_norm_ratio": 0.8,
+    "overreg_bulk_ratio": 0.8,
     "overreg_ref_snapshots": 3,
     "overreg_patience": 2,
     "overreg_hysteresis": 0.25,
+    "overreg_vanish_ratio": 1e-3,
 }
 
 
@@ -121,6 +130,10 @@ def check_config(
         raise ValueError(f"collapse_tol must be in (0, 1), got {p['collapse_tol']}")
     if not 0 < out["collapse_fraction"] <= 1:
         raise ValueError(f"collapse_fraction must be in (0, 1], got {p['collapse_fraction']}")
+    for name in ("collapse_sr", "collapse_softrank", "overreg_vanish_ratio"):
+        out[name] = _real(name, p[name])
+        if out[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {p[name]}")
     if out["alpha_low"] >= out["alpha_high"]:
         raise ValueError(f"alpha_low ({p['alpha_low']}) must be below alpha_high ({p['alpha_high']})")
     if out["alpha_jump"] <= 0:
@@ -129,14 +142,14 @@ def check_config(
     if not 0 <= out["hysteresis"] < band:
         # at or beyond the band, alpha_low could only clear where alpha_high fires (and vice versa)
         raise ValueError(f"hysteresis must be >= 0 and below alpha_high - alpha_low = {band:g}, got {p['hysteresis']}")
-    for name in ("overreg_sr_ratio", "overreg_softrank_ratio", "overreg_norm_ratio", "overreg_hysteresis"):
+    for name in ("overreg_sr_ratio", "overreg_softrank_ratio", "overreg_bulk_ratio", "overreg_hysteresis"):
         out[name] = _real(name, p[name])
     if not 0 < out["overreg_sr_ratio"] < 1:
         raise ValueError(f"overreg_sr_ratio must be in (0, 1), got {p['overreg_sr_ratio']}")
     if not 0 < out["overreg_softrank_ratio"] <= 1:
         raise ValueError(f"overreg_softrank_ratio must be in (0, 1], got {p['overreg_softrank_ratio']}")
-    if not out["overreg_norm_ratio"] > 0:
-        raise ValueError(f"overreg_norm_ratio must be > 0, got {p['overreg_norm_ratio']}")
+    if not out["overreg_bulk_ratio"] > 0:
+        raise ValueError(f"overreg_bulk_ratio must be > 0, got {p['overreg_bulk_ratio']}")
     if out["overreg_hysteresis"] < 0 or out["overreg_sr_ratio"] * (1 + out["overreg_hysteresis"]) > 1:
         # beyond that, a squeezed layer could only clear above its own early stable rank
         raise ValueError(
@@ -145,8 +158,10 @@ def check_config(
         )
     for name in ("alpha_low_patience", "phase_patience", "overreg_ref_snapshots", "overreg_patience"):
         out[name] = _count(name, p[name], 1)
-    for name in ("warmup", "cooldown", "trap_threshold"):
+    for name in ("warmup", "cooldown", "trap_threshold", "alpha_min_evals", "alpha_min_tail", "collapse_early"):
         out[name] = _count(name, p[name], 0)
+    for name in ("collapse_min_evals", "overreg_min_evals"):
+        out[name] = _count(name, p[name], 1)
 
     out["warn"] = bool(warn)
     out["log_alerts"] = bool(log_alerts)
@@ -160,18 +175,42 @@ def build_rules(cfg: dict[str, Any]) -> tuple[Rule, ...]:
     """The enabled rule objects, in evaluation order, from checked settings."""
     make = {
         "non_finite": lambda: NonFinite(),
-        "rank_collapse": lambda: RankCollapse(cfg["collapse_tol"], cfg["collapse_fraction"]),
+        "rank_collapse": lambda: RankCollapse(
+            cfg["collapse_tol"],
+            cfg["collapse_fraction"],
+            cfg["collapse_min_evals"],
+            cfg["collapse_sr"],
+            cfg["collapse_softrank"],
+            cfg["collapse_early"],
+        ),
         "over_regularization": lambda: OverRegularization(
             cfg["overreg_sr_ratio"],
             cfg["overreg_softrank_ratio"],
-            cfg["overreg_norm_ratio"],
+            cfg["overreg_bulk_ratio"],
             cfg["overreg_ref_snapshots"],
             cfg["overreg_patience"],
             cfg["overreg_hysteresis"],
+            cfg["overreg_min_evals"],
+            cfg["overreg_vanish_ratio"],
         ),
-        "alpha_low": lambda: AlphaLow(cfg["alpha_low"], cfg["alpha_low_patience"], cfg["hysteresis"]),
-        "alpha_high": lambda: AlphaHigh(cfg["alpha_high"], cfg["warmup"], cfg["hysteresis"]),
-        "alpha_jump": lambda: AlphaJump(cfg["alpha_jump"], cfg["warmup"], cfg["cooldown"], cfg["alpha_high"]),
+        "alpha_low": lambda: AlphaLow(
+            cfg["alpha_low"],
+            cfg["alpha_low_patience"],
+            cfg["hysteresis"],
+            cfg["alpha_min_evals"],
+            cfg["alpha_min_tail"],
+        ),
+        # alpha_high: no minimum beyond the analysis' own -- a small tail widens sigma, which only silences it
+        "alpha_high": lambda: AlphaHigh(cfg["alpha_high"], cfg["warmup"], cfg["hysteresis"], 0, 1),
+        "alpha_jump": lambda: AlphaJump(
+            cfg["alpha_jump"],
+            cfg["warmup"],
+            cfg["cooldown"],
+            cfg["alpha_low"],
+            cfg["alpha_high"],
+            cfg["alpha_min_evals"],
+            cfg["alpha_min_tail"],
+        ),
         "phase_change": lambda: PhaseChange(cfg["phase_patience"]),
         "correlation_trap": lambda: CorrelationTrap(cfg["trap_threshold"]),
     }

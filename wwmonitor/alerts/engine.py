@@ -30,8 +30,6 @@ _LEGACY_FIELDS = ("low_count", "prev_alpha", "phase", "cand_phase", "cand_count"
 assert set(_LEGACY_FIELDS) <= set(_FIELDS)
 #: the constructor's arguments; assigning one of them later re-checks it and rebuilds the rules
 _SETTINGS = ("rules", "stop_on", *DEFAULTS, "warn", "log_alerts", "on_alert")
-#: ``lm.extra`` key carrying the failures of :meth:`AlertRules.inspect_weights` (rule id -> exception) to evaluate()
-INSPECT_ERRORS = "alert_errors"
 
 
 class AlertRules:
@@ -65,20 +63,37 @@ class AlertRules:
         Snapshots (``>= 1``) a new phase must persist before a phase change is reported.
     trap_threshold:
         Number of correlation traps that fires ``correlation_trap``.
-    overreg_sr_ratio, overreg_softrank_ratio, overreg_norm_ratio:
-        ``over_regularization`` fires when the layer's stable rank is below
-        ``overreg_sr_ratio`` (in ``(0, 1)``, default 0.22) times its early
-        value, *and* its MP soft rank below ``overreg_softrank_ratio`` (in
-        ``(0, 1]``, default 0.25) times its early value, *and* its squared
-        Frobenius norm below ``overreg_norm_ratio`` (``> 0``, default 0.8)
-        times its early value.
+    overreg_sr_ratio, overreg_softrank_ratio, overreg_bulk_ratio:
+        ``over_regularization`` counts a snapshot as *squeezed* when the layer's
+        stable rank is below ``overreg_sr_ratio`` (in ``(0, 1)``, default 0.22)
+        times its early value, *and* its MP soft rank below
+        ``overreg_softrank_ratio`` (in ``(0, 1]``, default 0.25) times its early
+        value, *and* its mass outside the top direction (``Σλ - λ_max``) below
+        ``overreg_bulk_ratio`` (``> 0``, default 0.8) times the layer's first
+        snapshot's.
+    overreg_vanish_ratio:
+        ... or as *vanishing* when ``||W||_F²`` is below ``overreg_vanish_ratio``
+        (``>= 0``, default 1e-3) times the first snapshot's.
     overreg_ref_snapshots, overreg_patience, overreg_hysteresis:
         The early values are the largest over the layer's first
-        ``overreg_ref_snapshots`` (``>= 1``, default 3) analysed snapshots; the
-        condition must hold for ``overreg_patience`` (``>= 1``, default 2)
-        consecutive snapshots; the alert clears once the stable rank is back
-        above ``overreg_sr_ratio * (1 + overreg_hysteresis)`` of its early value
-        (``overreg_hysteresis >= 0``, default 0.25, with that product ``<= 1``).
+        ``overreg_ref_snapshots`` (``>= 1``, default 3) analysed snapshots
+        before the one compared; the condition must hold for
+        ``overreg_patience`` (``>= 1``, default 2) consecutive snapshots; the
+        alert clears once the stable rank is back above
+        ``overreg_sr_ratio * (1 + overreg_hysteresis)`` of its early value
+        (``overreg_hysteresis >= 0``, default 0.25, with that product ``<= 1``)
+        and the layer does not vanish.
+    collapse_sr, collapse_softrank, collapse_early:
+        ``rank_collapse`` also fires when, at one of the layer's first
+        ``collapse_early`` (``>= 0``, default 3) snapshots, its stable rank is
+        at most ``collapse_sr`` (default 2) and its MP soft rank at most
+        ``collapse_softrank`` (default 0.01): a collapse inside the first epoch.
+    alpha_min_evals, alpha_min_tail, collapse_min_evals, overreg_min_evals:
+        Minimum layer sizes below which a rule says nothing: ``alpha_low`` and
+        ``alpha_jump`` need ``alpha_min_evals`` (default 100) eigenvalues and a
+        fitted tail of ``alpha_min_tail`` (default 10); ``rank_collapse`` needs
+        ``collapse_min_evals`` (``>= 1``, default 16) eigenvalues and
+        ``over_regularization`` ``overreg_min_evals`` (``>= 1``, default 50).
     stop_on:
         Rule ids (each also in ``rules``) whose alerts request that training stop.
     warn:
@@ -119,10 +134,18 @@ class AlertRules:
         trap_threshold: int = DEFAULTS["trap_threshold"],
         overreg_sr_ratio: float = DEFAULTS["overreg_sr_ratio"],
         overreg_softrank_ratio: float = DEFAULTS["overreg_softrank_ratio"],
-        overreg_norm_ratio: float = DEFAULTS["overreg_norm_ratio"],
+        overreg_bulk_ratio: float = DEFAULTS["overreg_bulk_ratio"],
         overreg_ref_snapshots: int = DEFAULTS["overreg_ref_snapshots"],
         overreg_patience: int = DEFAULTS["overreg_patience"],
         overreg_hysteresis: float = DEFAULTS["overreg_hysteresis"],
+        alpha_min_evals: int = DEFAULTS["alpha_min_evals"],
+        alpha_min_tail: int = DEFAULTS["alpha_min_tail"],
+        collapse_min_evals: int = DEFAULTS["collapse_min_evals"],
+        collapse_sr: float = DEFAULTS["collapse_sr"],
+        collapse_softrank: float = DEFAULTS["collapse_softrank"],
+        collapse_early: int = DEFAULTS["collapse_early"],
+        overreg_vanish_ratio: float = DEFAULTS["overreg_vanish_ratio"],
+        overreg_min_evals: int = DEFAULTS["overreg_min_evals"],
         stop_on: Iterable[str] = (),
         warn: bool = False,
         log_alerts: bool = True,
@@ -144,10 +167,18 @@ class AlertRules:
                 trap_threshold=trap_threshold,
                 overreg_sr_ratio=overreg_sr_ratio,
                 overreg_softrank_ratio=overreg_softrank_ratio,
-                overreg_norm_ratio=overreg_norm_ratio,
+                overreg_bulk_ratio=overreg_bulk_ratio,
                 overreg_ref_snapshots=overreg_ref_snapshots,
                 overreg_patience=overreg_patience,
                 overreg_hysteresis=overreg_hysteresis,
+                alpha_min_evals=alpha_min_evals,
+                alpha_min_tail=alpha_min_tail,
+                collapse_min_evals=collapse_min_evals,
+                collapse_sr=collapse_sr,
+                collapse_softrank=collapse_softrank,
+                collapse_early=collapse_early,
+                overreg_vanish_ratio=overreg_vanish_ratio,
+                overreg_min_evals=overreg_min_evals,
                 stop_on=stop_on,
                 warn=warn,
                 log_alerts=log_alerts,
@@ -179,10 +210,18 @@ class AlertRules:
     trap_threshold: int
     overreg_sr_ratio: float
     overreg_softrank_ratio: float
-    overreg_norm_ratio: float
+    overreg_bulk_ratio: float
     overreg_ref_snapshots: int
     overreg_patience: int
     overreg_hysteresis: float
+    alpha_min_evals: int
+    alpha_min_tail: int
+    collapse_min_evals: int
+    collapse_sr: float
+    collapse_softrank: float
+    collapse_early: int
+    overreg_vanish_ratio: float
+    overreg_min_evals: int
     # set by _configure (through __dict__, past __setattr__)
     _settings: dict[str, Any]
     _rules: tuple[Rule, ...]
@@ -208,17 +247,18 @@ class AlertRules:
         return any(r.needs_weights for r in self._rules)
 
     # ------------------------------------------------------------ analyser
-    def inspect_weights(self, name: str, W: np.ndarray, lm: LayerMetrics) -> None:
-        """Let every enabled rule that needs the weights read ``W`` (layer ``name``) into ``lm.extra``.
+    def inspect_weights(self, name: str, W: np.ndarray, lm: LayerMetrics) -> dict[str, BaseException]:
+        """Let every enabled rule that needs the weights read ``W`` (layer ``name``) into ``lm``.
 
         Called by the analyser, on its thread, for every analysed matrix when
-        :attr:`needs_weights` is true (e.g. ``correlation_trap`` stores
-        ``lm.extra["num_traps"]``).  Keeps no state, so it is safe on any thread.
-        Never raises: a rule's failure travels with the layer, in
-        ``lm.extra["alert_errors"]`` (rule id -> exception), and :meth:`evaluate`
-        reports it (and removes the entry) like a failure of that rule on that
+        :attr:`needs_weights` is true (e.g. ``correlation_trap`` sets
+        ``lm.num_traps``).  Keeps no state, so it is safe on any thread.
+        Never raises: returns the rules that failed (rule id -> exception); the
+        analyser puts them in ``SnapshotResult.inspect_errors`` and
+        :meth:`evaluate` reports each like a failure of that rule on that
         layer.  Does nothing when no rule needs weights.
         """
+        failed: dict[str, BaseException] = {}
         for rule in self._rules:
             if not rule.needs_weights:
                 continue
@@ -227,7 +267,8 @@ class AlertRules:
             except Exception as exc:  # noqa: BLE001 - reported by evaluate(), never lost
                 log.debug("alert rule %s: inspect_weights failed on layer %r", rule.id, name, exc_info=exc)
                 exc.__traceback__ = None  # do not keep the analyser's frames (and the weights) alive
-                lm.extra.setdefault(INSPECT_ERRORS, {})[rule.id] = exc
+                failed[rule.id] = exc
+        return failed
 
     # ---------------------------------------------------------- dispatcher
     def evaluate(self, result: SnapshotResult, on_error: Optional[OnError] = None) -> list[Alert]:
@@ -245,7 +286,7 @@ class AlertRules:
         for lm in result.layers:
             what = f"step {result.step}, layer {getattr(lm, 'name', '?')!r}"
             try:
-                failed = self._report_inspect_errors(lm, what, on_error)
+                failed = self._report_inspect_errors(result.inspect_errors.pop(lm.name, None), what, on_error)
                 st = self._state.get(lm.name)
                 if st is None:
                     st = self._state[lm.name] = LayerState({k: d for k, (d, _) in _FIELDS.items()})
@@ -271,8 +312,9 @@ class AlertRules:
 
     __call__ = evaluate
 
-    def _report_inspect_errors(self, lm: LayerMetrics, what: str, on_error: Optional[OnError]) -> set[str]:
-        errors = lm.extra.pop(INSPECT_ERRORS, None) if isinstance(lm.extra, dict) else None
+    def _report_inspect_errors(
+        self, errors: Optional[dict[str, BaseException]], what: str, on_error: Optional[OnError]
+    ) -> set[str]:
         if not errors:
             return set()
         for rule_id, exc in errors.items():
@@ -336,8 +378,10 @@ class AlertRules:
         "phase", "cand_phase", "cand_count", "cooldown"}}`` (the format of
         wwmonitor 0.1's single-module ``alerts``), plus the fields of rules
         added since (``over_regularization``: ``overreg_ref_count``,
-        ``overreg_sr_ref``, ``overreg_softrank_ref``, ``overreg_log_norm_ref``,
-        ``overreg_count``) where they differ from their defaults.
+        ``overreg_sr_ref``, ``overreg_softrank_ref``, ``overreg_log_bulk_ref``,
+        ``overreg_log_norm_first``, ``overreg_count``; ``alpha_jump``:
+        ``alpha_hist``, its last usable ``[alpha, sigma]`` pairs) where they
+        differ from their defaults.
         """
         return {
             name: {

@@ -6,13 +6,14 @@ Evaluation order (and so the order of alerts within a layer) is :data:`RULE_TYPE
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Optional
 
 import numpy as np
 
 from ..metrics import LayerMetrics
+from .alpha import AlphaHigh, AlphaJump, AlphaLow
 from .base import Firing, LayerContext, LayerState, Rule
+from .overreg import OverRegularization
 from .traps import correlation_traps
 
 __all__ = [
@@ -30,21 +31,12 @@ __all__ = [
 
 log = logging.getLogger("wwmonitor.alerts")
 
-
-def _opt_float(v: Any) -> Optional[float]:
-    return None if v is None else float(v)
+#: the phase label of a layer too small for a reliable phase (ignored by the phase-based rules)
+UNDETERMINED = "undetermined"
 
 
 def _opt_str(v: Any) -> Optional[str]:
     return None if v is None else str(v)
-
-
-def _finite(v: Any) -> Optional[float]:
-    """``float(v)`` if it is a finite number, else ``None``."""
-    if v is None:
-        return None
-    x = float(v)
-    return x if math.isfinite(x) else None
 
 
 def collapsed_fraction(lm: LayerMetrics, esd: Optional[np.ndarray], collapse_tol: float) -> Optional[float]:
@@ -83,32 +75,73 @@ class NonFinite(Rule):
         return None
 
 
-class RankCollapse(Rule):
-    """Collapsed fraction ``>= collapse_fraction`` (or an all-zero matrix); clears below half of it.
+def _finite(v: Any) -> Optional[float]:
+    if v is None:
+        return None
+    x = float(v)
+    return x if np.isfinite(x) else None
 
-    Keyed on eigenvalues that are numerically zero (``σ < collapse_tol·σ_max``)
-    and the rank loss, not on the phase label: one snapshot's "rank-collapse"
-    phase can also mean a few very large spikes over an intact bulk (see
-    docs/phases.md), which is healthy learning.  A bulk being squeezed toward
-    zero over training is the ``over_regularization`` rule's, which compares
-    the layer with its own history.
+
+class RankCollapse(Rule):
+    """Onset of rank collapse: eigenvalues numerically zero, or the layer on one or two directions from the start.
+
+    Fires when (a) the collapsed fraction ``f0 >= collapse_fraction`` (eigenvalues with ``σ < collapse_tol·σ_max``
+    and the rank loss; see :func:`collapsed_fraction`), or all weights are zero; or (b) at one of the layer's
+    first ``early`` snapshots, the layer is already concentrated: ``stable_rank <= sr_max`` and MP soft rank
+    ``λ+/λ_max <= softrank_max``.  Clause (b) covers a collapse inside the first epoch (too large a learning rate
+    or weight decay), before ``over_regularization`` has any history to compare with; later in training a layer
+    may legitimately end near rank 1 (a query matrix whose input is one-dimensional), and a collapse from a
+    healthy start is ``over_regularization``'s, which compares the layer with its own history.  Clears when
+    ``f0 < collapse_fraction / 2`` and the layer is not concentrated.
+
+    Keyed on the spectrum, not on the phase label: one snapshot's "rank-collapse" phase can also mean a few very
+    large spikes over an intact bulk (see docs/phases.md), which is healthy learning.
+
+    Minimum layer: ``min_evals`` eigenvalues (``lm.num_evals``, else ``lm.M``): below it one zero eigenvalue would
+    already be 10% or more of the layer.
     """
 
     id, severity = "rank_collapse", "warning"
 
-    def __init__(self, collapse_tol: float, collapse_fraction: float) -> None:
+    def __init__(
+        self,
+        collapse_tol: float,
+        collapse_fraction: float,
+        min_evals: int,
+        sr_max: float,
+        softrank_max: float,
+        early: int,
+    ) -> None:
         self.collapse_tol = collapse_tol
         self.collapse_fraction = collapse_fraction
+        self.min_evals = min_evals
+        self.sr_max = sr_max
+        self.softrank_max = softrank_max
+        self.early = early
+
+    def _concentrated(self, lm: LayerMetrics) -> bool:
+        sr, soft = _finite(lm.stable_rank), _finite(lm.mp_softrank)
+        return sr is not None and soft is not None and sr <= self.sr_max and soft <= self.softrank_max
 
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
         lm = ctx.lm
+        if int(lm.num_evals or lm.M or 0) < self.min_evals:
+            return None
         frac = collapsed_fraction(lm, ctx.esd, self.collapse_tol)
-        is_phase = lm.status == "zero_matrix"
-        cond = is_phase or (frac is not None and frac >= self.collapse_fraction)
-        clear = not is_phase and (frac is None or frac < self.collapse_fraction / 2)
+        zero = lm.status == "zero_matrix"
+        early = st.seen <= self.early and self._concentrated(lm)
+        cond = zero or early or (frac is not None and frac >= self.collapse_fraction)
+        clear = not zero and not self._concentrated(lm) and (frac is None or frac < self.collapse_fraction / 2)
         if not st.edge(self.id, cond, clear):
             return None
         pct = f"{frac:.0%}" if frac is not None else "n/a"
+        if early and not zero and (frac is None or frac < self.collapse_fraction):
+            return Firing(
+                f"{ctx.where}: rank collapse within the first snapshots: stable rank {lm.stable_rank:.3g} <= "
+                f"{self.sr_max:g} and MP soft rank {lm.mp_softrank:.2g} <= {self.softrank_max:g} at snapshot "
+                f"{st.seen} of the layer ({pct} of eigenvalues numerically zero); phase {lm.phase}",
+                frac,
+            )
         return Firing(
             f"{ctx.where}: rank collapse onset, {pct} of eigenvalues numerically zero "
             f"(sigma < {self.collapse_tol:g} sigma_max); phase {lm.phase}",
@@ -116,199 +149,12 @@ class RankCollapse(Rule):
         )
 
 
-class OverRegularization(Rule):
-    """The bulk is squeezed toward zero: the layer's spectrum shrinks onto a few directions while it loses norm.
-
-    Against the layer's own reference -- the largest value over its first
-    ``ref_snapshots`` analysed snapshots, kept in the per-layer state -- three
-    ratios are formed:
-
-    * ``r_sr = stable_rank / stable_rank_ref`` (``stable_rank = Σλ/λ_max``);
-    * ``r_soft = mp_softrank / mp_softrank_ref`` (``mp_softrank = λ+/λ_max``);
-    * ``r_norm = Σλ / Σλ_ref = ||W||_F² / ||W||_F²_ref`` (from ``log_norm``).
-
-    The condition is ``r_sr < sr_ratio and r_soft < softrank_ratio and
-    r_norm < norm_ratio`` (a ratio whose metric is missing, e.g. without an MP
-    fit, is left out; ``r_sr`` is required).  It fires after ``patience``
-    consecutive snapshots; the count resets and the alert clears once
-    ``r_sr >= sr_ratio · (1 + hysteresis)``.  Layers with too few eigenvalues
-    for the analysis (status ``too_few_evals``) or no spectrum are skipped.
-    See ``docs/alerts.md`` for why these signals and thresholds.
-    """
-
-    id, severity = "over_regularization", "warning"
-    state = {
-        "overreg_ref_count": (0, int),
-        "overreg_sr_ref": (None, _opt_float),
-        "overreg_softrank_ref": (None, _opt_float),
-        "overreg_log_norm_ref": (None, _opt_float),
-        "overreg_count": (0, int),
-    }
-    #: statuses without a usable spectrum for this rule
-    _SKIP = ("too_few_evals", "zero_matrix", "non_finite")
-
-    def __init__(
-        self,
-        sr_ratio: float,
-        softrank_ratio: float,
-        norm_ratio: float,
-        ref_snapshots: int,
-        patience: int,
-        hysteresis: float,
-    ) -> None:
-        self.sr_ratio = sr_ratio
-        self.softrank_ratio = softrank_ratio
-        self.norm_ratio = norm_ratio
-        self.ref_snapshots = ref_snapshots
-        self.patience = patience
-        self.hysteresis = hysteresis
-
-    @staticmethod
-    def _max(old: Optional[float], new: Optional[float]) -> Optional[float]:
-        if new is None:
-            return old
-        return new if old is None else max(old, new)
-
-    def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        lm, f = ctx.lm, st.fields
-        sr = _finite(lm.stable_rank)
-        if lm.status in self._SKIP or sr is None or sr <= 0:
-            return None
-        soft = _finite(lm.mp_softrank)
-        log_norm = _finite(lm.log_norm)
-        if f["overreg_sr_ref"] is None or f["overreg_ref_count"] < self.ref_snapshots:
-            f["overreg_ref_count"] += 1
-            f["overreg_sr_ref"] = self._max(f["overreg_sr_ref"], sr)
-            f["overreg_softrank_ref"] = self._max(f["overreg_softrank_ref"], soft if soft and soft > 0 else None)
-            f["overreg_log_norm_ref"] = self._max(f["overreg_log_norm_ref"], log_norm)
-            return None
-        r_sr = sr / f["overreg_sr_ref"]
-        soft_ref, norm_ref = f["overreg_softrank_ref"], f["overreg_log_norm_ref"]
-        r_soft = soft / soft_ref if soft is not None and soft_ref else None
-        r_norm = (
-            10.0 ** max(min(log_norm - norm_ref, 300.0), -300.0)
-            if log_norm is not None and norm_ref is not None
-            else None
-        )
-        low = (
-            r_sr < self.sr_ratio
-            and (r_soft is None or r_soft < self.softrank_ratio)
-            and (r_norm is None or r_norm < self.norm_ratio)
-        )
-        back = r_sr >= self.sr_ratio * (1.0 + self.hysteresis)
-        if low:
-            f["overreg_count"] += 1
-        elif back:
-            f["overreg_count"] = 0
-        if not st.edge(self.id, f["overreg_count"] >= self.patience, back):
-            return None
-        parts = [f"stable rank {sr:.3g} = {r_sr:.0%} of its early {f['overreg_sr_ref']:.3g}"]
-        if r_soft is not None:
-            parts.append(f"MP soft rank {soft:.3g} = {r_soft:.0%} of its early {soft_ref:.3g}")
-        if r_norm is not None:
-            parts.append(f"||W||_F^2 at {r_norm:.0%} of its early value")
-        return Firing(
-            f"{ctx.where}: bulk squeezed toward zero (over-regularisation) for {f['overreg_count']} snapshots: "
-            + ", ".join(parts),
-            r_sr,
-        )
-
-
-class AlphaLow(Rule):
-    """``alpha < alpha_low`` for ``patience`` snapshots; clears at ``alpha >= alpha_low + hysteresis``."""
-
-    id, severity = "alpha_low", "warning"
-    state = {"low_count": (0, int)}
-
-    def __init__(self, alpha_low: float, patience: int, hysteresis: float) -> None:
-        self.alpha_low = alpha_low
-        self.patience = patience
-        self.hysteresis = hysteresis
-
-    def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        a, f = ctx.alpha, st.fields
-        back = a is None or a >= self.alpha_low + self.hysteresis
-        if a is not None and a < self.alpha_low:
-            f["low_count"] += 1
-        elif back:
-            f["low_count"] = 0
-        if not st.edge(self.id, f["low_count"] >= self.patience, back):
-            return None
-        return Firing(
-            f"{ctx.where}: alpha {a:.2f} < {self.alpha_low:g} for {f['low_count']} snapshots "
-            "(over-trained / over-regularised)",
-            a,
-        )
-
-
-#: how many standard errors (``sigma = (alpha - 1)/sqrt(n_tail)``) alpha must clear ``alpha_high`` by
-ALPHA_HIGH_Z = 2.0
-
-
-class AlphaHigh(Rule):
-    """``alpha - 2·sigma > alpha_high`` once seen in ``warmup`` snapshots; clears at
-    ``alpha <= alpha_high - hysteresis``.
-
-    ``sigma`` is the fit's standard error ``(alpha - 1)/sqrt(n_tail)``: a layer
-    whose tail has a handful of eigenvalues (a 64-wide input layer) gets
-    alpha 8-17 from noise alone; it fires only when alpha is above the
-    threshold by more than two standard errors (measured in the
-    over-regularization panel: healthy MLP input layers false-alarmed
-    without it).
-    """
-
-    id, severity = "alpha_high", "warning"
-
-    def __init__(self, alpha_high: float, warmup: int, hysteresis: float) -> None:
-        self.alpha_high = alpha_high
-        self.warmup = warmup
-        self.hysteresis = hysteresis
-
-    def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        a = ctx.alpha
-        sigma = ctx.lm.sigma if ctx.lm.sigma is not None else 0.0
-        cond = st.seen > self.warmup and a is not None and a - ALPHA_HIGH_Z * sigma > self.alpha_high
-        clear = a is not None and a <= self.alpha_high - self.hysteresis
-        if not st.edge(self.id, cond, clear):
-            return None
-        return Firing(f"{ctx.where}: alpha {a:.2f} > {self.alpha_high:g} after warm-up (under-trained)", a)
-
-
-class AlphaJump(Rule):
-    """``|Δalpha| >= alpha_jump`` between consecutive snapshots after ``warmup``, both alphas
-    ``<= alpha_high``; then quiet for ``cooldown``."""
-
-    id, severity = "alpha_jump", "warning"
-    state = {"prev_alpha": (None, _opt_float), "cooldown": (0, int)}
-
-    def __init__(self, alpha_jump: float, warmup: int, cooldown: int, alpha_high: float) -> None:
-        self.alpha_jump = alpha_jump
-        self.warmup = warmup
-        self.cooldown = cooldown
-        self.alpha_high = alpha_high
-
-    def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        a, f = ctx.alpha, st.fields
-        prev, f["prev_alpha"] = f["prev_alpha"], a
-        if f["cooldown"] > 0:
-            f["cooldown"] -= 1
-            return None
-        if (
-            st.seen > self.warmup
-            and a is not None
-            and prev is not None
-            and abs(a - prev) >= self.alpha_jump
-            # only jumps within the trained range: a drop from an under-trained alpha (12 -> 4) is the layer
-            # starting to learn, and a rise past alpha_high is alpha_high's to report
-            and max(a, prev) <= self.alpha_high
-        ):
-            f["cooldown"] = self.cooldown
-            return Firing(f"{ctx.where}: alpha jumped {prev:.2f} -> {a:.2f}", a - prev)
-        return None
-
-
 class PhaseChange(Rule):
-    """The phase differs from the last confirmed one for ``patience`` snapshots (an event, severity info)."""
+    """The phase differs from the last confirmed one for ``patience`` snapshots (an event, severity info).
+
+    The label ``"undetermined"`` (a layer too small for a reliable phase) is no phase: it neither starts,
+    confirms nor interrupts a change.  No other minimum layer size: the phase classifier decides.
+    """
 
     id, severity = "phase_change", "info"
     state = {"phase": (None, _opt_str), "cand_phase": (None, _opt_str), "cand_count": (0, int)}
@@ -318,7 +164,7 @@ class PhaseChange(Rule):
 
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
         lm, f = ctx.lm, st.fields
-        if not lm.phase:
+        if not lm.phase or lm.phase == UNDETERMINED:
             return None
         if f["phase"] is None:
             f["phase"] = lm.phase
@@ -338,7 +184,7 @@ class PhaseChange(Rule):
 
 
 class CorrelationTrap(Rule):
-    """``>= trap_threshold`` correlation traps; reads ``lm.extra["num_traps"]`` written by :meth:`inspect`."""
+    """``>= trap_threshold`` correlation traps; reads ``lm.num_traps`` written by :meth:`inspect`."""
 
     id, severity, needs_weights = "correlation_trap", "warning", True
 
@@ -348,10 +194,10 @@ class CorrelationTrap(Rule):
 
     def inspect(self, name: str, W: np.ndarray, lm: LayerMetrics) -> None:
         if lm.status == "ok":
-            lm.extra["num_traps"] = correlation_traps(W, name=name)["num_traps"]
+            lm.num_traps = correlation_traps(W, name=name)["num_traps"]
 
     def check(self, ctx: LayerContext, st: LayerState) -> Optional[Firing]:
-        n = ctx.lm.extra.get("num_traps")
+        n = ctx.lm.num_traps
         if n is None:
             if ctx.lm.status == "ok" and not self._told:  # a wiring bug upstream: say so, once
                 self._told = True

@@ -1,116 +1,98 @@
-"""Option handling and small pieces shared by the callbacks (Keras, Lightning, Hugging Face ``Trainer``).
+"""What every callback exposes the same way: :class:`SessionAttributes`.
 
-The callbacks take the same monitor options (run store, layer selection,
-alert rules, logged metrics, queue) and keep them as public attributes of
-the same names; they pump deferred W&B sinks from the training thread and
-report the alert that stopped training the same way.  The trainer callbacks
-(Lightning, ``Trainer``) also share how rank 0's monitor is opened and what
-their checkpoint state holds (:func:`open_main_monitor`,
-:func:`callback_state`, :func:`apply_callback_state`).  Framework-free: this
-module imports no training framework.
+A callback holds one :class:`~wwmonitor.callbacks._session.CallbackSession`
+(``self.session``).  Its options are readable as attributes of the same
+names (``cb.layers``, ``cb.root``, ``cb.flush_timeout`` ...; ``cb.settings`` is
+the whole :class:`~wwmonitor.monitor.options.MonitorOptions`), and so are the
+monitor, the logger sinks, the alert rules and whether an alert stopped
+training.  Framework-free.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Sequence, Union
+import os
+import warnings
+from typing import Any, Iterable, Optional
 
 from .._validate import check_interval
-from ..alerts import AlertRules, resolve_alerts
-from ..analyze import AnalysisOptions
+from ..monitor.options import DEPRECATED_NAMES, MonitorOptions
+from ._session import CallbackSession
 
-__all__ = [
-    "MonitorOptions",
-    "check_interval",
-    "store_monitor_options",
-    "monitor_kwargs",
-    "stop_reason",
-    "pump_sinks",
-    "open_main_monitor",
-    "callback_state",
-    "apply_callback_state",
-]
+__all__ = ["SessionAttributes", "check_interval", "stop_reason", "pump_sinks", "legacy_keras_loggers"]
 
 log = logging.getLogger("wwmonitor")
 
-
-class MonitorOptions:
-    """The public attributes :func:`store_monitor_options` sets on a callback, declared for type checkers.
-
-    Annotations only (no values, no methods): a callback class lists it among its bases so that
-    ``self.layers`` etc. have types; nothing changes at run time.
-    """
-
-    run_dir: Any
-    run_name: Optional[str]
-    layers: Optional[Sequence[Any]]
-    exclude: Optional[Sequence[Any]]
-    alert_rules: Optional[AlertRules]
-    metrics: Union[str, Sequence[str]]
-    esd_every_n_epochs: int
-    queue_size: int
-    policy: str
-    options: Optional[AnalysisOptions]
-    config: dict[str, Any]
-    flush_timeout: Optional[float]
-    resume: bool
+_OPTION_NAMES = frozenset(MonitorOptions.names())
 
 
-def store_monitor_options(
-    cb: Any,
-    *,
-    run_dir: Any,
-    run_name: Optional[str],
-    layers: Optional[Sequence[Any]],
-    exclude: Optional[Sequence[Any]],
-    alerts: Union[None, bool, str, dict, AlertRules],
-    stop_on: Sequence[str],
-    metrics: Union[str, Sequence[str]],
-    esd_every_n_epochs: int,
-    queue_size: int,
-    policy: str,
-    options: Optional[AnalysisOptions],
-    config: Optional[dict],
-    flush_timeout: Optional[float],
-    resume: bool = False,
-) -> None:
-    """Validate the options common to both callbacks and set them as attributes of ``cb``.
+class SessionAttributes:
+    """Mixin: the session's options and state as attributes of the callback."""
 
-    ``metrics`` is checked now (an unknown metric name fails at construction,
-    not in the worker); ``alerts``/``stop_on`` become ``cb.alert_rules``
-    (:func:`wwmonitor.alerts.resolve_alerts`); ``config`` is copied.
-    """
-    from ..sinks._render import resolve_metrics
+    session: CallbackSession
 
-    resolve_metrics(metrics)  # validate now
-    if isinstance(esd_every_n_epochs, bool) or not isinstance(esd_every_n_epochs, int) or esd_every_n_epochs < 0:
-        raise ValueError(f"esd_every_n_epochs must be an integer >= 0, got {esd_every_n_epochs!r}")
-    cb.run_dir = run_dir
-    cb.run_name = run_name
-    cb.layers = layers
-    cb.exclude = exclude
-    cb.alert_rules = resolve_alerts(alerts, stop_on=stop_on)
-    cb.metrics = metrics
-    cb.esd_every_n_epochs = int(esd_every_n_epochs)
-    cb.queue_size = queue_size
-    cb.policy = policy
-    cb.options = options
-    cb.config = dict(config or {})
-    cb.flush_timeout = flush_timeout
-    cb.resume = bool(resume)
+    @property
+    def settings(self) -> MonitorOptions:
+        """Every monitor option of this callback."""
+        return self.session.opts
 
+    @property
+    def monitor(self) -> Any:
+        """Rank 0's :class:`wwmonitor.Monitor` of the last fit (closed after it; ``None`` elsewhere)."""
+        return self.session.monitor
 
-def monitor_kwargs(cb: Any) -> dict[str, Any]:
-    """The :class:`wwmonitor.Monitor` arguments a callback passes from its stored options."""
-    return {
-        "layers": cb.layers,
-        "exclude": cb.exclude,
-        "alerts": cb.alert_rules,
-        "queue_size": cb.queue_size,
-        "policy": cb.policy,
-        "options": cb.options,
-        "esd_every_n_epochs": cb.esd_every_n_epochs,
-    }
+    @property
+    def sinks(self) -> list[Any]:
+        """The logger sinks attached in the last fit (rank 0)."""
+        return self.session.sinks
+
+    @property
+    def alert_rules(self) -> Any:
+        """The alert rules (kept across fits; their state is saved in checkpoints)."""
+        return self.session.alert_rules
+
+    @property
+    def stopped_by_alert(self) -> bool:
+        """Whether an alert stopped the last fit."""
+        return self.session.stopped_by_alert
+
+    @property
+    def shard_layers(self) -> list[str]:
+        """Names of the matrices this rank analyses (all of them without DDP)."""
+        sh = self.session.sharded
+        return list(sh.layers) if sh is not None else []
+
+    @property
+    def every_n_epochs(self) -> Optional[int]:
+        return self.session.opts.every_n_epochs
+
+    @property
+    def every_n_steps(self) -> Optional[int]:
+        return self.session.opts.every_n_steps
+
+    @property
+    def run_dir(self) -> Any:
+        """Deprecated: the folder that holds the runs is :attr:`root`; the run's own folder is
+        ``cb.monitor.run_dir``."""
+        warnings.warn(
+            "callback.run_dir is deprecated: the folder of all runs is callback.root, the run's own folder "
+            "callback.monitor.run_dir",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.session.opts.root
+
+    def configure(self, **changes: Any) -> None:
+        """Change options before the next fit (validated; ``root``, ``run_name`` ... -- a wrapper such as
+        the Ray Tune callback sets the trial's folder this way)."""
+        self.session.configure(**changes)
+
+    def __getattr__(self, name: str) -> Any:  # the options, read-only: cb.layers, cb.root, cb.flush_timeout ...
+        if name in _OPTION_NAMES and "session" in self.__dict__:
+            return getattr(self.session.opts, name)
+        if name in DEPRECATED_NAMES and "session" in self.__dict__:
+            return getattr(self.session.opts, DEPRECATED_NAMES[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def stop_reason(alerts_fired: Iterable[Any]) -> str:
@@ -128,64 +110,24 @@ def pump_sinks(sinks: Iterable[Any]) -> None:
             log.warning("wwmonitor: W&B logging failed: %r", e)
 
 
-def open_main_monitor(
-    cb: Any,
-    model: Any,
-    run_dir: Any,
-    names: Sequence[str],
-    *,
-    sinks: Sequence[Any] = (),
-    config: Optional[dict] = None,
-    restored: Optional[dict] = None,
-) -> Any:
-    """Rank 0's :class:`wwmonitor.Monitor` of a trainer callback (store, alert rules, sinks).
-
-    ``restored`` is the ``"monitor"`` entry of a checkpoint's callback state
-    (:meth:`wwmonitor.Monitor.state_dict`): its run is continued (same folder,
-    ``resume=True``).  Without one the run is ``cb.run_name`` under
-    ``run_dir`` and an existing run of that name is continued only with
-    ``cb.resume`` (otherwise the monitor starts ``<name>-2`` and says so).
-    The monitor never snapshots on its own (both intervals ``None``): the
-    callback decides when.
-    """
-    from ..monitor import Monitor
-
-    restored = restored or {}
-    run_kw: dict[str, Any] = {"run_name": cb.run_name, "resume": cb.resume}
-    if restored.get("run_id"):  # a restored checkpoint: continue its run
-        run_kw = {"run_name": restored["run_id"], "resume": True}
-    kw = monitor_kwargs(cb)
-    kw["layers"] = list(names)
-    return Monitor(
-        model,
-        restored.get("run_root") or run_dir,
-        every_n_epochs=None,
-        every_n_steps=None,
-        sinks=list(sinks),
-        config=config,
-        **run_kw,
-        **kw,
-    )
+_OLD_LOGGER_ARGS = {"log_dir": "tensorboard", "wandb": "wandb", "csv": "csv"}
 
 
-def callback_state(cb: Any, monitor: Any, last_step: Optional[int]) -> dict[str, Any]:
-    """A trainer callback's checkpoint state (JSON-able): the monitor's run, the last snapshotted step and
-    the alert rules' hysteresis state."""
-    return {
-        "version": 1,
-        "monitor": monitor.state_dict() if monitor is not None else None,
-        "last_step": last_step,
-        "alerts": cb.alert_rules.state_dict() if isinstance(cb.alert_rules, AlertRules) else None,
-    }
-
-
-def apply_callback_state(cb: Any, state: Optional[dict], monitor: Any) -> Optional[int]:
-    """Restore :func:`callback_state` output into ``monitor`` (``None`` on ranks without one) and
-    ``cb.alert_rules``; returns the checkpoint's last snapshotted step (``None`` if it has none)."""
-    if not state:
-        return None
-    if monitor is not None and state.get("monitor"):
-        monitor.load_state_dict(state["monitor"])
-    if isinstance(cb.alert_rules, AlertRules) and state.get("alerts"):
-        cb.alert_rules.load_state_dict(state["alerts"])
-    return int(state["last_step"]) if state.get("last_step") is not None else None
+def legacy_keras_loggers(every_n_epochs: Any, options: dict[str, Any]) -> Any:
+    """The pre-0.5 spelling mapped (with a ``DeprecationWarning``): a log dir as the first positional
+    argument, ``log_dir=``/``wandb=``/``csv=`` keywords -> ``loggers={...}``.  Returns ``every_n_epochs``."""
+    if isinstance(every_n_epochs, (str, os.PathLike)):
+        options["log_dir"], every_n_epochs = every_n_epochs, options.pop("_every_n_epochs", 1)
+    old = {k: options.pop(k) for k in list(options) if k in _OLD_LOGGER_ARGS}
+    if old:
+        if isinstance(options.get("loggers"), dict):
+            raise TypeError("WeightWatcherCallback (Keras): pass loggers={...} or log_dir=/wandb=/csv=, not both")
+        warnings.warn(
+            f"WeightWatcherCallback (Keras): {', '.join(f'{k}=' for k in old)} deprecated; use "
+            "loggers={'tensorboard': log_dir, 'wandb': run, 'csv': path} (every_n_epochs is now the first argument)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        loggers = {_OLD_LOGGER_ARGS[k]: v for k, v in old.items() if v is not None and v is not False}
+        options["loggers"] = loggers or False
+    return every_n_epochs

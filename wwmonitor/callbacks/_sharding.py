@@ -201,7 +201,7 @@ class _WeightInspector:
 
     The rules themselves run once, on rank 0, on the merged result; the
     per-matrix values they need from the weights (e.g. ``num_traps``) are
-    computed on the rank that holds the analysis and travel in ``lm.extra``.
+    computed on the rank that holds the analysis and travel in ``lm`` (``num_traps``).
     """
 
     needs_weights = True
@@ -209,8 +209,8 @@ class _WeightInspector:
     def __init__(self, rules: Any) -> None:
         self.rules = rules
 
-    def inspect_weights(self, name: str, W: Any, lm: LayerMetrics) -> None:
-        self.rules.inspect_weights(name, W, lm)
+    def inspect_weights(self, name: str, W: Any, lm: LayerMetrics) -> Any:
+        return self.rules.inspect_weights(name, W, lm)
 
     def evaluate(self, result: SnapshotResult) -> list:
         return []
@@ -222,7 +222,7 @@ def merge_results(parts: list[SnapshotResult], step: int, epoch: Optional[int], 
     res = SnapshotResult(step=step, epoch=epoch, time=min((p.time for p in parts), default=time.time()), layers=[])
     for p in parts:
         layers.update({lm.name: lm for lm in p.layers})
-        for field in ("esds", "fits", "errors"):
+        for field in ("esds", "fits", "errors", "inspect_errors"):
             getattr(res, field).update(getattr(p, field))
         res.meta["analysis_s"] = max(res.meta.get("analysis_s", 0.0), p.meta.get("analysis_s", 0.0))
     for n in names:

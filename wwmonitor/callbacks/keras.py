@@ -6,14 +6,18 @@ Example::
     from wwmonitor.callbacks.keras import WeightWatcherCallback
 
     model.fit(x, y, epochs=10,
-              callbacks=[WeightWatcherCallback(log_dir="logs", wandb=False, alerts="default")])
+              callbacks=[WeightWatcherCallback(every_n_epochs=1, loggers={"tensorboard": "logs"})])
 
 Design
 ------
-* Only ``on_train_begin``, ``on_epoch_end`` and ``on_train_end`` are
-  implemented -- no batch hooks -- so Keras keeps dispatching batch-end
-  callbacks asynchronously (overriding ``on_train_batch_end`` would turn that
-  off for the whole callback list).
+* The same options as every other entry point (``every_n_epochs``,
+  ``every_n_steps`` and every :class:`wwmonitor.Monitor` option), driven by
+  the shared :class:`wwmonitor.callbacks._session.CallbackSession`.
+* With ``every_n_epochs`` only, just ``on_train_begin``, ``on_epoch_end`` and
+  ``on_train_end`` are used -- no batch hook -- so Keras keeps dispatching
+  batch-end callbacks asynchronously.  ``every_n_steps`` adds a batch-end
+  hook on this instance and turns that off (``async_safe = False``): an
+  asynchronous hook would read the weights while the next step updates them.
 * Weights are read with ``keras.ops.convert_to_numpy`` (through
   :func:`wwmonitor.layers.extract_matrices`, which walks nested layers,
   Dense kernels ``(in, out)``, Conv kernels ``(*k, in, out)``, Embedding
@@ -22,9 +26,11 @@ Design
 * TensorBoard events are written with ``torch.utils.tensorboard`` when torch
   is importable, else with the ``tensorboard`` package's own event writer --
   never ``keras.callbacks.TensorBoard``, which imports TensorFlow.
-* W&B is optional: ``wandb=True`` uses the active ``wandb.run`` (or starts one
-  with ``wandb.init()``), or pass a run.  wandb is called only from the
-  training thread (deferred delivery, pumped at epoch end and train end).
+* Keras has no logger objects: ``loggers={"tensorboard": log_dir, "wandb":
+  True | run, "csv": path}`` names the outputs (``log_dir=``, ``wandb=``,
+  ``csv=`` are the old spelling: they still work, with a ``DeprecationWarning``).
+  wandb is called only from the training thread (deferred delivery, pumped
+  at epoch end and train end).
 * Alerts named in ``stop_on`` set ``model.stop_training = True``.
 * The step of a snapshot is the optimizer's iteration count.
 * Keras needs one backend (``KERAS_BACKEND``: torch, jax or tensorflow); when it
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 # pip packages of Keras's backends, and the wwmonitor extras that install one with Keras
 _BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "openvino": "openvino"}
@@ -79,94 +85,44 @@ try:
 except ImportError as _e:
     raise _import_error(_e) from _e
 
-from ..alerts import AlertRules
-from ..analyze import AnalysisOptions
-from ._options import check_interval, monitor_kwargs, pump_sinks, stop_reason, store_monitor_options
+from ._options import SessionAttributes, legacy_keras_loggers
+from ._session import CallbackSession
 
 __all__ = ["WeightWatcherCallback"]
 
 log = logging.getLogger("wwmonitor")
 
 
-class WeightWatcherCallback(keras.callbacks.Callback):
+class WeightWatcherCallback(SessionAttributes, keras.callbacks.Callback):
     """Monitor a Keras 3 model's weight spectra during ``model.fit``.
 
     Parameters
     ----------
-    log_dir:
-        TensorBoard log directory (``None``: no TensorBoard).
-    wandb:
-        ``False`` (default), ``True`` (the active ``wandb.run``, else
-        ``wandb.init()``) or a wandb Run.
-    csv:
-        A CSV file or folder for the long-format scalars (``None``: none).
     every_n_epochs:
-        Snapshot at the end of every n-th epoch.
-    run_dir, run_name, resume, layers, exclude, queue_size, policy, options, config:
-        As for :class:`wwmonitor.Monitor` (the run store is always written).
-        A run of the same name is continued only with ``resume=True``;
-        otherwise each ``fit`` starts a new run (``<name>-2`` ...) and says so.
-    alerts, stop_on:
-        Alert rules (``"default"``, ``None``, dict, :class:`AlertRules`) and
-        the rule ids that stop training.
-    metrics, esd_every_n_epochs:
-        Scalars per layer for TensorBoard / W&B, and the ESD image interval in
-        epochs (default 5: each figure costs ~0.1-0.7 s of background CPU per
-        layer; ``0`` disables images).
+        Snapshot at the end of every n-th epoch (``None``: never at epoch end).
+    every_n_steps:
+        Also snapshot every n optimizer steps (``optimizer.iterations``; step 0
+        never).  Makes Keras call batch-end hooks synchronously.
+    **options:
+        Every :class:`wwmonitor.Monitor` option, same names and meaning
+        (:class:`~wwmonitor.monitor.options.MonitorOptions`).  ``loggers``: a
+        mapping ``{"tensorboard": log_dir, "wandb": True | run, "csv": path}``
+        (Keras has no logger objects, so ``True`` adds none).  A run of the
+        same name is continued only with ``resume=True``; otherwise each
+        ``fit`` starts a new run (``<name>-2`` ...) and says so.
     """
 
-    def __init__(
-        self,
-        log_dir: Optional[Union[str, os.PathLike]] = None,
-        *,
-        wandb: Any = False,
-        csv: Optional[Union[str, os.PathLike]] = None,
-        every_n_epochs: int = 1,
-        run_dir: Union[str, os.PathLike] = "wwmonitor-runs",
-        run_name: Optional[str] = None,
-        layers: Optional[Sequence[Any]] = None,
-        exclude: Optional[Sequence[Any]] = None,
-        alerts: Union[None, bool, str, dict, AlertRules] = "default",
-        stop_on: Sequence[str] = (),
-        metrics: Union[str, Sequence[str]] = "default",
-        esd_every_n_epochs: int = 5,
-        queue_size: int = 3,
-        policy: str = "block",
-        options: Optional[AnalysisOptions] = None,
-        config: Optional[dict] = None,
-        flush_timeout: Optional[float] = 300.0,
-        resume: bool = False,
-    ) -> None:
-        super().__init__()
-        check_interval("every_n_epochs", every_n_epochs, allow_none=False)
-        store_monitor_options(
-            self,
-            run_dir=run_dir,
-            run_name=run_name,
-            layers=layers,
-            exclude=exclude,
-            alerts=alerts,
-            stop_on=stop_on,
-            metrics=metrics,
-            esd_every_n_epochs=esd_every_n_epochs,
-            queue_size=queue_size,
-            policy=policy,
-            options=options,
-            config=config,
-            flush_timeout=flush_timeout,
-            resume=resume,
-        )
-        self.log_dir = log_dir
-        self.wandb = wandb
-        self.csv = csv
-        self.every_n_epochs = every_n_epochs
-        self.monitor: Any = None
-        self.sinks: list[Any] = []
-        self._wandb_sink: Any = None
-        self.stopped_by_alert = False
-
-    # Keras checks this to keep batch hooks asynchronous; we implement none anyway.
+    # Keras checks this to keep batch hooks asynchronous; an instance with every_n_steps sets it False.
     async_safe = True
+
+    def __init__(self, every_n_epochs: Optional[int] = 1, every_n_steps: Optional[int] = None, **options: Any) -> None:
+        super().__init__()
+        every_n_epochs = legacy_keras_loggers(every_n_epochs, options)
+        self.session = CallbackSession("WeightWatcherCallback (Keras)", every_n_epochs, every_n_steps, options)
+        if every_n_steps is not None:
+            # an instance attribute, not a class method: without every_n_steps Keras still sees the default hook
+            self.on_train_batch_end = self._on_train_batch_end
+            self.async_safe = False
 
     def _step(self) -> int:
         opt = getattr(self.model, "optimizer", None)
@@ -176,71 +132,37 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(it))
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        from ..monitor import Monitor
-        from ..sinks.csv import CSVSink
-        from ..sinks.tensorboard import TensorBoardSink
-        from ..sinks.wandb import WandbSink
+        self.session.open(self.model, config={"backend": keras.backend.backend(), "callback": __name__})
+        self._epoch = 0
 
-        self.close()
-        sinks: list[Any] = []
-        if self.log_dir is not None:
-            sinks.append(TensorBoardSink(self.log_dir, metrics=self.metrics, hparams=self.config))
-        if self.wandb is not False and self.wandb is not None:
-            run = self.wandb
-            if run is True:
-                import wandb as _wandb
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self._epoch = int(epoch)
 
-                run = _wandb.run if _wandb.run is not None else _wandb.init()
-            self._wandb_sink = WandbSink(
-                run, step_metric="ww/step", metrics=self.metrics, deliver="deferred", hparams=self.config
-            )
-            sinks.append(self._wandb_sink)
-        if self.csv is not None:
-            sinks.append(CSVSink(self.csv))
-        self.sinks = sinks
-        config = {**self.config, "backend": keras.backend.backend(), "callback": __name__}
-        self.monitor = Monitor(
-            self.model,
-            self.run_dir,
-            run_name=self.run_name,
-            every_n_epochs=self.every_n_epochs,
-            sinks=sinks,
-            config=config,
-            resume=self.resume,
-            **monitor_kwargs(self),
-        )
+    def _on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        self._guard(lambda: self.session.on_step(self._step(), self._epoch, model=self.model), "step")
+        self.session.pump()
+        self._stop_decision(f"at step {self.session.last_step}")
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        mon = self.monitor
-        if mon is None:
-            return
-        step = self._step()
-        try:
-            if mon.should_snapshot(epoch=epoch, step=step):
-                mon.snapshot(step=step, epoch=epoch, model=self.model)
-        except Exception as e:  # monitoring must never stop training
-            log.warning(
-                "wwmonitor: snapshot at epoch %d failed (%s: %s); training continues", epoch, type(e).__name__, e
-            )
-        self._pump()
-        if mon.should_stop and not self.model.stop_training:
-            self.model.stop_training = True
-            self.stopped_by_alert = True
-            log.warning(
-                "wwmonitor: stopping training after epoch %d on an alert%s", epoch, stop_reason(mon.alerts_fired)
-            )
+        self._guard(lambda: self.session.on_epoch_end(epoch, self._step(), model=self.model), f"epoch {epoch}")
+        self.session.pump()
+        self._stop_decision(f"after epoch {epoch}")
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
-        if self.monitor is not None:
-            self.monitor.flush(self.flush_timeout)
-        self.close()
+        self.session.finish()
+        self.session.close()
 
     def close(self) -> None:
         """Close the monitor (flushes, closes the sinks) and deliver pending W&B rows."""
-        if self.monitor is not None:
-            self.monitor.close()
-        self._pump()
+        self.session.close()
 
-    def _pump(self) -> None:
-        if self._wandb_sink is not None:
-            pump_sinks([self._wandb_sink])
+    def _guard(self, fn: Any, what: str) -> None:
+        try:
+            fn()
+        except Exception as e:  # monitoring must never stop training
+            log.warning("wwmonitor: snapshot at %s failed (%s: %s); training continues", what, type(e).__name__, e)
+
+    def _stop_decision(self, where: str) -> None:
+        if self.session.stop_requested() and not self.model.stop_training:
+            self.model.stop_training = True
+            self.session.note_stop(where)

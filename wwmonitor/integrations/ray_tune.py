@@ -362,9 +362,7 @@ def _tune_report_callback_class() -> type:
             report_fn: Optional[Callable[..., Any]] = None,
             **kwargs: Any,
         ) -> None:
-            super().__init__(
-                every_n_epochs, run_dir=run_dir if run_dir is not None else "", run_name=run_name, **kwargs
-            )
+            super().__init__(every_n_epochs, root=run_dir, run_name=run_name, **kwargs)
             self._auto_run_dir = run_dir is None
             self.report_metrics = None if metrics is None else tuple(metrics)
             self.record_eval = bool(record_eval)
@@ -372,9 +370,9 @@ def _tune_report_callback_class() -> type:
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             if self._auto_run_dir:
-                self.run_dir = str(trial_run_dir())
-            if getattr(self, "run_name", None) is None:
-                self.run_name = _trial_name()
+                self.configure(root=str(trial_run_dir()))
+            if self.settings.run_name is None:
+                self.configure(run_name=_trial_name())
             super().on_fit_start(trainer, pl_module)
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

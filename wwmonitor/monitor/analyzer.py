@@ -119,10 +119,12 @@ def analyse_snapshot(
     """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
 
     The λ-axis ESD and the fitted models that :func:`analyze_matrix` leaves in
-    ``extra["esd"]`` / ``extra["fits"]`` (``keep_esd=True``) move to
+    ``LayerMetrics.esd`` / ``.fits`` (``keep_esd=True``) move to
     ``SnapshotResult.esds`` / ``.fits``.  ``inspector`` (an object with
     ``inspect_weights(name, W, lm)``, e.g. alert rules that need the weights)
-    sees each successfully analysed matrix; its failures go to ``on_error``.
+    sees each successfully analysed matrix; the per-rule failures it returns
+    (rule id -> exception) go to ``SnapshotResult.inspect_errors``, and an
+    exception it raises to ``on_error``.
 
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"torch"``): where the
     ESDs are computed (see the module docstring).  Off the CPU, ``analyze_fn``
@@ -164,7 +166,9 @@ def analyse_snapshot(
             log.debug("wwmonitor: layer %s failed at step %s:\n%s", name, snap.step, traceback.format_exc())
         if inspector is not None and m.status == "ok":
             try:
-                inspector.inspect_weights(name, A if A is not None else as_numpy(W), m)
+                failed = inspector.inspect_weights(name, A if A is not None else as_numpy(W), m)
+                if failed:
+                    res.inspect_errors[name] = dict(failed)
             except Exception as e:  # noqa: BLE001 - the layer's metrics are kept
                 if on_error is not None:
                     on_error("alerts", f"step {snap.step}, layer {name!r} (weight inspection)", e)
@@ -176,13 +180,7 @@ def analyse_snapshot(
                     reference.apply(name, typ, scale, W, m, options=opts, device=device)
             else:
                 reference.apply(name, typ, scale, W if A is None else A, m, options=opts, device=device)
-        esd = m.extra.pop("esd", None)
-        if esd is not None:
-            res.esds[name] = esd
-        fits = m.extra.pop("fits", None)
-        if fits:
-            res.fits[name] = fits
-        res.layers.append(m)
+        _hand_over(res, name, m)
     if on_cuda:  # nothing of this snapshot may still read its host buffers once they go back to the pool
         _side_stream(device).synchronize()
     res.summary = model_summary(res.layers)
@@ -190,6 +188,16 @@ def analyse_snapshot(
     res.meta["analysis_cpu_s"] = time.thread_time() - c0  # CPU seconds of the worker thread
     res.meta["analysis_device"] = device
     return res
+
+
+def _hand_over(res: SnapshotResult, name: str, m: LayerMetrics) -> None:
+    """Move the layer's ESD and fits from its metrics record to the result's typed fields."""
+    if m.esd is not None:
+        res.esds[name] = m.esd
+    if m.fits:
+        res.fits[name] = m.fits
+    m.esd, m.fits = None, None
+    res.layers.append(m)
 
 
 class AnalysisWorker:

@@ -12,8 +12,10 @@ gathers per-rank results on rank 0 and submits them there.  The dispatcher
    adds the monitor's own ``non_finite`` alerts;
 3. draws the due ESD figures once (:class:`~wwmonitor.monitor.render.Renderer`),
    only when a sink writes images;
-4. hands the result to ``on_result`` (the monitor's history), then to every
-   sink, each on its own writer thread.
+4. records the result in its :class:`~wwmonitor.monitor.status.RunStatus`
+   (:attr:`Dispatcher.status`: history, alerts, stored steps, the stop
+   request -- the one channel the training thread reads, under that
+   object's lock), then hands it to every sink, each on its own writer thread.
 
 Sinks only write.  Each sink has one thread of its own (so a sink is always
 called from the same thread -- wandb's client needs that) and a deadline: a
@@ -34,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..records import Alert, SnapshotResult
 from .faults import Faults
 from .render import Renderer
+from .status import RunStatus
 
 __all__ = ["Dispatcher", "SinkWriter", "nonfinite_alerts", "DISPATCH_FAULTS"]
 
@@ -133,8 +136,9 @@ class Dispatcher:
         Object with ``evaluate(result[, on_error])`` (and optionally ``close()``), or ``None``.
     renderer:
         Draws figures when a sink has ``wants_figures = True``.
-    on_result:
-        Called with every dispatched result, after alerts and figures, before the sinks.
+    status:
+        Where every dispatched result is recorded, after alerts and figures, before the sinks
+        (default: a new :class:`RunStatus`); the training thread reads :attr:`status` only.
     store:
         The run store among ``sinks`` (its failures count as ``store_errors``).
     sink_timeout:
@@ -147,7 +151,7 @@ class Dispatcher:
         *,
         alerts: Any = None,
         renderer: Optional[Renderer] = None,
-        on_result: Optional[Callable[[SnapshotResult], None]] = None,
+        status: Optional[RunStatus] = None,
         store: Any = None,
         sink_timeout: Optional[float] = 60.0,
         faults: Optional[Faults] = None,
@@ -157,7 +161,8 @@ class Dispatcher:
             raise ValueError(f"sink_timeout must be > 0 or None, got {sink_timeout!r}")
         self.alerts = alerts
         self.renderer = renderer if renderer is not None else Renderer()
-        self.on_result = on_result
+        #: the channel back to the training thread (written here, read by the monitor)
+        self.status = status if status is not None else RunStatus()
         self.sink_timeout = sink_timeout
         self.faults = faults if faults is not None else Faults(DISPATCH_FAULTS)
         self._store = store
@@ -305,8 +310,7 @@ class Dispatcher:
                     failed,
                 )
         self.dispatched += 1
-        if self.on_result is not None:
-            self.on_result(res)
+        self.status.record(res)
         for w in writers:
             self._write(w, res)
 

@@ -13,7 +13,7 @@ and fill the ``delta_*`` fields of its :class:`~wwmonitor.metrics.LayerMetrics`:
   (same options, layer type and conv scale as ``W``; no ESD kept, no phase);
   ``None`` where that analysis has none -- below ``min_evals`` there is no
   alpha, an exactly zero ``D`` (the reference step itself) has no spectrum --
-  and ``delta_status`` / ``extra["delta_message"]`` say why.  A LoRA update
+  and ``delta_status`` / ``delta_message`` say why.  A LoRA update
   matrix (``<layer>.lora_update``, analysed in a compact form) gets none:
   ``delta_status="not_comparable"``.
 
@@ -180,7 +180,7 @@ class ReferenceWeights:
             self._apply(name, layer_type, scale, W, lm, options, device)
         except Exception as e:  # noqa: BLE001 - the layer's own metrics are kept
             lm.delta_status = "error"
-            lm.extra["delta_message"] = f"layer {name!r}: delta from the reference failed: {type(e).__name__}: {e}"
+            lm.delta_message = f"layer {name!r}: delta from the reference failed: {type(e).__name__}: {e}"
 
     def _apply(
         self,
@@ -194,7 +194,7 @@ class ReferenceWeights:
     ) -> None:
         if name.endswith(LORA_UPDATE_SUFFIX):
             lm.delta_status = "not_comparable"
-            lm.extra["delta_message"] = (
+            lm.delta_message = (
                 f"layer {name!r}: a LoRA update is analysed in a compact form with its non-zero singular values, "
                 "whose entries are not comparable between steps; the effective weight's delta is W − W_ref"
             )
@@ -214,11 +214,11 @@ class ReferenceWeights:
             ref_sq = self._ref_sq.get(key, 0.0) if key is not None else 0.0
         if ref is None:
             lm.delta_status = "no_reference"
-            lm.extra["delta_message"] = f"layer {name!r}: base_model has no matrix of this name"
+            lm.delta_message = f"layer {name!r}: base_model has no matrix of this name"
             return
         if tuple(ref.shape) != tuple(A.shape):
             lm.delta_status = "shape_mismatch"
-            lm.extra["delta_message"] = (
+            lm.delta_message = (
                 f"layer {name!r}: shape {tuple(A.shape)} differs from the reference's {tuple(ref.shape)}; no delta"
             )
             return
@@ -228,7 +228,7 @@ class ReferenceWeights:
         lm.delta_rel_norm = rel if rel is not None and math.isfinite(rel) else None
         if d_sq == 0.0:
             lm.delta_status = "zero_matrix"
-            lm.extra["delta_message"] = f"layer {name!r}: W equals the reference (no delta spectrum)"
+            lm.delta_message = f"layer {name!r}: W equals the reference (no delta spectrum)"
             return
         opts = replace(options, keep_esd=False, phases=False, localization=False)
         dm = analyze_matrix(D, name, layer_type=layer_type, scale=scale, options=opts, device=device)
@@ -238,4 +238,4 @@ class ReferenceWeights:
         lm.delta_log_norm = dm.log_norm
         lm.delta_status = dm.status
         if dm.message:
-            lm.extra["delta_message"] = dm.message
+            lm.delta_message = dm.message

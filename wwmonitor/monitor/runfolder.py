@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ..store import DB_NAME, RunStore
+from ..store import DB_NAME, SCHEMA_VERSION, RunStore
 
 __all__ = ["RunFolder", "safe_run_id", "versions"]
 
@@ -118,7 +118,7 @@ class RunFolder:
         self._fresh, self.resumed = not existed, existed
         self.stored_steps = set(store.stored_steps())
         old_meta = store.get_meta("meta", {}) or {}
-        items: dict[str, Any] = {"meta": {**old_meta, **meta}, "run_id": self.run_id, "schema_version": 1}
+        items: dict[str, Any] = {"meta": {**old_meta, **meta}, "run_id": self.run_id, "schema_version": SCHEMA_VERSION}
         if existed:
             items["meta"].setdefault("resumed", []).append(_now())
             old_cfg = store.get_meta("config", None) or {}

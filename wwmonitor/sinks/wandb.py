@@ -39,12 +39,22 @@ since Lightning/Keras log from the training thread): ``write`` only prepares
 plain data (numbers, RGB arrays) and queues it; :meth:`pump`, called by the
 callback on the training thread at its hooks and after the monitor closed,
 creates the ``wandb.Image``/``Table`` objects and calls ``run.log`` /
-``run.alert``.  So exactly one thread ever calls wandb.
+``run.alert``.  So exactly one thread at a time calls wandb.
+
+Deadline (deferred mode): :meth:`pump` makes those calls on a helper thread
+while the training thread waits -- at most ``sink_timeout`` seconds per pump
+(the Monitor's ``sink_timeout``; ``None``: no deadline).  A pump that runs
+past it is abandoned: the sink is *dropped* (:attr:`dropped` is set, a
+warning names the reason), its queued rows and every later one are discarded
+and counted in :attr:`rows_dropped`, and training goes on.  While the training
+thread waits, it makes no wandb call of its own, so the calls stay serial
+unless wandb hangs past the deadline.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -65,6 +75,8 @@ from ._render import (
 __all__ = ["WandbSink"]
 
 _LEVELS = {"info": "INFO", "warning": "WARN", "error": "ERROR"}
+
+log = logging.getLogger("wwmonitor")
 
 
 class WandbSink:
@@ -88,6 +100,9 @@ class WandbSink:
     hparams:
         The run's hyper-parameters, merged into ``run.config`` (nesting kept,
         values made JSON-friendly by :func:`~wwmonitor.sinks._render.plain_config`).
+    sink_timeout:
+        Seconds one :meth:`pump` may wait for wandb (deferred mode; ``None``:
+        no deadline); see "Deadline" above.
     """
 
     def __init__(
@@ -102,11 +117,19 @@ class WandbSink:
         alerts: bool = True,
         deliver: str = "direct",
         hparams: Optional[Mapping[str, Any]] = None,
+        sink_timeout: Optional[float] = 60.0,
     ) -> None:
         if run is None or not callable(getattr(run, "log", None)):
             raise TypeError(f"run: expected a wandb Run (wandb.init(...)), got {type(run).__name__}")
         if deliver not in ("direct", "deferred"):
             raise ValueError(f"deliver must be 'direct' or 'deferred', got {deliver!r}")
+        if sink_timeout is not None and not sink_timeout > 0:
+            raise ValueError(f"sink_timeout must be > 0 or None, got {sink_timeout!r}")
+        self.sink_timeout = sink_timeout
+        #: why the sink was dropped (a pump ran past ``sink_timeout``); "" while it works
+        self.dropped = ""
+        #: rows discarded because the sink was dropped
+        self.rows_dropped = 0
         self.run = run
         self.step_metric = step_metric
         self.prefix = prefix.rstrip("/")
@@ -169,6 +192,8 @@ class WandbSink:
         payload = self._prepare(result)
         if self.deliver == "direct":
             self._log(payload)
+        elif self.dropped:
+            self.rows_dropped += 1
         else:
             self._queue.append(payload)
 
@@ -181,18 +206,49 @@ class WandbSink:
     def pump(self) -> int:
         """Log every queued payload (deferred mode); call from the thread that owns the run.
 
-        Returns how many snapshots were logged.
+        The wandb calls run on a helper thread; this call waits for them at most
+        ``sink_timeout`` seconds, then drops the sink (see "Deadline" above).  An
+        error raised by wandb is re-raised here.  Returns how many snapshots were logged.
         """
+        if self.dropped:
+            self._discard()
+            return 0
+        if not self._queue:
+            return 0
+        out: dict[str, Any] = {}
+        t = threading.Thread(target=self._drain, args=(out,), name="wwmonitor-wandb-pump", daemon=True)
+        t.start()
+        t.join(self.sink_timeout)
+        if t.is_alive():
+            self.dropped = f"a W&B log call did not return within sink_timeout={self.sink_timeout} s"
+            log.warning("wwmonitor: %s; the W&B sink is dropped (rows discarded), training continues", self.dropped)
+            self._discard()
+            return 0
+        if "error" in out:
+            raise out["error"]
+        return int(out.get("logged", 0))
+
+    def _drain(self, out: dict[str, Any]) -> None:
+        """Log the queued payloads (helper thread of :meth:`pump`); the count and any error go to ``out``."""
         n = 0
-        with self._lock:
-            while self._queue:
-                payload = self._queue.popleft()
-                if "final" in payload:
-                    self._finish(payload["final"])
-                else:
-                    self._log(payload)
-                    n += 1
-        return n
+        try:
+            with self._lock:
+                while self._queue and not self.dropped:
+                    payload = self._queue.popleft()
+                    if "final" in payload:
+                        self._finish(payload["final"])
+                    else:
+                        self._log(payload)
+                        n += 1
+        except Exception as e:  # noqa: BLE001 - re-raised by pump() on the calling thread
+            out["error"] = e
+        out["logged"] = n
+
+    def _discard(self) -> None:
+        """Count and drop the queued rows of a dropped sink."""
+        while self._queue:
+            if "final" not in self._queue.popleft():
+                self.rows_dropped += 1
 
     def _define(self) -> None:
         """First call into wandb (on the thread that owns the run): step metric, sections' globs, config."""
