@@ -65,6 +65,19 @@ def _wandb_run(folder: Path) -> Any:
     return wandb.init(mode="offline", dir=str(folder), project="wwmonitor-soak", reinit="create_new")
 
 
+def _default_sinks(root: Path, use_wandb: bool) -> tuple[list[Any], Any]:
+    """TensorBoard (with figures), CSV and -- where wandb imports and ``use_wandb`` -- W&B on an offline run."""
+    from wwmonitor.sinks.csv import CSVSink
+    from wwmonitor.sinks.tensorboard import TensorBoardSink
+    from wwmonitor.sinks.wandb import WandbSink
+
+    run = _wandb_run(root) if use_wandb else None
+    sinks: list[Any] = [TensorBoardSink(root / "tb"), CSVSink(root / "csv")]
+    if run is not None:
+        sinks.append(WandbSink(run))
+    return sinks, run
+
+
 def soak(
     n: int = N_SNAPSHOTS,
     warmup: int = WARMUP,
@@ -74,15 +87,15 @@ def soak(
     esd_every_n_epochs: int = 5,
 ) -> dict[str, Any]:
     """Take ``n`` snapshots (one per training step, epoch = step) and return the resource figures and the store
-    check.  ``esd_every_n_epochs``: how often the sinks get the ESD figures (the Monitor's default, 5)."""
+    check.  ``esd_every_n_epochs``: how often the sinks get the ESD figures (the Monitor's default, 5).
+
+    Longer than 60 lines on purpose: one straight measurement script (train, snapshot, sample, close, check),
+    kept in one piece so the order of the measurements relative to ``flush``/``close`` stays visible."""
     import numpy as np
     import torch
     from torch import nn
 
     import wwmonitor
-    from wwmonitor.sinks.csv import CSVSink
-    from wwmonitor.sinks.tensorboard import TensorBoardSink
-    from wwmonitor.sinks.wandb import WandbSink
 
     if not 0 < warmup < n:
         raise ValueError(f"need 0 < warmup < n, got warmup={warmup}, n={n}")
@@ -94,10 +107,7 @@ def soak(
     model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
-    run = _wandb_run(root) if use_wandb else None
-    sinks: list[Any] = [TensorBoardSink(root / "tb"), CSVSink(root / "csv")]
-    if run is not None:
-        sinks.append(WandbSink(run))
+    sinks, run = _default_sinks(root, use_wandb)
     t0 = time.perf_counter()
     start, start_files = resources(), open_files()
     mon = wwmonitor.Monitor(
@@ -128,10 +138,6 @@ def soak(
         run.finish()
     wall = time.perf_counter() - t0
     after_close, open_after = resources(), open_files()
-    stored = wwmonitor.load_run(run_dir)
-    steps = stored.steps
-    m = stored.metrics
-    dup_rows = int(m.duplicated(["step", "layer", "metric"]).sum())
     result = {
         "n": n,
         "warmup": warmup,
@@ -143,12 +149,7 @@ def soak(
         "after_close": after_close,
         "opened_not_closed": sorted((Counter(open_after) - Counter(start_files)).elements()),
         "wall_s": wall,
-        "steps_stored": len(steps),
-        "distinct_steps": len(set(steps)),
-        "steps_expected": n,
-        "all_steps_once": sorted(steps) == list(range(n)),
-        "duplicate_metric_rows": dup_rows,
-        "metric_rows": int(len(m)),
+        **_store_check(run_dir, n),
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "csv_rows": _csv_steps(root / "csv"),
         "np_version": np.__version__,
@@ -156,6 +157,22 @@ def soak(
     if tmp is not None:
         tmp.cleanup()
     return result
+
+
+def _store_check(run_dir: Path, n: int) -> dict[str, Any]:
+    """What the store of the run at ``run_dir`` holds: stored and distinct steps, duplicated metric rows."""
+    import wwmonitor
+
+    stored = wwmonitor.load_run(run_dir)
+    steps, m = stored.steps, stored.metrics
+    return {
+        "steps_stored": len(steps),
+        "distinct_steps": len(set(steps)),
+        "steps_expected": n,
+        "all_steps_once": sorted(steps) == list(range(n)),
+        "duplicate_metric_rows": int(m.duplicated(["step", "layer", "metric"]).sum()),
+        "metric_rows": int(len(m)),
+    }
 
 
 def _csv_steps(folder: Path) -> int:
