@@ -184,6 +184,8 @@ class MonitorOptions:
         from ..spectral import check_device
 
         self.analysis_device = check_device(self.analysis_device, "analysis_device")
+        if self.config is None:  # no configuration to store (accepted before the options were unified)
+            self.config = {}
         if not isinstance(self.config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(self.config).__name__}")
         self.config = dict(self.config)
