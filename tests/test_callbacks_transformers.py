@@ -150,11 +150,20 @@ def test_options_state_keys_and_refused_strategies(tmp_path):
     with pytest.raises(ValueError, match="stop_on"):
         Callback(stop_on=["bogus"])
     state = types.SimpleNamespace(global_step=0, stateful_callbacks={})
-    for over, name in (({"fsdp": "full_shard"}, "FSDP"), ({"deepspeed": "ds_config.json"}, "DeepSpeed")):
+    fsdp1 = r"FSDP1 \(FullyShardedDataParallel\) is not supported.*fully_shard \(FSDP2\).*'version': 2"
+    for over, name in (
+        ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, fsdp1),
+        ({"deepspeed": "ds_config.json"}, r"DeepSpeed \(ZeRO\) is not supported.*FSDP2"),
+    ):
         args = types.SimpleNamespace(**{"fsdp": None, "deepspeed": None, "output_dir": str(tmp_path), **over})
         with pytest.raises(UnsupportedStrategyError, match=name):
             a.on_train_begin(args, state, types.SimpleNamespace(), model=torch.nn.Linear(64, 64))
     assert not (tmp_path / "wwmonitor-runs").exists()  # refused before anything was written
+    # FSDP2 (transformers' default fsdp_config version) is accepted: the Monitor's FSDP2 strategy monitors it
+    from wwmonitor.callbacks._hf_support import check_strategy
+
+    check_strategy(types.SimpleNamespace(fsdp="full_shard", fsdp_config={}, deepspeed=None))
+    check_strategy(types.SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 2}, deepspeed=None))
 
 
 def test_mlflow_without_an_mlflow_sink_is_one_log_note(monkeypatch, tmp_path):
@@ -393,7 +402,7 @@ DDP_SCRIPT = textwrap.dedent(
     trainer = train(bert(), training_args(os.path.join(out, "hf"), report_to=["tensorboard"]), [SaveWeights(), cb])
     r = trainer.args.process_index
     info = {{"rank": r, "world": trainer.args.world_size, "shard": cb.shard_layers, "step": trainer.state.global_step,
-            "has_monitor": cb.monitor is not None, "sinks": len(cb.sinks), "output": seen}}
+            "has_store": cb.monitor.store is not None, "sinks": len(cb.sinks), "output": seen}}
     with open(os.path.join(out, f"rank{{r}}.json"), "w") as f:
         json.dump(info, f)
     """
@@ -431,7 +440,7 @@ def test_ddp_two_ranks_equals_single_process_analysis(tmp_path):
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["shard"] == names[0::2] and info[1]["shard"] == names[1::2]  # matrix i on rank i mod 2
-    assert info[0]["has_monitor"] and not info[1]["has_monitor"]  # only rank 0 stores and logs
+    assert info[0]["has_store"] and not info[1]["has_store"]  # a Monitor on every rank; only rank 0 stores and logs
     assert info[0]["sinks"] == 1 and info[1]["sinks"] == 0
     steps = [4, 8, 12]  # 32 samples per rank / batch 8 = 4 steps per epoch
     assert info[0]["step"] == 12

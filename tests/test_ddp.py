@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent(
         trainer.fit(model)
         r = trainer.global_rank
         info = {{"rank": r, "world": trainer.world_size, "shard": cb.shard_layers, "step": trainer.global_step,
-                "has_monitor": cb.monitor is not None, "sinks": len(cb.sinks), "output": seen}}
+                "has_store": cb.monitor.store is not None, "sinks": len(cb.sinks), "output": seen}}
         with open(os.path.join(out, f"rank{{r}}.json"), "w") as f:
             json.dump(info, f)
         if r == 0:
@@ -117,7 +117,7 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["shard"] == ["fc1", "out"] and info[1]["shard"] == ["fc2"]  # layer i on rank i mod 2
-    assert info[0]["has_monitor"] and not info[1]["has_monitor"]  # only rank 0 stores and logs
+    assert info[0]["has_store"] and not info[1]["has_store"]  # a Monitor on every rank; only rank 0 stores and logs
     assert info[0]["sinks"] == 2 and info[1]["sinks"] == 0
     steps = [8, 16, 24]  # 256 samples per rank / batch 32
     assert info[0]["step"] == 24

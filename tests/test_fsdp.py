@@ -24,7 +24,9 @@ torch = pytest.importorskip("torch")
 import wwmonitor  # noqa: E402
 from wwmonitor.analyze import _SCALED_FIELDS  # noqa: E402
 from wwmonitor.layers import extract_matrices  # noqa: E402
-from wwmonitor.sharded import ShardedSpectra, _row_dim, _view_rows, analyze_sharded, sharded_specs  # noqa: E402
+from wwmonitor.sharded_model import analyze_sharded  # noqa: E402
+from wwmonitor.sharding import ShardedSpectra, sharded_specs  # noqa: E402
+from wwmonitor.sharding.plan import _row_dim, _view_rows  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -79,8 +81,8 @@ SCRIPT = textwrap.dedent(
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     import wwmonitor
-    from wwmonitor import sharded
-    from wwmonitor.callbacks._sharding import ShardedSnapshots
+    from wwmonitor import sharding as sharded
+    from wwmonitor.sharded_model import analyze_sharded
 
     out = {out!r}
     dist.init_process_group("gloo")
@@ -111,9 +113,11 @@ SCRIPT = textwrap.dedent(
     import torch.distributed.distributed_c10d as c10d
     from torch.distributed.tensor import DTensor
 
+    import threading
+
     def spy(fn):
-        def wrapped(*a, **k):
-            if active[0]:
+        def wrapped(*a, **k):  # the training thread's exchange only (the monitor's worker gathers its results)
+            if active[0] and threading.current_thread() is threading.main_thread():
                 calls["all_gather"] += 1
             return fn(*a, **k)
         return wrapped
@@ -141,7 +145,7 @@ SCRIPT = textwrap.dedent(
     info = {{"rank": rank, "world": world}}
     for route in ("auto", "gather", "rfactor"):
         sp = sharded.ShardedSpectra(model, route=route)
-        rep = sharded.analyze_sharded(model, spectra=sp, dst=0)
+        rep = analyze_sharded(model, spectra=sp, dst=0)
         st = sp.stats
         info[route] = {{"owned": sp.layers, "routes": sp.routes(), "received": st.bytes_received, "sent": st.bytes_sent,
                        "by_name": st.received_by_name, "assembled": sorted(st.assembled),
@@ -152,6 +156,10 @@ SCRIPT = textwrap.dedent(
         else:
             assert rep is None
 
+    # the factors carry each piece's largest |entries|: the owner's entry tail index (phase rule 4c)
+    owned = sharded.ShardedSpectra(model).exchange()
+    info["entry_tail"] = {{o.name: o.entry_tail for o in owned if o.kind == "rfactor"}}
+
     # DTensor layouts that are not FSDP2's: tensor parallel (Shard(1)) is reported per layer, Replicate is analysed
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     torch.manual_seed(5)
@@ -160,30 +168,25 @@ SCRIPT = textwrap.dedent(
     full_rep = odd.rep.weight.detach().clone()
     odd.tp.weight = torch.nn.Parameter(distribute_tensor(odd.tp.weight.detach(), mesh, [Shard(1)]))
     odd.rep.weight = torch.nn.Parameter(distribute_tensor(odd.rep.weight.detach(), mesh, [Replicate()]))
-    odd_rep = sharded.analyze_sharded(odd, dst=0)
+    odd_rep = analyze_sharded(odd, dst=0)
     if rank == 0:
         ref = wwmonitor.analyze_matrix(full_rep, "rep", layer_type="Linear")
         with open(os.path.join(out, "odd.json"), "w") as f:
             json.dump({{"layers": [lm.to_dict() for lm in odd_rep.layers], "rep_ref": ref.to_dict(),
                        "routes": odd_rep.meta["routes"]}}, f, default=str)
 
-    # the callbacks' path: OwnerAnalysis shards, results gathered to rank 0's Monitor (every rank, every snapshot)
-    names = [s.name for s in sharded.sharded_specs(model)]
-    snaps = ShardedSnapshots(names, rank, world, fsdp=True)
-    snaps.open_shard(model, os.path.join(out, "runs"))
-    main = None
-    if rank == 0:
-        main = wwmonitor.Monitor(None, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None)
+    # the plain training loop: Monitor(model) on every rank (FSDP2 strategy), rank 0 files the merged results
+    mon = wwmonitor.Monitor(model, os.path.join(out, "runs"), run_name="fsdp", every_n_epochs=None)
     for s in (10, 20):
         step()
         full_weights(os.path.join(out, f"w{{s}}.pt"))
-        snaps.snapshot(main, step=s, epoch=None, epoch_end=False)
-    snaps.collect(main)
-    info["callback"] = {{"owned": snaps.shard.layers, "assembled": sorted(snaps.shard.stats.assembled),
-                        "by_name": snaps.shard.stats.received_by_name, "routes": snaps.shard.spectra.routes()}}
-    snaps.close()
-    if main is not None:
-        main.close()
+        mon.snapshot(step=s)
+    mon.close()
+    st = mon.strategy.spectra.stats
+    info["callback"] = {{"owned": mon.strategy.layers, "assembled": sorted(st.assembled),
+                        "by_name": st.received_by_name, "routes": mon.strategy.spectra.routes(),
+                        "kind": mon.strategy.kind, "stats": mon.stats, "results": [r.step for r in mon.results],
+                        "run_id": mon.run_id, "has_store": mon.store is not None}}
     info["all_gather_calls"] = calls["all_gather"]
     with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
         json.dump(info, f)
@@ -262,32 +265,6 @@ def test_plain_model_without_process_group_equals_analyze_model():
     for a, b in zip(rep.layers, ref.layers):
         _close(a.to_dict(), b.to_dict(), a.name)
     assert sp.stats.bytes_received == 0
-
-
-def test_owner_analysis_flow_in_one_process(tmp_path):
-    """ShardedSnapshots(fsdp=True) -> OwnerAnalysis (background thread) -> merged -> Monitor.submit, with one
-    process: each step's stored metrics equal a plain Monitor's."""
-    from wwmonitor.callbacks._sharding import ShardedSnapshots
-
-    model = _block()
-    names = [s.name for s in sharded_specs(model)]
-    snaps = ShardedSnapshots(names, 0, 1, fsdp=True)
-    snaps.open_shard(model, tmp_path, queue_size=2)
-    single = wwmonitor.Monitor(model, tmp_path, run_name="single", every_n_epochs=None)
-    with wwmonitor.Monitor(None, tmp_path, run_name="owner", every_n_epochs=None, layers=names) as main:
-        for s in (1, 2, 3):
-            with torch.no_grad():
-                model.up.weight.mul_(1.5)
-            snaps.snapshot(main, step=s, epoch=None, epoch_end=False)
-            single.snapshot(step=s)
-        snaps.collect(main)
-        snaps.close()
-    single.close()
-    a, b = (wwmonitor.load_run(tmp_path / n).metrics for n in ("owner", "single"))
-    assert sorted(a.step.unique()) == [1, 2, 3]
-    ka, kb = (x.set_index(["step", "layer", "metric"]).value.sort_index() for x in (a, b))
-    assert ka.index.equals(kb.index)
-    np.testing.assert_allclose(ka.to_numpy(), kb.to_numpy(), rtol=1e-12, atol=1e-300)
 
 
 def test_check_strategy_allows_fsdp2_and_refuses_fsdp1_and_deepspeed():
@@ -390,9 +367,20 @@ def test_fsdp2_moves_only_what_the_owner_needs(fsdp_run):
 
 
 @pytest.mark.slow
-def test_fsdp2_callback_path_equals_single_process(fsdp_run):
-    """OwnerAnalysis shards -> gathered to rank 0 -> Monitor.submit: the run store holds, for each step, the
-    metrics of a single-process Monitor over the same weights."""
+def test_fsdp2_monitor_in_a_plain_loop_equals_single_process(fsdp_run):
+    """Monitor(model) on a fully_shard model, every rank, a plain loop: one worker per rank analyses the
+    matrices it owns, rank 0 files the merged results -- for each step the metrics, ESDs and phases of a
+    single-process Monitor over the same weights; the stats are on the Monitor of every rank."""
+    info = [json.loads((fsdp_run / f"rank{r}.json").read_text())["callback"] for r in (0, 1)]
+    assert [i["kind"] for i in info] == ["fsdp2", "fsdp2"]
+    assert info[0]["has_store"] and not info[1]["has_store"]  # only rank 0 writes
+    assert info[0]["run_id"] == info[1]["run_id"] == "fsdp"
+    assert info[0]["results"] == [10, 20] and info[1]["results"] == []
+    for i in info:
+        st = i["stats"]
+        assert st["snapshots_taken"] == 2 and st["analysed"] == 2, st
+        assert st["errors"] == st["worker_errors"] == 0 and st["world_size"] == 2, st
+        assert st["exchange_bytes_received"] == sum(i["by_name"].values())
     run = wwmonitor.load_run(fsdp_run / "runs" / "fsdp")
     m = run.metrics
     assert sorted(m.step.unique()) == [10, 20]
@@ -415,6 +403,24 @@ def test_fsdp2_callback_path_equals_single_process(fsdp_run):
             np.testing.assert_allclose(run.esd(layer, s), single.esd(layer, s), rtol=1e-6, atol=1e-12)
         pa, pb = (x[x.step == s].set_index("layer").phase for x in (run.phases, single.phases))
         assert pa.sort_index().equals(pb.sort_index())
+
+
+@pytest.mark.slow
+def test_fsdp2_factors_carry_the_entry_tail_index(fsdp_run):
+    """The owner of a matrix sent as triangular factors never sees its entries; the pieces' largest |W_ij|
+    travel with the factors, so the owner's entry tail index (phase rule 4c) is the single-process one."""
+    from wwmonitor.phases import entry_tail_index
+
+    model = _block()
+    model.load_state_dict(torch.load(fsdp_run / "full.pt", weights_only=True))
+    specs = {s.name: s for s in extract_matrices(model)}
+    got: dict = {}
+    for r in (0, 1):
+        got.update(json.loads((fsdp_run / f"rank{r}.json").read_text())["entry_tail"])
+    assert set(got) == {"emb", "head", "up", "low", "conv"}  # every rfactor matrix, on its owner
+    for name, value in got.items():
+        want = entry_tail_index(specs[name].tensor.detach().numpy())
+        assert value is not None and value == pytest.approx(want, rel=1e-12), (name, value, want)
 
 
 @pytest.mark.slow
@@ -488,7 +494,7 @@ PL_SCRIPT = textwrap.dedent(
                              enable_checkpointing=False)
         trainer.fit(Net())
         with open(os.path.join(out, f"rank{{trainer.global_rank}}.json"), "w") as f:
-            json.dump({{"shard": cb.shard_layers, "has_monitor": cb.monitor is not None}}, f)
+            json.dump({{"shard": cb.shard_layers, "has_store": cb.monitor.store is not None}}, f)
         trainer.strategy.barrier()
         os._exit(0)  # as in the torchrun script: skip gloo's (occasionally aborting) teardown, all is written
     """
@@ -506,7 +512,7 @@ def test_lightning_model_parallel_strategy_fsdp2(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert info[0]["shard"] == ["fc1", "out"] and info[1]["shard"] == ["fc2"]
-    assert info[0]["has_monitor"] and not info[1]["has_monitor"]
+    assert info[0]["has_store"] and not info[1]["has_store"]
     run = wwmonitor.load_run(tmp_path / "runs" / "mp")
     steps = [4, 8]  # 256 samples / 2 ranks / batch 32
     assert sorted(run.metrics.step.unique()) == steps

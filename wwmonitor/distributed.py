@@ -6,18 +6,20 @@ collective here must be called by *every* rank, in the same order -- calling
 one from rank-zero-only code hangs the job; the helpers are written so that
 the natural call site (all ranks) is the only correct one.
 
-Used by the Lightning callback under DDP (each rank holds the full weights)
-and by ``torchrun --nproc-per-node K -m wwmonitor analyze PATH``
+Used by the Monitor's DDP / FSDP2 snapshot strategies (:mod:`wwmonitor.sharding`:
+each rank analyses its share, rank 0 files the merged results) and by
+``torchrun --nproc-per-node K -m wwmonitor analyze PATH``
 (:func:`wwmonitor.model.analyze_model` shards its matrices).
 
 FSDP and DeepSpeed shard the *parameters* themselves.  FSDP2
 (``torch.distributed.fsdp.fully_shard``: ``DTensor`` parameters, dim-0
 shards; Lightning's ``ModelParallelStrategy``) is analysed by
-:mod:`wwmonitor.sharded` without gathering whole matrices anywhere but on
-their owner rank.  :func:`check_strategy` refuses the strategies that are not
-supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters, Lightning's
-``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a clear message
-instead of hanging or reading partial weights.
+:mod:`wwmonitor.sharding` without gathering whole matrices anywhere but on
+their owner rank.  :func:`check_strategy` refuses the Lightning strategies that
+are not supported -- FSDP1 (``FullyShardedDataParallel`` flat parameters,
+Lightning's ``FSDPStrategy``) and DeepSpeed (ZeRO-3 partitions) -- with a
+clear message instead of hanging or reading partial weights; the Monitor
+refuses such models itself (:func:`wwmonitor.sharding.refuse_unsupported`).
 """
 
 from __future__ import annotations
@@ -82,37 +84,39 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
-def gather_objects(obj: T, *, dst: Optional[int] = None) -> Optional[list[T]]:
+def gather_objects(obj: T, *, dst: Optional[int] = None, group: Any = None) -> Optional[list[T]]:
     """Collect one picklable object per rank, ordered by rank.
 
     ``dst=None`` (default): every rank receives the list (``all_gather_object``).
     ``dst=r``: only rank ``r`` receives it (``gather_object``); other ranks get
     ``None``.  Without an initialised process group (or with one rank) this
-    returns ``[obj]``.  A collective: call it on every rank.
+    returns ``[obj]``.  ``group``: the process group (default: the default
+    group; ranks are global ranks either way).  A collective: call it on every
+    rank of the group.
     """
     dist = _dist()
     if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
-    world = dist.get_world_size()
+    world = dist.get_world_size(group)
     if dst is None:
         out: list[Any] = [None] * world
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=group)
         return out
     if dist.get_rank() == dst:
         out = [None] * world
-        dist.gather_object(obj, out, dst=dst)
+        dist.gather_object(obj, out, dst=dst, group=group)
         return out
-    dist.gather_object(obj, None, dst=dst)
+    dist.gather_object(obj, None, dst=dst, group=group)
     return None
 
 
-def broadcast_object(obj: T, *, src: int = 0) -> T:
+def broadcast_object(obj: T, *, src: int = 0, group: Any = None) -> T:
     """``obj`` from rank ``src`` on every rank (identity without a process group). A collective."""
     dist = _dist()
     if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
 
 

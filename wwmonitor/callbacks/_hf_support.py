@@ -29,19 +29,25 @@ def epoch_index(epoch: Any) -> int:
 
 
 def check_strategy(args: Any) -> None:
-    """Refuse FSDP and DeepSpeed (each rank holds a shard of every parameter) on every rank, with a message."""
-    hit = None
-    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        hit = "FSDP"
-    elif getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        hit = "DeepSpeed"
-    if hit is not None:
+    """Refuse FSDP1 and DeepSpeed on every rank, naming them; FSDP2 is monitored (the Monitor's FSDP2 strategy).
+
+    The FSDP version is read from ``args.fsdp_config`` (``version``/``fsdp_version``, transformers' default 2)
+    or, for an ``accelerate launch`` FSDP setup, from ``FSDP_VERSION`` (accelerate's default 1).  On CPU,
+    accelerate (1.15) never selects FSDP: its plugin is honoured only on GPU-like devices, so a CPU run with
+    ``fsdp=...`` trains as DDP and is monitored as DDP."""
+    from ..sharding.detect import DEEPSPEED_MESSAGE, FSDP1_MESSAGE
+
+    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise UnsupportedStrategyError(f"WeightWatcherCallback: {DEEPSPEED_MESSAGE}")
+    version = None
+    if getattr(args, "fsdp", None):
+        cfg = getattr(args, "fsdp_config", None) or {}
+        version = cfg.get("version", cfg.get("fsdp_version", 2))
+    elif os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        version = os.environ.get("FSDP_VERSION", "1")
+    if version is not None and int(version) != 2:
         raise UnsupportedStrategyError(
-            f"WeightWatcherCallback: {hit} shards parameters across ranks; the Trainer callback reads full "
-            "weight matrices and does not gather sharded ones yet. Supported: DDP (torchrun / accelerate "
-            "launch without FSDP or DeepSpeed) or a single process; FSDP2 (fully_shard) is supported by "
-            "wwmonitor.Monitor in your own loop and by the Lightning callback. Or analyse the saved "
-            "checkpoint afterwards with `wwmonitor analyze`."
+            f"WeightWatcherCallback: {FSDP1_MESSAGE} With the Trainer: fsdp_config={{'version': 2}}."
         )
 
 

@@ -15,18 +15,18 @@ Hooks used (and why)
 ``on_train_batch_end`` optional snapshot every ``every_n_steps`` optimizer steps.
 ``on_train_epoch_end`` snapshot every ``every_n_epochs`` epochs, then the stop
                       decision (collective under DDP).
-``on_train_end``      wait for the analysis (DDP: final gather, every rank).
+``on_train_end``      wait for the analysis (every rank).
 ``on_fit_end`` / ``teardown`` / ``on_exception``  close the monitor (idempotent).
 
-Distributed (DDP)
------------------
-Matrix ``i`` (extraction order) is analysed on rank ``i mod world_size`` by
-a shard monitor; at the next snapshot point (and at train end) the results
-are gathered to rank 0 and submitted to its main monitor.  The framework-free
-machinery (shard monitors, gather, merge) is
-:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, driven by the
-framework-free :class:`wwmonitor.callbacks._session.CallbackSession` that
-every callback shares (options, schedule, state, stop decision, close).
+Distributed (DDP, FSDP2 under ``ModelParallelStrategy``)
+--------------------------------------------------------
+Every rank builds a :class:`~wwmonitor.Monitor` of the module (the
+framework-free :class:`wwmonitor.callbacks._session.CallbackSession`, with
+``distributed=`` from :func:`wwmonitor.callbacks._sharding.monitor_distributed`);
+its DDP / FSDP2 snapshot strategy analyses matrix ``i`` on rank
+``i mod world_size`` and rank 0 files the merged results (store, alert rules,
+logger sinks).  The session is shared by every callback (options, schedule,
+state, stop decision, close).
 """
 
 from __future__ import annotations

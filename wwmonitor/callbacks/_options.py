@@ -38,7 +38,8 @@ class SessionAttributes:
 
     @property
     def monitor(self) -> Any:
-        """Rank 0's :class:`wwmonitor.Monitor` of the last fit (closed after it; ``None`` elsewhere)."""
+        """This rank's :class:`wwmonitor.Monitor` of the last fit (closed after it; under DDP / FSDP2 only
+        rank 0's writes)."""
         return self.session.monitor
 
     @property
@@ -58,9 +59,10 @@ class SessionAttributes:
 
     @property
     def shard_layers(self) -> list[str]:
-        """Names of the matrices this rank analyses (all of them without DDP)."""
-        sh = self.session.sharded
-        return list(sh.layers) if sh is not None else []
+        """Names of the matrices this rank analyses (all of them without DDP / FSDP2)."""
+        from ._sharding import shard_layers
+
+        return shard_layers(self.session.monitor)
 
     @property
     def every_n_epochs(self) -> Optional[int]:

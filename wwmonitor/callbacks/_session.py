@@ -9,10 +9,11 @@ framework's hooks into these calls; everything else is decided here, once:
 * **schedule**: :class:`~wwmonitor.monitor.schedule.Schedule` -- the same
   rule as a plain ``Monitor`` (step 0 is never on the step interval; a step
   already snapshotted is skipped);
-* **opening or resuming** the monitor (:meth:`CallbackSession.open`): rank
-  0's :class:`~wwmonitor.Monitor` (store, alerts, sinks), the shard routing
-  under DDP/FSDP2 (:class:`~wwmonitor.callbacks._sharding.ShardedSnapshots`),
-  the run of a restored checkpoint continued;
+* **opening or resuming** the monitor (:meth:`CallbackSession.open`): a
+  :class:`~wwmonitor.Monitor` on every rank -- under DDP/FSDP2 its snapshot
+  strategy analyses this rank's share and rank 0 alone files results (store,
+  alerts, sinks; :mod:`wwmonitor.callbacks._sharding`) -- the run of a
+  restored checkpoint continued;
 * **state** saved in and restored from checkpoints (:meth:`state_dict`,
   :meth:`load_state_dict`; JSON-able);
 * the **stop decision**'s local half (:meth:`stop_requested`; the framework
@@ -29,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ..monitor.options import MonitorOptions
 from ..monitor.schedule import Schedule
-from ._sharding import ShardedSnapshots
+from ._sharding import monitor_distributed
 
 __all__ = ["CallbackSession", "STATE_VERSION"]
 
@@ -64,8 +65,8 @@ class CallbackSession:
             raise ValueError(f"{owner}: every_n_epochs and every_n_steps are both None: it would never snapshot")
         #: the alert rules (kept across fits: their hysteresis state goes into checkpoints)
         self.alert_rules = self.opts.resolved_alerts()
-        self.monitor: Any = None  # rank 0's monitor (store, alerts, sinks); kept, closed, after a fit
-        self.sharded: Optional[ShardedSnapshots] = None
+        self.monitor: Any = None  # this rank's monitor (rank 0: store, alerts, sinks); kept, closed, after a fit
+        self.errors = 0  # snapshots that raised (logged; training continues)
         self.rank, self.world = 0, 1
         self.last_step: Optional[int] = None
         self.stopped_by_alert = False
@@ -107,35 +108,14 @@ class CallbackSession:
         self.rank, self.world = int(rank), int(world)
         state = dict(restored) if restored else self._pending
         self._pending = None
-        fsdp, names = self._matrix_names(model)
         run_root = self.opts.root if self.opts.root is not None else (root or "wwmonitor-runs")
-        self.sharded = ShardedSnapshots(names, self.rank, self.world, flush_timeout=self.opts.flush_timeout, fsdp=fsdp)
-        self.sharded.open_shard(
-            model, run_root, alert_rules=self.alert_rules, queue_size=self.opts.queue_size, options=self.opts.options
-        )
-        if self.rank == 0:
-            self.monitor = self._open_monitor(None if fsdp else model, run_root, config, state)
-            given = [id(s) for s in self.opts.sinks] + [id(self.monitor.store)]
-            self.sinks = [s for s in self.monitor.sinks if id(s) not in given]  # framework's and `loggers` sinks
+        try:  # every rank: under DDP / FSDP2 the Monitor's strategy analyses this rank's share
+            self.monitor = self._open_monitor(model, run_root, config, state)
+        except ValueError as e:
+            raise ValueError(f"{self.owner}: {e}") from e
+        given = [id(s) for s in self.opts.sinks] + [id(self.monitor.store)]
+        self.sinks = [s for s in self.monitor.sinks if id(s) not in given]  # framework's and `loggers` sinks
         self._apply(state)
-
-    def _matrix_names(self, model: Any) -> tuple[bool, list[str]]:
-        from ..layers import extract_matrices
-        from ..sharded import is_sharded_model, sharded_specs
-
-        fsdp = is_sharded_model(model)  # FSDP2: DTensor parameters, no full weights on any rank
-        layers, exclude = self.opts.layers, self.opts.exclude
-        specs = (
-            sharded_specs(model, layers=layers, exclude=exclude)
-            if fsdp
-            else extract_matrices(model, layers=layers, exclude=exclude, lora=self.opts.lora)
-        )
-        if not specs:
-            raise ValueError(
-                f"{self.owner}: no analysable layers in {type(model).__name__} "
-                f"(layers={self.opts.layers!r}, exclude={self.opts.exclude!r})"
-            )
-        return fsdp, [s.name for s in specs]
 
     def _open_monitor(
         self, model: Any, root: Any, config: Optional[Mapping[str, Any]], state: Optional[Mapping[str, Any]]
@@ -154,6 +134,7 @@ class CallbackSession:
             sinks=[*self.opts.sinks, *self.sinks, *self._mapped_sinks(config)],
             loggers=False,  # built here, W&B delivered from the training thread (pump)
             config={**(config or {}), **self.opts.config},
+            distributed=monitor_distributed(model, self.world, self.opts.distributed),
             **kw,
         )
         return Monitor(model, settings=settings)
@@ -199,8 +180,23 @@ class CallbackSession:
         if self.last_step is not None and step <= self.last_step:
             return
         self.last_step = step
-        if self.sharded is not None:
-            self.sharded.snapshot(self.monitor, step=step, epoch=epoch, epoch_end=epoch_end, model=model)
+        if self.monitor is None:
+            return
+        kw: dict[str, Any] = {"step": step, "epoch": epoch, "epoch_end": epoch_end}
+        if model is not None:
+            kw["model"] = model
+        try:  # every rank (a collective under FSDP2); a failure is reported and training goes on
+            self.monitor.snapshot(**kw)
+        except Exception as e:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 100 == 0:
+                log.warning(
+                    "wwmonitor: snapshot at step %s failed (%s: %s); training continues (%d failure(s))",
+                    step,
+                    type(e).__name__,
+                    e,
+                    self.errors,
+                )
 
     # ------------------------------------------------------------ stop decision
     def stop_requested(self) -> bool:
@@ -243,7 +239,7 @@ class CallbackSession:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output now (monitor open) or at the next :meth:`open`."""
-        if self.monitor is None and self.sharded is None:
+        if self.monitor is None:
             self._pending = dict(state)
         else:
             self._apply(state)
@@ -261,17 +257,13 @@ class CallbackSession:
 
     # ------------------------------------------------------------ closing
     def finish(self) -> None:
-        """Train end (every rank): the final DDP gather, wait for the analysis, deliver W&B rows."""
-        if self.sharded is not None:
-            self.sharded.collect(self.monitor)
+        """Train end (every rank): wait for the analysis (under DDP / FSDP2 the last gathers), deliver W&B rows."""
         if self.monitor is not None:
             self.monitor.flush(self.opts.flush_timeout)
         self.pump()
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Close the shard and the monitor (idempotent); the monitor stays readable (results, run_dir)."""
-        if self.sharded is not None:
-            self.sharded.close(timeout)
+        """Close the monitor (idempotent); it stays readable (results, run_dir)."""
         if self.monitor is not None:
             try:
                 self.monitor.close(timeout)

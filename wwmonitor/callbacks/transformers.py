@@ -16,8 +16,8 @@ Every hook gets ``(args, state, control)`` and, as keyword arguments, the
 model, optimizer and data loaders (``CallbackHandler.call_event``); the
 callback uses nothing else -- it never looks for the ``Trainer`` object.
 
-``on_train_begin``   refuse FSDP/DeepSpeed (every rank), open the session's
-                     monitor(s); when ``trainer.train(resume_from_checkpoint=...)``
+``on_train_begin``   refuse FSDP1/DeepSpeed (every rank), open the session's
+                     monitor; when ``trainer.train(resume_from_checkpoint=...)``
                      restored a ``TrainerState`` (``global_step > 0``), read
                      this callback's state from its ``stateful_callbacks`` and
                      continue that run.
@@ -48,11 +48,13 @@ replacement logs which).
 
 Distributed
 -----------
-Under DDP (``torchrun`` / ``accelerate launch``) matrix ``i`` is analysed on
-rank ``i mod world_size`` and the results are gathered to rank 0, which alone
-writes (:class:`wwmonitor.callbacks._sharding.ShardedSnapshots`, driven by
-the shared :class:`wwmonitor.callbacks._session.CallbackSession`).  FSDP and
-DeepSpeed are refused at train begin.
+Under DDP (``torchrun`` / ``accelerate launch``) and FSDP2 every rank builds a
+Monitor (the shared :class:`wwmonitor.callbacks._session.CallbackSession`):
+matrix ``i`` is analysed on rank ``i mod world_size``, rank 0 alone writes.
+FSDP1 and DeepSpeed are refused at train begin, by name.  FSDP2 under the
+Trainer has not run here: on CPU accelerate 1.15 ignores the FSDP plugin (it
+selects FSDP only for GPU-like devices) and trains as DDP, which is what is
+monitored.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ class Pipeline:
         faults: Faults,
         worker_kw: dict[str, Any],
         flush_timeout: Optional[float],
+        make_worker: Any = None,
     ) -> None:
         self.run_id = run_id
         self.status = status
@@ -62,9 +63,8 @@ class Pipeline:
         self.flush_timeout = flush_timeout
         self.pool = BufferPool(queue_size)
         self.queue = SnapshotQueue(queue_size, policy, self.pool)
-        self.worker = AnalysisWorker(
-            self.queue, dispatcher.submit, faults=faults, name=f"wwmonitor-{run_id}", **worker_kw
-        )
+        make_worker = make_worker or AnalysisWorker  # DDP / FSDP2: the strategy's worker (gathers to rank 0)
+        self.worker = make_worker(self.queue, dispatcher.submit, faults=faults, name=f"wwmonitor-{run_id}", **worker_kw)
         self.closed = False
         self._lock = threading.Lock()
         self.worker.start()

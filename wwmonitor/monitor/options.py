@@ -36,6 +36,9 @@ from ..analyze import AnalysisOptions
 from ..layers import check_lora
 from .policy import POLICIES
 
+#: ``distributed=`` values (:mod:`wwmonitor.monitor.strategies`)
+DISTRIBUTED = ("auto", "ddp", "fsdp2", "off")
+
 __all__ = ["MonitorOptions", "MonitorKwargs", "OptionKwargs", "WANDB_STEP_METRIC", "DEPRECATED_NAMES", "split_options"]
 
 #: the W&B step key every entry point logs its rows against (``define_metric(step_metric=...)``)
@@ -120,6 +123,9 @@ class MonitorOptions:
         ``state_dict`` or a checkpoint path.
     announce:
         Log the one-line coverage summary at start.
+    distributed:
+        ``"auto" | "ddp" | "fsdp2" | "off"``: how a model trained on several
+        ranks is snapshotted (:mod:`wwmonitor.monitor.strategies`).
     """
 
     root: Optional[Union[str, os.PathLike]] = "wwmonitor-runs"
@@ -150,6 +156,7 @@ class MonitorOptions:
     lora: str = "effective"
     base_model: Any = None
     announce: bool = True
+    distributed: str = "auto"
 
     def __post_init__(self) -> None:
         self.every_n_epochs = check_interval("every_n_epochs", self.every_n_epochs)
@@ -160,6 +167,8 @@ class MonitorOptions:
             check_interval("blas_threads", self.blas_threads)
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
         for name in ("flush_timeout", "sink_timeout"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
@@ -260,6 +269,7 @@ class OptionKwargs(TypedDict, total=False):
     lora: str
     base_model: Any
     announce: bool
+    distributed: str
     run_dir: Optional[Union[str, os.PathLike]]  # deprecated: root
     close_timeout: Optional[float]  # deprecated: flush_timeout
 

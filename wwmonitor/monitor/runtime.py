@@ -54,6 +54,7 @@ from .schedule import Schedule
 from .selection import Selection
 from .snapshot import Snapshot, copy_matrices
 from .status import RunStatus
+from .strategies import apply_strategy
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -117,8 +118,9 @@ class Monitor(RunFolderAccess):
         ``config``, ``flush_timeout`` (``close_timeout``: old name),
         ``sink_timeout``, ``store``, ``analyze_fn``, ``history``,
         ``blas_threads``, ``esd_every_n_epochs``, ``esd_layers``,
-        ``analysis_device``, ``lora``, ``base_model``, ``announce``.  A
-        ``MonitorOptions`` object can be passed as ``settings=`` instead.
+        ``analysis_device``, ``lora``, ``base_model``, ``announce``,
+        ``distributed``.  A ``MonitorOptions`` object can be passed as
+        ``settings=`` instead.
 
     Notes
     -----
@@ -127,6 +129,9 @@ class Monitor(RunFolderAccess):
     the analysis thread.  ``analysis_device="cuda"`` uploads one matrix at a time
     to the GPU on a side stream (snapshots stay host copies); the metrics do not
     depend on the device (same float64 algorithm).  GPU behaviour: not yet run on a GPU.
+
+    ``distributed`` (:mod:`wwmonitor.monitor.strategies`): under DDP / FSDP2 build the Monitor and
+    call :meth:`snapshot` on every rank at the same steps; rank 0 alone files the merged results.
     A monitor that is never closed is flushed and closed when it is garbage
     collected or at interpreter exit, with a warning (:mod:`wwmonitor.monitor.lifecycle`).
 
@@ -158,13 +163,19 @@ class Monitor(RunFolderAccess):
         if settings is not None and not isinstance(settings, MonitorOptions):
             raise TypeError(f"settings must be a MonitorOptions, got {type(settings).__name__}")
         opts = MonitorOptions.from_kwargs("Monitor", settings, **kw)
+        self.analysis_device = _resolve_device(opts.analysis_device)
+        self.alert_rules = opts.resolved_alerts()
+        # DDP / FSDP2 (a collective: every rank): rank 0 files the merged results, other ranks write nothing
+        self._strategy: Any
+        self._strategy, opts, model, self._dispatch_alerts = apply_strategy(
+            model, opts, self.alert_rules, analysis_device=self.analysis_device
+        )
         self.settings = opts
         self.model = model
         self.schedule = Schedule(opts.every_n_epochs, opts.every_n_steps)
-        self.analysis_device = _resolve_device(opts.analysis_device)
         self.options = opts.options if opts.options is not None else AnalysisOptions()
         self.config = dict(opts.config)
-        self._selection = Selection(opts.layers, opts.exclude, opts.lora, opts.announce)
+        self._selection = Selection(opts.layers, opts.exclude, opts.lora, opts.announce, self._strategy)
         self._lock = threading.RLock()  # serialises snapshot() / run switching
         self._closed = False
         self._faults = Faults(FAULT_KEYS)
@@ -192,17 +203,20 @@ class Monitor(RunFolderAccess):
         if self._layer_info:
             self._folder.record_layers(self._layer_info, self._model_class(model))
         self._last_step: Optional[int] = max(self._folder.stored_steps) if self._folder.stored_steps else None
+        if self._strategy is not None:  # every rank snapshots the same steps (rank 0's run decides)
+            self._folder.run_id, self._folder.stored_steps, self._last_step = self._strategy.sync_run(
+                self._folder.run_id, self._folder.stored_steps, self._last_step
+            )
 
     def _start_pipeline(self, opts: MonitorOptions) -> None:
-        alerts = opts.resolved_alerts()
-        self.alert_rules = alerts
+        alerts = self.alert_rules
         sinks = list(opts.sinks)
         if isinstance(opts.loggers, Mapping):
             sinks += build_logger_sinks(opts.loggers, opts.metrics, self.config)
         self._status = RunStatus(opts.history, self._folder.stored_steps)
         self._dispatcher = Dispatcher(
             ([self.store] if self.store is not None else []) + sinks,
-            alerts=alerts,
+            alerts=self._dispatch_alerts,
             renderer=Renderer(opts.esd_every_n_epochs, opts.esd_layers),
             status=self._status,
             store=self.store,
@@ -228,10 +242,17 @@ class Monitor(RunFolderAccess):
             faults=self._faults,
             worker_kw=worker_kw,
             flush_timeout=opts.flush_timeout,
+            make_worker=None if self._strategy is None else self._strategy.make_worker,
         )
         self._queue, self._pool, self._worker = self._pipe.queue, self._pipe.pool, self._pipe.worker
         # a script that forgets close(): flushed with a warning at gc or exit (no reference to self kept)
         self._finalizer = weakref.finalize(self, self._pipe.close_unclosed)
+
+    @property
+    def strategy(self) -> Any:
+        """The DDP / FSDP2 snapshot strategy (:mod:`wwmonitor.monitor.strategies`: ``kind``, ``rank``,
+        ``world``, ``layers`` -- the matrices this rank analyses); ``None`` in a single process."""
+        return self._strategy
 
     # ------------------------------------------------------------ options
     every_n_epochs = property(lambda self: self.settings.every_n_epochs, doc="The epoch interval.")
@@ -304,6 +325,8 @@ class Monitor(RunFolderAccess):
             if not self.should_snapshot(epoch=epoch, step=step, epoch_end=epoch_end):
                 return False
             src = model if model is not None else self.model
+            if self._strategy is not None:
+                src = self._strategy.source(src, matrices)
             if src is None and matrices is None:
                 raise ValueError("snapshot: no model to read (pass model= here or to Monitor(), or matrices=)")
             specs, key = self._selection.specs_for(src, matrices)
@@ -324,7 +347,10 @@ class Monitor(RunFolderAccess):
                 )
             snap = None
             try:
-                entries, ready = copy_matrices(specs, res.buffers, key)
+                if self._strategy is None:
+                    entries, ready = copy_matrices(specs, res.buffers, key)
+                else:  # this rank's share (FSDP2: the exchange, a collective)
+                    entries, ready = self._strategy.counted_capture(specs, res.buffers, key, self._faults)
                 if key is None:  # computed weights (LoRA effective ...): the plan must not keep them alive
                     res.buffers.plan = None
                 snap = Snapshot(
@@ -424,6 +450,8 @@ class Monitor(RunFolderAccess):
             buffer_bytes=self._pool.total_bytes,
             buffer_bytes_peak=self._pool.peak_bytes,
         )
+        if self._strategy is not None:  # rank, world_size (FSDP2: exchange bytes and seconds)
+            out.update(self._strategy.stats())
         return out
 
     @property

@@ -62,7 +62,9 @@ def matrix_specs(matrices: Mapping[str, Any]) -> list[MatrixSpec]:
 class Selection:
     """The ``layers``/``exclude``/``lora`` selection of a monitor, its coverage line and its walk cache."""
 
-    def __init__(self, layers: Any, exclude: Any, lora: str, announce: bool) -> None:
+    def __init__(self, layers: Any, exclude: Any, lora: str, announce: bool, strategy: Any = None) -> None:
+        #: DDP / FSDP2 snapshot strategy (:mod:`.strategies`): it walks the model (FSDP2: the plan's specs)
+        self.strategy = strategy
         self.layers, self.exclude = _patterns(layers), _patterns(exclude)
         self.lora = lora
         self.announce = announce
@@ -78,6 +80,10 @@ class Selection:
         skipped: list[tuple[str, str]] = []
         if matrices is not None:
             specs = select(matrix_specs(matrices), layers=self.layers, exclude=self.exclude)
+        elif self.strategy is not None:
+            specs = self.strategy.extract(
+                model, layers=self.layers, exclude=self.exclude, lora=self.lora, skipped=skipped
+            )
         else:
             specs = extract_matrices(model, layers=self.layers, exclude=self.exclude, skipped=skipped, lora=self.lora)
         if specs and not self.coverage:  # the first walk: say what is monitored and skipped
@@ -98,9 +104,10 @@ class Selection:
         parameter objects (a replaced submodule, ``model[0] = nn.Linear(...)``,
         brings new ones) and every one keeps its storage (``data_ptr``:
         ``model.to(...)``, ``.half()`` or a ``param.data = ...`` swap change
-        it).  Any change triggers a fresh walk.
+        it).  Any change triggers a fresh walk.  Under FSDP2 the specs are the
+        plan's (``meta`` views, no storage to compare): never cached here.
         """
-        if matrices is not None or not is_torch_module(model):
+        if matrices is not None or not is_torch_module(model) or getattr(self.strategy, "kind", "") == "fsdp2":
             return self.extract(model, matrices), None
         c = self._cache
         if (
