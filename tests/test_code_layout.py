@@ -21,21 +21,9 @@ FILE_MARK = re.compile(r"#\s*long-file:\s*\S")
 FUNCTION_MARK = re.compile(r"#\s*long-function:\s*\S")
 
 #: relative path -> why it is still too long (files), or "path::function" -> why (functions)
-ALLOWED: dict[str, str] = {
-    # being split in issue 17 (helpers "sharding", "apath", "core" work on these right now): the lead removes
-    # each entry once that split is merged
-    # no issue-17 helper owns analyze.py: the lead splits these or marks them with a reason
-    "wwmonitor/analyze.py::analyze_matrix": "not assigned in issue 17 (61 lines)",
-    "wwmonitor/analyze.py::analyze_evals": "not assigned in issue 17 (95 lines)",
-}
-#: directories whose functions are owned by work in progress (same reason as above)
-ALLOWED_FUNCTION_DIRS: dict[str, str] = {
-    "wwmonitor/monitor/": "being split in issue 17",
-    "wwmonitor/callbacks/": "being split in issue 17",
-    "wwmonitor/integrations/": "being split in issue 17",
-    "wwmonitor/alerts/": "being split in issue 17",
-    "wwmonitor/phases.py": "being split in issue 17",
-}
+ALLOWED: dict[str, str] = {}
+#: directories whose functions are exempt (none: a long function carries a ``# long-function: why`` comment)
+ALLOWED_FUNCTION_DIRS: dict[str, str] = {}
 
 
 def _sources() -> list[Path]:

@@ -85,7 +85,7 @@ class AnalysisOptions:
 DEFAULT_OPTIONS = AnalysisOptions()
 
 
-def analyze_matrix(
+def analyze_matrix(  # long-function: the public entry: argument checks, then one call per analysis step
     W: Any,
     name: str = "W",
     *,
@@ -219,7 +219,7 @@ def _count_nonfinite(A: Any) -> int:
     return int(np.size(A) - np.count_nonzero(np.isfinite(A)))
 
 
-def analyze_evals(
+def analyze_evals(  # long-function: the steps of one ESD in order, sharing locals
     ev_sq: np.ndarray,
     lm: LayerMetrics,
     *,

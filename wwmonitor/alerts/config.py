@@ -103,7 +103,7 @@ def _count(name: str, v: Any, minimum: int) -> int:
     return int(x)
 
 
-def check_config(
+def check_config(  # long-function: one validation line per alert setting, in the order of the signature
     *,
     rules: Iterable[str] | None,
     stop_on: Iterable[str],

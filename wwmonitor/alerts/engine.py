@@ -117,7 +117,7 @@ class AlertRules:
     call :meth:`evaluate` for every result, in step order.
     """
 
-    def __init__(
+    def __init__(  # long-function: the keyword signature lists every alert setting with its default
         self,
         *,
         rules: Optional[Iterable[str]] = None,

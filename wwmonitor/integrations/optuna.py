@@ -234,7 +234,9 @@ class SpectralPruning:
 _CALLBACK_CLASS: Optional[type] = None
 
 
-def _callback_class() -> type:
+def _callback_class() -> (
+    type
+):  # long-function: builds the Lightning callback class in one place so lightning is imported lazily
     """:class:`SpectralPruningCallback`, built on first use (it needs ``lightning``)."""
     global _CALLBACK_CLASS
     if _CALLBACK_CLASS is not None:

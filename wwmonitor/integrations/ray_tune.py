@@ -332,7 +332,9 @@ def _positive(v: Any) -> bool:
 _CALLBACK_CLASS: Optional[type] = None
 
 
-def _tune_report_callback_class() -> type:
+def _tune_report_callback_class() -> (
+    type
+):  # long-function: builds the Lightning callback class in one place so lightning is imported lazily
     """:class:`TuneReportCallback`, built on first use (it needs ``lightning``)."""
     global _CALLBACK_CLASS
     if _CALLBACK_CLASS is not None:

@@ -106,7 +106,7 @@ def _failed_layer(name: str, typ: str, W: Any, reason: str) -> LayerMetrics:
     return LayerMetrics(name=name, type=typ, shape=tuple(int(s) for s in W.shape), status="error", message=reason)
 
 
-def analyse_snapshot(
+def analyse_snapshot(  # long-function: one pass; per-layer error accounting
     snap: Snapshot,
     options: AnalysisOptions,
     analyze_fn: AnalyzeFn = default_analyze,

@@ -284,7 +284,7 @@ class Monitor(RunFolderAccess):
             return False
         return self.schedule.due(step=step, epoch=epoch, epoch_end=epoch_end)
 
-    def snapshot(
+    def snapshot(  # long-function: keyword signature and docstring-like argument checks of the public entry point
         self,
         *,
         step: int,
