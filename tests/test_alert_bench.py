@@ -147,11 +147,19 @@ def test_budget_and_verdict_sentences():
 def slice_cache(tmp_path_factory):
     import torch
 
+    # quiet, one-thread recording; both settings are process-wide, so they are put back for the tests after this
+    # module (log-capturing tests elsewhere need the wwmonitor logger's level untouched)
+    threads, logger = torch.get_num_threads(), logging.getLogger("wwmonitor")
+    level = logger.level
     torch.set_num_threads(1)
-    logging.getLogger("wwmonitor").setLevel(logging.ERROR)
-    cache = tmp_path_factory.mktemp("alert_bench_cache")
-    for fam, setting in SLICE:
-        train_and_record(FAMILIES[fam], setting, 0, cache)
+    logger.setLevel(logging.ERROR)
+    try:
+        cache = tmp_path_factory.mktemp("alert_bench_cache")
+        for fam, setting in SLICE:
+            train_and_record(FAMILIES[fam], setting, 0, cache)
+    finally:
+        logger.setLevel(level)
+        torch.set_num_threads(threads)
     return cache
 
 
