@@ -127,11 +127,16 @@ def measure(quick: bool = False) -> list[dict]:
     with contextlib.redirect_stdout(io.StringIO()):
         import weightwatcher as ww  # import silences warnings process-wide; fine inside the benchmark
 
+    # weightwatcher logs per layer; silenced while measuring, then put back (tests measure in-process)
+    before = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
-    rows: list[dict] = []
-    for name in ("mlp",) if quick else MODELS:
-        rows += _time_model(ww, name, build, 1 if quick else REPEATS, 1 if quick else REPEATS_MP)
-        print(f"[{name} done, load {_load()}]", flush=True)
+    try:
+        rows: list[dict] = []
+        for name in ("mlp",) if quick else MODELS:
+            rows += _time_model(ww, name, build, 1 if quick else REPEATS, 1 if quick else REPEATS_MP)
+            print(f"[{name} done, load {_load()}]", flush=True)
+    finally:
+        logging.disable(before)
     return rows
 
 

@@ -47,20 +47,25 @@ def measure(quick: bool = False) -> list[dict]:
 
     from wwmonitor.mp import fit_mp
 
+    # weightwatcher logs per layer; silenced while measuring, then put back (tests measure in-process)
+    before = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
-    rng = np.random.default_rng(0)
-    s2 = 0.02**2
-    rows = []
-    for N, M in QUICK_SIZES if quick else SIZES:
-        W = rng.standard_normal((N, M)) * 0.02
-        ev = np.linalg.eigvalsh(W.T @ W / N)
-        Q = N / M
-        unit_mean = ev * (M / ev.sum())  # weightwatcher's rescaling
-        t_ours = _best(functools.partial(fit_mp, ev, Q, M=M), 1 if quick else REPEATS)
-        t_ww = _best(functools.partial(fit_density_with_range, unit_mean, Q), 1)
-        fit = fit_mp(ev, Q, M=M)
-        ok = t_ww / t_ours >= MIN_RATIO and ((N, M) != (1024, 1024) or t_ours * 1e3 < BUDGET_MS)
-        rows.append({"N": N, "M": M, "ours_s": t_ours, "ww_s": t_ww, "sigma2_ratio": fit.sigma2 / s2, "ok": ok})
+    try:
+        rng = np.random.default_rng(0)
+        s2 = 0.02**2
+        rows = []
+        for N, M in QUICK_SIZES if quick else SIZES:
+            W = rng.standard_normal((N, M)) * 0.02
+            ev = np.linalg.eigvalsh(W.T @ W / N)
+            Q = N / M
+            unit_mean = ev * (M / ev.sum())  # weightwatcher's rescaling
+            t_ours = _best(functools.partial(fit_mp, ev, Q, M=M), 1 if quick else REPEATS)
+            t_ww = _best(functools.partial(fit_density_with_range, unit_mean, Q), 1)
+            fit = fit_mp(ev, Q, M=M)
+            ok = t_ww / t_ours >= MIN_RATIO and ((N, M) != (1024, 1024) or t_ours * 1e3 < BUDGET_MS)
+            rows.append({"N": N, "M": M, "ours_s": t_ours, "ww_s": t_ww, "sigma2_ratio": fit.sigma2 / s2, "ok": ok})
+    finally:
+        logging.disable(before)
     return rows
 
 
