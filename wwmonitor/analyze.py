@@ -161,15 +161,7 @@ def analyze_matrix(  # long-function: the public entry: argument checks, then on
     K = shape[0] if len(shape) == 3 else 1
     lm = LayerMetrics(name=name, type=layer_type, shape=shape, N=N, M=M, Q=N / M, num_evals=K * M)
 
-    n_bad = _count_nonfinite(A)
-    if n_bad:
-        lm.status = "non_finite"
-        lm.message = f"layer {name!r}: {n_bad} non-finite weight(s) (NaN/Inf); no spectrum computed"
-        lm.warning = "non-finite"
-        return lm
-    if options.max_evals is not None and K * M > options.max_evals:
-        lm.status = "too_many_evals"
-        lm.message = f"layer {name!r}: {K * M} eigenvalues > max_evals={options.max_evals}; skipped"
+    if refused_before_spectrum(lm, _count_nonfinite(A), options):
         return lm
 
     if len(shape) == 3:
@@ -217,6 +209,23 @@ def _count_nonfinite(A: Any) -> int:
 
         return int((~torch.isfinite(A.detach())).sum().item())
     return int(np.size(A) - np.count_nonzero(np.isfinite(A)))
+
+
+def refused_before_spectrum(lm: LayerMetrics, n_nonfinite: int, options: AnalysisOptions) -> bool:
+    """The checks every analysis route makes before computing a spectrum, in this order: non-finite weights, then
+    more eigenvalues (``lm.num_evals``) than ``options.max_evals``.  Sets ``lm``'s status, message and warning and
+    returns True when the layer is not analysed."""
+    name = lm.name
+    if n_nonfinite:
+        lm.status = "non_finite"
+        lm.message = f"layer {name!r}: {n_nonfinite} non-finite weight(s) (NaN/Inf); no spectrum computed"
+        lm.warning = "non-finite"
+        return True
+    if options.max_evals is not None and lm.num_evals > options.max_evals:
+        lm.status = "too_many_evals"
+        lm.message = f"layer {name!r}: {lm.num_evals} eigenvalues > max_evals={options.max_evals}; skipped"
+        return True
+    return False
 
 
 def analyze_evals(  # long-function: the steps of one ESD in order, sharing locals

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_evals, analyze_matrix
+from ..analyze import DEFAULT_OPTIONS, AnalysisOptions, analyze_evals, analyze_matrix, refused_before_spectrum
 from ..metrics import LayerMetrics
 from ..spectral import esd_batched_scaled, squared_singular_values_scaled
 from .plan import OwnedMatrix
@@ -38,15 +38,7 @@ def analyze_owned(
         lm.status, lm.warning = "error", "error"
         lm.message = f"layer {name!r}: not analysed under FSDP: {om.reason}"
         return lm
-    # the same order of checks and the same messages as analyze_matrix
-    if om.nonfinite:
-        lm.status = "non_finite"
-        lm.message = f"layer {name!r}: {om.nonfinite} non-finite weight(s) (NaN/Inf); no spectrum computed"
-        lm.warning = "non-finite"
-        return lm
-    if options.max_evals is not None and K * M > options.max_evals:
-        lm.status = "too_many_evals"
-        lm.message = f"layer {name!r}: {K * M} eigenvalues > max_evals={options.max_evals}; skipped"
+    if refused_before_spectrum(lm, om.nonfinite, options):  # the same checks and messages as analyze_matrix
         return lm
     route = _route_for(om.data, device)
     if len(om.shape) == 3:
