@@ -16,7 +16,17 @@ also keeps results in the order the snapshots were queued.
 BLAS threads: the analysis runs with NumPy's BLAS limited to
 ``blas_threads`` (default 1, via ``threadpoolctl``), so it takes one core
 next to training; on a busy machine a multi-threaded OpenBLAS ``eigvalsh``
-competing with training threads was measured 10-50x slower.
+competing with training threads was measured 10-50x slower.  The CPU route
+runs no torch kernel on this thread (it reads the host buffers as NumPy
+views).  The torch routes (``"torch"``, ``"cuda"``) do: torch's intra-op
+thread count is set per thread from the process-wide ``torch.set_num_threads``
+value (the default: every core), so the worker limits its *own* OpenMP team to
+``blas_threads`` as well (``omp_set_num_threads`` acts on the calling thread
+only) and never changes the training thread's count.
+
+Priority: the thread lowers its own OS priority first
+(``analysis_nice``, :mod:`~wwmonitor.monitor.priority`), so training keeps
+its cores and the analysis runs in what is left.
 
 Rules that need the raw weights (correlation traps) say so with
 ``needs_weights``; the analyzer then calls ``inspect_weights(name, W, lm)``
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -48,6 +59,7 @@ from ..records import SnapshotResult
 from ..summary import model_summary
 from .faults import Faults
 from .policy import SnapshotQueue
+from .priority import lower_this_thread
 from .snapshot import Snapshot, as_numpy
 
 __all__ = ["analyse_snapshot", "AnalysisWorker", "AnalyzeFn", "default_analyze"]
@@ -221,6 +233,7 @@ class AnalysisWorker:
         blas_threads: Optional[int] = 1,
         device: str = "cpu",
         reference: Any = None,
+        nice: int = 0,
     ) -> None:
         self.queue = queue
         self.submit = submit
@@ -229,6 +242,8 @@ class AnalysisWorker:
         self.inspector = inspector
         self.faults = faults if faults is not None else Faults(("worker_errors", "alert_errors"))
         self.blas_threads = blas_threads
+        #: how much the thread raises its own nice value when it starts (0: not at all)
+        self.nice = nice
         #: where the ESDs are computed ("cpu", "cuda[:N]", "torch"); set before the first snapshot is queued
         self.device = device
         #: ReferenceWeights of the delta metrics (None: none)
@@ -237,6 +252,8 @@ class AnalysisWorker:
         self.abort = threading.Event()
         self.layer_errors = 0
         self.analysed = 0
+        #: CPU seconds this thread has used so far (``time.thread_time``, updated after each snapshot)
+        self.cpu_s = 0.0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -249,6 +266,7 @@ class AnalysisWorker:
         self.faults.add("alert_errors", f"wwmonitor: {where} failed at {what} ({type(exc).__name__}: {exc})")
 
     def _run(self) -> None:
+        lower_this_thread(self.nice, "analysis")
         while True:
             snap = self.queue.get()
             if snap is None:
@@ -262,6 +280,7 @@ class AnalysisWorker:
                     f"wwmonitor: analysing step {snap.step} failed ({type(e).__name__}: {e}); that snapshot is lost",
                 )
             finally:
+                self.cpu_s = time.thread_time()
                 self.queue.done()
 
     def _analyse(self, snap: Snapshot) -> SnapshotResult:
@@ -285,7 +304,8 @@ class AnalysisWorker:
         return res
 
     def _blas_limit(self) -> Any:
-        """Context manager limiting NumPy's BLAS threads during one analysis."""
+        """Context manager limiting NumPy's BLAS threads during one analysis (and, on a torch route,
+        this thread's own OpenMP team: torch's intra-op threads of the worker, not of training)."""
         if self.blas_threads is None:
             return contextlib.nullcontext()
         if self._tpc is None:
@@ -301,4 +321,9 @@ class AnalysisWorker:
                 )
                 self.blas_threads = None
                 return contextlib.nullcontext()
-        return self._tpc.limit(limits=self.blas_threads, user_api="blas")
+        if self.device == "cpu" or "torch" not in sys.modules:  # the CPU route runs no torch kernel here
+            return self._tpc.limit(limits=self.blas_threads, user_api="blas")
+        import torch
+
+        torch.get_num_threads()  # torch sets this thread's team size on first use: let it, then limit it
+        return self._tpc.limit(limits={"blas": self.blas_threads, "openmp": self.blas_threads})

@@ -117,7 +117,7 @@ class Monitor(RunFolderAccess):
         ``policy``, ``options`` (:class:`~wwmonitor.analyze.AnalysisOptions`),
         ``config``, ``flush_timeout`` (``close_timeout``: old name),
         ``sink_timeout``, ``store``, ``analyze_fn``, ``history``,
-        ``blas_threads``, ``esd_every_n_epochs``, ``esd_layers``,
+        ``blas_threads``, ``analysis_nice``, ``esd_every_n_epochs``, ``esd_layers``,
         ``analysis_device``, ``lora``, ``base_model``, ``announce``,
         ``distributed``.  A ``MonitorOptions`` object can be passed as
         ``settings=`` instead.
@@ -223,6 +223,7 @@ class Monitor(RunFolderAccess):
             sink_timeout=opts.sink_timeout,
             faults=self._faults,
             name=f"wwmonitor-dispatch-{self.run_id}",
+            nice=opts.analysis_nice,
         )
         self._dispatcher.resume_after(self._last_step)
         worker_kw = {
@@ -230,6 +231,7 @@ class Monitor(RunFolderAccess):
             "analyze_fn": opts.analyze_fn or default_analyze,
             "inspector": alerts if getattr(alerts, "needs_weights", False) else None,
             "blas_threads": opts.blas_threads,
+            "nice": opts.analysis_nice,
             "device": self._device or "cpu",
             "reference": self._reference,
         }
@@ -300,8 +302,9 @@ class Monitor(RunFolderAccess):
         snapshotted or stored step (``stats["duplicates"]``, reported: this
         keeps results in step order, and a resumed run skips what it already
         has) or when the queue policy skipped it (``stats["skipped"]``).
-        Only the copy (and, under ``policy="block"``, waiting for a free
-        analysis slot -- never for a sink) happens on the calling thread.
+        Only the copy happens on the calling thread (and, only under
+        ``policy="block"``, waiting for a free analysis slot -- never for a
+        sink; the default ``"latest"`` never waits).
 
         ``model`` overrides the constructor's model for this call;
         ``matrices`` (name -> array) bypasses model walking.  Pass
@@ -436,7 +439,9 @@ class Monitor(RunFolderAccess):
         ``pending`` (snapshots not yet analysed), ``dispatch_pending``
         (results not yet through every sink), ``blocked_s`` (time
         ``snapshot()`` waited under ``block``), ``buffer_bytes`` /
-        ``buffer_bytes_peak`` (host snapshot buffers now / at most)."""
+        ``buffer_bytes_peak`` (host snapshot buffers now / at most),
+        ``monitor_cpu_s`` (CPU seconds used so far by the monitor's background threads: analysis,
+        dispatcher with alerts and figures, sinks; ``time.thread_time`` of each)."""
         out: dict[str, Any] = dict(self._counts)
         out.update(self._faults.snapshot())
         out.update(
@@ -449,6 +454,7 @@ class Monitor(RunFolderAccess):
             dispatch_pending=self._dispatcher.pending,
             buffer_bytes=self._pool.total_bytes,
             buffer_bytes_peak=self._pool.peak_bytes,
+            monitor_cpu_s=self._worker.cpu_s + self._dispatcher.cpu_s,
         )
         if self._strategy is not None:  # rank, world_size (FSDP2: exchange bytes and seconds)
             out.update(self._strategy.stats())
