@@ -26,8 +26,8 @@ from typing import Any, Callable
 GOAL = 0.03
 #: pairs (monitor off / on) per model, and epochs per run (a snapshot at the end of each)
 REPS, EPOCHS = 5, 3
-#: ``--quick``: a smoke run of the pipeline (tiny epochs), never for the docs
-QUICK_REPS, QUICK_EPOCHS, QUICK_SCALE = 2, 2, 0.05
+#: ``--quick``: a smoke run of the pipeline (8x narrower models, 2 steps per epoch), never for the docs
+QUICK_REPS, QUICK_EPOCHS = 1, 2
 #: torch threads of the training loop (one: on a shared 2-core machine two OpenMP threads of training stall
 #: each other whenever one is descheduled, and the figures would measure that, not the monitor)
 TRAIN_THREADS = 1
@@ -35,40 +35,44 @@ TRAIN_THREADS = 1
 DOC_BLOCKS = {"loop": "docs/benchmarks.md"}
 
 
-def _tasks() -> dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str, int]]:
-    """name -> (model factory, batch maker (generator -> (x, y)), data description, steps per epoch)."""
+def _tasks(quick: bool = False) -> dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str, int]]:
+    """name -> (model factory, batch maker (generator -> (x, y)), data description, steps per epoch); ``quick``:
+    the same architectures 8x narrower, two steps per epoch (a smoke run)."""
     import torch
     from torch import nn
 
+    k = 8 if quick else 1
+    h, c, d = 1024 // k, 32 // k, 256 // k
+
     def mlp() -> nn.Module:
-        return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        return nn.Sequential(nn.Linear(784, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
 
     def cnn() -> nn.Module:
         return nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
+            nn.Conv2d(3, c, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(128, 256),
+            nn.Linear(4 * c, 8 * c),
             nn.ReLU(),
-            nn.Linear(256, 10),
+            nn.Linear(8 * c, 10),
         )
 
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.emb = nn.Embedding(1000, 256)
+            self.emb = nn.Embedding(1000, d)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                layer = nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True)
+                layer = nn.TransformerEncoderLayer(d, 4, 4 * d, batch_first=True)
                 self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-            self.head = nn.Linear(256, 10)
+            self.head = nn.Linear(d, 10)
 
         def forward(self, x: Any) -> Any:
             return self.head(self.enc(self.emb(x)).mean(1))
@@ -76,20 +80,17 @@ def _tasks() -> dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str, in
     def images(g: Any) -> tuple[Any, Any]:
         return torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
 
+    def vectors(g: Any) -> tuple[Any, Any]:
+        return torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)
+
+    def tokens(g: Any) -> tuple[Any, Any]:
+        return torch.randint(0, 1000, (16, 32), generator=g), torch.randint(0, 10, (16,), generator=g)
+
+    steps = (2, 2, 2) if quick else (100, 25, 40)
     return {
-        "MLP 784-1024-1024-10": (
-            mlp,
-            lambda g: (torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)),
-            "batch 128",
-            100,
-        ),
-        "CNN 3 conv (32-64-128) + 2 linear": (cnn, images, "batch 64 of 3x32x32", 25),
-        "Transformer d=256, 2 layers, ff 1024": (
-            Tiny,
-            lambda g: (torch.randint(0, 1000, (16, 32), generator=g), torch.randint(0, 10, (16,), generator=g)),
-            "batch 16 x 32 tokens",
-            40,
-        ),
+        f"MLP 784-{h}-{h}-10": (mlp, vectors, "batch 128", steps[0]),
+        f"CNN 3 conv ({c}-{2 * c}-{4 * c}) + 2 linear": (cnn, images, "batch 64 of 3x32x32", steps[1]),
+        f"Transformer d={d}, 2 layers, ff {4 * d}": (Tiny, tokens, "batch 16 x 32 tokens", steps[2]),
     }
 
 
@@ -132,18 +133,18 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
-        return [_model_rows(name, task, reps, epochs, quick) for name, task in _tasks().items()]
+        return [_model_rows(name, task, reps, epochs) for name, task in _tasks(quick).items()]
     finally:
         torch.set_num_threads(threads)
 
 
-def _model_rows(name: str, task: Any, reps: int, epochs: int, quick: bool) -> dict[str, Any]:
+def _model_rows(name: str, task: Any, reps: int, epochs: int) -> dict[str, Any]:
     """``reps`` interleaved pairs of runs of one model (the order alternating per pair)."""
     import torch
 
     make, batch, data, steps = task
     g = torch.Generator().manual_seed(1)
-    batches = [batch(g) for _ in range(max(1, round(steps * (QUICK_SCALE if quick else 1))))]
+    batches = [batch(g) for _ in range(steps)]
     off: list[dict[str, Any]] = []
     on: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import __main__ as bench_cli  # noqa: E402
-from benchmarks import bench_analyze, bench_demo, bench_mp, docs_blocks  # noqa: E402
+from benchmarks import bench_analyze, bench_demo, bench_loop, bench_mp, docs_blocks  # noqa: E402
 
 DOC = "Intro.\n\n<!-- bench:x:begin -->\nold table\n<!-- bench:x:end -->\n\nOutro.\n"
 
@@ -98,6 +98,23 @@ def test_analyze_summary_is_computed_from_the_rows():
     assert bench_analyze.render(rows)["analyze"].endswith("In this run all 4 goals are met.")
 
 
+def test_loop_block_from_a_quick_run_and_its_verdicts_from_the_rows(tmp_path):
+    """A real (tiny) interleaved on/off run writes the loop block; each row's verdict and the summary follow the
+    median overhead against the 3% goal."""
+    root = _repo_copy(tmp_path)
+    assert bench_cli.main(["loop", "--write-docs", "--quick", "--force"], root=root) == 0
+    body = docs_blocks.read_block((root / "docs/benchmarks.md").read_text(), "loop")
+    rows = [ln for ln in body.splitlines() if ln.startswith(("| MLP", "| CNN", "| Transformer"))]
+    assert len(rows) == 3 and all(" / 2 |" in r for r in rows)  # 2 epochs x 1 pair: snapshots analysed / taken
+    met = sum(r.rstrip(" |").endswith("| met") for r in rows)
+    assert ("is met on all 3 models." in body) == (met == 3)
+    fake = {"model": "m", "data": "d", "steps": 1, "epochs": 3, "reps": 5, "epoch_s": 2.0, "overhead_min": 0.0}
+    fake.update(overhead_max=0.1, overhead_close=0.1, cpu_s=0.5, analysed=15, snapshots=15)
+    ok, bad = {**fake, "overhead": 0.02, "ok": True}, {**fake, "model": "x", "overhead": 0.05, "ok": False}
+    assert bench_loop.render([ok, ok])["loop"].endswith("is met on all 2 models.")
+    assert bench_loop.render([ok, bad])["loop"].endswith("is met on 1 of 2 models; not met: x (+5.0%).")
+
+
 def test_demo_block_states_the_measured_trend():
     import pandas as pd
 
@@ -139,7 +156,7 @@ def test_demo_block_states_the_measured_trend():
 
 
 def test_every_docs_block_exists_once():
-    for mod in (bench_analyze, bench_mp, bench_demo):
+    for mod in (bench_analyze, bench_mp, bench_demo, bench_loop):
         for block, rel in mod.DOC_BLOCKS.items():
             docs_blocks.read_block((ROOT / rel).read_text(), block)
 
