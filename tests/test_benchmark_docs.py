@@ -72,6 +72,13 @@ def test_write_docs_regenerates_a_block_from_a_tiny_measured_run(tmp_path, capsy
     assert (root / "docs/benchmarks.md").read_text().count("<!-- bench:mp:begin -->") == 1
 
 
+def test_a_plain_run_prints_the_load_at_start_and_end(capsys):
+    assert bench_cli.main(["no-such-benchmark"]) == 0  # selects nothing: only the load lines
+    out = capsys.readouterr().out
+    assert re.search(r"CPU\(s\); load average \(1/5/15 min\) at start: [\d.]+ / ", out)
+    assert re.search(r"load average \(1/5/15 min\) at end: [\d.]+ / ", out)
+
+
 def test_write_docs_refuses_on_a_busy_machine(tmp_path, monkeypatch, capsys):
     root = _repo_copy(tmp_path)
     before = (root / "docs/benchmarks.md").read_text()
