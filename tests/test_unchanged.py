@@ -22,6 +22,7 @@ from wwmonitor.metrics import CARRIED, LayerMetrics  # noqa: E402
 from wwmonitor.monitor import unchanged  # noqa: E402
 from wwmonitor.records import SnapshotResult  # noqa: E402
 from wwmonitor.sinks import CSVSink  # noqa: E402
+from wwmonitor.sinks._render import phase_markdown  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("one_blas_thread"),
@@ -86,6 +87,7 @@ def test_carried_equals_full_reanalysis_without_a_copy_and_is_marked(tmp_path, c
             assert copied[-1] == ["2", "3"]  # the frozen layer is not copied
             assert [lm.status for lm in a.layers] == [CARRIED, "ok", "ok"]
             assert a.layers[0].message == "unchanged since step 1"
+            assert "| 0 |" in phase_markdown(a) and "carried, unchanged since step 1" in phase_markdown(a)
             assert a.summary["carried_layers"] == 1 and a.summary["num_ok"] == 3
             assert "carried_layers" not in b.summary
             for x, y in zip(a.layers, b.layers):  # every value equals the plain monitor's fresh analysis

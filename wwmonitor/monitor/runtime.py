@@ -120,8 +120,8 @@ class Monitor(RunFolderAccess):
         ``sink_timeout``, ``store``, ``analyze_fn``, ``history``,
         ``blas_threads``, ``esd_every_n_epochs``, ``esd_layers``,
         ``analysis_device``, ``lora``, ``base_model``, ``announce``,
-        ``distributed``.  A ``MonitorOptions`` object can be passed as
-        ``settings=`` instead.
+        ``distributed``, ``carry_unchanged``.  A ``MonitorOptions`` object
+        can be passed as ``settings=`` instead.
 
     Notes
     -----
