@@ -176,3 +176,13 @@ def test_alerts_do_not_count_carried_values_as_new_evidence():
     seq = ["ok", CARRIED, CARRIED, CARRIED, CARRIED, "ok", "ok"]
     fired = [bool(rules.evaluate(_lm(s))) for s in seq]
     assert fired == [False] * 6 + [True]  # three analysed snapshots, however many carried ones between
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_device_checksum_route_equals_the_host_one(dtype):
+    """The accelerator route (torch kernels) and the host route (NumPy) give the same checksum, views included."""
+    t = (torch.randn(37, 20, dtype=torch.float64) * 1e300 if dtype == "float64" else torch.randn(37, 20)).to(
+        getattr(torch, dtype)
+    )
+    for v in (t, t.T, t[::2, 3:]):
+        assert int(unchanged.torch_checksum(v)) == unchanged.host_checksum(v)

@@ -64,6 +64,7 @@ __all__ = [
     "SnapshotCopier",
     "carry_forward",
     "host_checksum",
+    "torch_checksum",
     "ParamIndex",
 ]
 
@@ -169,24 +170,37 @@ def _int_dtype(t: Any) -> Any:
 
 
 def _checksums(tensors: list[Any]) -> list[int]:
-    """The bit-pattern checksum of each torch tensor, computed on its device; one transfer per device."""
+    """The bit-pattern checksum of each torch tensor: host tensors in NumPy (:func:`host_checksum`, about 7x
+    faster than torch's integer sum on one thread), device tensors on their device, one transfer per device."""
     import torch
 
     out: list[int] = [0] * len(tensors)
     by_dev: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_dev.setdefault(t.device, []).append(i)
+        c = host_checksum(t)
+        if c is None:
+            by_dev.setdefault(t.device, []).append(i)
+        else:
+            out[i] = c
     with torch.no_grad():
         for idx in by_dev.values():
-            sums = torch.stack([tensors[i].view(_int_dtype(tensors[i])).sum(dtype=torch.int64) for i in idx])
+            sums = torch.stack([torch_checksum(tensors[i]) for i in idx])
             for i, v in zip(idx, sums.tolist()):
                 out[i] = int(v)
     return out
 
 
+def torch_checksum(t: Any) -> Any:
+    """The checksum of a float torch tensor as a 0-d int64 tensor on its device (torch kernels: the route of
+    weights on an accelerator; wraps modulo ``2**64`` like NumPy, so it equals :func:`host_checksum`)."""
+    import torch
+
+    return t.view(_int_dtype(t)).sum(dtype=torch.int64)
+
+
 def host_checksum(W: Any) -> Optional[int]:
-    """The same checksum of a host copy (a CPU torch tensor), in NumPy (no torch kernel on the worker
-    thread); ``None`` for anything else."""
+    """The checksum of a CPU torch tensor (a weight on the host, or a host copy), in NumPy: no torch kernel,
+    so none on the worker thread either; ``None`` for anything else."""
     if not is_torch_tensor(W) or W.device.type != "cpu":
         return None
     it = _int_dtype(W)
