@@ -2,7 +2,8 @@
 
 :func:`analyse_snapshot` is pure apart from the weights it reads: arrays in,
 a result out, with every layer either analysed or carrying an error status
-and its reason.  :class:`AnalysisWorker` is the one background thread that
+and its reason (a layer whose weights had not changed gets its earlier result,
+``status="carried"``: :mod:`.unchanged`, the one state it keeps).  :class:`AnalysisWorker` is the one background thread that
 drains the snapshot queue, analyses, frees the snapshot's buffers and
 submits the result to the dispatcher -- it never calls a sink or an alert
 rule itself.
