@@ -3,10 +3,10 @@
 :func:`analyse_snapshot` is pure apart from the weights it reads: arrays in,
 a result out, with every layer either analysed or carrying an error status
 and its reason (a layer whose weights had not changed gets its earlier result,
-``status="carried"``: :mod:`.unchanged`, the one state it keeps).  :class:`AnalysisWorker` is the one background thread that
-drains the snapshot queue, analyses, frees the snapshot's buffers and
-submits the result to the dispatcher -- it never calls a sink or an alert
-rule itself.
+``status="carried"``: :mod:`.unchanged`, the one state it keeps).
+:class:`AnalysisWorker` is the one background thread that drains the
+snapshot queue, analyses, frees the snapshot's buffers and submits the
+result to the dispatcher -- it never calls a sink or an alert rule itself.
 
 Why a thread and not a process: the expensive parts (the float64 Gram
 product and ``eigvalsh``) run in BLAS/LAPACK, which release the GIL, so a
