@@ -304,10 +304,8 @@ class Monitor(RunFolderAccess):
         is off-interval, when ``step`` is not greater than the last
         snapshotted or stored step (``stats["duplicates"]``, reported: this
         keeps results in step order, and a resumed run skips what it already
-        has) or when the queue policy skipped it (``stats["skipped"]``).
-        Only the copy happens on the calling thread (and, only under
-        ``policy="block"``, waiting for a free analysis slot -- never for a
-        sink; the default ``"latest"`` never waits).
+        has) or when the queue policy skipped it (``stats["skipped"]``). Only the copy happens on the
+        calling thread (and, under ``policy="block"`` only, waiting for a free analysis slot; never a sink).
 
         ``model`` overrides the constructor's model for this call;
         ``matrices`` (name -> array) bypasses model walking.  Pass
@@ -430,19 +428,15 @@ class Monitor(RunFolderAccess):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters: ``snapshots_taken``, ``skipped`` (policy ``skip`` or dead
-        worker), ``coalesced`` (policy ``latest``), ``analysed``, ``errors``
-        (layers whose analysis raised), ``duplicates`` (steps already taken
-        or stored), ``out_of_order`` (submitted results refused), ``store_errors``,
-        ``sink_errors``, ``sinks_dropped`` (sinks past ``sink_timeout``),
-        ``alert_errors`` (failing rules and weight inspections),
-        ``figure_errors``, ``worker_errors``, ``dropped_on_close``,
-        ``pending`` (snapshots not yet analysed), ``dispatch_pending``
-        (results not yet through every sink), ``blocked_s`` (time
-        ``snapshot()`` waited under ``block``), ``buffer_bytes`` /
-        ``buffer_bytes_peak`` (host snapshot buffers now / at most),
-        ``monitor_cpu_s`` (CPU seconds used so far by the monitor's background threads: analysis,
-        dispatcher with alerts and figures, sinks; ``time.thread_time`` of each)."""
+        """Counters: ``snapshots_taken``, ``skipped`` (policy ``skip`` or dead worker), ``coalesced``
+        (policy ``latest``), ``analysed``, ``errors`` (layers whose analysis raised), ``duplicates`` (steps
+        already taken or stored), ``out_of_order`` (submitted results refused), ``store_errors``,
+        ``sink_errors``, ``sinks_dropped`` (sinks past ``sink_timeout``), ``alert_errors`` (failing rules
+        and weight inspections), ``figure_errors``, ``worker_errors``, ``dropped_on_close``, ``pending``
+        (snapshots not yet analysed), ``dispatch_pending`` (results not yet through every sink),
+        ``blocked_s`` (time ``snapshot()`` waited under ``block``), ``buffer_bytes`` / ``buffer_bytes_peak``
+        (host snapshot buffers now / at most), ``monitor_cpu_s`` (CPU seconds of the background threads:
+        analysis, dispatcher, sinks; ``time.thread_time`` of each)."""
         out: dict[str, Any] = dict(self._counts)
         out.update(self._faults.snapshot())
         out.update(
