@@ -113,6 +113,22 @@ SCRIPT = textwrap.dedent(
     info["faults"] = summary(mon)
     info["log"] = seen
 
+    # 4. a controller: every rank applies rank 0's decision (one broadcast per snapshot step, none in between)
+    from wwmonitor.control import TempBalance
+
+    mon = wwmonitor.Monitor(ddp, os.path.join(out, "runs"), run_name="control", every_n_epochs=None)
+    ctl = TempBalance(keep_ends=False, min_evals=0, sync=True).bind(model=ddp, optimizer=opt, monitor=mon)
+    applied = []
+    for s in (1, 2, 3, 4):
+        train(1)
+        if s % 2 == 0:
+            mon.snapshot(step=s)
+        applied.append(ctl.step(s))
+    mon.close()
+    ctl.unbind()
+    info["control"] = {{"applied": applied, "factors": ctl.factors, "broadcasts": ctl._agreement.broadcasts,
+                       "results": [r.step for r in mon.results]}}
+
     # 3. FSDP1 is refused, by name, on every rank
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -219,6 +235,22 @@ def test_failures_on_one_rank_reach_rank0_stats_store_and_log(ddp_run):
     assert "injected worker failure" in st.loc[(2, "2"), "message"] and "rank 1" in st.loc[(2, "2"), "message"]
     ok = run.metrics[(run.metrics.layer == "0") & (run.metrics.metric == "alpha")]
     assert len(ok) == 3  # the other layers are analysed as usual
+
+
+@pytest.mark.slow
+def test_controller_every_rank_applies_rank0_factors(ddp_run):
+    out, info = ddp_run
+    c0, c1 = info[0]["control"], info[1]["control"]
+    assert c1["results"] == [] and c0["results"] == [2, 4]  # rank 1 has no result of its own
+    assert c0["applied"] == c1["applied"] == [False, True, False, True]  # sync: at the snapshot steps
+    assert c0["broadcasts"] == c1["broadcasts"] == 2  # one collective per snapshot step, none in between
+    assert c0["factors"] == c1["factors"]
+    run = wwmonitor.load_run(out / "runs" / "control")
+    m = run.metrics
+    a = np.array([m[(m.step == 4) & (m.layer == n) & (m.metric == "alpha_median")].value.item() for n in "024"])
+    want = 0.5 + (a - a.min()) / (a.max() - a.min())  # the linear map from the STORED alphas, no ends kept
+    np.testing.assert_allclose([c0["factors"][n] for n in "024"], want, rtol=1e-12)
+    assert sorted({(r.step, r.source_step) for r in run.control_records()}) == [(2, 2), (4, 4)]
 
 
 @pytest.mark.slow
