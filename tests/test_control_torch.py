@@ -227,3 +227,27 @@ def test_errors_name_the_parameter(tmp_path):
         TempBalance(assignment="cubic")
     with pytest.raises(ValueError, match="alpha"):
         AlphaDecay(alpha="hill")
+
+
+@pytest.mark.slow
+def test_example_tempbalance_pytorch(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tempbalance_pytorch.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    r = subprocess.run(
+        [sys.executable, str(example), "--epochs", "1", "--out", "ex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "test accuracy:" in r.stdout and "TempBalance assignments recorded: 5" in r.stdout
+    recs = wwmonitor.load_run(tmp_path / "ex" / "runs" / "tempbalance-mlp").control_records()
+    assert [r.factor for r in recs if r.layer in ("0", "8")] == [1.0, 1.0]  # the ends keep the scheduled rate
+    assert sorted(r.factor for r in recs if r.layer not in ("0", "8"))[::2] == [0.5, 1.5]
