@@ -19,16 +19,18 @@ N_BLOCKS = int(os.environ.get("WWM_BENCH_350M_BLOCKS", "24"))
 QUEUE = 2
 
 
-def build_gpt2_medium(dtype: Any = None, device: str = "cpu", n_layer: Optional[int] = None, n_embd: int = 1024) -> Any:
+def build_gpt2_medium(
+    dtype: Any = None, device: str = "cpu", n_layer: Optional[int] = None, n_embd: int = 1024, vocab_size: int = 50257
+) -> Any:
     """Random-initialised GPT-2-medium (355M parameters), float32 unless ``dtype`` says otherwise
-    (``n_layer``/``n_embd``: smaller shapes for smoke runs)."""
+    (``n_layer``/``n_embd``/``vocab_size``: smaller shapes for smoke runs)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=N_BLOCKS if n_layer is None else n_layer, n_embd=n_embd, n_head=16)
+    cfg = GPT2Config(n_layer=N_BLOCKS if n_layer is None else n_layer, n_embd=n_embd, n_head=16, vocab_size=vocab_size)
     with warnings.catch_warnings(), torch.device(device):  # built (and initialised) where it will live
         warnings.simplefilter("ignore")
         model = GPT2LMHeadModel(cfg).eval()
