@@ -332,15 +332,45 @@ def main() -> None:  # long-function: the block, then the slower extras printed 
     print(f"### Peak extra host memory (child process; queue_size={QUEUE}, policy latest)\n")
     print("| weights dtype | monitored weights MiB | goal MiB | buffers peak MiB | RSS peak increase MiB | goal |")
     print("|---|---|---|---|---|---|")
+    children = {}
     for dtype in ("float32", "bfloat16"):
-        m = whole_snapshot_child(dtype)
+        m = children[dtype] = whole_snapshot_child(dtype)
         bound = (QUEUE + 1) * m["weights"] + 64 * MiB
         print(
             f"| {m['dtype']} | {m['weights'] / MiB:.0f} | {bound / MiB:.0f} | {m['buffers_peak'] / MiB:.0f} | "
             f"**{m['peak'] / MiB:.0f}** | {_verdict(m['peak'] <= bound)} |",
             flush=True,
         )
+    _print_bf16_effect(children["float32"].get("metrics", {}), children["bfloat16"].get("metrics", {}))
     print(f"\nload average (1/5/15 min) at the end: {_load()}", flush=True)
+
+
+def _print_bf16_effect(m32: dict[str, Any], m16: dict[str, Any]) -> None:
+    """The bf16 child's metrics against the float32 child's (same weights): alpha, norms, phases."""
+    import numpy as np
+
+    common = sorted(k for k in set(m32) & set(m16) if m32[k][0] is not None and m16[k][0] is not None)
+    if not common:
+        return
+    a32 = np.array([m32[k][0] for k in common])
+    d = np.array([m16[k][0] for k in common]) - a32
+    sig = np.array([m32[k][1] or np.nan for k in common])
+    dln = np.array([abs(m16[k][2] - m32[k][2]) for k in common])
+    dlm = np.array([abs(m16[k][3] / m32[k][3] - 1) for k in common])
+    worst = common[int(np.argmax(np.abs(d)))]
+    print("\n### bf16 weights: metrics against the same weights in float32 (whole snapshot)\n")
+    print(
+        "| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
+        "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
+        "max abs(delta log_norm) | max relative delta lambda_max | same phase |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
+        f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
+        f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
+        f"{sum(m16[k][4] == m32[k][4] for k in common)} / {len(common)} |"
+    )
 
 
 if __name__ == "__main__":
