@@ -240,8 +240,8 @@ def _sort_task(quick: bool) -> Task:
         model.train()
         return acc
 
-    desc = "transformer encoder, 2 blocks, d=64, 4 heads (~0.1 M params); sort 12 digits (1000 train / 1000 test)"
-    return Task("sort-transformer", desc, "tempbalance", "test token accuracy", True, 1 if quick else 10, build,
+    desc = "transformer encoder, 2 blocks, d=64, 4 heads (69 k params); sort 12 digits (1000 train / 1000 test)"
+    return Task("sort-transformer", desc, "tempbalance", "test token accuracy", True, 1 if quick else 8, build,
                 train_batch, evaluate)  # fmt: skip
 
 
@@ -271,7 +271,7 @@ def _lm_task(quick: bool) -> Task:
     split = int(0.9 * len(ids))
     train, test = ids[:split], ids[split:]
     vocab, ctx, d, batch = len(chars), 64, 64, 8
-    steps = 8 if quick else 400
+    steps = 8 if quick else 300
     n_eval = 8 if quick else 64
     eval_starts = torch.linspace(0, len(test) - ctx - 2, n_eval).long()
     order: dict[str, Any] = {}
@@ -299,7 +299,7 @@ def _lm_task(quick: bool) -> Task:
         return float(torch.exp(loss))
 
     desc = (
-        f"causal char-LM, 2 blocks, d=64 (~0.1 M params), {steps} AdamW steps of {batch}x{ctx} chars; "
+        f"causal char-LM, 2 blocks, d=64 (84 k params), {steps} AdamW steps of {batch}x{ctx} chars; "
         f"corpus: {len(text) // 1000} k chars of stdlib source ({', '.join(CORPUS_MODULES)}), last 10 % held out"
     )
     return Task("stdlib-charlm", desc, "alphadecay", "test perplexity", False, 1, build, train_batch, evaluate,
@@ -307,8 +307,8 @@ def _lm_task(quick: bool) -> Task:
 
 
 def tasks(quick: bool = False) -> list[Task]:
-    cnn_desc = "CNN 3 conv (16-32-32, BN) + 2 linear (~15 k params); sklearn digits 8x8, 300 train / 1497 test"
-    mlp_desc = "MLP 64-128-128-128-128-10 (~58 k params); sklearn digits, 1000 train (25 % labels shuffled) / 797 test"
+    cnn_desc = "CNN 3 conv (16-32-32, BN) + 2 linear (23 k params); sklearn digits 8x8, 300 train / 1497 test"
+    mlp_desc = "MLP 64-128-128-128-128-10 (59 k params); sklearn digits, 1000 train (25 % labels shuffled) / 797 test"
     return [
         _classifier_task("digits-cnn", cnn_desc, _cnn, _digits(n_train=300), lr=0.05, epochs=12, batch=32, image=True,
                          quick=quick),
