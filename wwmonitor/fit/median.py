@@ -25,8 +25,10 @@ def median_xmin_alpha(eigs: np.ndarray) -> float:
     """α of the ESD ``eigs`` (eigenvalues of ``WᵀW`` on any scale) with ``xmin`` at the median position.
 
     Computed in float64.  Returns NaN when it is not determined: fewer than 2 eigenvalues, non-finite
-    values, ``xmin <= 0`` (more than half of the eigenvalues are zero) or a flat upper half (all equal:
-    the denominator is 0).
+    values, a flat upper half (all equal: the denominator is 0), or an ``xmin`` that is zero up to
+    round-off, ``xmin <= N · eps · λ_max`` (at least half of the eigenvalues belong to the null space of a
+    rank-deficient matrix: their values are round-off, and an α fitted to them would say nothing about
+    the weights -- the references fit it anyway).
     """
     ev = np.sort(np.asarray(eigs, dtype=np.float64).ravel())
     N = ev.size
@@ -34,7 +36,7 @@ def median_xmin_alpha(eigs: np.ndarray) -> float:
         return math.nan
     i = N // 2
     xmin = ev[i]
-    if not xmin > 0:
+    if not xmin > N * np.finfo(np.float64).eps * ev[-1]:
         return math.nan
     n = N - i
     denom = float(np.sum(np.log(ev[i:] / xmin)))
