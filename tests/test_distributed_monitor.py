@@ -174,7 +174,8 @@ def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def single_process(out: Path, steps: list[int], where: Path) -> wwmonitor.RunData:
-    with wwmonitor.Monitor(None, where, run_name="single", every_n_epochs=None) as mon:
+    # carrying unchanged weights is off under a strategy (every rank analyses every snapshot): off here too
+    with wwmonitor.Monitor(None, where, run_name="single", every_n_epochs=None, carry_unchanged=False) as mon:
         for s in steps:
             model = _mlp()
             model.load_state_dict(torch.load(out / f"w{s}.pt", weights_only=True))
