@@ -16,7 +16,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import __main__ as bench_cli  # noqa: E402
-from benchmarks import bench_350m, bench_analyze, bench_demo, bench_lora, bench_mp, docs_blocks  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_350m,
+    bench_analyze,
+    bench_controllers,
+    bench_demo,
+    bench_lora,
+    bench_mp,
+    docs_blocks,
+)
 
 DOC = "Intro.\n\n<!-- bench:x:begin -->\nold table\n<!-- bench:x:end -->\n\nOutro.\n"
 
@@ -192,12 +200,38 @@ def test_lora_verdict_is_computed_from_the_carried_counts():
 
 
 def test_every_docs_block_exists_once():
-    for mod in (bench_analyze, bench_mp, bench_demo, bench_lora, bench_350m):
+    for mod in (bench_analyze, bench_mp, bench_demo, bench_lora, bench_350m, bench_controllers):
         for block, rel in mod.DOC_BLOCKS.items():
             docs_blocks.read_block((ROOT / rel).read_text(), block)
 
 
 def test_benchmark_docs_cite_no_path_outside_the_repository():
-    for rel in ("docs/benchmarks.md", "docs/demo-results.md"):
+    for rel in ("docs/benchmarks.md", "docs/demo-results.md", "docs/controllers.md"):
         text = (ROOT / rel).read_text()
         assert not re.findall(r"(?<![\w.])/(?:work|tmp|home|root|mnt|Users)/\S+", text), rel
+
+
+def test_controllers_verdict_is_computed_from_the_paired_numbers():
+    c = bench_controllers.compare
+    gain = c([0.90, 0.91, 0.92, 0.93, 0.94], [0.92, 0.935, 0.94, 0.951, 0.962], higher_is_better=True)
+    assert gain["verdict"] == "significant gain" and gain["wins"] == 5 and gain["p"] < 0.01
+    loss = c([10.0, 11.0, 12.0, 13.0, 14.0], [10.5, 11.4, 12.6, 13.5, 14.4], higher_is_better=False)
+    assert loss["verdict"] == "significant loss" and loss["wins"] == 0  # perplexity went up
+    noise = c([0.90, 0.91, 0.92, 0.93, 0.94], [0.91, 0.90, 0.93, 0.92, 0.94], higher_is_better=True)
+    assert noise["verdict"] == "no significant difference" and noise["p"] > 0.5
+    assert c([1.0, 2.0], [1.0, 2.0], higher_is_better=True)["verdict"] == "no significant difference"
+
+
+def test_controllers_quick_run_applies_both_controllers_and_renders(capsys):
+    """The pipeline end to end on tiny inputs: every task, both arms, the controllers really applied."""
+    result = bench_controllers.measure(quick=True)
+    rows = {r["task"]: r for r in result["rows"]}
+    assert {r["controller"] for r in rows.values()} == {"tempbalance", "alphadecay"}
+    assert len(rows) >= 4 and all(r["n"] == len(bench_controllers.QUICK_SEEDS) for r in rows.values())
+    runs = result["runs"]
+    assert all(r["applied"] >= 2 for r in runs if r["arm"] != "baseline"), runs  # step 0 and later
+    assert all(r["applied"] == 0 for r in runs if r["arm"] == "baseline")
+    body = bench_controllers.render(result)["controllers"]
+    assert body.count("\n| ") == len(rows) and "Quick smoke run" in body  # one line per task
+    for r in rows.values():
+        assert f"**{r['task']}**" in body and r["verdict"] in body
