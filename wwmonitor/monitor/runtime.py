@@ -41,6 +41,7 @@ from ..layers import MatrixSpec
 from ..records import Alert, SnapshotResult
 from ..store import RunStore
 from .analyzer import default_analyze
+from .control_channel import ControlChannel
 from .dispatcher import Dispatcher
 from .faults import Faults
 from .lifecycle import FAULT_KEYS, Pipeline
@@ -82,7 +83,7 @@ def _auto_device(specs: Sequence[MatrixSpec]) -> str:
     return auto_device(sp.tensor for sp in specs)
 
 
-class Monitor(RunFolderAccess):
+class Monitor(RunFolderAccess, ControlChannel):
     """Watch a model's weight spectra while it trains, without blocking it.
 
     Example::
