@@ -220,6 +220,39 @@ def test_lightning_errors_name_the_missing_monitor_and_several_optimizers(tmp_pa
         trainer.fit(TwoOpt())
 
 
+def test_lightning_resume_continues_with_the_checkpoints_factors(tmp_path):
+    import lightning.pytorch as pl
+
+    from wwmonitor.callbacks.lightning import WeightWatcherCallback, WWControlCallback
+    from wwmonitor.control import TempBalance
+
+    kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    kw.update(default_root_dir=str(tmp_path))
+    ww = WeightWatcherCallback(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="r", loggers=False)
+    first = WWControlCallback(TempBalance(sync=True))
+    trainer = pl.Trainer(max_epochs=2, callbacks=[ww, first], **kw)
+    trainer.fit(_lightning_module(2))
+    saved = first.controller.factors  # from the step-8 snapshot; the checkpoint was written at step 16
+    assert len(set(saved.values())) > 1
+    seen = {}
+
+    class Hook(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.update(second.controller.factors)
+
+    ww2 = WeightWatcherCallback(every_n_epochs=1, root=str(tmp_path / "runs"), run_name="r", loggers=False)
+    second = WWControlCallback(TempBalance(sync=True))
+    trainer = pl.Trainer(max_epochs=3, callbacks=[ww2, second, Hook()], **kw)
+    trainer.fit(_lightning_module(3), ckpt_path=trainer_ckpt(tmp_path))
+    assert seen == saved  # bound with the checkpoint's factors before the first resumed update
+    assert trainer.global_step == 24
+
+
+def trainer_ckpt(root):
+    (path,) = root.glob("**/checkpoints/*.ckpt")
+    return str(path)
+
+
 # ------------------------------------------------------------------ Hugging Face Trainer
 def test_trainer_alphadecay_decays_are_the_stored_alphas_assignment(tmp_path):
     pytest.importorskip("transformers")
