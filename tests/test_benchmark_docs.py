@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import __main__ as bench_cli  # noqa: E402
-from benchmarks import bench_analyze, bench_demo, bench_mp, docs_blocks  # noqa: E402
+from benchmarks import bench_analyze, bench_demo, bench_lora, bench_mp, docs_blocks  # noqa: E402
 
 DOC = "Intro.\n\n<!-- bench:x:begin -->\nold table\n<!-- bench:x:end -->\n\nOutro.\n"
 
@@ -138,8 +138,29 @@ def test_demo_block_states_the_measured_trend():
     assert "| 32 | 2.80 | 2.80 |" in body  # one seed: the mean is the value
 
 
+def test_lora_verdict_is_computed_from_the_carried_counts():
+    """Goal met only when every frozen matrix was carried at every snapshot after the first."""
+    t = {"snap": [0.1, 0.1, 0.1], "analysis": [2.0, 2.0, 2.0], "cpu": [0.5, 0.5, 0.5]}
+    r = {
+        "cfg": bench_lora.QUICK,
+        "times": {"before": t, "after": {**t, "cpu": [0.5, 0.2, 0.2]}},
+        "carried": [0, 5, 5],
+        "matrices": 8,
+        "frozen": 5,
+        "fingerprint": {"checksum": 0.001, "copy": 0.002, "bytes": 2**20},
+    }
+    body = bench_lora.render(r)["lora"]
+    assert "Goal met: after the first snapshot all 5 frozen matrices were carried" in body
+    assert "600.0 ms before, 300.0 ms after (2.0x less)" in body and "(0.50x the copy)" in body
+    r["carried"] = [0, 5, 4]
+    assert (
+        "Goal not met: after the first snapshot the carried counts were [5, 4], not 5 each"
+        in bench_lora.render(r)["lora"]
+    )
+
+
 def test_every_docs_block_exists_once():
-    for mod in (bench_analyze, bench_mp, bench_demo):
+    for mod in (bench_analyze, bench_mp, bench_demo, bench_lora):
         for block, rel in mod.DOC_BLOCKS.items():
             docs_blocks.read_block((ROOT / rel).read_text(), block)
 

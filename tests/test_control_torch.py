@@ -251,3 +251,25 @@ def test_example_tempbalance_pytorch(tmp_path):
     recs = wwmonitor.load_run(tmp_path / "ex" / "runs" / "tempbalance-mlp").control_records()
     assert [r.factor for r in recs if r.layer in ("0", "8")] == [1.0, 1.0]  # the ends keep the scheduled rate
     assert sorted(r.factor for r in recs if r.layer not in ("0", "8"))[::2] == [0.5, 1.5]
+
+
+def test_layers_norms_follow_their_layer_and_fused_matrices_are_one_layer():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.ln = nn.LayerNorm(8)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.bn = nn.BatchNorm1d(8)  # after attn's out_proj (registered inside attn): follows it
+
+    m = Block()
+    names = ["fc", "attn.q", "attn.k", "attn.v", "attn.out_proj"]  # the monitor's matrices of this block
+    layers = {x.name: [p for p, _ in x.params] for x in build_layers(m, names, norms="all")}
+    assert layers == {
+        "fc": ["fc.weight", "fc.bias", "ln.weight", "ln.bias"],
+        "attn": ["attn.in_proj_weight", "attn.in_proj_bias"],
+        "attn.out_proj": ["attn.out_proj.weight", "attn.out_proj.bias", "bn.weight", "bn.bias"],
+    }
+    by_default = {x.name: [p for p, _ in x.params] for x in build_layers(m, names)}  # norms="batch"
+    assert by_default["fc"] == ["fc.weight", "fc.bias"] and by_default["attn.out_proj"][-1] == "bn.bias"
+    assert [x.matrices for x in build_layers(m, names)][1] == ["attn.q", "attn.k", "attn.v"]

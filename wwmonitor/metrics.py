@@ -44,7 +44,23 @@ import numpy as np
 #: did not run or failed
 Fits = dict[str, dict[str, Any]]
 
-__all__ = ["LayerMetrics", "Fits", "norm_metrics", "matrix_rank", "spectral_entropy", "detx_constraint", "METRIC_NAMES"]
+__all__ = [
+    "LayerMetrics",
+    "Fits",
+    "norm_metrics",
+    "matrix_rank",
+    "spectral_entropy",
+    "detx_constraint",
+    "METRIC_NAMES",
+    "CARRIED",
+    "ANALYSED_STATUSES",
+]
+
+#: status of a layer whose weights had not changed since an earlier snapshot: its metrics are that
+#: snapshot's, carried forward (``message``: ``"unchanged since step N"``; see :mod:`wwmonitor.monitor.unchanged`)
+CARRIED = "carried"
+#: statuses whose metrics are a complete analysis (computed now, or carried forward unchanged)
+ANALYSED_STATUSES: tuple[str, ...] = ("ok", CARRIED)
 
 
 @dataclass
@@ -59,7 +75,9 @@ class LayerMetrics:
     float64; the message names them), ``"error"``) and ``message`` says why.
     Metrics that could not be computed are ``None``, never a sentinel like
     ``-1``; ``message`` also names metrics that came out non-finite and were
-    set to ``None``.
+    set to ``None``.  ``"carried"``: the weights had not changed since step
+    ``N`` (``message``: ``"unchanged since step N"``), whose complete metrics
+    are repeated here (:data:`ANALYSED_STATUSES`).
     """
 
     name: str

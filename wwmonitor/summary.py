@@ -6,8 +6,9 @@ value (a failed fit, too few eigenvalues, an analysis error) is left out of
 that mean -- never averaged in as a sentinel -- and a mean with no
 contributing layer is absent from the summary, not ``NaN`` or ``0``.
 
-``num_layers`` counts every analysed matrix, ``num_ok`` those with
-``status == "ok"``.  Phase counts are :func:`phase_counts`.
+``num_layers`` counts every analysed matrix, ``num_ok`` those with a
+complete analysis (``status`` ``"ok"``, or ``"carried"``: unchanged weights whose earlier
+metrics are repeated).  Phase counts are :func:`phase_counts`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .metrics import LayerMetrics
+from .metrics import ANALYSED_STATUSES, LayerMetrics
 
 __all__ = ["SUMMARY_FIELDS", "model_summary", "phase_counts"]
 
@@ -39,7 +40,7 @@ def model_summary(layers: Sequence[LayerMetrics]) -> dict[str, float]:
     """
     out: dict[str, float] = {
         "num_layers": len(layers),
-        "num_ok": sum(lm.status == "ok" for lm in layers),
+        "num_ok": sum(lm.status in ANALYSED_STATUSES for lm in layers),
     }
     for name in SUMMARY_FIELDS:
         vals = [float(v) for lm in layers if (v := getattr(lm, name)) is not None and math.isfinite(float(v))]

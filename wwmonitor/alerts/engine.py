@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from ..metrics import LayerMetrics
+from ..metrics import CARRIED, LayerMetrics
 from ..records import Alert, SnapshotResult
 from .base import Firing, LayerContext, LayerState, Rule
 from .config import DEFAULTS, build_rules, check_config, check_rule_ids
@@ -274,6 +274,10 @@ class AlertRules:
     def evaluate(self, result: SnapshotResult, on_error: Optional[OnError] = None) -> list[Alert]:
         """Evaluate every enabled rule on every layer of ``result`` (call in step order); act on the alerts.
 
+        A layer carried forward unchanged (``status="carried"``, :mod:`wwmonitor.monitor.unchanged`) is not
+        evaluated: its values are an earlier snapshot's, no new evidence, so no patience count, reference
+        or first-snapshot value moves and an active alert stays as it was.
+
         A rule that raises on a layer is skipped for that layer only; the other
         rules and layers still run.  Each failing (rule, layer) is reported
         once: ``on_error("alert:<rule_id>", "step <step>, layer '<name>'", exc)``
@@ -284,6 +288,8 @@ class AlertRules:
         """
         out: list[Alert] = []
         for lm in result.layers:
+            if getattr(lm, "status", "") == CARRIED:  # the same values again: no new evidence, state kept
+                continue
             what = f"step {result.step}, layer {getattr(lm, 'name', '?')!r}"
             try:
                 failed = self._report_inspect_errors(result.inspect_errors.pop(lm.name, None), what, on_error)

@@ -2,10 +2,11 @@
 
 :func:`analyse_snapshot` is pure apart from the weights it reads: arrays in,
 a result out, with every layer either analysed or carrying an error status
-and its reason.  :class:`AnalysisWorker` is the one background thread that
-drains the snapshot queue, analyses, frees the snapshot's buffers and
-submits the result to the dispatcher -- it never calls a sink or an alert
-rule itself.
+and its reason (a layer whose weights had not changed gets its earlier result,
+``status="carried"``: :mod:`.unchanged`, the one state it keeps).
+:class:`AnalysisWorker` is the one background thread that drains the
+snapshot queue, analyses, frees the snapshot's buffers and submits the
+result to the dispatcher -- it never calls a sink or an alert rule itself.
 
 Why a thread and not a process: the expensive parts (the float64 Gram
 product and ``eigvalsh``) run in BLAS/LAPACK, which release the GIL, so a
@@ -43,12 +44,13 @@ from typing import Any, Callable, Optional
 
 from ..analyze import AnalysisOptions, analyze_matrix
 from ..frameworks import is_torch_tensor
-from ..metrics import LayerMetrics
+from ..metrics import CARRIED, LayerMetrics
 from ..records import SnapshotResult
 from ..summary import model_summary
 from .faults import Faults
 from .policy import SnapshotQueue
 from .snapshot import Snapshot, as_numpy
+from .unchanged import Carried, CarryState, carry_forward, host_checksum
 
 __all__ = ["analyse_snapshot", "AnalysisWorker", "AnalyzeFn", "default_analyze"]
 
@@ -115,6 +117,7 @@ def analyse_snapshot(  # long-function: one pass; per-layer error accounting
     on_error: Optional[Callable[[str, str, BaseException], None]] = None,
     device: str = "cpu",
     reference: Any = None,
+    carry: Optional[CarryState] = None,
 ) -> SnapshotResult:
     """Analyse every matrix of ``snap``; a layer that raises becomes ``status="error"`` with the reason.
 
@@ -133,6 +136,11 @@ def analyse_snapshot(  # long-function: one pass; per-layer error accounting
 
     ``reference`` (a :class:`~wwmonitor.monitor.reference.ReferenceWeights`): each layer's
     ``delta_*`` metrics against it, computed here from the host copy (same device route).
+
+    ``carry`` (:class:`~wwmonitor.monitor.unchanged.CarryState`): entries holding a
+    :class:`~wwmonitor.monitor.unchanged.Carried` get their earlier result, marked ``"carried"``; each
+    analysed (``"ok"``) weight with a token in ``snap.tokens`` is remembered for later snapshots, and the
+    summary counts the carried layers (``carried_layers``).  ``None``: no carrying (no such entries).
     """
     if snap.ready is not None:
         snap.ready()
@@ -147,6 +155,9 @@ def analyse_snapshot(  # long-function: one pass; per-layer error accounting
     if reference is not None:
         reference.bind([e[0] for e in snap.entries])
     for name, typ, scale, W in snap.entries:
+        if isinstance(W, Carried):  # unchanged since its last analysis: that result, marked
+            _carry_over(res, name, typ, W, carry)
+            continue
         if abort is not None and abort.is_set():
             res.errors[name] = "not analysed: monitor closed before this layer was reached"
             res.layers.append(_failed_layer(name, typ, W, res.errors[name]))
@@ -181,13 +192,39 @@ def analyse_snapshot(  # long-function: one pass; per-layer error accounting
             else:
                 reference.apply(name, typ, scale, W if A is None else A, m, options=opts, device=device)
         _hand_over(res, name, m)
+        if carry is not None and name in snap.tokens:
+            _remember(carry, snap, name, W, m, res)
     if on_cuda:  # nothing of this snapshot may still read its host buffers once they go back to the pool
         _side_stream(device).synchronize()
     res.summary = model_summary(res.layers)
+    if carry is not None:
+        res.summary["carried_layers"] = sum(lm.status == CARRIED for lm in res.layers)
     res.meta["analysis_s"] = time.perf_counter() - t0  # wall seconds in the worker
     res.meta["analysis_cpu_s"] = time.thread_time() - c0  # CPU seconds of the worker thread
     res.meta["analysis_device"] = device
     return res
+
+
+def _carry_over(res: SnapshotResult, name: str, typ: str, c: Carried, carry: Optional[CarryState]) -> None:
+    """A carried entry's earlier result into ``res`` (an error layer when it is gone: never silently missing)."""
+    if carry is None:
+        m, esd, fits = _failed_layer(name, typ, c, f"layer {name!r}: not analysed: carried without a state"), None, None
+    else:
+        m, esd, fits = carry_forward(carry, name, typ, c)
+    if m.status == "error":
+        res.errors[name] = m.message
+    m.esd, m.fits = esd, fits
+    _hand_over(res, name, m)
+
+
+def _remember(carry: CarryState, snap: Snapshot, name: str, W: Any, m: LayerMetrics, res: SnapshotResult) -> None:
+    """Keep an analysed weight's result with its fingerprint (checksum of the host copy) for later snapshots."""
+    checksum = host_checksum(W) if m.status == "ok" else None
+    if checksum is None:
+        carry.forget(name)
+        return
+    token = replace(snap.tokens[name], checksum=checksum)
+    carry.keep(name, token, snap.step, m, res.esds.get(name), res.fits.get(name))
 
 
 def _hand_over(res: SnapshotResult, name: str, m: LayerMetrics) -> None:
@@ -221,6 +258,7 @@ class AnalysisWorker:
         blas_threads: Optional[int] = 1,
         device: str = "cpu",
         reference: Any = None,
+        carry: Optional[CarryState] = None,
     ) -> None:
         self.queue = queue
         self.submit = submit
@@ -233,6 +271,8 @@ class AnalysisWorker:
         self.device = device
         #: ReferenceWeights of the delta metrics (None: none)
         self.reference = reference
+        #: earlier results of unchanged weights (None: carrying is off)
+        self.carry = carry
         self._tpc: Any = None
         self.abort = threading.Event()
         self.layer_errors = 0
@@ -276,6 +316,7 @@ class AnalysisWorker:
                     self._on_error,
                     device=self.device,
                     reference=self.reference,
+                    carry=self.carry,
                 )
         finally:
             self.queue.pool.release(snap.buffers)  # free for the next snapshot as early as possible

@@ -126,6 +126,12 @@ class MonitorOptions:
     distributed:
         ``"auto" | "ddp" | "fsdp2" | "off"``: how a model trained on several
         ranks is snapshotted (:mod:`wwmonitor.monitor.strategies`).
+    carry_unchanged:
+        Carry forward the previous result of a torch weight whose values have
+        not changed since it was last analysed (same parameter, storage,
+        version counter and bit checksum): neither copied nor re-analysed,
+        marked ``status="carried"`` (:mod:`wwmonitor.monitor.unchanged`).
+        ``False``: every weight is copied and analysed at every snapshot.
     """
 
     root: Optional[Union[str, os.PathLike]] = "wwmonitor-runs"
@@ -157,6 +163,7 @@ class MonitorOptions:
     base_model: Any = None
     announce: bool = True
     distributed: str = "auto"
+    carry_unchanged: bool = True
 
     def __post_init__(self) -> None:
         self.every_n_epochs = check_interval("every_n_epochs", self.every_n_epochs)
@@ -190,6 +197,7 @@ class MonitorOptions:
             raise TypeError(f"config must be a mapping, got {type(self.config).__name__}")
         self.config = dict(self.config)
         self.resume, self.announce = bool(self.resume), bool(self.announce)
+        self.carry_unchanged = bool(self.carry_unchanged)
 
     def _check_outputs(self) -> None:
         from ..alerts import resolve_alerts
@@ -270,6 +278,7 @@ class OptionKwargs(TypedDict, total=False):
     base_model: Any
     announce: bool
     distributed: str
+    carry_unchanged: bool
     run_dir: Optional[Union[str, os.PathLike]]  # deprecated: root
     close_timeout: Optional[float]  # deprecated: flush_timeout
 

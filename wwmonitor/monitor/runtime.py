@@ -17,11 +17,10 @@ Three stages, data flowing one way:
   figures (:mod:`.render`), the run store and every sink; public
   :meth:`Monitor.submit` feeds it results analysed elsewhere (DDP ranks).
 
-The options are :class:`~.options.MonitorOptions` (declared once, shared with
-every callback); when a call is due is :class:`~.schedule.Schedule`; the
-threads and how they end are :class:`~.lifecycle.Pipeline`; what the
-dispatcher reports back is :class:`~.status.RunStatus`; the run folder and
-store lifecycle (naming, resume, one writer) is :mod:`.runfolder`.
+The options are :class:`~.options.MonitorOptions` (declared once, shared with every callback); when a call
+is due is :class:`~.schedule.Schedule`; the threads and how they end are :class:`~.lifecycle.Pipeline`;
+what the dispatcher reports back is :class:`~.status.RunStatus`; the run folder and store lifecycle
+(naming, resume, one writer) is :mod:`.runfolder`; what the controllers read and file, :mod:`.control_channel`.
 """
 
 from __future__ import annotations
@@ -53,9 +52,10 @@ from .runfolder import RunFolder
 from .runstate import RunFolderAccess
 from .schedule import Schedule
 from .selection import Selection
-from .snapshot import Snapshot, copy_matrices
+from .snapshot import Snapshot
 from .status import RunStatus
 from .strategies import apply_strategy
+from .unchanged import SnapshotCopier
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -120,8 +120,8 @@ class Monitor(RunFolderAccess, ControlChannel):
         ``sink_timeout``, ``store``, ``analyze_fn``, ``history``,
         ``blas_threads``, ``esd_every_n_epochs``, ``esd_layers``,
         ``analysis_device``, ``lora``, ``base_model``, ``announce``,
-        ``distributed``.  A ``MonitorOptions`` object can be passed as
-        ``settings=`` instead.
+        ``distributed``, ``carry_unchanged``.  A ``MonitorOptions`` object
+        can be passed as ``settings=`` instead.
 
     Notes
     -----
@@ -192,6 +192,7 @@ class Monitor(RunFolderAccess, ControlChannel):
         self._reference = None if opts.base_model is None else ReferenceWeights(opts.base_model, lora=opts.lora)
         if self._reference is not None and self._layer_info:
             self._reference.bind([n for n, _, _ in self._layer_info])
+        self._copier = SnapshotCopier(opts.carry_unchanged, self._strategy, self._faults)  # :mod:`.unchanged`
         self._open_folder(opts, model)
         self._start_pipeline(opts)
 
@@ -233,6 +234,7 @@ class Monitor(RunFolderAccess, ControlChannel):
             "blas_threads": opts.blas_threads,
             "device": self._device or "cpu",
             "reference": self._reference,
+            "carry": self._copier.state,
         }
         self._pipe = Pipeline(
             run_id=self.run_id,
@@ -348,10 +350,7 @@ class Monitor(RunFolderAccess, ControlChannel):
                 )
             snap = None
             try:
-                if self._strategy is None:
-                    entries, ready = copy_matrices(specs, res.buffers, key)
-                else:  # this rank's share (FSDP2: the exchange, a collective)
-                    entries, ready = self._strategy.counted_capture(specs, res.buffers, key, self._faults)
+                entries, ready, key, tokens = self._copier.copy(src, specs, res.buffers, key)
                 if key is None:  # computed weights (LoRA effective ...): the plan must not keep them alive
                     res.buffers.plan = None
                 snap = Snapshot(
@@ -361,6 +360,7 @@ class Monitor(RunFolderAccess, ControlChannel):
                     entries=entries,
                     buffers=res.buffers,
                     ready=ready,
+                    tokens=tokens,
                 )
             finally:
                 self._queue.commit(res, snap)

@@ -60,6 +60,10 @@ class Snapshot:
 
     ``entries`` are ``(name, layer_type, scale, host_array)``; ``ready`` (if
     not ``None``) blocks until asynchronous device-to-host copies are done.
+    An entry whose weights were not copied because they had not changed holds a
+    :class:`~wwmonitor.monitor.unchanged.Carried` instead of an array;
+    ``tokens`` are the fingerprints of the copied weights that may be carried
+    later (:mod:`wwmonitor.monitor.unchanged`).
     """
 
     step: int
@@ -68,6 +72,7 @@ class Snapshot:
     entries: list[tuple[str, str, float, Any]]
     buffers: BufferSet
     ready: Optional[Callable[[], None]] = None
+    tokens: dict[str, Any] = field(default_factory=dict)
 
 
 def nbytes_of(x: Any) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
+from ..metrics import ANALYSED_STATUSES
 from ..mp import MPFit
 from ..powerlaw import PowerLawFit
 from .pagekit import is_missing
@@ -90,7 +91,7 @@ def layer_fits(run: "Run", layer: str, step: Optional[int]) -> LayerFits:
     status, message = _status(run, layer, step)
     stored = run.fits(layer, step)
     if stored is None:
-        old = run.schema_version < 2 or status == "ok"  # an analysed layer always has its fits stored since v2
+        old = run.schema_version < 2 or status in ANALYSED_STATUSES  # analysed layers have fits stored since v2
         why = NOT_STORED if old else f"no fit stored ({message or status})"
         return LayerFits(ev, None, None, status, status if status in _NO_PL_FIT else why, why)
     pl, pl_note = _powerlaw(stored.get("powerlaw"), status, message)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from ..metrics import METRIC_NAMES, LayerMetrics
+from ..metrics import CARRIED, METRIC_NAMES, LayerMetrics
 from ..records import ControlRecord, SnapshotResult
 
 __all__ = [
@@ -241,11 +241,14 @@ def png_to_rgb(png: bytes) -> np.ndarray:
 
 
 def phase_markdown(result: SnapshotResult) -> str:
-    """Markdown table ``layer | phase | alpha | reason`` of one snapshot."""
+    """Markdown table ``layer | phase | alpha | reason`` of one snapshot (a carried layer: its reason
+    starts with ``carried, unchanged since step N``)."""
     rows = ["| layer | phase | alpha | reason |", "|---|---|---|---|"]
     for lm in result.layers:
         a = f"{lm.alpha:.2f}" if lm.alpha is not None else "-"
         reason = (lm.phase_reason or lm.message or lm.status).replace("|", "/")
+        if lm.status == CARRIED:
+            reason = f"carried, {lm.message.split(';')[0]}: {reason}"
         rows.append(f"| {lm.name} | {lm.phase or lm.status} | {a} | {reason} |")
     return "\n".join(rows)
 
