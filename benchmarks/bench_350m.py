@@ -1,87 +1,68 @@
-"""350M parameters on the CPU: GPT-2-medium shapes, measured side by side.
+"""350M parameters on the CPU: GPT-2-medium shapes, the monitor against its floors, measured side by side.
 
 The model is transformers' ``GPT2LMHeadModel(GPT2Config(n_layer=24, n_embd=1024, n_head=16))``, random
 init (seed 0, nothing downloaded), float32: 146 monitored matrices (``wte`` 50257 x 1024, ``wpe``, and per
 block ``c_attn`` split into q/k/v, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``; ``lm_head`` is tied to
-``wte`` and analysed once), 1.35 GiB of monitored weights.
+``wte`` and analysed once), 1.35 GiB of monitored weights.  Docs block ``350m`` (``measure``/``render``):
 
-1. ``Monitor.snapshot()`` blocking time against ``clone()`` of the same parameters and against
-   ``copy_()`` into memory allocated beforehand (``every_n_epochs=None``, ``queue_size=2``, policy
-   ``latest``, the real analysis running in the background; median of ``REPS`` interleaved calls).
-   Goal: snapshot <= 1.5x a clone.
-2. Per-snapshot analysis time, ``result.meta["analysis_s"]`` of the monitor's worker (one BLAS thread,
-   the in-place eigen route), against weightwatcher 0.7.7's default ``analyze()`` on the same matrices
-   (in a child process, ``tests/ww_reference.py``; its default BLAS threads) and against the LAPACK
-   floor (the sum of bare ``scipy.linalg.eigvalsh`` times of the same float64 Gram matrices, one BLAS
-   thread; the Gram products themselves are a second floor column).  weightwatcher is slow, so both
-   tools and the floor are timed on a representative subset -- ``wpe`` and block 0's six matrices, and
-   ``wte`` for us and the floor -- and the whole model is estimated as ``wpe + 24 x block (+ wte)``;
-   our whole-snapshot time is also measured directly (item 3).  Ours and the floor are timed in
-   interleaved rounds (median of ``REPS``), weightwatcher twice per setting, with its default BLAS threads
-   and with one.  weightwatcher's default skips ``wte``
-   (``max_N = 50000`` < 50257 rows), so the side-by-side set is its 145 matrices.
-   Goals: >= 3x faster than weightwatcher's default; within 1.3x of the LAPACK floor.
-3. Peak extra host memory in a child process (``VmHWM`` after ``clear_refs`` minus the RSS before the
-   monitor; ``queue_size=2``, policy ``latest``): snapshot 0 is analysed while snapshots 1-3 arrive
-   (1 s apart; 2-3 are coalesced), then ``close()`` drops the pending one.  Once for the float32 model
-   and once for the same weights cast to bfloat16 (the snapshot buffers keep the weights' dtype:
-   ``copy_matrices`` allocates them with the tensor's dtype).  Goal: <= (queue_size + 1) x monitored
-   weights + 64 MiB.  glibc is told to return freed blocks at once (``MALLOC_MMAP_THRESHOLD_``,
-   ``MALLOC_TRIM_THRESHOLD_``, as in ``bench_monitor``).  The bf16 child's metrics against the float32
-   child's give the effect of bf16 weights on alpha.
+1. ``Monitor.snapshot()`` blocking time against ``clone()`` of the same parameters and against ``copy_()``
+   into memory allocated beforehand (``every_n_epochs=None``, ``queue_size=2``, policy ``latest``, the real
+   analysis running in the background; median of ``REPS`` interleaved calls).  Goal: snapshot <= 1.0x a clone.
+2. The analysis of one whole snapshot against the LAPACK floor, interleaved matrix group by matrix group
+   (``wte``, ``wpe``, then each block): the worker's own function (:func:`analyse_snapshot`, one BLAS thread,
+   the host copies of a snapshot) on the group, then the floor on the same matrices -- ``eigvalsh`` of their
+   float64 Gram matrices (the *eigvalsh floor*), and the Gram products themselves (float64 copy +
+   ``A.T @ A``; *Gram + eigvalsh* is the second floor).  Wall and thread CPU seconds.  Goal: analysis
+   <= 1.3x the eigvalsh floor.
+3. The profile of that analysis (``cProfile`` on the thread's CPU clock, cumulative CPU seconds per stage, and
+   the share of the total).
 
-Run: ``python -m benchmarks 350m`` (about 6-10 minutes on 2 busy cores).  Prints Markdown tables.
+``main()`` prints the block and, beside it, weightwatcher 0.7.7 on a subset and the peak-memory children
+(``benchmarks/gpt2_350m.py``; not in the block: they take longer than the 5-minute block budget).
+
+Run: ``python -m benchmarks --write-docs 350m`` (the block, 3-5 minutes) or ``python -m benchmarks 350m``
+(everything, about 10 minutes on 2 busy cores).
 """
 
 from __future__ import annotations
 
-import json
+import cProfile
+import gc
 import os
+import pstats
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-MiB = 2**20
+from benchmarks.gpt2_350m import (
+    N_BLOCKS,
+    QUEUE,
+    MiB,
+    build_gpt2_medium,
+    monitored_params,
+    subset_groups,
+    whole_snapshot_child,
+    ww_time,
+)
+
 REPS = 3
-#: transformer blocks (24 for GPT-2-medium; ``WWM_BENCH_350M_BLOCKS=2`` smoke-tests this file in a minute)
-N_BLOCKS = int(os.environ.get("WWM_BENCH_350M_BLOCKS", "24"))
-QUEUE = 2
+#: goals (issue 20): snapshot <= this many clones; analysis <= this many eigvalsh floors
+GOAL_SNAPSHOT = 1.0
+GOAL_FLOOR = 1.3
+#: block name -> Markdown file this benchmark writes with ``python -m benchmarks --write-docs``
+DOC_BLOCKS = {"350m": "docs/benchmarks.md"}
 
-
-def build_gpt2_medium(dtype: Any = None, device: str = "cpu") -> Any:
-    """Random-initialised GPT-2-medium (355M parameters), float32 unless ``dtype`` says otherwise."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(0)
-    with warnings.catch_warnings(), torch.device(device):  # built (and initialised) where it will live
-        warnings.simplefilter("ignore")
-        model = GPT2LMHeadModel(GPT2Config(n_layer=N_BLOCKS, n_embd=1024, n_head=16)).eval()
-    if dtype is not None:
-        model = model.to(dtype)
-    return model
-
-
-def monitored_params(model: Any) -> list[Any]:
-    """The parameters whose storage backs the monitored matrices."""
-    from wwmonitor.layers import extract_matrices
-
-    ptrs = {s.tensor.untyped_storage().data_ptr() for s in extract_matrices(model)}
-    return [p for p in model.parameters() if p.untyped_storage().data_ptr() in ptrs]
+__all__ = ["bench_snapshot", "build_gpt2_medium", "measure", "render", "main", "DOC_BLOCKS"]
 
 
 # ------------------------------------------------------------------------------------------ 1. snapshot ----
-def bench_snapshot(model: Any, reps: int = REPS) -> dict[str, Any]:
+def bench_snapshot(model: Any, reps: int = REPS) -> dict[str, Any]:  # long-function: one interleaved loop
+    """Median ``snapshot()``, ``clone()`` and ``copy_()`` seconds over ``reps`` interleaved rounds."""
     import torch
 
+    from wwmonitor.layers import extract_matrices
     from wwmonitor.monitor import Monitor
 
     params = monitored_params(model)
@@ -127,8 +108,6 @@ def bench_snapshot(model: Any, reps: int = REPS) -> dict[str, Any]:
         mon.close(timeout=1)  # only the copies are timed here: drop the analysis backlog
         st = mon.stats
     c, s, f = statistics.median(clone_t), statistics.median(snap_t), statistics.median(copy_t)
-    from wwmonitor.layers import extract_matrices
-
     return {
         "matrices": len(extract_matrices(model)),
         "bytes": nbytes,
@@ -144,168 +123,187 @@ def bench_snapshot(model: Any, reps: int = REPS) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------ 2. analysis, side by side ----
-def subset_groups(model: Any) -> dict[str, list[tuple[str, Any]]]:
-    """``{"wpe": [...], "block": [...], "wte": [...]}``: (name, float32 ``out x in`` NumPy copy)."""
-    from wwmonitor.layers import extract_matrices
-
-    specs = {s.name: s for s in extract_matrices(model)}
-    block = [f"transformer.h.0.attn.c_attn.{p}" for p in "qkv"] + [
-        "transformer.h.0.attn.c_proj",
-        "transformer.h.0.mlp.c_fc",
-        "transformer.h.0.mlp.c_proj",
-    ]
-
-    def mat(name: str) -> tuple[str, Any]:
-        return name, specs[name].tensor.detach().float().cpu().contiguous().numpy().copy()
-
-    return {"wpe": [mat("transformer.wpe")], "block": [mat(n) for n in block], "wte": [mat("transformer.wte")]}
-
-
-def _linear_stack(mats: list[tuple[str, Any]]) -> Any:
-    """An ``nn.Sequential`` of bias-free ``nn.Linear`` layers holding ``mats`` (what weightwatcher gets)."""
-    import torch
-    from torch import nn
-
-    layers = []
-    for _, W in mats:
-        lin = nn.Linear(1, 1, bias=False)
-        lin.weight = nn.Parameter(torch.from_numpy(W.copy()), requires_grad=False)
-        lin.in_features, lin.out_features = W.shape[1], W.shape[0]
-        layers.append(lin)
-    return nn.Sequential(*layers)
+# ---------------------------------------------------------------------------- 2. analysis vs the floor ----
+#: profile stages: (label, [(file suffix, function name), ...]); cumulative cProfile seconds are summed
+STAGES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("host copy as NumPy (`as_numpy`)", [("snapshot.py", "as_numpy")]),
+    ("non-finite check", [("analyze.py", "_count_nonfinite")]),
+    ("Gram product, float64", [("spectral.py", "_gram64_lower"), ("spectral.py", "_gram64")]),
+    ("eigensolver (LAPACK dsyevd)", [("spectral.py", "_eigvalsh_overwrite"), ("_linalg.py", "eigvalsh")]),
+    ("SVD recheck (rank-deficient)", [("spectral.py", "_svd_squared")]),
+    ("power-law fit", [("analyze.py", "_fit")]),
+    ("MP fit", [("mp.py", "fit_mp")]),
+    ("phase", [("phases.py", "classify_phase")]),
+    ("entry tail index (phase rule 4c)", [("analyze.py", "_entry_tail")]),
+    ("norms, ranks, det X", [("metrics.py", "norm_metrics"), ("metrics.py", "detx_constraint")]),
+    ("stored fits + KS landscape", [("analyze.py", "_lambda_axis_fits")]),
+    ("model summary", [("summary.py", "model_summary")]),
+]
 
 
-def subset_times(groups: dict[str, list[tuple[str, Any]]], reps: int = REPS) -> dict[str, dict[str, float]]:
-    """Per group, medians over ``reps`` interleaved rounds (so that the load hits all alike) of:
-    ``ours`` -- ``analysis_s`` of the monitor's worker for one snapshot of the group;
-    ``eig`` -- the sum of bare ``scipy.linalg.eigvalsh`` times of the group's float64 Gram matrices;
-    ``gram`` -- the sum of the Gram products' times (float64 copy + ``A.T @ A``); one BLAS thread."""
+def _chunks(entries: list[tuple[str, str, float, Any]]) -> list[list[tuple[str, str, float, Any]]]:
+    """The snapshot's entries grouped: every matrix outside the blocks alone, then one group per block."""
+    out: dict[str, list[tuple[str, str, float, Any]]] = {}
+    for e in entries:
+        parts = e[0].split(".")
+        key = ".".join(parts[:3]) if parts[:2] == ["transformer", "h"] else e[0]
+        out.setdefault(key, []).append(e)
+    return list(out.values())
+
+
+_FLOOR_KEYS = ("gram", "eig", "gram_cpu", "eig_cpu")
+
+
+def _floor(entries: list[tuple[str, str, float, Any]]) -> dict[str, float]:
+    """Gram (float64 copy + ``A.T @ A``, the fastest Gram here) and bare ``eigvalsh`` seconds (wall, CPU)."""
     import numpy as np
-    import scipy.linalg
+
+    from wwmonitor.monitor.snapshot import as_numpy
+
+    out = {"gram": 0.0, "eig": 0.0, "gram_cpu": 0.0, "eig_cpu": 0.0}
+    for _, _, _, W in entries:
+        A = as_numpy(W)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        A64 = A.astype(np.float64)
+        G = A64.T @ A64 if A64.shape[0] >= A64.shape[1] else A64 @ A64.T
+        t1, c1 = time.perf_counter(), time.thread_time()
+        del A64
+        np.linalg.eigvalsh(G)
+        out["gram"] += t1 - t0
+        out["gram_cpu"] += c1 - c0
+        out["eig"] += time.perf_counter() - t1
+        out["eig_cpu"] += time.thread_time() - c1
+    return out
+
+
+def _stage_seconds(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
+    raw: Any = stats.stats  # type: ignore[attr-defined]  # {(file, line, func): (cc, nc, tt, ct, callers)}
+    rows = []
+    for label, funcs in STAGES:
+        s = sum(v[3] for k, v in raw.items() if any(k[0].endswith(f) and k[2] == fn for f, fn in funcs))
+        rows.append((label, s))
+    rows.append(("the rest (Python glue, bookkeeping)", max(0.0, total - sum(s for _, s in rows))))
+    return rows
+
+
+def analysis_vs_floor(entries: list[tuple[str, str, float, Any]]) -> dict[str, Any]:
+    """One snapshot analysed by the worker's function, group by group, each group followed by its floor."""
     from threadpoolctl import threadpool_limits
 
-    from wwmonitor.monitor import Monitor
+    from wwmonitor.analyze import AnalysisOptions
+    from wwmonitor.monitor.analyzer import analyse_snapshot
+    from wwmonitor.monitor.snapshot import BufferSet, Snapshot
 
-    raw: dict[str, dict[str, list[float]]] = {g: {"ours": [], "eig": [], "gram": []} for g in groups}
-    with tempfile.TemporaryDirectory() as d:
-        mons = {
-            g: Monitor(_linear_stack(m), os.path.join(d, g), every_n_epochs=None, queue_size=QUEUE, policy="block")
-            for g, m in groups.items()
-        }
-        try:
-            for r in range(reps):
-                for g, mats in groups.items():
-                    mons[g].snapshot(step=r)
-                    mons[g].flush()
-                    raw[g]["ours"].append(mons[g].results[-1].meta["analysis_s"])
-                    eig = gram = 0.0
-                    with threadpool_limits(1, user_api="blas"):
-                        for _, W in mats:
-                            t0 = time.perf_counter()
-                            A = W.astype(np.float64)
-                            G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
-                            gram += time.perf_counter() - t0
-                            del A
-                            t0 = time.perf_counter()
-                            scipy.linalg.eigvalsh(G)
-                            eig += time.perf_counter() - t0
-                    raw[g]["eig"].append(eig)
-                    raw[g]["gram"].append(gram)
-        finally:
-            for m in mons.values():
-                m.close()
-    return {g: {k: statistics.median(v) for k, v in d_.items()} for g, d_ in raw.items()}
+    kinds: dict[str, dict[str, float]] = {}
+    prof = cProfile.Profile(time.thread_time)  # CPU seconds of this thread: the load does not enter
+    n_ok = 0
+    with threadpool_limits(1, user_api="blas"):
+        for chunk in _chunks(entries):
+            kind = chunk[0][0] if len(chunk) == 1 else "blocks"
+            acc = kinds.setdefault(kind, dict.fromkeys(("n", "ours", "ours_cpu", *_FLOOR_KEYS), 0.0))
+            snap = Snapshot(step=0, epoch=None, time=0.0, entries=chunk, buffers=BufferSet())
+            prof.enable()
+            res = analyse_snapshot(snap, AnalysisOptions())
+            prof.disable()
+            n_ok += sum(lm.status == "ok" for lm in res.layers)
+            acc["n"] += len(chunk)
+            acc["ours"] += res.meta["analysis_s"]
+            acc["ours_cpu"] += res.meta["analysis_cpu_s"]
+            for k, v in _floor(chunk).items():
+                acc[k] += v
+    total = sum(v["ours_cpu"] for v in kinds.values())
+    return {"kinds": kinds, "ok": n_ok, "profile": _stage_seconds(pstats.Stats(prof), total), "total": total}
 
 
-def ww_time(mats: list[tuple[str, Any]], repeats: int = 2, one_thread: bool = False) -> tuple[float, int]:
-    """Median wall time of weightwatcher 0.7.7 ``WeightWatcher(model).analyze()`` (defaults) in a child,
-    and how many matrices it analysed.  ``one_thread``: the child's BLAS/OpenMP limited to 1 thread."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from ww_reference import ww_analyze_timed
+# ------------------------------------------------------------------------------------ the docs block ----
+def measure(quick: bool = False) -> dict[str, Any]:
+    """Both measurements on one model (``quick``: 1 block of width 128, 4096 tokens, one round; a smoke run)."""
+    import torch
 
-    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in keys}
+    from wwmonitor.layers import extract_matrices
+    from wwmonitor.monitor.snapshot import BufferSet, copy_matrices
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        if one_thread:
-            os.environ.update({k: "1" for k in keys})
-        df, times = ww_analyze_timed(_linear_stack(mats), repeats=repeats, num_threads=1 if one_thread else None)
+        t0 = time.perf_counter()
+        model = build_gpt2_medium(n_layer=1, n_embd=128, vocab_size=4096) if quick else build_gpt2_medium()
+        n_params = sum(p.numel() for p in model.parameters())
+        built = time.perf_counter() - t0
+        snap = bench_snapshot(model, reps=1 if quick else REPS)
+        print(f"[snapshot done: {snap['ratio']:.2f}x a clone; load {_load()}]", flush=True)
+        entries, _ = copy_matrices(extract_matrices(model), BufferSet())  # one snapshot's host copies
+        n_blocks = model.config.n_layer
+        del model
+        gc.collect()
+        ana = analysis_vs_floor(entries)
+        print(f"[analysis done: {ana['total']:.1f} CPU s; load {_load()}]", flush=True)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return statistics.median(times), len(df)
+        torch.set_num_threads(threads)
+    return {"quick": quick, "params": n_params, "built_s": built, "blocks": n_blocks, "snap": snap, "ana": ana}
 
 
-# --------------------------------------------------------------------------- 3. memory + whole snapshot ----
-_CHILD = r"""
-import json, os, sys, tempfile, time
-import torch
-torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[2])
-from benchmarks.bench_350m import build_gpt2_medium, monitored_params, QUEUE
-from wwmonitor.monitor import Monitor
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-
-dtype = {"float32": None, "bfloat16": torch.bfloat16}[sys.argv[1]]
-model = build_gpt2_medium(dtype)
-weights = sum(p.numel() * p.element_size() for p in monitored_params(model))
-with tempfile.TemporaryDirectory() as d:   # warm up everything that is not snapshot memory
-    small = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
-    with Monitor(small, d, every_n_epochs=None) as m0:
-        m0.snapshot(step=0)
-time.sleep(0.2)
-base = status("VmRSS")
-try:
-    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := current RSS
-except OSError:
-    pass
-t_start = time.perf_counter()
-with tempfile.TemporaryDirectory() as d:
-    mon = Monitor(model, d, every_n_epochs=None, queue_size=QUEUE, policy="latest")
-    mon.snapshot(step=0)
-    for s in (1, 2, 3):
-        time.sleep(1.0)
-        mon.snapshot(step=s)
-    deadline = time.monotonic() + float(sys.argv[3])
-    while not mon.results and time.monotonic() < deadline:
-        time.sleep(0.2)
-    res = mon.results[0] if mon.results else None
-    mon.close(timeout=1)
-    st = mon.stats
-peak = status("VmHWM") - base
-out = {"dtype": sys.argv[1], "weights": weights, "peak": peak, "after": status("VmRSS") - base,
-       "buffers_peak": st["buffer_bytes_peak"], "coalesced": st["coalesced"], "base_rss": base,
-       "largest": max(p.numel() * p.element_size() for p in monitored_params(model))}
-if res is not None:
-    out.update(analysis_s=res.meta["analysis_s"], analysis_cpu_s=res.meta["analysis_cpu_s"], layers=len(res.layers),
-               ok=sum(lm.status == "ok" for lm in res.layers),
-               metrics={lm.name: [lm.alpha, lm.sigma, lm.log_norm, lm.lambda_max, lm.phase] for lm in res.layers})
-print(json.dumps(out))
-"""
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
-def whole_snapshot_child(dtype: str, timeout: float = 900) -> dict[str, Any]:
-    # as bench_monitor: blocks >= 128 KiB always mmap'd and freed heap trimmed at once, so that RSS follows live
-    # memory, not what glibc keeps cached after a free (without: the bf16 child kept 1.47 GB after close())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    p = subprocess.run(
-        [sys.executable, "-c", _CHILD, dtype, str(REPO), str(timeout)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout + 300,
-        env=env,
+def render(r: dict[str, Any]) -> dict[str, str]:
+    """The ``350m`` block: the snapshot table, the analysis-vs-floor table, the profile and a computed summary."""
+    s, a = r["snap"], r["ana"]
+    label = "GPT-2-medium float32" if not r["quick"] else "smoke model (1 block, width 128, 4096 tokens) float32"
+    snap_ok = s["ratio"] <= GOAL_SNAPSHOT
+    out = [
+        f"{label}: {r['params'] / 1e6:.0f}M parameters, {s['matrices']} monitored matrices, "
+        f"{s['bytes'] / MiB:.0f} MiB of monitored weights; torch and BLAS limited to one thread.",
+        "",
+        f"**snapshot() blocking time vs clone()** (median of {REPS if not r['quick'] else 1}, interleaved; "
+        f"the analysis running in the background). Goal: snapshot <= {GOAL_SNAPSHOT:g}x a clone.",
+        "",
+        "| clone() s | snapshot() s | snapshot / clone | copy_() into preallocated s | snapshot / copy_() "
+        "| first snapshot s (allocates) | goal |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['clone_s']:.3f} | {s['snapshot_s']:.3f} | **{s['ratio']:.2f}x** | {s['copy_s']:.3f} "
+        f"| {s['ratio_copy']:.2f}x | {s['cold_s']:.3f} | {_verdict(snap_ok)} |",
+        "",
+        "**Analysis of one whole snapshot vs the LAPACK floor** (the worker's `analyse_snapshot`, one BLAS "
+        "thread; each matrix group followed by its floor: bare `eigvalsh` of the same float64 Grams, and the "
+        f"Gram products). Goal: analysis <= {GOAL_FLOOR:g}x the eigvalsh floor, judged on CPU seconds (thread "
+        "time of the one thread doing each: the wall seconds of a loaded machine measure the load).",
+        "",
+        "| matrices | n | analysis s wall / CPU | eigvalsh floor s wall / CPU | Gram products s wall / CPU "
+        "| analysis / eigvalsh floor, CPU (wall) | analysis / (Gram + eigvalsh), CPU (wall) | goal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    kinds = a["kinds"]
+    tot = {k: sum(v[k] for v in kinds.values()) for k in ("n", "ours", "ours_cpu", *_FLOOR_KEYS)}
+    rows = [(f"`{k.split('.')[-1]}`" if k != "blocks" else f"{r['blocks']} blocks", v) for k, v in kinds.items()]
+    for name, v in rows + [("**whole snapshot**", tot)]:
+        rc, rw = v["ours_cpu"] / v["eig_cpu"], v["ours"] / v["eig"]
+        gc_, gw = v["ours_cpu"] / (v["eig_cpu"] + v["gram_cpu"]), v["ours"] / (v["eig"] + v["gram"])
+        out.append(
+            f"| {name} | {int(v['n'])} | {v['ours']:.2f} / {v['ours_cpu']:.2f} | {v['eig']:.2f} / {v['eig_cpu']:.2f} "
+            f"| {v['gram']:.2f} / {v['gram_cpu']:.2f} | **{rc:.2f}x** ({rw:.2f}x) | {gc_:.2f}x ({gw:.2f}x) "
+            f"| {_verdict(rc <= GOAL_FLOOR)} |"
+        )
+    total = a["total"]
+    out += [
+        "",
+        "**Profile of that analysis** (cProfile on the thread's CPU clock, cumulative CPU seconds; "
+        f"{a['ok']} of {int(tot['n'])} layers fitted):",
+        "",
+        "| stage | s | share |",
+        "|---|---|---|",
+    ]
+    out += [f"| {lab} | {sec:.2f} | {sec / total:.1%} |" for lab, sec in a["profile"]]
+    whole = tot["ours_cpu"] / tot["eig_cpu"]
+    summary = (
+        f"In this run: snapshot {s['ratio']:.2f}x a clone (goal <= {GOAL_SNAPSHOT:g}x: {_verdict(snap_ok)}); "
+        f"analysis {whole:.2f}x the eigvalsh floor in CPU seconds (goal <= {GOAL_FLOOR:g}x: "
+        f"{_verdict(whole <= GOAL_FLOOR)}) and {tot['ours_cpu'] / (tot['eig_cpu'] + tot['gram_cpu']):.2f}x the "
+        f"Gram + eigvalsh floor; the Gram products alone take {tot['gram_cpu'] / tot['eig_cpu']:.2f}x the "
+        "eigvalsh floor."
     )
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return {"350m": "\n".join(out) + "\n\n" + summary}
 
 
 def _load() -> str:
@@ -313,181 +311,65 @@ def _load() -> str:
     return f"{a:.1f} / {b:.1f} / {c:.1f}"
 
 
-def main() -> None:
-    import gc
-
-    import numpy as np
+def main() -> None:  # long-function: the block, then the slower extras printed beside it
+    """The docs block's tables, then weightwatcher on a subset and the peak-memory children."""
+    print(f"load average (1/5/15 min) at the start: {_load()}; {os.cpu_count()} CPUs\n", flush=True)
+    print(render(measure())["350m"], flush=True)
     import torch
 
     torch.set_num_threads(1)
-    t_all = time.perf_counter()
-    load_start = _load()
-    print(f"load average (1/5/15 min) at the start: {load_start}; {os.cpu_count()} CPUs; torch threads 1\n", flush=True)
-    t0 = time.perf_counter()
-    model = build_gpt2_medium()
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"GPT-2-medium built in {time.perf_counter() - t0:.0f} s: {n_params / 1e6:.0f}M parameters (float32)\n",
-        flush=True,
-    )
-
-    snap = bench_snapshot(model)
-    print(
-        "### 1. snapshot() blocking time vs clone() of the same parameters (median of "
-        f"{REPS}, interleaved; analysis running in the background)\n"
-    )
-    print(
-        "| model | matrices | weights MiB | clone() s | snapshot() s | snapshot / clone | "
-        "copy_() into preallocated s | snapshot / copy_() | first snapshot s (allocates) | goal <= 1.5x |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| GPT-2-medium float32 | {snap['matrices']} | {snap['bytes'] / MiB:.0f} | {snap['clone_s']:.3f} | "
-        f"{snap['snapshot_s']:.3f} | **{snap['ratio']:.2f}x** | {snap['copy_s']:.3f} | {snap['ratio_copy']:.2f}x | "
-        f"{snap['cold_s']:.3f} | {'met' if snap['ratio'] <= 1.5 else 'missed'} |",
-        flush=True,
-    )
-    print(
-        f"\n(all snapshot() s: {', '.join(f'{x:.3f}' for x in snap['snap_all'])}; all clone() s: "
-        f"{', '.join(f'{x:.3f}' for x in snap['clone_all'])}; load {_load()})\n",
-        flush=True,
-    )
-
-    groups = subset_groups(model)
-    del model
-    gc.collect()
-
-    sub = subset_times(groups)
-    ours = {g: v["ours"] for g, v in sub.items()}
-    print(f"(ours and the floor timed on the subset, interleaved; load {_load()})", flush=True)
+    groups = subset_groups(build_gpt2_medium())
     ww = {g: ww_time(groups[g]) for g in ("wpe", "block")}
     ww1 = {g: ww_time(groups[g], one_thread=True) for g in ("wpe", "block")}
-    print(f"(weightwatcher timed on the subset; load {_load()})\n", flush=True)
-
-    f32 = whole_snapshot_child("float32")
-    print(f"(float32 whole-snapshot child done; load {_load()})", flush=True)
-    bf16 = whole_snapshot_child("bfloat16")
-    print(f"(bfloat16 whole-snapshot child done; load {_load()})\n", flush=True)
-
-    def est(d: dict[str, float], wte: bool = False) -> float:
-        return d["wpe"] + N_BLOCKS * d["block"] + (d["wte"] if wte else 0.0)
-
-    fe = {g: v["eig"] for g, v in sub.items()}
-    fg = {g: v["eig"] + v["gram"] for g, v in sub.items()}
-    www = {g: v[0] for g, v in ww.items()}
-    ww1w = {g: v[0] for g, v in ww1.items()}
-    nb = 2 * N_BLOCKS * 3 + 2  # matrices: wte, wpe and 6 per block
-    print("### 2. Analysis time per snapshot: the monitor's worker vs weightwatcher's default vs the LAPACK floor\n")
     print(
-        "| matrix set | matrices | wwmonitor worker s (1 BLAS thread) | ww default analyze() s | "
-        "ww, 1 BLAS thread s | LAPACK floor: eigvalsh of the float64 Grams s | Gram products + eigvalsh s | "
-        "ww / ours (goal >= 3x) | ww 1 thread / ours | ours / eigvalsh floor (goal <= 1.3x) | "
-        "ours / (Gram + eigvalsh) |"
+        "\n### weightwatcher 0.7.7 default analyze() on `wpe` + block 0 (7 matrices), estimated for "
+        f"`wpe` + {N_BLOCKS} blocks\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-
-    def row(label: str, n: str, o: float, w: Any, w1: Any, e: float, g: float) -> None:
-        ws = f"{w:.2f}" if isinstance(w, float) else w
-        w1s = f"{w1:.2f}" if isinstance(w1, float) else w1
-        ratio = f"**{w / o:.1f}x**" if isinstance(w, float) else "-"
-        ratio1 = f"{w1 / o:.1f}x" if isinstance(w1, float) else "-"
-        print(
-            f"| {label} | {n} | {o:.2f} | {ws} | {w1s} | {e:.2f} | {g:.2f} | {ratio} | {ratio1} | **{o / e:.2f}x** | "
-            f"{o / g:.2f}x |"
-        )
-
-    row(
-        "measured: `wpe` + block 0 (q, k, v, attn.c_proj, mlp.c_fc, mlp.c_proj)",
-        f"7 / {ww['wpe'][1] + ww['block'][1]}",
-        ours["wpe"] + ours["block"],
-        www["wpe"] + www["block"],
-        ww1w["wpe"] + ww1w["block"],
-        fe["wpe"] + fe["block"],
-        fg["wpe"] + fg["block"],
-    )
-    row(
-        "measured: `wte` 50257 x 1024 (ww's default skips it: max_N)",
-        "1 / 0",
-        ours["wte"],
-        "skipped",
-        "skipped",
-        fe["wte"],
-        fg["wte"],
-    )
-    row(
-        f"estimated: weightwatcher's {nb - 1} matrices (`wpe` + {N_BLOCKS} blocks)",
-        f"{nb - 1} / {nb - 1}",
-        est(ours),
-        est(www),
-        est(ww1w),
-        est(fe),
-        est(fg),
-    )
-    row(
-        f"estimated: all {nb} matrices (+ `wte`)",
-        f"{nb} / {nb - 1}",
-        est(ours, True),
-        "-",
-        "-",
-        est(fe, True),
-        est(fg, True),
-    )
-    if "analysis_s" in f32:
-        print(
-            f'| **measured: one whole snapshot** (`result.meta["analysis_s"]`, child process) | {f32["layers"]} | '
-            f"**{f32['analysis_s']:.2f}** | - | - | {est(fe, True):.2f} (est.) | {est(fg, True):.2f} (est.) "
-            "| - | - | "
-            f"**{f32['analysis_s'] / est(fe, True):.2f}x** | {f32['analysis_s'] / est(fg, True):.2f}x |"
-        )
-    print(
-        f"\n(whole snapshot: worker CPU {f32.get('analysis_cpu_s', float('nan')):.1f} s of "
-        f"{f32.get('analysis_s', float('nan')):.1f} s wall; {f32.get('ok')} of {f32.get('layers')} layers fitted)\n"
-    )
-
-    print(
-        f"### 3. Peak extra host memory (child process; VmHWM - RSS before the monitor; queue_size={QUEUE}, policy "
-        "latest; snapshot 0 analysed while 1-3 arrive)\n"
-    )
-    print(
-        "| weights dtype | monitored weights MiB | goal (q+1) x weights + 64 MiB | snapshot buffers peak MiB | "
-        "RSS peak increase MiB | peak / weights | RSS after close MiB | goal |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for m in (f32, bf16):
+    print("| BLAS threads | subset s | estimated 145 matrices s |\n|---|---|---|")
+    for lab, d in (("default", ww), ("1", ww1)):
+        print(f"| {lab} | {d['wpe'][0] + d['block'][0]:.2f} | {d['wpe'][0] + N_BLOCKS * d['block'][0]:.2f} |")
+    print(f"\n(load {_load()})\n", flush=True)
+    print(f"### Peak extra host memory (child process; queue_size={QUEUE}, policy latest)\n")
+    print("| weights dtype | monitored weights MiB | goal MiB | buffers peak MiB | RSS peak increase MiB | goal |")
+    print("|---|---|---|---|---|---|")
+    children = {}
+    for dtype in ("float32", "bfloat16"):
+        m = children[dtype] = whole_snapshot_child(dtype)
         bound = (QUEUE + 1) * m["weights"] + 64 * MiB
         print(
             f"| {m['dtype']} | {m['weights'] / MiB:.0f} | {bound / MiB:.0f} | {m['buffers_peak'] / MiB:.0f} | "
-            f"**{m['peak'] / MiB:.0f}** | {m['peak'] / m['weights']:.2f}x | {m['after'] / MiB:.0f} | "
-            f"{'met' if m['peak'] <= bound else 'missed'} |"
+            f"**{m['peak'] / MiB:.0f}** | {_verdict(m['peak'] <= bound)} |",
+            flush=True,
         )
+    _print_bf16_effect(children["float32"].get("metrics", {}), children["bfloat16"].get("metrics", {}))
+    print(f"\nload average (1/5/15 min) at the end: {_load()}", flush=True)
 
-    m32, m16 = f32.get("metrics", {}), bf16.get("metrics", {})
+
+def _print_bf16_effect(m32: dict[str, Any], m16: dict[str, Any]) -> None:
+    """The bf16 child's metrics against the float32 child's (same weights): alpha, norms, phases."""
+    import numpy as np
+
     common = sorted(k for k in set(m32) & set(m16) if m32[k][0] is not None and m16[k][0] is not None)
-    if common:
-        a32 = np.array([m32[k][0] for k in common])
-        d = np.array([m16[k][0] for k in common]) - a32
-        sig = np.array([m32[k][1] or np.nan for k in common])
-        dln = np.array([abs(m16[k][2] - m32[k][2]) for k in common])
-        dlm = np.array([abs(m16[k][3] / m32[k][3] - 1) for k in common])
-        same_phase = sum(m16[k][4] == m32[k][4] for k in common)
-        worst = common[int(np.argmax(np.abs(d)))]
-        print("\n### bf16 snapshot: metrics of the bf16 weights vs the same weights in float32 (whole snapshot)\n")
-        print(
-            "| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
-            "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
-            "max abs(delta log_norm) | max relative delta lambda_max | same phase | bf16 analysis s |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        print(
-            f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
-            f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
-            f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
-            f"{same_phase} / {len(common)} | {bf16.get('analysis_s', float('nan')):.1f} |"
-        )
+    if not common:
+        return
+    a32 = np.array([m32[k][0] for k in common])
+    d = np.array([m16[k][0] for k in common]) - a32
+    sig = np.array([m32[k][1] or np.nan for k in common])
+    dln = np.array([abs(m16[k][2] - m32[k][2]) for k in common])
+    dlm = np.array([abs(m16[k][3] / m32[k][3] - 1) for k in common])
+    worst = common[int(np.argmax(np.abs(d)))]
+    print("\n### bf16 weights: metrics against the same weights in float32 (whole snapshot)\n")
     print(
-        f"\nload average (1/5/15 min): {load_start} at the start, {_load()} at the end; "
-        f"total {time.perf_counter() - t_all:.0f} s",
-        flush=True,
+        "| layers | mean alpha f32 / bf16 | median abs(delta alpha) | median abs(delta alpha) / sigma(alpha) | "
+        "layers with abs(delta alpha) > sigma | max abs(delta alpha) (layer: alpha f32 -> bf16) | "
+        "max abs(delta log_norm) | max relative delta lambda_max | same phase |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {len(common)} | {a32.mean():.3f} / {(a32 + d).mean():.3f} | {np.median(np.abs(d)):.1e} | "
+        f"{np.nanmedian(np.abs(d) / sig):.1e} | {int(np.sum(np.abs(d) > sig))} | {np.max(np.abs(d)):.2f} "
+        f"(`{worst}`: {m32[worst][0]:.2f} -> {m16[worst][0]:.2f}) | {dln.max():.1e} | {dlm.max():.1e} | "
+        f"{sum(m16[k][4] == m32[k][4] for k in common)} / {len(common)} |"
     )
 
 

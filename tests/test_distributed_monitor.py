@@ -75,17 +75,26 @@ SCRIPT = textwrap.dedent(
                 "results": [r.step for r in mon.results], "has_store": mon.store is not None, "run_id": mon.run_id}}
 
     info = {{}}
-    # 1. a plain loop, policy="latest" asked for: every rank must analyse every snapshot, so it is "block"
+    # 1. a plain loop, policy="latest" asked for: every rank must analyse every snapshot, so it is "block";
+    # with a controller: every rank applies rank 0's decision (one broadcast per snapshot step, none between)
+    from wwmonitor.control import TempBalance
+
     mon = wwmonitor.Monitor(ddp, os.path.join(out, "runs"), run_name="ddp", every_n_epochs=None, policy="latest",
                             queue_size=1)
+    ctl = TempBalance(keep_ends=False, min_evals=0, sync=True).bind(model=ddp, optimizer=opt, monitor=mon)
+    applied = []
     for s in (4, 8, 12):
         train(4)
+        applied.append(ctl.step(s - 1))  # no snapshot since the last call: no collective, nothing to apply
         if rank == 0:
             torch.save(ddp.module.state_dict(), os.path.join(out, f"w{{s}}.pt"))
         mon.snapshot(step=s)
+        applied.append(ctl.step(s))
     mon.close()
+    ctl.unbind()
     info["ddp"] = summary(mon)
     info["policy"] = mon.policy
+    info["control"] = {{"applied": applied, "factors": ctl.factors, "broadcasts": ctl._agreement.broadcasts}}
 
     # 2. failures on rank 1: one layer's analysis raises at every step, the whole analysis at step 2
     mon = wwmonitor.Monitor(ddp, os.path.join(out, "runs"), run_name="faults", every_n_epochs=None)
@@ -165,7 +174,8 @@ def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def single_process(out: Path, steps: list[int], where: Path) -> wwmonitor.RunData:
-    with wwmonitor.Monitor(None, where, run_name="single", every_n_epochs=None) as mon:
+    # carrying unchanged weights is off under a strategy (every rank analyses every snapshot): off here too
+    with wwmonitor.Monitor(None, where, run_name="single", every_n_epochs=None, carry_unchanged=False) as mon:
         for s in steps:
             model = _mlp()
             model.load_state_dict(torch.load(out / f"w{s}.pt", weights_only=True))
@@ -219,6 +229,22 @@ def test_failures_on_one_rank_reach_rank0_stats_store_and_log(ddp_run):
     assert "injected worker failure" in st.loc[(2, "2"), "message"] and "rank 1" in st.loc[(2, "2"), "message"]
     ok = run.metrics[(run.metrics.layer == "0") & (run.metrics.metric == "alpha")]
     assert len(ok) == 3  # the other layers are analysed as usual
+
+
+@pytest.mark.slow
+def test_controller_every_rank_applies_rank0_factors(ddp_run):
+    out, info = ddp_run
+    c0, c1 = info[0]["control"], info[1]["control"]
+    assert info[1]["ddp"]["results"] == []  # rank 1 has no result of its own: it gets rank 0's decision
+    assert c0["applied"] == c1["applied"] == [False, True] * 3  # sync: at the snapshot steps
+    assert c0["broadcasts"] == c1["broadcasts"] == 3  # one collective per snapshot step, none in between
+    assert c0["factors"] == c1["factors"]
+    run = wwmonitor.load_run(out / "runs" / "ddp")
+    m = run.metrics
+    a = np.array([m[(m.step == 12) & (m.layer == n) & (m.metric == "alpha_median")].value.item() for n in "024"])
+    want = 0.5 + (a - a.min()) / (a.max() - a.min())  # the linear map from the STORED alphas, no ends kept
+    np.testing.assert_allclose([c0["factors"][n] for n in "024"], want, rtol=1e-12)
+    assert sorted({(r.step, r.source_step) for r in run.control_records()}) == [(4, 4), (8, 8), (12, 12)]
 
 
 @pytest.mark.slow

@@ -417,3 +417,21 @@ def _strength_for_ratio(ratio: float, Q: float) -> float:
     big = ratio * (1.0 + Q**-0.5) ** 2
     b = 1.0 + 1.0 / Q - big
     return math.sqrt((-b + math.sqrt(b * b - 4.0 / Q)) / 2.0)
+
+
+def test_largest_entries_preselection_equals_a_full_partition():
+    """entry_tail_index's sampled threshold (large matrices) keeps exactly the multiset a full partition gives,
+    including ties, sorted input and a threshold sample that misses (the fallback)."""
+    from wwmonitor.phases import _largest
+
+    rng = np.random.default_rng(3)
+    cases = [
+        np.abs(rng.standard_normal(400_000)).astype(np.float32),
+        np.sort(np.abs(rng.standard_normal(400_000))),  # the sample sees every part of a sorted array
+        np.abs(np.round(rng.standard_normal(400_000), 1)),  # many ties at the threshold
+        np.concatenate([np.zeros(399_000), rng.random(1_000) + 1.0])[::-1].copy(),  # the sample misses the tail
+    ]
+    for a in cases:
+        for m in (31, 401, 5_000):
+            want = np.sort(np.partition(a, a.size - m)[a.size - m :])
+            assert np.array_equal(np.sort(_largest(a, m)), want)

@@ -136,6 +136,9 @@ def test_wandb_sink_offline_run_file(tmp_path):
             deferred.write(r)
         assert deferred.pending == 2 and direct.rows_logged == 1
         assert deferred.pump() == 2 and deferred.pending == 0
+        from wwmonitor.records import ControlRecord
+        direct.write_control([ControlRecord(step=25, layer="enc.fc1", controller="TempBalance", quantity="lr",
+                                            alpha=2.5, factor=1.5, value=0.15, base=0.1, source_step=20)])
         wandb.finish()
         print(json.dumps({{"alerts": deferred.alerts_sent}}))
         """
@@ -147,8 +150,10 @@ def test_wandb_sink_offline_run_file(tmp_path):
 
     run_dir = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))[0]
     rows, alerts = wandb_history(run_dir)
-    ww_rows = [r for r in rows if "ww/step" in r]
+    ww_rows = [r for r in rows if "ww/step" in r and "ww_control/lr/enc.fc1" not in r]
     assert [int(r["ww/step"]) for r in ww_rows] == [0, 10, 20]
+    ctl = [r for r in rows if "ww_control/lr/enc.fc1" in r]  # a controller's assignment, at its step
+    assert [(int(r["ww/step"]), float(r["ww_control/lr_factor/enc.fc1"])) for r in ctl] == [(25, 1.5)]
     assert all("ww.alpha/enc.fc1" in r and "ww/layers/path" in r for r in ww_rows)
     assert len(glob.glob(os.path.join(run_dir, "files", "media", "images", "ww.esd", "*.png"))) == 9
     assert len(glob.glob(os.path.join(run_dir, "files", "media", "table", "ww", "*.table.json"))) == 3

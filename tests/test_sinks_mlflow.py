@@ -14,7 +14,7 @@ mlflow = pytest.importorskip("mlflow")
 
 import wwmonitor  # noqa: E402
 from wwmonitor.metrics import LayerMetrics  # noqa: E402
-from wwmonitor.records import Alert, SnapshotResult  # noqa: E402
+from wwmonitor.records import Alert, ControlRecord, SnapshotResult  # noqa: E402
 from wwmonitor.sinks._render import DEFAULT_SCALARS, layer_scalars, layer_tag, png_size  # noqa: E402
 from wwmonitor.sinks.mlflow import MLflowSink, flatten_params, mlflow_key  # noqa: E402
 
@@ -178,6 +178,15 @@ def test_metrics_artifacts_alerts_params(store, tmp_path):
     points = sum(len(layer_scalars(lm, DEFAULT_SCALARS)) for r in res for lm in r.layers) + 2 * len(res)
     assert sink.metrics_logged == points  # per-layer values + mean_alpha + epoch, nothing else
     assert sink.images_logged == 3
+
+    # --- a controller's assignments (wwmonitor.control): value and factor per layer at their step
+    rec = ControlRecord(
+        step=25, layer="enc.fc1", controller="TempBalance", quantity="lr", alpha=2.5, factor=1.5, value=0.15,
+        base=0.1, source_step=20,
+    )  # fmt: skip
+    sink.write_control([rec])
+    assert _history(client, run_id, "ww_control/lr/enc.fc1") == [(25, 0.15)]
+    assert _history(client, run_id, "ww_control/lr_factor/enc.fc1") == [(25, 1.5)]
 
 
 def test_key_sanitizing():

@@ -201,8 +201,12 @@ def test_workers_must_be_positive():
 
 
 @pytest.mark.parametrize("shape", [(1024, 300), (300, 1024), (400, 400)])
-def test_low_memory_route_matches_and_saves_memory(shape):
+def test_low_memory_route_matches_and_saves_memory(shape, monkeypatch):
     import tracemalloc
+
+    import wwmonitor.spectral as spectral
+
+    monkeypatch.setattr(spectral, "LOW_MEMORY_DIRECT_BYTES", 0)  # the in-place route even for small matrices
 
     rng = np.random.default_rng(5)
     W = rng.standard_normal(shape).astype(np.float32)
@@ -220,6 +224,29 @@ def test_low_memory_route_matches_and_saves_memory(shape):
     M = min(shape)
     assert peaks[True] <= 8 * M * M + 8 * 128 * M + 2**20  # the Gram matrix, one block, small change
     assert peaks[True] < peaks[False]
+
+
+@pytest.mark.parametrize("shape", [(1024, 300), (300, 1024), (400, 400)])
+def test_low_memory_small_matrices_take_the_direct_gram_within_the_bound(shape):
+    """Below LOW_MEMORY_DIRECT_BYTES the low-memory route uses the faster default Gram product: the same
+    eigenvalues as the default route to 1e-12 relative to the largest, and no more memory than the bound."""
+    import tracemalloc
+
+    import wwmonitor.spectral as spectral
+
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal(shape).astype(np.float32)
+    assert spectral._direct_fits(W.shape)
+    ref = squared_singular_values(W)
+    lean = squared_singular_values(W, low_memory=True)
+    assert np.max(np.abs(lean - ref)) <= 1e-12 * ref[-1]
+    tracemalloc.start()
+    squared_singular_values(W, low_memory=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    M = min(shape)
+    assert peak <= 8 * (W.size + M * M) + 2**20  # the float64 copy and the Gram matrix, nothing else
+    assert not spectral._direct_fits((50257, 1024))  # an embedding keeps the in-place route
 
 
 def test_low_memory_route_rank_deficient_and_nonfinite():

@@ -13,7 +13,7 @@ import pytest
 
 from wwmonitor.analyze import analyze_matrix
 from wwmonitor.powerlaw import fit_powerlaw
-from wwmonitor.records import SnapshotResult
+from wwmonitor.records import ControlRecord, SnapshotResult
 from wwmonitor.store import SCHEMA_VERSION, RunStore, load_run
 from wwmonitor.store_format import encode_fits
 
@@ -64,7 +64,7 @@ def _forbid_fitting(monkeypatch) -> None:
 def test_store_keeps_the_analyzers_fits_bit_for_bit(tmp_path):
     fits = _write_run(tmp_path / "r")
     run = load_run(tmp_path / "r")
-    assert run.schema_version == SCHEMA_VERSION == 2
+    assert run.schema_version == SCHEMA_VERSION == 3
     for (layer, step), f in fits.items():
         got = run.fits(layer, step)
         assert json.dumps(got, sort_keys=True) == json.dumps(_as_stored(f), sort_keys=True)
@@ -128,6 +128,7 @@ def _make_schema_1(folder: Path) -> None:
     """Turn a store into what wwmonitor wrote before fits were kept: no fits table, schema_version 1."""
     conn = sqlite3.connect(str(folder / "run.sqlite"))
     conn.execute("DROP TABLE fits")
+    conn.execute("DROP TABLE control")
     conn.execute("UPDATE run_meta SET value='1' WHERE key='schema_version'")
     conn.commit()
     conn.close()
@@ -153,8 +154,30 @@ def test_an_old_store_without_fits_opens_reports_and_resumes(tmp_path, monkeypat
     st.write(SnapshotResult(step=20, epoch=None, time=time.time(), layers=lms, esds=esds, fits=f))
     st.close()
     run = load_run(folder)
-    assert run.schema_version == 2 and run.fits("heavy", 10) is None
+    assert run.schema_version == 3 and run.fits("heavy", 10) is None
     assert run.fits("heavy", 20)["powerlaw"]["alpha"] == f["heavy"]["powerlaw"]["alpha"]
+
+
+def test_a_schema_2_store_has_no_control_records_and_gets_the_table_when_resumed(tmp_path):
+    folder = tmp_path / "v2"
+    _write_run(folder, steps=(0,))
+    conn = sqlite3.connect(str(folder / "run.sqlite"))
+    conn.execute("DROP TABLE control")
+    conn.execute("UPDATE run_meta SET value='2' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    run = load_run(folder)
+    assert run.schema_version == 2 and run.steps == [0] and run.control_records() == []
+    rec = ControlRecord(
+        step=3, layer="heavy", controller="TempBalance", quantity="lr", alpha=None, factor=1.0, value=0.1,
+        base=0.1, source_step=0,
+    )  # fmt: skip
+    st = RunStore(folder)  # resuming migrates: the control table is added
+    st.write_control([rec, ControlRecord(**{**rec.__dict__, "layer": "gauss", "alpha": 2.5, "factor": 1.5})])
+    st.close()
+    run = load_run(folder)
+    assert run.schema_version == 3 and run.control_records()[1] == rec
+    assert run.control_records()[0].alpha == 2.5 and run.control_records()[0].value == 0.1
 
 
 def test_a_store_from_a_newer_wwmonitor_is_refused_with_a_clear_message(tmp_path):

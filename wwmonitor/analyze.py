@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .fit.median import median_xmin_alpha
 from .frameworks import is_torch_tensor
 from .metrics import Fits, LayerMetrics, detx_constraint, norm_metrics
 from .powerlaw import EVALS_THRESH, fit_powerlaw
@@ -269,6 +270,9 @@ def analyze_evals(  # long-function: the steps of one ESD in order, sharing loca
         return lm
 
     lm.__dict__.update(norm_metrics(ev_sq, (N, lm.M), None))
+    a_med = median_xmin_alpha(ev_sq)  # TempBalance's alpha (wwmonitor.control), scale-free, float64
+    if math.isfinite(a_med):
+        lm.extra["alpha_median"] = a_med
 
     too_few = ev_sq.size < options.min_evals
     pl = None

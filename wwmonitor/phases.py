@@ -333,7 +333,28 @@ def entry_tail_index(W: np.ndarray) -> float:
     k = entry_tail_count(a.size)
     if k == 0:
         return math.nan
-    return hill_tail_index(np.partition(a, a.size - k - 1)[a.size - k - 1 :])
+    return hill_tail_index(_largest(a, k + 1))
+
+
+#: above this many entries :func:`_largest` pre-selects candidates with a threshold taken from a sample
+_LARGEST_SAMPLE = 1 << 16
+
+
+def _largest(a: np.ndarray, m: int) -> np.ndarray:
+    """The ``m`` largest values of the 1-D ``a`` (any order): exactly ``np.partition(a, a.size - m)[a.size - m:]``
+    as a multiset.  Large inputs are first cut to the entries at or above a threshold read from an evenly spaced
+    sample (expected to keep about ``2m``), a comparison pass instead of a partition of everything; when fewer
+    than ``m`` pass, the full partition is used."""
+    n = a.size
+    if n > 4 * _LARGEST_SAMPLE and 4 * m < n:
+        sample = a[:: n // _LARGEST_SAMPLE]
+        r = sample.size - 1 - int(math.ceil(2.0 * m * sample.size / n))
+        if r >= 0:
+            thr = np.partition(sample, r)[r]
+            top = a[np.flatnonzero(a >= thr)]  # indices first: 3x faster than a boolean mask here
+            if top.size >= m:
+                return np.partition(top, top.size - m)[top.size - m :]
+    return np.partition(a, n - m)[n - m :]
 
 
 def phase_features(evals: np.ndarray, mp: MPFit, pl: Optional[PowerLawFit] = None) -> dict[str, float]:

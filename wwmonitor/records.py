@@ -17,7 +17,7 @@ import numpy as np
 
 from .metrics import Fits, LayerMetrics
 
-__all__ = ["Alert", "SnapshotResult", "MODEL_LAYER"]
+__all__ = ["Alert", "ControlRecord", "SnapshotResult", "MODEL_LAYER"]
 
 #: the ``layer`` name of model-level rows (summary means) in the run store, CSV files and reports
 MODEL_LAYER = "__model__"
@@ -77,3 +77,26 @@ class SnapshotResult:
     figure_errors: dict[str, str] = field(default_factory=dict)
     inspect_errors: dict[str, dict[str, BaseException]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """One value a controller (:mod:`wwmonitor.control`) gave one layer.
+
+    ``step``: the training step from which it applies (its first optimizer update);
+    ``controller``: ``"TempBalance"`` / ``"AlphaDecay"``; ``quantity``: ``"lr"`` or
+    ``"weight_decay"``; ``alpha``: the layer's alpha it came from (``None``: not determined, the
+    layer keeps the base); ``factor``: the multiplier of the base; ``base``: the optimizer's value
+    (the scheduler's) for the layer's weight at ``step``; ``value = base * factor``, what that
+    update used; ``source_step``: the snapshot step whose alphas decided it.
+    """
+
+    step: int
+    layer: str
+    controller: str
+    quantity: str
+    alpha: Optional[float]
+    factor: float
+    value: float
+    base: float
+    source_step: int

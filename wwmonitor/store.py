@@ -23,6 +23,9 @@ Tables (all keyed so that a resumed run never duplicates a step):
 ``alerts``      (step, layer, rule) -> severity, message, value
 ``fits``        (step, layer) -> the fitted power law and MP (λ axis) as JSON,
                 exactly as the analyzer computed them (schema version 2)
+``control``     (step, layer, controller, quantity) -> alpha, factor, value, base,
+                source step: what a :mod:`wwmonitor.control` controller set
+                (schema version 3)
 ==============  ==============================================================
 
 Format, codecs and schema versions: :mod:`wwmonitor.store_format` (a version-1
@@ -45,11 +48,11 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .records import MODEL_LAYER, SnapshotResult
+from .records import MODEL_LAYER, ControlRecord, SnapshotResult
 from .runlock import RunLockedError, WriterLock
 from .store_format import (
     DB_NAME,
@@ -256,6 +259,28 @@ class RunStore:
             self.errors += 1
             raise
         self.written += 1
+
+    def write_control(self, records: Sequence[ControlRecord]) -> None:
+        """Store a controller's assignments (:mod:`wwmonitor.control`) in one transaction (table ``control``)."""
+        rows = [
+            (
+                int(r.step),
+                r.layer,
+                r.controller,
+                r.quantity,
+                finite_or_none(r.alpha),
+                float(r.factor),
+                finite_or_none(r.value),
+                finite_or_none(r.base),
+                int(r.source_step),
+            )
+            for r in records
+        ]
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR REPLACE INTO control VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+        self._tx(tx)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close (idempotent)."""

@@ -13,6 +13,10 @@ Schema versions
   never re-fit.  A version-1 store still opens: its snapshots simply have no
   stored fits (the report says so where it would draw one); a resumed
   version-1 run gets the table and fits for the snapshots written from then on.
+* **3** -- adds the ``control`` table: (step, layer, controller, quantity) -> the value a controller
+  (:mod:`wwmonitor.control`) gave that layer from that step on (:class:`~wwmonitor.records.ControlRecord`:
+  alpha, factor, value, base, source step).  Version-1/2 stores still open and resume: they get the
+  (empty) table, and the reader returns no records for them.
 
 Precision: the ESDs stay float32 (relative error ``<= 6e-8``): they are drawn
 (histograms, CCDFs), never fitted again; every number the report prints or
@@ -36,7 +40,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "ESD_CODEC", "encode_esd", "decode_esd", 
 
 DB_NAME = "run.sqlite"
 #: the version this wwmonitor writes (see the module docstring); stores of a newer version are refused
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ESD_CODEC = "f32-shuffle-zlib"
 
 SCHEMA = """
@@ -64,6 +68,10 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE TABLE IF NOT EXISTS fits (
     step INTEGER NOT NULL, layer TEXT NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (step, layer)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS control (
+    step INTEGER NOT NULL, layer TEXT NOT NULL, controller TEXT NOT NULL, quantity TEXT NOT NULL,
+    alpha REAL, factor REAL NOT NULL, value REAL, base REAL, source_step INTEGER,
+    PRIMARY KEY (step, layer, controller, quantity)) WITHOUT ROWID;
 """
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from .metrics import Fits
-from .records import MODEL_LAYER
+from .records import MODEL_LAYER, ControlRecord
 from .store_format import DB_NAME, ESD_CODEC, SCHEMA_VERSION, decode_esd, decode_fits
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,7 +89,8 @@ class Run:
 
     ``schema_version`` is the store's format version
     (:mod:`wwmonitor.store_format`); :meth:`fits` gives the stored fitted
-    models (``None`` for snapshots written before version 2).
+    models (``None`` for snapshots written before version 2); :meth:`control_records` what the
+    controllers of :mod:`wwmonitor.control` set (version 3).
     """
 
     path: Path
@@ -185,6 +186,36 @@ class Run:
 
     def _has_fits_table(self) -> bool:
         return self._row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fits'", ()) is not None
+
+    def control_records(self) -> list[ControlRecord]:
+        """Every assignment a controller (:mod:`wwmonitor.control`) recorded, ordered by step, controller,
+        quantity, layer; empty for a store without the ``control`` table (schema version < 3)."""
+        if self._row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='control'", ()) is None:
+            return []
+        conn = _open_ro(self._db)
+        try:
+            rows = conn.execute(
+                "SELECT step, layer, controller, quantity, alpha, factor, value, base, source_step FROM control "
+                "ORDER BY step, controller, quantity, layer"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise _unreadable(self._db, e) from e
+        finally:
+            conn.close()
+        return [
+            ControlRecord(
+                step=int(r[0]),
+                layer=r[1],
+                controller=r[2],
+                quantity=r[3],
+                alpha=r[4],
+                factor=float(r[5]),
+                value=float("nan") if r[6] is None else float(r[6]),
+                base=float("nan") if r[7] is None else float(r[7]),
+                source_step=int(r[8]),
+            )
+            for r in rows
+        ]
 
     def to_pandas(self) -> "pd.DataFrame":
         """Wide table: one row per (step, layer), a column per metric, plus

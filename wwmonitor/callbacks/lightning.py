@@ -14,6 +14,14 @@ Example::
 For the older ``pytorch_lightning`` package use
 :mod:`wwmonitor.callbacks.pytorch_lightning` (the packages' classes are distinct).
 All options: :class:`wwmonitor.callbacks._lightning_common.WeightWatcherMixin`.
+
+Per-layer learning rates / weight decays from the spectra (TempBalance, AlphaDecay;
+docs/controllers.md): add :class:`WWControlCallback` beside the monitor callback::
+
+    from wwmonitor.callbacks.lightning import WeightWatcherCallback, WWControlCallback
+    from wwmonitor.control import TempBalance
+
+    trainer = L.Trainer(callbacks=[WeightWatcherCallback(every_n_epochs=1), WWControlCallback(TempBalance())])
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import Callback
 
 from ._lightning_common import WeightWatcherMixin
+from ._lightning_control import WWControlMixin
 
-__all__ = ["WeightWatcherCallback"]
+__all__ = ["WeightWatcherCallback", "WWControlCallback"]
 
 
 class WeightWatcherCallback(WeightWatcherMixin, Callback):
     __doc__ = WeightWatcherMixin.__doc__
+
+
+class WWControlCallback(WWControlMixin, Callback):
+    __doc__ = WWControlMixin.__doc__

@@ -19,9 +19,14 @@ from __future__ import annotations
 from pytorch_lightning.callbacks import Callback
 
 from ._lightning_common import WeightWatcherMixin
+from ._lightning_control import WWControlMixin
 
-__all__ = ["WeightWatcherCallback"]
+__all__ = ["WeightWatcherCallback", "WWControlCallback"]
 
 
 class WeightWatcherCallback(WeightWatcherMixin, Callback):
     __doc__ = WeightWatcherMixin.__doc__
+
+
+class WWControlCallback(WWControlMixin, Callback):
+    __doc__ = WWControlMixin.__doc__

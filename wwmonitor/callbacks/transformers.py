@@ -10,6 +10,10 @@ Example::
                       callbacks=[WeightWatcherCallback(every_n_steps=500)])
     trainer.train()                       # run store in out/wwmonitor-runs/<run>/run.sqlite
 
+Per-layer learning rates / weight decays from the spectra (TempBalance,
+AlphaDecay; docs/controllers.md): :class:`WWControlCallback` (from
+:mod:`._hf_control`), given the controller and this callback.
+
 Hooks used (and why)
 --------------------
 Every hook gets ``(args, state, control)`` and, as keyword arguments, the
@@ -79,7 +83,7 @@ from ._hf_support import check_strategy, epoch_index, integration_sinks, run_con
 from ._options import SessionAttributes
 from ._session import STATE_VERSION, CallbackSession
 
-__all__ = ["WeightWatcherCallback"]
+__all__ = ["WeightWatcherCallback", "WWControlCallback"]
 
 log = logging.getLogger("wwmonitor")
 
@@ -243,3 +247,6 @@ class WeightWatcherCallback(SessionAttributes, TrainerCallback, ExportableState)
         """Close the monitor now (idempotent).  ``train()`` closes it at its end; call this after a
         ``train()`` that raised, to release the run (its lock) before the interpreter exits."""
         self.session.close(timeout)
+
+
+from ._hf_control import WWControlCallback  # noqa: E402  (it refers back to WeightWatcherCallback)

@@ -36,9 +36,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
-from ..records import Alert, SnapshotResult
+from ..records import Alert, ControlRecord, SnapshotResult
 from .faults import Faults
 from .priority import lower_this_thread
 from .render import Renderer
@@ -187,7 +187,7 @@ class Dispatcher:
             self.add_sink(s)
         self._alerts_take_on_error = _accepts_on_error(alerts)
         self._nonfinite: set[str] = set()
-        self._inbox: "queue.Queue[Optional[SnapshotResult]]" = queue.Queue()
+        self._inbox: "queue.Queue[Union[SnapshotResult, tuple[ControlRecord, ...], None]]" = queue.Queue()
         self._last_step: Optional[int] = None
         self._order_lock = threading.Lock()
         self._busy = 0
@@ -225,6 +225,21 @@ class Dispatcher:
                 self._busy += 1
             self._inbox.put(result)
         return True
+
+    def submit_control(self, records: Sequence[ControlRecord]) -> None:
+        """Queue a controller's assignments for every sink with ``write_control(records)`` (the run store
+        first); returns at once.  They keep their own steps (training steps): no step-order check."""
+        batch = tuple(records)
+        if not all(isinstance(r, ControlRecord) for r in batch):
+            raise TypeError("submit_control: expected ControlRecord objects")
+        if not batch:
+            return
+        with self._order_lock:
+            if self._closed:
+                raise RuntimeError("submit_control: the dispatcher is closed")
+            with self._idle:
+                self._busy += 1
+            self._inbox.put(batch)
 
     @property
     def last_step(self) -> Optional[int]:
@@ -312,11 +327,13 @@ class Dispatcher:
                 self._cpu_s = time.thread_time()
                 return
             try:
-                self._dispatch(res)
+                if isinstance(res, tuple):
+                    self._dispatch_control(res)
+                else:
+                    self._dispatch(res)
             except Exception as e:  # noqa: BLE001 - the dispatcher must survive anything
-                self.faults.add(
-                    "sink_errors", f"wwmonitor: dispatching step {res.step} failed ({type(e).__name__}: {e})"
-                )
+                where = f"step {res.step}" if isinstance(res, SnapshotResult) else "controller records"
+                self.faults.add("sink_errors", f"wwmonitor: dispatching {where} failed ({type(e).__name__}: {e})")
             finally:
                 self._cpu_s = time.thread_time()
                 with self._idle:
@@ -341,7 +358,13 @@ class Dispatcher:
         self.dispatched += 1
         self.status.record(res)
         for w in writers:
-            self._write(w, res)
+            self._write(w, _call(w.sink.write, res), f"step {res.step}")
+
+    def _dispatch_control(self, records: tuple[ControlRecord, ...]) -> None:
+        with self._wlock:
+            writers = [w for w in self._writers if not w.dropped and callable(getattr(w.sink, "write_control", None))]
+        for w in writers:
+            self._write(w, _call(w.sink.write_control, records), f"step {records[0].step}")
 
     def _evaluate_alerts(self, res: SnapshotResult) -> None:
         if self.alerts is None:
@@ -360,15 +383,15 @@ class Dispatcher:
         except Exception as e:  # noqa: BLE001 - a broken rules object loses the alerts, not the row
             on_error("alerts", f"step {res.step}", e)
 
-    def _write(self, w: SinkWriter, res: SnapshotResult) -> None:
+    def _write(self, w: SinkWriter, fn: Callable[[], None], where: str) -> None:
         key = "store_errors" if w.is_store else "sink_errors"
         try:
-            exc = w.call(lambda: w.sink.write(res))
+            exc = w.call(fn)
         except SinkTimeout:
             self.faults.add(
                 "sinks_dropped",
                 f"wwmonitor: sink {type(w.sink).__name__} did not return from write() "
-                f"within {self.sink_timeout} s at step {res.step}; it is dropped and gets no further "
+                f"within {self.sink_timeout} s at {where}; it is dropped and gets no further "
                 "results (training continues)",
             )
             return
@@ -376,8 +399,7 @@ class Dispatcher:
             extra = " Earlier snapshots stay in the store; training continues." if w.is_store else ""
             self.faults.add(
                 key,
-                f"wwmonitor: sink {type(w.sink).__name__} failed at step {res.step} "
-                f"({type(exc).__name__}: {exc}).{extra}",
+                f"wwmonitor: sink {type(w.sink).__name__} failed at {where} ({type(exc).__name__}: {exc}).{extra}",
             )
 
     def _close_outputs(self) -> None:
@@ -404,6 +426,11 @@ class Dispatcher:
                     key, f"wwmonitor: closing sink {type(w.sink).__name__} failed ({type(exc).__name__}: {exc})"
                 )
             w.stop()
+
+
+def _call(fn: Callable[[Any], None], arg: Any) -> Callable[[], None]:
+    """``fn(arg)`` as a call without arguments (bound now, not when the sink thread runs it)."""
+    return lambda: fn(arg)
 
 
 def _accepts_on_error(alerts: Any) -> bool:

@@ -17,11 +17,10 @@ Three stages, data flowing one way:
   figures (:mod:`.render`), the run store and every sink; public
   :meth:`Monitor.submit` feeds it results analysed elsewhere (DDP ranks).
 
-The options are :class:`~.options.MonitorOptions` (declared once, shared with
-every callback); when a call is due is :class:`~.schedule.Schedule`; the
-threads and how they end are :class:`~.lifecycle.Pipeline`; what the
-dispatcher reports back is :class:`~.status.RunStatus`; the run folder and
-store lifecycle (naming, resume, one writer) is :mod:`.runfolder`.
+The options are :class:`~.options.MonitorOptions` (declared once, shared with every callback); when a call
+is due is :class:`~.schedule.Schedule`; the threads and how they end are :class:`~.lifecycle.Pipeline`;
+what the dispatcher reports back is :class:`~.status.RunStatus`; the run folder and store lifecycle
+(naming, resume, one writer) is :mod:`.runfolder`; what the controllers read and file, :mod:`.control_channel`.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from ..layers import MatrixSpec
 from ..records import Alert, SnapshotResult
 from ..store import RunStore
 from .analyzer import default_analyze
+from .control_channel import ControlChannel
 from .dispatcher import Dispatcher
 from .faults import Faults
 from .lifecycle import FAULT_KEYS, Pipeline
@@ -83,7 +83,7 @@ def _auto_device(specs: Sequence[MatrixSpec]) -> str:
     return auto_device(sp.tensor for sp in specs)
 
 
-class Monitor(RunFolderAccess):
+class Monitor(RunFolderAccess, ControlChannel):
     """Watch a model's weight spectra while it trains, without blocking it.
 
     Example::

@@ -17,6 +17,12 @@ Design (see ``docs/benchmarks.md`` for the measured cost):
   copied as that flat block -- a plain ``memcpy`` -- and the same strides are
   re-applied to the host buffer.  A strided gather would be several times
   slower than the ``clone()`` it is compared with.
+* **Fused matrices in one copy.**  Several matrices that are strided views
+  of one storage (q/k/v of a fused ``c_attn``/``in_proj_weight``, LSTM
+  gates) are copied together as the dense range of storage they span --
+  one ``memcpy`` instead of one strided gather each -- when that range is
+  no larger than their sizes summed; each matrix is then a view of that
+  host buffer with its own offset and strides.
 * **CUDA.**  Device tensors are copied with ``non_blocking=True`` into pinned
   host buffers on a dedicated copy stream that first waits for the current
   stream (so it sees the latest weights).  The training stream then waits for
@@ -150,9 +156,10 @@ def as_numpy(x: Any) -> Any:
 
     if x.dtype in (torch.float32, torch.float64, torch.float16):
         return x.numpy()
-    if x.dtype == torch.bfloat16:
-        bits = x.view(torch.int16).numpy().view(np.uint16)
-        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if x.dtype == torch.bfloat16:  # one float32-sized array, shifted in place (no second temporary)
+        wide = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
     return x
 
 
@@ -234,13 +241,62 @@ def copy_matrices(
     return list(plan.entries), ready
 
 
-def _build_plan(specs: list[Any], bs: BufferSet) -> _Plan:
+def _span(t: Any) -> Optional[tuple[int, int]]:
+    """``(first, last + 1)``: the range of storage elements view ``t`` addresses (non-negative strides), else
+    ``None``."""
+    size, stride = tuple(t.shape), tuple(t.stride())
+    if t.numel() == 0 or any(s < 0 for s in stride):
+        return None
+    first = int(t.storage_offset())
+    return first, first + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+
+
+def _fused_groups(specs: list[Any]) -> dict[str, tuple[str, int, int]]:
+    """Matrix name -> ``(group key, first, last + 1)`` for strided (non-dense) torch views that share one storage
+    with other such views and whose joint storage range is no larger than their sizes summed (so one dense copy
+    of the range costs no more memory than a copy of each).  The group key names the shared host buffer."""
+    by_storage: dict[tuple[Any, ...], list[tuple[str, int, int, int]]] = {}
+    for spec in specs:
+        t = spec.tensor
+        if not _is_torch(t) or _dense_block(t) is not None:
+            continue
+        sp = _span(t)
+        if sp is None:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.device, t.dtype)
+        by_storage.setdefault(key, []).append((spec.name, sp[0], sp[1], t.numel()))
+    out: dict[str, tuple[str, int, int]] = {}
+    for members in by_storage.values():
+        lo, hi = min(m[1] for m in members), max(m[2] for m in members)
+        if len(members) < 2 or hi - lo > sum(m[3] for m in members):
+            continue
+        gkey = "\x1f".join(m[0] for m in members)  # cannot collide with a matrix name
+        out.update({m[0]: (gkey, lo, hi) for m in members})
+    return out
+
+
+def _build_plan(specs: list[Any], bs: BufferSet) -> _Plan:  # long-function: one pass over three kinds of copy
     plan = _Plan([], {}, [])
     keep = set()
+    groups = _fused_groups(specs)
+    copied: set[str] = set()
     for spec in specs:
         name, typ, scale = spec.name, spec.type, float(getattr(spec, "scale", 1.0))
         t = spec.tensor
         keep.add(name)
+        if _is_torch(t) and name in groups:  # one flat copy of the fused range, this matrix a view of it
+            t = t.detach()
+            gkey, lo, hi = groups[name]
+            cuda = t.device.type == "cuda"
+            flat = _flat_torch_buffer(bs, gkey, hi - lo, t.dtype, pin=cuda)
+            keep.add(gkey)
+            if gkey not in copied:
+                copied.add(gkey)
+                src = t.as_strided((hi - lo,), (1,), lo)
+                (plan.cuda.setdefault(t.device, []) if cuda else plan.cpu).append((flat, src))
+            host = flat.as_strided(tuple(t.shape), tuple(t.stride()), int(t.storage_offset()) - lo)
+            plan.entries.append((name, typ, scale, host))
+            continue
         if _is_torch(t):
             t = t.detach()
             dense = _dense_block(t)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 import numpy as np
 
 from ..metrics import CARRIED, METRIC_NAMES, LayerMetrics
-from ..records import SnapshotResult
+from ..records import ControlRecord, SnapshotResult
 
 __all__ = [
     "DEFAULT_SCALARS",
@@ -50,6 +50,7 @@ __all__ = [
     "layer_tag",
     "image_tag",
     "metric_section_regex",
+    "control_scalars",
     "hparam_values",
     "plain_config",
 ]
@@ -129,6 +130,19 @@ def layer_tag(prefix: str, metric: str, layer: str) -> str:
 def image_tag(prefix: str, layer: str) -> str:
     """Tag of one layer's ESD image: ``ww.esd/enc.fc1`` (the images' own section)."""
     return f"{prefix}.esd/{sanitize_tag(layer)}"
+
+
+def control_scalars(records: Iterable[ControlRecord], prefix: str) -> dict[int, dict[str, float]]:
+    """A controller's assignments as scalars by step: ``<prefix>_control/<quantity>/<layer>`` -> the value
+    the update used (base × factor) and ``<prefix>_control/<quantity>_factor/<layer>`` -> the factor."""
+    out: dict[int, dict[str, float]] = {}
+    for r in records:
+        row = out.setdefault(int(r.step), {})
+        layer = sanitize_tag(r.layer)
+        if math.isfinite(float(r.value)):
+            row[f"{prefix}_control/{r.quantity}/{layer}"] = float(r.value)
+        row[f"{prefix}_control/{r.quantity}_factor/{layer}"] = float(r.factor)
+    return out
 
 
 def metric_section_regex(prefix: str, metric: str) -> str:

@@ -8,7 +8,9 @@ A sink is any object with two methods::
 
 The monitor calls both from its single worker thread, in step order, so a
 sink needs no locking of its own (and wandb's non-thread-safe client is
-safe to use).  An exception raised by ``write`` is counted in
+safe to use).  A sink may also have ``write_control(records)``: it then receives the
+assignments of the controllers of :mod:`wwmonitor.control` (a sequence of
+:class:`~wwmonitor.records.ControlRecord`), on the same thread.  An exception raised by ``write`` is counted in
 ``Monitor.stats["sink_errors"]`` and warned about; the sink keeps receiving
 later results and training is never interrupted.
 """

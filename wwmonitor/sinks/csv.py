@@ -3,7 +3,8 @@
 Columns: ``step, epoch, layer, metric, value`` -- the same shape as
 ``load_run(path).metrics``, so ``pandas.read_csv(...).pivot_table(...)``
 gives curves.  Model-level means (``result.summary``) are rows with
-``layer = "__model__"`` (as in the run store).  The file is append-only (a header is written only
+``layer = "__model__"`` (as in the run store); a controller's assignments (:mod:`wwmonitor.control`)
+are rows ``control.<quantity>`` / ``control.<quantity>_factor``.  The file is append-only (a header is written only
 when it is new), so a resumed run continues the same file.
 
 Under Lightning, the callback writes ``wwmonitor_metrics.csv`` into the
@@ -22,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Optional, Sequence, Union
 
-from ..records import MODEL_LAYER, SnapshotResult
+from ..records import MODEL_LAYER, ControlRecord, SnapshotResult
 from ._render import layer_scalars, resolve_metrics
 
 if TYPE_CHECKING:
@@ -80,6 +81,18 @@ class CSVSink:
         for k, v in result.summary.items():
             if v is not None and math.isfinite(float(v)):
                 rows.append([int(result.step), epoch, MODEL_LAYER, k, repr(float(v))])
+        with self._lock:
+            fh, w = self._open()
+            w.writerows(rows)
+            fh.flush()
+
+    def write_control(self, records: Sequence[ControlRecord]) -> None:
+        """Append a controller's assignments: per layer the rows ``control.<quantity>`` (the value the
+        update used) and ``control.<quantity>_factor`` at the step they took effect (``epoch`` empty)."""
+        rows = []
+        for r in records:
+            rows.append([int(r.step), "", r.layer, f"control.{r.quantity}", repr(float(r.value))])
+            rows.append([int(r.step), "", r.layer, f"control.{r.quantity}_factor", repr(float(r.factor))])
         with self._lock:
             fh, w = self._open()
             w.writerows(rows)

@@ -63,8 +63,16 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
-from ..records import MODEL_LAYER, SnapshotResult
-from ._render import layer_scalars, layer_tag, model_tag, resolve_metrics, sanitize_tag, write_each
+from ..records import MODEL_LAYER, ControlRecord, SnapshotResult
+from ._render import (
+    control_scalars,
+    layer_scalars,
+    layer_tag,
+    model_tag,
+    resolve_metrics,
+    sanitize_tag,
+    write_each,
+)
 
 __all__ = ["MLflowSink", "mlflow_key", "flatten_params"]
 
@@ -229,6 +237,21 @@ class MLflowSink:
         if result.epoch is not None:
             values[mlflow_key(p, "epoch")] = float(result.epoch)
         batch = [Metric(key=k, value=v, timestamp=ts, step=step) for k, v in values.items()]
+        for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+            self.metrics_logged += len(chunk)
+
+    def write_control(self, records: Sequence[ControlRecord]) -> None:
+        """Log a controller's assignments as metrics ``<prefix>_control/<quantity>/<layer>`` (and ``_factor``)
+        at the step they took effect."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [
+            Metric(key=mlflow_key(tag), value=v, timestamp=ts, step=step)
+            for step, scalars in control_scalars(records, self.prefix).items()
+            for tag, v in scalars.items()
+        ]
         for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
             self.metrics_logged += len(chunk)

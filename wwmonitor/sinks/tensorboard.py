@@ -65,10 +65,11 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..records import SnapshotResult
+from ..records import ControlRecord, SnapshotResult
 from ..summary import SUMMARY_FIELDS
 from ._render import (
     alerts_markdown,
+    control_scalars,
     hparam_values,
     image_tag,
     layer_scalars,
@@ -371,6 +372,16 @@ class TensorBoardSink:
                 write_each(result.figures.items(), lambda name, png: self._image(name, png, step), "ESD image(s)")
         finally:
             w.flush()
+
+    def write_control(self, records: Sequence[ControlRecord]) -> None:
+        """Log a controller's assignments: ``<prefix>_control/<quantity>/<layer>`` (value) and
+        ``<prefix>_control/<quantity>_factor/<layer>`` at the step they took effect."""
+        try:
+            for step, scalars in control_scalars(records, self.prefix).items():
+                for tag, v in scalars.items():
+                    self.writer.add_scalar(tag, v, step)
+        finally:
+            self.writer.flush()
 
     def _image(self, name: str, png: bytes, step: int) -> None:
         tag = image_tag(self.prefix, name)

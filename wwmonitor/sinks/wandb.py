@@ -60,8 +60,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..records import SnapshotResult
+from ..records import ControlRecord, SnapshotResult
 from ._render import (
+    control_scalars,
     image_tag,
     layer_scalars,
     layer_tag,
@@ -197,6 +198,19 @@ class WandbSink:
         else:
             self._queue.append(payload)
 
+    def write_control(self, records: Sequence[ControlRecord]) -> None:
+        """A controller's assignments as rows ``<prefix>_control/<quantity>/<layer>`` (and ``_factor``) at the
+        step they took effect (keyed by ``step_metric``, like the snapshots); direct or queued."""
+        for step, scalars in control_scalars(records, self.prefix).items():
+            payload: dict[str, Any] = {"step": step, "epoch": None, "scalars": scalars, "columns": [], "rows": []}
+            payload.update(images={}, alerts=[])
+            if self.deliver == "direct":
+                self._log(payload)
+            elif self.dropped:
+                self.rows_dropped += 1
+            else:
+                self._queue.append(payload)
+
     # ---------------------------------------------------------------- wandb side
     @property
     def pending(self) -> int:
@@ -260,6 +274,7 @@ class WandbSink:
             define(self.step_metric)
             define(f"{self.prefix}/*", step_metric=self.step_metric)
             define(f"{self.prefix}.*", step_metric=self.step_metric)
+            define(f"{self.prefix}_control/*", step_metric=self.step_metric)
         if self.hparams:
             self.run.config.update(self.hparams, allow_val_change=True)
 
