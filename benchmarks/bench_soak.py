@@ -117,6 +117,7 @@ def soak(
         sinks=sinks,
         announce=False,
         esd_every_n_epochs=esd_every_n_epochs,
+        policy="block",  # the soak checks that every one of its snapshots is stored exactly once
     )
     samples: list[dict[str, float]] = []
     for step in range(n):

@@ -21,6 +21,7 @@ from benchmarks import (  # noqa: E402
     bench_analyze,
     bench_controllers,
     bench_demo,
+    bench_loop,
     bench_lora,
     bench_mp,
     docs_blocks,
@@ -80,6 +81,13 @@ def test_write_docs_regenerates_a_block_from_a_tiny_measured_run(tmp_path, capsy
     assert (root / "docs/benchmarks.md").read_text().count("<!-- bench:mp:begin -->") == 1
 
 
+def test_a_plain_run_prints_the_load_at_start_and_end(capsys):
+    assert bench_cli.main(["no-such-benchmark"]) == 0  # selects nothing: only the load lines
+    out = capsys.readouterr().out
+    assert re.search(r"CPU\(s\); load average \(1/5/15 min\) at start: [\d.]+ / ", out)
+    assert re.search(r"load average \(1/5/15 min\) at end: [\d.]+ / ", out)
+
+
 def test_write_docs_refuses_on_a_busy_machine(tmp_path, monkeypatch, capsys):
     root = _repo_copy(tmp_path)
     before = (root / "docs/benchmarks.md").read_text()
@@ -136,6 +144,23 @@ def test_350m_summary_is_computed_from_the_tables():
     kind["ours_cpu"], r["snap"]["ratio"] = 1.4, 1.1
     body = bench_350m.render(r)["350m"]
     assert "(goal <= 1x: not met)" in body and "(goal <= 1.3x: not met)" in body
+
+
+def test_loop_block_from_a_quick_run_and_its_verdicts_from_the_rows(tmp_path):
+    """A real (tiny) interleaved on/off run writes the loop block; each row's verdict and the summary follow the
+    median overhead against the 3% goal."""
+    root = _repo_copy(tmp_path)
+    assert bench_cli.main(["loop", "--write-docs", "--quick", "--force"], root=root) == 0
+    body = docs_blocks.read_block((root / "docs/benchmarks.md").read_text(), "loop")
+    rows = [ln for ln in body.splitlines() if ln.startswith(("| MLP", "| CNN", "| Transformer"))]
+    assert len(rows) == 3 and all(" / 2 |" in r for r in rows)  # 2 epochs x 1 pair: snapshots analysed / taken
+    met = sum(r.rstrip(" |").endswith("| met") for r in rows)
+    assert ("is met on all 3 models." in body) == (met == 3)
+    fake = {"model": "m", "data": "d", "steps": 1, "epochs": 3, "reps": 5, "epoch_s": 2.0, "overhead_min": 0.0}
+    fake.update(overhead_max=0.1, overhead_close=0.1, cpu_s=0.5, analysed=15, snapshots=15)
+    ok, bad = {**fake, "overhead": 0.02, "ok": True}, {**fake, "model": "x", "overhead": 0.05, "ok": False}
+    assert bench_loop.render([ok, ok])["loop"].endswith("is met on all 2 models.")
+    assert bench_loop.render([ok, bad])["loop"].endswith("is met on 1 of 2 models; not met: x (+5.0%).")
 
 
 def test_demo_block_states_the_measured_trend():
@@ -200,7 +225,7 @@ def test_lora_verdict_is_computed_from_the_carried_counts():
 
 
 def test_every_docs_block_exists_once():
-    for mod in (bench_analyze, bench_mp, bench_demo, bench_lora, bench_350m, bench_controllers):
+    for mod in (bench_analyze, bench_mp, bench_demo, bench_lora, bench_350m, bench_controllers, bench_loop):
         for block, rel in mod.DOC_BLOCKS.items():
             docs_blocks.read_block((ROOT / rel).read_text(), block)
 

@@ -253,6 +253,7 @@ def test_gpt2_every_n_optimizer_steps_with_gradient_accumulation(tmp_path):
         run_name="gpt2",
         alerts=None,
         esd_every_n_epochs=0,
+        policy="block",  # four snapshots three steps apart: every one analysed
     )
     # 64 samples / (batch 4 x accumulation 2) = 8 optimizer steps per epoch, 24 in all
     args = training_args(

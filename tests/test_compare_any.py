@@ -62,7 +62,7 @@ PLANS = [
 
 def _make_run(root: Path, name: str, plan: dict, seed: int, config: "dict | None", epochs: bool = True) -> Path:
     rng = np.random.default_rng(seed)
-    mon = wwmonitor.Monitor(None, run_dir=root, run_name=name, config=config, every_n_epochs=None)
+    mon = wwmonitor.Monitor(None, run_dir=root, run_name=name, config=config, every_n_epochs=None, policy="block")
     for i in range(4):
         mats = {L: PHASE_GENERATORS[kinds[i]](*SHAPES[L], rng) for L, kinds in plan.items()}
         mon.snapshot(step=10 * (i + 1), epoch=i if epochs else None, matrices=mats)

@@ -62,6 +62,7 @@ def options(out: Path, name: str, run: Any) -> dict[str, Any]:
         "esd_layers": ["fc1"],  # one figure per snapshot: drawing is the slow part
         "options": AnalysisOptions(mp_fit=False),
         "announce": False,
+        "policy": "block",  # every due step analysed, whatever the machine's load (the default may coalesce)
     }
 
 

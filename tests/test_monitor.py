@@ -272,7 +272,8 @@ class RecordingSink:
 
 def test_alerts_then_sinks_each_sink_on_one_thread_of_its_own(tmp_path):
     rule, sink, bad = StopRule(), RecordingSink(), RecordingSink(fail_at=1)
-    mon = Monitor(mlp(), tmp_path, options=FAST, alerts=rule, sinks=[sink], every_n_epochs=None)
+    # policy="block": five quick snapshots, every one analysed (the default "latest" may coalesce)
+    mon = Monitor(mlp(), tmp_path, options=FAST, alerts=rule, sinks=[sink], every_n_epochs=None, policy="block")
     mon.add_sink(bad)
     with logs("sink down"), logs("broken rule"):
         for s in range(5):

@@ -47,6 +47,7 @@ def _train(run_root: Path, batch_size: int, seed: int = 0) -> Path:
         run_name=f"bs{batch_size}",
         alerts=rules,
         config={"batch_size": batch_size, "seed": seed, "lr": 0.05, "model": "mlp"},
+        policy="block",  # every epoch analysed (the default "latest" may coalesce on a busy machine)
     )
     step = 0
     g = torch.Generator().manual_seed(seed)

@@ -215,7 +215,7 @@ def test_full_disk_reported_training_continues(tmp_path):
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.Linear(512, 256))
     store = RunStore(tmp_path / "full", max_bytes=96 * 1024)
-    mon = Monitor(model, store=store, options=FAST, every_n_epochs=None)
+    mon = Monitor(model, store=store, options=FAST, every_n_epochs=None, policy="block")  # all 40 analysed
     with logs("full"):
         for s in range(40):
             assert mon.snapshot(step=s) is True

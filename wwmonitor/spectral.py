@@ -272,6 +272,10 @@ def _eigvalsh_overwrite(G: np.ndarray) -> np.ndarray:
     computed in place by LAPACK ``dsyevd``: ``G`` is destroyed and no second
     ``M x M`` copy is made (``numpy.linalg.eigvalsh`` would copy it).
     """
+    from . import _nogil_lapack
+
+    if _nogil_lapack.available() and G.flags.f_contiguous:  # the same dsyevd without holding the GIL
+        return _nogil_lapack.dsyevd_values_lower(G)
     from scipy.linalg import eigh as _lapack_eigh
 
     return _lapack_eigh(G, lower=True, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
@@ -331,13 +335,19 @@ def _gram64_lower(A: np.ndarray) -> np.ndarray:
     """
     from scipy.linalg.blas import dsyrk as _dsyrk
 
+    from . import _nogil_lapack
+
+    nogil = _nogil_lapack.available()  # the same dsyrk, bit for bit, without holding the GIL
     B = A if A.shape[0] >= A.shape[1] else A.T  # long side first: (N, M)
     M = B.shape[1]
     G = np.zeros((M, M), order="F")
     with np.errstate(over="ignore", invalid="ignore"):  # reported by _rescale_exponent
         for start in range(0, B.shape[0], GRAM_BLOCK_ROWS):
-            blk = np.asarray(B[start : start + GRAM_BLOCK_ROWS], dtype=np.float64)
-            G = _dsyrk(1.0, blk, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
+            blk = np.ascontiguousarray(B[start : start + GRAM_BLOCK_ROWS], dtype=np.float64)
+            if nogil:
+                _nogil_lapack.dsyrk_lower_add(G, blk)
+            else:
+                G = _dsyrk(1.0, blk, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
     return G
 
 

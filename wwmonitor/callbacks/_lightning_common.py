@@ -69,7 +69,7 @@ class WeightWatcherMixin(SessionAttributes):
         ``run_name``, ``resume``, ``layers``, ``exclude``, ``alerts``,
         ``stop_on``, ``sinks``, ``loggers``, ``metrics``, ``queue_size``,
         ``policy``, ``options``, ``config``, ``flush_timeout``,
-        ``sink_timeout``, ``analyze_fn``, ``history``, ``blas_threads``,
+        ``sink_timeout``, ``analyze_fn``, ``history``, ``blas_threads``, ``analysis_nice``,
         ``esd_every_n_epochs``, ``esd_layers``, ``analysis_device``, ``lora``,
         ``base_model``, ``announce``.  ``loggers=True`` (default) writes to
         the trainer's loggers (TensorBoard, W&B, CSV, MLflow).  ``stop_on``

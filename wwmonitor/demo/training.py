@@ -231,6 +231,7 @@ def _monitor_callback(out: Path, name: str, config: dict[str, Any], esd_every: i
         # alerts go to the run store and TensorBoard, not the console (progress bar)
         alerts=AlertRules(warn=False, log_alerts=False),
         esd_every_n_epochs=esd_every,
+        policy="block",  # the demo's record needs every epoch analysed, whatever the machine's load
     )
 
 

@@ -17,7 +17,17 @@ also keeps results in the order the snapshots were queued.
 BLAS threads: the analysis runs with NumPy's BLAS limited to
 ``blas_threads`` (default 1, via ``threadpoolctl``), so it takes one core
 next to training; on a busy machine a multi-threaded OpenBLAS ``eigvalsh``
-competing with training threads was measured 10-50x slower.
+competing with training threads was measured 10-50x slower.  The CPU route
+runs no torch kernel on this thread (it reads the host buffers as NumPy
+views).  The torch routes (``"torch"``, ``"cuda"``) do: torch's intra-op
+thread count is set per thread from the process-wide ``torch.set_num_threads``
+value (the default: every core), so the worker limits its *own* OpenMP team to
+``blas_threads`` as well (``omp_set_num_threads`` acts on the calling thread
+only) and never changes the training thread's count.
+
+Priority: the thread lowers its own OS priority first
+(``analysis_nice``, :mod:`~wwmonitor.monitor.priority`), so training keeps
+its cores and the analysis runs in what is left.
 
 Rules that need the raw weights (correlation traps) say so with
 ``needs_weights``; the analyzer then calls ``inspect_weights(name, W, lm)``
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -49,6 +60,7 @@ from ..records import SnapshotResult
 from ..summary import model_summary
 from .faults import Faults
 from .policy import SnapshotQueue
+from .priority import lower_this_thread
 from .snapshot import Snapshot, as_numpy
 from .unchanged import Carried, CarryState, carry_forward, host_checksum
 
@@ -258,6 +270,7 @@ class AnalysisWorker:
         blas_threads: Optional[int] = 1,
         device: str = "cpu",
         reference: Any = None,
+        nice: int = 0,
         carry: Optional[CarryState] = None,
     ) -> None:
         self.queue = queue
@@ -267,6 +280,8 @@ class AnalysisWorker:
         self.inspector = inspector
         self.faults = faults if faults is not None else Faults(("worker_errors", "alert_errors"))
         self.blas_threads = blas_threads
+        #: how much the thread raises its own nice value when it starts (0: not at all)
+        self.nice = nice
         #: where the ESDs are computed ("cpu", "cuda[:N]", "torch"); set before the first snapshot is queued
         self.device = device
         #: ReferenceWeights of the delta metrics (None: none)
@@ -277,6 +292,8 @@ class AnalysisWorker:
         self.abort = threading.Event()
         self.layer_errors = 0
         self.analysed = 0
+        #: CPU seconds this thread has used so far (``time.thread_time``, updated after each snapshot)
+        self.cpu_s = 0.0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -289,6 +306,7 @@ class AnalysisWorker:
         self.faults.add("alert_errors", f"wwmonitor: {where} failed at {what} ({type(exc).__name__}: {exc})")
 
     def _run(self) -> None:
+        lower_this_thread(self.nice, "analysis")
         while True:
             snap = self.queue.get()
             if snap is None:
@@ -302,6 +320,7 @@ class AnalysisWorker:
                     f"wwmonitor: analysing step {snap.step} failed ({type(e).__name__}: {e}); that snapshot is lost",
                 )
             finally:
+                self.cpu_s = time.thread_time()
                 self.queue.done()
 
     def _analyse(self, snap: Snapshot) -> SnapshotResult:
@@ -326,7 +345,8 @@ class AnalysisWorker:
         return res
 
     def _blas_limit(self) -> Any:
-        """Context manager limiting NumPy's BLAS threads during one analysis."""
+        """Context manager limiting NumPy's BLAS threads during one analysis (and, on a torch route,
+        this thread's own OpenMP team: torch's intra-op threads of the worker, not of training)."""
         if self.blas_threads is None:
             return contextlib.nullcontext()
         if self._tpc is None:
@@ -342,4 +362,9 @@ class AnalysisWorker:
                 )
                 self.blas_threads = None
                 return contextlib.nullcontext()
-        return self._tpc.limit(limits=self.blas_threads, user_api="blas")
+        if self.device == "cpu" or "torch" not in sys.modules:  # the CPU route runs no torch kernel here
+            return self._tpc.limit(limits=self.blas_threads, user_api="blas")
+        import torch
+
+        torch.get_num_threads()  # torch sets this thread's team size on first use: let it, then limit it
+        return self._tpc.limit(limits={"blas": self.blas_threads, "openmp": self.blas_threads})

@@ -22,6 +22,11 @@ called from the same thread -- wandb's client needs that) and a deadline: a
 ``write`` or ``close`` that has not returned after ``sink_timeout`` seconds
 marks the sink stuck; it is reported, counted (``sinks_dropped``) and gets no
 further results.  Training never waits on a sink: ``submit`` only enqueues.
+
+The dispatcher thread (alert rules, ESD figures -- matplotlib, the costliest
+part) and every sink thread (SQLite, TensorBoard, W&B ...) lower their own OS
+priority by ``nice`` when they start, like the analysis thread
+(:mod:`~wwmonitor.monitor.priority`), so they run in the time training leaves.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..records import Alert, ControlRecord, SnapshotResult
 from .faults import Faults
+from .priority import lower_this_thread
 from .render import Renderer
 from .status import RunStatus
 
@@ -82,17 +88,21 @@ class SinkTimeout(Exception):
 class SinkWriter:
     """One sink and the thread that calls it; :meth:`call` waits at most ``timeout`` seconds."""
 
-    def __init__(self, sink: Any, label: str, timeout: Optional[float], is_store: bool = False) -> None:
+    def __init__(self, sink: Any, label: str, timeout: Optional[float], is_store: bool = False, nice: int = 0) -> None:
         self.sink = sink
         self.label = label
         self.timeout = timeout
         self.is_store = is_store
+        self.nice = nice
+        #: CPU seconds this sink's thread has used so far (updated after each call)
+        self.cpu_s = 0.0
         self.dropped = False
         self._jobs: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=f"wwmonitor-sink-{label}", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
+        lower_this_thread(self.nice, "sink")
         while True:
             job = self._jobs.get()
             if job is None:
@@ -103,6 +113,7 @@ class SinkWriter:
             except BaseException as e:  # noqa: BLE001 - handed back to the dispatcher
                 box["exc"] = e
             finally:
+                self.cpu_s = time.thread_time()
                 done.set()
 
     def call(self, fn: Callable[[], None]) -> Optional[BaseException]:
@@ -143,6 +154,8 @@ class Dispatcher:
         The run store among ``sinks`` (its failures count as ``store_errors``).
     sink_timeout:
         Seconds a sink's ``write``/``close`` may take before it is dropped (``None``: no deadline).
+    nice:
+        How much the dispatcher and sink threads raise their nice value (``0``: not at all).
     """
 
     def __init__(
@@ -156,6 +169,7 @@ class Dispatcher:
         sink_timeout: Optional[float] = 60.0,
         faults: Optional[Faults] = None,
         name: str = "wwmonitor-dispatch",
+        nice: int = 0,
     ) -> None:
         if sink_timeout is not None and not sink_timeout > 0:
             raise ValueError(f"sink_timeout must be > 0 or None, got {sink_timeout!r}")
@@ -166,6 +180,7 @@ class Dispatcher:
         self.sink_timeout = sink_timeout
         self.faults = faults if faults is not None else Faults(DISPATCH_FAULTS)
         self._store = store
+        self.nice = nice
         self._writers: list[SinkWriter] = []
         self._wlock = threading.Lock()
         for s in sinks:
@@ -178,6 +193,9 @@ class Dispatcher:
         self._busy = 0
         self._idle = threading.Condition()
         self.dispatched = 0
+        #: CPU seconds of the dispatcher thread and of the sink threads it has retired (see :attr:`cpu_s`)
+        self._cpu_s = 0.0
+        self._retired_cpu_s = 0.0
         self._closed = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -238,7 +256,7 @@ class Dispatcher:
         if not (callable(getattr(sink, "write", None)) and callable(getattr(sink, "close", None))):
             raise TypeError(f"sink {type(sink).__name__} needs write(result) and close() methods")
         label = f"{type(sink).__name__}-{len(self._writers)}"
-        w = SinkWriter(sink, label, self.sink_timeout, is_store=sink is self._store)
+        w = SinkWriter(sink, label, self.sink_timeout, is_store=sink is self._store, nice=self.nice)
         with self._wlock:
             self._writers.append(w)
 
@@ -248,7 +266,8 @@ class Dispatcher:
             for i, w in enumerate(self._writers):
                 if w.sink is old:
                     w.stop(join=False)
-                    self._writers[i] = SinkWriter(new, w.label, self.sink_timeout, is_store=w.is_store)
+                    self._retired_cpu_s += w.cpu_s
+                    self._writers[i] = SinkWriter(new, w.label, self.sink_timeout, is_store=w.is_store, nice=self.nice)
         if old is self._store:
             self._store = new
 
@@ -257,6 +276,13 @@ class Dispatcher:
         """The sinks still receiving results."""
         with self._wlock:
             return [w.sink for w in self._writers if not w.dropped]
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the dispatcher thread (alerts, figures) and every sink thread."""
+        with self._wlock:
+            sinks = sum(w.cpu_s for w in self._writers)
+        return self._cpu_s + self._retired_cpu_s + sinks
 
     @property
     def pending(self) -> int:
@@ -293,10 +319,12 @@ class Dispatcher:
 
     # ------------------------------------------------------------ thread
     def _run(self) -> None:
+        lower_this_thread(self.nice, "dispatcher")
         while True:
             res = self._inbox.get()
             if res is None:
                 self._close_outputs()
+                self._cpu_s = time.thread_time()
                 return
             try:
                 if isinstance(res, tuple):
@@ -307,6 +335,7 @@ class Dispatcher:
                 where = f"step {res.step}" if isinstance(res, SnapshotResult) else "controller records"
                 self.faults.add("sink_errors", f"wwmonitor: dispatching {where} failed ({type(e).__name__}: {e})")
             finally:
+                self._cpu_s = time.thread_time()
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()

@@ -34,7 +34,8 @@ from typing import Any, Mapping, Optional, Sequence, TypedDict, Union
 from .._validate import check_interval
 from ..analyze import AnalysisOptions
 from ..layers import check_lora
-from .policy import POLICIES
+from .policy import DEFAULT_POLICY, POLICIES
+from .priority import MAX_NICE
 
 #: ``distributed=`` values (:mod:`wwmonitor.monitor.strategies`)
 DISTRIBUTED = ("auto", "ddp", "fsdp2", "off")
@@ -94,7 +95,11 @@ class MonitorOptions:
         or a list; checked now).
     queue_size, policy:
         Most snapshots held at once and what to do when that many are held
-        (``"block" | "skip" | "latest"``).
+        (``"latest" | "skip" | "block"``, :mod:`wwmonitor.monitor.policy`).  The
+        default ``"latest"`` never makes training wait: when the analysis falls
+        behind, the oldest waiting snapshot is replaced by the new one (counted in
+        ``stats["coalesced"]``).  ``"block"`` analyses every snapshot and makes
+        ``snapshot()`` wait for a free slot instead.
     options:
         :class:`~wwmonitor.analyze.AnalysisOptions`.
     config:
@@ -111,7 +116,13 @@ class MonitorOptions:
     history:
         How many recent results ``Monitor.results`` keeps.
     blas_threads:
-        NumPy BLAS threads of the analysis (``None``: the BLAS default).
+        NumPy BLAS threads of the analysis, and the analysis thread's own torch
+        (OpenMP) threads on the torch routes (``None``: the library defaults).
+    analysis_nice:
+        How much the monitor's background threads (analysis, dispatcher and
+        figures, sinks) raise their OS nice value, so training keeps priority
+        (``0``..``19``; ``0``: unchanged; Linux only, elsewhere logged once and
+        ignored; :mod:`wwmonitor.monitor.priority`).
     esd_every_n_epochs, esd_layers:
         ESD figure interval in epochs (``0``: never) and the layers drawn.
     analysis_device:
@@ -147,7 +158,7 @@ class MonitorOptions:
     loggers: Union[bool, Mapping[str, Any]] = True
     metrics: Union[str, Sequence[str]] = "default"
     queue_size: int = 3
-    policy: str = "block"
+    policy: str = DEFAULT_POLICY
     options: Optional[AnalysisOptions] = None
     config: Mapping[str, Any] = field(default_factory=dict)
     flush_timeout: Optional[float] = 300.0
@@ -156,6 +167,7 @@ class MonitorOptions:
     analyze_fn: Any = None
     history: int = 32
     blas_threads: Optional[int] = 1
+    analysis_nice: int = 10
     esd_every_n_epochs: int = 5
     esd_layers: Optional[Sequence[str]] = None
     analysis_device: str = "auto"
@@ -172,6 +184,9 @@ class MonitorOptions:
         self.history = int(check_interval("history", self.history, allow_none=False))  # type: ignore[arg-type]
         if self.blas_threads is not None:
             check_interval("blas_threads", self.blas_threads)
+        n = self.analysis_nice
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NICE:
+            raise ValueError(f"analysis_nice must be an integer from 0 to {MAX_NICE}, got {n!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.distributed not in DISTRIBUTED:
@@ -271,6 +286,7 @@ class OptionKwargs(TypedDict, total=False):
     analyze_fn: Any
     history: int
     blas_threads: Optional[int]
+    analysis_nice: int
     esd_every_n_epochs: int
     esd_layers: Optional[Sequence[str]]
     analysis_device: str

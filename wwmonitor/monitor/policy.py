@@ -4,19 +4,29 @@
 being analysed.  Policies (``Monitor(policy=...)``) apply when that many are
 already held:
 
-``"block"``
-    ``snapshot()`` waits until the worker takes one (training slows down to
-    the analysis rate; nothing is lost).  The time spent waiting is counted in
-    ``stats["blocked_s"]``.
-``"skip"``
-    The new snapshot is not taken (no copy is made); ``stats["skipped"]``
-    counts it and a warning is emitted on the first skip.
-``"latest"``
+``"latest"`` (the default)
     The *oldest* waiting snapshot is dropped and its buffers are reused for
     the new one, so the queue always holds the most recent snapshots;
     ``stats["coalesced"]`` counts the dropped ones (with nothing waiting,
     i.e. ``queue_size=1`` and one snapshot in analysis, the new one is skipped
-    and counted in ``stats["skipped"]``).
+    and counted in ``stats["skipped"]``).  A warning is logged on the first
+    one.  Training never waits for the analysis.
+``"skip"``
+    The new snapshot is not taken (no copy is made); ``stats["skipped"]``
+    counts it and a warning is emitted on the first skip.  Training never
+    waits either.
+``"block"``
+    ``snapshot()`` waits until the worker takes one (training slows down to
+    the analysis rate; nothing is lost).  The time spent waiting is counted in
+    ``stats["blocked_s"]``.  Use it when every snapshot must be analysed
+    (a record of every epoch; DDP/FSDP2 use it always, see
+    :mod:`~wwmonitor.monitor.strategies`).
+
+Why ``"latest"`` is the default: the monitor must cost training as little as
+possible (training first), and when the analysis cannot keep up, the newest
+weights are the ones worth analysing.  At the usual every-epoch interval the
+analysis keeps up and nothing is dropped; a drop is counted and logged, never
+silent.
 
 Counting the snapshot in analysis inside ``queue_size`` bounds the snapshot
 buffers to ``queue_size`` sets, which leaves one more weights-sized share of
@@ -33,9 +43,12 @@ from typing import Callable, Optional
 
 from .snapshot import BufferPool, BufferSet, Snapshot
 
-__all__ = ["POLICIES", "SnapshotQueue", "Reservation"]
+__all__ = ["POLICIES", "DEFAULT_POLICY", "SnapshotQueue", "Reservation"]
 
 POLICIES = ("block", "skip", "latest")
+
+#: the policy of a monitor built without ``policy=``
+DEFAULT_POLICY = "latest"
 
 
 class Reservation:

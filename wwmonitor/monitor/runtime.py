@@ -118,7 +118,7 @@ class Monitor(RunFolderAccess, ControlChannel):
         ``policy``, ``options`` (:class:`~wwmonitor.analyze.AnalysisOptions`),
         ``config``, ``flush_timeout`` (``close_timeout``: old name),
         ``sink_timeout``, ``store``, ``analyze_fn``, ``history``,
-        ``blas_threads``, ``esd_every_n_epochs``, ``esd_layers``,
+        ``blas_threads``, ``analysis_nice``, ``esd_every_n_epochs``, ``esd_layers``,
         ``analysis_device``, ``lora``, ``base_model``, ``announce``,
         ``distributed``, ``carry_unchanged``.  A ``MonitorOptions`` object
         can be passed as ``settings=`` instead.
@@ -225,6 +225,7 @@ class Monitor(RunFolderAccess, ControlChannel):
             sink_timeout=opts.sink_timeout,
             faults=self._faults,
             name=f"wwmonitor-dispatch-{self.run_id}",
+            nice=opts.analysis_nice,
         )
         self._dispatcher.resume_after(self._last_step)
         worker_kw = {
@@ -232,6 +233,7 @@ class Monitor(RunFolderAccess, ControlChannel):
             "analyze_fn": opts.analyze_fn or default_analyze,
             "inspector": alerts if getattr(alerts, "needs_weights", False) else None,
             "blas_threads": opts.blas_threads,
+            "nice": opts.analysis_nice,
             "device": self._device or "cpu",
             "reference": self._reference,
             "carry": self._copier.state,
@@ -302,9 +304,8 @@ class Monitor(RunFolderAccess, ControlChannel):
         is off-interval, when ``step`` is not greater than the last
         snapshotted or stored step (``stats["duplicates"]``, reported: this
         keeps results in step order, and a resumed run skips what it already
-        has) or when the queue policy skipped it (``stats["skipped"]``).
-        Only the copy (and, under ``policy="block"``, waiting for a free
-        analysis slot -- never for a sink) happens on the calling thread.
+        has) or when the queue policy skipped it (``stats["skipped"]``). Only the copy happens on the
+        calling thread (and, under ``policy="block"`` only, waiting for a free analysis slot; never a sink).
 
         ``model`` overrides the constructor's model for this call;
         ``matrices`` (name -> array) bypasses model walking.  Pass
@@ -427,17 +428,15 @@ class Monitor(RunFolderAccess, ControlChannel):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters: ``snapshots_taken``, ``skipped`` (policy ``skip`` or dead
-        worker), ``coalesced`` (policy ``latest``), ``analysed``, ``errors``
-        (layers whose analysis raised), ``duplicates`` (steps already taken
-        or stored), ``out_of_order`` (submitted results refused), ``store_errors``,
-        ``sink_errors``, ``sinks_dropped`` (sinks past ``sink_timeout``),
-        ``alert_errors`` (failing rules and weight inspections),
-        ``figure_errors``, ``worker_errors``, ``dropped_on_close``,
-        ``pending`` (snapshots not yet analysed), ``dispatch_pending``
-        (results not yet through every sink), ``blocked_s`` (time
-        ``snapshot()`` waited under ``block``), ``buffer_bytes`` /
-        ``buffer_bytes_peak`` (host snapshot buffers now / at most)."""
+        """Counters: ``snapshots_taken``, ``skipped`` (policy ``skip`` or dead worker), ``coalesced``
+        (policy ``latest``), ``analysed``, ``errors`` (layers whose analysis raised), ``duplicates`` (steps
+        already taken or stored), ``out_of_order`` (submitted results refused), ``store_errors``,
+        ``sink_errors``, ``sinks_dropped`` (sinks past ``sink_timeout``), ``alert_errors`` (failing rules
+        and weight inspections), ``figure_errors``, ``worker_errors``, ``dropped_on_close``, ``pending``
+        (snapshots not yet analysed), ``dispatch_pending`` (results not yet through every sink),
+        ``blocked_s`` (time ``snapshot()`` waited under ``block``), ``buffer_bytes`` / ``buffer_bytes_peak``
+        (host snapshot buffers now / at most), ``monitor_cpu_s`` (CPU seconds of the background threads:
+        analysis, dispatcher, sinks; ``time.thread_time`` of each)."""
         out: dict[str, Any] = dict(self._counts)
         out.update(self._faults.snapshot())
         out.update(
@@ -450,6 +449,7 @@ class Monitor(RunFolderAccess, ControlChannel):
             dispatch_pending=self._dispatcher.pending,
             buffer_bytes=self._pool.total_bytes,
             buffer_bytes_peak=self._pool.peak_bytes,
+            monitor_cpu_s=self._worker.cpu_s + self._dispatcher.cpu_s,
         )
         if self._strategy is not None:  # rank, world_size (FSDP2: exchange bytes and seconds)
             out.update(self._strategy.stats())

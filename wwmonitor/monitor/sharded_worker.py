@@ -24,6 +24,7 @@ from ..metrics import LayerMetrics
 from ..records import SnapshotResult
 from ..summary import model_summary
 from .analyzer import AnalysisWorker
+from .priority import lower_this_thread
 from .snapshot import Snapshot
 
 __all__ = ["ShardedWorker", "merge_results"]
@@ -41,6 +42,7 @@ class ShardedWorker(AnalysisWorker):
         self.strategy = strategy
 
     def _run(self) -> None:
+        lower_this_thread(self.nice, "analysis")
         while True:
             snap = self.queue.get()
             if snap is None:
@@ -50,6 +52,7 @@ class ShardedWorker(AnalysisWorker):
             except Exception as e:  # noqa: BLE001 - the worker must survive anything
                 self.faults.add("worker_errors", f"wwmonitor: step {snap.step}: {type(e).__name__}: {e}")
             finally:
+                self.cpu_s = time.thread_time()
                 self.queue.done()
 
     def _analyse_or_fail(self, snap: Snapshot) -> SnapshotResult:

@@ -35,6 +35,7 @@ from ..distributed import broadcast_object, gather_objects, rank_world
 from ..metrics import LayerMetrics
 from ..sharding.detect import is_ddp_model, is_sharded_model, refuse_unsupported
 from .options import DISTRIBUTED
+from .policy import DEFAULT_POLICY
 from .sharded_worker import ShardedWorker
 
 __all__ = ["DISTRIBUTED", "Strategy", "DDPStrategy", "FSDP2Strategy", "choose_strategy", "apply_strategy"]
@@ -165,7 +166,8 @@ class Strategy:
         no store, no sinks and no rule evaluation (rank 0 files the merged results; the rules' weight
         inspection still runs where the weights are analysed)."""
         if policy != "block" and self.writes:  # said once, by the rank that speaks for the run
-            log.warning(
+            log.log(
+                logging.INFO if policy == DEFAULT_POLICY else logging.WARNING,  # the default: no user asked for it
                 "wwmonitor: under %s every rank analyses every snapshot; policy=%r is replaced by 'block'",
                 self.kind,
                 policy,
