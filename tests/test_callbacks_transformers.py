@@ -455,7 +455,9 @@ def test_ddp_two_ranks_equals_single_process_analysis(tmp_path):
     assert set(m[m.layer != "__model__"].layer) == set(names)
 
     # every metric of the gathered run == a single-process analysis of the same saved weights
-    with wwmonitor.Monitor(None, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
+    with wwmonitor.Monitor(
+        None, tmp_path / "single", run_name="single", every_n_epochs=None, carry_unchanged=False
+    ) as mon:
         for epoch, step in enumerate(steps):
             model = bert()
             model.load_state_dict(torch.load(tmp_path / f"w{step}.pt", weights_only=True))

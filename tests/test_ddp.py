@@ -135,7 +135,9 @@ def test_ddp_two_cpu_ranks_equals_single_process(tmp_path):
     from _wwcb_helpers import make_module
 
     single_run = tmp_path / "single" / "single"
-    with wwmonitor.Monitor(None, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
+    with wwmonitor.Monitor(
+        None, tmp_path / "single", run_name="single", every_n_epochs=None, carry_unchanged=False
+    ) as mon:
         for epoch, step in enumerate(steps):
             model = make_module("lightning")
             model.load_state_dict(torch.load(tmp_path / f"w{step}.pt", weights_only=True))

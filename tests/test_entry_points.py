@@ -277,7 +277,12 @@ def test_four_entry_points_store_and_log_the_same(tmp_path):
     for name, rec in got.items():
         keys = [r[:4] for r in rec["rows"]]
         assert keys == [r[:4] for r in ref["rows"]], name  # same steps, epochs, layers, metric names
-        vals, want = np.array([r[4] for r in rec["rows"]]), np.array([r[4] for r in ref["rows"]])
+        # every value but `carried_layers`: with lr=0 no weight changes, and whether a framework's optimizer step
+        # bumps a parameter's version counter (then it is copied and re-analysed, with equal values) or not
+        # (then it is carried) is the framework's business; the values themselves must agree
+        same = [r[3] != "carried_layers" for r in ref["rows"]]
+        vals = np.array([r[4] for r, k in zip(rec["rows"], same) if k])
+        want = np.array([r[4] for r, k in zip(ref["rows"], same) if k])
         np.testing.assert_allclose(vals, want, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=name)
         assert rec["alerts"] == ref["alerts"], name
         assert rec["tb"] == ref["tb"], name

@@ -385,7 +385,9 @@ def test_fsdp2_monitor_in_a_plain_loop_equals_single_process(fsdp_run):
     m = run.metrics
     assert sorted(m.step.unique()) == [10, 20]
     assert not m.duplicated(["step", "layer", "metric"]).any()
-    with wwmonitor.Monitor(None, fsdp_run / "single", run_name="single", every_n_epochs=None) as mon:
+    with wwmonitor.Monitor(
+        None, fsdp_run / "single", run_name="single", every_n_epochs=None, carry_unchanged=False
+    ) as mon:
         for s in (10, 20):
             model = _block()
             model.load_state_dict(torch.load(fsdp_run / f"w{s}.pt", weights_only=True))
@@ -516,7 +518,9 @@ def test_lightning_model_parallel_strategy_fsdp2(tmp_path):
     run = wwmonitor.load_run(tmp_path / "runs" / "mp")
     steps = [4, 8]  # 256 samples / 2 ranks / batch 32
     assert sorted(run.metrics.step.unique()) == steps
-    with wwmonitor.Monitor(None, tmp_path / "single", run_name="single", every_n_epochs=None) as mon:
+    with wwmonitor.Monitor(
+        None, tmp_path / "single", run_name="single", every_n_epochs=None, carry_unchanged=False
+    ) as mon:
         for s in steps:
             sd = torch.load(tmp_path / f"w{s}.pt", weights_only=True)
             mon.snapshot(step=s, matrices={k[: -len(".weight")]: v for k, v in sd.items() if k.endswith(".weight")})
