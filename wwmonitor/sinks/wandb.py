@@ -190,13 +190,7 @@ class WandbSink:
 
     def write(self, result: SnapshotResult) -> None:
         """Prepare one snapshot; log it now (``direct``) or queue it for :meth:`pump`."""
-        payload = self._prepare(result)
-        if self.deliver == "direct":
-            self._log(payload)
-        elif self.dropped:
-            self.rows_dropped += 1
-        else:
-            self._queue.append(payload)
+        self._deliver(self._prepare(result))
 
     def write_control(self, records: Sequence[ControlRecord]) -> None:
         """A controller's assignments as rows ``<prefix>_control/<quantity>/<layer>`` (and ``_factor``) at the
@@ -204,12 +198,17 @@ class WandbSink:
         for step, scalars in control_scalars(records, self.prefix).items():
             payload: dict[str, Any] = {"step": step, "epoch": None, "scalars": scalars, "columns": [], "rows": []}
             payload.update(images={}, alerts=[])
-            if self.deliver == "direct":
-                self._log(payload)
-            elif self.dropped:
-                self.rows_dropped += 1
-            else:
-                self._queue.append(payload)
+            self._deliver(payload)
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        """Log a prepared row now (``direct``), count it as dropped (the sink gave up), or queue it for
+        :meth:`pump`."""
+        if self.deliver == "direct":
+            self._log(payload)
+        elif self.dropped:
+            self.rows_dropped += 1
+        else:
+            self._queue.append(payload)
 
     # ---------------------------------------------------------------- wandb side
     @property
