@@ -312,8 +312,7 @@ class AnalysisWorker:
             if snap is None:
                 return
             try:
-                res = self._analyse(snap)
-                self.submit(res)
+                self._process(snap)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything
                 self.faults.add(
                     "worker_errors",
@@ -322,6 +321,10 @@ class AnalysisWorker:
             finally:
                 self.cpu_s = time.thread_time()
                 self.queue.done()
+
+    def _process(self, snap: Snapshot) -> None:
+        """Analyse one snapshot and hand the result on (the sharded worker gathers it to rank 0 instead)."""
+        self.submit(self._analyse(snap))
 
     def _analyse(self, snap: Snapshot) -> SnapshotResult:
         try:

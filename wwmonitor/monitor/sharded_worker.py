@@ -24,7 +24,6 @@ from ..metrics import LayerMetrics
 from ..records import SnapshotResult
 from ..summary import model_summary
 from .analyzer import AnalysisWorker
-from .priority import lower_this_thread
 from .snapshot import Snapshot
 
 __all__ = ["ShardedWorker", "merge_results"]
@@ -41,19 +40,9 @@ class ShardedWorker(AnalysisWorker):
         super().__init__(*args, **kwargs)
         self.strategy = strategy
 
-    def _run(self) -> None:
-        lower_this_thread(self.nice, "analysis")
-        while True:
-            snap = self.queue.get()
-            if snap is None:
-                return
-            try:
-                self._deliver(self._analyse_or_fail(snap))
-            except Exception as e:  # noqa: BLE001 - the worker must survive anything
-                self.faults.add("worker_errors", f"wwmonitor: step {snap.step}: {type(e).__name__}: {e}")
-            finally:
-                self.cpu_s = time.thread_time()
-                self.queue.done()
+    def _process(self, snap: Snapshot) -> None:
+        """This rank's result (or one whose layers say why the analysis failed), gathered to rank 0."""
+        self._deliver(self._analyse_or_fail(snap))
 
     def _analyse_or_fail(self, snap: Snapshot) -> SnapshotResult:
         """This rank's result for ``snap``; if the analysis itself raised, a result whose layers say why."""
